@@ -1,0 +1,241 @@
+//! The command line: argument types only. `main` dispatches; the work lives in the stage modules.
+//!
+//! Exit codes are part of the interface (documented in README.md):
+//! 0 success / no changes, 1 `diff` found changes, 2 error (including "not yet implemented").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit code for success, and for `diff` when nothing would change.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of `diff` when it found changes (as `kubectl diff` does).
+pub const EXIT_CHANGES: u8 = 1;
+/// Exit code for every error: bad input, unreachable cluster, unimplemented command.
+pub const EXIT_ERROR: u8 = 2;
+
+/// GitOps reconciliation daemon that runs outside the cluster.
+#[derive(Debug, Parser)]
+#[command(name = "driftless", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Host configuration file.
+    #[arg(long, global = true, env = "DRIFTLESS_CONFIG", default_value = "/etc/driftless/driftless.yaml")]
+    pub config: PathBuf,
+    /// Log format: `human` (default; coloured on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, value_enum, env = "DRIFTLESS_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `driftless=debug,kube=warn`).
+    #[arg(long, global = true, env = "DRIFTLESS_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colour only when standard error is a terminal.
+    Human,
+    /// JSON lines, for journald/Loki and other machines.
+    Json,
+}
+
+/// How a command prints its result on standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+/// Cluster connection options, named as kubectl names them.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Path to the kubeconfig file (default: `$KUBECONFIG`, then `~/.kube/config`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// Selection of what to reconcile.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SourceArgs {
+    /// Local directory holding `stack/` and `policies/`, instead of the configured Git repository.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Profile whose overlays and variables apply (overrides the host configuration).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Only this stack (repeatable).
+    #[arg(long = "stack", value_name = "NAME")]
+    pub stacks: Vec<String>,
+    /// Directory of host secret files (default: the host configuration's, else
+    /// `$CREDENTIALS_DIRECTORY`).
+    #[arg(long)]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// The subcommands of DESIGN.md §7.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll/webhook/watch triggers, reconcile, scheduled jobs, HTTP endpoint.
+    Run,
+    /// Show what a sync would change (exit 0: no changes, 1: changes, 2: error).
+    Diff {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Apply the desired state: ordered server-side apply, prune, wait for health.
+    Sync {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Compute and print the plan through a server dry-run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete objects that left the desired state (default: each stack's `prune`).
+        #[arg(long)]
+        prune: bool,
+        /// Allow a prune that removes more than the configured share of a stack.
+        #[arg(long)]
+        allow_mass_prune: bool,
+        /// Do not wait for the applied objects to become healthy.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Load, render and check the stacks offline (no cluster needed): for CI before merge.
+    Validate {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Ask the running daemon for its status.
+    Status {
+        /// Address of the daemon's HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9427")]
+        endpoint: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Scheduled jobs declared in Git (ImageCleanup, Backup).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Backups: list what exists, restore one.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+}
+
+/// `driftless jobs …`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List the jobs, their schedules and last runs.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Run one job now.
+    Run {
+        /// Job name.
+        name: String,
+        /// Report what the job would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+}
+
+/// `driftless backup …`
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List complete backups, of one job or of all.
+    List {
+        /// Job name.
+        job: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Restore one backup.
+    Restore {
+        /// Job name.
+        job: String,
+        /// Backup id (from `backup list`).
+        id: String,
+    },
+}
+
+impl Command {
+    /// The subcommand's name as typed, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::Diff { .. } => "diff",
+            Command::Sync { .. } => "sync",
+            Command::Validate { .. } => "validate",
+            Command::Status { .. } => "status",
+            Command::Jobs { command: JobsCommand::List { .. } } => "jobs list",
+            Command::Jobs { command: JobsCommand::Run { .. } } => "jobs run",
+            Command::Backup { command: BackupCommand::List { .. } } => "backup list",
+            Command::Backup { command: BackupCommand::Restore { .. } } => "backup restore",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_design_subcommands() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["driftless", "run"], "run"),
+            (&["driftless", "diff", "--output", "json", "--stack", "a"], "diff"),
+            (&["driftless", "sync", "--dry-run", "--prune", "--allow-mass-prune"], "sync"),
+            (&["driftless", "validate", "--path", "."], "validate"),
+            (&["driftless", "status"], "status"),
+            (&["driftless", "jobs", "list"], "jobs list"),
+            (&["driftless", "jobs", "run", "cleanup", "--dry-run"], "jobs run"),
+            (&["driftless", "backup", "list"], "backup list"),
+            (&["driftless", "backup", "restore", "pg", "20260101T000000Z"], "backup restore"),
+        ];
+        for (argv, name) in cases {
+            let cli = Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(cli.command.name(), *name, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn log_format_json_is_global() {
+        let cli = Cli::try_parse_from(["driftless", "validate", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,194 @@
+//! Shared support for the integration tests: the environment `tests/env/testenv up` started, and
+//! names and resources unique to each test so tests run in parallel without sharing state.
+//!
+//! A test that needs the environment and cannot find it fails with a message saying how to start
+//! it, under `CI=true` and everywhere else: an integration test never passes without its servers.
+#![allow(dead_code)] // Each test crate uses a different part of this module.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Config};
+use rusty_s3::S3Action;
+
+/// The running test environment, read from its env file.
+pub struct TestEnv {
+    file: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    /// The environment of this checkout: `$DRIFTLESS_TESTENV` (an env file path) if set, else
+    /// `<checkout>/.testenv/env`. Panics with instructions when it is missing or stale.
+    pub fn get() -> &'static TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let file = std::env::var_os("DRIFTLESS_TESTENV")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".testenv/env"));
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+                panic!(
+                    "integration test environment not found ({}: {e}).\n\
+                     Start it with `tests/env/testenv up`, or run the whole suite with `scripts/test`.{}",
+                    file.display(),
+                    if ci { "\nCI=true: a missing server is a failure, never a skip." } else { "" }
+                )
+            });
+            let vars = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .collect();
+            TestEnv { file, vars }
+        })
+    }
+
+    /// A variable of the env file; panics naming the file when absent.
+    pub fn var(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from {}: restart the environment", self.file.display()))
+    }
+
+    /// A client for the test cluster, authenticated as `system:masters`.
+    pub async fn kube_client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.var("KUBECONFIG")).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kubeconfig of the test environment");
+        Client::try_from(config).expect("kube client")
+    }
+
+    /// Creates a namespace unique to this test; it is deleted when the guard drops.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let client = self.kube_client().await;
+        let name = unique_name(prefix);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"driftless.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .patch(&name, &PatchParams::apply("driftless-test"), &Patch::Apply(&ns))
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        TestNamespace { name, client }
+    }
+
+    /// A `psql`/`pg_dump`-style command of the test PostgreSQL, connection set in its environment.
+    pub fn pg_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(Path::new(self.var("PG_BINDIR")).join(program));
+        for key in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"] {
+            cmd.env(key, self.var(key));
+        }
+        cmd
+    }
+
+    /// Creates a database unique to this test and returns its name.
+    pub fn database(&self, prefix: &str) -> String {
+        let name = unique_name(prefix).replace('-', "_");
+        run_ok(self.pg_command("psql").args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]).arg(format!("CREATE DATABASE {name}")));
+        name
+    }
+
+    /// Creates an S3 bucket unique to this test in MinIO and returns its name.
+    pub async fn bucket(&self, prefix: &str) -> String {
+        let name = unique_name(prefix);
+        let bucket = self.s3_bucket(&name);
+        let credentials = self.s3_credentials();
+        let url = rusty_s3::actions::CreateBucket::new(&bucket, &credentials).sign(Duration::from_secs(60));
+        let resp = reqwest::Client::new().put(url).send().await.expect("create bucket request");
+        assert!(resp.status().is_success(), "create bucket {name}: {}", resp.status());
+        name
+    }
+
+    /// A rusty-s3 handle of `name` in the test MinIO (path-style addressing).
+    pub fn s3_bucket(&self, name: &str) -> rusty_s3::Bucket {
+        rusty_s3::Bucket::new(
+            self.var("MINIO_ENDPOINT").parse().expect("MINIO_ENDPOINT is a URL"),
+            rusty_s3::UrlStyle::Path,
+            name.to_owned(),
+            "us-east-1".to_owned(),
+        )
+        .expect("bucket handle")
+    }
+
+    /// The MinIO root credentials.
+    pub fn s3_credentials(&self) -> rusty_s3::Credentials {
+        rusty_s3::Credentials::new(self.var("MINIO_ACCESS_KEY"), self.var("MINIO_SECRET_KEY"))
+    }
+
+    /// Registry base URL, e.g. `http://127.0.0.1:5000`.
+    pub fn registry_url(&self) -> &str {
+        self.var("REGISTRY_URL")
+    }
+}
+
+/// A namespace owned by one test; deleted (in the background) on drop.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = std::mem::take(&mut self.name);
+        // Best effort: the environment is thrown away after the run anyway.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+            });
+        }
+    }
+}
+
+/// `prefix-<random>`: a DNS-1123 label unique to this process and call.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{n}", rand::random::<u32>())
+}
+
+/// Runs a command, panics with its output unless it exits 0; returns standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
