@@ -28,7 +28,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Host configuration file.
-    #[arg(long, global = true, env = "DRIFTLESS_CONFIG", default_value = "/etc/driftless/driftless.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "DRIFTLESS_CONFIG",
+        default_value = "/etc/driftless/driftless.yaml"
+    )]
     pub config: PathBuf,
     /// Log format: `human` (default; coloured on a terminal) or `json` (one object per line).
     #[arg(long, global = true, value_enum, env = "DRIFTLESS_LOG_FORMAT", default_value_t = LogFormat::Human)]
@@ -196,10 +201,18 @@ impl Command {
             Command::Sync { .. } => "sync",
             Command::Validate { .. } => "validate",
             Command::Status { .. } => "status",
-            Command::Jobs { command: JobsCommand::List { .. } } => "jobs list",
-            Command::Jobs { command: JobsCommand::Run { .. } } => "jobs run",
-            Command::Backup { command: BackupCommand::List { .. } } => "backup list",
-            Command::Backup { command: BackupCommand::Restore { .. } } => "backup restore",
+            Command::Jobs {
+                command: JobsCommand::List { .. },
+            } => "jobs list",
+            Command::Jobs {
+                command: JobsCommand::Run { .. },
+            } => "jobs run",
+            Command::Backup {
+                command: BackupCommand::List { .. },
+            } => "backup list",
+            Command::Backup {
+                command: BackupCommand::Restore { .. },
+            } => "backup restore",
         }
     }
 }
@@ -218,14 +231,32 @@ mod tests {
     fn parses_the_design_subcommands() {
         let cases: &[(&[&str], &str)] = &[
             (&["driftless", "run"], "run"),
-            (&["driftless", "diff", "--output", "json", "--stack", "a"], "diff"),
-            (&["driftless", "sync", "--dry-run", "--prune", "--allow-mass-prune"], "sync"),
+            (
+                &["driftless", "diff", "--output", "json", "--stack", "a"],
+                "diff",
+            ),
+            (
+                &[
+                    "driftless",
+                    "sync",
+                    "--dry-run",
+                    "--prune",
+                    "--allow-mass-prune",
+                ],
+                "sync",
+            ),
             (&["driftless", "validate", "--path", "."], "validate"),
             (&["driftless", "status"], "status"),
             (&["driftless", "jobs", "list"], "jobs list"),
-            (&["driftless", "jobs", "run", "cleanup", "--dry-run"], "jobs run"),
+            (
+                &["driftless", "jobs", "run", "cleanup", "--dry-run"],
+                "jobs run",
+            ),
             (&["driftless", "backup", "list"], "backup list"),
-            (&["driftless", "backup", "restore", "pg", "20260101T000000Z"], "backup restore"),
+            (
+                &["driftless", "backup", "restore", "pg", "20260101T000000Z"],
+                "backup restore",
+            ),
         ];
         for (argv, name) in cases {
             let cli = Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));

@@ -10,7 +10,9 @@ use crate::cli::LogFormat;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The `--log-level` / `DRIFTLESS_LOG` filter did not parse.
-    #[error("invalid log filter {filter:?} (expected e.g. `info` or `driftless=debug,kube=warn`): {source}")]
+    #[error(
+        "invalid log filter {filter:?} (expected e.g. `info` or `driftless=debug,kube=warn`): {source}"
+    )]
     Filter {
         filter: String,
         #[source]

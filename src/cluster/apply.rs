@@ -1,0 +1,227 @@
+//! Server-side apply (and its dry-run), reads and deletes of single objects.
+
+use std::sync::OnceLock;
+
+use hmac::{Hmac, KeyInit, Mac};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::{Api, Client};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Error, FIELD_MANAGER, Result};
+use crate::stack::DesiredObject;
+
+/// A field another manager owned, named by the API server's conflict report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub manager: String,
+    pub field: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (owned by {})", self.field, self.manager)
+    }
+}
+
+/// The API for one object's resource, in its namespace.
+pub fn api_for(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The request body: the desired object, with a Secret's data put back at the last moment.
+fn body(desired: &DesiredObject) -> Value {
+    let mut body = desired.object.clone();
+    if let (Some(data), Value::Object(map)) = (&desired.secret_data, &mut body) {
+        map.insert("data".to_owned(), Value::Object(data.to_api_data()));
+    }
+    body
+}
+
+/// Applies `desired` (server-side apply, field manager `driftless`), as a dry-run or for real.
+/// Without `force`, a conflict with another manager is an error naming every field; with it,
+/// the takeover happens and the conflicts are returned so the caller can report them.
+pub async fn apply(
+    api: &Api<DynamicObject>,
+    desired: &DesiredObject,
+    force: bool,
+    dry_run: bool,
+) -> Result<(Value, Vec<Conflict>)> {
+    let body = body(desired);
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.dry_run = dry_run;
+    let action = if dry_run {
+        "server-side apply dry-run"
+    } else {
+        "server-side apply"
+    };
+    let first = api
+        .patch(&desired.key.name, &params, &Patch::Apply(&body))
+        .await;
+    let (result, conflicts) = match first {
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let conflicts = conflicts_of(&status);
+            if !force {
+                return Err(Error::Conflict {
+                    object: desired.key.to_string(),
+                    conflicts: conflicts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            let forced = api
+                .patch(
+                    &desired.key.name,
+                    &params.clone().force(),
+                    &Patch::Apply(&body),
+                )
+                .await;
+            (forced, conflicts)
+        }
+        other => (other, Vec::new()),
+    };
+    let object = result.map_err(|source| request_error(desired, action, source))?;
+    let mut value = serde_json::to_value(object).map_err(|e| Error::Request {
+        object: desired.key.to_string(),
+        action,
+        message: format!("unreadable response: {e}"),
+        hint: String::new(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    redact_secret(&mut value);
+    Ok((value, conflicts))
+}
+
+fn request_error(desired: &DesiredObject, action: &'static str, source: kube::Error) -> Error {
+    Error::Request {
+        object: format!("{} ({})", desired.key, desired.place),
+        action,
+        message: super::message_of(&source),
+        hint: super::hint_for(&source),
+        source,
+    }
+}
+
+fn conflicts_of(status: &kube::core::Status) -> Vec<Conflict> {
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.clone())
+        .unwrap_or_default();
+    causes
+        .into_iter()
+        .filter(|c| c.reason == "FieldManagerConflict" || !c.field.is_empty())
+        .map(|c| Conflict {
+            // "conflict with \"kubectl-edit\" using apps/v1"
+            manager: c.message.split('"').nth(1).unwrap_or(&c.message).to_owned(),
+            field: c.field,
+        })
+        .collect()
+}
+
+/// Reads one object; `None` when it does not exist. Secret values are redacted on arrival.
+pub async fn get(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Value>> {
+    match api.get_opt(name).await {
+        Ok(Some(obj)) => {
+            let mut value = serde_json::to_value(obj).map_err(|e| Error::Request {
+                object: what.to_owned(),
+                action: "read",
+                message: e.to_string(),
+                hint: String::new(),
+                source: kube::Error::SerdeError(e),
+            })?;
+            redact_secret(&mut value);
+            Ok(Some(value))
+        }
+        Ok(None) => Ok(None),
+        Err(source) => Err(Error::Request {
+            object: what.to_owned(),
+            action: "read",
+            message: super::message_of(&source),
+            hint: super::hint_for(&source),
+            source,
+        }),
+    }
+}
+
+/// Deletes one object (background propagation). `false` when it was already gone.
+pub async fn delete(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<bool> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(source) => Err(Error::Request {
+            object: what.to_owned(),
+            action: "delete",
+            message: super::message_of(&source),
+            hint: super::hint_for(&source),
+            source,
+        }),
+    }
+}
+
+/// Replaces each value of a Secret's `data`/`stringData` with a keyed hash, keyed by a random
+/// per-process key: equal values still compare equal (so a diff can say *that* a key changed),
+/// but nothing that leaves the process, even the hash, says anything about a value.
+pub fn redact_secret(object: &mut Value) {
+    if !crate::plan::normalize::is_secret(object) {
+        return;
+    }
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    for field in ["data", "stringData"] {
+        if let Some(Value::Object(map)) = object.get_mut(field) {
+            for v in map.values_mut() {
+                let bytes = v.as_str().unwrap_or_default().as_bytes().to_vec();
+                // HMAC accepts keys of any length: new_from_slice cannot fail here.
+                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+                    *v = Value::String("redacted".to_owned());
+                    continue;
+                };
+                mac.update(&bytes);
+                let tag = mac.finalize().into_bytes();
+                *v = Value::String(format!("redacted:{}", hex(&tag[..12])));
+            }
+        }
+    }
+    if let Some(Value::Object(ann)) = object.pointer_mut("/metadata/annotations")
+        && let Some(v) = ann.get_mut("kubectl.kubernetes.io/last-applied-configuration")
+    {
+        *v = Value::String("redacted".to_owned());
+    }
+}
+
+/// Hash of the desired object as sent (without Secret data), recorded in the inventory so an
+/// unchanged object can be skipped without a dry-run. `None` for Secrets: their data is not
+/// hashed into anything stored in the cluster.
+pub fn desired_hash(desired: &DesiredObject) -> Option<String> {
+    if desired.secret_data.is_some() {
+        return None;
+    }
+    // serde_json::Value maps are sorted, so the serialisation is canonical.
+    let text = serde_json::to_vec(&desired.object).ok()?;
+    Some(format!("sha256:{}", hex(&Sha256::digest(&text))))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

@@ -1,0 +1,296 @@
+//! Health, kstatus-like: per-kind rules on the live object (pure), and a wait loop over a set of
+//! objects with a timeout.
+
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::discovery::Kinds;
+use super::{Result, apply};
+use crate::stack::ObjectKey;
+
+/// The health of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "message", rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Progressing(String),
+    Failed(String),
+}
+
+fn int(v: &Value, pointer: &str) -> Option<i64> {
+    v.pointer(pointer).and_then(Value::as_i64)
+}
+
+fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
+    v.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+}
+
+fn condition_is(v: &Value, type_: &str, status: &str) -> bool {
+    condition(v, type_)
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some(status)
+}
+
+/// Health of a live object by the rules of its kind.
+pub fn health_of(group: &str, kind: &str, live: &Value) -> HealthStatus {
+    use HealthStatus::*;
+    let generation = int(live, "/metadata/generation");
+    let observed = int(live, "/status/observedGeneration");
+    let stale = matches!((generation, observed), (Some(g), Some(o)) if o < g)
+        || (generation.is_some()
+            && observed.is_none()
+            && matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet"));
+    if stale {
+        return Progressing("the controller has not observed the latest generation".to_owned());
+    }
+    match (group, kind) {
+        ("apps", "Deployment") => {
+            if condition(live, "Progressing")
+                .and_then(|c| c.get("reason"))
+                .and_then(Value::as_str)
+                == Some("ProgressDeadlineExceeded")
+            {
+                return Failed("rollout exceeded its progress deadline".to_owned());
+            }
+            let want = int(live, "/spec/replicas").unwrap_or(1);
+            let updated = int(live, "/status/updatedReplicas").unwrap_or(0);
+            let available = int(live, "/status/availableReplicas").unwrap_or(0);
+            let total = int(live, "/status/replicas").unwrap_or(0);
+            if updated < want {
+                Progressing(format!("{updated}/{want} replicas updated"))
+            } else if total > updated {
+                Progressing(format!(
+                    "{} old replicas pending termination",
+                    total - updated
+                ))
+            } else if available < want {
+                Progressing(format!("{available}/{want} replicas available"))
+            } else {
+                Healthy
+            }
+        }
+        ("apps", "StatefulSet") => {
+            let want = int(live, "/spec/replicas").unwrap_or(1);
+            let ready = int(live, "/status/readyReplicas").unwrap_or(0);
+            let updated = int(live, "/status/updatedReplicas").unwrap_or(0);
+            let rolling = live
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                != Some("OnDelete");
+            if ready < want {
+                Progressing(format!("{ready}/{want} replicas ready"))
+            } else if rolling && updated < want {
+                Progressing(format!("{updated}/{want} replicas updated"))
+            } else {
+                Healthy
+            }
+        }
+        ("apps", "DaemonSet") => {
+            let desired = int(live, "/status/desiredNumberScheduled").unwrap_or(0);
+            let ready = int(live, "/status/numberReady").unwrap_or(0);
+            let updated = int(live, "/status/updatedNumberScheduled").unwrap_or(0);
+            if updated < desired {
+                Progressing(format!("{updated}/{desired} pods updated"))
+            } else if ready < desired {
+                Progressing(format!("{ready}/{desired} pods ready"))
+            } else {
+                Healthy
+            }
+        }
+        ("batch", "Job") => {
+            if condition_is(live, "Failed", "True") {
+                Failed("job failed".to_owned())
+            } else if condition_is(live, "Complete", "True") {
+                Healthy
+            } else {
+                Progressing("job running".to_owned())
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            match live.pointer("/status/phase").and_then(Value::as_str) {
+                Some("Bound") => Healthy,
+                Some("Lost") => Failed("claim lost its volume".to_owned()),
+                phase => Progressing(format!(
+                    "claim {}",
+                    phase.unwrap_or("pending").to_lowercase()
+                )),
+            }
+        }
+        ("", "Namespace") => match live.pointer("/status/phase").and_then(Value::as_str) {
+            Some("Terminating") => Failed("namespace is terminating".to_owned()),
+            _ => Healthy,
+        },
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            if condition_is(live, "Established", "True") {
+                Healthy
+            } else {
+                Progressing("not yet established".to_owned())
+            }
+        }
+        _ => {
+            // Generic: a Ready condition decides when there is one.
+            match condition(live, "Ready")
+                .and_then(|c| c.get("status"))
+                .and_then(Value::as_str)
+            {
+                Some("False") | Some("Unknown") => {
+                    let msg = condition(live, "Ready")
+                        .and_then(|c| c.get("message"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("not ready");
+                    Progressing(msg.to_owned())
+                }
+                _ => Healthy,
+            }
+        }
+    }
+}
+
+/// One object to wait for.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub key: ObjectKey,
+    pub api_version: String,
+}
+
+/// Polls `objects` until all are healthy, one failed, or `timeout` passed. Returns the last
+/// status of every object that is not healthy (empty when all are).
+pub async fn wait_healthy(
+    client: &Client,
+    kinds: &Kinds,
+    objects: &[Watched],
+    timeout: Duration,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<(ObjectKey, HealthStatus)>> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut pending = Vec::new();
+        for w in objects {
+            let Some(resolved) = kinds.resolve(&w.api_version, &w.key.kind) else {
+                continue;
+            };
+            let ns = if resolved.namespaced {
+                w.key.namespace.as_deref()
+            } else {
+                None
+            };
+            let api = apply::api_for(client, &resolved.resource, ns);
+            let status = match apply::get(&api, &w.key.name, &w.key.to_string()).await? {
+                Some(live) => health_of(&w.key.group, &w.key.kind, &live),
+                None => HealthStatus::Progressing("does not exist".to_owned()),
+            };
+            if status != HealthStatus::Healthy {
+                pending.push((w.key.clone(), status));
+            }
+        }
+        progress(objects.len() - pending.len(), objects.len());
+        let failed = pending
+            .iter()
+            .any(|(_, s)| matches!(s, HealthStatus::Failed(_)));
+        if pending.is_empty() || failed || start.elapsed() >= timeout {
+            return Ok(pending);
+        }
+        tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_per_kind() {
+        use HealthStatus::*;
+        let cases = [
+            (
+                "apps",
+                "Deployment",
+                json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+                "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}}),
+                true,
+            ),
+            (
+                "apps",
+                "Deployment",
+                json!({"metadata": {"generation": 3}, "spec": {"replicas": 2},
+                "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}}),
+                false,
+            ),
+            (
+                "apps",
+                "Deployment",
+                json!({"metadata": {"generation": 1}, "spec": {"replicas": 2},
+                "status": {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2}}),
+                false,
+            ),
+            (
+                "apps",
+                "StatefulSet",
+                json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
+                "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1}}),
+                true,
+            ),
+            (
+                "apps",
+                "DaemonSet",
+                json!({"metadata": {"generation": 1},
+                "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "numberReady": 2, "updatedNumberScheduled": 3}}),
+                false,
+            ),
+            (
+                "batch",
+                "Job",
+                json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}),
+                true,
+            ),
+            (
+                "",
+                "PersistentVolumeClaim",
+                json!({"status": {"phase": "Pending"}}),
+                false,
+            ),
+            (
+                "",
+                "PersistentVolumeClaim",
+                json!({"status": {"phase": "Bound"}}),
+                true,
+            ),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                json!({"status": {"conditions": [{"type": "Established", "status": "True"}]}}),
+                true,
+            ),
+            (
+                "example.com",
+                "Widget",
+                json!({"status": {"conditions": [{"type": "Ready", "status": "False", "message": "waiting"}]}}),
+                false,
+            ),
+            ("", "ConfigMap", json!({"data": {}}), true),
+        ];
+        for (group, kind, live, healthy) in cases {
+            assert_eq!(
+                health_of(group, kind, &live) == Healthy,
+                healthy,
+                "{kind}: {live}"
+            );
+        }
+        let failed = health_of(
+            "batch",
+            "Job",
+            &json!({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}),
+        );
+        assert!(matches!(failed, Failed(_)));
+    }
+}

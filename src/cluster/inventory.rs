@@ -1,0 +1,236 @@
+//! The inventory: the set of objects each stack has applied, stored in the cluster as one
+//! ConfigMap per stack in `driftless-system` (like kapp's app record). It is the source of truth
+//! for prune. New objects enter it before they are created; removed ones leave after deletion.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+
+use super::{Error, FIELD_MANAGER, Result};
+use crate::stack::ObjectKey;
+
+/// Namespace holding the inventories.
+pub const NAMESPACE: &str = "driftless-system";
+/// Label on inventory ConfigMaps: the stack name.
+pub const INVENTORY_LABEL: &str = "driftless.dev/inventory";
+/// Label on inventory ConfigMaps: the driftless instance that owns the stack. Several instances
+/// (repositories) may share a cluster; each handles only the inventories it owns.
+pub const INSTANCE_LABEL: &str = "driftless.dev/instance";
+/// Instance name when the host configuration gives none.
+pub const DEFAULT_INSTANCE: &str = "default";
+const DATA_KEY: &str = "objects.json";
+
+/// One object a stack applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub group: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Hash of the desired object at its last successful apply (not for Secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// The object's resourceVersion right after that apply.
+    #[serde(
+        default,
+        rename = "resourceVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_version: Option<String>,
+}
+
+impl Entry {
+    /// The object's identity.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// A new entry without apply records.
+    pub fn new(key: &ObjectKey, api_version: &str) -> Entry {
+        Entry {
+            group: key.group.clone(),
+            kind: key.kind.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            api_version: api_version.to_owned(),
+            hash: None,
+            resource_version: None,
+        }
+    }
+}
+
+/// A stack's inventory, keyed by object.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub stack: String,
+    /// The driftless instance that owns this stack.
+    pub owner: String,
+    pub entries: BTreeMap<ObjectKey, Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    objects: Vec<Entry>,
+}
+
+fn configmap_name(stack: &str) -> String {
+    format!("inventory-{stack}")
+}
+
+fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
+    let stack = cm
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INVENTORY_LABEL))
+        .cloned()
+        .unwrap_or_else(|| name.trim_start_matches("inventory-").to_owned());
+    let owner = cm
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INSTANCE_LABEL))
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_INSTANCE.to_owned());
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DATA_KEY))
+        .map(String::as_str)
+        .unwrap_or("");
+    if text.is_empty() {
+        return Ok(Inventory {
+            stack,
+            owner,
+            entries: BTreeMap::new(),
+        });
+    }
+    let stored: Stored = serde_json::from_str(text).map_err(|e| Error::Inventory {
+        name: format!("{NAMESPACE}/{name}"),
+        message: format!(
+            "unreadable ({e}); it was not written by this driftless version or was edited by hand"
+        ),
+    })?;
+    Ok(Inventory {
+        stack,
+        owner,
+        entries: stored.objects.into_iter().map(|e| (e.key(), e)).collect(),
+    })
+}
+
+/// Reads a stack's inventory; an absent one is empty.
+pub async fn read(client: &Client, stack: &str) -> Result<Inventory> {
+    let name = configmap_name(stack);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    match api.get_opt(&name).await {
+        Ok(Some(cm)) => decode(&name, &cm),
+        Ok(None) => Ok(Inventory {
+            stack: stack.to_owned(),
+            owner: DEFAULT_INSTANCE.to_owned(),
+            entries: BTreeMap::new(),
+        }),
+        Err(e) => Err(request_error(&name, "read", e)),
+    }
+}
+
+/// Every stack inventory in the cluster, of every instance (including stacks that left Git).
+pub async fn list(client: &Client) -> Result<Vec<Inventory>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = match api
+        .list(&ListParams::default().labels(INVENTORY_LABEL))
+        .await
+    {
+        Ok(l) => l,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
+        Err(e) => return Err(request_error("(list)", "list", e)),
+    };
+    list.items
+        .iter()
+        .map(|cm| decode(cm.metadata.name.as_deref().unwrap_or_default(), cm))
+        .collect()
+}
+
+/// Writes a stack's inventory (creating `driftless-system` on first use).
+pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
+    ensure_namespace(client).await?;
+    let name = configmap_name(&inventory.stack);
+    let stored = Stored {
+        version: 1,
+        objects: inventory.entries.values().cloned().collect(),
+    };
+    let text = serde_json::to_string(&stored).map_err(|e| Error::Inventory {
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+            "labels": {INVENTORY_LABEL: inventory.stack, INSTANCE_LABEL: inventory.owner,
+                "app.kubernetes.io/managed-by": "driftless"}},
+        "data": {DATA_KEY: text},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map_err(|e| request_error(&name, "write", e))?;
+    Ok(())
+}
+
+/// Deletes a stack's inventory (after its objects are gone or handed to other stacks).
+pub async fn delete(client: &Client, stack: &str) -> Result<()> {
+    let name = configmap_name(stack);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(request_error(&name, "delete", e)),
+    }
+}
+
+async fn ensure_namespace(client: &Client) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api
+        .get_opt(NAMESPACE)
+        .await
+        .map_err(|e| request_error(NAMESPACE, "read", e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "driftless"}}});
+    api.patch(
+        NAMESPACE,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&ns),
+    )
+    .await
+    .map_err(|e| request_error(NAMESPACE, "create", e))?;
+    Ok(())
+}
+
+fn request_error(name: &str, action: &'static str, source: kube::Error) -> Error {
+    Error::Request {
+        object: format!("inventory ConfigMap {NAMESPACE}/{name}"),
+        action,
+        message: super::message_of(&source),
+        hint: super::hint_for(&source),
+        source,
+    }
+}

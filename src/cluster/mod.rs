@@ -1,0 +1,116 @@
+//! Everything that talks to the Kubernetes API server: connection, discovery, server-side apply
+//! and its dry-run, the inventory, prune and health. Decisions are made in `plan`; this module
+//! observes and carries them out.
+
+pub mod apply;
+pub mod discovery;
+pub mod health;
+pub mod inventory;
+
+use std::path::PathBuf;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Field manager of every driftless write.
+pub const FIELD_MANAGER: &str = "driftless";
+
+/// Errors talking to the cluster, each naming the object and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error("cannot reach the API server: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("discovery failed: {0}")]
+    Discovery(#[source] kube::Error),
+    #[error(
+        "{place}: unknown kind {kind} in {api_version}: the cluster does not serve it and no CRD in this revision defines it"
+    )]
+    UnknownKind {
+        place: String,
+        api_version: String,
+        kind: String,
+    },
+    #[error("{object}: {action} failed: {message}{hint}")]
+    Request {
+        object: String,
+        action: &'static str,
+        message: String,
+        hint: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: conflicts with other field managers (stack has force: false): {conflicts}")]
+    Conflict { object: String, conflicts: String },
+    #[error("inventory {name}: {message}")]
+    Inventory { name: String, message: String },
+    #[error("CRD {name} did not become Established within {seconds}s")]
+    CrdNotEstablished { name: String, seconds: u64 },
+}
+
+/// A convenient result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where to find the cluster: kubectl's `--kubeconfig` and `--context`.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// Connects as kubectl would: `--kubeconfig`, else `$KUBECONFIG`, else `~/.kube/config`, else
+/// the in-cluster configuration.
+pub async fn connect(target: &Target) -> Result<Client> {
+    let options = KubeConfigOptions {
+        context: target.context.clone(),
+        ..Default::default()
+    };
+    let config = match &target.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            Config::from_custom_kubeconfig(kc, &options).await
+        }
+        None => Config::from_kubeconfig(&options).await,
+    }
+    .map_err(|e| Error::Kubeconfig {
+        path: target
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| std::env::var("KUBECONFIG").ok())
+            .unwrap_or_else(|| "~/.kube/config".to_owned()),
+        message: e.to_string(),
+    })?;
+    Client::try_from(config).map_err(Error::Connect)
+}
+
+/// A short human hint for common API errors.
+pub(crate) fn hint_for(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if status.code == 422 && status.message.contains("immutable") => {
+            " (an immutable field changed: delete and recreate the object, or annotate it with \
+             driftless.dev/recreate: \"true\" to let driftless do that)"
+                .to_owned()
+        }
+        kube::Error::Api(status) if status.code == 403 => {
+            " (the credentials lack RBAC permission for this)".to_owned()
+        }
+        kube::Error::Api(status) if status.code == 404 && status.message.contains("namespaces") => {
+            " (its namespace does not exist: add the Namespace to a stack this one depends on)"
+                .to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
+/// The message of an API error without the request body echo kube adds.
+pub(crate) fn message_of(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}

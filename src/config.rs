@@ -1,0 +1,204 @@
+//! The host configuration (`/etc/driftless/driftless.yaml`): where the stacks come from, which
+//! profile and cluster, where host secrets and state live. Secrets are never written here: the
+//! file names files in the credentials directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading the host configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("host configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host configuration: {0}")]
+    Parse(#[from] crate::yaml::Error),
+    #[error("host configuration {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostConfig {
+    /// Name of this driftless instance (default `default`). Several instances may share a
+    /// cluster; each owns the stacks it applied and never prunes another's.
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    /// Profile whose overlays and variables apply.
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Directory of host secret files (default: systemd's `$CREDENTIALS_DIRECTORY`).
+    #[serde(default)]
+    pub credentials_dir: Option<PathBuf>,
+    /// Local state (default `/var/lib/driftless`, systemd's `$STATE_DIRECTORY` when set).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub prune: PruneConfig,
+}
+
+/// Where the stack repository comes from: a local directory, or a Git remote.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceConfig {
+    /// A local directory (development): read as it is, no Git involved.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A Git repository.
+    #[serde(default)]
+    pub git: Option<GitConfig>,
+}
+
+/// A Git source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitConfig {
+    /// `file://`, `https://` or `ssh://` (or `user@host:path`) URL.
+    pub url: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// A pinned commit (full sha).
+    #[serde(default)]
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub auth: GitAuth,
+}
+
+/// Git credentials: file names in the credentials directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitAuth {
+    /// HTTPS token (sent as the password, user `git` unless `usernameFile` is set).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    #[serde(default)]
+    pub username_file: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// SSH private key.
+    #[serde(default)]
+    pub ssh_key_file: Option<String>,
+    /// known_hosts file checked for SSH host keys (required with SSH: never accepted blindly).
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+/// Which cluster: kubectl's kubeconfig and context.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// Prune safety.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PruneConfig {
+    /// Largest share of a stack one prune may remove without `--allow-mass-prune` (0.5 = 50 %).
+    #[serde(default = "half")]
+    pub max_share: f64,
+    /// Lift the share limit permanently (not recommended).
+    #[serde(default)]
+    pub allow_mass_prune: bool,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig {
+            max_share: half(),
+            allow_mass_prune: false,
+        }
+    }
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+impl HostConfig {
+    /// Reads `path`. With `required: false`, a missing file gives the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<HostConfig, Error> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(HostConfig::default());
+            }
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let config: HostConfig = crate::yaml::parse_one(path, &text)?;
+        if let Some(instance) = &config.instance
+            && !crate::stack::load::is_dns_label(instance)
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "instance {instance:?} must be a DNS label (lowercase letters, digits, '-')"
+                ),
+            });
+        }
+        if !(0.0..=1.0).contains(&config.prune.max_share) {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "prune.maxShare must be between 0 and 1, got {}",
+                    config.prune.max_share
+                ),
+            });
+        }
+        if let Some(src) = &config.source {
+            if src.path.is_some() == src.git.is_some() {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: "source: give exactly one of `path` and `git`".to_owned(),
+                });
+            }
+            if let Some(git) = &src.git {
+                let refs = [&git.branch, &git.tag, &git.commit]
+                    .iter()
+                    .filter(|r| r.is_some())
+                    .count();
+                if refs > 1 {
+                    return Err(Error::Invalid {
+                        path: path.to_owned(),
+                        message: "source.git: give at most one of `branch`, `tag`, `commit`"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(|| crate::cluster::inventory::DEFAULT_INSTANCE.to_owned())
+    }
+
+    /// The credentials directory: the configured one, else `$CREDENTIALS_DIRECTORY`.
+    pub fn credentials_dir(&self) -> Option<PathBuf> {
+        self.credentials_dir
+            .clone()
+            .or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+}

@@ -1,0 +1,18 @@
+//! driftless: a GitOps reconciliation daemon that runs outside the Kubernetes cluster.
+//!
+//! The modules follow the data path of DESIGN.md §1; ARCHITECTURE.md is the code map.
+
+// Errors carry the context a user acts on (stack, file, object, field) and travel only on the
+// failure path, where their size costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod logging;
+pub mod output;
+pub mod plan;
+pub mod reconcile;
+pub mod source;
+pub mod stack;
+pub mod yaml;

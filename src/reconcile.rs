@@ -1,0 +1,720 @@
+//! One reconcile: rendered stacks → observe the cluster → plan → (apply → prune → wait).
+//! `driftless diff`, `driftless sync` and the daemon all go through here; they differ only in
+//! whether the plan is carried out. This module sequences; `plan` decides, `cluster` acts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::Client;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::cluster::apply::{self, Conflict};
+use crate::cluster::discovery::Kinds;
+use crate::cluster::health::{self, HealthStatus, Watched};
+use crate::cluster::inventory::{self, Entry, Inventory};
+use crate::cluster::{self, Error as ClusterError};
+use crate::plan::{self, Action, Observation, PruneCandidate, PruneSettings, StackPlan};
+use crate::stack::{DesiredObject, ObjectKey, RenderedStack};
+
+/// How a reconcile runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Plan only (`diff`, `sync --dry-run`): no write of any kind.
+    pub dry_run: bool,
+    /// `--prune`: prune even stacks that set `prune: false`.
+    pub force_prune: bool,
+    /// `--allow-mass-prune`.
+    pub allow_mass_prune: bool,
+    /// Share of a stack's inventory a prune may remove without `--allow-mass-prune`.
+    pub max_prune_share: f64,
+    /// Wait for health after applying.
+    pub wait: bool,
+    /// Only these stacks (empty: all). Orphaned inventories are handled only when empty.
+    pub only: Vec<String>,
+    /// This driftless instance's name: it owns the inventories it writes, and treats only its
+    /// own inventories of stacks that left the revision as orphans.
+    pub instance: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: true,
+            force_prune: false,
+            allow_mass_prune: false,
+            max_prune_share: 0.5,
+            wait: true,
+            only: Vec::new(),
+            instance: inventory::DEFAULT_INSTANCE.to_owned(),
+        }
+    }
+}
+
+/// What happened to one stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackOutcome {
+    pub stack: String,
+    pub plan: Option<StackPlan>,
+    /// Fields taken over from other managers (force), per object.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub takeovers: Vec<Takeover>,
+    /// Objects not healthy at the end of the wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<Unhealthy>,
+    /// Set when the stack failed (the error, naming the object) or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the plan was carried out.
+    pub applied: bool,
+}
+
+/// A forced takeover of fields another field manager owned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Takeover {
+    pub object: String,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// An object that did not become healthy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unhealthy {
+    pub object: String,
+    pub status: HealthStatus,
+}
+
+/// The result of a reconcile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub stacks: Vec<StackOutcome>,
+}
+
+impl Report {
+    /// Whether any stack's plan changes anything.
+    pub fn has_changes(&self) -> bool {
+        self.stacks
+            .iter()
+            .any(|s| s.plan.as_ref().is_some_and(StackPlan::has_changes))
+    }
+
+    /// Whether any stack failed, was refused, or ended unhealthy.
+    pub fn failed(&self) -> bool {
+        self.stacks
+            .iter()
+            .any(|s| s.error.is_some() || !s.unhealthy.is_empty())
+    }
+}
+
+/// Errors that stop a reconcile before it touches any stack.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("--stack {0}: no such stack in this revision")]
+    UnknownStack(String),
+}
+
+/// A desired object bound to the API resource that serves it.
+struct Bound<'a> {
+    desired: &'a DesiredObject,
+    /// `None` while the kind awaits a CRD of this revision.
+    resolved: Option<cluster::discovery::Resolved>,
+    namespace: Option<String>,
+}
+
+/// Runs one reconcile of `stacks` (already rendered and in dependency order).
+pub async fn reconcile(
+    client: &Client,
+    stacks: &[RenderedStack],
+    options: &Options,
+) -> Result<Report, Error> {
+    for name in &options.only {
+        if !stacks.iter().any(|s| &s.name == name) {
+            return Err(Error::UnknownStack(name.clone()));
+        }
+    }
+    let mut kinds = Kinds::discover(client).await?;
+    // Kinds the revision's own CRDs will define.
+    let pending_crds: BTreeSet<(String, String)> = stacks
+        .iter()
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.key.kind == "CustomResourceDefinition")
+        .filter_map(|o| {
+            Some((
+                o.object.pointer("/spec/group")?.as_str()?.to_owned(),
+                o.object.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    // Every object must be servable before anything is written: an unknown kind aborts here.
+    let mut bound: BTreeMap<String, Vec<Bound<'_>>> = BTreeMap::new();
+    for stack in stacks {
+        let mut list = Vec::new();
+        for o in &stack.objects {
+            list.push(bind(&kinds, &pending_crds, o)?);
+        }
+        bound.insert(stack.name.clone(), list);
+    }
+    let desired_keys: BTreeSet<ObjectKey> = stacks
+        .iter()
+        .flat_map(|s| s.objects.iter().map(|o| o.key.clone()))
+        .collect();
+    let desired_namespaces: BTreeSet<String> = stacks
+        .iter()
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.key.kind == "Namespace" && o.key.group.is_empty())
+        .map(|o| o.key.name.clone())
+        .collect();
+    let all_inventories = inventory::list(client).await?;
+    let foreign: BTreeMap<String, String> = all_inventories
+        .iter()
+        .filter(|i| i.owner != options.instance)
+        .map(|i| (i.stack.clone(), i.owner.clone()))
+        .collect();
+    let inventories: BTreeMap<String, Inventory> = all_inventories
+        .into_iter()
+        .filter(|i| i.owner == options.instance)
+        .map(|i| (i.stack.clone(), i))
+        .collect();
+
+    let mut outcomes: Vec<StackOutcome> = Vec::new();
+    let mut failed_stacks: BTreeSet<String> = BTreeSet::new();
+    for stack in stacks {
+        if !options.only.is_empty() && !options.only.contains(&stack.name) {
+            continue;
+        }
+        if let Some(dep) = stack
+            .spec
+            .depends_on
+            .iter()
+            .find(|d| failed_stacks.contains(*d))
+        {
+            failed_stacks.insert(stack.name.clone());
+            outcomes.push(StackOutcome {
+                stack: stack.name.clone(),
+                plan: None,
+                takeovers: Vec::new(),
+                unhealthy: Vec::new(),
+                error: Some(format!("skipped: dependency {dep} did not sync to healthy")),
+                applied: false,
+            });
+            continue;
+        }
+        if let Some(owner) = foreign.get(&stack.name) {
+            failed_stacks.insert(stack.name.clone());
+            outcomes.push(StackOutcome {
+                stack: stack.name.clone(),
+                plan: None,
+                takeovers: Vec::new(),
+                unhealthy: Vec::new(),
+                error: Some(format!(
+                    "stack {} is managed by driftless instance {owner:?}, not {:?}: rename the stack or set `instance` in the host configuration",
+                    stack.name, options.instance
+                )),
+                applied: false,
+            });
+            continue;
+        }
+        let empty = Inventory {
+            stack: stack.name.clone(),
+            owner: options.instance.clone(),
+            entries: BTreeMap::new(),
+        };
+        let inv = inventories.get(&stack.name).unwrap_or(&empty);
+        let objects = bound
+            .get(&stack.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let ctx = StackContext {
+            client,
+            stack,
+            inventory: inv,
+            desired_keys: &desired_keys,
+            desired_namespaces: &desired_namespaces,
+            options,
+        };
+        let outcome = ctx.run(objects, &mut kinds).await;
+        if outcome.error.is_some() || !outcome.unhealthy.is_empty() {
+            failed_stacks.insert(stack.name.clone());
+        }
+        outcomes.push(outcome);
+    }
+    // Stacks that left the revision: prune what no current stack claims, then drop the record.
+    if options.only.is_empty() {
+        for (name, inv) in &inventories {
+            if stacks.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            outcomes.push(prune_orphaned(client, &kinds, inv, &desired_keys, options).await);
+        }
+    }
+    Ok(Report { stacks: outcomes })
+}
+
+fn bind<'a>(
+    kinds: &Kinds,
+    pending_crds: &BTreeSet<(String, String)>,
+    o: &'a DesiredObject,
+) -> Result<Bound<'a>, Error> {
+    match kinds.resolve(&o.api_version, &o.key.kind) {
+        Some(resolved) => {
+            let namespace = if resolved.namespaced {
+                o.key.namespace.clone()
+            } else {
+                None
+            };
+            if resolved.namespaced && namespace.is_none() {
+                return Err(ClusterError::UnknownKind {
+                    place: format!("{} ({})", o.key, o.place),
+                    api_version: o.api_version.clone(),
+                    kind: format!("{} (namespaced: give it metadata.namespace or set the stack's spec.namespace)", o.key.kind),
+                }
+                .into());
+            }
+            Ok(Bound {
+                desired: o,
+                resolved: Some(resolved),
+                namespace,
+            })
+        }
+        None if pending_crds.contains(&(o.key.group.clone(), o.key.kind.clone())) => Ok(Bound {
+            desired: o,
+            resolved: None,
+            namespace: o.key.namespace.clone(),
+        }),
+        None => Err(ClusterError::UnknownKind {
+            place: o.place.to_string(),
+            api_version: o.api_version.clone(),
+            kind: o.key.kind.clone(),
+        }
+        .into()),
+    }
+}
+
+struct StackContext<'a> {
+    client: &'a Client,
+    stack: &'a RenderedStack,
+    inventory: &'a Inventory,
+    desired_keys: &'a BTreeSet<ObjectKey>,
+    desired_namespaces: &'a BTreeSet<String>,
+    options: &'a Options,
+}
+
+impl StackContext<'_> {
+    async fn run(&self, objects: &[Bound<'_>], kinds: &mut Kinds) -> StackOutcome {
+        let mut outcome = StackOutcome {
+            stack: self.stack.name.clone(),
+            plan: None,
+            takeovers: Vec::new(),
+            unhealthy: Vec::new(),
+            error: None,
+            applied: false,
+        };
+        match self.run_inner(objects, kinds, &mut outcome).await {
+            Ok(()) => {}
+            Err(e) => outcome.error = Some(e.to_string()),
+        }
+        outcome
+    }
+
+    async fn run_inner(
+        &self,
+        objects: &[Bound<'_>],
+        kinds: &mut Kinds,
+        outcome: &mut StackOutcome,
+    ) -> Result<(), ClusterError> {
+        let force = self.stack.spec.force;
+        // Observe: live state and dry-run of every desired object.
+        let mut observations = Vec::with_capacity(objects.len());
+        for b in objects {
+            let key = &b.desired.key;
+            let Some(resolved) = &b.resolved else {
+                // The CRD comes with this revision: the server cannot dry-run it yet.
+                observations.push(Observation {
+                    key: key.clone(),
+                    api_version: b.desired.api_version.clone(),
+                    live: None,
+                    would_be: Some(b.desired.object.clone()),
+                });
+                continue;
+            };
+            let api = apply::api_for(self.client, &resolved.resource, b.namespace.as_deref());
+            let live = apply::get(&api, &key.name, &key.to_string()).await?;
+            let unchanged = self.inventory.entries.get(key).is_some_and(|e| {
+                e.hash.is_some()
+                    && e.hash == apply::desired_hash(b.desired)
+                    && e.resource_version.is_some()
+                    && live
+                        .as_ref()
+                        .and_then(|l| l.pointer("/metadata/resourceVersion"))
+                        .and_then(Value::as_str)
+                        == e.resource_version.as_deref()
+            });
+            let would_be = if unchanged {
+                None
+            } else {
+                match apply::apply(&api, b.desired, force, true).await {
+                    Ok((v, conflicts)) => {
+                        if !conflicts.is_empty() {
+                            outcome.takeovers.push(Takeover {
+                                object: key.to_string(),
+                                conflicts,
+                            });
+                        }
+                        Some(v)
+                    }
+                    // Its namespace is created by this sync: the server cannot dry-run it yet.
+                    Err(ClusterError::Request {
+                        source: kube::Error::Api(s),
+                        ..
+                    }) if s.code == 404
+                        && live.is_none()
+                        && key
+                            .namespace
+                            .as_ref()
+                            .is_some_and(|n| self.desired_namespaces.contains(n)) =>
+                    {
+                        Some(b.desired.object.clone())
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            observations.push(Observation {
+                key: key.clone(),
+                api_version: b.desired.api_version.clone(),
+                live,
+                would_be,
+            });
+        }
+        // Prune candidates: recorded, no longer desired here, not claimed by another stack.
+        let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
+        let mut candidates = Vec::new();
+        for (key, entry) in &self.inventory.entries {
+            if own.contains(key) || self.desired_keys.contains(key) {
+                continue;
+            }
+            candidates.push(candidate(self.client, kinds, entry).await?);
+        }
+        let settings = PruneSettings {
+            enabled: self.stack.spec.prune || self.options.force_prune,
+            max_share: self.options.max_prune_share,
+            allow_mass_prune: self.options.allow_mass_prune,
+            include_namespaces_and_volumes: false,
+        };
+        let stack_plan = plan::plan_stack(
+            &self.stack.name,
+            &observations,
+            &candidates,
+            self.inventory.entries.len(),
+            settings,
+        );
+        for t in &outcome.takeovers {
+            for c in &t.conflicts {
+                warn!(stack = %self.stack.name, object = %t.object, field = %c.field, manager = %c.manager,
+                    "{} field {} owned by {}", if self.options.dry_run { "would take over" } else { "taking over" }, c.field, c.manager);
+            }
+        }
+        let refused = stack_plan.prune_refused.clone();
+        outcome.plan = Some(stack_plan);
+        if let Some(message) = refused {
+            outcome.error = Some(message);
+            return Ok(());
+        }
+        if self.options.dry_run {
+            return Ok(());
+        }
+        let Some(stack_plan) = outcome.plan.clone() else {
+            return Ok(());
+        };
+        self.execute(objects, kinds, &stack_plan, outcome).await
+    }
+
+    async fn execute(
+        &self,
+        objects: &[Bound<'_>],
+        kinds: &mut Kinds,
+        stack_plan: &StackPlan,
+        outcome: &mut StackOutcome,
+    ) -> Result<(), ClusterError> {
+        let name = &self.stack.name;
+        let by_key: BTreeMap<&ObjectKey, &Bound<'_>> =
+            objects.iter().map(|b| (&b.desired.key, b)).collect();
+        // Inventory first: a crash after this write and before the apply orphans nothing.
+        let mut record = self.inventory.clone();
+        record.stack = name.clone();
+        record.owner = self.options.instance.clone();
+        let mut grew = false;
+        for b in objects {
+            if !record.entries.contains_key(&b.desired.key) {
+                record.entries.insert(
+                    b.desired.key.clone(),
+                    Entry::new(&b.desired.key, &b.desired.api_version),
+                );
+                grew = true;
+            }
+        }
+        if grew {
+            inventory::write(self.client, &record).await?;
+            failpoint("after-inventory-write");
+        }
+        let total = stack_plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .count();
+        let mut done = 0;
+        for change in &stack_plan.changes {
+            let Some(b) = by_key.get(&change.key) else {
+                continue;
+            };
+            if change.action == Action::Unchanged {
+                continue;
+            }
+            let resolved = match &b.resolved {
+                Some(r) => r.clone(),
+                None => {
+                    // A custom resource of a CRD applied earlier in this sync.
+                    *kinds = Kinds::discover(self.client).await?;
+                    kinds
+                        .resolve(&b.desired.api_version, &b.desired.key.kind)
+                        .ok_or_else(|| ClusterError::UnknownKind {
+                            place: b.desired.place.to_string(),
+                            api_version: b.desired.api_version.clone(),
+                            kind: b.desired.key.kind.clone(),
+                        })?
+                }
+            };
+            let ns = if resolved.namespaced {
+                b.namespace.as_deref()
+            } else {
+                None
+            };
+            let api = apply::api_for(self.client, &resolved.resource, ns);
+            let (applied, conflicts) =
+                apply::apply(&api, b.desired, self.stack.spec.force, false).await?;
+            for c in &conflicts {
+                warn!(stack = %name, object = %change.key, field = %c.field, manager = %c.manager, "took over field {} from {}", c.field, c.manager);
+            }
+            done += 1;
+            info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
+            if let Some(entry) = record.entries.get_mut(&change.key) {
+                entry.api_version = b.desired.api_version.clone();
+                entry.hash = apply::desired_hash(b.desired);
+                entry.resource_version = applied
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            if change.key.kind == "CustomResourceDefinition" {
+                wait_established(self.client, &change.key.name).await?;
+                *kinds = Kinds::discover(self.client).await?;
+            }
+        }
+        // Unchanged objects keep their records; refresh versions that moved without us.
+        inventory::write(self.client, &record).await?;
+        outcome.applied = true;
+
+        for change in stack_plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Prune)
+        {
+            let Some(entry) = record.entries.get(&change.key).cloned() else {
+                continue;
+            };
+            if let Some(resolved) = kinds.resolve(&entry.api_version, &entry.kind) {
+                let ns = if resolved.namespaced {
+                    entry.namespace.as_deref()
+                } else {
+                    None
+                };
+                let api = apply::api_for(self.client, &resolved.resource, ns);
+                apply::delete(&api, &entry.name, &change.key.to_string()).await?;
+                info!(stack = %name, object = %change.key, "pruned {}", change.key);
+            }
+            record.entries.remove(&change.key);
+            inventory::write(self.client, &record).await?;
+        }
+        // Objects another stack now declares leave this inventory without being deleted.
+        let before = record.entries.len();
+        let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
+        record
+            .entries
+            .retain(|k, _| own.contains(k) || !self.desired_keys.contains(k));
+        if record.entries.len() != before {
+            inventory::write(self.client, &record).await?;
+        }
+
+        if self.options.wait {
+            let watched: Vec<Watched> = objects
+                .iter()
+                .map(|b| Watched {
+                    key: b.desired.key.clone(),
+                    api_version: b.desired.api_version.clone(),
+                })
+                .collect();
+            let timeout = self.stack.spec.wait.timeout;
+            let mut last = 0;
+            let pending = health::wait_healthy(self.client, kinds, &watched, timeout, |ok, all| {
+                if ok != last {
+                    info!(stack = %name, "healthy {ok}/{all}");
+                    last = ok;
+                }
+            })
+            .await?;
+            outcome.unhealthy = pending
+                .into_iter()
+                .map(|(k, status)| Unhealthy {
+                    object: k.to_string(),
+                    status,
+                })
+                .collect();
+            if !outcome.unhealthy.is_empty() {
+                outcome.error = Some(format!(
+                    "stack {name}: {} object(s) not healthy after {}s",
+                    outcome.unhealthy.len(),
+                    timeout.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Crash-test hook: `DRIFTLESS_FAILPOINT=<name>` aborts the process at that point, the way a
+/// power cut or OOM kill would, so tests can prove recovery. Unset in normal operation.
+fn failpoint(name: &str) {
+    if std::env::var("DRIFTLESS_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+async fn candidate(
+    client: &Client,
+    kinds: &Kinds,
+    entry: &Entry,
+) -> Result<PruneCandidate, ClusterError> {
+    let key = entry.key();
+    let live = match kinds.resolve(&entry.api_version, &entry.kind) {
+        Some(resolved) => {
+            let ns = if resolved.namespaced {
+                entry.namespace.as_deref()
+            } else {
+                None
+            };
+            let api = apply::api_for(client, &resolved.resource, ns);
+            apply::get(&api, &entry.name, &key.to_string()).await?
+        }
+        // The kind is no longer served (its CRD is gone): so is the object.
+        None => None,
+    };
+    Ok(PruneCandidate {
+        key,
+        api_version: entry.api_version.clone(),
+        live,
+    })
+}
+
+async fn prune_orphaned(
+    client: &Client,
+    kinds: &Kinds,
+    inv: &Inventory,
+    desired_keys: &BTreeSet<ObjectKey>,
+    options: &Options,
+) -> StackOutcome {
+    let mut outcome = StackOutcome {
+        stack: inv.stack.clone(),
+        plan: None,
+        takeovers: Vec::new(),
+        unhealthy: Vec::new(),
+        error: None,
+        applied: false,
+    };
+    let result: Result<(), ClusterError> = async {
+        let mut candidates = Vec::new();
+        for (key, entry) in &inv.entries {
+            if !desired_keys.contains(key) {
+                candidates.push(candidate(client, kinds, entry).await?);
+            }
+        }
+        let settings = PruneSettings {
+            enabled: true,
+            max_share: options.max_prune_share,
+            allow_mass_prune: options.allow_mass_prune,
+            include_namespaces_and_volumes: false,
+        };
+        let stack_plan =
+            plan::plan_stack(&inv.stack, &[], &candidates, inv.entries.len(), settings);
+        if let Some(message) = &stack_plan.prune_refused {
+            outcome.error = Some(format!(
+                "{message} (the stack is no longer in the revision)"
+            ));
+        }
+        let refused = stack_plan.prune_refused.is_some();
+        let prunes: Vec<ObjectKey> = stack_plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Prune)
+            .map(|c| c.key.clone())
+            .collect();
+        outcome.plan = Some(stack_plan);
+        if options.dry_run || refused {
+            return Ok(());
+        }
+        let mut record = inv.clone();
+        for key in prunes {
+            if let Some(entry) = record.entries.get(&key).cloned() {
+                if let Some(resolved) = kinds.resolve(&entry.api_version, &entry.kind) {
+                    let ns = if resolved.namespaced {
+                        entry.namespace.as_deref()
+                    } else {
+                        None
+                    };
+                    let api = apply::api_for(client, &resolved.resource, ns);
+                    apply::delete(&api, &entry.name, &key.to_string()).await?;
+                    info!(stack = %inv.stack, object = %key, "pruned {key} (stack removed)");
+                }
+                record.entries.remove(&key);
+                inventory::write(client, &record).await?;
+            }
+        }
+        // What remains is kept on purpose (annotation, Namespace/PVC) or claimed by other stacks.
+        inventory::delete(client, &inv.stack).await?;
+        outcome.applied = true;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        outcome.error = Some(e.to_string());
+    }
+    outcome
+}
+
+async fn wait_established(client: &Client, name: &str) -> Result<(), ClusterError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let timeout = Duration::from_secs(60);
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(crd) = api.get(name).await {
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(ClusterError::CrdNotEstablished {
+                name: name.to_owned(),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,371 @@
+//! Reading a checkout: the stack definitions and the text of every file a render needs, with the
+//! repository boundary enforced (no symlink or `..` may lead outside it) and size limits.
+//! This is the stack module's only I/O; rendering works on what this returns.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use secrecy::SecretSlice;
+
+use super::model::{API_VERSION, StackFile};
+use super::{Error, Result};
+
+/// Bounds on what a checkout may make driftless read.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadLimits {
+    /// Largest manifest file accepted, in bytes.
+    pub max_file_bytes: u64,
+    /// Most manifest files in one stack.
+    pub max_files_per_stack: usize,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            max_file_bytes: 4 * 1024 * 1024,
+            max_files_per_stack: 10_000,
+        }
+    }
+}
+
+/// A file's text and its path relative to the repository root.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// One stack as read from the checkout: its definition and the raw files it renders from.
+#[derive(Debug, Clone)]
+pub struct LoadedStack {
+    pub name: String,
+    /// `stack.yaml`, relative to the repository root.
+    pub file: PathBuf,
+    pub spec: super::model::StackSpec,
+    /// Manifest files in sorted path order.
+    pub manifests: Vec<SourceFile>,
+    /// Overlay directory (as written in the profile) → its files, for the selected profile.
+    pub overlays: Vec<(String, Vec<SourceFile>)>,
+    /// The selected profile, if the stack defines profiles.
+    pub profile: Option<String>,
+}
+
+/// Host secret file contents by file name, read from the credentials directory.
+pub type HostSecrets = BTreeMap<String, SecretSlice<u8>>;
+
+const STACK_FILE: &str = "stack.yaml";
+const JOBS_FILE: &str = "jobs.yaml";
+
+/// Reads every `stack/<name>/stack.yaml` under `root` and the files its stack renders from, for
+/// `profile` (a stack that defines profiles must define the selected one).
+pub fn load_repo(
+    root: &Path,
+    profile: Option<&str>,
+    limits: LoadLimits,
+) -> Result<Vec<LoadedStack>> {
+    let root = root.canonicalize().map_err(|source| Error::Io {
+        path: root.to_owned(),
+        message: "cannot open the repository".to_owned(),
+        source,
+    })?;
+    let stacks_dir = root.join("stack");
+    let mut entries = read_dir_sorted(&stacks_dir)?;
+    entries.retain(|p| p.join(STACK_FILE).is_file());
+    if entries.is_empty() {
+        return Err(Error::NoStacks { path: stacks_dir });
+    }
+    let mut stacks: Vec<LoadedStack> = Vec::new();
+    for dir in entries {
+        let stack = load_stack(&root, &dir, profile, limits)?;
+        if let Some(other) = stacks.iter().find(|s| s.name == stack.name) {
+            return Err(Error::DuplicateStack {
+                file: stack.file,
+                name: stack.name,
+                other: other.file.clone(),
+            });
+        }
+        stacks.push(stack);
+    }
+    Ok(stacks)
+}
+
+fn load_stack(
+    root: &Path,
+    dir: &Path,
+    profile: Option<&str>,
+    limits: LoadLimits,
+) -> Result<LoadedStack> {
+    let file_abs = dir.join(STACK_FILE);
+    let file = relative(root, &file_abs);
+    let text = read_text(root, &file_abs, limits)?;
+    let def: StackFile = crate::yaml::parse_one(&file, &text)?;
+    let bad = |message: String| Error::StackFile {
+        file: file.clone(),
+        message,
+    };
+    if def.api_version != API_VERSION || def.kind != "Stack" {
+        return Err(bad(format!(
+            "expected apiVersion {API_VERSION} and kind Stack, found {} {}",
+            def.api_version, def.kind
+        )));
+    }
+    let name = def.metadata.name.clone();
+    if !is_dns_label(&name) {
+        return Err(bad(format!(
+            "metadata.name {name:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"
+        )));
+    }
+    let spec = def.spec;
+
+    let profile_spec = match (profile, spec.profiles.is_empty()) {
+        (_, true) | (None, _) => None,
+        (Some(p), false) => Some(spec.profiles.get(p).ok_or_else(|| Error::UnknownProfile {
+            stack: name.clone(),
+            profile: p.to_owned(),
+            defined: spec.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?),
+    };
+
+    // Overlay directories of every profile stay out of the base manifests.
+    let mut excluded: Vec<PathBuf> = Vec::new();
+    for p in spec.profiles.values() {
+        for o in &p.overlays {
+            excluded.push(inside(root, dir, o, &file, "spec.profiles[].overlays")?);
+        }
+    }
+    let manifest_dir = inside(root, dir, &spec.path, &file, "spec.path")?;
+    let mut manifests = Vec::new();
+    collect_yaml(
+        root,
+        &manifest_dir,
+        dir,
+        &excluded,
+        limits,
+        &name,
+        &mut manifests,
+    )?;
+
+    let mut overlays = Vec::new();
+    let selected = profile_spec.and(profile.map(str::to_owned));
+    if let Some(p) = profile_spec {
+        for o in &p.overlays {
+            let odir = inside(root, dir, o, &file, "spec.profiles[].overlays")?;
+            let mut files = Vec::new();
+            collect_yaml(root, &odir, dir, &[], limits, &name, &mut files)?;
+            overlays.push((o.clone(), files));
+        }
+    }
+    Ok(LoadedStack {
+        name,
+        file,
+        spec,
+        manifests,
+        overlays,
+        profile: selected,
+    })
+}
+
+/// Resolves `rel` (from a stack file) against `dir`; it must exist and stay in the repository.
+fn inside(root: &Path, dir: &Path, rel: &str, file: &Path, field: &str) -> Result<PathBuf> {
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute() {
+        return Err(Error::StackFile {
+            file: file.to_owned(),
+            message: format!("{field}: {rel:?} must be relative to the stack directory"),
+        });
+    }
+    let joined = dir.join(rel_path);
+    let resolved = joined.canonicalize().map_err(|source| Error::Io {
+        path: relative(root, &joined),
+        message: format!("{field} of {} does not exist", file.display()),
+        source,
+    })?;
+    if !resolved.starts_with(root) {
+        return Err(Error::OutsideRepository {
+            path: relative(root, &joined),
+            root: root.to_owned(),
+            reason: "path leads outside the repository",
+        });
+    }
+    Ok(resolved)
+}
+
+/// Collects `*.yaml`/`*.yml`/`*.json` below `dir` in sorted path order, skipping hidden entries,
+/// excluded directories, nested stacks, and the stack's own `stack.yaml` and `jobs.yaml`.
+fn collect_yaml(
+    root: &Path,
+    dir: &Path,
+    stack_dir: &Path,
+    excluded: &[PathBuf],
+    limits: LoadLimits,
+    stack: &str,
+    out: &mut Vec<SourceFile>,
+) -> Result<()> {
+    for entry in read_dir_sorted(dir)? {
+        let name = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&entry).map_err(|source| Error::Io {
+            path: relative(root, &entry),
+            message: "cannot stat".to_owned(),
+            source,
+        })?;
+        let real = if meta.file_type().is_symlink() {
+            let target = entry.canonicalize().map_err(|source| Error::Io {
+                path: relative(root, &entry),
+                message: "broken symlink".to_owned(),
+                source,
+            })?;
+            if !target.starts_with(root) {
+                return Err(Error::OutsideRepository {
+                    path: relative(root, &entry),
+                    root: root.to_owned(),
+                    reason: "symlink leads outside the repository",
+                });
+            }
+            target
+        } else {
+            entry.clone()
+        };
+        if real.is_dir() {
+            if excluded.contains(&real)
+                || (real != stack_dir && real.join(STACK_FILE).is_file())
+            {
+                continue;
+            }
+            collect_yaml(root, &real, stack_dir, excluded, limits, stack, out)?;
+            continue;
+        }
+        let is_manifest =
+            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
+        let own_file =
+            entry.parent() == Some(stack_dir) && (name == STACK_FILE || name == JOBS_FILE);
+        if !is_manifest || own_file {
+            continue;
+        }
+        if out.len() >= limits.max_files_per_stack {
+            return Err(Error::TooManyFiles {
+                path: relative(root, dir),
+                stack: stack.to_owned(),
+                limit: limits.max_files_per_stack,
+            });
+        }
+        let text = read_text(root, &real, limits)?;
+        out.push(SourceFile {
+            path: relative(root, &entry),
+            text,
+        });
+    }
+    Ok(())
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |source| Error::Io {
+        path: dir.to_owned(),
+        message: "cannot read directory".to_owned(),
+        source,
+    };
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io)?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn read_text(root: &Path, path: &Path, limits: LoadLimits) -> Result<String> {
+    let rel = relative(root, path);
+    let io = |source| Error::Io {
+        path: rel.clone(),
+        message: "cannot read".to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > limits.max_file_bytes {
+        return Err(Error::FileTooLarge {
+            path: rel,
+            size,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| Error::NotText { path: rel })
+}
+
+fn relative(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root)
+        .map(Path::to_owned)
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// Reads the host files every stack's `spec.secrets` names from `credentials_dir`.
+/// File names must be plain names (no directories), as systemd's `LoadCredential=` gives them.
+pub fn read_host_secrets(
+    stacks: &[LoadedStack],
+    credentials_dir: Option<&Path>,
+) -> Result<HostSecrets> {
+    let mut secrets = HostSecrets::new();
+    for stack in stacks {
+        for secret in &stack.spec.secrets {
+            let Some(dir) = credentials_dir else {
+                return Err(Error::NoCredentialsDir {
+                    stack: stack.name.clone(),
+                });
+            };
+            for (key, file) in &secret.from_files {
+                let path = dir.join(file);
+                let fail = |problem: String| Error::HostSecret {
+                    stack: stack.name.clone(),
+                    secret: secret.name.clone(),
+                    key: key.clone(),
+                    path: path.clone(),
+                    problem,
+                };
+                let plain = Path::new(file).components().count() == 1
+                    && matches!(
+                        Path::new(file).components().next(),
+                        Some(Component::Normal(_))
+                    );
+                if !plain {
+                    return Err(fail(
+                        "must be a plain file name in the credentials directory".to_owned(),
+                    ));
+                }
+                if secrets.contains_key(file) {
+                    continue;
+                }
+                let bytes =
+                    std::fs::read(&path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+                secrets.insert(file.clone(), SecretSlice::from(bytes));
+            }
+        }
+    }
+    Ok(secrets)
+}
+
+/// Empty stand-ins for every host secret file, for offline validation where the host's
+/// credentials are not available (CI before merge): the render is checked, not the files.
+pub fn placeholder_host_secrets(stacks: &[LoadedStack]) -> HostSecrets {
+    stacks
+        .iter()
+        .flat_map(|s| &s.spec.secrets)
+        .flat_map(|secret| secret.from_files.values())
+        .map(|file| (file.clone(), SecretSlice::from(Vec::new())))
+        .collect()
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a namespace or label-safe name.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -1,0 +1,154 @@
+//! Stacks: loading a checkout (`load`, the only part that reads files) and rendering it into the
+//! desired objects of each stack (`render`, `order`: pure).
+
+pub mod load;
+pub mod model;
+pub mod order;
+pub mod render;
+mod vars;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use load::{
+    HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, placeholder_host_secrets,
+    read_host_secrets,
+};
+pub use render::{DesiredObject, ObjectKey, RenderedStack, render};
+
+/// Everything that can be wrong with a stack repository, each naming the place to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Yaml(#[from] crate::yaml::Error),
+    #[error("{path}: {message}")]
+    Io {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no stacks found (expected stack/<name>/stack.yaml)")]
+    NoStacks { path: PathBuf },
+    #[error("{file}: {message}")]
+    StackFile { file: PathBuf, message: String },
+    #[error("{file}: stack name {name:?} is also used by {other}")]
+    DuplicateStack {
+        file: PathBuf,
+        name: String,
+        other: PathBuf,
+    },
+    #[error("{path}: {reason} (the repository root is {root})")]
+    OutsideRepository {
+        path: PathBuf,
+        root: PathBuf,
+        reason: &'static str,
+    },
+    #[error(
+        "{path}: file is {size} bytes, over the limit of {limit} bytes (split it or raise the limit)"
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{path}: more than {limit} manifest files in stack {stack}")]
+    TooManyFiles {
+        path: PathBuf,
+        stack: String,
+        limit: usize,
+    },
+    #[error("{path}: not UTF-8 text")]
+    NotText { path: PathBuf },
+    #[error("stack {stack}: no profile {profile:?} (defined: {defined})")]
+    UnknownProfile {
+        stack: String,
+        profile: String,
+        defined: String,
+    },
+    #[error(
+        "{file}:{line}: undefined variable ${{{name}}} in stack {stack} (defined: {defined}); write $${{{name}}} for a literal"
+    )]
+    UndefinedVariable {
+        stack: String,
+        file: PathBuf,
+        line: usize,
+        name: String,
+        defined: String,
+    },
+    #[error("{file}:{line}: malformed variable reference: {message}")]
+    MalformedVariable {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{place}: {message}")]
+    InvalidObject { place: Place, message: String },
+    #[error("{place}: {key} is also defined at {other}")]
+    DuplicateObject {
+        place: Place,
+        key: String,
+        other: Place,
+    },
+    #[error("stack {stack}: secret {secret:?} key {key:?}: host file {path} {problem}")]
+    HostSecret {
+        stack: String,
+        secret: String,
+        key: String,
+        path: PathBuf,
+        problem: String,
+    },
+    #[error(
+        "stack {stack}: secrets come from host files but no credentials directory is set (systemd's $CREDENTIALS_DIRECTORY or `credentialsDir` in the host configuration)"
+    )]
+    NoCredentialsDir { stack: String },
+    #[error("{file}: overlay patch {index} targets {target}, which stack {stack} does not render")]
+    OverlayTargetsNothing {
+        stack: String,
+        file: PathBuf,
+        index: usize,
+        target: String,
+    },
+    #[error("{file}: overlay patch {index} on {target}: {message}")]
+    OverlayPatch {
+        file: PathBuf,
+        index: usize,
+        target: String,
+        message: String,
+    },
+    #[error(
+        "stack {stack}: renders no objects; refusing an empty render (it would prune everything)"
+    )]
+    EmptyRender { stack: String },
+    #[error("stack {stack}: dependsOn names unknown stack {missing:?}")]
+    UnknownDependency { stack: String, missing: String },
+    #[error("dependsOn cycle: {cycle}")]
+    DependencyCycle { cycle: String },
+}
+
+/// A convenient result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where an object came from: the stack, the file and the document within it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub stack: String,
+    pub file: PathBuf,
+    /// 1-based index of the (non-empty) document within the file.
+    pub document: usize,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (document {}, stack {})",
+            self.file.display(),
+            self.document,
+            self.stack
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
