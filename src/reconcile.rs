@@ -68,6 +68,30 @@ pub struct StackOutcome {
     pub error: Option<String>,
     /// Whether the plan was carried out.
     pub applied: bool,
+    /// Objects to be deleted and created again (an immutable field changed; opted in).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recreate: Vec<String>,
+}
+
+impl StackOutcome {
+    fn new(stack: &str) -> StackOutcome {
+        StackOutcome {
+            stack: stack.to_owned(),
+            plan: None,
+            takeovers: Vec::new(),
+            unhealthy: Vec::new(),
+            error: None,
+            applied: false,
+            recreate: Vec::new(),
+        }
+    }
+
+    fn failed(stack: &str, error: String) -> StackOutcome {
+        StackOutcome {
+            error: Some(error),
+            ..StackOutcome::new(stack)
+        }
+    }
 }
 
 /// A forced takeover of fields another field manager owned.
@@ -191,29 +215,18 @@ pub async fn reconcile(
             .find(|d| failed_stacks.contains(*d))
         {
             failed_stacks.insert(stack.name.clone());
-            outcomes.push(StackOutcome {
-                stack: stack.name.clone(),
-                plan: None,
-                takeovers: Vec::new(),
-                unhealthy: Vec::new(),
-                error: Some(format!("skipped: dependency {dep} did not sync to healthy")),
-                applied: false,
-            });
+            outcomes.push(StackOutcome::failed(
+                &stack.name,
+                format!("skipped: dependency {dep} failed or is not healthy"),
+            ));
             continue;
         }
         if let Some(owner) = foreign.get(&stack.name) {
             failed_stacks.insert(stack.name.clone());
-            outcomes.push(StackOutcome {
-                stack: stack.name.clone(),
-                plan: None,
-                takeovers: Vec::new(),
-                unhealthy: Vec::new(),
-                error: Some(format!(
+            outcomes.push(StackOutcome::failed(&stack.name, format!(
                     "stack {} is managed by driftless instance {owner:?}, not {:?}: rename the stack or set `instance` in the host configuration",
                     stack.name, options.instance
-                )),
-                applied: false,
-            });
+                )));
             continue;
         }
         let empty = Inventory {
@@ -303,14 +316,7 @@ struct StackContext<'a> {
 
 impl StackContext<'_> {
     async fn run(&self, objects: &[Bound<'_>], kinds: &mut Kinds) -> StackOutcome {
-        let mut outcome = StackOutcome {
-            stack: self.stack.name.clone(),
-            plan: None,
-            takeovers: Vec::new(),
-            unhealthy: Vec::new(),
-            error: None,
-            applied: false,
-        };
+        let mut outcome = StackOutcome::new(&self.stack.name);
         match self.run_inner(objects, kinds, &mut outcome).await {
             Ok(()) => {}
             Err(e) => outcome.error = Some(e.to_string()),
@@ -375,6 +381,15 @@ impl StackContext<'_> {
                             .as_ref()
                             .is_some_and(|n| self.desired_namespaces.contains(n)) =>
                     {
+                        Some(b.desired.object.clone())
+                    }
+                    // An immutable field changed and the object opts in to being recreated.
+                    Err(ClusterError::Request {
+                        source: kube::Error::Api(s),
+                        ..
+                    }) if is_immutable_error(&s) && wants_recreate(b.desired) => {
+                        warn!(stack = %self.stack.name, object = %key, "immutable field changed: will delete and recreate ({RECREATE_ANNOTATION})");
+                        outcome.recreate.push(key.to_string());
                         Some(b.desired.object.clone())
                     }
                     Err(e) => return Err(e),
@@ -491,6 +506,11 @@ impl StackContext<'_> {
                 None
             };
             let api = apply::api_for(self.client, &resolved.resource, ns);
+            if outcome.recreate.contains(&change.key.to_string()) {
+                apply::delete(&api, &change.key.name, &change.key.to_string()).await?;
+                wait_gone(&api, &change.key).await?;
+                info!(stack = %name, object = %change.key, "deleted {} to recreate it", change.key);
+            }
             let (applied, conflicts) =
                 apply::apply(&api, b.desired, self.stack.spec.force, false).await?;
             for c in &conflicts {
@@ -582,6 +602,45 @@ impl StackContext<'_> {
     }
 }
 
+/// Annotation by which an object allows driftless to delete and recreate it when an immutable
+/// field changes.
+pub const RECREATE_ANNOTATION: &str = "driftless.dev/recreate";
+
+fn wants_recreate(desired: &DesiredObject) -> bool {
+    desired
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(RECREATE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("true")
+}
+
+fn is_immutable_error(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && (status.message.contains("immutable") || status.message.contains("may not change"))
+}
+
+async fn wait_gone(
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+) -> Result<(), ClusterError> {
+    let start = std::time::Instant::now();
+    while apply::get(api, &key.name, &key.to_string())
+        .await?
+        .is_some()
+    {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(ClusterError::Inventory {
+                name: key.to_string(),
+                message: "still exists 120s after its deletion for recreation (a finalizer?)"
+                    .to_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Crash-test hook: `DRIFTLESS_FAILPOINT=<name>` aborts the process at that point, the way a
 /// power cut or OOM kill would, so tests can prove recovery. Unset in normal operation.
 fn failpoint(name: &str) {
@@ -624,14 +683,7 @@ async fn prune_orphaned(
     desired_keys: &BTreeSet<ObjectKey>,
     options: &Options,
 ) -> StackOutcome {
-    let mut outcome = StackOutcome {
-        stack: inv.stack.clone(),
-        plan: None,
-        takeovers: Vec::new(),
-        unhealthy: Vec::new(),
-        error: None,
-        applied: false,
-    };
+    let mut outcome = StackOutcome::new(&inv.stack);
     let result: Result<(), ClusterError> = async {
         let mut candidates = Vec::new();
         for (key, entry) in &inv.entries {

@@ -858,3 +858,49 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
     );
     expect_exit(&f.driftless(&["diff"]), 0, "good tree unchanged");
 }
+
+#[tokio::test]
+async fn immutable_field_changes_fail_clearly_or_recreate_when_opted_in() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let f = Fixture::new();
+    let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {v: '1'}\n";
+    f.write("stack/app/stack.yaml", STACK);
+    f.write("stack/app/00-namespace.yaml", NAMESPACE);
+    f.write("stack/app/frozen.yaml", frozen);
+    f.commit("immutable configmap");
+    expect_exit(&f.driftless(&["sync"]), 0, "first sync");
+    let uid = |cm: ConfigMap| cm.metadata.uid.unwrap();
+    let first = uid(Api::<ConfigMap>::namespaced(client.clone(), &f.ns())
+        .get("frozen")
+        .await
+        .unwrap());
+
+    f.write("stack/app/frozen.yaml", &frozen.replace("v: '1'", "v: '2'"));
+    f.commit("change immutable data");
+    let out = f.driftless(&["sync"]);
+    expect_exit(&out, 2, "immutable change without opt-in");
+    assert!(
+        text(&out).contains("ConfigMap/ns-") && text(&out).contains("driftless.dev/recreate"),
+        "{}",
+        text(&out)
+    );
+
+    f.write(
+        "stack/app/frozen.yaml",
+        &frozen.replace("v: '1'", "v: '2'").replace(
+            "metadata: {name: frozen}",
+            "metadata: {name: frozen, annotations: {driftless.dev/recreate: 'true'}}",
+        ),
+    );
+    f.commit("opt in to recreation");
+    let out = f.driftless(&["sync"]);
+    expect_exit(&out, 0, "recreated");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &f.ns())
+        .get("frozen")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.as_ref().unwrap()["v"], "2");
+    assert_ne!(uid(cm), first, "a new object");
+    expect_exit(&f.driftless(&["diff"]), 0, "converged");
+}

@@ -62,21 +62,36 @@ async fn deployment_applied_with_ssa_becomes_available_on_kwok_nodes() {
         "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": pod_template("web")}
     }));
     let applied = deployments
-        .patch("web", &PatchParams::apply("driftless").force(), &Patch::Apply(&deploy))
+        .patch(
+            "web",
+            &PatchParams::apply("driftless").force(),
+            &Patch::Apply(&deploy),
+        )
         .await
         .expect("server-side apply");
-    let managers: Vec<_> = applied.managed_fields().iter().filter_map(|m| m.manager.clone()).collect();
-    assert!(managers.contains(&"driftless".to_owned()), "field manager recorded: {managers:?}");
+    let managers: Vec<_> = applied
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains(&"driftless".to_owned()),
+        "field manager recorded: {managers:?}"
+    );
 
-    eventually("deployment web Available with 3 ready replicas", ROLLOUT, || async {
-        let d = deployments.get("web").await.ok()?;
-        let status = d.status?;
-        let available = status
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        (available && status.ready_replicas == Some(3)).then_some(())
-    })
+    eventually(
+        "deployment web Available with 3 ready replicas",
+        ROLLOUT,
+        || async {
+            let d = deployments.get("web").await.ok()?;
+            let status = d.status?;
+            let available = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            (available && status.ready_replicas == Some(3)).then_some(())
+        },
+    )
     .await;
     let pods: Api<Pod> = Api::namespaced(ns.client(), &ns.name);
     assert_eq!(running_pods_on_kwok(&pods, "web").await.len(), 3);
@@ -108,16 +123,27 @@ async fn statefulset_daemonset_and_job_roll_out() {
     let statefulsets: Api<StatefulSet> = Api::namespaced(ns.client(), &ns.name);
     let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(ns.client(), &ns.name);
-    statefulsets.patch("db", &pp, &Patch::Apply(&sts)).await.expect("apply statefulset");
-    daemonsets.patch("agent", &pp, &Patch::Apply(&ds)).await.expect("apply daemonset");
-    jobs.patch("once", &pp, &Patch::Apply(&job)).await.expect("apply job");
+    statefulsets
+        .patch("db", &pp, &Patch::Apply(&sts))
+        .await
+        .expect("apply statefulset");
+    daemonsets
+        .patch("agent", &pp, &Patch::Apply(&ds))
+        .await
+        .expect("apply daemonset");
+    jobs.patch("once", &pp, &Patch::Apply(&job))
+        .await
+        .expect("apply job");
 
     eventually("statefulset db 2/2 ready", ROLLOUT, || async {
         let s = statefulsets.get("db").await.ok()?.status?;
         (s.ready_replicas == Some(2) && s.updated_replicas == Some(2)).then_some(())
     })
     .await;
-    let nodes: i32 = TestEnv::get().var("KWOK_NODES").parse().expect("KWOK_NODES");
+    let nodes: i32 = TestEnv::get()
+        .var("KWOK_NODES")
+        .parse()
+        .expect("KWOK_NODES");
     eventually("daemonset agent on every kwok node", ROLLOUT, || async {
         let s = daemonsets.get("agent").await.ok()?.status?;
         (s.desired_number_scheduled == nodes && s.number_ready == nodes).then_some(())
@@ -129,7 +155,10 @@ async fn statefulset_daemonset_and_job_roll_out() {
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(ns.client(), &ns.name);
-    assert_eq!(running_pods_on_kwok(&pods, "agent").await.len(), nodes as usize);
+    assert_eq!(
+        running_pods_on_kwok(&pods, "agent").await.len(),
+        nodes as usize
+    );
 }
 
 #[tokio::test]
@@ -152,9 +181,13 @@ async fn crd_becomes_established_and_accepts_a_custom_resource() {
         }
     }));
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(&crd_name, &PatchParams::apply("driftless"), &Patch::Apply(&crd))
-        .await
-        .expect("apply CRD");
+    crds.patch(
+        &crd_name,
+        &PatchParams::apply("driftless"),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
     eventually("CRD Established", ROLLOUT, || async {
         let c = crds.get(&crd_name).await.ok()?;
         c.status?
@@ -165,21 +198,36 @@ async fn crd_becomes_established_and_accepts_a_custom_resource() {
     })
     .await;
 
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Widget"), "widgets");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&group, "v1", "Widget"),
+        "widgets",
+    );
     let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
     let widget = DynamicObject::new("w1", &ar).data(json!({"spec": {"size": 3}}));
     // Discovery of a fresh CRD can lag its Established condition by a moment.
     eventually("custom resource accepted", ROLLOUT, || async {
-        widgets.patch("w1", &PatchParams::apply("driftless"), &Patch::Apply(&widget)).await.ok()
+        widgets
+            .patch(
+                "w1",
+                &PatchParams::apply("driftless"),
+                &Patch::Apply(&widget),
+            )
+            .await
+            .ok()
     })
     .await;
     let back = widgets.get("w1").await.expect("read custom resource");
     assert_eq!(back.data["spec"]["size"], json!(3));
-    crds.delete(&crd_name, &Default::default()).await.expect("delete CRD");
+    crds.delete(&crd_name, &Default::default())
+        .await
+        .expect("delete CRD");
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 
@@ -192,8 +240,15 @@ async fn push_blob(http: &reqwest::Client, base: &str, repo: &str, bytes: &[u8])
         .await
         .expect("start upload");
     assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "start upload");
-    let location = resp.headers()["location"].to_str().expect("location").to_owned();
-    let location = if location.starts_with("http") { location } else { format!("{base}{location}") };
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{base}{location}")
+    };
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = http
         .put(format!("{location}{sep}digest={digest}"))
@@ -238,7 +293,10 @@ async fn registry_stores_reads_back_and_deletes_a_manifest() {
         .await
         .expect("put manifest");
     assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
-    assert_eq!(resp.headers()["docker-content-digest"].to_str().unwrap(), manifest_digest);
+    assert_eq!(
+        resp.headers()["docker-content-digest"].to_str().unwrap(),
+        manifest_digest
+    );
 
     let resp = http
         .get(format!("{base}/v2/{repo}/manifests/v1"))
@@ -247,8 +305,14 @@ async fn registry_stores_reads_back_and_deletes_a_manifest() {
         .await
         .expect("get manifest");
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
-    assert_eq!(resp.headers()["docker-content-digest"].to_str().unwrap(), manifest_digest);
-    assert_eq!(resp.bytes().await.expect("manifest body").as_ref(), manifest.as_slice());
+    assert_eq!(
+        resp.headers()["docker-content-digest"].to_str().unwrap(),
+        manifest_digest
+    );
+    assert_eq!(
+        resp.bytes().await.expect("manifest body").as_ref(),
+        manifest.as_slice()
+    );
 
     let tags: serde_json::Value = http
         .get(format!("{base}/v2/{repo}/tags/list"))
@@ -265,7 +329,11 @@ async fn registry_stores_reads_back_and_deletes_a_manifest() {
         .send()
         .await
         .expect("delete manifest");
-    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "deletes are enabled");
+    assert_eq!(
+        resp.status(),
+        reqwest::StatusCode::ACCEPTED,
+        "deletes are enabled"
+    );
     let resp = http
         .get(format!("{base}/v2/{repo}/manifests/{manifest_digest}"))
         .header("accept", OCI_MANIFEST)
@@ -291,10 +359,21 @@ async fn minio_returns_the_bytes_it_was_given() {
         .build()
         .expect("s3 client");
     // 3 MiB of pseudo-random bytes: not compressible, large enough to be more than one read.
-    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let path = Path::from("smoke/object.bin");
-    store.put(&path, PutPayload::from(data.clone())).await.expect("put object");
-    let back = store.get(&path).await.expect("get object").bytes().await.expect("read object");
+    store
+        .put(&path, PutPayload::from(data.clone()))
+        .await
+        .expect("put object");
+    let back = store
+        .get(&path)
+        .await
+        .expect("get object")
+        .bytes()
+        .await
+        .expect("read object");
     assert_eq!(back.len(), data.len());
     assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
     let listed: Vec<_> = {
@@ -309,20 +388,44 @@ async fn minio_returns_the_bytes_it_was_given() {
 async fn postgres_table_dumps_with_pg_dump_and_restores() {
     let env = TestEnv::get();
     let db = env.database("smoke");
-    run_ok(env.pg_command("psql").args(["-d", &db, "-v", "ON_ERROR_STOP=1", "-c"]).arg(
-        "CREATE TABLE catalog (id int PRIMARY KEY, name text); \
+    run_ok(
+        env.pg_command("psql")
+            .args(["-d", &db, "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(
+                "CREATE TABLE catalog (id int PRIMARY KEY, name text); \
          INSERT INTO catalog SELECT g, 'row ' || g FROM generate_series(1, 500) g;",
-    ));
+            ),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let dump = dir.path().join("smoke.dump");
-    run_ok(env.pg_command("pg_dump").args(["-Fc", "-d", &db, "-f"]).arg(&dump));
+    run_ok(
+        env.pg_command("pg_dump")
+            .args(["-Fc", "-d", &db, "-f"])
+            .arg(&dump),
+    );
     // pg_restore -f /dev/null reads every block of the archive.
-    run_ok(env.pg_command("pg_restore").args(["-f", "/dev/null"]).arg(&dump));
+    run_ok(
+        env.pg_command("pg_restore")
+            .args(["-f", "/dev/null"])
+            .arg(&dump),
+    );
     let listing = run_ok(env.pg_command("pg_restore").arg("--list").arg(&dump));
-    assert!(listing.contains("TABLE public catalog"), "dump lists the table:\n{listing}");
+    assert!(
+        listing.contains("TABLE public catalog"),
+        "dump lists the table:\n{listing}"
+    );
 
     let restored = env.database("smoke-restored");
-    run_ok(env.pg_command("pg_restore").args(["--no-owner", "-d", &restored]).arg(&dump));
-    let count = run_ok(env.pg_command("psql").args(["-d", &restored, "-tAc", "SELECT count(*), max(name) FROM catalog"]));
+    run_ok(
+        env.pg_command("pg_restore")
+            .args(["--no-owner", "-d", &restored])
+            .arg(&dump),
+    );
+    let count = run_ok(env.pg_command("psql").args([
+        "-d",
+        &restored,
+        "-tAc",
+        "SELECT count(*), max(name) FROM catalog",
+    ]));
     assert_eq!(count.trim(), "500|row 99");
 }

@@ -91,7 +91,11 @@ pub async fn connect(target: &Target) -> Result<Client> {
 /// A short human hint for common API errors.
 pub(crate) fn hint_for(err: &kube::Error) -> String {
     match err {
-        kube::Error::Api(status) if status.code == 422 && status.message.contains("immutable") => {
+        kube::Error::Api(status)
+            if status.code == 422
+                && (status.message.contains("immutable")
+                    || status.message.contains("may not change")) =>
+        {
             " (an immutable field changed: delete and recreate the object, or annotate it with \
              driftless.dev/recreate: \"true\" to let driftless do that)"
                 .to_owned()

@@ -232,9 +232,7 @@ fn collect_yaml(
             entry.clone()
         };
         if real.is_dir() {
-            if excluded.contains(&real)
-                || (real != stack_dir && real.join(STACK_FILE).is_file())
-            {
+            if excluded.contains(&real) || (real != stack_dir && real.join(STACK_FILE).is_file()) {
                 continue;
             }
             collect_yaml(root, &real, stack_dir, excluded, limits, stack, out)?;

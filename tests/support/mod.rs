@@ -52,14 +52,18 @@ impl TestEnv {
 
     /// A variable of the env file; panics naming the file when absent.
     pub fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from {}: restart the environment", self.file.display()))
+        self.vars.get(key).unwrap_or_else(|| {
+            panic!(
+                "{key} missing from {}: restart the environment",
+                self.file.display()
+            )
+        })
     }
 
     /// A client for the test cluster, authenticated as `system:masters`.
     pub async fn kube_client(&self) -> Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.var("KUBECONFIG")).expect("read kubeconfig");
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(self.var("KUBECONFIG")).expect("read kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .expect("kubeconfig of the test environment");
@@ -76,7 +80,11 @@ impl TestEnv {
         }))
         .expect("namespace object");
         Api::<Namespace>::all(client.clone())
-            .patch(&name, &PatchParams::apply("driftless-test"), &Patch::Apply(&ns))
+            .patch(
+                &name,
+                &PatchParams::apply("driftless-test"),
+                &Patch::Apply(&ns),
+            )
             .await
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
         TestNamespace { name, client }
@@ -94,7 +102,11 @@ impl TestEnv {
     /// Creates a database unique to this test and returns its name.
     pub fn database(&self, prefix: &str) -> String {
         let name = unique_name(prefix).replace('-', "_");
-        run_ok(self.pg_command("psql").args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]).arg(format!("CREATE DATABASE {name}")));
+        run_ok(
+            self.pg_command("psql")
+                .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+                .arg(format!("CREATE DATABASE {name}")),
+        );
         name
     }
 
@@ -103,16 +115,27 @@ impl TestEnv {
         let name = unique_name(prefix);
         let bucket = self.s3_bucket(&name);
         let credentials = self.s3_credentials();
-        let url = rusty_s3::actions::CreateBucket::new(&bucket, &credentials).sign(Duration::from_secs(60));
-        let resp = reqwest::Client::new().put(url).send().await.expect("create bucket request");
-        assert!(resp.status().is_success(), "create bucket {name}: {}", resp.status());
+        let url = rusty_s3::actions::CreateBucket::new(&bucket, &credentials)
+            .sign(Duration::from_secs(60));
+        let resp = reqwest::Client::new()
+            .put(url)
+            .send()
+            .await
+            .expect("create bucket request");
+        assert!(
+            resp.status().is_success(),
+            "create bucket {name}: {}",
+            resp.status()
+        );
         name
     }
 
     /// A rusty-s3 handle of `name` in the test MinIO (path-style addressing).
     pub fn s3_bucket(&self, name: &str) -> rusty_s3::Bucket {
         rusty_s3::Bucket::new(
-            self.var("MINIO_ENDPOINT").parse().expect("MINIO_ENDPOINT is a URL"),
+            self.var("MINIO_ENDPOINT")
+                .parse()
+                .expect("MINIO_ENDPOINT is a URL"),
             rusty_s3::UrlStyle::Path,
             name.to_owned(),
             "us-east-1".to_owned(),
@@ -150,7 +173,9 @@ impl Drop for TestNamespace {
         // Best effort: the environment is thrown away after the run anyway.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await;
             });
         }
     }
@@ -166,7 +191,9 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Runs a command, panics with its output unless it exits 0; returns standard output.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
@@ -188,7 +215,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
