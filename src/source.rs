@@ -100,10 +100,21 @@ pub struct Fetched {
 
 impl GitSource {
     fn git_err(&self, action: &'static str, e: git2::Error) -> Error {
+        let host_key_rejected =
+            e.code() == git2::ErrorCode::Certificate || e.message().contains("hostkey");
+        let message = match (host_key_rejected, &self.credentials.known_hosts) {
+            // libgit2 replaces the certificate callback's message with a generic one.
+            (true, Some(known_hosts)) => format!(
+                "the server's SSH host key is not in the known_hosts file {} (or it changed): \
+                 verify the key and add it with ssh-keyscan",
+                known_hosts.display()
+            ),
+            _ => e.message().to_owned(),
+        };
         Error::Git {
             url: self.url.clone(),
             action,
-            message: e.message().to_owned(),
+            message,
         }
     }
 
