@@ -135,9 +135,10 @@ pub enum Command {
     },
     /// Ask the running daemon for its status.
     Status {
-        /// Address of the daemon's HTTP endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:9427")]
-        endpoint: String,
+        /// Base URL of the daemon's HTTP endpoint (default: from the host configuration's
+        /// `daemon.listen`, else http://127.0.0.1:9427).
+        #[arg(long)]
+        endpoint: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },

@@ -44,6 +44,77 @@ pub struct HostConfig {
     pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub prune: PruneConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// `daemon:`: how `driftless run` listens and when it reconciles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DaemonConfig {
+    /// Address of the HTTP endpoint (default `127.0.0.1:9427`).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Time between polls of the source (default 5m); each poll waits up to 10 % longer at random
+    /// so that many hosts do not poll in step.
+    #[serde(default = "default_poll", with = "crate::stack::model::duration_text")]
+    pub poll_interval: std::time::Duration,
+    /// File (in the credentials directory) holding the bearer token for status and metrics.
+    /// Required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub status_token_file: Option<String>,
+    /// Largest webhook body accepted, in bytes (default 1 MiB).
+    #[serde(default = "default_body_limit")]
+    pub webhook_body_limit: usize,
+    /// Webhook secrets per provider: file names in the credentials directory.
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: default_listen(),
+            poll_interval: default_poll(),
+            status_token_file: None,
+            webhook_body_limit: default_body_limit(),
+            webhooks: WebhookConfig::default(),
+        }
+    }
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9427))
+}
+
+fn default_poll() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+
+/// Webhook secret files by provider; a provider without one answers 404.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub github: Option<WebhookSecret>,
+    #[serde(default)]
+    pub gitlab: Option<WebhookSecret>,
+    #[serde(default)]
+    pub gitea: Option<WebhookSecret>,
+    #[serde(default)]
+    pub generic: Option<WebhookSecret>,
+}
+
+/// One webhook's secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookSecret {
+    /// File name in the credentials directory.
+    pub secret_file: String,
 }
 
 /// Where the stack repository comes from: a local directory, or a Git remote.
@@ -186,6 +257,15 @@ impl HostConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The state directory: the configured one, else systemd's `$STATE_DIRECTORY`, else
+    /// `/var/lib/driftless`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/driftless"))
     }
 
     /// This instance's name.

@@ -9,10 +9,14 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
+pub mod jobs;
 pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod reconcile;
+pub mod server;
 pub mod source;
 pub mod stack;
+pub mod state;
 pub mod yaml;

@@ -11,7 +11,7 @@ use driftless::cli::{
 };
 use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
-use driftless::stack::{self, LoadLimits, RenderedStack};
+use driftless::stack::{self, RenderedStack};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -95,10 +95,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             print_report(&report, output, dry_run);
             Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
         }
-        command @ (Command::Run
-        | Command::Status { .. }
-        | Command::Jobs { .. }
-        | Command::Backup { .. }) => {
+        Command::Run => {
+            runtime()?.block_on(driftless::daemon::run(config_path))?;
+            Ok(EXIT_OK)
+        }
+        Command::Status { endpoint, output } => {
+            let config = HostConfig::load(&config_path, false)?;
+            runtime()?.block_on(print_status(&config, endpoint.as_deref(), output))
+        }
+        command @ (Command::Jobs { .. } | Command::Backup { .. }) => {
             bail!("`driftless {}` is not yet implemented", command.name())
         }
     }
@@ -121,7 +126,12 @@ fn render(
         (None, Some(src)) => match (&src.path, &src.git) {
             (Some(p), _) => p.clone(),
             (None, Some(git)) => {
-                let fetched = fetch_git(config, git, credentials.as_deref())?;
+                let source = driftless::source::GitSource::from_config(
+                    git,
+                    credentials.as_deref(),
+                    &config.state_dir(),
+                )?;
+                let fetched = source.fetch(None)?;
                 tracing::info!(sha = %fetched.revision.sha, subject = %fetched.revision.subject, "revision");
                 fetched.checkout
             }
@@ -132,72 +142,16 @@ fn render(
         }
     };
     let profile = source.profile.as_deref().or(config.profile.as_deref());
-    let loaded = stack::load_repo(&root, profile, LoadLimits::default())?;
-    let (secrets, checked) = match (&credentials, offline) {
-        (None, true) => (stack::placeholder_host_secrets(&loaded), false),
-        (dir, _) => (stack::read_host_secrets(&loaded, dir.as_deref())?, true),
-    };
     // Every stack is rendered even with --stack: the others' objects must be known so that
     // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let stacks = stack::render(&loaded, &secrets)?;
+    let (stacks, checked) =
+        stack::load_and_render(&root, profile, credentials.as_deref(), offline)?;
     for name in &source.stacks {
         if !stacks.iter().any(|s| &s.name == name) {
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));
         }
     }
     Ok((stacks, checked))
-}
-
-fn fetch_git(
-    config: &HostConfig,
-    git: &driftless::config::GitConfig,
-    credentials: Option<&std::path::Path>,
-) -> anyhow::Result<driftless::source::Fetched> {
-    use driftless::source::{GitCredentials, GitRef, GitSource};
-    let read = |file: &str| -> anyhow::Result<String> {
-        let dir = credentials.context(
-            "source.git.auth names credential files but no credentials directory is set",
-        )?;
-        let path = dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("git credential file {}", path.display()))?;
-        Ok(text.trim_end().to_owned())
-    };
-    let auth = &git.auth;
-    let creds = GitCredentials {
-        username: auth.username_file.as_deref().map(read).transpose()?,
-        password: auth
-            .token_file
-            .as_deref()
-            .or(auth.password_file.as_deref())
-            .map(read)
-            .transpose()?
-            .map(secrecy::SecretString::from),
-        ssh_key: match (&auth.ssh_key_file, credentials) {
-            (Some(f), Some(dir)) => Some(dir.join(f)),
-            (Some(_), None) => bail!("source.git.auth.sshKeyFile needs a credentials directory"),
-            _ => None,
-        },
-        known_hosts: auth.known_hosts_file.clone(),
-    };
-    let reference = match (&git.branch, &git.tag, &git.commit) {
-        (_, Some(t), _) => GitRef::Tag(t.clone()),
-        (_, _, Some(c)) => GitRef::Commit(c.clone()),
-        (Some(b), _, _) => GitRef::Branch(b.clone()),
-        _ => GitRef::Branch("main".to_owned()),
-    };
-    let state = config
-        .state_dir
-        .clone()
-        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/driftless"));
-    let src = GitSource {
-        url: git.url.clone(),
-        reference,
-        credentials: creds,
-        dir: state.join("git"),
-    };
-    Ok(src.fetch(None)?)
 }
 
 fn names(stacks: &[RenderedStack]) -> String {
@@ -226,6 +180,75 @@ async fn reconcile_with(
     };
     let client = driftless::cluster::connect(&target).await?;
     Ok(reconcile::reconcile(&client, stacks, options).await?)
+}
+
+/// Asks the daemon for its status (`/api/v1/status`) and prints it. Exit 0 when ready, 2 when
+/// degraded, starting or unreachable.
+async fn print_status(
+    config: &HostConfig,
+    endpoint: Option<&str>,
+    output: OutputFormat,
+) -> anyhow::Result<u8> {
+    use driftless::daemon::status::{DaemonState, Status};
+    let base = match endpoint {
+        Some(e) => e.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", config.daemon.listen),
+    };
+    let url = format!("{base}/api/v1/status");
+    let mut request = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(file) = &config.daemon.status_token_file
+        && let Some(dir) = config.credentials_dir()
+    {
+        let token = std::fs::read_to_string(dir.join(file))
+            .with_context(|| format!("status token file {file}"))?;
+        request = request.bearer_auth(token.trim_end());
+    }
+    let response = request.send().await.with_context(|| {
+        format!("cannot reach the daemon at {url} (is `driftless run` running?)")
+    })?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", response.status());
+    }
+    let status: Status = response
+        .json()
+        .await
+        .with_context(|| format!("{url}: unreadable status"))?;
+    match output {
+        OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&status)?)),
+        OutputFormat::Human => {
+            let mut t = format!(
+                "driftless {}: {:?}\nsource: {}\n",
+                status.instance, status.state, status.source
+            );
+            if let Some(r) = &status.applied_revision {
+                t.push_str(&format!("revision: {} {}\n", r.sha, r.subject));
+            }
+            for e in &status.errors {
+                t.push_str(&format!("error: {e}\n"));
+            }
+            for s in &status.stacks {
+                t.push_str(&format!(
+                    "stack {}: {} ({} objects, {} drifted){}\n",
+                    s.name,
+                    s.state,
+                    s.managed_objects,
+                    s.drifted,
+                    s.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            emit(&t);
+        }
+    }
+    Ok(if status.state == DaemonState::Ready {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
 }
 
 /// Writes to standard output; a closed pipe (`driftless diff | head`) is not an error.

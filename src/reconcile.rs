@@ -531,8 +531,10 @@ impl StackContext<'_> {
                 *kinds = Kinds::discover(self.client).await?;
             }
         }
-        // Unchanged objects keep their records; refresh versions that moved without us.
-        inventory::write(self.client, &record).await?;
+        // Unchanged objects keep their records. A reconcile that changed nothing writes nothing.
+        if record.entries != self.inventory.entries || record.owner != self.inventory.owner {
+            inventory::write(self.client, &record).await?;
+        }
         outcome.applied = true;
 
         for change in stack_plan

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{CertificateCheckStatus, Cred, FetchOptions, Oid, RemoteCallbacks, Repository};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors fetching or checking out a revision.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +69,70 @@ pub struct GitCredentials {
     pub known_hosts: Option<PathBuf>,
 }
 
+impl GitSource {
+    /// The source a host configuration describes. Credential files are read from
+    /// `credentials_dir` now; the mirror lives under `<state_dir>/git`.
+    pub fn from_config(
+        git: &crate::config::GitConfig,
+        credentials_dir: Option<&Path>,
+        state_dir: &Path,
+    ) -> Result<GitSource> {
+        let read = |file: &str| -> Result<String> {
+            let dir = credentials_dir.ok_or_else(|| Error::Credentials {
+                url: git.url.clone(),
+                path: PathBuf::from(file),
+                message:
+                    "source.git.auth names credential files but no credentials directory is set"
+                        .to_owned(),
+            })?;
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Credentials {
+                url: git.url.clone(),
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            Ok(text.trim_end().to_owned())
+        };
+        let auth = &git.auth;
+        let credentials = GitCredentials {
+            username: auth.username_file.as_deref().map(read).transpose()?,
+            password: auth
+                .token_file
+                .as_deref()
+                .or(auth.password_file.as_deref())
+                .map(read)
+                .transpose()?
+                .map(SecretString::from),
+            ssh_key: match (&auth.ssh_key_file, credentials_dir) {
+                (Some(f), Some(dir)) => Some(dir.join(f)),
+                (Some(f), None) => {
+                    return Err(Error::Credentials {
+                        url: git.url.clone(),
+                        path: PathBuf::from(f),
+                        message: "sshKeyFile needs a credentials directory".to_owned(),
+                    });
+                }
+                _ => None,
+            },
+            known_hosts: auth.known_hosts_file.clone(),
+        };
+        let reference = match (&git.branch, &git.tag, &git.commit) {
+            (_, Some(t), _) => GitRef::Tag(t.clone()),
+            (_, _, Some(c)) => GitRef::Commit(c.clone()),
+            (Some(b), _, _) => GitRef::Branch(b.clone()),
+            _ => GitRef::Branch("main".to_owned()),
+        };
+        Ok(GitSource {
+            url: git.url.clone(),
+            reference,
+            credentials,
+            dir: state_dir.join("git"),
+        })
+    }
+}
+
 /// One commit, as recorded in status and history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     pub sha: String,
     pub subject: String,

@@ -126,6 +126,23 @@ pub enum Error {
     DependencyCycle { cycle: String },
 }
 
+/// Loads and renders every stack of the checkout at `root` for `profile`. Host secrets are read
+/// from `credentials_dir`; with `placeholders` and no directory, empty stand-ins are used (offline
+/// validation). Returns the stacks in dependency order and whether host secrets were read.
+pub fn load_and_render(
+    root: &std::path::Path,
+    profile: Option<&str>,
+    credentials_dir: Option<&std::path::Path>,
+    placeholders: bool,
+) -> Result<(Vec<RenderedStack>, bool)> {
+    let loaded = load_repo(root, profile, LoadLimits::default())?;
+    let (secrets, checked) = match (credentials_dir, placeholders) {
+        (None, true) => (placeholder_host_secrets(&loaded), false),
+        (dir, _) => (read_host_secrets(&loaded, dir)?, true),
+    };
+    Ok((render(&loaded, &secrets)?, checked))
+}
+
 /// A convenient result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -1,0 +1,109 @@
+//! Prometheus metrics of the daemon (`GET /metrics`, text exposition format).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reconcile_duration: Histogram,
+    pub reconciles: Family<Labels, Counter>,
+    pub last_successful_sync: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub drifted_objects: Family<Labels, Gauge>,
+    pub managed_objects: Family<Labels, Gauge>,
+    pub apply_errors: Family<Labels, Counter>,
+    pub webhook_requests: Family<Labels, Counter>,
+    pub job_runs: Family<Labels, Counter>,
+    pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("driftless");
+        let reconcile_duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        let m = Metrics {
+            reconcile_duration: reconcile_duration.clone(),
+            reconciles: Family::default(),
+            last_successful_sync: Family::default(),
+            drifted_objects: Family::default(),
+            managed_objects: Family::default(),
+            apply_errors: Family::default(),
+            webhook_requests: Family::default(),
+            job_runs: Family::default(),
+            job_last_success: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile of all stacks",
+            reconcile_duration,
+        );
+        registry.register(
+            "reconciles",
+            "Reconciles by trigger and outcome",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last sync of a stack that ended synced and healthy",
+            m.last_successful_sync.clone(),
+        );
+        registry.register(
+            "drifted_objects",
+            "Objects of a stack whose live state drifted from Git",
+            m.drifted_objects.clone(),
+        );
+        registry.register(
+            "managed_objects",
+            "Objects a stack manages",
+            m.managed_objects.clone(),
+        );
+        registry.register(
+            "apply_errors",
+            "Stack reconciles that failed",
+            m.apply_errors.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by provider and outcome",
+            m.webhook_requests.clone(),
+        );
+        registry.register(
+            "job_runs",
+            "Scheduled job runs by job and outcome",
+            m.job_runs.clone(),
+        );
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "Unix time of the last successful run of a job",
+            m.job_last_success.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `[("stack", name)]`-style label sets.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

@@ -1,0 +1,722 @@
+//! `driftless run`: the long-running agent. It sequences the stages (source → stack → reconcile)
+//! on triggers (poll, webhook, file change, SIGHUP, retry), keeps the last good revision when a new
+//! one is broken, backs off failing stacks one by one, reports status and metrics, and talks the
+//! systemd notify protocol. It sequences; it does not decide.
+
+pub mod metrics;
+pub mod sd_notify;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use secrecy::SecretString;
+use tokio::sync::{Notify, RwLock};
+use tracing::{error, info, warn};
+
+use crate::config::HostConfig;
+use crate::reconcile::{self, Report};
+use crate::source::{GitSource, Revision};
+use crate::stack::RenderedStack;
+use metrics::{Metrics, labels};
+use status::{DaemonState, PlanCounts, ReconcileSummary, StackStatus, Status};
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Error),
+}
+
+/// What the HTTP endpoint needs from the daemon.
+pub struct Shared {
+    pub status: RwLock<Status>,
+    pub metrics: Metrics,
+    /// Wakes the loop; notifications while a reconcile runs coalesce into one more run.
+    pub trigger: Notify,
+    /// Why the next run happens (the last trigger wins; for status only).
+    pub trigger_reason: std::sync::Mutex<String>,
+    pub endpoint: RwLock<EndpointConfig>,
+}
+
+impl Shared {
+    /// Asks for a reconcile; many requests before the loop wakes give one run.
+    pub fn request(&self, reason: &str) {
+        if let Ok(mut r) = self.trigger_reason.lock() {
+            *r = reason.to_owned();
+        }
+        self.trigger.notify_one();
+    }
+}
+
+/// The endpoint's view of the configuration (secrets read from the credentials directory).
+#[derive(Default)]
+pub struct EndpointConfig {
+    pub status_token: Option<SecretString>,
+    pub webhook_secrets: Vec<(crate::server::hooks::Provider, SecretString)>,
+    pub body_limit: usize,
+    /// The followed Git URL and ref (webhooks for anything else are ignored).
+    pub git: Option<(String, crate::source::GitRef)>,
+}
+
+/// Reads the endpoint's secrets. Missing files are errors: a webhook route without its secret
+/// must not silently accept everything.
+pub fn endpoint_config(config: &HostConfig) -> Result<EndpointConfig, Error> {
+    use crate::server::hooks::Provider;
+    let creds = config.credentials_dir();
+    let read = |file: &str, what: &str| -> Result<SecretString, Error> {
+        let dir = creds.as_ref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{what} names {file} but no credentials directory is set"
+            ))
+        })?;
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Invalid(format!("{what}: {}: {e}", path.display())))?;
+        Ok(SecretString::from(text.trim_end().to_owned()))
+    };
+    let d = &config.daemon;
+    let mut webhook_secrets = Vec::new();
+    for (provider, secret) in [
+        (Provider::Github, &d.webhooks.github),
+        (Provider::Gitlab, &d.webhooks.gitlab),
+        (Provider::Gitea, &d.webhooks.gitea),
+        (Provider::Generic, &d.webhooks.generic),
+    ] {
+        if let Some(s) = secret {
+            webhook_secrets.push((provider, read(&s.secret_file, "daemon.webhooks")?));
+        }
+    }
+    let status_token = d
+        .status_token_file
+        .as_deref()
+        .map(|f| read(f, "daemon.statusTokenFile"))
+        .transpose()?;
+    if !d.listen.ip().is_loopback() && status_token.is_none() {
+        return Err(Error::Invalid(format!(
+            "daemon.listen {} is not a loopback address: set daemon.statusTokenFile so status and metrics need a bearer token",
+            d.listen
+        )));
+    }
+    let git = config
+        .source
+        .as_ref()
+        .and_then(|s| s.git.as_ref())
+        .map(|g| {
+            let reference = match (&g.branch, &g.tag, &g.commit) {
+                (_, Some(t), _) => crate::source::GitRef::Tag(t.clone()),
+                (_, _, Some(c)) => crate::source::GitRef::Commit(c.clone()),
+                (Some(b), _, _) => crate::source::GitRef::Branch(b.clone()),
+                _ => crate::source::GitRef::Branch("main".to_owned()),
+            };
+            (g.url.clone(), reference)
+        });
+    Ok(EndpointConfig {
+        status_token,
+        webhook_secrets,
+        body_limit: d.webhook_body_limit,
+        git,
+    })
+}
+
+/// Per-stack failure memory for exponential backoff.
+#[derive(Default, Clone)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+fn backoff_delay(failures: u32) -> Duration {
+    // 5 s, 10 s, 20 s … capped at 10 min.
+    Duration::from_secs(5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(7)))
+        .min(Duration::from_secs(600))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config_path: PathBuf) -> Result<(), Error> {
+    let mut config = HostConfig::load(&config_path, true)?;
+    if config.source.is_none() {
+        return Err(Error::Invalid(format!(
+            "{}: `source` is required for `driftless run`",
+            config_path.display()
+        )));
+    }
+    let shared = Arc::new(Shared {
+        status: RwLock::new(Status {
+            instance: config.instance(),
+            started_at: Some(Utc::now()),
+            source: describe_source(&config),
+            ..Status::default()
+        }),
+        metrics: Metrics::default(),
+        trigger: Notify::new(),
+        trigger_reason: std::sync::Mutex::new("start".to_owned()),
+        endpoint: RwLock::new(endpoint_config(&config)?),
+    });
+    let listener = tokio::net::TcpListener::bind(config.daemon.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.daemon.listen,
+            source,
+        })?;
+    info!(listen = %config.daemon.listen, "serving status, metrics and webhooks");
+    let server = tokio::spawn(crate::server::serve(listener, shared.clone()));
+
+    let reload = Arc::new(Notify::new());
+    spawn_signal_handlers(shared.clone(), reload.clone());
+    let _watcher = watch_files(&config, &config_path, shared.clone(), reload.clone());
+    spawn_watchdog();
+    let poll = spawn_poller(shared.clone(), config.daemon.poll_interval);
+
+    let mut state = LoopState::default();
+    shared.request("start");
+    let mut ready_sent = false;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = reload.notified() => {
+                match HostConfig::load(&config_path, true) {
+                    Ok(new) => match endpoint_config(&new) {
+                        Ok(endpoint) => {
+                            info!("configuration reloaded");
+                            *shared.endpoint.write().await = endpoint;
+                            config = new;
+                            shared.request("config reload");
+                        }
+                        Err(e) => error!("configuration reload refused, keeping the previous one: {e}"),
+                    },
+                    Err(e) => error!("configuration reload refused, keeping the previous one: {e}"),
+                }
+                continue;
+            }
+            _ = shared.trigger.notified() => {}
+        }
+        let reason = shared
+            .trigger_reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let started = Utc::now();
+        let t0 = Instant::now();
+        // A stop request ends the reconcile at its next await: inventory-first writes make that
+        // safe, and the rest of the plan runs again next start.
+        let outcome = tokio::select! {
+            _ = &mut shutdown => break,
+            o = reconcile_once(&config, &shared, &mut state, &reason) => o,
+        };
+        let elapsed = t0.elapsed();
+        shared
+            .metrics
+            .reconcile_duration
+            .observe(elapsed.as_secs_f64());
+        shared
+            .metrics
+            .reconciles
+            .get_or_create(&labels(&[(
+                "outcome",
+                if outcome { "ok" } else { "error" },
+            )]))
+            .inc();
+        {
+            let mut st = shared.status.write().await;
+            st.last_reconcile = Some(ReconcileSummary {
+                trigger: reason.clone(),
+                started_at: started,
+                duration_ms: elapsed.as_millis() as u64,
+                ok: outcome,
+            });
+            if st.applied_revision.is_some() {
+                st.state = if outcome {
+                    DaemonState::Ready
+                } else {
+                    DaemonState::Degraded
+                };
+            }
+            sd_notify::send(&format!(
+                "STATUS={:?}: revision {}, {} stacks",
+                st.state,
+                st.applied_revision
+                    .as_ref()
+                    .map(|r| &r.sha[..12.min(r.sha.len())])
+                    .unwrap_or("none"),
+                st.stacks.len()
+            ));
+            persist(&config.state_dir(), &st);
+        }
+        if !ready_sent && state.last_good.is_some() {
+            sd_notify::send("READY=1");
+            ready_sent = true;
+        }
+        // Retry the earliest backed-off stack, or the source, without waiting for the poll.
+        if let Some(delay) = state.next_retry() {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                shared.request("retry");
+            });
+        }
+    }
+    info!("stopping");
+    sd_notify::send("STOPPING=1");
+    poll.abort();
+    server.abort();
+    let st = shared.status.read().await;
+    persist(&config.state_dir(), &st);
+    Ok(())
+}
+
+fn describe_source(config: &HostConfig) -> String {
+    match config.source.as_ref() {
+        Some(s) => match (&s.path, &s.git) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(g)) => format!(
+                "{} ({})",
+                g.url,
+                g.tag
+                    .as_deref()
+                    .map(|t| format!("tag {t}"))
+                    .or(g.commit.as_deref().map(|c| format!("commit {c}")))
+                    .unwrap_or_else(|| format!("branch {}", g.branch.as_deref().unwrap_or("main")))
+            ),
+            _ => String::new(),
+        },
+        None => String::new(),
+    }
+}
+
+fn persist(state_dir: &Path, status: &Status) {
+    if let Err(e) = crate::state::write_json(&state_dir.join("status.json"), status) {
+        warn!("{e}");
+    }
+}
+
+#[derive(Default)]
+struct LoopState {
+    /// The last revision that loaded and rendered: what is reconciled while newer ones fail.
+    last_good: Option<(Option<Revision>, Vec<RenderedStack>)>,
+    backoff: BTreeMap<String, Backoff>,
+    source_failures: u32,
+    client: Option<kube::Client>,
+}
+
+impl LoopState {
+    fn next_retry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let stacks = self
+            .backoff
+            .values()
+            .filter_map(|b| b.retry_at)
+            .map(|t| t.saturating_duration_since(now));
+        let source = (self.source_failures > 0).then(|| backoff_delay(self.source_failures));
+        stacks.chain(source).min()
+    }
+}
+
+/// One run: fetch, render (keeping the last good revision on failure), reconcile the stacks not
+/// in backoff, record. Returns whether everything succeeded.
+async fn reconcile_once(
+    config: &HostConfig,
+    shared: &Shared,
+    state: &mut LoopState,
+    reason: &str,
+) -> bool {
+    let mut errors = Vec::new();
+    let credentials = config.credentials_dir();
+    // Source.
+    let fetched: Result<(Option<Revision>, PathBuf), String> = match config.source.as_ref() {
+        Some(s) if s.path.is_some() => Ok((None, s.path.clone().unwrap_or_default())),
+        Some(s) => match s.git.as_ref() {
+            Some(git) => {
+                let previous = state
+                    .last_good
+                    .as_ref()
+                    .and_then(|(r, _)| r.as_ref())
+                    .map(|r| r.sha.clone());
+                let source =
+                    GitSource::from_config(git, credentials.as_deref(), &config.state_dir());
+                let result = tokio::task::spawn_blocking(move || {
+                    source.and_then(|s| s.fetch(previous.as_deref()))
+                })
+                .await;
+                match result {
+                    Ok(Ok(f)) => Ok((Some(f.revision), f.checkout)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("fetch task failed: {e}")),
+                }
+            }
+            None => Err("source: neither path nor git".to_owned()),
+        },
+        None => Err("no source configured".to_owned()),
+    };
+    let desired = match fetched {
+        Ok((revision, root)) => {
+            state.source_failures = 0;
+            shared.status.write().await.revision = revision.clone();
+            let unchanged = matches!((&state.last_good, &revision), (Some((Some(old), _)), Some(new)) if old.sha == new.sha);
+            if unchanged {
+                state.last_good.as_ref().map(|(_, s)| s.clone())
+            } else {
+                let profile = config.profile.clone();
+                let creds = credentials.clone();
+                let rendered = tokio::task::spawn_blocking(move || {
+                    crate::stack::load_and_render(
+                        &root,
+                        profile.as_deref(),
+                        creds.as_deref(),
+                        false,
+                    )
+                })
+                .await;
+                match rendered {
+                    Ok(Ok((stacks, _))) => {
+                        if let Some(r) = &revision {
+                            info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
+                        }
+                        state.last_good = Some((revision.clone(), stacks.clone()));
+                        shared.status.write().await.applied_revision = revision;
+                        Some(stacks)
+                    }
+                    Ok(Err(e)) => {
+                        let rev = revision
+                            .as_ref()
+                            .map(|r| r.sha.as_str())
+                            .unwrap_or("working tree");
+                        errors.push(format!(
+                            "revision {rev} does not load; keeping the last good revision: {e}"
+                        ));
+                        state.last_good.as_ref().map(|(_, s)| s.clone())
+                    }
+                    Err(e) => {
+                        errors.push(format!("render task failed: {e}"));
+                        state.last_good.as_ref().map(|(_, s)| s.clone())
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            state.source_failures += 1;
+            errors.push(format!("source: {e}; keeping the last good revision"));
+            state.last_good.as_ref().map(|(_, s)| s.clone())
+        }
+    };
+    for e in &errors {
+        error!("{e}");
+    }
+    let Some(stacks) = desired else {
+        let mut st = shared.status.write().await;
+        st.errors = errors;
+        st.state = DaemonState::Degraded;
+        return false;
+    };
+
+    // Cluster.
+    let client = match &state.client {
+        Some(c) => c.clone(),
+        None => {
+            let target = crate::cluster::Target {
+                kubeconfig: config.cluster.kubeconfig.clone(),
+                context: config.cluster.context.clone(),
+            };
+            match crate::cluster::connect(&target).await {
+                Ok(c) => {
+                    state.client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    let mut st = shared.status.write().await;
+                    st.errors = errors;
+                    st.state = DaemonState::Degraded;
+                    return false;
+                }
+            }
+        }
+    };
+    let now = Instant::now();
+    let in_backoff: Vec<String> = state
+        .backoff
+        .iter()
+        .filter(|(_, b)| b.retry_at.is_some_and(|t| t > now))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let only: Vec<String> = if in_backoff.is_empty() {
+        Vec::new()
+    } else {
+        stacks
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|n| !in_backoff.contains(n))
+            .collect()
+    };
+    if !in_backoff.is_empty() && only.is_empty() {
+        return false;
+    }
+    let options = reconcile::Options {
+        dry_run: false,
+        allow_mass_prune: config.prune.allow_mass_prune,
+        max_prune_share: config.prune.max_share,
+        only,
+        instance: config.instance(),
+        ..reconcile::Options::default()
+    };
+    let report = match reconcile::reconcile(&client, &stacks, &options).await {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(format!("reconcile ({reason}): {e}"));
+            for e in &errors {
+                error!("{e}");
+            }
+            state.source_failures = state.source_failures.max(1);
+            let mut st = shared.status.write().await;
+            st.errors = errors;
+            st.state = DaemonState::Degraded;
+            return false;
+        }
+    };
+    record(shared, state, &stacks, &report, errors).await
+}
+
+/// Folds a reconcile report into status, metrics and backoff. Returns whether all went well.
+async fn record(
+    shared: &Shared,
+    state: &mut LoopState,
+    stacks: &[RenderedStack],
+    report: &Report,
+    mut errors: Vec<String>,
+) -> bool {
+    let now = Utc::now();
+    let mut st = shared.status.write().await;
+    let previous: BTreeMap<String, StackStatus> =
+        st.stacks.drain(..).map(|s| (s.name.clone(), s)).collect();
+    let mut all_ok = errors.is_empty();
+    for stack in stacks {
+        let mut s = previous.get(&stack.name).cloned().unwrap_or(StackStatus {
+            name: stack.name.clone(),
+            state: "pending".to_owned(),
+            last_change: None,
+            last_sync: None,
+            managed_objects: stack.objects.len(),
+            drifted: 0,
+            last_plan: PlanCounts::default(),
+            error: None,
+            retry_at: None,
+            consecutive_failures: 0,
+        });
+        s.managed_objects = stack.objects.len();
+        let stack_labels = labels(&[("stack", &stack.name)]);
+        shared
+            .metrics
+            .managed_objects
+            .get_or_create(&stack_labels)
+            .set(stack.objects.len() as i64);
+        if let Some(outcome) = report.stacks.iter().find(|o| o.stack == stack.name) {
+            let failed = outcome.error.is_some() || !outcome.unhealthy.is_empty();
+            if let Some(plan) = &outcome.plan {
+                let (c, u, p) = plan.counts();
+                s.last_plan = PlanCounts {
+                    create: c,
+                    update: u,
+                    prune: p,
+                };
+                // Updates of objects that were already in place are drift from Git.
+                s.drifted = if s.last_sync.is_some() { u } else { 0 };
+                if c + u + p > 0 && outcome.applied {
+                    s.last_change = Some(now);
+                }
+            }
+            shared
+                .metrics
+                .drifted_objects
+                .get_or_create(&stack_labels)
+                .set(s.drifted as i64);
+            let backoff = state.backoff.entry(stack.name.clone()).or_default();
+            if failed {
+                all_ok = false;
+                backoff.failures += 1;
+                let delay = backoff_delay(backoff.failures);
+                backoff.retry_at = Some(Instant::now() + delay);
+                s.state = if outcome.unhealthy.is_empty() {
+                    "failed"
+                } else {
+                    "unhealthy"
+                }
+                .to_owned();
+                s.error = outcome.error.clone();
+                s.consecutive_failures = backoff.failures;
+                s.retry_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+                shared
+                    .metrics
+                    .apply_errors
+                    .get_or_create(&stack_labels)
+                    .inc();
+            } else {
+                *backoff = Backoff::default();
+                s.state = "synced".to_owned();
+                s.error = None;
+                s.retry_at = None;
+                s.consecutive_failures = 0;
+                s.last_sync = Some(now);
+                shared
+                    .metrics
+                    .last_successful_sync
+                    .get_or_create(&stack_labels)
+                    .set(now.timestamp_millis() as f64 / 1000.0);
+            }
+        } else if state
+            .backoff
+            .get(&stack.name)
+            .is_some_and(|b| b.retry_at.is_some())
+        {
+            s.state = "backoff".to_owned();
+            all_ok = false;
+        }
+        st.stacks.push(s);
+    }
+    // Stacks that left the revision (orphans being pruned) report through errors only.
+    for o in &report.stacks {
+        if !stacks.iter().any(|s| s.name == o.stack)
+            && let Some(e) = &o.error
+        {
+            all_ok = false;
+            errors.push(e.clone());
+        }
+    }
+    st.errors = errors;
+    st.state = if all_ok {
+        DaemonState::Ready
+    } else {
+        DaemonState::Degraded
+    };
+    all_ok
+}
+
+fn spawn_signal_handlers(shared: Arc<Shared>, reload: Arc<Notify>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the configuration");
+            reload.notify_one();
+            shared.request("SIGHUP");
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn spawn_poller(shared: Arc<Shared>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Up to 10 % later at random, so that many hosts do not poll in step.
+            let jitter = interval.mul_f64(rand::random::<f64>() * 0.1);
+            tokio::time::sleep(interval + jitter).await;
+            shared.request("poll");
+        }
+    })
+}
+
+fn spawn_watchdog() {
+    let Some(timeout) = sd_notify::watchdog_interval() else {
+        return;
+    };
+    let period = timeout / 2;
+    tokio::spawn(async move {
+        loop {
+            sd_notify::send("WATCHDOG=1");
+            tokio::time::sleep(period).await;
+        }
+    });
+}
+
+/// Watches the host configuration (reload) and a local-path source (reconcile) with `notify`.
+fn watch_files(
+    config: &HostConfig,
+    config_path: &Path,
+    shared: Arc<Shared>,
+    reload: Arc<Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let config_path = config_path
+        .canonicalize()
+        .unwrap_or_else(|_| config_path.to_owned());
+    let source_path = config
+        .source
+        .as_ref()
+        .and_then(|s| s.path.clone())
+        .and_then(|p| p.canonicalize().ok());
+    let cfg = config_path.clone();
+    let src = source_path.clone();
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if event.paths.contains(&cfg) {
+                reload.notify_one();
+            } else if let Some(src) = &src
+                && event.paths.iter().any(|p| p.starts_with(src))
+            {
+                shared.request("file change");
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("file watching unavailable: {e}");
+                return None;
+            }
+        };
+    // Watch the directory of the config file: editors replace files by rename.
+    if let Some(dir) = config_path.parent()
+        && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+    {
+        warn!("cannot watch {}: {e}", dir.display());
+    }
+    if let Some(src) = &source_path
+        && let Err(e) = watcher.watch(src, RecursiveMode::Recursive)
+    {
+        warn!("cannot watch {}: {e}", src.display());
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let secs: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+    }
+}

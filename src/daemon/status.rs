@@ -1,0 +1,79 @@
+//! What the daemon reports: the status document served at `/api/v1/status`, rendered at `/`,
+//! printed by `driftless status`, and kept in the state directory across restarts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::source::Revision;
+
+/// The daemon's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// No revision has loaded yet.
+    #[default]
+    Starting,
+    /// The last reconcile succeeded for every stack.
+    Ready,
+    /// Something needs attention: the source, a stack, or the cluster (see `errors`, `stacks`).
+    Degraded,
+}
+
+/// The whole status document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub instance: String,
+    pub state: DaemonState,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The source: a Git URL and ref, or a local path.
+    pub source: String,
+    /// The newest revision fetched.
+    pub revision: Option<Revision>,
+    /// The revision whose desired state is being reconciled (the last one that loaded and
+    /// rendered); it differs from `revision` when a newer one is broken.
+    pub applied_revision: Option<Revision>,
+    pub last_reconcile: Option<ReconcileSummary>,
+    pub stacks: Vec<StackStatus>,
+    /// Problems outside any one stack (source unreachable, revision fails to render, cluster down).
+    pub errors: Vec<String>,
+}
+
+/// One reconcile run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileSummary {
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub ok: bool,
+}
+
+/// One stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackStatus {
+    pub name: String,
+    /// `synced`, `failed`, `unhealthy`, `skipped`, `backoff`.
+    pub state: String,
+    /// When the stack last changed something in the cluster.
+    pub last_change: Option<DateTime<Utc>>,
+    pub last_sync: Option<DateTime<Utc>>,
+    pub managed_objects: usize,
+    /// Objects whose live state differs from the desired state (found, and re-applied unless
+    /// the stack has `selfHeal: false`).
+    pub drifted: usize,
+    pub last_plan: PlanCounts,
+    pub error: Option<String>,
+    /// With repeated failures: when the stack is tried again.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+}
+
+/// Counts of the last plan.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PlanCounts {
+    pub create: usize,
+    pub update: usize,
+    pub prune: usize,
+}

@@ -1,0 +1,3 @@
+//! Scheduled jobs declared in Git: the scheduler and the job kinds.
+
+pub mod schedule;

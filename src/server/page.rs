@@ -1,0 +1,137 @@
+//! The status page: one server-rendered HTML document an operator reads at a glance. No
+//! JavaScript; it refreshes itself every 10 seconds.
+
+use std::fmt::Write as _;
+
+use crate::daemon::status::{DaemonState, Status};
+
+/// Escapes text for HTML element and attribute content.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "—".to_owned())
+}
+
+/// Renders the page.
+pub fn render(st: &Status) -> String {
+    let (badge, colour) = match st.state {
+        DaemonState::Ready => ("ready", "#1a7f37"),
+        DaemonState::Degraded => ("degraded", "#cf222e"),
+        DaemonState::Starting => ("starting", "#9a6700"),
+    };
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>driftless {instance}: {badge}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}}
+table{{border-collapse:collapse;width:100%;margin:1rem 0}}
+th,td{{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #d0d7de;vertical-align:top}}
+th{{background:#f6f8fa}}
+.badge{{display:inline-block;padding:.1rem .6rem;border-radius:1rem;color:#fff;background:{colour}}}
+.synced{{color:#1a7f37}} .failed,.unhealthy,.backoff{{color:#cf222e;font-weight:600}}
+.err{{color:#cf222e}} code{{font-size:.9em}}
+</style></head><body>
+<h1>driftless <code>{instance}</code> <span class="badge" id="state">{badge}</span></h1>
+"#,
+        instance = escape(&st.instance),
+    );
+    let rev = |r: &Option<crate::source::Revision>| match r {
+        Some(r) => format!(
+            "<code>{}</code> {} <small>({})</small>",
+            escape(&r.sha[..12.min(r.sha.len())]),
+            escape(&r.subject),
+            escape(&r.author)
+        ),
+        None => "—".to_owned(),
+    };
+    let _ = writeln!(
+        h,
+        "<table id=\"summary\"><tr><th>Source</th><td>{}</td></tr>\
+         <tr><th>Applied revision</th><td>{}</td></tr>\
+         <tr><th>Newest revision</th><td>{}</td></tr>\
+         <tr><th>Last reconcile</th><td>{}</td></tr>\
+         <tr><th>Running since</th><td>{}</td></tr></table>",
+        escape(&st.source),
+        rev(&st.applied_revision),
+        rev(&st.revision),
+        st.last_reconcile
+            .as_ref()
+            .map(|r| format!(
+                "{} ({}, {} ms, {})",
+                time(Some(r.started_at)),
+                escape(&r.trigger),
+                r.duration_ms,
+                if r.ok {
+                    "ok"
+                } else {
+                    "<span class=\"err\">failed</span>"
+                }
+            ))
+            .unwrap_or_else(|| "—".to_owned()),
+        time(st.started_at),
+    );
+    if !st.errors.is_empty() {
+        h.push_str("<h2>Errors</h2><ul id=\"errors\">");
+        for e in &st.errors {
+            let _ = write!(h, "<li class=\"err\">{}</li>", escape(e));
+        }
+        h.push_str("</ul>\n");
+    }
+    h.push_str(
+        "<h2>Stacks</h2><table id=\"stacks\"><tr><th>Stack</th><th>State</th><th>Objects</th><th>Drifted</th>\
+         <th>Last plan</th><th>Last change</th><th>Last sync</th><th>Error</th></tr>\n",
+    );
+    for s in &st.stacks {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&s.name),
+            escape(&s.state),
+            escape(&s.state),
+            s.managed_objects,
+            s.drifted,
+            s.last_plan.create,
+            s.last_plan.update,
+            s.last_plan.prune,
+            time(s.last_change),
+            time(s.last_sync),
+            s.error.as_deref().map(escape).unwrap_or_default(),
+        );
+    }
+    h.push_str("</table>\n<h2>Jobs</h2><p id=\"jobs\">No scheduled jobs.</p>\n</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_it_prints() {
+        let st = Status {
+            instance: "<script>".to_owned(),
+            errors: vec!["a & b <c>".to_owned()],
+            ..Status::default()
+        };
+        let page = render(&st);
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("&lt;script&gt;") && page.contains("a &amp; b &lt;c&gt;"));
+    }
+}
