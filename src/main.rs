@@ -55,6 +55,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 dry_run: true,
                 only: source.stacks.clone(),
                 instance: config.instance(),
+                secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
+                    &config.state_dir(),
+                ),
                 max_prune_share: config.prune.max_share,
                 allow_mass_prune: config.prune.allow_mass_prune,
                 ..reconcile::Options::default()
@@ -89,6 +92,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 wait: !no_wait,
                 only: source.stacks.clone(),
                 instance: config.instance(),
+                plan_only: Vec::new(),
+                secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
+                    &config.state_dir(),
+                ),
             };
             let report =
                 runtime()?.block_on(reconcile_with(&config, &cluster, &stacks, &options))?;

@@ -36,6 +36,11 @@ pub struct Options {
     /// This driftless instance's name: it owns the inventories it writes, and treats only its
     /// own inventories of stacks that left the revision as orphans.
     pub instance: String,
+    /// Stacks that are planned (their drift reported) but not applied: `selfHeal: false` stacks
+    /// whose revision did not change.
+    pub plan_only: Vec<String>,
+    /// Key for hashing Secrets into the inventory (see `SecretHashKey`).
+    pub secret_hash_key: Option<apply::SecretHashKey>,
 }
 
 impl Default for Options {
@@ -48,6 +53,8 @@ impl Default for Options {
             wait: true,
             only: Vec::new(),
             instance: inventory::DEFAULT_INSTANCE.to_owned(),
+            plan_only: Vec::new(),
+            secret_hash_key: None,
         }
     }
 }
@@ -112,6 +119,9 @@ pub struct Unhealthy {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub stacks: Vec<StackOutcome>,
+    /// The API resources of every managed kind (for drift watches).
+    #[serde(skip)]
+    pub resources: Vec<kube::api::ApiResource>,
 }
 
 impl Report {
@@ -262,7 +272,20 @@ pub async fn reconcile(
             outcomes.push(prune_orphaned(client, &kinds, inv, &desired_keys, options).await);
         }
     }
-    Ok(Report { stacks: outcomes })
+    let mut resources: Vec<kube::api::ApiResource> = Vec::new();
+    for b in bound.values().flatten() {
+        if let Some(r) = &b.resolved
+            && !resources
+                .iter()
+                .any(|x| x.group == r.resource.group && x.kind == r.resource.kind)
+        {
+            resources.push(r.resource.clone());
+        }
+    }
+    Ok(Report {
+        stacks: outcomes,
+        resources,
+    })
 }
 
 fn bind<'a>(
@@ -349,13 +372,11 @@ impl StackContext<'_> {
             let live = apply::get(&api, &key.name, &key.to_string()).await?;
             let unchanged = self.inventory.entries.get(key).is_some_and(|e| {
                 e.hash.is_some()
-                    && e.hash == apply::desired_hash(b.desired)
-                    && e.resource_version.is_some()
+                    && e.hash
+                        == apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref())
                     && live
                         .as_ref()
-                        .and_then(|l| l.pointer("/metadata/resourceVersion"))
-                        .and_then(Value::as_str)
-                        == e.resource_version.as_deref()
+                        .is_some_and(|l| unchanged_since_apply(e, l, &b.desired.object))
             });
             let would_be = if unchanged {
                 None
@@ -436,7 +457,7 @@ impl StackContext<'_> {
             outcome.error = Some(message);
             return Ok(());
         }
-        if self.options.dry_run {
+        if self.options.dry_run || self.options.plan_only.contains(&self.stack.name) {
             return Ok(());
         }
         let Some(stack_plan) = outcome.plan.clone() else {
@@ -520,11 +541,14 @@ impl StackContext<'_> {
             info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
             if let Some(entry) = record.entries.get_mut(&change.key) {
                 entry.api_version = b.desired.api_version.clone();
-                entry.hash = apply::desired_hash(b.desired);
+                entry.hash = apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref());
                 entry.resource_version = applied
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
+                entry.generation = applied
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64);
             }
             if change.key.kind == "CustomResourceDefinition" {
                 wait_established(self.client, &change.key.name).await?;
@@ -601,6 +625,37 @@ impl StackContext<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a live object is still as driftless left it, judged without a dry-run: for kinds with
+/// a `generation` (bumped by spec changes, not by status writes), the generation recorded after
+/// the apply plus our labels and annotations; otherwise the exact resourceVersion.
+fn unchanged_since_apply(entry: &Entry, live: &Value, desired: &Value) -> bool {
+    let live_generation = live.pointer("/metadata/generation").and_then(Value::as_i64);
+    match (live_generation, entry.generation) {
+        (Some(now), Some(then)) => {
+            now == then
+                && ["labels", "annotations"].iter().all(|field| {
+                    let want = desired
+                        .pointer(&format!("/metadata/{field}"))
+                        .and_then(Value::as_object);
+                    let have = live
+                        .pointer(&format!("/metadata/{field}"))
+                        .and_then(Value::as_object);
+                    want.is_none_or(|want| {
+                        want.iter()
+                            .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+                    })
+                })
+        }
+        _ => {
+            entry.resource_version.is_some()
+                && live
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    == entry.resource_version.as_deref()
+        }
     }
 }
 

@@ -52,10 +52,14 @@ fn free_port() -> u16 {
 }
 
 fn write_stack(repo: &Path, id: &str, value: &str) {
+    write_stack_with(repo, id, value, "");
+}
+
+fn write_stack_with(repo: &Path, id: &str, value: &str, extra_spec: &str) {
     std::fs::create_dir_all(repo.join("stack/app")).unwrap();
     std::fs::write(
         repo.join("stack/app/stack.yaml"),
-        format!("apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: d-{id}}}\nspec: {{namespace: ns-{id}}}\n"),
+        format!("apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: d-{id}}}\nspec: {{namespace: ns-{id}{extra_spec}}}\n"),
     )
     .unwrap();
     std::fs::write(
@@ -66,11 +70,15 @@ fn write_stack(repo: &Path, id: &str, value: &str) {
 }
 
 fn start_daemon() -> Daemon {
+    start_daemon_with("")
+}
+
+fn start_daemon_with(extra_spec: &str) -> Daemon {
     let env = TestEnv::get();
     let id = unique_name("d");
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q", "-b", "main"]);
-    write_stack(repo.path(), &id, "one");
+    write_stack_with(repo.path(), &id, "one", extra_spec);
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "first"]);
     let dir = tempfile::tempdir().unwrap();
@@ -342,4 +350,107 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0));
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let env = TestEnv::get();
+    run_ok(
+        Command::new(env.var("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(env.var("KUBECONFIG"))
+            .args(args),
+    )
+}
+
+#[tokio::test]
+async fn live_changes_are_reverted_within_seconds_without_waiting_for_the_poll() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let ns = format!("ns-{}", d.id);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"value":"tampered"}}"#,
+    ]);
+    let start = Instant::now();
+    support::eventually(
+        "the live change reverted",
+        Duration::from_secs(15),
+        || async { (cms.get("settings").await.ok()?.data?["value"] == "one").then_some(()) },
+    )
+    .await;
+    // The poll interval is an hour: the watch did it.
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let status = d.status().await;
+    assert_eq!(status["lastReconcile"]["trigger"], "drift", "{status}");
+}
+
+#[tokio::test]
+async fn with_self_heal_off_drift_is_reported_not_reverted() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon_with(", selfHeal: false");
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let ns = format!("ns-{}", d.id);
+    kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"value":"tampered"}}"#,
+    ]);
+    let status = support::eventually(
+        "drift reported in status",
+        Duration::from_secs(15),
+        || async {
+            let st = d.status().await;
+            (st["stacks"][0]["drifted"] == 1).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(status["stacks"][0]["state"], "drifted", "{status}");
+    let metrics = reqwest::get(format!("{}/metrics", d.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "driftless_drifted_objects{{stack=\"d-{}\"}} 1",
+            d.id
+        )),
+        "{metrics}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "tampered",
+        "not reverted"
+    );
+    // A new revision is still applied.
+    write_stack_with(d.repo.path(), &d.id, "two", ", selfHeal: false");
+    git(d.repo.path(), &["commit", "-qam", "second"]);
+    let resp = d.github(&d.push_payload(), SECRET).await;
+    assert_eq!(resp.status(), 202);
+    support::eventually(
+        "the new revision applied",
+        Duration::from_secs(20),
+        || async { (cms.get("settings").await.ok()?.data?["value"] == "two").then_some(()) },
+    )
+    .await;
 }

@@ -204,16 +204,68 @@ pub fn redact_secret(object: &mut Value) {
     }
 }
 
-/// Hash of the desired object as sent (without Secret data), recorded in the inventory so an
-/// unchanged object can be skipped without a dry-run. `None` for Secrets: their data is not
-/// hashed into anything stored in the cluster.
-pub fn desired_hash(desired: &DesiredObject) -> Option<String> {
-    if desired.secret_data.is_some() {
-        return None;
+/// A key for hashing Secrets into the inventory, kept in the local state directory (never in the
+/// cluster): with it, an unchanged Secret is recognised without a dry-run, and the stored hash
+/// says nothing about the Secret's value to anyone who can read the inventory.
+#[derive(Clone)]
+pub struct SecretHashKey(std::sync::Arc<[u8; 32]>);
+
+impl std::fmt::Debug for SecretHashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretHashKey(..)")
     }
+}
+
+impl SecretHashKey {
+    /// Reads `<state_dir>/secret-hash.key`, creating it (mode 0600) on first use. `None` when
+    /// the state directory is not writable: Secrets are then always dry-run.
+    pub fn load_or_create(state_dir: &std::path::Path) -> Option<SecretHashKey> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join("secret-hash.key");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        {
+            return Some(SecretHashKey(std::sync::Arc::new(key)));
+        }
+        std::fs::create_dir_all(state_dir).ok()?;
+        let key: [u8; 32] = rand::random();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .ok()?;
+        f.write_all(&key).ok()?;
+        f.sync_all().ok()?;
+        Some(SecretHashKey(std::sync::Arc::new(key)))
+    }
+}
+
+/// Hash of the desired object as sent, recorded in the inventory so an unchanged object can be
+/// skipped without a dry-run. A Secret is hashed only with a `SecretHashKey` (keyed, over its
+/// data too); without one it has no hash and is always dry-run.
+pub fn desired_hash(desired: &DesiredObject, key: Option<&SecretHashKey>) -> Option<String> {
     // serde_json::Value maps are sorted, so the serialisation is canonical.
     let text = serde_json::to_vec(&desired.object).ok()?;
-    Some(format!("sha256:{}", hex(&Sha256::digest(&text))))
+    match (&desired.secret_data, key) {
+        (None, _) => Some(format!("sha256:{}", hex(&Sha256::digest(&text)))),
+        (Some(_), None) => None,
+        (Some(data), Some(key)) => {
+            use secrecy::ExposeSecret;
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.0.as_slice()).ok()?;
+            mac.update(&text);
+            for (k, v) in &data.0 {
+                // Length prefixes keep (k, v) boundaries unambiguous.
+                mac.update(&(k.len() as u64).to_le_bytes());
+                mac.update(k.as_bytes());
+                mac.update(&(v.expose_secret().len() as u64).to_le_bytes());
+                mac.update(v.expose_secret());
+            }
+            Some(format!("hmac-sha256:{}", hex(&mac.finalize().into_bytes())))
+        }
+    }
 }
 
 /// Lower-case hex.

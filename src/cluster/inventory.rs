@@ -43,6 +43,9 @@ pub struct Entry {
         skip_serializing_if = "Option::is_none"
     )]
     pub resource_version: Option<String>,
+    /// The object's generation right after that apply (for kinds that have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 impl Entry {
@@ -66,6 +69,7 @@ impl Entry {
             api_version: api_version.to_owned(),
             hash: None,
             resource_version: None,
+            generation: None,
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum Error {
 
 /// What the HTTP endpoint needs from the daemon.
 pub struct Shared {
+    /// A weak handle on itself, for callbacks (drift watches) that must not keep it alive.
+    pub self_ref: std::sync::Weak<Shared>,
     pub status: RwLock<Status>,
     pub metrics: Metrics,
     /// Wakes the loop; notifications while a reconcile runs coalesce into one more run.
@@ -154,7 +156,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             config_path.display()
         )));
     }
-    let shared = Arc::new(Shared {
+    let endpoint = endpoint_config(&config)?;
+    let shared = Arc::new_cyclic(|self_ref| Shared {
+        self_ref: self_ref.clone(),
         status: RwLock::new(Status {
             instance: config.instance(),
             started_at: Some(Utc::now()),
@@ -164,7 +168,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         metrics: Metrics::default(),
         trigger: Notify::new(),
         trigger_reason: std::sync::Mutex::new("start".to_owned()),
-        endpoint: RwLock::new(endpoint_config(&config)?),
+        endpoint: RwLock::new(endpoint),
     });
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
@@ -181,7 +185,10 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     spawn_watchdog();
     let poll = spawn_poller(shared.clone(), config.daemon.poll_interval);
 
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        secret_hash_key: crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir()),
+        ..LoopState::default()
+    };
     shared.request("start");
     let mut ready_sent = false;
     let shutdown = shutdown_signal();
@@ -275,6 +282,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     sd_notify::send("STOPPING=1");
     poll.abort();
     server.abort();
+    for h in state.watches.drain(..) {
+        h.abort();
+    }
     let st = shared.status.read().await;
     persist(&config.state_dir(), &st);
     Ok(())
@@ -307,6 +317,13 @@ fn persist(state_dir: &Path, status: &Status) {
 
 #[derive(Default)]
 struct LoopState {
+    /// Per stack: the revision it last applied (a `selfHeal: false` stack is applied again only
+    /// when this moves).
+    applied_sha: BTreeMap<String, String>,
+    /// Drift watches and the kinds they cover.
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    watched_kinds: Vec<String>,
+    secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
     /// The last revision that loaded and rendered: what is reconciled while newer ones fail.
     last_good: Option<(Option<Revision>, Vec<RenderedStack>)>,
     backoff: BTreeMap<String, Backoff>,
@@ -466,12 +483,25 @@ async fn reconcile_once(
     if !in_backoff.is_empty() && only.is_empty() {
         return false;
     }
+    let current_sha = state
+        .last_good
+        .as_ref()
+        .and_then(|(r, _)| r.as_ref())
+        .map(|r| r.sha.clone())
+        .unwrap_or_default();
+    let plan_only: Vec<String> = stacks
+        .iter()
+        .filter(|s| !s.spec.self_heal && state.applied_sha.get(&s.name) == Some(&current_sha))
+        .map(|s| s.name.clone())
+        .collect();
     let options = reconcile::Options {
         dry_run: false,
         allow_mass_prune: config.prune.allow_mass_prune,
         max_prune_share: config.prune.max_share,
         only,
         instance: config.instance(),
+        plan_only: plan_only.clone(),
+        secret_hash_key: state.secret_hash_key.clone(),
         ..reconcile::Options::default()
     };
     let report = match reconcile::reconcile(&client, &stacks, &options).await {
@@ -488,7 +518,54 @@ async fn reconcile_once(
             return false;
         }
     };
-    record(shared, state, &stacks, &report, errors).await
+    ensure_watches(&client, shared, state, &report, &stacks);
+    record(
+        shared,
+        state,
+        &stacks,
+        &report,
+        errors,
+        &plan_only,
+        &current_sha,
+    )
+    .await
+}
+
+/// (Re)starts the drift watches when the set of managed kinds changed.
+fn ensure_watches(
+    client: &kube::Client,
+    shared: &Shared,
+    state: &mut LoopState,
+    report: &Report,
+    stacks: &[RenderedStack],
+) {
+    let names: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
+    let mut kinds: Vec<String> = report
+        .resources
+        .iter()
+        .map(|r| format!("{}/{}", r.api_version, r.kind))
+        .collect();
+    kinds.sort();
+    // The key covers the stacks too: the label selector names them.
+    kinds.extend(names.iter().map(|n| format!("stack:{n}")));
+    if kinds == state.watched_kinds {
+        return;
+    }
+    for h in state.watches.drain(..) {
+        h.abort();
+    }
+    let trigger = shared.self_ref.clone();
+    let on_drift: crate::cluster::watch::OnDrift = Arc::new(move |stack: &str, object: &str| {
+        info!(
+            stack,
+            object, "live change to a managed object: reconciling"
+        );
+        if let Some(shared) = trigger.upgrade() {
+            shared.request("drift");
+        }
+    });
+    state.watches = crate::cluster::watch::spawn(client, &report.resources, &names, on_drift);
+    state.watched_kinds = kinds;
 }
 
 /// Folds a reconcile report into status, metrics and backoff. Returns whether all went well.
@@ -498,6 +575,8 @@ async fn record(
     stacks: &[RenderedStack],
     report: &Report,
     mut errors: Vec<String>,
+    plan_only: &[String],
+    current_sha: &str,
 ) -> bool {
     let now = Utc::now();
     let mut st = shared.status.write().await;
@@ -533,8 +612,12 @@ async fn record(
                     update: u,
                     prune: p,
                 };
-                // Updates of objects that were already in place are drift from Git.
-                s.drifted = if s.last_sync.is_some() { u } else { 0 };
+                // A plan-only stack's updates are drift nobody reverted; an applied stack has none left.
+                s.drifted = if plan_only.contains(&stack.name) {
+                    u
+                } else {
+                    0
+                };
                 if c + u + p > 0 && outcome.applied {
                     s.last_change = Some(now);
                 }
@@ -566,7 +649,12 @@ async fn record(
                     .inc();
             } else {
                 *backoff = Backoff::default();
-                s.state = "synced".to_owned();
+                if !plan_only.contains(&stack.name) {
+                    state
+                        .applied_sha
+                        .insert(stack.name.clone(), current_sha.to_owned());
+                }
+                s.state = if s.drifted > 0 { "drifted" } else { "synced" }.to_owned();
                 s.error = None;
                 s.retry_at = None;
                 s.consecutive_failures = 0;

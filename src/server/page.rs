@@ -45,7 +45,7 @@ table{{border-collapse:collapse;width:100%;margin:1rem 0}}
 th,td{{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #d0d7de;vertical-align:top}}
 th{{background:#f6f8fa}}
 .badge{{display:inline-block;padding:.1rem .6rem;border-radius:1rem;color:#fff;background:{colour}}}
-.synced{{color:#1a7f37}} .failed,.unhealthy,.backoff{{color:#cf222e;font-weight:600}}
+.synced{{color:#1a7f37}} .drifted{{color:#9a6700;font-weight:600}} .failed,.unhealthy,.backoff{{color:#cf222e;font-weight:600}}
 .err{{color:#cf222e}} code{{font-size:.9em}}
 </style></head><body>
 <h1>driftless <code>{instance}</code> <span class="badge" id="state">{badge}</span></h1>

@@ -46,6 +46,10 @@ pub struct StackSpec {
     /// Take over fields other field managers own (default true: GitOps owns what it declares).
     #[serde(default = "yes")]
     pub force: bool,
+    /// Revert live changes to fields driftless owns as soon as the daemon sees them (default
+    /// true). With false, drift is only reported; a new revision is still applied.
+    #[serde(default = "yes")]
+    pub self_heal: bool,
     /// Health wait.
     #[serde(default)]
     pub wait: WaitSpec,
@@ -68,6 +72,7 @@ impl Default for StackSpec {
             depends_on: Vec::new(),
             prune: true,
             force: true,
+            self_heal: true,
             wait: WaitSpec::default(),
             vars: BTreeMap::new(),
             profiles: BTreeMap::new(),
