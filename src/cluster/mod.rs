@@ -60,9 +60,22 @@ pub struct Target {
     pub context: Option<String>,
 }
 
+/// How long one API request may take before it fails (an API server that hangs must turn into
+/// an error the daemon reports and retries, not a reconcile stuck forever).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects as kubectl would: `--kubeconfig`, else `$KUBECONFIG`, else `~/.kube/config`, else
-/// the in-cluster configuration.
+/// the in-cluster configuration. Requests time out after `REQUEST_TIMEOUT`.
 pub async fn connect(target: &Target) -> Result<Client> {
+    connect_with(target, Some(REQUEST_TIMEOUT)).await
+}
+
+/// A client for long-lived watches: no read timeout (the watcher has its own idle handling).
+pub async fn connect_for_watches(target: &Target) -> Result<Client> {
+    connect_with(target, None).await
+}
+
+async fn connect_with(target: &Target, timeout: Option<std::time::Duration>) -> Result<Client> {
     let options = KubeConfigOptions {
         context: target.context.clone(),
         ..Default::default()
@@ -86,6 +99,13 @@ pub async fn connect(target: &Target) -> Result<Client> {
             .unwrap_or_else(|| "~/.kube/config".to_owned()),
         message: e.to_string(),
     })?;
+    let mut config = config;
+    if timeout.is_some() {
+        config.read_timeout = timeout;
+        config.write_timeout = timeout;
+        config.reset_reader_on_write = true;
+        config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    }
     Client::try_from(config).map_err(Error::Connect)
 }
 

@@ -329,6 +329,7 @@ struct LoopState {
     backoff: BTreeMap<String, Backoff>,
     source_failures: u32,
     client: Option<kube::Client>,
+    watch_client: Option<kube::Client>,
 }
 
 impl LoopState {
@@ -449,9 +450,16 @@ async fn reconcile_once(
                 kubeconfig: config.cluster.kubeconfig.clone(),
                 context: config.cluster.context.clone(),
             };
-            match crate::cluster::connect(&target).await {
-                Ok(c) => {
+            let both = match crate::cluster::connect(&target).await {
+                Ok(c) => crate::cluster::connect_for_watches(&target)
+                    .await
+                    .map(|w| (c, w)),
+                Err(e) => Err(e),
+            };
+            match both {
+                Ok((c, w)) => {
                     state.client = Some(c.clone());
+                    state.watch_client = Some(w);
                     c
                 }
                 Err(e) => {
@@ -518,7 +526,9 @@ async fn reconcile_once(
             return false;
         }
     };
-    ensure_watches(&client, shared, state, &report, &stacks);
+    if let Some(watch_client) = state.watch_client.clone() {
+        ensure_watches(&watch_client, shared, state, &report, &stacks);
+    }
     record(
         shared,
         state,

@@ -5,6 +5,8 @@
 //! it, under `CI=true` and everywhere else: an integration test never passes without its servers.
 #![allow(dead_code)] // Each test crate uses a different part of this module.
 
+pub mod daemon;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
