@@ -3,16 +3,16 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hmac::{KeyInit, Mac};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use support::daemon::{
-    SECRET, git, start_daemon, start_daemon_with, write_stack, write_stack_with,
+    SECRET, github_push, start_daemon, start_daemon_with, write_stack, write_stack_with,
 };
-use support::{TestEnv, run_ok};
+use support::{TestEnv, git, kubectl, run_ok};
 
 #[tokio::test]
 async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
@@ -69,27 +69,12 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     for _ in 0..500 {
         let body = payload.clone();
         let base = d.base.clone();
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(&body);
-        let sig: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         tasks.push(tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{base}/hooks/github"))
-                .header("X-GitHub-Event", "push")
-                .header("X-Hub-Signature-256", format!("sha256={sig}"))
-                .body(body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
+            github_push(&base, &body, SECRET).await.status().as_u16()
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 202);
+        assert_eq!(t.await.unwrap(), 202);
     }
     assert!(
         start.elapsed() < Duration::from_secs(30),
@@ -149,16 +134,6 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0));
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let env = TestEnv::get();
-    run_ok(
-        Command::new(env.var("KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(env.var("KUBECONFIG"))
-            .args(args),
-    )
 }
 
 #[tokio::test]
@@ -302,4 +277,67 @@ async fn an_unreachable_git_remote_keeps_the_last_revision_and_is_reported() {
         (d.status().await["state"] == "ready").then_some(())
     })
     .await;
+}
+
+/// Headless Chromium (Debian's `chromium`) as an operator's browser would show the page.
+fn chromium(args: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("chromium is required for this test (scripts/prereqs installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test]
+async fn the_status_page_renders_in_headless_chromium() {
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let url = format!("{}/", d.base);
+    let dom = String::from_utf8(chromium(&["--dump-dom", &url]).stdout).unwrap();
+    // The browser parsed the document: the state badge, the summary and the stack's row.
+    assert!(
+        dom.contains(r#"<span class="badge" id="state">ready</span>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<table id=\"summary\">") && dom.contains("first"),
+        "revision subject shown: {dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "<td>d-{}</td><td class=\"synced\">synced</td>",
+            d.id
+        )),
+        "{dom}"
+    );
+    let shot = tempfile::tempdir().unwrap();
+    let png = shot.path().join("status.png");
+    chromium(&[&format!("--screenshot={}", png.display()), &url]);
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "a real rendering ({} bytes)",
+        bytes.len()
+    );
+    if let Ok(dir) = std::env::var("DRIFTLESS_KEEP_SCREENSHOTS") {
+        let _ = std::fs::copy(&png, Path::new(&dir).join("status-page.png"));
+    }
 }

@@ -7,22 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use driftless::source::{GitCredentials, GitRef, GitSource};
-use support::{TestEnv, run_ok, unique_name};
+use support::{TestEnv, git, run_ok, unique_name};
 
 const STACK: &str =
     "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec: {namespace: x}\n";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=T", "-c", "user.email=t@driftless.invalid"])
-            .args(args),
-    )
-    .trim()
-    .to_owned()
-}
 
 /// A work tree with one stack, pushed to a new bare repository served by the environment's git
 /// servers. Returns (work tree, bare repository name).

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{TestEnv, run_ok, unique_name};
+use support::{TestEnv, kubectl, run_ok, unique_name};
 
 /// A git repository of stacks, a host configuration pointing at it, and the binary.
 struct Fixture {
@@ -127,16 +127,6 @@ fn expect_exit(o: &Output, code: i32, what: &str) {
         o.status.code(),
         text(o)
     );
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let env = TestEnv::get();
-    run_ok(
-        Command::new(env.var("KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(env.var("KUBECONFIG"))
-            .args(args),
-    )
 }
 
 const STACK: &str = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s-ID}\nspec:\n  namespace: ns-ID\n  wait: {timeout: 60s}\n";

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 
-use super::{TestEnv, run_ok, unique_name};
+use super::{TestEnv, git, unique_name};
 
 pub const SECRET: &str = "webhook-secret-for-tests";
 
@@ -28,16 +28,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn git(dir: &Path, args: &[&str]) {
-    run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=T", "-c", "user.email=t@driftless.invalid"])
-            .args(args),
-    );
 }
 
 pub fn free_port() -> u16 {
@@ -157,25 +147,32 @@ impl Daemon {
     }
 
     pub async fn github(&self, body: &[u8], key: &str) -> reqwest::Response {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
-        mac.update(body);
-        let sig: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        reqwest::Client::new()
-            .post(format!("{}/hooks/github", self.base))
-            .header("X-GitHub-Event", "push")
-            .header("X-Hub-Signature-256", format!("sha256={sig}"))
-            .header("Content-Type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap()
+        github_push(&self.base, body, key).await
     }
+}
 
+/// A GitHub-style push webhook to `base`, signed with `key` (X-Hub-Signature-256).
+pub async fn github_push(base: &str, body: &[u8], key: &str) -> reqwest::Response {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body);
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    reqwest::Client::new()
+        .post(format!("{base}/hooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", format!("sha256={sig}"))
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+impl Daemon {
     pub async fn reconciles(&self) -> u64 {
         let text = reqwest::get(format!("{}/metrics", self.base))
             .await

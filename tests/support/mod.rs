@@ -206,6 +206,30 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the kubectl built with the test cluster against it; panics on failure.
+pub fn kubectl(args: &[&str]) -> String {
+    let env = TestEnv::get();
+    run_ok(
+        Command::new(env.var("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(env.var("KUBECONFIG"))
+            .args(args),
+    )
+}
+
+/// Runs git in `dir` with a fixed author; panics on failure; returns trimmed standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@driftless.invalid"])
+            .args(args),
+    )
+    .trim()
+    .to_owned()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
