@@ -157,8 +157,10 @@ pub enum Command {
 /// `driftless jobs …`
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// List the jobs, their schedules and last runs.
+    /// List the jobs declared in Git, their schedules and next runs.
     List {
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },

@@ -40,8 +40,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate { source, output } => {
             let config = HostConfig::load(&config_path, false)?;
-            let (stacks, secrets_checked) = render(&config, &source, true)?;
-            print_validation(&stacks, secrets_checked, output);
+            let d = load_desired(&config, &source, true)?;
+            print_validation(&d.stacks, &d.jobs, d.secrets_checked, output);
             Ok(EXIT_OK)
         }
         Command::Diff {
@@ -110,20 +110,51 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = HostConfig::load(&config_path, false)?;
             runtime()?.block_on(print_status(&config, endpoint.as_deref(), output))
         }
+        Command::Jobs {
+            command: driftless::cli::JobsCommand::List { source, output },
+        } => {
+            let config = HostConfig::load(&config_path, false)?;
+            let d = load_desired(&config, &source, true)?;
+            match output {
+                OutputFormat::Json => emit(&format!("{:#}\n", jobs_json(&d.jobs))),
+                OutputFormat::Human if d.jobs.is_empty() => {
+                    emit("no jobs declared (stack/<name>/jobs.yaml)\n")
+                }
+                OutputFormat::Human => emit(&jobs_text(&d.jobs)),
+            }
+            Ok(EXIT_OK)
+        }
         command @ (Command::Jobs { .. } | Command::Backup { .. }) => {
             bail!("`driftless {}` is not yet implemented", command.name())
         }
     }
 }
 
-/// Loads and renders the stacks of `--path` or the configured source (a Git source is fetched
-/// into the state directory first). Returns whether host secrets were read (validation without
-/// a credentials directory uses empty stand-ins).
+/// What one revision declares.
+struct Desired {
+    stacks: Vec<RenderedStack>,
+    jobs: Vec<driftless::jobs::model::Job>,
+    /// Whether host secrets were read (validation without a credentials directory uses empty
+    /// stand-ins).
+    secrets_checked: bool,
+}
+
+/// Loads and renders the stacks and jobs of `--path` or the configured source (a Git source is
+/// fetched into the state directory first).
 fn render(
     config: &HostConfig,
     source: &SourceArgs,
     offline: bool,
 ) -> anyhow::Result<(Vec<RenderedStack>, bool)> {
+    let d = load_desired(config, source, offline)?;
+    Ok((d.stacks, d.secrets_checked))
+}
+
+fn load_desired(
+    config: &HostConfig,
+    source: &SourceArgs,
+    offline: bool,
+) -> anyhow::Result<Desired> {
     let credentials = source
         .credentials_dir
         .clone()
@@ -151,14 +182,23 @@ fn render(
     let profile = source.profile.as_deref().or(config.profile.as_deref());
     // Every stack is rendered even with --stack: the others' objects must be known so that
     // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let (stacks, checked) =
-        stack::load_and_render(&root, profile, credentials.as_deref(), offline)?;
+    let loaded = stack::load_repo(&root, profile, stack::LoadLimits::default())?;
+    let jobs = driftless::jobs::model::load_jobs(&loaded)?;
+    let (secrets, secrets_checked) = match (&credentials, offline) {
+        (None, true) => (stack::placeholder_host_secrets(&loaded), false),
+        (dir, _) => (stack::read_host_secrets(&loaded, dir.as_deref())?, true),
+    };
+    let stacks = stack::render(&loaded, &secrets)?;
     for name in &source.stacks {
         if !stacks.iter().any(|s| &s.name == name) {
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));
         }
     }
-    Ok((stacks, checked))
+    Ok(Desired {
+        stacks,
+        jobs,
+        secrets_checked,
+    })
 }
 
 fn names(stacks: &[RenderedStack]) -> String {
@@ -285,7 +325,47 @@ fn print_report(report: &Report, output: OutputFormat, show_diffs: bool) {
     }
 }
 
-fn print_validation(stacks: &[RenderedStack], secrets_checked: bool, output: OutputFormat) {
+fn jobs_json(jobs: &[driftless::jobs::model::Job]) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    serde_json::Value::Array(
+        jobs.iter()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.name, "kind": j.kind, "stack": j.stack,
+                    "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
+                    "nextRun": j.schedule.next_after(now),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn jobs_text(jobs: &[driftless::jobs::model::Job]) -> String {
+    let now = chrono::Utc::now();
+    jobs.iter()
+        .map(|j| {
+            format!(
+                "job {} ({}, stack {}): {:?} {}, next run {}\n",
+                j.name,
+                j.kind,
+                j.stack,
+                j.schedule.expression(),
+                j.schedule.time_zone().name(),
+                j.schedule
+                    .next_after(now)
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_else(|| "never".to_owned())
+            )
+        })
+        .collect()
+}
+
+fn print_validation(
+    stacks: &[RenderedStack],
+    jobs: &[driftless::jobs::model::Job],
+    secrets_checked: bool,
+    output: OutputFormat,
+) {
     let objects: usize = stacks.iter().map(|s| s.objects.len()).sum();
     match output {
         OutputFormat::Json => {
@@ -297,6 +377,7 @@ fn print_validation(stacks: &[RenderedStack], secrets_checked: bool, output: Out
                     "dependsOn": s.spec.depends_on,
                     "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
+                "jobs": jobs_json(jobs),
             });
             emit(&format!("{value:#}\n"));
         }
@@ -305,9 +386,11 @@ fn print_validation(stacks: &[RenderedStack], secrets_checked: bool, output: Out
             for s in stacks {
                 text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
             }
+            text.push_str(&jobs_text(jobs));
             text.push_str(&format!(
-                "valid: {} stacks, {objects} objects\n",
-                stacks.len()
+                "valid: {} stacks, {objects} objects, {} jobs\n",
+                stacks.len(),
+                jobs.len()
             ));
             if !secrets_checked {
                 text.push_str(

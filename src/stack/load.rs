@@ -48,6 +48,8 @@ pub struct LoadedStack {
     pub overlays: Vec<(String, Vec<SourceFile>)>,
     /// The selected profile, if the stack defines profiles.
     pub profile: Option<String>,
+    /// `jobs.yaml` beside `stack.yaml`, when there is one.
+    pub jobs: Option<SourceFile>,
 }
 
 /// Host secret file contents by file name, read from the credentials directory.
@@ -155,6 +157,15 @@ fn load_stack(
             overlays.push((o.clone(), files));
         }
     }
+    let jobs_path = dir.join(JOBS_FILE);
+    let jobs = if jobs_path.is_file() {
+        Some(SourceFile {
+            path: relative(root, &jobs_path),
+            text: read_text(root, &jobs_path, limits)?,
+        })
+    } else {
+        None
+    };
     Ok(LoadedStack {
         name,
         file,
@@ -162,6 +173,7 @@ fn load_stack(
         manifests,
         overlays,
         profile: selected,
+        jobs,
     })
 }
 

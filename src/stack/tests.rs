@@ -277,3 +277,69 @@ fn a_repository_without_stacks_is_an_error() {
         .to_string();
     assert!(err.contains("no stacks found"), "{err}");
 }
+
+#[test]
+fn jobs_files_are_read_and_checked() {
+    let stack = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec: {namespace: ns}\n";
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
+    let good = "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * * 1-5', timeZone: Europe/Berlin, startingDeadline: 2h}\n---\napiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: registry}\nspec: {schedule: '@daily'}\n";
+    let repo = write_repo(&[
+        ("stack/s/stack.yaml", stack),
+        ("stack/s/cm.yaml", cm),
+        ("stack/s/jobs.yaml", good),
+    ]);
+    let loaded = load_repo(repo.path(), None, LoadLimits::default()).unwrap();
+    let jobs = crate::jobs::model::load_jobs(&loaded).unwrap();
+    let names: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.kind.as_str()))
+        .collect();
+    assert_eq!(names, [("pg", "Backup"), ("registry", "ImageCleanup")]);
+    assert_eq!(
+        jobs[0].starting_deadline,
+        Some(std::time::Duration::from_secs(7200))
+    );
+    assert_eq!(jobs[0].schedule.time_zone(), chrono_tz::Europe::Berlin);
+    // jobs.yaml is not a manifest.
+    assert_eq!(
+        render(&loaded, &HostSecrets::new()).unwrap()[0]
+            .objects
+            .len(),
+        1
+    );
+
+    let cases = [
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * *'}\n",
+            "stack/s/jobs.yaml: job pg: cron expression \"0 3 * *\"",
+        ),
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Cleanup\nmetadata: {name: x}\nspec: {schedule: '@daily'}\n",
+            "unknown job kind \"Cleanup\"",
+        ),
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {}\n",
+            "Backup/pg: missing spec.schedule",
+        ),
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily', timeZone: Mars/Olympus}\n",
+            "Mars/Olympus",
+        ),
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n---\napiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n",
+            "job name \"pg\" is also used",
+        ),
+    ];
+    for (text, want) in cases {
+        let repo = write_repo(&[
+            ("stack/s/stack.yaml", stack),
+            ("stack/s/cm.yaml", cm),
+            ("stack/s/jobs.yaml", text),
+        ]);
+        let loaded = load_repo(repo.path(), None, LoadLimits::default()).unwrap();
+        let err = crate::jobs::model::load_jobs(&loaded)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err:?} lacks {want:?}");
+    }
+}
