@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{TestEnv, kubectl, run_ok, unique_name};
+use support::{TestEnv, git, kubectl, unique_name};
 
 /// A git repository of stacks, a host configuration pointing at it, and the binary.
 struct Fixture {
@@ -26,22 +26,7 @@ impl Fixture {
         let repo = tempfile::tempdir().expect("repo dir");
         let state = tempfile::tempdir().expect("state dir");
         let creds = tempfile::tempdir().expect("creds dir");
-        run_ok(
-            Command::new("git")
-                .args(["init", "-q", "-b", "main"])
-                .arg(repo.path()),
-        );
-        for (k, v) in [
-            ("user.name", "Test"),
-            ("user.email", "test@driftless.invalid"),
-        ] {
-            run_ok(
-                Command::new("git")
-                    .arg("-C")
-                    .arg(repo.path())
-                    .args(["config", k, v]),
-            );
-        }
+        git(repo.path(), &["init", "-q", "-b", "main"]);
         let id = unique_name("t");
         let config = state.path().join("driftless.yaml");
         std::fs::write(
@@ -74,19 +59,17 @@ impl Fixture {
     }
 
     fn commit(&self, message: &str) {
-        run_ok(
-            Command::new("git")
-                .arg("-C")
-                .arg(self.repo.path())
-                .args(["add", "-A"]),
+        git(self.repo.path(), &["add", "-A"]);
+        git(
+            self.repo.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
         );
-        run_ok(Command::new("git").arg("-C").arg(self.repo.path()).args([
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            message,
-        ]));
+    }
+
+    /// Back to the last commit: uncommitted edits and new files are dropped.
+    fn reset(&self) {
+        git(self.repo.path(), &["reset", "-q", "--hard", "HEAD"]);
+        git(self.repo.path(), &["clean", "-qfdx"]);
     }
 
     fn driftless(&self, args: &[&str]) -> Output {
@@ -774,18 +757,7 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
     ];
     for (what, path, content, want) in cases {
         // Each case starts from the good tree.
-        run_ok(
-            Command::new("git")
-                .arg("-C")
-                .arg(f.repo.path())
-                .args(["reset", "-q", "--hard", "HEAD"]),
-        );
-        run_ok(
-            Command::new("git")
-                .arg("-C")
-                .arg(f.repo.path())
-                .args(["clean", "-qfdx"]),
-        );
+        f.reset();
         match what {
             "symlink escapes" => {
                 std::os::unix::fs::symlink("/etc/hostname", f.repo.path().join(path)).unwrap()
@@ -834,18 +806,7 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
     }
     drop(client);
     // Sanity: the good tree still syncs with no changes.
-    run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(f.repo.path())
-            .args(["reset", "-q", "--hard", "HEAD"]),
-    );
-    run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(f.repo.path())
-            .args(["clean", "-qfdx"]),
-    );
+    f.reset();
     expect_exit(&f.driftless(&["diff"]), 0, "good tree unchanged");
 }
 
