@@ -15,6 +15,7 @@ pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod reconcile;
+pub mod registry;
 pub mod server;
 pub mod source;
 pub mod stack;

@@ -15,6 +15,7 @@ use kube::{Api, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use support::registry::{push_blob, sha256_digest};
 use support::{TestEnv, eventually, run_ok, unique_name};
 
 const ROLLOUT: Duration = Duration::from_secs(60);
@@ -221,44 +222,6 @@ async fn crd_becomes_established_and_accepts_a_custom_resource() {
     crds.delete(&crd_name, &Default::default())
         .await
         .expect("delete CRD");
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
-}
-
-/// Monolithic blob upload (POST then PUT with the digest), as `docker push` does for small blobs.
-async fn push_blob(http: &reqwest::Client, base: &str, repo: &str, bytes: &[u8]) -> String {
-    let digest = sha256_digest(bytes);
-    let resp = http
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .expect("start upload");
-    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "start upload");
-    let location = resp.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_owned();
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("{base}{location}")
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = http
-        .put(format!("{location}{sep}digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .expect("finish upload");
-    assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "finish upload");
-    digest
 }
 
 #[tokio::test]

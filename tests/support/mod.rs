@@ -6,6 +6,7 @@
 #![allow(dead_code)] // Each test crate uses a different part of this module.
 
 pub mod daemon;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
