@@ -87,12 +87,7 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
         "500 webhooks gave {} reconciles",
         after_burst - after_push
     );
-    let metrics = reqwest::get(format!("{}/metrics", d.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains(
             "driftless_webhook_requests_total{provider=\"github\",outcome=\"accepted\"} 501"
@@ -107,12 +102,7 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     );
 
     // The status page names the stack.
-    let page = reqwest::get(format!("{}/", d.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.page().await;
     assert!(
         page.contains(&format!("d-{}", d.id)) && page.contains("synced"),
         "{page}"
@@ -196,12 +186,7 @@ async fn with_self_heal_off_drift_is_reported_not_reverted() {
     )
     .await;
     assert_eq!(status["stacks"][0]["state"], "drifted", "{status}");
-    let metrics = reqwest::get(format!("{}/metrics", d.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains(&format!(
             "driftless_drifted_objects{{stack=\"d-{}\"}} 1",
@@ -261,12 +246,7 @@ async fn an_unreachable_git_remote_keeps_the_last_revision_and_is_reported() {
         "one",
         "last revision still applied"
     );
-    let page = reqwest::get(format!("{}/", d.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.page().await;
     assert!(
         page.contains("degraded") && page.contains("keeping the last good revision"),
         "{page}"

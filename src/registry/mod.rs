@@ -95,14 +95,8 @@ impl Client {
                 .headers(headers.clone());
             if let Some(token) = self.token.lock().await.as_ref() {
                 req = req.bearer_auth(token.expose_secret());
-            } else if let Some(user) = &self.credentials.username {
-                req = req.basic_auth(
-                    user,
-                    self.credentials
-                        .password
-                        .as_ref()
-                        .map(|p| p.expose_secret().to_owned()),
-                );
+            } else {
+                req = self.with_basic_auth(req);
             }
             let result = req.send().await;
             let retryable = match &result {
@@ -137,6 +131,19 @@ impl Client {
         }
     }
 
+    fn with_basic_auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials.username {
+            Some(user) => req.basic_auth(
+                user,
+                self.credentials
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ),
+            None => req,
+        }
+    }
+
     /// The token flow: `Bearer realm=…,service=…,scope=…` → GET realm with basic auth → token.
     async fn fetch_token(&self, challenge: &str) -> Result<SecretString, Error> {
         let params = parse_challenge(&challenge["bearer ".len()..]);
@@ -157,16 +164,7 @@ impl Client {
             url: realm.clone(),
             message: format!("bad token realm: {e}"),
         })?;
-        let mut req = self.http.get(url);
-        if let Some(user) = &self.credentials.username {
-            req = req.basic_auth(
-                user,
-                self.credentials
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose_secret().to_owned()),
-            );
-        }
+        let req = self.with_basic_auth(self.http.get(url));
         let resp = req.send().await.map_err(|e| Error::Http {
             url: realm.clone(),
             message: e.to_string(),

@@ -186,6 +186,26 @@ impl Daemon {
             .sum::<f64>() as u64
     }
 
+    /// The status page's HTML.
+    pub async fn page(&self) -> String {
+        reqwest::get(format!("{}/", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         reqwest::get(format!("{}/api/v1/status", self.base))
             .await
