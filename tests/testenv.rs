@@ -392,3 +392,92 @@ async fn postgres_table_dumps_with_pg_dump_and_restores() {
     ]));
     assert_eq!(count.trim(), "500|row 99");
 }
+
+/// A pod on a KWOK node whose port-forwards reach the environment's PostgreSQL and whose execs
+/// run locally (KWOK's ClusterPortForward / ClusterExec written by `testenv up`).
+async fn probe_pod(ns: &support::TestNamespace) -> Api<Pod> {
+    let pods: Api<Pod> = Api::namespaced(ns.client(), &ns.name);
+    let pod: Pod = object(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "db", "labels": {"app": "db"}},
+        "spec": {"nodeSelector": {"type": "kwok"},
+            "containers": [{"name": "postgres", "image": "registry.invalid/postgres:16", "ports": [{"containerPort": 5432}]}]}
+    }));
+    pods.patch(
+        "db",
+        &PatchParams::apply("driftless-test"),
+        &Patch::Apply(&pod),
+    )
+    .await
+    .expect("create pod");
+    eventually("pod db running", ROLLOUT, || async {
+        (running_pods_on_kwok(&pods, "db").await.len() == 1).then_some(())
+    })
+    .await;
+    pods
+}
+
+#[tokio::test]
+async fn port_forward_through_the_api_server_reaches_postgres() {
+    let env = TestEnv::get();
+    let ns = env.namespace("smoke-pf").await;
+    let pods = probe_pod(&ns).await;
+    // Bridge a local port to the pod's 5432 through the API server, as driftless will for
+    // backups of in-cluster databases, and speak PostgreSQL's protocol over it with psql.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bridge = tokio::spawn(async move {
+        let (mut local, _) = listener.accept().await.unwrap();
+        let mut forward = pods.portforward("db", &[5432]).await.expect("port-forward");
+        let mut remote = forward.take_stream(5432).expect("stream");
+        let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        run_ok(
+            TestEnv::get()
+                .pg_command("psql")
+                .env("PGHOST", "127.0.0.1")
+                .env("PGPORT", port.to_string())
+                .args(["-d", "postgres", "-tAc", "SELECT 'through the api server'"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "through the api server");
+    bridge.abort();
+}
+
+#[tokio::test]
+async fn exec_in_a_pod_runs_and_reports_its_output_and_status() {
+    use kube::api::AttachParams;
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::get();
+    let ns = env.namespace("smoke-exec").await;
+    let pods = probe_pod(&ns).await;
+    let mut attached = pods
+        .exec(
+            "db",
+            ["sh", "-c", "echo snapshot-taken; exit 3"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("exec");
+    let mut stdout = String::new();
+    attached
+        .stdout()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    let status = attached
+        .take_status()
+        .expect("status")
+        .await
+        .expect("exit status");
+    assert_eq!(stdout.trim(), "snapshot-taken");
+    assert_eq!(
+        status.status.as_deref(),
+        Some("Failure"),
+        "exit 3 is reported: {status:?}"
+    );
+}
