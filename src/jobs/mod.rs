@@ -3,5 +3,6 @@
 //! and the daemon's scheduler task come with the issues that build those kinds.
 
 pub mod model;
+pub mod retention;
 pub mod schedule;
 pub mod scheduler;
