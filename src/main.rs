@@ -184,11 +184,7 @@ fn load_desired(
     // nothing they own looks prunable; reconcile then acts on the named stacks only.
     let loaded = stack::load_repo(&root, profile, stack::LoadLimits::default())?;
     let jobs = driftless::jobs::model::load_jobs(&loaded)?;
-    let (secrets, secrets_checked) = match (&credentials, offline) {
-        (None, true) => (stack::placeholder_host_secrets(&loaded), false),
-        (dir, _) => (stack::read_host_secrets(&loaded, dir.as_deref())?, true),
-    };
-    let stacks = stack::render(&loaded, &secrets)?;
+    let (stacks, secrets_checked) = stack::render_loaded(&loaded, credentials.as_deref(), offline)?;
     for name in &source.stacks {
         if !stacks.iter().any(|s| &s.name == name) {
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));

@@ -47,6 +47,18 @@ pub enum GitRef {
     Commit(String),
 }
 
+impl GitRef {
+    /// The ref a host configuration follows: its tag, commit or branch (default branch `main`).
+    pub fn of(git: &crate::config::GitConfig) -> GitRef {
+        match (&git.branch, &git.tag, &git.commit) {
+            (_, Some(t), _) => GitRef::Tag(t.clone()),
+            (_, _, Some(c)) => GitRef::Commit(c.clone()),
+            (Some(b), _, _) => GitRef::Branch(b.clone()),
+            _ => GitRef::Branch("main".to_owned()),
+        }
+    }
+}
+
 impl std::fmt::Display for GitRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -116,12 +128,7 @@ impl GitSource {
             },
             known_hosts: auth.known_hosts_file.clone(),
         };
-        let reference = match (&git.branch, &git.tag, &git.commit) {
-            (_, Some(t), _) => GitRef::Tag(t.clone()),
-            (_, _, Some(c)) => GitRef::Commit(c.clone()),
-            (Some(b), _, _) => GitRef::Branch(b.clone()),
-            _ => GitRef::Branch("main".to_owned()),
-        };
+        let reference = GitRef::of(git);
         Ok(GitSource {
             url: git.url.clone(),
             reference,

@@ -126,6 +126,21 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     assert_eq!(code, Some(0));
 }
 
+/// A live change to the managed ConfigMap, by another field manager (kubectl-patch).
+fn tamper(ns: &str) {
+    kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"value":"tampered"}}"#,
+    ]);
+}
+
 #[tokio::test]
 async fn live_changes_are_reverted_within_seconds_without_waiting_for_the_poll() {
     let env = TestEnv::get();
@@ -134,17 +149,7 @@ async fn live_changes_are_reverted_within_seconds_without_waiting_for_the_poll()
     d.wait_notify("READY=1", Duration::from_secs(60));
     let ns = format!("ns-{}", d.id);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "-n",
-        &ns,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"value":"tampered"}}"#,
-    ]);
+    tamper(&ns);
     let start = Instant::now();
     support::eventually(
         "the live change reverted",
@@ -165,17 +170,7 @@ async fn with_self_heal_off_drift_is_reported_not_reverted() {
     let d = start_daemon_with(", selfHeal: false");
     d.wait_notify("READY=1", Duration::from_secs(60));
     let ns = format!("ns-{}", d.id);
-    kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "-n",
-        &ns,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"value":"tampered"}}"#,
-    ]);
+    tamper(&ns);
     let status = support::eventually(
         "drift reported in status",
         Duration::from_secs(15),

@@ -117,15 +117,7 @@ pub fn endpoint_config(config: &HostConfig) -> Result<EndpointConfig, Error> {
         .source
         .as_ref()
         .and_then(|s| s.git.as_ref())
-        .map(|g| {
-            let reference = match (&g.branch, &g.tag, &g.commit) {
-                (_, Some(t), _) => crate::source::GitRef::Tag(t.clone()),
-                (_, _, Some(c)) => crate::source::GitRef::Commit(c.clone()),
-                (Some(b), _, _) => crate::source::GitRef::Branch(b.clone()),
-                _ => crate::source::GitRef::Branch("main".to_owned()),
-            };
-            (g.url.clone(), reference)
-        });
+        .map(|g| (g.url.clone(), crate::source::GitRef::of(g)));
     Ok(EndpointConfig {
         status_token,
         webhook_secrets,
@@ -294,15 +286,7 @@ fn describe_source(config: &HostConfig) -> String {
     match config.source.as_ref() {
         Some(s) => match (&s.path, &s.git) {
             (Some(p), _) => p.display().to_string(),
-            (None, Some(g)) => format!(
-                "{} ({})",
-                g.url,
-                g.tag
-                    .as_deref()
-                    .map(|t| format!("tag {t}"))
-                    .or(g.commit.as_deref().map(|c| format!("commit {c}")))
-                    .unwrap_or_else(|| format!("branch {}", g.branch.as_deref().unwrap_or("main")))
-            ),
+            (None, Some(g)) => format!("{} ({})", g.url, crate::source::GitRef::of(g)),
             _ => String::new(),
         },
         None => String::new(),

@@ -136,11 +136,20 @@ pub fn load_and_render(
     placeholders: bool,
 ) -> Result<(Vec<RenderedStack>, bool)> {
     let loaded = load_repo(root, profile, LoadLimits::default())?;
+    render_loaded(&loaded, credentials_dir, placeholders)
+}
+
+/// Renders already loaded stacks, reading host secrets as `load_and_render` does.
+pub fn render_loaded(
+    loaded: &[LoadedStack],
+    credentials_dir: Option<&std::path::Path>,
+    placeholders: bool,
+) -> Result<(Vec<RenderedStack>, bool)> {
     let (secrets, checked) = match (credentials_dir, placeholders) {
-        (None, true) => (placeholder_host_secrets(&loaded), false),
-        (dir, _) => (read_host_secrets(&loaded, dir)?, true),
+        (None, true) => (placeholder_host_secrets(loaded), false),
+        (dir, _) => (read_host_secrets(loaded, dir)?, true),
     };
-    Ok((render(&loaded, &secrets)?, checked))
+    Ok((render(loaded, &secrets)?, checked))
 }
 
 /// A convenient result alias for this module.
