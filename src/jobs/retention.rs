@@ -6,6 +6,10 @@
 //! every tag on it. On top of the rules, protection always wins: a digest in use (live workloads
 //! or the desired state in Git) is kept, and so is every child of a kept index. A repository no
 //! rule matches is left alone. Images whose age is unknown count as young (never deleted for age).
+//!
+//! Tags: a digest kept only because `keepTags` matches some of its tags has its other tags
+//! listed as `untag` — removable one by one where the registry supports tag deletion, without
+//! touching the digest. Every other reason keeps the digest with all its tags.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -55,7 +59,7 @@ pub enum KeepReason {
     KeepLast { tag: String, n: usize },
     TagPattern { tag: String },
     Young { tag: String },
-    InUse,
+    InUse { by: Vec<String> },
     ChildOfKeptIndex { index: String },
     UntaggedKept,
 }
@@ -68,6 +72,9 @@ pub enum RetentionDecision {
         digest: String,
         tags: Vec<String>,
         reasons: Vec<KeepReason>,
+        /// Tags no rule keeps on a digest that stays (see the module notes).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        untag: Vec<String>,
     },
     Delete {
         digest: String,
@@ -114,13 +121,13 @@ fn segment_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Decides every digest of `repository`. `in_use` holds digests referenced by live workloads or
-/// the desired state.
+/// Decides every digest of `repository`. `in_use` maps digests referenced by live workloads or
+/// the desired state to who references them.
 pub fn decide(
     repository: &str,
     images: &[Image],
     rules: &[Rule],
-    in_use: &BTreeSet<String>,
+    in_use: &BTreeMap<String, Vec<String>>,
     now: DateTime<Utc>,
 ) -> Vec<RetentionDecision> {
     let applicable: Vec<&Rule> = rules
@@ -140,11 +147,11 @@ pub fn decide(
         keep_by_rule(rule, images, now, &mut reasons);
     }
     for i in images {
-        if in_use.contains(&i.digest) {
+        if let Some(by) = in_use.get(&i.digest) {
             reasons
                 .entry(&i.digest)
                 .or_default()
-                .push(KeepReason::InUse);
+                .push(KeepReason::InUse { by: by.clone() });
         }
         if i.tags.is_empty()
             && !applicable.is_empty()
@@ -185,6 +192,7 @@ pub fn decide(
             Some(r) if !r.is_empty() => RetentionDecision::Keep {
                 digest: i.digest.clone(),
                 tags: i.tags.clone(),
+                untag: untag(&i.tags, &r),
                 reasons: r,
             },
             _ => RetentionDecision::Delete {
@@ -192,6 +200,23 @@ pub fn decide(
                 tags: i.tags.clone(),
             },
         })
+        .collect()
+}
+
+/// The tags of a kept digest that nothing keeps: only when every reason is a tag pattern.
+fn untag(tags: &[String], reasons: &[KeepReason]) -> Vec<String> {
+    let mut kept = BTreeSet::new();
+    for r in reasons {
+        match r {
+            KeepReason::TagPattern { tag } => {
+                kept.insert(tag.as_str());
+            }
+            _ => return Vec::new(),
+        }
+    }
+    tags.iter()
+        .filter(|t| !kept.contains(t.as_str()))
+        .cloned()
         .collect()
 }
 
@@ -222,15 +247,16 @@ fn keep_by_rule<'a>(
     }
     if let Some(pattern) = &rule.keep_tags {
         for i in images {
-            if let Some(tag) = i.tags.iter().find(|t| {
+            for tag in i.tags.iter().filter(|t| {
                 pattern
                     .find(t)
                     .is_some_and(|m| m.start() == 0 && m.end() == t.len())
             }) {
-                reasons
-                    .entry(&i.digest)
-                    .or_default()
-                    .push(KeepReason::TagPattern { tag: tag.clone() });
+                let entry = reasons.entry(&i.digest).or_default();
+                let reason = KeepReason::TagPattern { tag: tag.clone() };
+                if !entry.contains(&reason) {
+                    entry.push(reason);
+                }
             }
         }
     }
@@ -288,6 +314,18 @@ mod tests {
         }
     }
 
+    fn used(digests: &[&str]) -> BTreeMap<String, Vec<String>> {
+        digests
+            .iter()
+            .map(|d| {
+                (
+                    d.to_string(),
+                    vec!["Deployment ducklake/backend".to_owned()],
+                )
+            })
+            .collect()
+    }
+
     fn deleted(decisions: &[RetentionDecision]) -> Vec<&str> {
         decisions
             .iter()
@@ -328,7 +366,7 @@ mod tests {
             image("child-a", &[], day(1)),
             image("child-b", &[], day(1)),
         ];
-        let in_use: BTreeSet<String> = ["d5".to_owned()].into();
+        let in_use = used(&["d5"]);
         let keep_untagged = [rule(
             Some(2),
             Some(r"\d+\.\d+\.\d+"),
@@ -345,7 +383,9 @@ mod tests {
         assert!(reasons("d1").contains(&KeepReason::TagPattern {
             tag: "1.0.0".into()
         }));
-        assert!(reasons("d5").contains(&KeepReason::InUse));
+        assert!(reasons("d5").contains(&KeepReason::InUse {
+            by: vec!["Deployment ducklake/backend".into()]
+        }));
         assert!(reasons("d7").contains(&KeepReason::UntaggedKept));
 
         // Untagged deletion: the index's children go with it only when nothing keeps it.
@@ -358,7 +398,7 @@ mod tests {
         let d = decide("ducklake/backend", &images, &delete_untagged, &in_use, now);
         assert_eq!(deleted(&d), ["d2", "d7", "idx", "child-a", "child-b"]);
         // The index in use keeps its children.
-        let in_use: BTreeSet<String> = ["d5".to_owned(), "idx".to_owned()].into();
+        let in_use = used(&["d5", "idx"]);
         let d = decide("ducklake/backend", &images, &delete_untagged, &in_use, now);
         assert_eq!(deleted(&d), ["d2", "d7"]);
         match d.iter().find(|x| x.digest() == "child-a").unwrap() {
@@ -381,8 +421,20 @@ mod tests {
             image("d2", &["v2"], day(2)),
         ];
         let rules = [rule(Some(0), Some("stable"), None, Untagged::Keep)];
-        let d = decide("ducklake/app", &images, &rules, &BTreeSet::new(), now);
+        let d = decide("ducklake/app", &images, &rules, &BTreeMap::new(), now);
         assert_eq!(deleted(&d), ["d2"]);
+        // "v1" alone may go, as a tag, where the registry deletes tags.
+        match &d[0] {
+            RetentionDecision::Keep { untag, .. } => assert_eq!(untag, &["v1"]),
+            other => panic!("{other:?}"),
+        }
+        // Kept for another reason too (young): every tag stays.
+        let rules = [rule(Some(0), Some("stable"), Some(30), Untagged::Keep)];
+        let d = decide("ducklake/app", &images, &rules, &BTreeMap::new(), now);
+        assert!(
+            d.iter()
+                .all(|x| matches!(x, RetentionDecision::Keep { untag, .. } if untag.is_empty()))
+        );
     }
 
     #[test]
@@ -390,7 +442,7 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
         let images = vec![image("d1", &["old"], day(1)), image("d2", &[], None)];
         let rules = [rule(Some(0), None, None, Untagged::Delete)];
-        let d = decide("other/app", &images, &rules, &BTreeSet::new(), now);
+        let d = decide("other/app", &images, &rules, &BTreeMap::new(), now);
         assert!(deleted(&d).is_empty());
         assert!(d.iter().all(|x| matches!(x, RetentionDecision::Keep { reasons, .. } if reasons == &[KeepReason::NoRuleMatches])));
     }

@@ -51,6 +51,18 @@ pub struct Client {
     token: tokio::sync::Mutex<Option<SecretString>>,
     /// Retries of a request answered 429 or 5xx (or failing to connect).
     pub retries: u32,
+    /// Requests sent, retries and token fetches included (for reports and benchmarks).
+    requests: std::sync::atomic::AtomicU64,
+}
+
+/// What deleting a tag (not its digest) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagDeletion {
+    Deleted,
+    /// The tag was already gone.
+    Gone,
+    /// The registry does not delete tags (only whole manifests by digest).
+    Unsupported,
 }
 
 /// A manifest as resolved by `HEAD`/`GET`.
@@ -76,7 +88,18 @@ impl Client {
             credentials,
             token: tokio::sync::Mutex::new(None),
             retries: 4,
+            requests: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Requests sent so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends a request with auth, following the bearer-token challenge once, retrying 429/5xx.
@@ -98,6 +121,8 @@ impl Client {
             } else {
                 req = self.with_basic_auth(req);
             }
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = req.send().await;
             let retryable = match &result {
                 Ok(r) => {
@@ -165,6 +190,8 @@ impl Client {
             message: format!("bad token realm: {e}"),
         })?;
         let req = self.with_basic_auth(self.http.get(url));
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| Error::Http {
             url: realm.clone(),
             message: e.to_string(),
@@ -302,6 +329,23 @@ impl Client {
         }
         check(&url, resp).await?;
         Ok(true)
+    }
+
+    /// Deletes one tag, leaving its manifest and other tags (OCI distribution 1.1; distribution
+    /// v3 supports it). Registries without it answer 400/405 `UNSUPPORTED`.
+    pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<TagDeletion, Error> {
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
+        let resp = self.send(Method::DELETE, &url, HeaderMap::new()).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(TagDeletion::Gone),
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => {
+                Ok(TagDeletion::Unsupported)
+            }
+            _ => {
+                check(&url, resp).await?;
+                Ok(TagDeletion::Deleted)
+            }
+        }
     }
 }
 
