@@ -19,7 +19,7 @@ pub struct Daemon {
     /// Every datagram the daemon sent to its NOTIFY_SOCKET, read by a thread as systemd would.
     notified: Arc<Mutex<Vec<String>>>,
     pub repo: tempfile::TempDir,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub id: String,
 }
 
@@ -61,14 +61,21 @@ pub fn start_daemon() -> Daemon {
 }
 
 pub fn start_daemon_with(extra_spec: &str) -> Daemon {
+    start_daemon_prepared(extra_spec, |_, _| {})
+}
+
+/// Starts a daemon after `prepare` has written into the repository (before the first commit)
+/// and into the state directory.
+pub fn start_daemon_prepared(extra_spec: &str, prepare: impl FnOnce(&Path, &Path)) -> Daemon {
     let env = TestEnv::get();
     let id = unique_name("d");
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q", "-b", "main"]);
     write_stack_with(repo.path(), &id, "one", extra_spec);
+    let dir = tempfile::tempdir().unwrap();
+    prepare(repo.path(), &dir.path().join("state"));
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "first"]);
-    let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("github-secret"), SECRET).unwrap();
@@ -115,7 +122,7 @@ pub fn start_daemon_with(extra_spec: &str) -> Daemon {
         base: format!("http://127.0.0.1:{port}"),
         notified,
         repo,
-        _dir: dir,
+        dir,
         id,
     }
 }

@@ -155,6 +155,21 @@ impl TestEnv {
     pub fn registry_url(&self) -> &str {
         self.var("REGISTRY_URL")
     }
+
+    /// The registry behind basic auth: its URL, and the same with `user:password@` for pushes.
+    pub fn auth_registry(&self) -> (String, String) {
+        let url = self.var("REGISTRY_AUTH_URL");
+        let with_credentials = url.replacen(
+            "http://",
+            &format!(
+                "http://{}:{}@",
+                self.var("REGISTRY_AUTH_USER"),
+                self.var("REGISTRY_AUTH_PASSWORD")
+            ),
+            1,
+        );
+        (url.to_owned(), with_credentials)
+    }
 }
 
 /// A namespace owned by one test; deleted (in the background) on drop.

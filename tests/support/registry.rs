@@ -1,7 +1,15 @@
-//! Pushing to the test registry through its HTTP API, as `docker push` does.
+//! Pushing to the test registries through their HTTP API, as `docker push` does. A base URL
+//! may carry `user:password@` for the registry behind basic auth.
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+/// One HTTP client for every push: building a client loads the system's root certificates,
+/// which costs more than the request itself.
+pub fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
     let hex: String = Sha256::digest(bytes)
@@ -24,10 +32,10 @@ pub async fn push_blob(http: &reqwest::Client, base: &str, repo: &str, bytes: &[
         .to_str()
         .expect("location")
         .to_owned();
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("{base}{location}")
+    // Keep the base's credentials: an absolute Location names the host without them.
+    let location = match location.find("/v2/") {
+        Some(i) => format!("{base}{}", &location[i..]),
+        None => format!("{base}{location}"),
     };
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = http
@@ -53,7 +61,7 @@ pub async fn push_image(
     created: &str,
     salt: &str,
 ) -> (String, Vec<u8>) {
-    let http = reqwest::Client::new();
+    let http = http();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux", "created": created,
         "rootfs": {"type": "layers", "diff_ids": []}, "config": {"Labels": {"salt": salt}}
@@ -74,7 +82,7 @@ pub async fn push_image(
 
 /// PUTs a manifest (or index) under `reference`.
 pub async fn put_manifest(base: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let resp = reqwest::Client::new()
+    let resp = http()
         .put(format!("{base}/v2/{repo}/manifests/{reference}"))
         .header("content-type", media_type)
         .body(body.to_vec())
