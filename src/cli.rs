@@ -164,13 +164,18 @@ pub enum JobsCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
-    /// Run one job now.
+    /// Run one job now and record it like a scheduled run (exit 0: succeeded, 2: failed or
+    /// already running).
     Run {
         /// Job name.
         name: String,
-        /// Report what the job would do; change nothing.
+        /// Report what the job would do; change nothing (whatever the job's mode).
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },

@@ -116,15 +116,83 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
             match output {
-                OutputFormat::Json => emit(&format!("{:#}\n", jobs_json(&d.jobs))),
+                OutputFormat::Json => emit(&format!(
+                    "{:#}\n",
+                    jobs_json(&d.jobs, Some(&config.state_dir()))
+                )),
                 OutputFormat::Human if d.jobs.is_empty() => {
                     emit("no jobs declared (stack/<name>/jobs.yaml)\n")
                 }
-                OutputFormat::Human => emit(&jobs_text(&d.jobs)),
+                OutputFormat::Human => emit(&jobs_text(&d.jobs, Some(&config.state_dir()))),
             }
             Ok(EXIT_OK)
         }
-        command @ (Command::Jobs { .. } | Command::Backup { .. }) => {
+        Command::Jobs {
+            command:
+                driftless::cli::JobsCommand::Run {
+                    name,
+                    dry_run,
+                    source,
+                    cluster,
+                    output,
+                },
+        } => {
+            let config = HostConfig::load(&config_path, false)?;
+            let d = load_desired(&config, &source, false)?;
+            let Some(job) = d.jobs.iter().find(|j| j.name == name) else {
+                bail!(
+                    "no job {name:?} (declared: {})",
+                    d.jobs
+                        .iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let finished = runtime()?.block_on(async {
+                // Protection from live workloads needs the cluster; the job's runner says so
+                // if it cannot be reached.
+                let client = driftless::cluster::connect(&cluster_target(&config, &cluster)).await;
+                if let Err(e) = &client {
+                    tracing::warn!("cluster: {e}");
+                }
+                let state_dir = config.state_dir();
+                let credentials = source
+                    .credentials_dir
+                    .clone()
+                    .or_else(|| config.credentials_dir());
+                let ctx = driftless::jobs::runner::Context {
+                    cluster: client.as_ref().ok(),
+                    desired: &d.stacks,
+                    credentials_dir: credentials.as_deref(),
+                    state_dir: &state_dir,
+                    revision: d.revision.clone(),
+                };
+                driftless::jobs::runner::run(
+                    job,
+                    &ctx,
+                    driftless::jobs::scheduler::Cause::Manual,
+                    None,
+                    dry_run,
+                )
+                .await
+            })?;
+            match output {
+                OutputFormat::Json => emit(&format!(
+                    "{:#}\n",
+                    serde_json::json!({"run": finished.record, "report": finished.report})
+                )),
+                OutputFormat::Human => emit(&finished.text),
+            }
+            Ok(
+                if finished.record.outcome == driftless::jobs::runs::Outcome::Succeeded {
+                    EXIT_OK
+                } else {
+                    EXIT_ERROR
+                },
+            )
+        }
+        command @ Command::Backup { .. } => {
             bail!("`driftless {}` is not yet implemented", command.name())
         }
     }
@@ -133,6 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 /// What one revision declares.
 struct Desired {
     stacks: Vec<RenderedStack>,
+    /// The Git revision (none for a local path).
+    revision: Option<String>,
     jobs: Vec<driftless::jobs::model::Job>,
     /// Whether host secrets were read (validation without a credentials directory uses empty
     /// stand-ins).
@@ -159,6 +229,7 @@ fn load_desired(
         .credentials_dir
         .clone()
         .or_else(|| config.credentials_dir());
+    let mut revision = None;
     let root: PathBuf = match (&source.path, config.source.as_ref()) {
         (Some(p), _) => p.clone(),
         (None, Some(src)) => match (&src.path, &src.git) {
@@ -171,6 +242,7 @@ fn load_desired(
                 )?;
                 let fetched = source.fetch(None)?;
                 tracing::info!(sha = %fetched.revision.sha, subject = %fetched.revision.subject, "revision");
+                revision = Some(fetched.revision.sha.clone());
                 fetched.checkout
             }
             (None, None) => bail!("source: give `path` or `git` in the host configuration"),
@@ -192,6 +264,7 @@ fn load_desired(
     }
     Ok(Desired {
         stacks,
+        revision,
         jobs,
         secrets_checked,
     })
@@ -205,13 +278,8 @@ fn names(stacks: &[RenderedStack]) -> String {
         .join(", ")
 }
 
-async fn reconcile_with(
-    config: &HostConfig,
-    cluster: &ClusterArgs,
-    stacks: &[RenderedStack],
-    options: &reconcile::Options,
-) -> anyhow::Result<Report> {
-    let target = driftless::cluster::Target {
+fn cluster_target(config: &HostConfig, cluster: &ClusterArgs) -> driftless::cluster::Target {
+    driftless::cluster::Target {
         kubeconfig: cluster
             .kubeconfig
             .clone()
@@ -220,8 +288,16 @@ async fn reconcile_with(
             .context
             .clone()
             .or_else(|| config.cluster.context.clone()),
-    };
-    let client = driftless::cluster::connect(&target).await?;
+    }
+}
+
+async fn reconcile_with(
+    config: &HostConfig,
+    cluster: &ClusterArgs,
+    stacks: &[RenderedStack],
+    options: &reconcile::Options,
+) -> anyhow::Result<Report> {
+    let client = driftless::cluster::connect(&cluster_target(config, cluster)).await?;
     Ok(reconcile::reconcile(&client, stacks, options).await?)
 }
 
@@ -321,7 +397,18 @@ fn print_report(report: &Report, output: OutputFormat, show_diffs: bool) {
     }
 }
 
-fn jobs_json(jobs: &[driftless::jobs::model::Job]) -> serde_json::Value {
+/// The last recorded run of a job (from the state directory), if any.
+fn last_run(
+    state_dir: Option<&std::path::Path>,
+    job: &str,
+) -> Option<driftless::jobs::runs::RunRecord> {
+    state_dir.and_then(|d| driftless::jobs::runs::load(d, job).0.runs.pop())
+}
+
+fn jobs_json(
+    jobs: &[driftless::jobs::model::Job],
+    state_dir: Option<&std::path::Path>,
+) -> serde_json::Value {
     let now = chrono::Utc::now();
     serde_json::Value::Array(
         jobs.iter()
@@ -330,18 +417,29 @@ fn jobs_json(jobs: &[driftless::jobs::model::Job]) -> serde_json::Value {
                     "name": j.name, "kind": j.kind, "stack": j.stack,
                     "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
                     "nextRun": j.schedule.next_after(now),
+                    "lastRun": last_run(state_dir, &j.name),
                 })
             })
             .collect(),
     )
 }
 
-fn jobs_text(jobs: &[driftless::jobs::model::Job]) -> String {
+fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path::Path>) -> String {
     let now = chrono::Utc::now();
     jobs.iter()
         .map(|j| {
+            let last = match last_run(state_dir, &j.name) {
+                Some(r) => format!(
+                    "; last run {} {}{}: {}",
+                    r.started_at.format("%Y-%m-%d %H:%M UTC"),
+                    r.outcome.as_str(),
+                    if r.dry_run { " (dry run)" } else { "" },
+                    r.message.unwrap_or_default()
+                ),
+                None => String::new(),
+            };
             format!(
-                "job {} ({}, stack {}): {:?} {}, next run {}\n",
+                "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
                 j.name,
                 j.kind,
                 j.stack,
@@ -373,7 +471,7 @@ fn print_validation(
                     "dependsOn": s.spec.depends_on,
                     "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
-                "jobs": jobs_json(jobs),
+                "jobs": jobs_json(jobs, None),
             });
             emit(&format!("{value:#}\n"));
         }
@@ -382,7 +480,7 @@ fn print_validation(
             for s in stacks {
                 text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
             }
-            text.push_str(&jobs_text(jobs));
+            text.push_str(&jobs_text(jobs, None));
             text.push_str(&format!(
                 "valid: {} stacks, {objects} objects, {} jobs\n",
                 stacks.len(),

@@ -1,8 +1,12 @@
-//! Scheduled jobs declared in Git: their format (`model`), crontab schedules (`schedule`) and
-//! scheduling decisions (`scheduler`), all pure. The job kinds' runners (ImageCleanup, Backup)
-//! and the daemon's scheduler task come with the issues that build those kinds.
+//! Scheduled jobs declared in Git: their format (`model`), crontab schedules (`schedule`),
+//! scheduling decisions (`scheduler`) and retention decisions (`retention`), all pure; run
+//! records and locks (`runs`), the kinds' runners (`image_cleanup`) and the dispatch that runs one
+//! job and records it (`runner`).
 
+pub mod image_cleanup;
 pub mod model;
 pub mod retention;
+pub mod runner;
+pub mod runs;
 pub mod schedule;
 pub mod scheduler;

@@ -42,6 +42,10 @@ pub enum Error {
         #[source]
         source: super::schedule::Error,
     },
+    #[error(transparent)]
+    Vars(#[from] Box<crate::stack::Error>),
+    #[error(transparent)]
+    ImageCleanup(#[from] super::image_cleanup::spec::Error),
     #[error("{file}: job name {name:?} is also used in {other}")]
     Duplicate {
         file: PathBuf,
@@ -69,11 +73,23 @@ pub fn load_jobs(stacks: &[LoadedStack]) -> Result<Vec<Job>, Error> {
     let mut jobs: Vec<Job> = Vec::new();
     for stack in stacks {
         let Some(file) = &stack.jobs else { continue };
-        for (i, doc) in crate::yaml::parse_documents(&file.path, &file.text)?
+        // Jobs see the stack's variables for the selected profile, as its manifests do.
+        let text = crate::stack::vars::substitute(
+            &stack.name,
+            &file.path,
+            &file.text,
+            &crate::stack::render::stack_vars(stack),
+        )
+        .map_err(Box::new)?;
+        for (i, doc) in crate::yaml::parse_documents(&file.path, &text)?
             .into_iter()
             .enumerate()
         {
             let job = parse_job(&stack.name, &file.path, i + 1, &doc)?;
+            // The kind's own fields are checked here, so `validate` catches their mistakes.
+            if job.kind == "ImageCleanup" {
+                super::image_cleanup::spec::parse(&job)?;
+            }
             if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
                 return Err(Error::Duplicate {
                     file: file.path.clone(),

@@ -10,7 +10,7 @@ use super::model::Job;
 
 /// Why a run starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "camelCase")]
 pub enum Cause {
     /// Its fire time came while the daemon ran.
     Scheduled,

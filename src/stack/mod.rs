@@ -5,7 +5,7 @@ pub mod load;
 pub mod model;
 pub mod order;
 pub mod render;
-mod vars;
+pub mod vars;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -109,7 +109,8 @@ pub fn render(stacks: &[LoadedStack], secrets: &HostSecrets) -> Result<Vec<Rende
     super::order::by_dependencies(rendered)
 }
 
-fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedStack> {
+/// A stack's variables for its selected profile (the profile's own override the stack's).
+pub fn stack_vars(stack: &LoadedStack) -> BTreeMap<String, String> {
     let mut vars = stack.spec.vars.clone();
     if let Some(profile) = stack
         .profile
@@ -118,6 +119,11 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
     {
         vars.extend(profile.vars.clone());
     }
+    vars
+}
+
+fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedStack> {
+    let vars = stack_vars(stack);
     let mut objects: Vec<Value> = Vec::new();
     let mut places: Vec<Place> = Vec::new();
     for file in &stack.manifests {

@@ -282,7 +282,7 @@ fn a_repository_without_stacks_is_an_error() {
 fn jobs_files_are_read_and_checked() {
     let stack = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec: {namespace: ns}\n";
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
-    let good = "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * * 1-5', timeZone: Europe/Berlin, startingDeadline: 2h}\n---\napiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: registry}\nspec: {schedule: '@daily'}\n";
+    let good = "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * * 1-5', timeZone: Europe/Berlin, startingDeadline: 2h}\n---\napiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: registry}\nspec: {schedule: '@daily', registry: {url: 'http://r:5000'}, rules: [{repositories: '**', keepLast: 5}]}\n";
     let repo = write_repo(&[
         ("stack/s/stack.yaml", stack),
         ("stack/s/cm.yaml", cm),
@@ -328,6 +328,11 @@ fn jobs_files_are_read_and_checked() {
         (
             "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n---\napiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n",
             "job name \"pg\" is also used",
+        ),
+        (
+            // The kind's own fields are checked at load, naming the field.
+            "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: reg}\nspec: {schedule: '@daily', registry: {url: 'http://r'}, rules: [{repositories: '**'}]}\n",
+            "stack/s/jobs.yaml: ImageCleanup reg: spec.rules[0]: name at least one of",
         ),
     ];
     for (text, want) in cases {

@@ -1,0 +1,361 @@
+//! The `ImageCleanup` job's own fields (pure parsing, errors naming the file, job and field).
+//!
+//! ```yaml
+//! spec:
+//!   schedule: "30 4 * * *"
+//!   mode: dryRun                      # default; `enforce` deletes
+//!   registry:
+//!     url: http://127.0.0.1:30500      # how driftless reaches it
+//!     hosts: [localhost:30500, registry.ducklake-storage.svc:5000]   # how images name it
+//!     usernameFile: registry-username  # in the credentials directory
+//!     passwordFile: registry-password
+//!   rules:
+//!     - repositories: "ducklake/**"
+//!       keepLast: 10
+//!       keepTags: '^v\d+\.\d+\.\d+$'
+//!       keepYoungerThan: 168h
+//!       untagged: delete               # default keep
+//!   protect: {cluster: true, desired: true}   # defaults
+//!   tagDeletion: true                  # remove expired tags of kept digests (default true)
+//!   concurrency: 8
+//!   garbageCollect:
+//!     command: [systemctl, start, registry-gc.service]
+//!     timeout: 30m
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::jobs::model::Job;
+use crate::jobs::retention::{Rule, Untagged};
+
+/// A spec that cannot be used, naming the file, job and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: ImageCleanup {job}: {message}")]
+pub struct Error {
+    pub file: PathBuf,
+    pub job: String,
+    pub message: String,
+}
+
+/// Dry-run reports; enforce deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    DryRun,
+    Enforce,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Raw {
+    schedule: String,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    starting_deadline: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    registry: RawRegistry,
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    protect: Protect,
+    #[serde(default = "yes")]
+    tag_deletion: bool,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default)]
+    garbage_collect: Option<RawGc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRegistry {
+    url: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    username_file: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRule {
+    repositories: String,
+    #[serde(default)]
+    keep_last: Option<usize>,
+    #[serde(default)]
+    keep_tags: Option<String>,
+    #[serde(default)]
+    keep_younger_than: Option<String>,
+    #[serde(default)]
+    untagged: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGc {
+    command: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// What protects images besides the rules.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Protect {
+    /// Images used by live workloads in the cluster.
+    #[serde(default = "yes")]
+    pub cluster: bool,
+    /// Images named by the desired state of the revision.
+    #[serde(default = "yes")]
+    pub desired: bool,
+}
+
+impl Default for Protect {
+    fn default() -> Self {
+        Protect {
+            cluster: true,
+            desired: true,
+        }
+    }
+}
+
+/// The registry's post-step.
+#[derive(Debug, Clone)]
+pub struct GarbageCollect {
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// A usable ImageCleanup spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub mode: Mode,
+    pub url: String,
+    /// Hosts under which workloads name this registry (always includes the URL's own).
+    pub hosts: Vec<String>,
+    pub username_file: Option<String>,
+    pub password_file: Option<String>,
+    pub rules: Vec<Rule>,
+    pub protect: Protect,
+    pub tag_deletion: bool,
+    pub concurrency: usize,
+    pub garbage_collect: Option<GarbageCollect>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+/// Parses and checks a job's spec.
+pub fn parse(job: &Job) -> Result<Spec, Error> {
+    let fail = |message: String| Error {
+        file: job.file.clone(),
+        job: job.name.clone(),
+        message,
+    };
+    let raw: Raw =
+        serde_json::from_value(job.spec.clone()).map_err(|e| fail(format!("spec: {e}")))?;
+    let _ = (&raw.schedule, &raw.time_zone, &raw.starting_deadline); // read by jobs::model
+    let url = raw.registry.url.trim_end_matches('/').to_owned();
+    let own_host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            fail(format!(
+                "spec.registry.url {url:?} must start with http:// or https://"
+            ))
+        })?
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if own_host.contains('@') {
+        // Never echo the URL: it holds a credential.
+        return Err(fail(
+            "spec.registry.url must not carry credentials: use usernameFile and passwordFile"
+                .to_owned(),
+        ));
+    }
+    let mut hosts = vec![own_host];
+    for h in raw.registry.hosts {
+        let h = h.to_ascii_lowercase();
+        if h.contains('/') || h.is_empty() {
+            return Err(fail(format!(
+                "spec.registry.hosts: {h:?} must be a host or host:port"
+            )));
+        }
+        if !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    if raw.registry.username_file.is_some() != raw.registry.password_file.is_some() {
+        return Err(fail(
+            "spec.registry: give both usernameFile and passwordFile, or neither".to_owned(),
+        ));
+    }
+    if raw.rules.is_empty() {
+        return Err(fail(
+            "spec.rules: at least one rule is needed (a repository no rule matches is left alone)"
+                .to_owned(),
+        ));
+    }
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let field = |f: &str| format!("spec.rules[{i}].{f}");
+        let keep_tags = r
+            .keep_tags
+            .map(|p| regex::Regex::new(&p).map_err(|e| fail(format!("{}: {e}", field("keepTags")))))
+            .transpose()?;
+        let keep_younger_than = r
+            .keep_younger_than
+            .map(|d| {
+                crate::stack::model::duration_text::parse(&d)
+                    .map_err(|e| fail(format!("{}: {e}", field("keepYoungerThan"))))
+            })
+            .transpose()?;
+        let untagged = match r.untagged.as_deref() {
+            None | Some("keep") => Untagged::Keep,
+            Some("delete") => Untagged::Delete,
+            Some(other) => {
+                return Err(fail(format!(
+                    "{}: {other:?} (expected keep or delete)",
+                    field("untagged")
+                )));
+            }
+        };
+        if r.keep_last.is_none() && keep_tags.is_none() && keep_younger_than.is_none() {
+            return Err(fail(format!(
+                "spec.rules[{i}]: name at least one of keepLast, keepTags, keepYoungerThan (a rule that keeps nothing would delete every image of {:?})",
+                r.repositories
+            )));
+        }
+        rules.push(Rule {
+            repositories: r.repositories,
+            keep_last: r.keep_last,
+            keep_tags,
+            keep_younger_than,
+            untagged,
+        });
+    }
+    if raw.concurrency == 0 || raw.concurrency > 64 {
+        return Err(fail(format!(
+            "spec.concurrency: {} (expected 1 to 64)",
+            raw.concurrency
+        )));
+    }
+    let garbage_collect = match raw.garbage_collect {
+        None => None,
+        Some(gc) if gc.command.is_empty() => {
+            return Err(fail("spec.garbageCollect.command: empty".to_owned()));
+        }
+        Some(gc) => Some(GarbageCollect {
+            command: gc.command,
+            timeout: match gc.timeout {
+                Some(t) => crate::stack::model::duration_text::parse(&t)
+                    .map_err(|e| fail(format!("spec.garbageCollect.timeout: {e}")))?,
+                None => Duration::from_secs(30 * 60),
+            },
+        }),
+    };
+    Ok(Spec {
+        mode: raw.mode,
+        url,
+        hosts,
+        username_file: raw.registry.username_file,
+        password_file: raw.registry.password_file,
+        rules,
+        protect: raw.protect,
+        tag_deletion: raw.tag_deletion,
+        concurrency: raw.concurrency,
+        garbage_collect,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::schedule::Schedule;
+    use serde_json::json;
+
+    fn job(spec: serde_json::Value) -> Job {
+        Job {
+            name: "cleanup".into(),
+            kind: "ImageCleanup".into(),
+            stack: "s".into(),
+            file: "stack/s/jobs.yaml".into(),
+            schedule: Schedule::parse("@daily", None).unwrap(),
+            starting_deadline: None,
+            spec,
+        }
+    }
+
+    #[test]
+    fn a_full_spec_parses_with_defaults() {
+        let s = parse(&job(json!({
+            "schedule": "@daily",
+            "registry": {"url": "http://127.0.0.1:30500/", "hosts": ["Localhost:30500"]},
+            "rules": [{"repositories": "**", "keepLast": 3, "keepTags": "^v", "keepYoungerThan": "7d", "untagged": "delete"}]
+        })))
+        .unwrap();
+        assert_eq!(s.mode, Mode::DryRun);
+        assert_eq!(s.url, "http://127.0.0.1:30500");
+        assert_eq!(s.hosts, ["127.0.0.1:30500", "localhost:30500"]);
+        assert!(s.protect.cluster && s.protect.desired && s.tag_deletion);
+        assert_eq!(s.rules[0].untagged, Untagged::Delete);
+        assert_eq!(
+            s.rules[0].keep_younger_than,
+            Some(Duration::from_secs(7 * 86400))
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        for (spec, want) in [
+            (
+                json!({"schedule": "@daily", "registry": {"url": "127.0.0.1:5000"}, "rules": [{"repositories": "**", "keepLast": 1}]}),
+                "spec.registry.url",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": []}),
+                "spec.rules: at least one rule",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**"}]}),
+                "spec.rules[0]: name at least one of",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepTags": "("}]}),
+                "spec.rules[0].keepTags",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1, "untagged": "drop"}]}),
+                "spec.rules[0].untagged",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r", "usernameFile": "u"}, "rules": [{"repositories": "**", "keepLast": 1}]}),
+                "both usernameFile and passwordFile",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}], "mode": "yolo"}),
+                "unknown variant",
+            ),
+        ] {
+            let err = parse(&job(spec)).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("stack/s/jobs.yaml") && err.contains("cleanup"),
+                "{err} (want {want})"
+            );
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! ImageCleanup against the real distribution registry (deletes enabled, basic auth), with live
+//! workloads on the test cluster protecting their images. After each run the registry is read
+//! back: exactly the expected tags and digests remain.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use driftless::jobs::image_cleanup::{self, Inputs};
+use driftless::jobs::model::Job;
+use driftless::jobs::schedule::Schedule;
+use driftless::registry::{Client, Credentials};
+use serde_json::{Value, json};
+use support::registry::{
+    OCI_INDEX, OCI_MANIFEST, push_blob, push_image, put_manifest, sha256_digest,
+};
+use support::{TestEnv, kubectl, unique_name};
+
+/// The auth registry's client, as the job builds it.
+fn client(url: &str) -> Client {
+    let env = TestEnv::get();
+    Client::new(
+        url,
+        Credentials {
+            username: Some(env.var("REGISTRY_AUTH_USER").to_owned()),
+            password: Some(env.var("REGISTRY_AUTH_PASSWORD").to_owned().into()),
+        },
+    )
+    .unwrap()
+}
+
+async fn tags(client: &Client, repo: &str) -> Vec<String> {
+    let mut t = client.tags(repo, 100).await.unwrap_or_default();
+    t.sort();
+    t
+}
+
+async fn exists(client: &Client, repo: &str, digest: &str) -> bool {
+    client.resolve(repo, digest).await.unwrap().is_some()
+}
+
+fn job(name: &str, spec: Value) -> Job {
+    Job {
+        name: name.to_owned(),
+        kind: "ImageCleanup".to_owned(),
+        stack: "test".to_owned(),
+        file: "stack/test/jobs.yaml".into(),
+        schedule: Schedule::parse("@daily", None).unwrap(),
+        starting_deadline: None,
+        spec,
+    }
+}
+
+/// A credentials directory with the auth registry's username and password.
+fn credentials(dir: &Path) -> std::path::PathBuf {
+    let env = TestEnv::get();
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("registry-user"), env.var("REGISTRY_AUTH_USER")).unwrap();
+    std::fs::write(
+        creds.join("registry-password"),
+        format!("{}\n", env.var("REGISTRY_AUTH_PASSWORD")),
+    )
+    .unwrap();
+    creds
+}
+
+/// An image whose config has no `created` (as attestation manifests), returning its digest.
+async fn push_attestation(base: &str, repo: &str, salt: &str) -> String {
+    let http = reqwest::Client::new();
+    let config = format!("{{\"salt\":\"{salt}\"}}").into_bytes();
+    let layer = format!("in-toto statement {salt}").into_bytes();
+    let cd = push_blob(&http, base, repo, &config).await;
+    let ld = push_blob(&http, base, repo, &layer).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": ld, "size": layer.len()}]
+    }))
+    .unwrap();
+    let digest = sha256_digest(&manifest);
+    put_manifest(base, repo, &digest, OCI_MANIFEST, &manifest).await;
+    digest
+}
+
+/// Pushes an index over `children` (platform images and one attestation) under `tag`.
+async fn push_index(base: &str, repo: &str, tag: &str, children: &[(String, &str)]) -> String {
+    let manifests: Vec<Value> = children
+        .iter()
+        .map(|(d, arch)| {
+            if *arch == "attestation" {
+                json!({"mediaType": OCI_MANIFEST, "digest": d, "size": 1,
+                    "platform": {"architecture": "unknown", "os": "unknown"},
+                    "annotations": {"vnd.docker.reference.type": "attestation-manifest"}})
+            } else {
+                json!({"mediaType": OCI_MANIFEST, "digest": d, "size": 1,
+                    "platform": {"architecture": arch, "os": "linux"}})
+            }
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests
+    }))
+    .unwrap();
+    put_manifest(base, repo, tag, OCI_INDEX, &body).await;
+    sha256_digest(&body)
+}
+
+fn driftless(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run driftless")
+}
+
+/// The whole job through the CLI: dry run by default, then enforce; rules, a shared digest,
+/// a multi-arch index with an attestation, an image a live Deployment uses and one the desired
+/// state names.
+#[tokio::test]
+async fn cleanup_keeps_what_rules_and_workloads_need_and_deletes_the_rest() {
+    let env = TestEnv::get();
+    let (url, push) = env.auth_registry();
+    let host = url.trim_start_matches("http://").to_owned();
+    let p = unique_name("ic");
+    let app = format!("{p}/app");
+    let multi = format!("{p}/multi");
+    let old = |m: u32| format!("2025-{m:02}-01T00:00:00Z");
+    // app: a release (kept by pattern), dev builds 1–5 (oldest first), dev-2 used live, dev-3
+    // named by the desired state; "dev-1" shares its digest with "release-1".
+    let (release, _) = push_image(&push, &app, "v1.0.0", &old(1), "r").await;
+    let (dev1, _) = push_image(&push, &app, "dev-1", &old(2), "1").await;
+    put_manifest_copy(&push, &app, "dev-1", "release-1").await;
+    let (dev2, _) = push_image(&push, &app, "dev-2", &old(3), "2").await;
+    let (dev3, _) = push_image(&push, &app, "dev-3", &old(4), "3").await;
+    let (dev4, _) = push_image(&push, &app, "dev-4", &old(5), "4").await;
+    let (dev5, _) = push_image(&push, &app, "dev-5", &old(6), "5").await;
+    let (dev6, _) = push_image(&push, &app, "dev-6", &old(7), "6").await;
+    // multi: an old index (deleted with its children) and newer ones (kept with their children).
+    let (a_old, _) = push_image(&push, &multi, "tmp-a-old", &old(1), "ao").await;
+    let (b_old, _) = push_image(&push, &multi, "tmp-b-old", &old(1), "bo").await;
+    let att_old = push_attestation(&push, &multi, "old").await;
+    let (a_new, _) = push_image(&push, &multi, "tmp-a-new", &old(8), "an").await;
+    let (b_new, _) = push_image(&push, &multi, "tmp-b-new", &old(8), "bn").await;
+    let att_new = push_attestation(&push, &multi, "new").await;
+    let idx_old = push_index(
+        &push,
+        &multi,
+        "2025.1",
+        &[
+            (a_old.clone(), "amd64"),
+            (b_old.clone(), "arm64"),
+            (att_old.clone(), "attestation"),
+        ],
+    )
+    .await;
+    let idx_new = push_index(
+        &push,
+        &multi,
+        "2025.8",
+        &[
+            (a_new.clone(), "amd64"),
+            (b_new.clone(), "arm64"),
+            (att_new.clone(), "attestation"),
+        ],
+    )
+    .await;
+    // The newest index shares the platform images of 2025.8 (keepLast 2 keeps both).
+    push_index(
+        &push,
+        &multi,
+        "2025.9",
+        &[(a_new.clone(), "amd64"), (b_new.clone(), "arm64")],
+    )
+    .await;
+    let registry = client(&url);
+    // The platform images' own tags go, so the children are untagged below their indexes.
+    for t in ["tmp-a-old", "tmp-b-old", "tmp-a-new", "tmp-b-new"] {
+        registry.delete_tag(&multi, t).await.unwrap();
+    }
+
+    // A live Deployment uses dev-2 (by the host the cluster pulls from).
+    let ns = env.namespace("ic").await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={host}/{app}:dev-2"),
+    ]);
+
+    // The repository of driftless stacks: a Deployment naming dev-3, and the job.
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let stack = dir.path().join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    std::fs::write(
+        stack.join("stack.yaml"),
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        stack.join("worker.yaml"),
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: worker}}\nspec:\n  selector: {{matchLabels: {{app: w}}}}\n  template:\n    metadata: {{labels: {{app: w}}}}\n    spec: {{containers: [{{name: w, image: \"{host}/{app}:dev-3\"}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let jobs = |mode: &str| {
+        format!(
+            r#"apiVersion: driftless.dev/v1alpha1
+kind: ImageCleanup
+metadata: {{name: cleanup}}
+spec:
+  schedule: "@daily"
+  mode: {mode}
+  registry: {{url: "{url}", usernameFile: registry-user, passwordFile: registry-password}}
+  rules:
+    - repositories: "{p}/*"
+      keepLast: 2
+      keepTags: '^(v\d+\.\d+\.\d+|release-.*)$'
+      untagged: delete
+"#
+        )
+    };
+    std::fs::write(stack.join("jobs.yaml"), jobs("dryRun")).unwrap();
+    let config = dir.path().join("driftless.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "stateDir: {}\ncredentialsDir: {}\n",
+            dir.path().join("state").display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+
+    // Dry run (the default mode): a report, and nothing deleted.
+    let out = driftless(
+        &config,
+        &["jobs", "run", "cleanup", "--path", path, "-o", "json"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["run"]["outcome"], "succeeded");
+    let app_report = report["report"]["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repository"] == app.as_str())
+        .unwrap()
+        .clone();
+    let action = |digest: &str| {
+        app_report["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["digest"] == digest)
+            .unwrap_or_else(|| panic!("{digest} in {app_report:#}"))
+            .clone()
+    };
+    assert_eq!(action(&dev4)["action"], "delete");
+    assert_eq!(action(&dev2)["action"], "keep");
+    assert_eq!(action(&dev2)["reasons"][0]["reason"], "inUse");
+    let by = action(&dev2)["reasons"][0]["by"].to_string();
+    assert!(by.contains(&format!("Deployment {}/web", ns.name)), "{by}");
+    let by = action(&dev3)["reasons"][0]["by"].to_string();
+    assert!(by.contains("stack images, desired"), "{by}");
+    assert_eq!(action(&dev1)["untag"], json!(["dev-1"]));
+    assert_eq!(
+        tags(&registry, &app).await.len(),
+        8,
+        "a dry run deletes nothing"
+    );
+
+    // The human report says the same.
+    let out = driftless(&config, &["jobs", "run", "cleanup", "--path", path]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("dry run; set spec.mode: enforce to delete"),
+        "{human}"
+    );
+    assert!(
+        human.contains("in use by Pod ") && human.contains(&format!("Deployment {}/web", ns.name)),
+        "{human}"
+    );
+
+    // Enforce.
+    std::fs::write(stack.join("jobs.yaml"), jobs("enforce")).unwrap();
+    let out = driftless(
+        &config,
+        &["jobs", "run", "cleanup", "--path", path, "-o", "json"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // app: release (pattern), release-1 on dev-1's digest (its "dev-1" tag removed), dev-2 (live),
+    // dev-3 (desired), dev-5 and dev-6 (the 2 newest); dev-4 deleted.
+    assert_eq!(
+        tags(&registry, &app).await,
+        ["dev-2", "dev-3", "dev-5", "dev-6", "release-1", "v1.0.0"]
+    );
+    for d in [&release, &dev1, &dev2, &dev3, &dev5, &dev6] {
+        assert!(exists(&registry, &app, d).await, "{d} kept");
+    }
+    assert!(!exists(&registry, &app, &dev4).await, "dev-4 deleted");
+    // multi: the newer index and its children (attestation included) stay; the old one goes
+    // with its children.
+    assert_eq!(tags(&registry, &multi).await, ["2025.8", "2025.9"]);
+    for d in [&idx_new, &a_new, &b_new, &att_new] {
+        assert!(exists(&registry, &multi, d).await, "{d} kept");
+    }
+    for d in [&idx_old, &a_old, &b_old, &att_old] {
+        assert!(!exists(&registry, &multi, d).await, "{d} deleted");
+    }
+    // The run is recorded, with its figures.
+    let out = driftless(&config, &["jobs", "list", "--path", path, "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &list[0]["lastRun"];
+    assert_eq!(last["outcome"], "succeeded");
+    assert_eq!(last["figures"]["deleted"], 5, "{last:#}");
+    assert_eq!(last["figures"]["untagged"], 1, "{last:#}");
+    assert!(last["figures"]["bytesReclaimable"].as_u64().unwrap() > 0);
+    // No credential reaches the report or the records.
+    let password = env.var("REGISTRY_AUTH_PASSWORD");
+    assert!(!stdout.contains(password));
+    for f in std::fs::read_dir(dir.path().join("state/jobs")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap_or_default();
+        assert!(!text.contains(password));
+    }
+}
+
+/// Re-tags the manifest of `from` as `to`.
+async fn put_manifest_copy(base: &str, repo: &str, from: &str, to: &str) {
+    let body = reqwest::Client::new()
+        .get(format!("{base}/v2/{repo}/manifests/{from}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    put_manifest(base, repo, to, OCI_MANIFEST, &body).await;
+}
+
+/// More than 1,000 tags in one repository: every page is read, so a tag on the last page keeps
+/// its digest; the digest's other tags are removed one by one. (On the registry without auth:
+/// bcrypt on each of ~3,500 requests would make this test slow, and auth is covered above.)
+#[tokio::test]
+async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
+    let env = TestEnv::get();
+    let url = env.registry_url().to_owned();
+    let push = url.clone();
+    let repo = format!("{}/many", unique_name("ic"));
+    let mut digests = Vec::new();
+    for i in 0..5 {
+        let (d, _) = push_image(
+            &push,
+            &repo,
+            &format!("t{i:04}"),
+            "2025-01-01T00:00:00Z",
+            &i.to_string(),
+        )
+        .await;
+        digests.push(d);
+    }
+    let manifests: Vec<Vec<u8>> = {
+        let http = reqwest::Client::new();
+        let mut out = Vec::new();
+        for i in 0..5 {
+            let b = http
+                .get(format!("{push}/v2/{repo}/manifests/t{i:04}"))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            out.push(b.to_vec());
+        }
+        out
+    };
+    // 1,005 tags, tag i on digest i % 5.
+    let puts: Vec<_> = (5..1005)
+        .map(|i| {
+            let (push, repo, body) = (push.clone(), repo.clone(), manifests[i % 5].clone());
+            async move { put_manifest(&push, &repo, &format!("t{i:04}"), OCI_MANIFEST, &body).await }
+        })
+        .collect();
+    futures::stream::iter(puts)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let registry = Client::new(&url, Credentials::default()).unwrap();
+    assert_eq!(registry.tags(&repo, 1000).await.unwrap().len(), 1005);
+    let t0 = std::time::Instant::now();
+
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        "many",
+        json!({"schedule": "@daily", "mode": "enforce",
+            "registry": {"url": url},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": repo, "keepTags": "t1004"}]}),
+    );
+    let inputs = Inputs {
+        cluster: None,
+        desired: &[],
+        credentials_dir: None,
+        state_dir: dir.path(),
+    };
+    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    assert!(report.ok(), "{}", report.text());
+    let r = report
+        .repositories
+        .iter()
+        .find(|r| r.repository == repo)
+        .unwrap();
+    assert_eq!(r.tags, 1005, "every page read");
+    // Digest 4 carries t1004 (page 2): kept, its 200 other tags removed; the others deleted.
+    assert_eq!(registry.tags(&repo, 1000).await.unwrap(), ["t1004"]);
+    assert!(exists(&registry, &repo, &digests[4]).await);
+    for d in &digests[..4] {
+        assert!(!exists(&registry, &repo, d).await, "{d} deleted");
+    }
+    assert_eq!(report.totals.deleted, 4);
+    assert_eq!(report.totals.untagged, 200);
+    println!(
+        "1,005 tags: {} requests in {:?}, report {}",
+        report.totals.requests,
+        t0.elapsed(),
+        report.summary()
+    );
+}
+
+/// A tag pushed again between planning and deleting: the digest it now names is not deleted,
+/// and the planned delete of the old digest is skipped.
+#[tokio::test]
+async fn a_tag_moved_after_planning_is_not_lost() {
+    let env = TestEnv::get();
+    let (url, push) = env.auth_registry();
+    let repo = format!("{}/race", unique_name("ic"));
+    let (old1, _) = push_image(&push, &repo, "build-1", "2025-01-01T00:00:00Z", "1").await;
+    let (old2, _) = push_image(&push, &repo, "build-2", "2025-02-01T00:00:00Z", "2").await;
+    push_image(&push, &repo, "build-3", "2025-03-01T00:00:00Z", "3").await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let job = job(
+        "race",
+        json!({"schedule": "@daily", "mode": "enforce",
+            "registry": {"url": url, "usernameFile": "registry-user", "passwordFile": "registry-password"},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": repo, "keepLast": 1}]}),
+    );
+    let spec = image_cleanup::spec::parse(&job).unwrap();
+    let client = Arc::new(image_cleanup::client_for(&job, &spec, Some(&creds)).unwrap());
+    let mut report = image_cleanup::plan(
+        &job,
+        &spec,
+        &client,
+        &BTreeMap::new(),
+        dir.path(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let planned: Vec<String> = report.repositories[..]
+        .iter()
+        .filter(|r| r.repository == repo)
+        .flat_map(|r| r.decisions.iter())
+        .filter(|d| {
+            matches!(
+                d,
+                driftless::jobs::retention::RetentionDecision::Delete { .. }
+            )
+        })
+        .map(|d| d.digest().to_owned())
+        .collect();
+    assert_eq!(planned.len(), 2, "build-1 and build-2 planned for deletion");
+    // Concurrent pushes: build-1 now names a new image; build-2's digest gets a new tag.
+    let (new1, _) = push_image(&push, &repo, "build-1", "2025-04-01T00:00:00Z", "1b").await;
+    put_manifest_copy(&push, &repo, "build-2", "hotfix").await;
+    report.deletes = true;
+    image_cleanup::execute(&spec, &client, &mut report).await;
+    let registry = client.as_ref();
+    assert!(
+        exists(registry, &repo, &new1).await,
+        "the re-pushed tag's image stays"
+    );
+    assert!(
+        exists(registry, &repo, &old2).await,
+        "a digest tagged since planning stays"
+    );
+    assert!(
+        exists(registry, &repo, &old1).await,
+        "the moved tag's old digest is skipped"
+    );
+    assert_eq!(
+        tags(registry, &repo).await,
+        ["build-1", "build-2", "build-3", "hotfix"]
+    );
+    assert_eq!(report.totals.skipped, 2, "{}", report.text());
+    assert_eq!(report.totals.deleted, 0);
+    assert!(report.text().contains("moved"), "{}", report.text());
+}
+
+/// A registry failing for one repository (failure injection: a proxy answering 500 for it in
+/// front of the real registry) does not stop the others; the run reports the failure.
+#[tokio::test]
+async fn one_failing_repository_does_not_stop_the_others() {
+    let env = TestEnv::get();
+    let (url, push) = env.auth_registry();
+    let p = unique_name("ic");
+    let (good, broken) = (format!("{p}/good"), format!("{p}/broken"));
+    let (g1, _) = push_image(&push, &good, "a", "2025-01-01T00:00:00Z", "g1").await;
+    push_image(&push, &good, "b", "2025-02-01T00:00:00Z", "g2").await;
+    let (b1, _) = push_image(&push, &broken, "a", "2025-01-01T00:00:00Z", "b1").await;
+    push_image(&push, &broken, "b", "2025-02-01T00:00:00Z", "b2").await;
+
+    // The proxy: everything forwarded, except requests for the broken repository.
+    let upstream = url.clone();
+    let broken_path = format!("/v2/{broken}/");
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (upstream, broken_path, http) = (upstream.clone(), broken_path.clone(), http.clone());
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            if path.starts_with(&broken_path) {
+                return axum::response::Response::builder()
+                    .status(500)
+                    .body(axum::body::Body::from(
+                        r#"{"errors":[{"message":"disk on fire"}]}"#,
+                    ))
+                    .unwrap();
+            }
+            let mut out = http.request(req.method().clone(), format!("{upstream}{path}"));
+            for (k, v) in req.headers() {
+                if k != "host" {
+                    out = out.header(k, v);
+                }
+            }
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let resp = out.body(body).send().await.unwrap();
+            let mut builder = axum::response::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                builder = builder.header(k, v);
+            }
+            builder
+                .body(axum::body::Body::from(resp.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let job = job(
+        "partial",
+        json!({"schedule": "@daily", "mode": "enforce",
+            "registry": {"url": proxy, "usernameFile": "registry-user", "passwordFile": "registry-password"},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": format!("{p}/*"), "keepLast": 1}]}),
+    );
+    let inputs = Inputs {
+        cluster: None,
+        desired: &[],
+        credentials_dir: Some(&creds),
+        state_dir: dir.path(),
+    };
+    let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    report.repositories.retain(|r| r.repository.starts_with(&p));
+    assert!(!report.ok());
+    let broken_report = report
+        .repositories
+        .iter()
+        .find(|r| r.repository == broken)
+        .unwrap();
+    assert!(
+        broken_report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("HTTP 500") && e.contains("disk on fire")),
+        "{broken_report:?}"
+    );
+    let registry = client(&url);
+    assert!(
+        !exists(&registry, &good, &g1).await,
+        "the good repository was cleaned"
+    );
+    assert_eq!(tags(&registry, &good).await, ["b"]);
+    assert!(
+        exists(&registry, &broken, &b1).await,
+        "the failing one is untouched"
+    );
+    assert!(
+        report.summary().contains("1 repositories failed"),
+        "{}",
+        report.summary()
+    );
+}
+
+/// The garbage-collect post-step, on a registry of this test's own (garbage collection must
+/// not run while others push): blobs only deleted images used are gone afterwards.
+#[tokio::test]
+async fn garbage_collect_post_step_frees_the_blobs() {
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::daemon::free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let bin = env.var("REGISTRY_BIN");
+    let mut server = Command::new(bin)
+        .args(["serve", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    support::eventually("registry up", std::time::Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            reqwest::get(format!("{url}/v2/"))
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    let (_, old_manifest) = push_image(&url, "gc/app", "old", "2025-01-01T00:00:00Z", "o").await;
+    push_image(&url, "gc/app", "new", "2025-02-01T00:00:00Z", "n").await;
+    let old_layer: Value = serde_json::from_slice(&old_manifest).unwrap();
+    let old_layer = old_layer["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = |d: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .head(format!("{url}/v2/gc/app/blobs/{d}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(blob(old_layer.clone()).await, 200);
+    let job = job(
+        "gc",
+        json!({"schedule": "@daily", "mode": "enforce", "registry": {"url": url},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": "gc/*", "keepLast": 1}],
+            "garbageCollect": {"command": [bin, "garbage-collect", config.to_str().unwrap()], "timeout": "2m"}}),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let inputs = Inputs {
+        cluster: None,
+        desired: &[],
+        credentials_dir: None,
+        state_dir: state.path(),
+    };
+    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(report.ok(), "{}", report.text());
+    assert_eq!(report.totals.deleted, 1);
+    assert!(
+        report
+            .garbage_collect
+            .as_deref()
+            .is_some_and(|g| g.contains("succeeded")),
+        "{:?}",
+        report.garbage_collect
+    );
+    // The registry's storage no longer holds the deleted image's layer.
+    let data = dir.path().join("data/docker/registry/v2/blobs/sha256");
+    let hex = old_layer.trim_start_matches("sha256:");
+    assert!(
+        !data.join(&hex[..2]).join(hex).exists(),
+        "layer blob removed by garbage collection"
+    );
+}
