@@ -23,6 +23,7 @@ pub struct Metrics {
     pub webhook_requests: Family<Labels, Counter>,
     pub job_runs: Family<Labels, Counter>,
     pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub job_figures: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -39,6 +40,7 @@ impl Default for Metrics {
             webhook_requests: Family::default(),
             job_runs: Family::default(),
             job_last_success: Family::default(),
+            job_figures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -85,6 +87,11 @@ impl Default for Metrics {
             "job_last_success_timestamp_seconds",
             "Unix time of the last successful run of a job",
             m.job_last_success.clone(),
+        );
+        registry.register(
+            "job_last_run_figure",
+            "Figures of a job's last run (ImageCleanup: deleted, kept, bytesReclaimable, ...)",
+            m.job_figures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,6 +3,7 @@
 //! one is broken, backs off failing stacks one by one, reports status and metrics, and talks the
 //! systemd notify protocol. It sequences; it does not decide.
 
+pub mod jobs;
 pub mod metrics;
 pub mod sd_notify;
 pub mod status;
@@ -52,6 +53,10 @@ pub struct Shared {
     /// Why the next run happens (the last trigger wins; for status only).
     pub trigger_reason: std::sync::Mutex<String>,
     pub endpoint: RwLock<EndpointConfig>,
+    /// The jobs of the last good revision, for the scheduler task.
+    pub jobs: RwLock<Option<jobs::JobsState>>,
+    /// Wakes the scheduler when `jobs` changed.
+    pub jobs_changed: Notify,
 }
 
 impl Shared {
@@ -161,6 +166,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         trigger: Notify::new(),
         trigger_reason: std::sync::Mutex::new("start".to_owned()),
         endpoint: RwLock::new(endpoint),
+        jobs: RwLock::new(None),
+        jobs_changed: Notify::new(),
     });
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
@@ -176,6 +183,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     let _watcher = watch_files(&config, &config_path, shared.clone(), reload.clone());
     spawn_watchdog();
     let poll = spawn_poller(shared.clone(), config.daemon.poll_interval);
+    let scheduler = tokio::spawn(jobs::scheduler(shared.clone()));
 
     let mut state = LoopState {
         secret_hash_key: crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir()),
@@ -273,6 +281,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     info!("stopping");
     sd_notify::send("STOPPING=1");
     poll.abort();
+    // A job run in progress is cut short at its next await; its record says `interrupted`.
+    scheduler.abort();
     server.abort();
     for h in state.watches.drain(..) {
         h.abort();
@@ -376,19 +386,26 @@ async fn reconcile_once(
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
                 let rendered = tokio::task::spawn_blocking(move || {
-                    crate::stack::load_and_render(
-                        &root,
-                        profile.as_deref(),
-                        creds.as_deref(),
-                        false,
-                    )
+                    jobs::load(&root, profile.as_deref(), creds.as_deref())
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((stacks, _))) => {
+                    Ok(Ok((stacks, declared))) => {
                         if let Some(r) = &revision {
                             info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
                         }
+                        *shared.jobs.write().await = Some(jobs::JobsState {
+                            jobs: declared,
+                            desired: Arc::new(stacks.clone()),
+                            revision: revision.as_ref().map(|r| r.sha.clone()),
+                            state_dir: config.state_dir(),
+                            credentials_dir: config.credentials_dir(),
+                            target: crate::cluster::Target {
+                                kubeconfig: config.cluster.kubeconfig.clone(),
+                                context: config.cluster.context.clone(),
+                            },
+                        });
+                        shared.jobs_changed.notify_one();
                         state.last_good = Some((revision.clone(), stacks.clone()));
                         shared.status.write().await.applied_revision = revision;
                         Some(stacks)

@@ -37,6 +37,25 @@ pub struct Status {
     pub stacks: Vec<StackStatus>,
     /// Problems outside any one stack (source unreachable, revision fails to render, cluster down).
     pub errors: Vec<String>,
+    /// Scheduled jobs of the applied revision and their last runs.
+    #[serde(default)]
+    pub jobs: Vec<JobStatus>,
+}
+
+/// One scheduled job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub name: String,
+    pub kind: String,
+    pub stack: String,
+    pub schedule: String,
+    pub time_zone: String,
+    pub next_run: Option<DateTime<Utc>>,
+    pub running: bool,
+    pub last_run: Option<crate::jobs::runs::RunRecord>,
+    /// End of the last successful run that changed something (not a dry run).
+    pub last_success: Option<DateTime<Utc>>,
 }
 
 /// One reconcile run.

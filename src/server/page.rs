@@ -115,7 +115,62 @@ th{{background:#f6f8fa}}
             s.error.as_deref().map(escape).unwrap_or_default(),
         );
     }
-    h.push_str("</table>\n<h2>Jobs</h2><p id=\"jobs\">No scheduled jobs.</p>\n</body></html>\n");
+    h.push_str("</table>\n<h2>Jobs</h2>\n");
+    if st.jobs.is_empty() {
+        h.push_str("<p id=\"jobs\">No scheduled jobs.</p>\n");
+    } else {
+        h.push_str(
+            "<table id=\"jobs\"><tr><th>Job</th><th>Kind</th><th>Schedule</th><th>Next run</th>\
+             <th>Last run</th><th>Outcome</th><th>Summary</th><th>Last success</th></tr>\n",
+        );
+        for j in &st.jobs {
+            let (last, outcome, summary) = match &j.last_run {
+                Some(r) => (
+                    format!(
+                        "{} ({}{})",
+                        time(Some(r.started_at)),
+                        escape(&format!("{:?}", r.cause).to_lowercase()),
+                        r.duration_ms()
+                            .map(|ms| format!(", {ms} ms"))
+                            .unwrap_or_default()
+                    ),
+                    if j.running {
+                        "running".to_owned()
+                    } else {
+                        format!(
+                            "{}{}",
+                            r.outcome.as_str(),
+                            if r.dry_run { " (dry run)" } else { "" }
+                        )
+                    },
+                    r.message.as_deref().map(escape).unwrap_or_default(),
+                ),
+                None => (
+                    "—".to_owned(),
+                    if j.running { "running" } else { "never ran" }.to_owned(),
+                    String::new(),
+                ),
+            };
+            let class = match outcome.split(' ').next() {
+                Some("failed" | "interrupted") => "failed",
+                Some("succeeded") => "synced",
+                _ => "",
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code> {}</td><td>{}</td><td>{last}</td><td class=\"{class}\">{}</td><td>{summary}</td><td>{}</td></tr>",
+                escape(&j.name),
+                escape(&j.kind),
+                escape(&j.schedule),
+                escape(&j.time_zone),
+                time(j.next_run),
+                escape(&outcome),
+                time(j.last_success),
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</body></html>\n");
     h
 }
 

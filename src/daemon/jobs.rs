@@ -1,0 +1,238 @@
+//! The daemon's scheduler task: runs the jobs of the last good revision on their schedules.
+//! Decisions come from the pure `jobs::scheduler`; this task owns the clock, the set of running
+//! jobs and the records. A job seen for the first time has its fire times counted from then (as a
+//! CronJob from its creation); a run missed while the daemon was down runs once at start when
+//! within the job's `startingDeadline`; a fire time that comes while the job's previous run (here
+//! or in `driftless jobs run`) is still going is skipped and counted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tracing::warn;
+
+use super::Shared;
+use super::metrics::labels;
+use super::status::JobStatus;
+use crate::jobs::model::Job;
+use crate::jobs::runner;
+use crate::jobs::runs::{self, Outcome};
+use crate::jobs::scheduler::{self, Decision, Due};
+use crate::stack::RenderedStack;
+
+/// A revision that does not load: its stacks or its jobs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Stack(#[from] crate::stack::Error),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::model::Error),
+}
+
+/// Loads and renders a revision's stacks and its jobs (blocking: file reads).
+pub fn load(
+    root: &Path,
+    profile: Option<&str>,
+    credentials_dir: Option<&Path>,
+) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
+    let loaded = crate::stack::load_repo(root, profile, crate::stack::LoadLimits::default())?;
+    let jobs = crate::jobs::model::load_jobs(&loaded)?;
+    let (stacks, _) = crate::stack::render_loaded(&loaded, credentials_dir, false)?;
+    Ok((stacks, jobs))
+}
+
+/// What the scheduler runs, from the last good revision and the current configuration.
+#[derive(Clone)]
+pub struct JobsState {
+    pub jobs: Vec<Job>,
+    /// The revision's desired state (ImageCleanup protects the images it names).
+    pub desired: Arc<Vec<RenderedStack>>,
+    pub revision: Option<String>,
+    pub state_dir: PathBuf,
+    pub credentials_dir: Option<PathBuf>,
+    pub target: crate::cluster::Target,
+}
+
+/// Longest sleep between looks at the clock (a suspended host or a clock step is noticed).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Runs until aborted.
+pub async fn scheduler(shared: Arc<Shared>) {
+    let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut last_tick: Option<DateTime<Utc>> = None;
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let Some(state) = shared.jobs.read().await.clone() else {
+            shared.jobs_changed.notified().await;
+            continue;
+        };
+        let now = Utc::now();
+        let mut histories = BTreeMap::new();
+        for job in &state.jobs {
+            let history = if known.contains(&job.name) {
+                runs::load(&state.state_dir, &job.name).0
+            } else {
+                let (history, problem) = runs::load(&state.state_dir, &job.name);
+                if let Some(p) = problem {
+                    warn!(job = %job.name, "{p}");
+                }
+                // Catch-up is decided from the history as it was; then the job counts as seen.
+                if history.first_seen.is_none()
+                    && let Err(e) = runs::first_sight(&state.state_dir, &job.name, now)
+                {
+                    warn!("{e}");
+                }
+                history
+            };
+            histories.insert(job.name.clone(), history);
+        }
+        let last_scheduled: BTreeMap<String, DateTime<Utc>> = histories
+            .iter()
+            .filter_map(|(n, h)| h.last_scheduled().map(|t| (n.clone(), t)))
+            .collect();
+        let busy = running.lock().map(|r| r.clone()).unwrap_or_default();
+        let (seen, new): (Vec<Job>, Vec<Job>) = state
+            .jobs
+            .iter()
+            .cloned()
+            .partition(|j| known.contains(&j.name) && last_tick.is_some());
+        let mut decisions = scheduler::decide(&new, now, None, &last_scheduled, &busy);
+        decisions.extend(scheduler::decide(
+            &seen,
+            now,
+            last_tick,
+            &last_scheduled,
+            &busy,
+        ));
+        known = state.jobs.iter().map(|j| j.name.clone()).collect();
+        last_tick = Some(now);
+        for d in decisions {
+            match d {
+                Decision::Start(due) => {
+                    let Some(job) = state.jobs.iter().find(|j| j.name == due.job).cloned() else {
+                        continue;
+                    };
+                    if let Ok(mut r) = running.lock() {
+                        r.insert(job.name.clone());
+                    }
+                    let (shared, running, state) = (shared.clone(), running.clone(), state.clone());
+                    tokio::spawn(async move {
+                        run_one(&shared, &state, &job, &due).await;
+                        if let Ok(mut r) = running.lock() {
+                            r.remove(&job.name);
+                        }
+                        refresh_status(&shared, &state, &running).await;
+                    });
+                }
+                Decision::SkipOverlap(due) => {
+                    skipped(&shared, &due, "its previous run is still going")
+                }
+            }
+        }
+        refresh_status(&shared, &state, &running).await;
+        let sleep = scheduler::next_wake(&state.jobs, now)
+            .and_then(|t| (t - Utc::now()).to_std().ok())
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.jobs_changed.notified() => {}
+        }
+    }
+}
+
+fn skipped(shared: &Shared, due: &Due, why: &str) {
+    warn!(job = %due.job, scheduled_for = %due.scheduled_for, "run skipped: {why}");
+    shared
+        .metrics
+        .job_runs
+        .get_or_create(&labels(&[("job", &due.job), ("outcome", "skipped")]))
+        .inc();
+}
+
+async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
+    // Protection needs the cluster; connecting per run keeps the task independent of the
+    // reconcile loop. A job that needs the cluster fails its run when it is unreachable.
+    let client = crate::cluster::connect(&state.target).await;
+    if let Err(e) = &client {
+        warn!(job = %job.name, "cluster: {e}");
+    }
+    let ctx = runner::Context {
+        cluster: client.as_ref().ok(),
+        desired: &state.desired,
+        credentials_dir: state.credentials_dir.as_deref(),
+        state_dir: &state.state_dir,
+        revision: state.revision.clone(),
+    };
+    match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {
+        Ok(finished) => {
+            let r = &finished.record;
+            shared
+                .metrics
+                .job_runs
+                .get_or_create(&labels(&[
+                    ("job", &job.name),
+                    ("outcome", r.outcome.as_str()),
+                ]))
+                .inc();
+            if r.outcome == Outcome::Succeeded
+                && let Some(t) = r.finished_at
+            {
+                shared
+                    .metrics
+                    .job_last_success
+                    .get_or_create(&labels(&[("job", &job.name)]))
+                    .set(t.timestamp_millis() as f64 / 1000.0);
+            }
+            for (figure, value) in &r.figures {
+                shared
+                    .metrics
+                    .job_figures
+                    .get_or_create(&labels(&[("job", &job.name), ("figure", figure)]))
+                    .set(*value as i64);
+            }
+        }
+        Err(runner::Error::Runs(runs::Error::Running { .. })) => {
+            skipped(
+                shared,
+                due,
+                "it is running in another process (driftless jobs run)",
+            );
+        }
+        Err(e) => {
+            warn!(job = %job.name, "{e}");
+            shared
+                .metrics
+                .job_runs
+                .get_or_create(&labels(&[("job", &job.name), ("outcome", "failed")]))
+                .inc();
+        }
+    }
+}
+
+/// Rewrites the jobs part of the status from the records.
+async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTreeSet<String>>) {
+    let busy = running.lock().map(|r| r.clone()).unwrap_or_default();
+    let now = Utc::now();
+    let jobs = state
+        .jobs
+        .iter()
+        .map(|j| {
+            let (history, _) = runs::load(&state.state_dir, &j.name);
+            JobStatus {
+                name: j.name.clone(),
+                kind: j.kind.clone(),
+                stack: j.stack.clone(),
+                schedule: j.schedule.expression().to_owned(),
+                time_zone: j.schedule.time_zone().name().to_owned(),
+                next_run: j.schedule.next_after(now),
+                running: busy.contains(&j.name),
+                last_run: history.last().cloned(),
+                last_success: history.last_success().and_then(|r| r.finished_at),
+            }
+        })
+        .collect();
+    shared.status.write().await.jobs = jobs;
+}
