@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::Client;
 use serde::Serialize;
 use serde_json::Value;
@@ -328,6 +329,18 @@ fn bind<'a>(
     }
 }
 
+/// Dry-runs in flight at once while observing a stack.
+const OBSERVE_CONCURRENCY: usize = 16;
+/// Applies in flight at once within one apply-order group.
+const APPLY_CONCURRENCY: usize = 16;
+
+/// What observing one object found.
+struct Observed {
+    observation: Observation,
+    takeover: Option<Takeover>,
+    recreate: bool,
+}
+
 struct StackContext<'a> {
     client: &'a Client,
     stack: &'a RenderedStack,
@@ -353,75 +366,46 @@ impl StackContext<'_> {
         kinds: &mut Kinds,
         outcome: &mut StackOutcome,
     ) -> Result<(), ClusterError> {
-        let force = self.stack.spec.force;
-        // Observe: live state and dry-run of every desired object.
+        // Observe: the live state of every desired object (few LISTs; see cluster::live), then a
+        // dry-run of each object whose desired or live state moved since driftless applied it,
+        // OBSERVE_CONCURRENCY at a time, in order.
+        let wants: Vec<cluster::live::Want<'_>> = objects
+            .iter()
+            .filter_map(|b| {
+                b.resolved.as_ref().map(|r| cluster::live::Want {
+                    key: &b.desired.key,
+                    resource: &r.resource,
+                    namespace: if r.namespaced {
+                        b.namespace.as_deref()
+                    } else {
+                        None
+                    },
+                    recorded: self.inventory.entries.contains_key(&b.desired.key),
+                })
+            })
+            .collect();
+        let mut live_state = cluster::live::fetch(self.client, &self.stack.name, &wants).await?;
+        let observed: Vec<_> = objects
+            .iter()
+            .map(|b| {
+                let live = live_state.remove(&b.desired.key).flatten();
+                self.observe(b, live)
+            })
+            .collect();
+        let observed: Vec<Result<Observed, ClusterError>> = futures::stream::iter(observed)
+            .buffered(OBSERVE_CONCURRENCY)
+            .collect()
+            .await;
         let mut observations = Vec::with_capacity(objects.len());
-        for b in objects {
-            let key = &b.desired.key;
-            let Some(resolved) = &b.resolved else {
-                // The CRD comes with this revision: the server cannot dry-run it yet.
-                observations.push(Observation {
-                    key: key.clone(),
-                    api_version: b.desired.api_version.clone(),
-                    live: None,
-                    would_be: Some(b.desired.object.clone()),
-                });
-                continue;
-            };
-            let api = apply::api_for(self.client, &resolved.resource, b.namespace.as_deref());
-            let live = apply::get(&api, &key.name, &key.to_string()).await?;
-            let unchanged = self.inventory.entries.get(key).is_some_and(|e| {
-                e.hash.is_some()
-                    && e.hash
-                        == apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref())
-                    && live
-                        .as_ref()
-                        .is_some_and(|l| unchanged_since_apply(e, l, &b.desired.object))
-            });
-            let would_be = if unchanged {
-                None
-            } else {
-                match apply::apply(&api, b.desired, force, true).await {
-                    Ok((v, conflicts)) => {
-                        if !conflicts.is_empty() {
-                            outcome.takeovers.push(Takeover {
-                                object: key.to_string(),
-                                conflicts,
-                            });
-                        }
-                        Some(v)
-                    }
-                    // Its namespace is created by this sync: the server cannot dry-run it yet.
-                    Err(ClusterError::Request {
-                        source: kube::Error::Api(s),
-                        ..
-                    }) if s.code == 404
-                        && live.is_none()
-                        && key
-                            .namespace
-                            .as_ref()
-                            .is_some_and(|n| self.desired_namespaces.contains(n)) =>
-                    {
-                        Some(b.desired.object.clone())
-                    }
-                    // An immutable field changed and the object opts in to being recreated.
-                    Err(ClusterError::Request {
-                        source: kube::Error::Api(s),
-                        ..
-                    }) if is_immutable_error(&s) && wants_recreate(b.desired) => {
-                        warn!(stack = %self.stack.name, object = %key, "immutable field changed: will delete and recreate ({RECREATE_ANNOTATION})");
-                        outcome.recreate.push(key.to_string());
-                        Some(b.desired.object.clone())
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            observations.push(Observation {
-                key: key.clone(),
-                api_version: b.desired.api_version.clone(),
-                live,
-                would_be,
-            });
+        for o in observed {
+            let o = o?;
+            if let Some(t) = o.takeover {
+                outcome.takeovers.push(t);
+            }
+            if o.recreate {
+                outcome.recreate.push(o.observation.key.to_string());
+            }
+            observations.push(o.observation);
         }
         // Prune candidates: recorded, no longer desired here, not claimed by another stack.
         let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
@@ -466,6 +450,111 @@ impl StackContext<'_> {
         self.execute(objects, kinds, &stack_plan, outcome).await
     }
 
+    /// One object's observation: unchanged since driftless applied it (no request), or its
+    /// dry-run result.
+    async fn observe(&self, b: &Bound<'_>, live: Option<Value>) -> Result<Observed, ClusterError> {
+        let key = &b.desired.key;
+        let Some(resolved) = &b.resolved else {
+            // The CRD comes with this revision: the server cannot dry-run it yet.
+            return Ok(Observed {
+                observation: Observation {
+                    key: key.clone(),
+                    api_version: b.desired.api_version.clone(),
+                    live: None,
+                    would_be: Some(b.desired.object.clone()),
+                },
+                takeover: None,
+                recreate: false,
+            });
+        };
+        let api = apply::api_for(self.client, &resolved.resource, b.namespace.as_deref());
+        let unchanged = self.inventory.entries.get(key).is_some_and(|e| {
+            e.hash.is_some()
+                && e.hash == apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref())
+                && live
+                    .as_ref()
+                    .is_some_and(|l| unchanged_since_apply(e, l, &b.desired.object))
+        });
+        let mut takeover = None;
+        let mut recreate = false;
+        let would_be = if unchanged {
+            None
+        } else {
+            match apply::apply(&api, b.desired, self.stack.spec.force, true).await {
+                Ok((v, conflicts)) => {
+                    if !conflicts.is_empty() {
+                        takeover = Some(Takeover {
+                            object: key.to_string(),
+                            conflicts,
+                        });
+                    }
+                    Some(v)
+                }
+                // Its namespace is created by this sync: the server cannot dry-run it yet.
+                Err(ClusterError::Request {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 404
+                    && live.is_none()
+                    && key
+                        .namespace
+                        .as_ref()
+                        .is_some_and(|n| self.desired_namespaces.contains(n)) =>
+                {
+                    Some(b.desired.object.clone())
+                }
+                // An immutable field changed and the object opts in to being recreated.
+                Err(ClusterError::Request {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if is_immutable_error(&s) && wants_recreate(b.desired) => {
+                    warn!(stack = %self.stack.name, object = %key, "immutable field changed: will delete and recreate ({RECREATE_ANNOTATION})");
+                    recreate = true;
+                    Some(b.desired.object.clone())
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Observed {
+            observation: Observation {
+                key: key.clone(),
+                api_version: b.desired.api_version.clone(),
+                live,
+                would_be,
+            },
+            takeover,
+            recreate,
+        })
+    }
+
+    /// Logs one applied object and records its hash, resourceVersion and generation.
+    fn applied(
+        &self,
+        record: &mut Inventory,
+        change: &plan::PlannedChange,
+        b: &Bound<'_>,
+        (applied, conflicts): (Value, Vec<Conflict>),
+        done: usize,
+        total: usize,
+    ) {
+        let name = &self.stack.name;
+        for c in &conflicts {
+            warn!(stack = %name, object = %change.key, field = %c.field, manager = %c.manager, "took over field {} from {}", c.field, c.manager);
+        }
+        info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
+        if let Some(entry) = record.entries.get_mut(&change.key) {
+            entry.api_version = b.desired.api_version.clone();
+            entry.hash = apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref());
+            entry.resource_version = applied
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            entry.generation = applied
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64);
+        }
+    }
+
     async fn execute(
         &self,
         objects: &[Bound<'_>],
@@ -500,60 +589,115 @@ impl StackContext<'_> {
             .filter(|c| c.action != Action::Unchanged)
             .count();
         let mut done = 0;
-        for change in &stack_plan.changes {
+        let pending: Vec<&plan::PlannedChange> = stack_plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged && by_key.contains_key(&c.key))
+            .collect();
+        // Objects that need their own step: a CRD (wait for Established), a custom resource of a
+        // CRD from this sync (discovery first), a recreate (delete first).
+        let solo = |c: &plan::PlannedChange| {
+            by_key.get(&c.key).is_none_or(|b| b.resolved.is_none())
+                || c.key.kind == "CustomResourceDefinition"
+                || outcome.recreate.contains(&c.key.to_string())
+        };
+        let mut i = 0;
+        while i < pending.len() {
+            let change = pending[i];
             let Some(b) = by_key.get(&change.key) else {
+                i += 1;
                 continue;
             };
-            if change.action == Action::Unchanged {
-                continue;
-            }
-            let resolved = match &b.resolved {
-                Some(r) => r.clone(),
-                None => {
-                    // A custom resource of a CRD applied earlier in this sync.
-                    *kinds = Kinds::discover(self.client).await?;
-                    kinds
-                        .resolve(&b.desired.api_version, &b.desired.key.kind)
-                        .ok_or_else(|| ClusterError::UnknownKind {
-                            place: b.desired.place.to_string(),
-                            api_version: b.desired.api_version.clone(),
-                            kind: b.desired.key.kind.clone(),
-                        })?
+            if solo(change) {
+                let resolved = match &b.resolved {
+                    Some(r) => r.clone(),
+                    None => {
+                        // A custom resource of a CRD applied earlier in this sync.
+                        *kinds = Kinds::discover(self.client).await?;
+                        kinds
+                            .resolve(&b.desired.api_version, &b.desired.key.kind)
+                            .ok_or_else(|| ClusterError::UnknownKind {
+                                place: b.desired.place.to_string(),
+                                api_version: b.desired.api_version.clone(),
+                                kind: b.desired.key.kind.clone(),
+                            })?
+                    }
+                };
+                let ns = if resolved.namespaced {
+                    b.namespace.as_deref()
+                } else {
+                    None
+                };
+                let api = apply::api_for(self.client, &resolved.resource, ns);
+                if outcome.recreate.contains(&change.key.to_string()) {
+                    apply::delete(&api, &change.key.name, &change.key.to_string()).await?;
+                    wait_gone(&api, &change.key).await?;
+                    info!(stack = %name, object = %change.key, "deleted {} to recreate it", change.key);
                 }
-            };
-            let ns = if resolved.namespaced {
-                b.namespace.as_deref()
-            } else {
-                None
-            };
-            let api = apply::api_for(self.client, &resolved.resource, ns);
-            if outcome.recreate.contains(&change.key.to_string()) {
-                apply::delete(&api, &change.key.name, &change.key.to_string()).await?;
-                wait_gone(&api, &change.key).await?;
-                info!(stack = %name, object = %change.key, "deleted {} to recreate it", change.key);
+                let applied = apply::apply(&api, b.desired, self.stack.spec.force, false).await?;
+                done += 1;
+                self.applied(&mut record, change, b, applied, done, total);
+                if change.key.kind == "CustomResourceDefinition" {
+                    wait_established(self.client, &change.key.name).await?;
+                    *kinds = Kinds::discover(self.client).await?;
+                }
+                i += 1;
+                continue;
             }
-            let (applied, conflicts) =
-                apply::apply(&api, b.desired, self.stack.spec.force, false).await?;
-            for c in &conflicts {
-                warn!(stack = %name, object = %change.key, field = %c.field, manager = %c.manager, "took over field {} from {}", c.field, c.manager);
+            // A run of objects of one apply rank: applied APPLY_CONCURRENCY at a time.
+            let rank = plan::order::apply_rank(&change.key.group, &change.key.kind);
+            let mut j = i;
+            while j < pending.len()
+                && !solo(pending[j])
+                && plan::order::apply_rank(&pending[j].key.group, &pending[j].key.kind) == rank
+            {
+                j += 1;
             }
-            done += 1;
-            info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
-            if let Some(entry) = record.entries.get_mut(&change.key) {
-                entry.api_version = b.desired.api_version.clone();
-                entry.hash = apply::desired_hash(b.desired, self.options.secret_hash_key.as_ref());
-                entry.resource_version = applied
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                entry.generation = applied
-                    .pointer("/metadata/generation")
-                    .and_then(Value::as_i64);
+            let batch = &pending[i..j];
+            let applies: Vec<_> = batch
+                .iter()
+                .filter_map(|c| by_key.get(&c.key).map(|b| (c, b)))
+                .map(|(c, b)| async move {
+                    let resolved =
+                        b.resolved
+                            .as_ref()
+                            .ok_or_else(|| ClusterError::UnknownKind {
+                                place: b.desired.place.to_string(),
+                                api_version: b.desired.api_version.clone(),
+                                kind: c.key.kind.clone(),
+                            })?;
+                    let ns = if resolved.namespaced {
+                        b.namespace.as_deref()
+                    } else {
+                        None
+                    };
+                    let api = apply::api_for(self.client, &resolved.resource, ns);
+                    apply::apply(&api, b.desired, self.stack.spec.force, false).await
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(applies)
+                .buffered(APPLY_CONCURRENCY)
+                .collect()
+                .await;
+            let mut first_error = None;
+            for (change, result) in batch.iter().zip(results) {
+                match (result, by_key.get(&change.key)) {
+                    (Ok(applied), Some(b)) => {
+                        done += 1;
+                        self.applied(&mut record, change, b, applied, done, total);
+                    }
+                    (Err(e), _) => {
+                        first_error.get_or_insert(e);
+                    }
+                    (Ok(_), None) => {}
+                }
             }
-            if change.key.kind == "CustomResourceDefinition" {
-                wait_established(self.client, &change.key.name).await?;
-                *kinds = Kinds::discover(self.client).await?;
+            if let Some(e) = first_error {
+                // What was applied is recorded, so the next run does not dry-run it again.
+                inventory::write(self.client, &record).await?;
+                return Err(e);
             }
+            i = j;
         }
         // Unchanged objects keep their records. A reconcile that changed nothing writes nothing.
         if record.entries != self.inventory.entries || record.owner != self.inventory.owner {

@@ -161,6 +161,16 @@ async fn live_changes_are_reverted_within_seconds_without_waiting_for_the_poll()
     assert!(start.elapsed() < Duration::from_secs(15));
     let status = d.status().await;
     assert_eq!(status["lastReconcile"]["trigger"], "drift", "{status}");
+
+    // Deleted behind driftless's back (the revision unchanged, so only the watch can tell):
+    // created again within seconds.
+    support::kubectl(&["-n", &ns, "delete", "configmap", "settings"]);
+    support::eventually(
+        "the deleted object recreated",
+        Duration::from_secs(15),
+        || async { (cms.get("settings").await.ok()?.data?["value"] == "one").then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -144,4 +144,56 @@ async fn repeated_reconciles_of_an_unchanged_revision_make_no_dry_run_or_write()
         changed.0 > after.0 && changed.1 > after.1,
         "{after:?} -> {changed:?}"
     );
+
+    // Changes behind driftless's back, the revision unchanged: a deleted object, an edited one,
+    // and one whose stack label was removed (so the label-selected LIST misses it) are all
+    // found by `diff` and corrected by `sync`.
+    let ns = format!("ns-{id}");
+    run_ok(Command::new(env.var("KUBECTL")).args([
+        "--kubeconfig",
+        env.var("KUBECONFIG"),
+        "-n",
+        &ns,
+        "delete",
+        "configmap",
+        "c",
+    ]));
+    run_ok(Command::new(env.var("KUBECTL")).args([
+        "--kubeconfig",
+        env.var("KUBECONFIG"),
+        "-n",
+        &ns,
+        "scale",
+        "deployment",
+        "web",
+        "--replicas=5",
+    ]));
+    run_ok(Command::new(env.var("KUBECTL")).args([
+        "--kubeconfig",
+        env.var("KUBECONFIG"),
+        "-n",
+        &ns,
+        "label",
+        "service",
+        "web",
+        "driftless.dev/stack-",
+    ]));
+    let diff = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(&config)
+        .arg("diff")
+        .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(1), "diff finds changes: {text}");
+    assert!(text.contains("1 to create, 2 to update"), "{text}");
+    let out = sync();
+    assert!(out.contains("1 to create, 2 to update"), "{out}");
+    let out = sync();
+    assert!(
+        out.contains("0 to create, 0 to update, 0 to prune, 5 unchanged"),
+        "{out}"
+    );
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod discovery;
 pub mod health;
 pub mod inventory;
+pub mod live;
 pub mod watch;
 
 use std::path::PathBuf;

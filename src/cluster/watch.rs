@@ -66,18 +66,38 @@ async fn watch_one(api: Api<DynamicObject>, kind: String, selector: String, on_d
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut seen: HashMap<(Option<String>, String), String> = HashMap::new();
+    // After a watch restart the relist is compared with what was seen before it: a change or a
+    // deletion during the gap is drift too.
+    let mut before_relist: Option<HashMap<(Option<String>, String), String>> = None;
+    let mut gap_changed = false;
     let mut listed = false;
     while let Some(event) = stream.next().await {
         let (object, deleted) = match event {
             Ok(Event::Init) => {
+                if listed {
+                    before_relist = Some(std::mem::take(&mut seen));
+                }
+                gap_changed = false;
                 listed = false;
                 continue;
             }
             Ok(Event::InitApply(o)) => {
-                seen.insert((o.namespace(), o.name_any()), signature(&o));
+                let key = (o.namespace(), o.name_any());
+                let sig = signature(&o);
+                if let Some(before) = &before_relist {
+                    gap_changed |= before.get(&key) != Some(&sig);
+                }
+                seen.insert(key, sig);
                 continue;
             }
             Ok(Event::InitDone) => {
+                if let Some(before) = before_relist.take() {
+                    gap_changed |= before.keys().any(|k| !seen.contains_key(k));
+                    if gap_changed {
+                        debug!(kind = %kind, "managed objects changed while the watch was down");
+                        on_drift("", &format!("{kind} (relisted)"));
+                    }
+                }
                 listed = true;
                 continue;
             }

@@ -57,6 +57,8 @@ pub struct Shared {
     pub jobs: RwLock<Option<jobs::JobsState>>,
     /// Wakes the scheduler when `jobs` changed.
     pub jobs_changed: Notify,
+    /// A drift watch saw a managed object change since the last full reconcile.
+    pub drift_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         endpoint: RwLock::new(endpoint),
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
+        drift_pending: std::sync::atomic::AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
@@ -324,6 +327,8 @@ struct LoopState {
     source_failures: u32,
     client: Option<kube::Client>,
     watch_client: Option<kube::Client>,
+    /// The revision and time of the last full reconcile that succeeded for every stack.
+    last_full: Option<(String, Instant)>,
 }
 
 impl LoopState {
@@ -443,6 +448,32 @@ async fn reconcile_once(
         return false;
     };
 
+    // Nothing changed: the same revision as the last full reconcile, which succeeded, no drift
+    // seen by the watches since, within the resync period. Then nothing is asked of the cluster.
+    let drift = shared
+        .drift_pending
+        .swap(false, std::sync::atomic::Ordering::SeqCst);
+    let revision_sha = state
+        .last_good
+        .as_ref()
+        .and_then(|(r, _)| r.as_ref())
+        .map(|r| r.sha.clone());
+    let quiet_trigger = reason == "poll" || reason.starts_with("webhook");
+    if quiet_trigger
+        && !drift
+        && !state.watches.is_empty()
+        && errors.is_empty()
+        && state.backoff.values().all(|b| b.failures == 0)
+        && let (Some(sha), Some((full_sha, at))) = (&revision_sha, &state.last_full)
+        && sha == full_sha
+        && at.elapsed() < RESYNC
+    {
+        let mut st = shared.status.write().await;
+        st.errors.clear();
+        return true;
+    }
+    state.last_full = None;
+
     // Cluster.
     let client = match &state.client {
         Some(c) => c.clone(),
@@ -530,7 +561,7 @@ async fn reconcile_once(
     if let Some(watch_client) = state.watch_client.clone() {
         ensure_watches(&watch_client, shared, state, &report, &stacks);
     }
-    record(
+    let ok = record(
         shared,
         state,
         &stacks,
@@ -539,8 +570,16 @@ async fn reconcile_once(
         &plan_only,
         &current_sha,
     )
-    .await
+    .await;
+    if ok && let Some(sha) = revision_sha {
+        state.last_full = Some((sha, Instant::now()));
+    }
+    ok
 }
+
+/// Longest time between full reconciles when nothing seems to change: a safety net under the
+/// drift watches.
+const RESYNC: Duration = Duration::from_secs(600);
 
 /// (Re)starts the drift watches when the set of managed kinds changed.
 fn ensure_watches(
@@ -572,6 +611,9 @@ fn ensure_watches(
             object, "live change to a managed object: reconciling"
         );
         if let Some(shared) = trigger.upgrade() {
+            shared
+                .drift_pending
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             shared.request("drift");
         }
     });

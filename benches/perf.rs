@@ -1,0 +1,453 @@
+//! driftless against `kubectl` on the same API server, in the same run, alternating, several
+//! rounds: `diff` of N applied unchanged objects, the first `sync` of N objects, and a `sync` after
+//! 1 % of them changed. Prints medians and ratios; API requests are counted from the API server's
+//! own `apiserver_request_total` (delta per verb, resources of the benchmark only, status
+//! subresources excluded: controllers write those). Results are also written as JSON.
+//!
+//! `cargo bench --bench perf` (the test environment must be up: `tests/env/testenv up`).
+//! Options after `--`: `--sizes 100,1000,5000` `--rounds 3` `--out FILE`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{TestEnv, unique_name};
+
+const RESOURCES: [&str; 7] = [
+    "namespaces",
+    "configmaps",
+    "secrets",
+    "services",
+    "serviceaccounts",
+    "deployments",
+    "widgets",
+];
+
+/// Request counts by verb (and `dryRun` separately).
+type Counts = BTreeMap<String, f64>;
+
+async fn counts(client: &kube::Client) -> Counts {
+    let req = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client.request_text(req).await.expect("apiserver metrics");
+    let mut out = Counts::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        if !RESOURCES.contains(&label("resource").as_str()) || !label("subresource").is_empty() {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let verb = if label("dry_run").is_empty() {
+            label("verb")
+        } else {
+            format!("{}(dryRun)", label("verb"))
+        };
+        *out.entry(verb).or_default() += value;
+    }
+    out
+}
+
+fn delta(before: &Counts, after: &Counts) -> Counts {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+fn total(c: &Counts) -> f64 {
+    c.values().sum()
+}
+
+/// Writes N objects as a driftless stack (`<dir>/stack/bench/…`) and as plain manifests for
+/// kubectl (`<dir>/kubectl/…`): 10 % Deployments, 10 % Services, 30 % ConfigMaps, 10 % Secrets,
+/// 20 % ServiceAccounts, 20 % Widgets (a custom resource), spread over one namespace per 100.
+fn generate(dir: &Path, prefix: &str, n: usize, changed: usize) {
+    let namespaces = n.div_ceil(100);
+    let mut docs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in 0..namespaces {
+        docs.entry("00-namespaces").or_default().push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {prefix}-{i}}}\n"
+        ));
+    }
+    for i in 0..n {
+        let ns = format!("{prefix}-{}", i % namespaces);
+        let value = if i < changed { "changed" } else { "original" };
+        let (file, doc) = match i % 10 {
+            0 => (
+                "40-deployments",
+                format!(
+                    "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{i}, namespace: {ns}}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: app-{i}}}}}\n  template:\n    metadata: {{labels: {{app: app-{i}}}}}\n    spec: {{containers: [{{name: app, image: \"registry.local/app:1.0.{}\"}}]}}\n",
+                    i % 7
+                ),
+            ),
+            1 => (
+                "30-services",
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: {ns}}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+                ),
+            ),
+            2..=4 => (
+                "20-configmaps",
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: {ns}}}\ndata: {{value: {value}, index: \"{i}\"}}\n"
+                ),
+            ),
+            5 => (
+                "20-secrets",
+                format!(
+                    "apiVersion: v1\nkind: Secret\nmetadata: {{name: secret-{i}, namespace: {ns}}}\nstringData: {{token: bench-{i}}}\n"
+                ),
+            ),
+            6 | 7 => (
+                "10-serviceaccounts",
+                format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: sa-{i}, namespace: {ns}}}\n"
+                ),
+            ),
+            _ => (
+                "50-widgets",
+                format!(
+                    "apiVersion: bench.driftless.dev/v1\nkind: Widget\nmetadata: {{name: w-{i}, namespace: {ns}}}\nspec: {{size: {i}, colour: blue}}\n"
+                ),
+            ),
+        };
+        docs.entry(file).or_default().push(doc);
+    }
+    let stack = dir.join("stack/bench");
+    let plain = dir.join("kubectl");
+    std::fs::create_dir_all(&stack).unwrap();
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(
+        stack.join("stack.yaml"),
+        format!("apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {prefix}}}\nspec: {{path: manifests}}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(stack.join("manifests")).unwrap();
+    for (file, list) in docs {
+        let text = list.join("---\n");
+        std::fs::write(stack.join(format!("manifests/{file}.yaml")), &text).unwrap();
+        std::fs::write(plain.join(format!("{file}.yaml")), &text).unwrap();
+    }
+}
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.bench.driftless.dev}
+spec:
+  group: bench.driftless.dev
+  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+struct Tools {
+    driftless: PathBuf,
+    kubectl: String,
+    kubeconfig: String,
+    config: PathBuf,
+}
+
+impl Tools {
+    fn driftless(&self, dir: &Path, args: &[&str]) -> (Duration, bool) {
+        let t = Instant::now();
+        let out = Command::new(&self.driftless)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log-level")
+            .arg("warn")
+            .args(args)
+            .arg("--path")
+            .arg(dir)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .output()
+            .expect("run driftless");
+        let elapsed = t.elapsed();
+        let ok = out.status.code().is_some_and(|c| c == 0 || c == 1);
+        if !ok {
+            eprintln!(
+                "driftless {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (elapsed, ok)
+    }
+
+    fn kubectl(&self, dir: &Path, args: &[&str]) -> (Duration, bool) {
+        let t = Instant::now();
+        let out = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .arg("-f")
+            .arg(dir.join("kubectl"))
+            .output()
+            .expect("run kubectl");
+        let elapsed = t.elapsed();
+        let ok = out.status.code().is_some_and(|c| c == 0 || c == 1);
+        if !ok {
+            eprintln!(
+                "kubectl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (elapsed, ok)
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    times: Vec<f64>,
+    requests: Vec<Counts>,
+}
+
+impl Samples {
+    fn median_ms(&self) -> f64 {
+        median(&self.times) * 1000.0
+    }
+
+    fn median_requests(&self) -> f64 {
+        median(&self.requests.iter().map(total).collect::<Vec<_>>())
+    }
+
+    fn json(&self) -> Value {
+        json!({"medianMs": self.median_ms(), "medianRequests": self.median_requests(),
+            "timesMs": self.times.iter().map(|t| t * 1000.0).collect::<Vec<_>>(),
+            "requests": self.requests})
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+async fn measure<F: FnOnce() -> (Duration, bool)>(
+    client: &kube::Client,
+    samples: &mut Samples,
+    f: F,
+) {
+    let before = counts(client).await;
+    let (elapsed, ok) = f();
+    assert!(ok, "a benchmarked command failed");
+    // The counters are updated when a request finishes: give the last one a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = counts(client).await;
+    samples.times.push(elapsed.as_secs_f64());
+    samples.requests.push(delta(&before, &after));
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` builds and starts bench targets too: nothing to do there.
+        println!("perf: run with `cargo bench --bench perf`");
+        return;
+    }
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes: Vec<usize> = arg("--sizes")
+        .unwrap_or_else(|| "100,1000".to_owned())
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let out_file = arg("--out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target-bench/perf.json"));
+
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("driftless.yaml");
+    std::fs::write(
+        &config,
+        format!("stateDir: {}\n", work.path().join("state").display()),
+    )
+    .unwrap();
+    let tools = Tools {
+        driftless: PathBuf::from(env!("CARGO_BIN_EXE_driftless")),
+        kubectl: env.var("KUBECTL").to_owned(),
+        kubeconfig: env.var("KUBECONFIG").to_owned(),
+        config,
+    };
+    // The custom resource's definition exists before either tool runs.
+    let crd = work.path().join("crd.yaml");
+    std::fs::write(&crd, CRD).unwrap();
+    support::run_ok(
+        Command::new(&tools.kubectl)
+            .args([
+                "--kubeconfig",
+                &tools.kubeconfig,
+                "apply",
+                "--server-side",
+                "-f",
+            ])
+            .arg(&crd),
+    );
+    support::run_ok(Command::new(&tools.kubectl).args([
+        "--kubeconfig",
+        &tools.kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.bench.driftless.dev",
+    ]));
+
+    let mut results = Vec::new();
+    println!(
+        "machine: {} cores, {}; API server, etcd, driftless and kubectl on loopback",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
+            .unwrap_or_default()
+    );
+    for &n in &sizes {
+        let mut d_first = Samples::default();
+        let mut k_first = Samples::default();
+        let mut d_diff = Samples::default();
+        let mut k_diff = Samples::default();
+        let mut d_change = Samples::default();
+        let mut k_change = Samples::default();
+        for round in 0..rounds {
+            let dp = unique_name("bd");
+            let kp = unique_name("bk");
+            let ddir = work.path().join(&dp);
+            let kdir = work.path().join(&kp);
+            generate(&ddir, &dp, n, 0);
+            generate(&kdir, &kp, n, 0);
+            // Alternate which tool goes first.
+            let order: [bool; 2] = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for driftless_turn in order {
+                if driftless_turn {
+                    measure(&client, &mut d_first, || {
+                        tools.driftless(&ddir, &["sync", "--no-wait"])
+                    })
+                    .await;
+                } else {
+                    measure(&client, &mut k_first, || {
+                        tools.kubectl(&kdir, &["apply", "--server-side"])
+                    })
+                    .await;
+                }
+            }
+            for driftless_turn in order {
+                if driftless_turn {
+                    measure(&client, &mut d_diff, || tools.driftless(&ddir, &["diff"])).await;
+                } else {
+                    measure(&client, &mut k_diff, || {
+                        tools.kubectl(&kdir, &["diff", "--server-side"])
+                    })
+                    .await;
+                }
+            }
+            // 1 % changed.
+            let changed = (n / 100).max(1);
+            generate(&ddir, &dp, n, changed * 10 / 3 + 1);
+            generate(&kdir, &kp, n, changed * 10 / 3 + 1);
+            for driftless_turn in order {
+                if driftless_turn {
+                    measure(&client, &mut d_change, || {
+                        tools.driftless(&ddir, &["sync", "--no-wait"])
+                    })
+                    .await;
+                } else {
+                    measure(&client, &mut k_change, || {
+                        tools.kubectl(&kdir, &["apply", "--server-side"])
+                    })
+                    .await;
+                }
+            }
+            // Clean up this round's namespaces in the background.
+            for p in [&dp, &kp] {
+                for i in 0..n.div_ceil(100) {
+                    let _ = Command::new(&tools.kubectl)
+                        .args([
+                            "--kubeconfig",
+                            &tools.kubeconfig,
+                            "delete",
+                            "namespace",
+                            &format!("{p}-{i}"),
+                            "--wait=false",
+                        ])
+                        .output();
+                }
+            }
+        }
+        for (work_name, d, k) in [
+            ("diff of N applied, unchanged objects", &d_diff, &k_diff),
+            ("first sync of N objects", &d_first, &k_first),
+            ("sync after 1% of N changed", &d_change, &k_change),
+        ] {
+            let speed = k.median_ms() / d.median_ms();
+            let fewer = k.median_requests() / d.median_requests().max(1.0);
+            println!(
+                "N={n:>5} {work_name:<38} driftless {:>8.0} ms {:>6.0} req | kubectl {:>8.0} ms {:>6.0} req | {speed:>5.1}x faster, {fewer:>6.1}x fewer requests",
+                d.median_ms(),
+                d.median_requests(),
+                k.median_ms(),
+                k.median_requests()
+            );
+            results.push(json!({"n": n, "work": work_name, "rounds": rounds,
+                "driftless": d.json(), "kubectl": k.json(),
+                "speedup": speed, "requestRatio": fewer}));
+        }
+    }
+    if let Some(parent) = out_file.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(
+        &out_file,
+        serde_json::to_string_pretty(&json!({"results": results})).unwrap(),
+    )
+    .unwrap();
+    println!("results written to {}", out_file.display());
+}

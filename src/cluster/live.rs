@@ -1,0 +1,179 @@
+//! The live state of many objects with few requests. Objects this stack applied before (in its
+//! inventory) carry the stack label: one cluster-wide, label-selected LIST per kind reads them
+//! all. Objects not applied yet (or missing from that list: deleted, or relabelled behind our
+//! back) are looked up per namespace: a LIST of the namespace when several are wanted there, a
+//! GET otherwise. Absence is only concluded from an unfiltered read, never from a
+//! label-selected one. Requests run with bounded concurrency.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use serde_json::Value;
+
+use super::apply::{api_for, redact_secret};
+use super::{Error, Result};
+use crate::stack::render::{ObjectKey, STACK_LABEL};
+
+/// Concurrent reads.
+const CONCURRENCY: usize = 8;
+/// From this many objects of one kind in one namespace on, a LIST replaces the GETs.
+const LIST_THRESHOLD: usize = 3;
+
+/// One object whose live state is wanted.
+pub struct Want<'a> {
+    pub key: &'a ObjectKey,
+    pub resource: &'a ApiResource,
+    /// The namespace to read it in (`None`: cluster-scoped).
+    pub namespace: Option<&'a str>,
+    /// Whether the stack's inventory records it (so it should carry the stack label).
+    pub recorded: bool,
+}
+
+type Found = HashMap<(Option<String>, String), Value>;
+/// Live states of some objects (`None`: absent).
+type States = Vec<(ObjectKey, Option<Value>)>;
+
+fn resource_id(r: &ApiResource) -> String {
+    format!("{}/{}/{}", r.group, r.version, r.plural)
+}
+
+/// Lists `resource` (in `namespace`, or everywhere), optionally label-selected, every page.
+async fn list(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Found> {
+    let api = api_for(client, resource, namespace);
+    let mut params = ListParams::default().limit(500);
+    if let Some(s) = selector {
+        params = params.labels(s);
+    }
+    let mut out = Found::new();
+    loop {
+        let page = api.list(&params).await.map_err(|source| Error::Request {
+            object: format!(
+                "{}{}",
+                resource.plural,
+                namespace.map(|n| format!(" in {n}")).unwrap_or_default()
+            ),
+            action: "list",
+            message: super::message_of(&source),
+            hint: super::hint_for(&source),
+            source,
+        })?;
+        for item in page.items {
+            out.insert(
+                (
+                    item.metadata.namespace.clone(),
+                    item.metadata.name.clone().unwrap_or_default(),
+                ),
+                to_value(item, resource),
+            );
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// A listed item as a GET would return it: list items carry no `apiVersion`/`kind`.
+fn to_value(item: DynamicObject, resource: &ApiResource) -> Value {
+    let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(resource.api_version.clone()),
+        );
+        map.insert("kind".into(), Value::String(resource.kind.clone()));
+    }
+    redact_secret(&mut v);
+    v
+}
+
+/// Reads the live state of every wanted object: `Some(object)` or `None` when it does not exist.
+pub async fn fetch(
+    client: &Client,
+    stack: &str,
+    wants: &[Want<'_>],
+) -> Result<HashMap<ObjectKey, Option<Value>>> {
+    let mut out: HashMap<ObjectKey, Option<Value>> = HashMap::new();
+    // 1. Recorded objects: one label-selected LIST per kind, cluster-wide.
+    let mut by_resource: BTreeMap<String, &ApiResource> = BTreeMap::new();
+    for w in wants.iter().filter(|w| w.recorded) {
+        by_resource.insert(resource_id(w.resource), w.resource);
+    }
+    let selector = format!("{STACK_LABEL}={stack}");
+    let lists: Vec<_> = by_resource
+        .iter()
+        .map(|(id, r)| {
+            let selector = selector.as_str();
+            async move { (id.clone(), list(client, r, None, Some(selector)).await) }
+        })
+        .collect();
+    let listed: Vec<(String, Result<Found>)> = futures::stream::iter(lists)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut labelled: HashMap<String, Found> = HashMap::new();
+    for (id, found) in listed {
+        labelled.insert(id, found?);
+    }
+    let mut rest: Vec<&Want<'_>> = Vec::new();
+    for w in wants {
+        let hit = w.recorded.then(|| {
+            labelled
+                .get_mut(&resource_id(w.resource))
+                .and_then(|f| f.remove(&(w.namespace.map(str::to_owned), w.key.name.clone())))
+        });
+        match hit.flatten() {
+            Some(v) => {
+                out.insert(w.key.clone(), Some(v));
+            }
+            None => rest.push(w),
+        }
+    }
+    // 2. The others: per kind and namespace, a LIST or GETs.
+    let mut groups: BTreeMap<(String, Option<String>), Vec<&Want<'_>>> = BTreeMap::new();
+    for w in rest {
+        groups
+            .entry((resource_id(w.resource), w.namespace.map(str::to_owned)))
+            .or_default()
+            .push(w);
+    }
+    let reads: Vec<_> = groups
+        .into_values()
+        .map(|group| async move {
+            let first = group[0];
+            if group.len() >= LIST_THRESHOLD {
+                let mut found = list(client, first.resource, first.namespace, None).await?;
+                Ok(group
+                    .iter()
+                    .map(|w| {
+                        let v = found.remove(&(w.namespace.map(str::to_owned), w.key.name.clone()));
+                        (w.key.clone(), v)
+                    })
+                    .collect::<States>())
+            } else {
+                let mut got = Vec::new();
+                for w in &group {
+                    let api = api_for(client, w.resource, w.namespace);
+                    let v = super::apply::get(&api, &w.key.name, &w.key.to_string()).await?;
+                    got.push((w.key.clone(), v));
+                }
+                Ok(got)
+            }
+        })
+        .collect();
+    let results: Vec<Result<States>> = futures::stream::iter(reads)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
