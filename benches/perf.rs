@@ -4,8 +4,12 @@
 //! own `apiserver_request_total` (delta per verb, resources of the benchmark only, status
 //! subresources excluded: controllers write those). Results are also written as JSON.
 //!
+//! Then the daemon (`--daemon N`, default 5000 objects, 0 to skip): its first sync, resident
+//! memory once synced, the cost of reconciles of an unchanged revision (requests counted the same
+//! way; duration from its status), and webhook → change applied for one object.
+//!
 //! `cargo bench --bench perf` (the test environment must be up: `tests/env/testenv up`).
-//! Options after `--`: `--sizes 100,1000,5000` `--rounds 3` `--out FILE`.
+//! Options after `--`: `--sizes 100,1000,5000` `--rounds 3` `--daemon 5000` `--out FILE`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -441,6 +445,10 @@ async fn main() {
                 "speedup": speed, "requestRatio": fewer}));
         }
     }
+    let daemon_n: usize = arg("--daemon").and_then(|r| r.parse().ok()).unwrap_or(5000);
+    if daemon_n > 0 {
+        results.push(bench_daemon(&client, daemon_n, rounds.max(5)).await);
+    }
     if let Some(parent) = out_file.parent() {
         std::fs::create_dir_all(parent).unwrap();
     }
@@ -450,4 +458,135 @@ async fn main() {
     )
     .unwrap();
     println!("results written to {}", out_file.display());
+}
+
+/// The daemon on a git repository of `n` objects.
+async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
+    use support::daemon::{SECRET, start_daemon_prepared};
+    let prefix = unique_name("bdd");
+    let t = Instant::now();
+    let d = start_daemon_prepared("", |repo, _| generate(repo, &prefix, n, 0));
+    d.wait_notify("READY=1", Duration::from_secs(1200));
+    let first_sync = t.elapsed();
+    let rss_kib = || {
+        std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let rss_synced = rss_kib();
+    println!(
+        "daemon, {n} objects: first sync (webhook-free start to READY) {:.1} s, resident memory {:.1} MiB",
+        first_sync.as_secs_f64(),
+        rss_synced as f64 / 1024.0
+    );
+    // Reconciles of the unchanged revision, each triggered by a webhook.
+    let started = |st: &Value| {
+        st["lastReconcile"]["startedAt"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut quiet = Samples::default();
+    for _ in 0..rounds {
+        let before_status = started(&d.status().await);
+        let before = counts(client).await;
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        let mut status = d.status().await;
+        while started(&status) == before_status {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = counts(client).await;
+        let ms = status["lastReconcile"]["durationMs"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        quiet.times.push(ms / 1000.0);
+        quiet.requests.push(delta(&before, &after));
+    }
+    println!(
+        "daemon, {n} objects: reconcile of an unchanged revision: median {:.1} ms, {:.0} requests (all verbs) to the benchmark's resources",
+        quiet.median_ms(),
+        quiet.median_requests()
+    );
+    // Webhook → one object's change applied.
+    let mut latency = Vec::new();
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &format!("{prefix}-2"));
+    for round in 0..rounds {
+        // ConfigMap cm-2 is the first in the generator's "changed" range.
+        let want = if round % 2 == 0 {
+            "changed"
+        } else {
+            "original"
+        };
+        generate(
+            d.repo.path(),
+            &prefix,
+            n,
+            if round % 2 == 0 { 3 } else { 0 },
+        );
+        support::git(
+            d.repo.path(),
+            &["commit", "-qam", &format!("round {round}")],
+        );
+        let t = Instant::now();
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        loop {
+            let value = cms
+                .get("cm-2")
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("value").cloned());
+            if value.as_deref() == Some(want) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "change not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        latency.push(t.elapsed().as_secs_f64());
+    }
+    let rss_after = rss_kib();
+    println!(
+        "daemon, {n} objects: webhook -> change applied (one object): median {:.0} ms (of {:?} ms); resident memory after {:.1} MiB",
+        median(&latency) * 1000.0,
+        latency
+            .iter()
+            .map(|l| (l * 1000.0) as u64)
+            .collect::<Vec<_>>(),
+        rss_after as f64 / 1024.0
+    );
+    for i in 0..n.div_ceil(100) {
+        let _ = Command::new(TestEnv::get().var("KUBECTL"))
+            .args([
+                "--kubeconfig",
+                TestEnv::get().var("KUBECONFIG"),
+                "delete",
+                "namespace",
+                &format!("{prefix}-{i}"),
+                "--wait=false",
+            ])
+            .output();
+    }
+    json!({"n": n, "work": "daemon", "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
+        "residentMiB": rss_synced as f64 / 1024.0, "residentAfterMiB": rss_after as f64 / 1024.0,
+        "unchangedReconcile": quiet.json(),
+        "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
+        "webhookToAppliedMedianMs": median(&latency) * 1000.0})
 }

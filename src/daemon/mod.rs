@@ -467,6 +467,13 @@ async fn reconcile_once(
         && let (Some(sha), Some((full_sha, at))) = (&revision_sha, &state.last_full)
         && sha == full_sha
         && at.elapsed() < RESYNC
+        && let Some(client) = &state.client
+        // One cheap request (not to any managed resource) proves the API server still answers:
+        // stopped watches alone would not notice a frozen server.
+        && matches!(
+            tokio::time::timeout(LIVENESS_TIMEOUT, client.apiserver_version()).await,
+            Ok(Ok(_))
+        )
     {
         let mut st = shared.status.write().await;
         st.errors.clear();
@@ -580,6 +587,9 @@ async fn reconcile_once(
 /// Longest time between full reconciles when nothing seems to change: a safety net under the
 /// drift watches.
 const RESYNC: Duration = Duration::from_secs(600);
+
+/// How long the API server may take to answer the liveness check of a quiet poll.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (Re)starts the drift watches when the set of managed kinds changed.
 fn ensure_watches(
