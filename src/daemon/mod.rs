@@ -216,6 +216,29 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             }
             _ = shared.trigger.notified() => {}
         }
+        // Debounce: a burst of triggers (webhooks from one push, many drift events) gives one
+        // run once it has been quiet for COALESCE_QUIET, or after COALESCE_MAX at the latest.
+        let burst = Instant::now();
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    stopping = true;
+                    break;
+                }
+                _ = tokio::time::sleep(COALESCE_QUIET) => break,
+                _ = shared.trigger.notified() => {
+                    if burst.elapsed() >= COALESCE_MAX {
+                        // Still triggered: the Notify permit was consumed, so ask again.
+                        shared.trigger.notify_one();
+                        break;
+                    }
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
         let reason = shared
             .trigger_reason
             .lock()
@@ -587,6 +610,10 @@ async fn reconcile_once(
 /// Longest time between full reconciles when nothing seems to change: a safety net under the
 /// drift watches.
 const RESYNC: Duration = Duration::from_secs(600);
+
+/// Quiet time that ends a burst of triggers, and the longest a burst may delay a run.
+const COALESCE_QUIET: Duration = Duration::from_millis(100);
+const COALESCE_MAX: Duration = Duration::from_secs(2);
 
 /// How long the API server may take to answer the liveness check of a quiet poll.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);

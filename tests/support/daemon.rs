@@ -168,7 +168,7 @@ pub async fn github_push(base: &str, body: &[u8], key: &str) -> reqwest::Respons
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    reqwest::Client::new()
+    super::registry::http()
         .post(format!("{base}/hooks/github"))
         .header("X-GitHub-Event", "push")
         .header("X-Hub-Signature-256", format!("sha256={sig}"))
