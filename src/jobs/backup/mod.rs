@@ -12,6 +12,7 @@
 //!
 //! `list` and `restore` serve `driftless backup list|restore`.
 
+pub mod command;
 pub mod exec;
 pub mod pod;
 pub mod postgres;

@@ -301,7 +301,7 @@ pub async fn dump(
 
     if pg.globals {
         let mut cmd = conn.command("pg_dumpall");
-        cmd.args(["--globals-only", "-d", &pg.database])
+        cmd.args(["--globals-only", "-l", &pg.database])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = conn.spawn("pg_dumpall", &mut cmd)?;

@@ -104,7 +104,7 @@ pub async fn restore(
         }
         for (key, _) in &existing {
             if !keys.contains(&key.as_str()) {
-                target.remove_prefix(key).await?;
+                target.delete(key).await?;
             }
         }
     }

@@ -514,6 +514,15 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes one object (gone already is fine).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error("deleting", &path, e)),
+        }
+    }
+
     /// Deletes every object under `rel` (a restore target with `--force`, a drill's scratch).
     pub async fn remove_prefix(&self, rel: &str) -> Result<()> {
         for (key, _) in self.list(rel).await? {
