@@ -417,7 +417,7 @@ mod tests {
         // Sanity of the figures: 2 days × 4 + a handful of buckets, far fewer than 3 160.
         assert!(got.len() < 60, "{}", got.len());
         // A removed backup has no reason; a kept one has at least one.
-        assert!(decisions.iter().all(|d| d.keep == !d.reasons.is_empty()));
+        assert!(decisions.iter().all(|d| d.keep != d.reasons.is_empty()));
         assert_eq!(decisions[0].reasons[0], KeepReason::Newest);
     }
 
