@@ -184,20 +184,52 @@ pub enum JobsCommand {
 /// `driftless backup …`
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// List complete backups, of one job or of all.
+    /// List complete backups (and incomplete ones awaiting cleanup), of one job or of all.
     List {
-        /// Job name.
+        /// Job name (default: every Backup job).
         job: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
-    /// Restore one backup.
+    /// Restore one backup: PostgreSQL into a database, S3 into a bucket/prefix (exit 0:
+    /// restored, 2: failed or refused).
     Restore {
         /// Job name.
         job: String,
-        /// Backup id (from `backup list`).
+        /// Backup id (from `backup list`), or `latest`.
         id: String,
+        /// PostgreSQL: the database to restore into (created when missing; default: the
+        /// job's source database).
+        #[arg(long)]
+        database: Option<String>,
+        /// S3: the bucket to restore into (default: the job's source bucket).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3: the prefix to restore into (default: the job's source prefix).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Restore over a target that is not empty (PostgreSQL: objects of the dump are
+        /// dropped and recreated; S3: objects not in the backup are deleted).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
     },
+}
+
+impl BackupCommand {
+    /// Where the jobs are read from.
+    pub fn source(&self) -> &SourceArgs {
+        match self {
+            BackupCommand::List { source, .. } | BackupCommand::Restore { source, .. } => source,
+        }
+    }
 }
 
 impl Command {

@@ -192,8 +192,34 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
             )
         }
-        command @ Command::Backup { .. } => {
-            bail!("`driftless {}` is not yet implemented", command.name())
+        Command::Backup { command } => {
+            let config = HostConfig::load(&config_path, false)?;
+            let source = command.source().clone();
+            let d = load_desired(&config, &source, false)?;
+            let credentials = source.credentials_dir.or_else(|| config.credentials_dir());
+            let text = runtime()?.block_on(async {
+                // Only a restore through a port-forward needs the cluster; it says so if missing.
+                let client = match &command {
+                    driftless::cli::BackupCommand::Restore { cluster, .. } => {
+                        driftless::cluster::connect(&cluster_target(&config, cluster))
+                            .await
+                            .ok()
+                    }
+                    _ => None,
+                };
+                let (state_dir, jobs) = (config.state_dir(), &d.jobs);
+                let cred = credentials.as_deref();
+                driftless::jobs::backup::command::execute(
+                    &command,
+                    jobs,
+                    client.as_ref(),
+                    cred,
+                    &state_dir,
+                )
+                .await
+            })?;
+            emit(&text);
+            Ok(EXIT_OK)
         }
     }
 }

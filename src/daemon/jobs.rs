@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::Shared;
 use super::metrics::labels;
-use super::status::JobStatus;
+use super::status::{DaemonState, JobStatus};
 use crate::jobs::model::Job;
 use crate::jobs::runner;
 use crate::jobs::runs::{self, Outcome};
@@ -221,6 +221,14 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
         .iter()
         .map(|j| {
             let (history, _) = runs::load(&state.state_dir, &j.name);
+            let backup = (j.kind == "Backup").then(|| crate::jobs::backup::freshness(j, &history));
+            if let Some(t) = backup.and_then(|b| b.newest) {
+                shared
+                    .metrics
+                    .backup_last_complete
+                    .get_or_create(&labels(&[("job", &j.name)]))
+                    .set(t.timestamp() as f64);
+            }
             JobStatus {
                 name: j.name.clone(),
                 kind: j.kind.clone(),
@@ -231,8 +239,14 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
                 running: busy.contains(&j.name),
                 last_run: history.last().cloned(),
                 last_success: history.last_success().and_then(|r| r.finished_at),
+                last_complete_backup: backup.and_then(|b| b.newest),
+                overdue: backup.and_then(|b| b.overdue(now, history.first_seen)),
             }
         })
-        .collect();
-    shared.status.write().await.jobs = jobs;
+        .collect::<Vec<JobStatus>>();
+    let mut status = shared.status.write().await;
+    if jobs.iter().any(|j| j.overdue.is_some()) && status.state == DaemonState::Ready {
+        status.state = DaemonState::Degraded;
+    }
+    status.jobs = jobs;
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub job_runs: Family<Labels, Counter>,
     pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     pub job_figures: Family<Labels, Gauge>,
+    pub backup_last_complete: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -41,6 +42,7 @@ impl Default for Metrics {
             job_runs: Family::default(),
             job_last_success: Family::default(),
             job_figures: Family::default(),
+            backup_last_complete: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -92,6 +94,11 @@ impl Default for Metrics {
             "job_last_run_figure",
             "Figures of a job's last run (ImageCleanup: deleted, kept, bytesReclaimable, ...)",
             m.job_figures.clone(),
+        );
+        registry.register(
+            "backup_last_complete_timestamp_seconds",
+            "Unix time (start) of the newest complete backup of a Backup job",
+            m.backup_last_complete.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -775,7 +775,8 @@ async fn record(
         }
     }
     st.errors = errors;
-    st.state = if all_ok {
+    // A Backup job whose newest complete backup is older than its maxAge degrades the status.
+    st.state = if all_ok && st.jobs.iter().all(|j| j.overdue.is_none()) {
         DaemonState::Ready
     } else {
         DaemonState::Degraded

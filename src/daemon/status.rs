@@ -56,6 +56,12 @@ pub struct JobStatus {
     pub last_run: Option<crate::jobs::runs::RunRecord>,
     /// End of the last successful run that changed something (not a dry run).
     pub last_success: Option<DateTime<Utc>>,
+    /// Backup jobs: start of the newest complete backup (as the last run found it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_complete_backup: Option<DateTime<Utc>>,
+    /// Backup jobs: why the newest complete backup is too old (`maxAge`); makes status degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue: Option<String>,
 }
 
 /// One reconcile run.

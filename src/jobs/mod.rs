@@ -1,8 +1,9 @@
 //! Scheduled jobs declared in Git: their format (`model`), crontab schedules (`schedule`),
 //! scheduling decisions (`scheduler`) and retention decisions (`retention`), all pure; run
-//! records and locks (`runs`), the kinds' runners (`image_cleanup`) and the dispatch that runs one
+//! records and locks (`runs`), the kinds' runners (`image_cleanup`, `backup`) and the dispatch that runs one
 //! job and records it (`runner`).
 
+pub mod backup;
 pub mod image_cleanup;
 pub mod model;
 pub mod retention;

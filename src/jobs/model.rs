@@ -46,6 +46,8 @@ pub enum Error {
     Vars(#[from] Box<crate::stack::Error>),
     #[error(transparent)]
     ImageCleanup(#[from] super::image_cleanup::spec::Error),
+    #[error(transparent)]
+    Backup(#[from] super::backup::spec::Error),
     #[error("{file}: job name {name:?} is also used in {other}")]
     Duplicate {
         file: PathBuf,
@@ -89,6 +91,9 @@ pub fn load_jobs(stacks: &[LoadedStack]) -> Result<Vec<Job>, Error> {
             // The kind's own fields are checked here, so `validate` catches their mistakes.
             if job.kind == "ImageCleanup" {
                 super::image_cleanup::spec::parse(&job)?;
+            }
+            if job.kind == "Backup" {
+                super::backup::spec::parse(&job)?;
             }
             if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
                 return Err(Error::Duplicate {

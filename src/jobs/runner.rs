@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tracing::{error, info};
 
-use super::image_cleanup;
 use super::model::Job;
 use super::runs::{self, Outcome, RunRecord};
 use super::scheduler::Cause;
+use super::{backup, image_cleanup};
 use crate::stack::RenderedStack;
 
 /// Errors around a run (the run's own failure is its record's outcome, not an error).
@@ -77,6 +77,24 @@ pub async fn run(
                 state_dir: ctx.state_dir,
             };
             match image_cleanup::run(job, &inputs, dry_run).await {
+                Ok(r) => (
+                    r.ok(),
+                    r.figures(),
+                    r.summary(),
+                    serde_json::to_value(&r).unwrap_or(Value::Null),
+                    r.text(),
+                ),
+                Err(e) => failed(e.to_string()),
+            }
+        }
+        "Backup" => {
+            let inputs = backup::Inputs {
+                cluster: ctx.cluster,
+                credentials_dir: ctx.credentials_dir,
+                state_dir: ctx.state_dir,
+                revision: ctx.revision.clone(),
+            };
+            match backup::run(job, &inputs, dry_run).await {
                 Ok(r) => (
                     r.ok(),
                     r.figures(),

@@ -282,7 +282,7 @@ fn a_repository_without_stacks_is_an_error() {
 fn jobs_files_are_read_and_checked() {
     let stack = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec: {namespace: ns}\n";
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
-    let good = "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * * 1-5', timeZone: Europe/Berlin, startingDeadline: 2h}\n---\napiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: registry}\nspec: {schedule: '@daily', registry: {url: 'http://r:5000'}, rules: [{repositories: '**', keepLast: 5}]}\n";
+    let good = "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '0 3 * * 1-5', timeZone: Europe/Berlin, startingDeadline: 2h, source: {postgres: {database: app, username: app}}, destination: {local: {path: /b}}, retention: {keepLast: 3}}\n---\napiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {name: registry}\nspec: {schedule: '@daily', registry: {url: 'http://r:5000'}, rules: [{repositories: '**', keepLast: 5}]}\n";
     let repo = write_repo(&[
         ("stack/s/stack.yaml", stack),
         ("stack/s/cm.yaml", cm),
@@ -326,8 +326,12 @@ fn jobs_files_are_read_and_checked() {
             "Mars/Olympus",
         ),
         (
-            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n---\napiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily'}\n",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily', source: {postgres: {database: a, username: a}}, destination: {local: {path: /b}}, retention: {keepLast: 1}}\n---\napiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily', source: {postgres: {database: a, username: a}}, destination: {local: {path: /b}}, retention: {keepLast: 1}}\n",
             "job name \"pg\" is also used",
+        ),
+        (
+            "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {name: pg}\nspec: {schedule: '@daily', source: {postgres: {database: a, username: a}}, destination: {local: {path: /b}}, retention: {}}\n",
+            "stack/s/jobs.yaml: Backup pg: spec.retention: the retention policy keeps nothing",
         ),
         (
             // The kind's own fields are checked at load, naming the field.

@@ -1,0 +1,509 @@
+//! The `Backup` job's own fields (pure parsing, errors naming the file, job and field).
+//!
+//! ```yaml
+//! spec:
+//!   schedule: "0 3 * * *"
+//!   source:                            # exactly one of postgres, s3, exec
+//!     postgres:
+//!       host: 127.0.0.1                # direct connection (default 127.0.0.1) …
+//!       port: 5432
+//!       portForward: {namespace: storage, service: postgres, port: 5432}   # … or through the API server
+//!       database: ducklake
+//!       username: ducklake
+//!       passwordFile: ducklake-pg-password   # in the credentials directory
+//!       globals: true                  # also pg_dumpall --globals-only (roles, tablespaces)
+//!       binDir: /usr/lib/postgresql/15/bin
+//!   destination:                       # exactly one of local, s3
+//!     local: {path: /var/backups/driftless}
+//!     s3: {endpoint: http://127.0.0.1:9000, bucket: backups, prefix: driftless,
+//!          accessKeyFile: minio-access-key, secretKeyFile: minio-secret-key}
+//!   retention: {keepLast: 3, keepDaily: 7, keepWeekly: 4, keepMonthly: 12, keepWithin: 48h}
+//!   maxAge: 26h                        # older newest complete backup: daemon status degraded
+//!   restoreDrill: true                 # restore the new backup into a scratch target and compare
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use super::retention::Policy;
+use crate::jobs::model::Job;
+
+/// A spec that cannot be used, naming the file, job and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: Backup {job}: {message}")]
+pub struct Error {
+    pub file: PathBuf,
+    pub job: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Raw {
+    schedule: String,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    starting_deadline: Option<String>,
+    source: RawSource,
+    destination: RawDestination,
+    retention: RawRetention,
+    #[serde(default)]
+    max_age: Option<String>,
+    #[serde(default)]
+    restore_drill: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSource {
+    #[serde(default)]
+    postgres: Option<RawPostgres>,
+    #[serde(default)]
+    s3: Option<S3Location>,
+    #[serde(default)]
+    exec: Option<RawExec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPostgres {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    port_forward: Option<PodTarget>,
+    database: String,
+    username: String,
+    #[serde(default)]
+    password_file: Option<String>,
+    #[serde(default)]
+    globals: bool,
+    #[serde(default)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawExec {
+    namespace: String,
+    pod: String,
+    #[serde(default)]
+    container: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDestination {
+    #[serde(default)]
+    local: Option<LocalDir>,
+    #[serde(default)]
+    s3: Option<S3Location>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRetention {
+    #[serde(default)]
+    keep_last: Option<u32>,
+    #[serde(default)]
+    keep_hourly: Option<u32>,
+    #[serde(default)]
+    keep_daily: Option<u32>,
+    #[serde(default)]
+    keep_weekly: Option<u32>,
+    #[serde(default)]
+    keep_monthly: Option<u32>,
+    #[serde(default)]
+    keep_yearly: Option<u32>,
+    #[serde(default)]
+    keep_within: Option<String>,
+}
+
+/// A pod (or a service's ready pod) and port reached through the API server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodTarget {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default = "pg_port")]
+    pub port: u16,
+}
+
+fn pg_port() -> u16 {
+    5432
+}
+
+/// A bucket and prefix in an S3-compatible store; keys from files in the credentials directory.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Location {
+    /// `http(s)://host:port` (MinIO); none for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+impl S3Location {
+    /// The prefix without leading or trailing slashes.
+    pub fn clean_prefix(&self) -> String {
+        self.prefix.trim_matches('/').to_owned()
+    }
+}
+
+/// A directory on the ops host.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalDir {
+    pub path: PathBuf,
+}
+
+/// A PostgreSQL database to dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    pub host: String,
+    pub port: u16,
+    /// When set, host and port are a local end of a port-forward to this target.
+    pub port_forward: Option<PodTarget>,
+    pub database: String,
+    pub username: String,
+    pub password_file: Option<String>,
+    pub globals: bool,
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// A command run in a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// What is backed up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Postgres(Postgres),
+    S3(S3Location),
+    Exec(Exec),
+}
+
+impl Source {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Postgres(_) => "postgres",
+            Source::S3(_) => "s3",
+            Source::Exec(_) => "exec",
+        }
+    }
+}
+
+/// Where backups go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Local(LocalDir),
+    S3(S3Location),
+}
+
+/// A usable Backup spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub source: Source,
+    pub destination: Destination,
+    pub retention: Policy,
+    /// The job's time zone (calendar buckets of retention).
+    pub time_zone: Tz,
+    pub max_age: Option<Duration>,
+    pub restore_drill: bool,
+}
+
+/// Parses and checks a job's spec.
+pub fn parse(job: &Job) -> Result<Spec, Error> {
+    let fail = |message: String| Error {
+        file: job.file.clone(),
+        job: job.name.clone(),
+        message,
+    };
+    let duration = |field: &str, text: &str| {
+        crate::stack::model::duration_text::parse(text).map_err(|e| fail(format!("{field}: {e}")))
+    };
+    let raw: Raw =
+        serde_json::from_value(job.spec.clone()).map_err(|e| fail(format!("spec: {e}")))?;
+    let _ = (&raw.schedule, &raw.time_zone, &raw.starting_deadline); // read by jobs::model
+    let source = match (raw.source.postgres, raw.source.s3, raw.source.exec) {
+        (Some(p), None, None) => {
+            if p.port_forward.is_some() && (p.host.is_some() || p.port.is_some()) {
+                return Err(fail(
+                    "spec.source.postgres: give host/port or portForward, not both".to_owned(),
+                ));
+            }
+            if let Some(t) = &p.port_forward {
+                check_pod_target(t)
+                    .map_err(|m| fail(format!("spec.source.postgres.portForward: {m}")))?;
+            }
+            for (field, v) in [("database", &p.database), ("username", &p.username)] {
+                if v.is_empty() || v.starts_with('-') {
+                    return Err(fail(format!(
+                        "spec.source.postgres.{field}: {v:?} is not a name"
+                    )));
+                }
+            }
+            Source::Postgres(Postgres {
+                host: p.host.unwrap_or_else(|| "127.0.0.1".to_owned()),
+                port: p.port.unwrap_or(5432),
+                port_forward: p.port_forward,
+                database: p.database,
+                username: p.username,
+                password_file: p.password_file,
+                globals: p.globals,
+                bin_dir: p.bin_dir,
+            })
+        }
+        (None, Some(s), None) => {
+            check_s3(&s).map_err(|m| fail(format!("spec.source.s3: {m}")))?;
+            Source::S3(s)
+        }
+        (None, None, Some(e)) => {
+            if e.command.is_empty() {
+                return Err(fail("spec.source.exec.command: empty".to_owned()));
+            }
+            Source::Exec(Exec {
+                namespace: e.namespace,
+                pod: e.pod,
+                container: e.container,
+                command: e.command,
+                timeout: match e.timeout {
+                    Some(t) => duration("spec.source.exec.timeout", &t)?,
+                    None => Duration::from_secs(3600),
+                },
+            })
+        }
+        _ => {
+            return Err(fail(
+                "spec.source: name exactly one of postgres, s3, exec".to_owned(),
+            ));
+        }
+    };
+    let destination = match (raw.destination.local, raw.destination.s3) {
+        (Some(l), None) => {
+            if !l.path.is_absolute() {
+                return Err(fail(format!(
+                    "spec.destination.local.path: {} must be absolute",
+                    l.path.display()
+                )));
+            }
+            Destination::Local(l)
+        }
+        (None, Some(s)) => {
+            check_s3(&s).map_err(|m| fail(format!("spec.destination.s3: {m}")))?;
+            Destination::S3(s)
+        }
+        _ => {
+            return Err(fail(
+                "spec.destination: name exactly one of local, s3".to_owned(),
+            ));
+        }
+    };
+    if let (Source::S3(from), Destination::S3(to)) = (&source, &destination)
+        && from.endpoint == to.endpoint
+        && from.bucket == to.bucket
+        && (from.clean_prefix().is_empty() || to.clean_prefix().starts_with(&from.clean_prefix()))
+    {
+        return Err(fail(
+            "spec.destination.s3: lies inside the source bucket/prefix (each backup would contain the previous ones)".to_owned(),
+        ));
+    }
+    let r = raw.retention;
+    let retention = Policy::new(Policy {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+        keep_within: r
+            .keep_within
+            .map(|t| duration("spec.retention.keepWithin", &t))
+            .transpose()?,
+    })
+    .map_err(|e| fail(format!("spec.retention: {e}")))?;
+    let max_age = raw
+        .max_age
+        .map(|t| duration("spec.maxAge", &t))
+        .transpose()?;
+    if matches!(source, Source::Exec(_)) && raw.restore_drill {
+        return Err(fail(
+            "spec.restoreDrill: exec backups have no automatic restore to drill".to_owned(),
+        ));
+    }
+    Ok(Spec {
+        source,
+        destination,
+        retention,
+        time_zone: job.schedule.time_zone(),
+        max_age,
+        restore_drill: raw.restore_drill,
+    })
+}
+
+fn check_pod_target(t: &PodTarget) -> Result<(), String> {
+    match (&t.pod, &t.service) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        _ => Err("name exactly one of pod, service".to_owned()),
+    }
+}
+
+fn check_s3(s: &S3Location) -> Result<(), String> {
+    if s.bucket.is_empty() {
+        return Err("bucket: empty".to_owned());
+    }
+    if let Some(e) = &s.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!(
+                "endpoint {e:?} must start with http:// or https://"
+            ));
+        }
+        if e.contains('@') {
+            // Never echo it: it holds a credential.
+            return Err(
+                "endpoint must not carry credentials: use accessKeyFile and secretKeyFile"
+                    .to_owned(),
+            );
+        }
+    }
+    if s.access_key_file.is_some() != s.secret_key_file.is_some() {
+        return Err("give both accessKeyFile and secretKeyFile, or neither".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::schedule::Schedule;
+    use serde_json::json;
+
+    fn job(spec: serde_json::Value) -> Job {
+        Job {
+            name: "pg".into(),
+            kind: "Backup".into(),
+            stack: "s".into(),
+            file: "stack/s/jobs.yaml".into(),
+            schedule: Schedule::parse("@daily", Some("Europe/Berlin")).unwrap(),
+            starting_deadline: None,
+            spec,
+        }
+    }
+
+    #[test]
+    fn a_full_spec_parses_with_defaults() {
+        let s = parse(&job(json!({
+            "schedule": "@daily",
+            "source": {"postgres": {"database": "app", "username": "app", "passwordFile": "pw",
+                "portForward": {"namespace": "db", "service": "postgres"}}},
+            "destination": {"s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "b", "prefix": "/x/",
+                "accessKeyFile": "a", "secretKeyFile": "s"}},
+            "retention": {"keepLast": 3, "keepWithin": "2d"},
+            "maxAge": "26h",
+        })))
+        .unwrap();
+        let Source::Postgres(p) = &s.source else {
+            panic!("{:?}", s.source)
+        };
+        assert_eq!(p.port_forward.as_ref().unwrap().port, 5432);
+        assert_eq!(p.host, "127.0.0.1");
+        assert!(!p.globals);
+        let Destination::S3(d) = &s.destination else {
+            panic!()
+        };
+        assert_eq!(d.clean_prefix(), "x");
+        assert_eq!(d.region, "us-east-1");
+        assert_eq!(
+            s.retention.keep_within,
+            Some(Duration::from_secs(2 * 86400))
+        );
+        assert_eq!(s.max_age, Some(Duration::from_secs(26 * 3600)));
+        assert_eq!(s.time_zone, chrono_tz::Europe::Berlin);
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let pg = json!({"postgres": {"database": "app", "username": "app"}});
+        let local = json!({"local": {"path": "/b"}});
+        let keep = json!({"keepLast": 1});
+        for (spec, want) in [
+            (
+                json!({"schedule": "@daily", "source": pg, "destination": local, "retention": {}}),
+                "spec.retention: the retention policy keeps nothing",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {}, "destination": local, "retention": keep}),
+                "spec.source: name exactly one",
+            ),
+            (
+                json!({"schedule": "@daily", "source": pg, "destination": {"local": {"path": "rel"}}, "retention": keep}),
+                "spec.destination.local.path",
+            ),
+            (
+                json!({"schedule": "@daily", "source": pg, "destination": {"s3": {"bucket": "b", "endpoint": "http://u:p@h"}}, "retention": keep}),
+                "must not carry credentials",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {"postgres": {"database": "a", "username": "u", "host": "h", "portForward": {"namespace": "n", "pod": "p"}}}, "destination": local, "retention": keep}),
+                "host/port or portForward",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {"postgres": {"database": "a", "username": "u", "portForward": {"namespace": "n"}}}, "destination": local, "retention": keep}),
+                "portForward: name exactly one of pod, service",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {"exec": {"namespace": "n", "pod": "p", "command": []}}, "destination": local, "retention": keep}),
+                "spec.source.exec.command",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {"s3": {"bucket": "b"}}, "destination": {"s3": {"bucket": "b", "prefix": "bk"}}, "retention": keep}),
+                "inside the source",
+            ),
+            (
+                json!({"schedule": "@daily", "source": pg, "destination": local, "retention": keep, "password": "x"}),
+                "unknown field",
+            ),
+            (
+                json!({"schedule": "@daily", "source": pg, "destination": local, "retention": {"keepDaily": 0}}),
+                "keepDaily must be at least 1",
+            ),
+        ] {
+            let err = parse(&job(spec)).unwrap_err().to_string();
+            assert!(
+                err.contains(want)
+                    && err.contains("stack/s/jobs.yaml")
+                    && err.contains("Backup pg"),
+                "{err} (want {want})"
+            );
+        }
+    }
+}

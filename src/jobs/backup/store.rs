@@ -1,0 +1,619 @@
+//! Where backups live: a local directory or an S3 bucket, through one `object_store` API.
+//!
+//! Layout under the destination (and its `prefix`): `<job>/<id>/manifest.json` and the backup's
+//! files beside it (`<job>/<id>/<file>`). Files are streamed in bounded memory (multipart uploads
+//! of `PART` bytes, at most `PARTS_IN_FLIGHT` at once) while their sha256 is computed; an S3
+//! multipart upload is invisible until completed and a local file is written to a staging name
+//! and renamed, so no file is ever seen half-written. The manifest is written last: a backup
+//! without one is incomplete, never listed as good, never counted by retention, and removed by
+//! the next run ([`Store::remove`] deletes the manifest first, so a removal cut short leaves an
+//! incomplete backup, never a complete one with files missing).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::spec::{Destination, S3Location};
+
+/// Size of one multipart part (S3's minimum except for the last part).
+pub const PART: usize = 8 * 1024 * 1024;
+/// Parts uploaded concurrently per file: memory per file stays below `(PARTS_IN_FLIGHT + 1) × PART`.
+pub const PARTS_IN_FLIGHT: usize = 3;
+/// The name of the file that completes a backup.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Errors of the destination (or an S3 source), naming the object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{store}: {what} {path}: {source}")]
+    Object {
+        store: String,
+        what: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{store}: cannot open: {source}")]
+    Open {
+        store: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{field}: {message}")]
+    Credentials { field: String, message: String },
+    #[error("{store}: {path}: {message}")]
+    Invalid {
+        store: String,
+        path: String,
+        message: String,
+    },
+    #[error("{store}: {path}: {source}")]
+    Io {
+        store: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{store}: {path} changed after upload: wrote {wrote_bytes} bytes sha256 {wrote}, read back {read_bytes} bytes sha256 {read}"
+    )]
+    Mismatch {
+        store: String,
+        path: String,
+        wrote: String,
+        wrote_bytes: u64,
+        read: String,
+        read_bytes: u64,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// Relative to the backup (`dump.pgcustom`, `objects/<key>`).
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The record that completes a backup: what it holds and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format: u32,
+    pub job: String,
+    pub id: String,
+    /// `postgres`, `s3`, `exec`.
+    pub source_kind: String,
+    /// Where the data came from, without credentials.
+    pub source: String,
+    /// The Git revision of the job definition.
+    pub revision: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub files: Vec<FileEntry>,
+    /// Source-specific facts (server version, exit status, verification).
+    #[serde(default)]
+    pub details: serde_json::Value,
+    pub driftless_version: String,
+}
+
+impl Manifest {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+/// A backup id: the start time, UTC, to the millisecond (`20260301T030000.123Z`); sorts by time.
+pub fn new_id(started: DateTime<Utc>) -> String {
+    started.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+}
+
+/// What a destination holds for one job.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Complete backups (with a readable manifest), oldest first.
+    pub complete: Vec<Manifest>,
+    /// Ids with files but no (readable) manifest.
+    pub incomplete: Vec<String>,
+}
+
+/// An object store and a root prefix in it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    root: String,
+    /// For a local directory: its path (to remove what object_store cannot list, such as the
+    /// staging files of an upload cut short).
+    local: Option<PathBuf>,
+    name: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Reads a credential file of the credentials directory, wrapped.
+pub fn read_secret(
+    credentials_dir: Option<&Path>,
+    field: &str,
+    file: &str,
+) -> Result<SecretString> {
+    let fail = |message: String| Error::Credentials {
+        field: field.to_owned(),
+        message,
+    };
+    let dir = credentials_dir.ok_or_else(|| {
+        fail(format!(
+            "{file} is read from the credentials directory, and none is set (credentialsDir or $CREDENTIALS_DIRECTORY)"
+        ))
+    })?;
+    let path = dir.join(file);
+    // The error names the file, never its content.
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    Ok(SecretString::from(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}
+
+impl Store {
+    /// Opens a job's part of a destination.
+    pub fn open(dest: &Destination, job: &str, credentials_dir: Option<&Path>) -> Result<Store> {
+        match dest {
+            Destination::Local(l) => {
+                std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
+                    store: l.path.display().to_string(),
+                    path: String::new(),
+                    source,
+                })?;
+                let name = format!("{}/{job}", l.path.display());
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&l.path)
+                    .map_err(|source| Error::Open {
+                        store: name.clone(),
+                        source,
+                    })?
+                    .with_fsync(true);
+                Ok(Store {
+                    inner: Arc::new(fs),
+                    root: job.to_owned(),
+                    local: Some(l.path.join(job)),
+                    name,
+                })
+            }
+            Destination::S3(s) => {
+                let inner = s3(s, "spec.destination.s3", credentials_dir)?;
+                let prefix = s.clean_prefix();
+                let root = if prefix.is_empty() {
+                    job.to_owned()
+                } else {
+                    format!("{prefix}/{job}")
+                };
+                Ok(Store {
+                    inner,
+                    name: format!("s3://{}/{root}", s.bucket),
+                    root,
+                    local: None,
+                })
+            }
+        }
+    }
+
+    /// A store over a bucket and prefix (the S3 source, a restore target).
+    pub fn s3_location(
+        s: &S3Location,
+        field: &str,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Store> {
+        let root = s.clean_prefix();
+        Ok(Store {
+            inner: s3(s, field, credentials_dir)?,
+            name: format!("s3://{}/{root}", s.bucket),
+            root,
+            local: None,
+        })
+    }
+
+    /// How messages name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn path(&self, rel: &str) -> Result<ObjPath> {
+        let full = if self.root.is_empty() {
+            rel.to_owned()
+        } else if rel.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{rel}", self.root)
+        };
+        ObjPath::parse(&full).map_err(|e| Error::Invalid {
+            store: self.name.clone(),
+            path: full,
+            message: e.to_string(),
+        })
+    }
+
+    fn object_error(
+        &self,
+        what: &'static str,
+        path: &ObjPath,
+        source: object_store::Error,
+    ) -> Error {
+        Error::Object {
+            store: self.name.clone(),
+            what,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Starts a streamed upload of `dir/name`; its entry is named `name`.
+    pub async fn writer(&self, dir: &str, name: &str) -> Result<Upload> {
+        let path = self.path(&join(dir, name))?;
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.object_error("starting upload of", &path, e))?;
+        Ok(Upload {
+            store: self.clone(),
+            name: name.to_owned(),
+            path,
+            parts: WriteMultipart::new_with_chunk_size(upload, PART),
+            hash: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Streams `reader` into `dir/name`; returns its size and sha256.
+    pub async fn upload_from(
+        &self,
+        dir: &str,
+        name: &str,
+        mut reader: impl AsyncRead + Unpin,
+    ) -> Result<FileEntry> {
+        let mut w = self.writer(dir, name).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(source) => {
+                    let path = w.path.to_string();
+                    w.abort().await;
+                    return Err(Error::Io {
+                        store: self.name.clone(),
+                        path,
+                        source,
+                    });
+                }
+            };
+            w.write(&buf[..n]).await?;
+        }
+        w.finish().await
+    }
+
+    /// Writes a small object in one request (atomic in both stores).
+    pub async fn put_small(&self, rel: &str, data: Bytes) -> Result<()> {
+        let path = self.path(rel)?;
+        self.inner
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map_err(|e| self.object_error("writing", &path, e))?;
+        Ok(())
+    }
+
+    /// Reads `rel` completely into `out` (when given); returns its size and sha256.
+    pub async fn read_into(
+        &self,
+        rel: &str,
+        mut out: Option<&mut (dyn AsyncWrite + Unpin + Send)>,
+    ) -> Result<(u64, String)> {
+        let path = self.path(rel)?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))?;
+        let mut stream = got.into_stream();
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))?
+        {
+            hash.update(&chunk);
+            bytes += chunk.len() as u64;
+            if let Some(w) = out.as_mut() {
+                w.write_all(&chunk).await.map_err(|source| Error::Io {
+                    store: self.name.clone(),
+                    path: path.to_string(),
+                    source,
+                })?;
+            }
+        }
+        if let Some(w) = out.as_mut() {
+            w.flush().await.map_err(|source| Error::Io {
+                store: self.name.clone(),
+                path: path.to_string(),
+                source,
+            })?;
+        }
+        Ok((bytes, crate::cluster::apply::hex(&hash.finalize())))
+    }
+
+    /// Streams `rel` into an upload (bounded memory: the upload's backpressure applies).
+    pub async fn stream_into(&self, rel: &str, up: &mut Upload) -> Result<()> {
+        let path = self.path(rel)?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))?
+        {
+            up.write(&chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads `rel` back and checks it against what was written.
+    pub async fn verify(&self, entry: &FileEntry, prefix: &str) -> Result<()> {
+        let rel = join(prefix, &entry.name);
+        let (bytes, sha256) = self.read_into(&rel, None).await?;
+        if bytes != entry.bytes || sha256 != entry.sha256 {
+            return Err(Error::Mismatch {
+                store: self.name.clone(),
+                path: rel,
+                wrote: entry.sha256.clone(),
+                wrote_bytes: entry.bytes,
+                read: sha256,
+                read_bytes: bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a small object whole.
+    pub async fn get_small(&self, rel: &str) -> Result<Bytes> {
+        let path = self.path(rel)?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))?;
+        got.bytes()
+            .await
+            .map_err(|e| self.object_error("reading", &path, e))
+    }
+
+    /// Every object under `rel` (relative names, sorted) with its size.
+    pub async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = if self.root.is_empty() && rel.is_empty() {
+            None
+        } else {
+            Some(self.path(rel)?)
+        };
+        let base = prefix.as_ref().map(|p| format!("{p}/")).unwrap_or_default();
+        let mut out: Vec<(String, u64)> = self
+            .inner
+            .list(prefix.as_ref())
+            .map(|r| {
+                r.map(|m| {
+                    let key = m.location.to_string();
+                    (key.strip_prefix(&base).unwrap_or(&key).to_owned(), m.size)
+                })
+            })
+            .try_collect()
+            .await
+            .map_err(|e| Error::Object {
+                store: self.name.clone(),
+                what: "listing",
+                path: base.clone(),
+                source: e,
+            })?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Complete and incomplete backups of the job.
+    pub async fn backups(&self) -> Result<Listing> {
+        let mut ids: Vec<String> = Vec::new();
+        let mut with_manifest: Vec<String> = Vec::new();
+        for (key, _) in self.list("").await? {
+            let Some((id, rest)) = key.split_once('/') else {
+                continue;
+            };
+            if ids.last().map(String::as_str) != Some(id) {
+                ids.push(id.to_owned());
+            }
+            if rest == MANIFEST {
+                with_manifest.push(id.to_owned());
+            }
+        }
+        // Local directories can hold only staging files of an upload cut short: object_store
+        // does not list them, so look at the directories themselves.
+        if let Some(dir) = &self.local
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for e in entries.flatten() {
+                if let Some(name) = e.file_name().to_str()
+                    && e.path().is_dir()
+                    && !ids.iter().any(|i| i == name)
+                {
+                    ids.push(name.to_owned());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut listing = Listing::default();
+        for id in ids {
+            if !with_manifest.contains(&id) {
+                listing.incomplete.push(id);
+                continue;
+            }
+            let text = self.get_small(&join(&id, MANIFEST)).await?;
+            match serde_json::from_slice::<Manifest>(&text) {
+                Ok(m) if m.id == id => listing.complete.push(m),
+                _ => listing.incomplete.push(id),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// The manifest of one backup.
+    pub async fn manifest(&self, id: &str) -> Result<Manifest> {
+        let rel = join(id, MANIFEST);
+        let text = self.get_small(&rel).await?;
+        serde_json::from_slice(&text).map_err(|e| Error::Invalid {
+            store: self.name.clone(),
+            path: rel,
+            message: format!("not a backup manifest: {e}"),
+        })
+    }
+
+    /// Removes every object of backup `id`, the manifest first.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let manifest = self.path(&join(id, MANIFEST))?;
+        match self.inner.delete(&manifest).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.object_error("deleting", &manifest, e)),
+        }
+        self.remove_prefix(id).await?;
+        if let Some(dir) = &self.local {
+            let d = dir.join(id);
+            if d.exists() {
+                std::fs::remove_dir_all(&d).map_err(|source| Error::Io {
+                    store: self.name.clone(),
+                    path: d.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes one object (gone already is fine).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error("deleting", &path, e)),
+        }
+    }
+
+    /// Deletes every object under `rel` (a restore target with `--force`, a drill's scratch).
+    pub async fn remove_prefix(&self, rel: &str) -> Result<()> {
+        for (key, _) in self.list(rel).await? {
+            let path = self.path(&join(rel, &key))?;
+            match self.inner.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.object_error("deleting", &path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `a/b`, with either side empty.
+pub fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+fn s3(s: &S3Location, field: &str, credentials_dir: Option<&Path>) -> Result<Arc<dyn ObjectStore>> {
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&s.bucket)
+        .with_region(&s.region)
+        .with_virtual_hosted_style_request(false);
+    if let Some(e) = &s.endpoint {
+        b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    if let (Some(a), Some(k)) = (&s.access_key_file, &s.secret_key_file) {
+        let access = read_secret(credentials_dir, &format!("{field}.accessKeyFile"), a)?;
+        let secret = read_secret(credentials_dir, &format!("{field}.secretKeyFile"), k)?;
+        // Exposed only to hand them to the client that signs requests with them.
+        b = b
+            .with_access_key_id(access.expose_secret())
+            .with_secret_access_key(secret.expose_secret());
+    }
+    let store = b.build().map_err(|source| Error::Open {
+        store: format!("s3://{}", s.bucket),
+        source,
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// A file being uploaded: bytes in, hashed as they pass.
+pub struct Upload {
+    store: Store,
+    name: String,
+    path: ObjPath,
+    parts: WriteMultipart,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl Upload {
+    /// Appends bytes, waiting while too many parts are in flight (backpressure).
+    pub async fn write(&mut self, buf: &[u8]) -> Result<()> {
+        self.parts
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(|e| self.store.object_error("uploading", &self.path, e))?;
+        self.hash.update(buf);
+        self.bytes += buf.len() as u64;
+        self.parts.write(buf);
+        Ok(())
+    }
+
+    /// Completes the upload; the object becomes visible now.
+    pub async fn finish(self) -> Result<FileEntry> {
+        let Upload {
+            store,
+            name,
+            path,
+            parts,
+            hash,
+            bytes,
+        } = self;
+        parts
+            .finish()
+            .await
+            .map_err(|e| store.object_error("completing upload of", &path, e))?;
+        Ok(FileEntry {
+            name,
+            bytes,
+            sha256: crate::cluster::apply::hex(&hash.finalize()),
+        })
+    }
+
+    /// Gives the upload up (its parts are discarded where the store allows).
+    pub async fn abort(self) {
+        let _ = self.parts.abort().await;
+    }
+}

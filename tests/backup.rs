@@ -1,0 +1,696 @@
+//! Backups that restore, against the real PostgreSQL, MinIO and the test cluster: each test
+//! declares `Backup` jobs in a jobs file, runs them through the `driftless` binary (`jobs run`,
+//! `backup list`, `backup restore`) and checks what the database, bucket or directory holds.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{TestEnv, eventually, run_ok};
+
+/// A stack repository with one jobs file, a host config and a credentials directory.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let env = TestEnv::get();
+        let dir = tempfile::tempdir().unwrap();
+        let stack = dir.path().join("stack/app");
+        std::fs::create_dir_all(stack.join("manifests")).unwrap();
+        std::fs::write(
+            stack.join("stack.yaml"),
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {namespace: app}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            stack.join("manifests/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n",
+        )
+        .unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(creds.join("pg-password"), env.var("PGPASSWORD")).unwrap();
+        std::fs::write(creds.join("s3-access"), env.var("MINIO_ACCESS_KEY")).unwrap();
+        std::fs::write(creds.join("s3-secret"), env.var("MINIO_SECRET_KEY")).unwrap();
+        std::fs::write(
+            dir.path().join("driftless.yaml"),
+            format!(
+                "stateDir: {}\ncredentialsDir: {}\n",
+                dir.path().join("state").display(),
+                creds.display()
+            ),
+        )
+        .unwrap();
+        Setup { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn jobs(&self, yaml: &str) {
+        std::fs::write(self.path().join("stack/app/jobs.yaml"), yaml).unwrap();
+    }
+
+    fn local(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+        cmd.arg("--config")
+            .arg(self.path().join("driftless.yaml"))
+            .args(args)
+            .arg("--path")
+            .arg(self.path())
+            .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("PGPASSWORD");
+        cmd
+    }
+
+    fn driftless(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run driftless")
+    }
+
+    /// Runs a job; returns the JSON document (`run`, `report`) and whether it succeeded.
+    fn run_job(&self, name: &str) -> (Value, bool) {
+        let out = self.driftless(&["jobs", "run", name, "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let doc: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+        (doc, out.status.success())
+    }
+
+    fn list(&self, job: &str) -> Value {
+        let out = self.driftless(&["backup", "list", job, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["jobs"][0].clone()
+    }
+}
+
+fn pg_source(db: &str, extra: &str) -> String {
+    let env = TestEnv::get();
+    format!(
+        "postgres: {{host: 127.0.0.1, port: {}, database: {db}, username: {}, passwordFile: pg-password, binDir: {}{extra}}}",
+        env.var("PGPORT"),
+        env.var("PGUSER"),
+        env.var("PG_BINDIR")
+    )
+}
+
+fn s3_dest(bucket: &str, prefix: &str) -> String {
+    format!(
+        "s3: {{endpoint: \"{}\", bucket: {bucket}, prefix: {prefix}, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+        TestEnv::get().var("MINIO_ENDPOINT")
+    )
+}
+
+fn job(name: &str, source: &str, destination: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n  schedule: \"@daily\"\n  source: {{{source}}}\n  destination: {{{destination}}}\n  retention: {{keepLast: 3}}\n{extra}"
+    )
+}
+
+fn psql(db: &str, sql: &str) -> String {
+    run_ok(TestEnv::get().pg_command("psql").args([
+        "-X",
+        "-q",
+        "-tA",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        db,
+        "-c",
+        sql,
+    ]))
+    .trim()
+    .to_owned()
+}
+
+fn seed(db: &str) {
+    psql(
+        db,
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, since date);
+         CREATE TABLE orders (id bigserial PRIMARY KEY, customer int REFERENCES customers(id), total numeric(10,2), note text);
+         CREATE INDEX orders_customer ON orders(customer);
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 500;
+         INSERT INTO customers (name, since) SELECT 'customer ' || g, date '2020-01-01' + g FROM generate_series(1, 500) g;
+         INSERT INTO orders (customer, total, note) SELECT 1 + g % 500, (g * 7919 % 100000) / 100.0, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g;",
+    );
+}
+
+/// Schema (pg_dump -s), row counts and a checksum over every row of every table.
+fn fingerprint(db: &str) -> (String, String) {
+    let schema = run_ok(
+        TestEnv::get()
+            .pg_command("pg_dump")
+            .args(["-s", "--no-owner", "-d", db]),
+    )
+    .lines()
+    // pg_dump's `\restrict KEY` lines carry a random key per run.
+    .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    let rows = psql(
+        db,
+        "SELECT string_agg(t, ' ' ORDER BY t) FROM (
+           SELECT 'customers:' || count(*) || ':' || md5(string_agg(c::text, ',' ORDER BY id)) AS t FROM customers c
+           UNION ALL SELECT 'orders:' || count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY id)) FROM orders o) x",
+    );
+    (schema, rows)
+}
+
+fn drop_db(db: &str) {
+    psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+fn stderr(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn postgres_backs_up_to_minio_and_a_directory_and_restores_equal() {
+    let env = TestEnv::get();
+    let db = env.database("bk_pg");
+    seed(&db);
+    let before = fingerprint(&db);
+    let bucket = env.bucket("bk-pg").await;
+    let s = Setup::new();
+    let local = s.local();
+    s.jobs(&format!(
+        "{}{}",
+        job(
+            "pg-s3",
+            &pg_source(&db, ", globals: true"),
+            &s3_dest(&bucket, "nightly"),
+            "  restoreDrill: true\n"
+        ),
+        job(
+            "pg-local",
+            &pg_source(&db, ""),
+            &format!("local: {{path: {}}}", local.display()),
+            ""
+        )
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for name in ["pg-s3", "pg-local"] {
+        let (doc, ok) = s.run_job(name);
+        assert!(ok, "{doc:#}");
+        assert_eq!(doc["run"]["outcome"], "succeeded");
+        assert!(doc["run"]["figures"]["bytes"].as_u64().unwrap() > 10_000);
+    }
+    let (doc, _) = s.run_job("pg-s3");
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    assert_eq!(doc["report"]["drill"]["detail"]["rows"], 20_500);
+
+    // The manifest lists the dump and the globals with their hashes; the local dump is that file.
+    let listed = s.list("pg-local");
+    let id = listed["backups"][0]["id"].as_str().unwrap().to_owned();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(local.join(format!("pg-local/{id}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let dump = std::fs::read(local.join(format!("pg-local/{id}/dump.pgcustom"))).unwrap();
+    assert_eq!(manifest["files"][0]["name"], "dump.pgcustom");
+    assert_eq!(
+        manifest["files"][0]["sha256"],
+        hex(&Sha256::digest(&dump)),
+        "the manifest's hash is the stored file's"
+    );
+    assert_eq!(s.list("pg-s3")["backups"].as_array().unwrap().len(), 2);
+
+    // Dropped, then restored from MinIO into a database of the same name: equal.
+    drop_db(&db);
+    let out = s.driftless(&["backup", "restore", "pg-s3", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&db), before);
+
+    // Restoring over it again is refused without --force, and leaves it as it is.
+    let out = s.driftless(&["backup", "restore", "pg-s3", "latest"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not empty") && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    psql(&db, "DELETE FROM orders WHERE id > 100");
+    let out = s.driftless(&["backup", "restore", "pg-s3", "latest", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&db), before, "--force restores over it");
+
+    // From the local directory into a new database.
+    let copy = format!("{db}_copy");
+    let out = s.driftless(&["backup", "restore", "pg-local", &id, "--database", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&copy), before);
+    drop_db(&copy);
+}
+
+/// Equal listings (key, sha256), reported by the keys that differ.
+fn same(got: &[(String, String)], want: &[(String, String)]) {
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|g| !want.contains(g))
+        .map(|g| &g.0)
+        .collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|w| !got.contains(w))
+        .map(|w| &w.0)
+        .collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "extra or different: {extra:?}; missing or different: {missing:?}"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn minio(bucket: &str) -> Arc<dyn ObjectStore> {
+    let env = TestEnv::get();
+    Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(env.var("MINIO_ENDPOINT"))
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(env.var("MINIO_ACCESS_KEY"))
+            .with_secret_access_key(env.var("MINIO_SECRET_KEY"))
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn contents(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, String)> {
+    use futures::TryStreamExt;
+    let p = ObjPath::from(prefix);
+    let metas: Vec<_> = store.list(Some(&p)).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        let key = m.location.to_string();
+        out.push((
+            key.strip_prefix(&format!("{prefix}/"))
+                .unwrap_or(&key)
+                .to_owned(),
+            hex(&Sha256::digest(&bytes)),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_bucket_mirrors_and_restores_byte_identically_and_retention_keeps_the_newest() {
+    let env = TestEnv::get();
+    let bucket = env.bucket("bk-src").await;
+    let src = minio(&bucket);
+    for i in 0..150 {
+        let body = format!("object {i} ").repeat(i + 1);
+        src.put(
+            &ObjPath::from(format!("data/part-{i:03}.txt")),
+            PutPayload::from(body.into_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    // Multipart-sized: more than one 8 MiB part each.
+    for (i, size) in [(0u8, 17 * 1024 * 1024 + 3), (1, 9 * 1024 * 1024)] {
+        let body: Vec<u8> = (0..size)
+            .map(|n| (n as u32).wrapping_mul(2654435761).to_le_bytes()[i as usize % 4])
+            .collect();
+        src.put(
+            &ObjPath::from(format!("data/big/blob-{i}.bin")),
+            PutPayload::from(body),
+        )
+        .await
+        .unwrap();
+    }
+    let original = contents(&src, "data").await;
+    assert_eq!(original.len(), 152);
+
+    let backups = env.bucket("bk-dst").await;
+    let s = Setup::new();
+    let source = format!(
+        "s3: {{endpoint: \"{}\", bucket: {bucket}, prefix: data, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+        env.var("MINIO_ENDPOINT")
+    );
+    s.jobs(
+        &job(
+            "bucket",
+            &source,
+            &s3_dest(&backups, "b"),
+            "  restoreDrill: true\n",
+        )
+        .replace("keepLast: 3", "keepLast: 2"),
+    );
+    for _ in 0..3 {
+        let (doc, ok) = s.run_job("bucket");
+        assert!(ok, "{doc:#}");
+        assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    }
+    // Retention: keepLast 2 of 3 complete backups.
+    let listed = s.list("bucket");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 2, "{listed:#}");
+    assert_eq!(listed["backups"][0]["files"], 152);
+
+    // Restore into a new bucket/prefix: byte-identical.
+    let target = env.bucket("bk-restore").await;
+    let out = s.driftless(&[
+        "backup", "restore", "bucket", "latest", "--bucket", &target, "--prefix", "copy",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    same(&contents(&minio(&target), "copy").await, &original);
+    // Not over a non-empty target without --force; with it, extra objects go.
+    let out = s.driftless(&[
+        "backup", "restore", "bucket", "latest", "--bucket", &target, "--prefix", "copy",
+    ]);
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    minio(&target)
+        .put(
+            &ObjPath::from("copy/extra.txt"),
+            PutPayload::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+    let out = s.driftless(&[
+        "backup", "restore", "bucket", "latest", "--bucket", &target, "--prefix", "copy", "--force",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    same(&contents(&minio(&target), "copy").await, &original);
+}
+
+/// A pod on a KWOK node: its port-forwards reach the test PostgreSQL, its execs run locally.
+async fn kwok_pod(ns: &support::TestNamespace) {
+    let pods: Api<Pod> = Api::namespaced(ns.client(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "db", "labels": {"app": "db"}},
+        "spec": {"nodeSelector": {"type": "kwok"},
+            "containers": [{"name": "postgres", "image": "registry.invalid/postgres:16", "ports": [{"containerPort": 5432}]}]}
+    }))
+    .unwrap();
+    pods.patch(
+        "db",
+        &PatchParams::apply("driftless-test"),
+        &Patch::Apply(&pod),
+    )
+    .await
+    .unwrap();
+    eventually("pod db running", Duration::from_secs(60), || async {
+        let p = pods.get("db").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn port_forward_and_exec_sources_work_through_the_api_server() {
+    let env = TestEnv::get();
+    let ns = env.namespace("bk-pod").await;
+    kwok_pod(&ns).await;
+    let db = env.database("bk_pf");
+    seed(&db);
+    let s = Setup::new();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    let pf_source = format!(
+        "postgres: {{portForward: {{namespace: {}, pod: db}}, database: {db}, username: {}, passwordFile: pg-password, binDir: {}}}",
+        ns.name,
+        env.var("PGUSER"),
+        env.var("PG_BINDIR")
+    );
+    let exec_source = |cmd: &str| {
+        format!(
+            "exec: {{namespace: {}, pod: db, command: [sh, -c, '{cmd}']}}",
+            ns.name
+        )
+    };
+    s.jobs(&format!(
+        "{}{}{}",
+        job("pg-forward", &pf_source, &dest, ""),
+        job(
+            "snapshot",
+            &exec_source("echo snapshot-taken; echo progress >&2"),
+            &dest,
+            ""
+        ),
+        job(
+            "snapshot-fails",
+            &exec_source("echo partial; exit 3"),
+            &dest,
+            ""
+        ),
+    ));
+
+    let (doc, ok) = s.run_job("pg-forward");
+    assert!(ok, "{doc:#}");
+    assert!(
+        doc["report"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("port-forward")
+    );
+    let copy = format!("{db}_pf");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg-forward",
+        "latest",
+        "--database",
+        &copy,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&copy).1, fingerprint(&db).1);
+    drop_db(&copy);
+
+    let (doc, ok) = s.run_job("snapshot");
+    assert!(ok, "{doc:#}");
+    let id = s.list("snapshot")["backups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        std::fs::read_to_string(local.join(format!("snapshot/{id}/stdout"))).unwrap(),
+        "snapshot-taken\n"
+    );
+    let manifest =
+        std::fs::read_to_string(local.join(format!("snapshot/{id}/manifest.json"))).unwrap();
+    assert!(
+        manifest.contains("progress"),
+        "stderr tail recorded: {manifest}"
+    );
+
+    let (doc, ok) = s.run_job("snapshot-fails");
+    assert!(!ok);
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("exec in pod") && message.contains('3'),
+        "{message}"
+    );
+    let listed = s.list("snapshot-fails");
+    assert!(
+        listed["backups"].as_array().unwrap().is_empty()
+            && listed["incomplete"].as_array().unwrap().is_empty(),
+        "{listed:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_upload_leaves_no_manifest_and_the_next_run_cleans_up() {
+    let env = TestEnv::get();
+    let ns = env.namespace("bk-kill").await;
+    kwok_pod(&ns).await;
+    let s = Setup::new();
+    let local = s.local();
+    let slow = format!(
+        "exec: {{namespace: {}, pod: db, command: [sh, -c, 'head -c 20000000 /dev/urandom; sleep 120']}}",
+        ns.name
+    );
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&job("killed", &slow, &dest, ""));
+    let mut child = s
+        .command(&["jobs", "run", "killed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let job_dir = local.join("killed");
+    eventually("an upload in progress", Duration::from_secs(60), || {
+        let d = job_dir.clone();
+        async move {
+            let ids: Vec<_> = std::fs::read_dir(&d).ok()?.flatten().collect();
+            let id = ids.first()?.path();
+            let staged: u64 = std::fs::read_dir(&id)
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            (staged > 8 * 1024 * 1024).then_some(())
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let manifests = walk(&local)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .count();
+    assert_eq!(manifests, 0, "no manifest after a kill");
+    let listed = s.list("killed");
+    assert!(listed["backups"].as_array().unwrap().is_empty());
+    assert_eq!(
+        listed["incomplete"].as_array().unwrap().len(),
+        1,
+        "{listed:#}"
+    );
+
+    // The next run (a quick command now) cleans up and succeeds.
+    s.jobs(&job(
+        "killed",
+        &slow.replace("head -c 20000000 /dev/urandom; sleep 120", "echo done"),
+        &dest,
+        "",
+    ));
+    let (doc, ok) = s.run_job("killed");
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["report"]["cleaned"].as_array().unwrap().len(), 1);
+    let listed = s.list("killed");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(&job_dir).unwrap().count(),
+        1,
+        "only the new backup is left"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn broken_dumps_unreachable_databases_and_bad_credentials_fail_and_leave_backups_alone() {
+    let env = TestEnv::get();
+    let db = env.database("bk_fail");
+    seed(&db);
+    let s = Setup::new();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let good = s.list("pg")["backups"].clone();
+    let good_id = good[0]["id"].as_str().unwrap().to_owned();
+    let good_manifest = std::fs::read(local.join(format!("pg/{good_id}/manifest.json"))).unwrap();
+
+    // A pg_dump whose output is cut short but which exits 0: the read-back catches it.
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = Path::new(env.var("PG_BINDIR"));
+    for tool in ["pg_restore", "psql", "pg_dumpall"] {
+        std::os::unix::fs::symlink(real.join(tool), bin.join(tool)).unwrap();
+    }
+    let script = bin.join("pg_dump");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\"{}/pg_dump\" \"$@\" | head -c 40000\nexit 0\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&script).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sentinel = "sentinel-Pw-7f3a91";
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cases = [
+        (
+            pg_source(&db, "").replace(env.var("PG_BINDIR"), bin.to_str().unwrap()),
+            "verification failed",
+        ),
+        (
+            pg_source(&db, "").replace(
+                &format!("port: {}", env.var("PGPORT")),
+                &format!("port: {closed}"),
+            ),
+            "pg_dump failed",
+        ),
+        (
+            pg_source(&db, "").replace("pg-password", "wrong-password"),
+            "password authentication failed",
+        ),
+    ];
+    std::fs::write(s.path().join("credentials/wrong-password"), sentinel).unwrap();
+    for (source, want) in cases {
+        s.jobs(&job("pg", &source, &dest, ""));
+        let out = s.driftless(&["jobs", "run", "pg", "-o", "json"]);
+        assert!(!out.status.success(), "{want}");
+        let text = stderr(&out);
+        assert!(text.contains(want), "want {want:?} in {text}");
+        assert!(!text.contains(sentinel), "the password never shows: {text}");
+        for f in walk(&s.path().join("state")) {
+            let content = std::fs::read_to_string(&f).unwrap_or_default();
+            assert!(
+                !content.contains(sentinel),
+                "{} holds the password",
+                f.display()
+            );
+        }
+        // Earlier backups untouched; nothing of the failed run is left.
+        let listed = s.list("pg");
+        assert_eq!(listed["backups"], good, "{want}");
+        assert!(
+            listed["incomplete"].as_array().unwrap().is_empty(),
+            "{want}: {listed:#}"
+        );
+        assert_eq!(
+            std::fs::read(local.join(format!("pg/{good_id}/manifest.json"))).unwrap(),
+            good_manifest
+        );
+    }
+}
