@@ -180,11 +180,27 @@ struct Tools {
 }
 
 impl Tools {
+    /// Runs driftless on the stack in `dir`; each stack has its own instance (and state), so the
+    /// stacks of earlier rounds are not this run's orphans.
     fn driftless(&self, dir: &Path, args: &[&str]) -> (Duration, bool) {
+        let config = dir.join("driftless.yaml");
+        if !config.exists() {
+            let instance = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench");
+            std::fs::write(
+                &config,
+                format!(
+                    "instance: {instance}\nstateDir: {}\n",
+                    self.config
+                        .with_file_name(format!("state-{instance}"))
+                        .display()
+                ),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
         let t = Instant::now();
         let out = Command::new(&self.driftless)
             .arg("--config")
-            .arg(&self.config)
+            .arg(&config)
             .arg("--log-level")
             .arg("warn")
             .args(args)
@@ -198,8 +214,13 @@ impl Tools {
         let ok = out.status.code().is_some_and(|c| c == 0 || c == 1);
         if !ok {
             eprintln!(
-                "driftless {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "driftless {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains("error") || l.contains("rror:"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         (elapsed, ok)

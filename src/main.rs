@@ -152,7 +152,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let finished = runtime()?.block_on(async {
                 // Protection from live workloads needs the cluster; the job's runner says so
                 // if it cannot be reached.
-                let client = driftless::cluster::connect(&cluster_target(&config, &cluster)).await;
+                let client =
+                    driftless::cluster::connect_for_jobs(&cluster_target(&config, &cluster)).await;
                 if let Err(e) = &client {
                     tracing::warn!("cluster: {e}");
                 }
@@ -201,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 // Only a restore through a port-forward needs the cluster; it says so if missing.
                 let client = match &command {
                     driftless::cli::BackupCommand::Restore { cluster, .. } => {
-                        driftless::cluster::connect(&cluster_target(&config, cluster))
+                        driftless::cluster::connect_for_jobs(&cluster_target(&config, cluster))
                             .await
                             .ok()
                     }

@@ -385,11 +385,25 @@ impl StackContext<'_> {
             })
             .collect();
         let mut live_state = cluster::live::fetch(self.client, &self.stack.name, &wants).await?;
+        // Namespaces this sync creates: what goes into them cannot exist yet, and a dry-run there
+        // would only be refused (and cost the API server a namespace lookup).
+        let new_namespaces: BTreeSet<String> = objects
+            .iter()
+            .filter(|b| b.desired.key.kind == "Namespace" && b.desired.key.group.is_empty())
+            .filter(|b| matches!(live_state.get(&b.desired.key), Some(None)))
+            .map(|b| b.desired.key.name.clone())
+            .collect();
         let observed: Vec<_> = objects
             .iter()
             .map(|b| {
                 let live = live_state.remove(&b.desired.key).flatten();
-                self.observe(b, live)
+                let in_new_namespace = b
+                    .desired
+                    .key
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|n| new_namespaces.contains(n));
+                self.observe(b, live, in_new_namespace)
             })
             .collect();
         let observed: Vec<Result<Observed, ClusterError>> = futures::stream::iter(observed)
@@ -452,10 +466,17 @@ impl StackContext<'_> {
 
     /// One object's observation: unchanged since driftless applied it (no request), or its
     /// dry-run result.
-    async fn observe(&self, b: &Bound<'_>, live: Option<Value>) -> Result<Observed, ClusterError> {
+    async fn observe(
+        &self,
+        b: &Bound<'_>,
+        live: Option<Value>,
+        in_new_namespace: bool,
+    ) -> Result<Observed, ClusterError> {
         let key = &b.desired.key;
-        let Some(resolved) = &b.resolved else {
-            // The CRD comes with this revision: the server cannot dry-run it yet.
+        let resolved = b.resolved.as_ref().filter(|_| !in_new_namespace);
+        let Some(resolved) = resolved else {
+            // The CRD comes with this revision, or the namespace: the server cannot dry-run it
+            // yet; the change is the whole object.
             return Ok(Observed {
                 observation: Observation {
                     key: key.clone(),

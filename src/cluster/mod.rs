@@ -76,7 +76,33 @@ pub async fn connect_for_watches(target: &Target) -> Result<Client> {
     connect_with(target, None).await
 }
 
+/// A client for jobs: HTTP/1.1, because port-forwards and execs upgrade the connection (an
+/// HTTP/2 connection cannot), with the usual request timeout on everything else.
+pub async fn connect_for_jobs(target: &Target) -> Result<Client> {
+    let mut config = load_config(target).await?;
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config.reset_reader_on_write = true;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Client::try_from(config).map_err(Error::Connect)
+}
+
 async fn connect_with(target: &Target, timeout: Option<std::time::Duration>) -> Result<Client> {
+    let mut config = load_config(target).await?;
+    if config.proxy_url.is_none() && config.tls_server_name.is_none() {
+        return http2_client(config, timeout);
+    }
+    // Through a proxy or with a TLS server name override: kube's own HTTP/1.1 stack handles them.
+    if timeout.is_some() {
+        config.read_timeout = timeout;
+        config.write_timeout = timeout;
+        config.reset_reader_on_write = true;
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+    }
+    Client::try_from(config).map_err(Error::Connect)
+}
+
+async fn load_config(target: &Target) -> Result<Config> {
     let options = KubeConfigOptions {
         context: target.context.clone(),
         ..Default::default()
@@ -100,14 +126,47 @@ async fn connect_with(target: &Target, timeout: Option<std::time::Duration>) -> 
             .unwrap_or_else(|| "~/.kube/config".to_owned()),
         message: e.to_string(),
     })?;
-    let mut config = config;
-    if timeout.is_some() {
-        config.read_timeout = timeout;
-        config.write_timeout = timeout;
-        config.reset_reader_on_write = true;
-        config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    Ok(config)
+}
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A client that speaks HTTP/2 when the server offers it (as kubectl does): one TLS handshake
+/// and every request multiplexed on it, instead of a connection (and a handshake) per
+/// concurrent request. Authentication, impersonation headers and the base URL come from kube's
+/// own layers; `timeout` bounds each request.
+fn http2_client(config: Config, timeout: Option<std::time::Duration>) -> Result<Client> {
+    use kube::client::ConfigExt;
+    use tower::ServiceBuilder;
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Fails only when another thread installed one meanwhile: either way one is installed.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
-    Client::try_from(config).map_err(Error::Connect)
+    // ALPN (h2, then http/1.1) is set by the connector builder.
+    let tls = config.rustls_client_config().map_err(Error::Connect)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let hyper_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(Error::Connect)?)
+        .layer(config.extra_headers_layer().map_err(Error::Connect)?)
+        .option_layer(timeout.map(tower::timeout::TimeoutLayer::new))
+        .map_err(tower::BoxError::from)
+        .service(hyper_client);
+    Ok(Client::new(service, config.default_namespace))
 }
 
 /// A short human hint for common API errors.

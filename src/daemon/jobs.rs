@@ -155,7 +155,7 @@ fn skipped(shared: &Shared, due: &Due, why: &str) {
 async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
     // Protection needs the cluster; connecting per run keeps the task independent of the
     // reconcile loop. A job that needs the cluster fails its run when it is unreachable.
-    let client = crate::cluster::connect(&state.target).await;
+    let client = crate::cluster::connect_for_jobs(&state.target).await;
     if let Err(e) = &client {
         warn!(job = %job.name, "cluster: {e}");
     }
