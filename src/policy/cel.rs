@@ -1,0 +1,227 @@
+//! The CEL environment policies are compiled in, and the conversion of objects into CEL values.
+//!
+//! The environment is the `cel` crate's standard library with optional syntax (`.?`, `orValue`),
+//! its strings and lists extensions (as the API server enables them), and the few Kubernetes
+//! library functions the shipped policies need: `find`/`findAll` (regex library, with compiled
+//! patterns cached) and `isQuantity`. It is built once per `PolicySet`; programs are compiled
+//! once per expression.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, ExecutionError, Program, Value};
+use serde_json::Value as Json;
+
+/// Builds the environment every policy expression is compiled in.
+pub fn environment() -> Result<Env, cel::DeclarationError> {
+    let mut env = Env::stdlib();
+    env.add_extension(cel::extensions::strings)?;
+    env.add_extension(cel::extensions::lists)?;
+    cel::add_member_overload!(env, fn find: (CelString, CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn find_all: (CelString, CelString) -> Result<CelList>)?;
+    cel::add_overload!(env, fn is_quantity: (CelString) -> CelBool)?;
+    Ok(env)
+}
+
+/// Compiles one expression.
+pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
+    env.compile(source).map_err(|e| e.to_string())
+}
+
+/// Converts a JSON object into a CEL value once; evaluations borrow it.
+pub fn to_val(value: &Json) -> Box<dyn Val + 'static> {
+    match value {
+        Json::Null => Box::new(CelNull),
+        Json::Bool(b) => Box::new(CelBool::from(*b)),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        Json::String(s) => Box::new(CelString::from(s.clone())),
+        Json::Array(items) => Box::new(CelList::from(items.iter().map(to_val).collect::<Vec<_>>())),
+        Json::Object(map) => Box::new(CelMap::from(
+            map.iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
+                .collect::<HashMap<_, _>>(),
+        )),
+    }
+}
+
+/// Converts a CEL value (an evaluation result) into one that can be bound as a variable.
+pub fn value_to_val(value: Value) -> Result<Box<dyn Val + 'static>, ExecutionError> {
+    value.try_into()
+}
+
+/// The variables of one evaluation, borrowed from values converted once.
+#[derive(Clone, Copy)]
+pub struct Bindings<'a> {
+    pub object: &'a dyn Val,
+    pub old_object: &'a dyn Val,
+    pub request: &'a dyn Val,
+    pub params: &'a dyn Val,
+    pub namespace_object: &'a dyn Val,
+    pub variables: &'a dyn Val,
+}
+
+impl VariableResolver for Bindings<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let v: &'b dyn Val = match variable {
+            "object" => self.object,
+            "oldObject" => self.old_object,
+            "request" => self.request,
+            "params" => self.params,
+            "namespaceObject" => self.namespace_object,
+            "variables" => self.variables,
+            // `authorizer` is not available client-side: an expression using it errors, and
+            // its policy's failurePolicy decides.
+            _ => return None,
+        };
+        Some(CowVal::Borrowed(v))
+    }
+}
+
+/// Runs `program` with `bindings`.
+pub fn execute(
+    env: &Arc<Env>,
+    program: &Program,
+    bindings: &Bindings<'_>,
+) -> Result<Value, String> {
+    let mut context = Context::with_env(Arc::clone(env));
+    context.set_variable_resolver(bindings);
+    program.execute(&context).map_err(|e| describe(&e))
+}
+
+fn describe(e: &ExecutionError) -> String {
+    match e {
+        ExecutionError::UndeclaredReference(name) if name.as_str() == "authorizer" => {
+            "authorizer is not available when policies are evaluated by driftless".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Compiled regular expressions of `find`/`findAll`, by pattern (patterns come from policies,
+/// so the cache stays small).
+static REGEXES: LazyLock<Mutex<HashMap<String, Arc<regex::Regex>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn regex(function: &str, pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
+    let mut cache = REGEXES
+        .lock()
+        .map_err(|_| ExecutionError::function_error(function, "regex cache poisoned"))?;
+    if let Some(re) = cache.get(pattern) {
+        return Ok(Arc::clone(re));
+    }
+    let re = regex::Regex::new(pattern)
+        .map(Arc::new)
+        .map_err(|e| ExecutionError::function_error(function, format!("invalid regex: {e}")))?;
+    cache.insert(pattern.to_owned(), Arc::clone(&re));
+    Ok(re)
+}
+
+/// Kubernetes regex library: the first match, or the empty string.
+fn find(
+    this: &CelString<'_>,
+    pattern: &CelString<'_>,
+) -> Result<CelString<'static>, ExecutionError> {
+    let re = regex("find", pattern.inner())?;
+    Ok(CelString::from(
+        re.find(this.inner())
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Kubernetes regex library: every match.
+fn find_all(
+    this: &CelString<'_>,
+    pattern: &CelString<'_>,
+) -> Result<CelList<'static>, ExecutionError> {
+    let re = regex("findAll", pattern.inner())?;
+    let found: Vec<Box<dyn Val>> = re
+        .find_iter(this.inner())
+        .map(|m| Box::new(CelString::from(m.as_str().to_owned())) as Box<dyn Val>)
+        .collect();
+    Ok(CelList::from(found))
+}
+
+/// Kubernetes quantity library: whether the string is a resource quantity (`100m`, `1Gi`, `2e3`).
+fn is_quantity(this: &CelString<'_>) -> CelBool {
+    static QUANTITY: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
+        regex::Regex::new(
+            r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$",
+        )
+        .ok()
+    });
+    CelBool::from(
+        QUANTITY
+            .as_ref()
+            .is_some_and(|re| re.is_match(this.inner())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eval(expr: &str, object: Json) -> Result<Value, String> {
+        let env = Arc::new(environment().unwrap());
+        let program = compile(&env, expr).unwrap();
+        let object = to_val(&object);
+        let null = to_val(&Json::Null);
+        let b = Bindings {
+            object: object.as_ref(),
+            old_object: null.as_ref(),
+            request: null.as_ref(),
+            params: null.as_ref(),
+            namespace_object: null.as_ref(),
+            variables: null.as_ref(),
+        };
+        execute(&env, &program, &b)
+    }
+
+    #[test]
+    fn the_kubernetes_idioms_evaluate() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "localhost:30500/x/y:1"}], "replicas": 2}});
+        let cases: &[(&str, Value)] = &[
+            ("object.?spec.?replicas.orValue(1)", Value::Int(2)),
+            ("object.?spec.?missing.orValue(1)", Value::Int(1)),
+            ("has(object.spec.containers)", Value::Bool(true)),
+            (
+                "object.spec.containers.map(c, c.name).join(', ')",
+                Value::from("a"),
+            ),
+            (
+                "object.spec.containers[0].image.split('/')[0]",
+                Value::from("localhost:30500"),
+            ),
+            ("'abc-123'.find('[0-9]+')", Value::from("123")),
+            ("'a1b22'.findAll('[0-9]+').size()", Value::Int(2)),
+            (
+                "isQuantity('100m') && !isQuantity('lots')",
+                Value::Bool(true),
+            ),
+            ("'AbC'.lowerAscii().matches('^abc$')", Value::Bool(true)),
+            ("[1, 2] + [3] == [1, 2, 3]", Value::Bool(true)),
+            ("object.spec.replicas > 1", Value::Bool(true)),
+            ("'x' in ['x', 'y']", Value::Bool(true)),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(eval(expr, pod.clone()).as_ref(), Ok(want), "{expr}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_and_the_authorizer_are_errors() {
+        assert!(eval("object.spec.nothing == 1", json!({"spec": {}})).is_err());
+        let e = eval("authorizer.group('') != null", json!({})).unwrap_err();
+        assert!(e.contains("authorizer is not available"), "{e}");
+    }
+}

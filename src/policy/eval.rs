@@ -1,0 +1,554 @@
+//! Evaluation: for each desired object (and each workload's pod template), the bindings whose
+//! policy matches it; per param, the match conditions, variables and validations, with the
+//! API server's failurePolicy and message rules. Objects are converted to CEL values once,
+//! and only when some binding matches them.
+
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ::cel::Value as CelValue;
+use ::cel::common::types::{CelMap, CelMapKey};
+use ::cel::common::value::Val;
+use serde_json::{Value, json};
+
+use super::cel::{Bindings, execute, to_val, value_to_val};
+use super::matching::{Attributes, matches};
+use super::model::{FailurePolicy, ParameterNotFoundAction, labels_of};
+use super::resources::{crd_plurals, group_version, plural};
+use super::{Binding, CompiledPolicy, Finding, Param, PolicySet};
+use crate::stack::{ObjectKey, RenderedStack};
+
+/// A variable's name and its value, or why it has none.
+type VariableValue<'a> = (&'a str, Result<Box<dyn Val>, String>);
+
+/// One desired object to check, and the live object it would replace (UPDATE) if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub key: &'a ObjectKey,
+    pub api_version: &'a str,
+    pub object: &'a Value,
+    /// The file the object came from (for messages).
+    pub file: &'a Path,
+    /// The live object: the request is an UPDATE with it as `oldObject`; `None`: a CREATE.
+    pub live: Option<&'a Value>,
+}
+
+/// What the whole revision contributes to every evaluation: its Namespaces (namespaceSelector,
+/// `namespaceObject`) and the plural names its CRDs define.
+#[derive(Debug, Default)]
+pub struct RevisionIndex {
+    namespaces: BTreeMap<String, Value>,
+    plurals: BTreeMap<(String, String), String>,
+}
+
+impl RevisionIndex {
+    /// Indexes the desired objects of a revision.
+    pub fn new<'a>(objects: impl IntoIterator<Item = &'a Value> + Clone) -> RevisionIndex {
+        let namespaces = objects
+            .clone()
+            .into_iter()
+            .filter(|o| {
+                o.get("kind").and_then(Value::as_str) == Some("Namespace")
+                    && o.get("apiVersion").and_then(Value::as_str) == Some("v1")
+            })
+            .filter_map(|o| {
+                let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
+                let mut ns = o.clone();
+                add_name_label(&mut ns, &name);
+                Some((name, ns))
+            })
+            .collect();
+        RevisionIndex {
+            namespaces,
+            plurals: crd_plurals(objects),
+        }
+    }
+
+    /// Indexes every object of every stack.
+    pub fn of_stacks(stacks: &[RenderedStack]) -> RevisionIndex {
+        let objects: Vec<&Value> = stacks
+            .iter()
+            .flat_map(|s| s.objects.iter().map(|o| &o.object))
+            .collect();
+        RevisionIndex::new(objects.iter().copied())
+    }
+
+    /// The Namespace object named `name`: the desired one, or what the API server would have
+    /// for a namespace this revision does not declare (only its name label).
+    fn namespace(&self, name: &str) -> Value {
+        self.namespaces.get(name).cloned().unwrap_or_else(|| {
+            let mut ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            add_name_label(&mut ns, name);
+            ns
+        })
+    }
+}
+
+/// The API server labels every Namespace with its name.
+fn add_name_label(ns: &mut Value, name: &str) {
+    if let Some(meta) = ns.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert("kubernetes.io/metadata.name".into(), name.into());
+        }
+    }
+}
+
+/// Where workload kinds keep their pod template.
+fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
+    match (group, kind) {
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch", "Job")
+        | ("", "ReplicationController") => Some("/spec/template"),
+        ("batch", "CronJob") => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// A Pod as the workload's controller would create it from `template`.
+fn pod_from_template(template: &Value, name: &str, namespace: Option<&str>) -> Value {
+    let mut metadata = template
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(m) = metadata.as_object_mut() {
+        m.insert("name".into(), name.into());
+        if let Some(ns) = namespace {
+            m.insert("namespace".into(), ns.into());
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// One request as the evaluation sees it: attributes for matching, values converted on demand.
+struct Request<'a> {
+    group: &'a str,
+    version: &'a str,
+    kind: &'a str,
+    resource: String,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    object: &'a Value,
+    old: Option<&'a Value>,
+    labels: BTreeMap<String, String>,
+    old_labels: Option<BTreeMap<String, String>>,
+    namespace_labels: Option<BTreeMap<String, String>>,
+    namespace_object: Option<Value>,
+    converted: OnceCell<Converted>,
+}
+
+struct Converted {
+    object: Box<dyn Val>,
+    old: Box<dyn Val>,
+    request: Box<dyn Val>,
+    namespace_object: Box<dyn Val>,
+}
+
+impl<'a> Request<'a> {
+    fn new(
+        api_version: &'a str,
+        kind: &'a str,
+        name: &'a str,
+        namespace: Option<&'a str>,
+        object: &'a Value,
+        old: Option<&'a Value>,
+        index: &RevisionIndex,
+    ) -> Request<'a> {
+        let (group, version) = group_version(api_version);
+        let namespace_object = match (namespace, kind) {
+            (Some(ns), _) => Some(index.namespace(ns)),
+            (None, "Namespace") if group.is_empty() => None,
+            (None, _) => None,
+        };
+        let namespace_labels = match (&namespace_object, kind) {
+            (Some(ns), _) => Some(labels_of(ns)),
+            (None, "Namespace") if group.is_empty() => {
+                let mut l = labels_of(object);
+                l.insert("kubernetes.io/metadata.name".into(), name.into());
+                Some(l)
+            }
+            (None, _) => None,
+        };
+        Request {
+            group,
+            version,
+            kind,
+            resource: plural(group, kind, &index.plurals),
+            name,
+            namespace,
+            object,
+            old,
+            labels: labels_of(object),
+            old_labels: old.map(labels_of),
+            namespace_labels,
+            namespace_object,
+            converted: OnceCell::new(),
+        }
+    }
+
+    fn operation(&self) -> &'static str {
+        if self.old.is_some() {
+            "UPDATE"
+        } else {
+            "CREATE"
+        }
+    }
+
+    fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            group: self.group,
+            version: self.version,
+            resource: &self.resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation(),
+            labels: &self.labels,
+            old_labels: self.old_labels.as_ref(),
+            namespace_labels: self.namespace_labels.as_ref(),
+        }
+    }
+
+    fn converted(&self) -> &Converted {
+        self.converted.get_or_init(|| {
+            let kind = json!({"group": self.group, "version": self.version, "kind": self.kind});
+            let resource =
+                json!({"group": self.group, "version": self.version, "resource": self.resource});
+            let request = json!({
+                "uid": "",
+                "kind": kind, "requestKind": kind,
+                "resource": resource, "requestResource": resource,
+                "name": self.name,
+                "namespace": self.namespace.unwrap_or(""),
+                "operation": self.operation(),
+                "userInfo": {"username": "driftless"},
+                "dryRun": false,
+            });
+            Converted {
+                object: to_val(self.object),
+                old: to_val(self.old.unwrap_or(&Value::Null)),
+                request: to_val(&request),
+                namespace_object: to_val(self.namespace_object.as_ref().unwrap_or(&Value::Null)),
+            }
+        })
+    }
+}
+
+/// Who a finding is about.
+struct Target<'a> {
+    object: String,
+    file: &'a Path,
+    pod_template: Option<String>,
+}
+
+impl PolicySet {
+    /// Checks `subjects` against every binding. Returns the findings in subject order.
+    pub fn check(&self, subjects: &[Subject<'_>], index: &RevisionIndex) -> Vec<Finding> {
+        let mut out = Vec::new();
+        if self.bindings.is_empty() {
+            return out;
+        }
+        for s in subjects {
+            self.check_subject(s, index, &mut out);
+        }
+        out
+    }
+
+    /// Checks every object of `stack`; `live` gives the live object of a key, if it exists.
+    pub fn check_stack<'a>(
+        &self,
+        stack: &'a RenderedStack,
+        index: &RevisionIndex,
+        live: impl Fn(&ObjectKey) -> Option<&'a Value>,
+    ) -> Vec<Finding> {
+        let subjects: Vec<Subject<'_>> = stack
+            .objects
+            .iter()
+            .map(|o| Subject {
+                key: &o.key,
+                api_version: &o.api_version,
+                object: &o.object,
+                file: &o.place.file,
+                live: live(&o.key),
+            })
+            .collect();
+        self.check(&subjects, index)
+    }
+
+    fn check_subject(&self, s: &Subject<'_>, index: &RevisionIndex, out: &mut Vec<Finding>) {
+        let namespace = s.key.namespace.as_deref();
+        let request = Request::new(
+            s.api_version,
+            &s.key.kind,
+            &s.key.name,
+            namespace,
+            s.object,
+            s.live,
+            index,
+        );
+        let attributes = request.attributes();
+        let target = Target {
+            object: s.key.to_string(),
+            file: s.file,
+            pod_template: None,
+        };
+        let mut matched_natively = vec![false; self.bindings.len()];
+        for (i, binding) in self.bindings.iter().enumerate() {
+            if self.binding_matches(binding, &attributes) {
+                matched_natively[i] = true;
+                self.run(binding, &request, &target, out);
+            }
+        }
+        // Pod policies protect before the Pod exists: evaluate them against pod templates.
+        let Some(pointer) = pod_template_pointer(request.group, request.kind) else {
+            return;
+        };
+        let Some(template) = s.object.pointer(pointer) else {
+            return;
+        };
+        let pod = pod_from_template(template, &s.key.name, namespace);
+        let old_pod = s
+            .live
+            .and_then(|l| l.pointer(pointer))
+            .map(|t| pod_from_template(t, &s.key.name, namespace));
+        let pod_request = Request::new(
+            "v1",
+            "Pod",
+            &s.key.name,
+            namespace,
+            &pod,
+            old_pod.as_ref(),
+            index,
+        );
+        let pod_attributes = pod_request.attributes();
+        let target = Target {
+            pod_template: Some(pointer.trim_start_matches('/').replace('/', ".")),
+            ..target
+        };
+        for (i, binding) in self.bindings.iter().enumerate() {
+            if !matched_natively[i] && self.binding_matches(binding, &pod_attributes) {
+                self.run(binding, &pod_request, &target, out);
+            }
+        }
+    }
+
+    fn binding_matches(&self, binding: &Binding, attributes: &Attributes<'_>) -> bool {
+        let policy = &self.policies[binding.policy];
+        policy
+            .spec
+            .match_constraints
+            .as_ref()
+            .is_some_and(|m| matches(m, attributes, true))
+            && binding
+                .spec
+                .match_resources
+                .as_ref()
+                .is_none_or(|m| matches(m, attributes, false))
+    }
+
+    fn params_for(
+        &self,
+        policy: &CompiledPolicy,
+        binding: &Binding,
+        namespace: Option<&str>,
+    ) -> Vec<&Param> {
+        let (Some(kind), Some(r)) = (&policy.spec.param_kind, &binding.spec.param_ref) else {
+            return Vec::new();
+        };
+        let (group, _) = group_version(&kind.api_version);
+        let namespaced = crate::stack::render::is_namespaced(group, &kind.kind, &BTreeMap::new());
+        let ns = if namespaced {
+            r.namespace.as_deref().or(namespace)
+        } else {
+            None
+        };
+        self.params
+            .iter()
+            .filter(|p| p.api_version == kind.api_version && p.kind == kind.kind)
+            .filter(|p| !namespaced || p.namespace.as_deref() == ns)
+            .filter(|p| match (&r.name, &r.selector) {
+                (Some(name), _) => &p.name == name,
+                (None, Some(selector)) => selector.matches(&p.labels),
+                (None, None) => false,
+            })
+            .collect()
+    }
+
+    fn run(
+        &self,
+        binding: &Binding,
+        request: &Request<'_>,
+        target: &Target<'_>,
+        out: &mut Vec<Finding>,
+    ) {
+        let policy = &self.policies[binding.policy];
+        let finding = |validation: Option<usize>,
+                       expression: Option<&str>,
+                       reason: &str,
+                       message: String| Finding {
+            policy: policy.name.clone(),
+            binding: binding.name.clone(),
+            validation,
+            expression: expression.map(str::to_owned),
+            object: target.object.clone(),
+            file: target.file.to_owned(),
+            pod_template: target.pod_template.clone(),
+            actions: binding.spec.validation_actions.clone(),
+            reason: reason.to_owned(),
+            message,
+        };
+        let null = to_val(&Value::Null);
+        let params: Vec<Option<&Param>> = if policy.spec.param_kind.is_some() {
+            let found = self.params_for(policy, binding, request.namespace);
+            if found.is_empty() {
+                let action = binding
+                    .spec
+                    .param_ref
+                    .as_ref()
+                    .and_then(|r| r.parameter_not_found_action)
+                    .unwrap_or_default();
+                if action == ParameterNotFoundAction::Deny {
+                    out.push(finding(None, None, "Invalid", format!(
+                        "no params found for binding {} (paramRef of kind {}): add the param object to policies/, or set parameterNotFoundAction: Allow",
+                        binding.name,
+                        policy.spec.param_kind.as_ref().map_or("", |k| k.kind.as_str()),
+                    )));
+                }
+                return;
+            }
+            found.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let converted = request.converted();
+        for param in params {
+            let base = Bindings {
+                object: converted.object.as_ref(),
+                old_object: converted.old.as_ref(),
+                request: converted.request.as_ref(),
+                params: param.map_or(null.as_ref(), |p| p.value.as_ref()),
+                namespace_object: converted.namespace_object.as_ref(),
+                variables: null.as_ref(),
+            };
+            // Match conditions: any false → not matched; else any error → failurePolicy.
+            let mut error = None;
+            let mut matched = true;
+            for (name, c) in &policy.match_conditions {
+                match execute(&self.env, &c.program, &base) {
+                    Ok(CelValue::Bool(true)) => {}
+                    Ok(CelValue::Bool(false)) => {
+                        matched = false;
+                        break;
+                    }
+                    Ok(other) => {
+                        error.get_or_insert(format!(
+                            "matchCondition {name}: expected a bool, got {other:?}"
+                        ));
+                    }
+                    Err(e) => {
+                        error.get_or_insert(format!("matchCondition {name}: {e}"));
+                    }
+                }
+            }
+            if !matched {
+                continue;
+            }
+            if let Some(e) = error {
+                if policy.failure_policy == FailurePolicy::Fail {
+                    out.push(finding(
+                        None,
+                        None,
+                        "Invalid",
+                        format!("failed to evaluate {e}"),
+                    ));
+                }
+                continue;
+            }
+            // Variables, in order; each sees those before it.
+            let mut values: Vec<VariableValue<'_>> = Vec::new();
+            let mut map = variables_map(&values);
+            for (name, v) in &policy.variables {
+                let b = Bindings {
+                    variables: map.as_ref(),
+                    ..base
+                };
+                let value = execute(&self.env, &v.program, &b)
+                    .and_then(|v| value_to_val(v).map_err(|e| e.to_string()));
+                values.push((name.as_str(), value));
+                map = variables_map(&values);
+            }
+            let b = Bindings {
+                variables: map.as_ref(),
+                ..base
+            };
+            for (i, v) in policy.validations.iter().enumerate() {
+                let failure = match execute(&self.env, &v.expression.program, &b) {
+                    Ok(CelValue::Bool(true)) => continue,
+                    Ok(CelValue::Bool(false)) => None,
+                    Ok(other) => Some(format!("expected a bool, got {other:?}")),
+                    Err(e) => Some(variable_error(&v.expression.source, &values).unwrap_or(e)),
+                };
+                let message = match failure {
+                    None => message(&self.env, v, &b),
+                    Some(_) if policy.failure_policy == FailurePolicy::Ignore => continue,
+                    Some(e) => format!(
+                        "expression '{}' resulted in error: {e}",
+                        v.expression.source
+                    ),
+                };
+                out.push(finding(
+                    Some(i + 1),
+                    Some(&v.expression.source),
+                    &v.reason,
+                    message,
+                ));
+            }
+        }
+    }
+}
+
+/// The message of a failed validation, as the API server chooses it: a messageExpression that
+/// evaluates to a non-empty single-line string, else `message`, else the expression.
+fn message(
+    env: &std::sync::Arc<::cel::Env>,
+    v: &super::CompiledValidation,
+    b: &Bindings<'_>,
+) -> String {
+    if let Some(m) = &v.message_expression
+        && let Ok(CelValue::String(s)) = execute(env, &m.program, b)
+        && !s.trim().is_empty()
+        && !s.contains('\n')
+    {
+        return s.trim().to_owned();
+    }
+    v.message
+        .clone()
+        .unwrap_or_else(|| format!("failed expression: {}", v.expression.source))
+}
+
+/// When an expression failed because a variable it uses failed, that variable's error.
+fn variable_error(source: &str, values: &[VariableValue<'_>]) -> Option<String> {
+    values.iter().find_map(|(name, v)| match v {
+        Err(e) if source.contains(&format!("variables.{name}")) => {
+            Some(format!("variables.{name}: {e}"))
+        }
+        _ => None,
+    })
+}
+
+fn variables_map(values: &[VariableValue<'_>]) -> Box<dyn Val> {
+    let map: HashMap<CelMapKey, Box<dyn Val>> = values
+        .iter()
+        .filter_map(|(name, v)| {
+            let v = v.as_ref().ok()?;
+            Some((CelMapKey::from((*name).to_owned()), v.clone_as_boxed()))
+        })
+        .collect();
+    Box::new(CelMap::from(map))
+}
