@@ -107,8 +107,13 @@ impl Report {
         for r in &self.results {
             let status = if r.passed { "ok  " } else { "FAIL" };
             t.push_str(&format!(
-                "{status} {} — {} (expect {:?})\n",
-                r.policy, r.case, r.expect
+                "{status} {} — {} (expect {})\n",
+                r.policy,
+                r.case,
+                match r.expect {
+                    Expect::Admit => "admit",
+                    Expect::Deny => "deny",
+                }
             ));
             if let Some(p) = &r.problem {
                 t.push_str(&format!("     {p}\n"));
@@ -328,4 +333,109 @@ fn key_of(object: &Value) -> std::result::Result<ObjectKey, String> {
         namespace: text("/metadata/namespace").map(str::to_owned),
         name: name.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Document;
+
+    const POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints:
+    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}]
+  validations:
+    - {expression: "!has(object.data) || !('a' in object.data)", message: "key a is forbidden"}
+    - {expression: "!has(object.data) || !('b' in object.data)", message: "key b is forbidden"}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: p}
+spec: {policyName: p, validationActions: [Deny]}
+"#;
+
+    fn set() -> PolicySet {
+        let file = PathBuf::from("policies/p.yaml");
+        let docs = crate::yaml::parse_documents(&file, POLICY)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| Document {
+                file: file.clone(),
+                document: i + 1,
+                value,
+            })
+            .collect();
+        PolicySet::from_documents(docs).unwrap()
+    }
+
+    fn test(cases: &str) -> PolicyTest {
+        let text = format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: PolicyTest\npolicy: p\ncases:\n{cases}"
+        );
+        crate::yaml::parse_one(Path::new("policies/tests/p.yaml"), &text).unwrap()
+    }
+
+    const CM: &str = "apiVersion: v1, kind: ConfigMap, metadata: {name: c}";
+
+    #[test]
+    fn cases_pass_fail_and_coverage_is_required() {
+        let t = test(&format!(
+            "- {{name: clean, expect: admit, object: {{{CM}}}}}\n\
+             - {{name: a, expect: deny, validation: 1, message: key a, object: {{{CM}, data: {{a: x}}}}}}\n\
+             - {{name: wrong validation, expect: deny, validation: 2, object: {{{CM}, data: {{a: x}}}}}}\n\
+             - {{name: wrongly admitted, expect: admit, object: {{{CM}, data: {{a: x}}}}}}\n\
+             - {{name: not denied, expect: deny, object: {{{CM}}}}}\n"
+        ));
+        let report = run(&set(), &[t]);
+        let verdicts: Vec<(&str, bool)> = report
+            .results
+            .iter()
+            .map(|r| (r.case.as_str(), r.passed))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("clean", true),
+                ("a", true),
+                ("wrong validation", false),
+                ("wrongly admitted", false),
+                ("not denied", false)
+            ]
+        );
+        assert!(
+            report.results[2]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with(
+                    "expected a denial by validation 2, got: denied by policy p validation 1"
+                )),
+            "{:?}",
+            report.results[2].problem
+        );
+        assert_eq!(
+            report.coverage,
+            ["policy p validation 2 has no passing deny case"]
+        );
+        assert_eq!((report.passed(), report.failed()), (2, 4));
+        assert!(report.human().ends_with("2 passed, 4 failed\n"));
+    }
+
+    #[test]
+    fn fixture_secrets_lose_their_values_and_objects_get_a_namespace() {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"k": "czNudGluZWw="}, "stringData": {"k": "s3ntinel"}});
+        let o = fixture_object(&secret).unwrap();
+        assert_eq!(o["metadata"]["namespace"], DEFAULT_NAMESPACE);
+        assert!(o.get("data").is_none() && o.get("stringData").is_none());
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n", "namespace": "x"}});
+        assert!(
+            fixture_object(&ns).unwrap()["metadata"]
+                .get("namespace")
+                .is_none()
+        );
+    }
 }
