@@ -362,11 +362,13 @@ async fn a_denied_stack_applies_nothing_and_says_why() {
     std::fs::create_dir_all(repo.join("policies")).unwrap();
     copy_policies(&repo);
     const SENTINEL: &str = "s3ntinel-do-not-print";
+    // Stack names are cluster-wide (inventories): unique per run.
+    let (bad_name, good_name) = (unique_name("bad"), unique_name("good"));
     write(
         &repo,
         "stack/bad/stack.yaml",
         &format!(
-            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: bad}}\nspec: {{namespace: {}}}\n",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {bad_name}}}\nspec: {{namespace: {}}}\n",
             ns.name
         ),
     );
@@ -408,7 +410,7 @@ spec:
         &repo,
         "stack/good/stack.yaml",
         &format!(
-            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: good}}\nspec: {{namespace: {}}}\n",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {good_name}}}\nspec: {{namespace: {}}}\n",
             ok_ns.name
         ),
     );
@@ -440,11 +442,11 @@ spec:
     let stacks = report["stacks"].as_array().unwrap();
     let bad = stacks
         .iter()
-        .find(|s| s["stack"] == "bad")
+        .find(|s| s["stack"] == bad_name.as_str())
         .expect("bad stack");
     let good = stacks
         .iter()
-        .find(|s| s["stack"] == "good")
+        .find(|s| s["stack"] == good_name.as_str())
         .expect("good stack");
     assert_eq!(bad["applied"], false);
     assert_eq!(
@@ -452,7 +454,10 @@ spec:
         "an unrelated stack still syncs: {good}"
     );
     let error = bad["error"].as_str().unwrap();
-    assert!(error.contains("nothing of stack bad is applied"), "{error}");
+    assert!(
+        error.contains(&format!("nothing of stack {bad_name} is applied")),
+        "{error}"
+    );
     assert!(error.contains(&format!("denied by policy driftless-image-references validation 2 (binding driftless-image-references): Deployment/{}/web pod template spec.template (stack/bad/objects.yaml): container web (nginx:latest) uses the latest tag", ns.name)), "{error}");
     assert!(error.contains(&format!("denied by policy driftless-no-secrets-in-git validation 1 (binding driftless-no-secrets-in-git): Secret/{}/committed (stack/bad/objects.yaml)", ns.name)), "{error}");
     let findings = bad["policy"].as_array().unwrap();
@@ -485,7 +490,7 @@ spec:
     assert!(get("configmap/fine", &ok_ns.name).status.success());
 
     // The human report and `diff` say the same.
-    let out = driftless(&config, &["diff", "--stack", "bad"]);
+    let out = driftless(&config, &["diff", "--stack", &bad_name]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("denied by policy driftless-image-references validation 2"),

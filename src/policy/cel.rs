@@ -13,7 +13,6 @@ use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
 use cel::common::value::{CowVal, Val};
-use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program, Value};
 use serde_json::Value as Json;
 
@@ -53,48 +52,32 @@ pub fn to_val(value: &Json) -> Box<dyn Val + 'static> {
     }
 }
 
-/// Converts a CEL value (an evaluation result) into one that can be bound as a variable.
-pub fn value_to_val(value: Value) -> Result<Box<dyn Val + 'static>, ExecutionError> {
-    value.try_into()
-}
-
-/// The variables of one evaluation, borrowed from values converted once.
-#[derive(Clone, Copy)]
-pub struct Bindings<'a> {
-    pub object: &'a dyn Val,
-    pub old_object: &'a dyn Val,
-    pub request: &'a dyn Val,
-    pub params: &'a dyn Val,
-    pub namespace_object: &'a dyn Val,
-    pub variables: &'a dyn Val,
-}
-
-impl VariableResolver for Bindings<'_> {
-    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        let v: &'b dyn Val = match variable {
-            "object" => self.object,
-            "oldObject" => self.old_object,
-            "request" => self.request,
-            "params" => self.params,
-            "namespaceObject" => self.namespace_object,
-            "variables" => self.variables,
-            // `authorizer` is not available client-side: an expression using it errors, and
-            // its policy's failurePolicy decides.
-            _ => return None,
-        };
-        Some(CowVal::Borrowed(v))
-    }
-}
-
-/// Runs `program` with `bindings`.
-pub fn execute(
+/// A context whose variables are the given values: the root of one admission request's
+/// evaluations (`object`, `oldObject`, `request`, `namespaceObject`), converted once. Policies
+/// evaluate in child scopes of it that add `params` and `variables.<name>`.
+pub fn request_context(
     env: &Arc<Env>,
-    program: &Program,
-    bindings: &Bindings<'_>,
-) -> Result<Value, String> {
+    variables: Vec<(&str, Box<dyn Val + 'static>)>,
+) -> Context<'static, 'static> {
     let mut context = Context::with_env(Arc::clone(env));
-    context.set_variable_resolver(bindings);
-    program.execute(&context).map_err(|e| describe(&e))
+    for (name, value) in variables {
+        context.add_variable_as_val(name, value);
+    }
+    context
+}
+
+/// Evaluates `program` in `context`. The result borrows from the context where it can.
+pub fn evaluate<'e>(
+    program: &'e Program,
+    context: &'e Context<'_, 'static>,
+) -> Result<CowVal<'e, 'static>, String> {
+    Value::resolve_val(program.expression(), context).map_err(|e| describe(&e))
+}
+
+/// Evaluates `program` into a plain value (for bools and strings: cheap).
+pub fn execute(program: &Program, context: &Context<'_, 'static>) -> Result<Value, String> {
+    let v = evaluate(program, context)?;
+    Value::try_from(v.as_ref()).map_err(|e| describe(&e))
 }
 
 fn describe(e: &ExecutionError) -> String {
@@ -174,17 +157,8 @@ mod tests {
     fn eval(expr: &str, object: Json) -> Result<Value, String> {
         let env = Arc::new(environment().unwrap());
         let program = compile(&env, expr).unwrap();
-        let object = to_val(&object);
-        let null = to_val(&Json::Null);
-        let b = Bindings {
-            object: object.as_ref(),
-            old_object: null.as_ref(),
-            request: null.as_ref(),
-            params: null.as_ref(),
-            namespace_object: null.as_ref(),
-            variables: null.as_ref(),
-        };
-        execute(&env, &program, &b)
+        let context = request_context(&env, vec![("object", to_val(&object))]);
+        execute(&program, &context)
     }
 
     #[test]

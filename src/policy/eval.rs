@@ -4,23 +4,18 @@
 //! and only when some binding matches them.
 
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ::cel::Value as CelValue;
-use ::cel::common::types::{CelMap, CelMapKey};
-use ::cel::common::value::Val;
 use serde_json::{Value, json};
 
-use super::cel::{Bindings, execute, to_val, value_to_val};
+use super::cel::{evaluate, execute, request_context, to_val};
 use super::matching::{Attributes, matches};
 use super::model::{FailurePolicy, ParameterNotFoundAction, labels_of};
 use super::resources::{crd_plurals, group_version, plural};
 use super::{Binding, CompiledPolicy, Finding, Param, PolicySet};
 use crate::stack::{ObjectKey, RenderedStack};
-
-/// A variable's name and its value, or why it has none.
-type VariableValue<'a> = (&'a str, Result<Box<dyn Val>, String>);
 
 /// One desired object to check, and the live object it would replace (UPDATE) if any.
 #[derive(Debug, Clone, Copy)]
@@ -141,14 +136,8 @@ struct Request<'a> {
     old_labels: Option<BTreeMap<String, String>>,
     namespace_labels: Option<BTreeMap<String, String>>,
     namespace_object: Option<Value>,
-    converted: OnceCell<Converted>,
-}
-
-struct Converted {
-    object: Box<dyn Val>,
-    old: Box<dyn Val>,
-    request: Box<dyn Val>,
-    namespace_object: Box<dyn Val>,
+    /// The request's values converted once, as the root of every evaluation's context.
+    context: OnceCell<::cel::Context<'static, 'static>>,
 }
 
 impl<'a> Request<'a> {
@@ -189,7 +178,7 @@ impl<'a> Request<'a> {
             old_labels: old.map(labels_of),
             namespace_labels,
             namespace_object,
-            converted: OnceCell::new(),
+            context: OnceCell::new(),
         }
     }
 
@@ -215,8 +204,8 @@ impl<'a> Request<'a> {
         }
     }
 
-    fn converted(&self) -> &Converted {
-        self.converted.get_or_init(|| {
+    fn context(&self, env: &std::sync::Arc<::cel::Env>) -> &::cel::Context<'static, 'static> {
+        self.context.get_or_init(|| {
             let kind = json!({"group": self.group, "version": self.version, "kind": self.kind});
             let resource =
                 json!({"group": self.group, "version": self.version, "resource": self.resource});
@@ -230,12 +219,18 @@ impl<'a> Request<'a> {
                 "userInfo": {"username": "driftless"},
                 "dryRun": false,
             });
-            Converted {
-                object: to_val(self.object),
-                old: to_val(self.old.unwrap_or(&Value::Null)),
-                request: to_val(&request),
-                namespace_object: to_val(self.namespace_object.as_ref().unwrap_or(&Value::Null)),
-            }
+            request_context(
+                env,
+                vec![
+                    ("object", to_val(self.object)),
+                    ("oldObject", to_val(self.old.unwrap_or(&Value::Null))),
+                    ("request", to_val(&request)),
+                    (
+                        "namespaceObject",
+                        to_val(self.namespace_object.as_ref().unwrap_or(&Value::Null)),
+                    ),
+                ],
+            )
         })
     }
 }
@@ -413,7 +408,6 @@ impl PolicySet {
             reason: reason.to_owned(),
             message,
         };
-        let null = to_val(&Value::Null);
         let params: Vec<Option<&Param>> = if policy.spec.param_kind.is_some() {
             let found = self.params_for(policy, binding, request.namespace);
             if found.is_empty() {
@@ -436,21 +430,18 @@ impl PolicySet {
         } else {
             vec![None]
         };
-        let converted = request.converted();
+        let root = request.context(&self.env);
         for param in params {
-            let base = Bindings {
-                object: converted.object.as_ref(),
-                old_object: converted.old.as_ref(),
-                request: converted.request.as_ref(),
-                params: param.map_or(null.as_ref(), |p| p.value.as_ref()),
-                namespace_object: converted.namespace_object.as_ref(),
-                variables: null.as_ref(),
-            };
+            let mut scope = root.new_inner_scope();
+            scope.add_variable_as_val(
+                "params",
+                param.map_or_else(|| to_val(&Value::Null), |p| p.value.clone_as_boxed()),
+            );
             // Match conditions: any false → not matched; else any error → failurePolicy.
             let mut error = None;
             let mut matched = true;
             for (name, c) in &policy.match_conditions {
-                match execute(&self.env, &c.program, &base) {
+                match execute(&c.program, &scope) {
                     Ok(CelValue::Bool(true)) => {}
                     Ok(CelValue::Bool(false)) => {
                         matched = false;
@@ -480,32 +471,23 @@ impl PolicySet {
                 }
                 continue;
             }
-            // Variables, in order; each sees those before it.
-            let mut values: Vec<VariableValue<'_>> = Vec::new();
-            let mut map = variables_map(&values);
+            // Variables, in order; each sees those before it as `variables.<name>`.
+            let mut failed: Vec<(&str, String)> = Vec::new();
             for (name, v) in &policy.variables {
-                let b = Bindings {
-                    variables: map.as_ref(),
-                    ..base
-                };
-                let value = execute(&self.env, &v.program, &b)
-                    .and_then(|v| value_to_val(v).map_err(|e| e.to_string()));
-                values.push((name.as_str(), value));
-                map = variables_map(&values);
+                match evaluate(&v.program, &scope).map(|value| value.into_owned()) {
+                    Ok(value) => scope.add_variable_as_val(format!("variables.{name}"), value),
+                    Err(e) => failed.push((name, e)),
+                }
             }
-            let b = Bindings {
-                variables: map.as_ref(),
-                ..base
-            };
             for (i, v) in policy.validations.iter().enumerate() {
-                let failure = match execute(&self.env, &v.expression.program, &b) {
+                let failure = match execute(&v.expression.program, &scope) {
                     Ok(CelValue::Bool(true)) => continue,
                     Ok(CelValue::Bool(false)) => None,
                     Ok(other) => Some(format!("expected a bool, got {other:?}")),
-                    Err(e) => Some(variable_error(&v.expression.source, &values).unwrap_or(e)),
+                    Err(e) => Some(variable_error(&v.expression.source, &failed).unwrap_or(e)),
                 };
                 let message = match failure {
-                    None => message(&self.env, v, &b),
+                    None => message(v, &scope),
                     Some(_) if policy.failure_policy == FailurePolicy::Ignore => continue,
                     Some(e) => format!(
                         "expression '{}' resulted in error: {e}",
@@ -525,13 +507,9 @@ impl PolicySet {
 
 /// The message of a failed validation, as the API server chooses it: a messageExpression that
 /// evaluates to a non-empty single-line string, else `message`, else the expression.
-fn message(
-    env: &std::sync::Arc<::cel::Env>,
-    v: &super::CompiledValidation,
-    b: &Bindings<'_>,
-) -> String {
+fn message(v: &super::CompiledValidation, scope: &::cel::Context<'_, 'static>) -> String {
     if let Some(m) = &v.message_expression
-        && let Ok(CelValue::String(s)) = execute(env, &m.program, b)
+        && let Ok(CelValue::String(s)) = execute(&m.program, scope)
         && !s.trim().is_empty()
         && !s.contains('\n')
     {
@@ -543,22 +521,10 @@ fn message(
 }
 
 /// When an expression failed because a variable it uses failed, that variable's error.
-fn variable_error(source: &str, values: &[VariableValue<'_>]) -> Option<String> {
-    values.iter().find_map(|(name, v)| match v {
-        Err(e) if source.contains(&format!("variables.{name}")) => {
-            Some(format!("variables.{name}: {e}"))
-        }
-        _ => None,
+fn variable_error(source: &str, failed: &[(&str, String)]) -> Option<String> {
+    failed.iter().find_map(|(name, e)| {
+        source
+            .contains(&format!("variables.{name}"))
+            .then(|| format!("variables.{name}: {e}"))
     })
-}
-
-fn variables_map(values: &[VariableValue<'_>]) -> Box<dyn Val> {
-    let map: HashMap<CelMapKey, Box<dyn Val>> = values
-        .iter()
-        .filter_map(|(name, v)| {
-            let v = v.as_ref().ok()?;
-            Some((CelMapKey::from((*name).to_owned()), v.clone_as_boxed()))
-        })
-        .collect();
-    Box::new(CelMap::from(map))
 }
