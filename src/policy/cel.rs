@@ -9,10 +9,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use cel::common::traits::{
+    Adder, Comparer, Container as CelContainer, Indexer, Iterable, Sizer, Zeroer,
+};
+use cel::common::types::Type;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
-use cel::common::value::{CowVal, Val};
+use cel::common::value::{Builtin, BuiltinRef, CowVal, Val};
 use cel::{Context, Env, ExecutionError, Program, Value};
 use serde_json::Value as Json;
 
@@ -32,7 +36,10 @@ pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
     env.compile(source).map_err(|e| e.to_string())
 }
 
-/// Converts a JSON object into a CEL value once; evaluations borrow it.
+/// Converts a JSON object into a CEL value once; evaluations borrow it. Strings, lists and maps
+/// are shared (`Shared`): CEL copies a value each time a comprehension binds it (`c` in
+/// `containers.all(c, ...)`) or a list concatenation takes it, and for an object tree a deep copy
+/// per binding is what dominates evaluation time otherwise.
 pub fn to_val(value: &Json) -> Box<dyn Val + 'static> {
     match value {
         Json::Null => Box::new(CelNull),
@@ -42,13 +49,114 @@ pub fn to_val(value: &Json) -> Box<dyn Val + 'static> {
             (None, Some(u)) => Box::new(CelUInt::from(u)),
             _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        Json::String(s) => Box::new(CelString::from(s.clone())),
-        Json::Array(items) => Box::new(CelList::from(items.iter().map(to_val).collect::<Vec<_>>())),
-        Json::Object(map) => Box::new(CelMap::from(
+        Json::String(s) => Box::new(Shared(Arc::new(CelString::from(s.clone())))),
+        Json::Array(items) => Box::new(Shared(Arc::new(CelList::from(
+            items.iter().map(to_val).collect::<Vec<_>>(),
+        )))),
+        Json::Object(map) => Box::new(Shared(Arc::new(CelMap::from(
             map.iter()
                 .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
                 .collect::<HashMap<_, _>>(),
-        )),
+        )))),
+    }
+}
+
+/// A CEL map of the given entries (shared as `to_val`'s maps are).
+pub fn map_val(entries: Vec<(&str, Box<dyn Val + 'static>)>) -> Box<dyn Val + 'static> {
+    Box::new(Shared(Arc::new(CelMap::from(
+        entries
+            .into_iter()
+            .map(|(k, v)| (CelMapKey::from(k.to_owned()), v))
+            .collect::<HashMap<_, _>>(),
+    ))))
+}
+
+/// A CEL string (shared as `to_val`'s strings are).
+pub fn string_val(s: &str) -> Box<dyn Val + 'static> {
+    Box::new(Shared(Arc::new(CelString::from(s.to_owned()))))
+}
+
+/// A CEL value behind an `Arc`: copying it is a reference count. Every operation is the inner
+/// value's own (the wrapper presents itself as the built-in it holds).
+#[derive(Debug)]
+struct Shared<T>(Arc<T>);
+
+impl<T: Val + Clone + 'static> Val for Shared<T> {
+    fn get_type(&self) -> &Type {
+        self.0.get_type()
+    }
+
+    fn cel_type() -> &'static Type {
+        T::cel_type()
+    }
+
+    fn as_adder<'b, 'v>(&'b self) -> Option<&'b (dyn Adder + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_adder()
+    }
+
+    fn as_comparer(&self) -> Option<&dyn Comparer> {
+        self.0.as_comparer()
+    }
+
+    fn as_container(&self) -> Option<&dyn CelContainer> {
+        self.0.as_container()
+    }
+
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_indexer()
+    }
+
+    fn into_indexer<'v>(self: Box<Self>) -> Option<Box<dyn Indexer + 'v>>
+    where
+        Self: 'v,
+    {
+        Box::new(Arc::unwrap_or_clone(self.0)).into_indexer()
+    }
+
+    fn as_iterable<'b, 'v>(&'b self) -> Option<&'b (dyn Iterable + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_iterable()
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        self.0.as_sizer()
+    }
+
+    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+        self.0.as_zeroer()
+    }
+
+    fn equals(&self, other: &dyn Val) -> bool {
+        self.0.equals(other)
+    }
+
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(Shared(Arc::clone(&self.0)))
+    }
+
+    fn as_builtin<'b, 'v>(&'b self) -> BuiltinRef<'b, 'v>
+    where
+        Self: 'v,
+    {
+        self.0.as_builtin()
+    }
+
+    fn into_builtin<'v>(self: Box<Self>) -> Option<Builtin<'v>>
+    where
+        Self: 'v,
+    {
+        Box::new(Arc::unwrap_or_clone(self.0)).into_builtin()
     }
 }
 

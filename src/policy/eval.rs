@@ -3,19 +3,28 @@
 //! API server's failurePolicy and message rules. Objects are converted to CEL values once,
 //! and only when some binding matches them.
 
-use std::cell::OnceCell;
-use std::collections::BTreeMap;
+use std::cell::{OnceCell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use ::cel::Value as CelValue;
+use ::cel::common::value::Val;
 use serde_json::{Value, json};
 
-use super::cel::{evaluate, execute, request_context, to_val};
+use super::cel::{evaluate, execute, map_val, request_context, string_val, to_val};
 use super::matching::{Attributes, matches};
 use super::model::{FailurePolicy, ParameterNotFoundAction, labels_of};
 use super::resources::{crd_plurals, group_version, plural};
 use super::{Binding, CompiledPolicy, Finding, Param, PolicySet};
 use crate::stack::{ObjectKey, RenderedStack};
+
+/// A variable's value, or why it has none.
+type VariableValue = Result<Box<dyn Val>, String>;
+
+/// From this many subjects on, `check` uses several threads.
+const PARALLEL_FROM: usize = 64;
+/// At most this many threads.
+const MAX_THREADS: usize = 8;
 
 /// One desired object to check, and the live object it would replace (UPDATE) if any.
 #[derive(Debug, Clone, Copy)]
@@ -102,24 +111,53 @@ fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
     }
 }
 
-/// A Pod as the workload's controller would create it from `template`.
-fn pod_from_template(template: &Value, name: &str, namespace: Option<&str>) -> Value {
-    let mut metadata = template
-        .get("metadata")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    if let Some(m) = metadata.as_object_mut() {
-        m.insert("name".into(), name.into());
-        if let Some(ns) = namespace {
-            m.insert("namespace".into(), ns.into());
+/// What a request's object is made from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The object itself.
+    Object(&'a Value),
+    /// A workload's pod template: the Pod its controller would create (named after the
+    /// workload), built without copying the template.
+    PodTemplate(&'a Value),
+}
+
+impl<'a> Source<'a> {
+    /// JSON whose `/metadata/labels` are the object's labels.
+    fn json(self) -> &'a Value {
+        match self {
+            Source::Object(v) | Source::PodTemplate(v) => v,
         }
     }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
-    })
+
+    fn to_val(self, name: &str, namespace: Option<&str>) -> Box<dyn Val> {
+        let template = match self {
+            Source::Object(v) => return to_val(v),
+            Source::PodTemplate(t) => t,
+        };
+        let mut metadata: Vec<(&str, Box<dyn Val>)> = template
+            .get("metadata")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "name" | "namespace"))
+            .map(|(k, v)| (k.as_str(), to_val(v)))
+            .collect();
+        metadata.push(("name", string_val(name)));
+        if let Some(ns) = namespace {
+            metadata.push(("namespace", string_val(ns)));
+        }
+        map_val(vec![
+            ("apiVersion", string_val("v1")),
+            ("kind", string_val("Pod")),
+            ("metadata", map_val(metadata)),
+            (
+                "spec",
+                template
+                    .get("spec")
+                    .map_or_else(|| map_val(Vec::new()), to_val),
+            ),
+        ])
+    }
 }
 
 /// One request as the evaluation sees it: attributes for matching, values converted on demand.
@@ -130,14 +168,16 @@ struct Request<'a> {
     resource: String,
     name: &'a str,
     namespace: Option<&'a str>,
-    object: &'a Value,
-    old: Option<&'a Value>,
+    object: Source<'a>,
+    old: Option<Source<'a>>,
     labels: BTreeMap<String, String>,
     old_labels: Option<BTreeMap<String, String>>,
     namespace_labels: Option<BTreeMap<String, String>>,
     namespace_object: Option<Value>,
     /// The request's values converted once, as the root of every evaluation's context.
     context: OnceCell<::cel::Context<'static, 'static>>,
+    /// Values of request-only variables, by expression (see `Compiled::request_only`).
+    shared_variables: RefCell<HashMap<String, VariableValue>>,
 }
 
 impl<'a> Request<'a> {
@@ -146,8 +186,8 @@ impl<'a> Request<'a> {
         kind: &'a str,
         name: &'a str,
         namespace: Option<&'a str>,
-        object: &'a Value,
-        old: Option<&'a Value>,
+        object: Source<'a>,
+        old: Option<Source<'a>>,
         index: &RevisionIndex,
     ) -> Request<'a> {
         let (group, version) = group_version(api_version);
@@ -159,7 +199,7 @@ impl<'a> Request<'a> {
         let namespace_labels = match (&namespace_object, kind) {
             (Some(ns), _) => Some(labels_of(ns)),
             (None, "Namespace") if group.is_empty() => {
-                let mut l = labels_of(object);
+                let mut l = labels_of(object.json());
                 l.insert("kubernetes.io/metadata.name".into(), name.into());
                 Some(l)
             }
@@ -174,11 +214,12 @@ impl<'a> Request<'a> {
             namespace,
             object,
             old,
-            labels: labels_of(object),
-            old_labels: old.map(labels_of),
+            labels: labels_of(object.json()),
+            old_labels: old.map(|o| labels_of(o.json())),
             namespace_labels,
             namespace_object,
             context: OnceCell::new(),
+            shared_variables: RefCell::new(HashMap::new()),
         }
     }
 
@@ -206,25 +247,47 @@ impl<'a> Request<'a> {
 
     fn context(&self, env: &std::sync::Arc<::cel::Env>) -> &::cel::Context<'static, 'static> {
         self.context.get_or_init(|| {
-            let kind = json!({"group": self.group, "version": self.version, "kind": self.kind});
-            let resource =
-                json!({"group": self.group, "version": self.version, "resource": self.resource});
-            let request = json!({
-                "uid": "",
-                "kind": kind, "requestKind": kind,
-                "resource": resource, "requestResource": resource,
-                "name": self.name,
-                "namespace": self.namespace.unwrap_or(""),
-                "operation": self.operation(),
-                "userInfo": {"username": "driftless"},
-                "dryRun": false,
-            });
+            let kind = || {
+                map_val(vec![
+                    ("group", string_val(self.group)),
+                    ("version", string_val(self.version)),
+                    ("kind", string_val(self.kind)),
+                ])
+            };
+            let resource = || {
+                map_val(vec![
+                    ("group", string_val(self.group)),
+                    ("version", string_val(self.version)),
+                    ("resource", string_val(&self.resource)),
+                ])
+            };
+            let request = map_val(vec![
+                ("uid", string_val("")),
+                ("kind", kind()),
+                ("requestKind", kind()),
+                ("resource", resource()),
+                ("requestResource", resource()),
+                ("name", string_val(self.name)),
+                ("namespace", string_val(self.namespace.unwrap_or(""))),
+                ("operation", string_val(self.operation())),
+                (
+                    "userInfo",
+                    map_val(vec![("username", string_val("driftless"))]),
+                ),
+                ("dryRun", to_val(&Value::Bool(false))),
+            ]);
             request_context(
                 env,
                 vec![
-                    ("object", to_val(self.object)),
-                    ("oldObject", to_val(self.old.unwrap_or(&Value::Null))),
-                    ("request", to_val(&request)),
+                    ("object", self.object.to_val(self.name, self.namespace)),
+                    (
+                        "oldObject",
+                        self.old.map_or_else(
+                            || to_val(&Value::Null),
+                            |o| o.to_val(self.name, self.namespace),
+                        ),
+                    ),
+                    ("request", request),
                     (
                         "namespaceObject",
                         to_val(self.namespace_object.as_ref().unwrap_or(&Value::Null)),
@@ -244,15 +307,45 @@ struct Target<'a> {
 
 impl PolicySet {
     /// Checks `subjects` against every binding. Returns the findings in subject order.
+    ///
+    /// Subjects are independent, so large sets are split across the machine's cores (scoped
+    /// threads; nothing is shared but the compiled policies).
     pub fn check(&self, subjects: &[Subject<'_>], index: &RevisionIndex) -> Vec<Finding> {
-        let mut out = Vec::new();
         if self.bindings.is_empty() {
+            return Vec::new();
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_THREADS);
+        if threads == 1 || subjects.len() < PARALLEL_FROM {
+            let mut out = Vec::new();
+            for s in subjects {
+                self.check_subject(s, index, &mut out);
+            }
             return out;
         }
-        for s in subjects {
-            self.check_subject(s, index, &mut out);
-        }
-        out
+        let chunk = subjects.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = subjects
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for s in part {
+                            self.check_subject(s, index, &mut out);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    // A panic in a worker is re-raised here, as it would be without threads.
+                    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+                .collect()
+        })
     }
 
     /// Checks every object of `stack`; `live` gives the live object of a key, if it exists.
@@ -293,8 +386,8 @@ impl PolicySet {
             &s.key.kind,
             &s.key.name,
             namespace,
-            s.object,
-            s.live,
+            Source::Object(s.object),
+            s.live.map(Source::Object),
             index,
         );
         let attributes = request.attributes();
@@ -317,18 +410,14 @@ impl PolicySet {
         let Some(template) = s.object.pointer(pointer) else {
             return;
         };
-        let pod = pod_from_template(template, &s.key.name, namespace);
-        let old_pod = s
-            .live
-            .and_then(|l| l.pointer(pointer))
-            .map(|t| pod_from_template(t, &s.key.name, namespace));
+        let old_template = s.live.and_then(|l| l.pointer(pointer));
         let pod_request = Request::new(
             "v1",
             "Pod",
             &s.key.name,
             namespace,
-            &pod,
-            old_pod.as_ref(),
+            Source::PodTemplate(template),
+            old_template.map(Source::PodTemplate),
             index,
         );
         let pod_attributes = pod_request.attributes();
@@ -474,7 +563,21 @@ impl PolicySet {
             // Variables, in order; each sees those before it as `variables.<name>`.
             let mut failed: Vec<(&str, String)> = Vec::new();
             for (name, v) in &policy.variables {
-                match evaluate(&v.program, &scope).map(|value| value.into_owned()) {
+                let cached = v
+                    .request_only
+                    .then(|| request.shared_variables.borrow().get(&v.source).cloned())
+                    .flatten();
+                let value = cached.unwrap_or_else(|| {
+                    let value = evaluate(&v.program, &scope).map(|value| value.into_owned());
+                    if v.request_only {
+                        request
+                            .shared_variables
+                            .borrow_mut()
+                            .insert(v.source.clone(), value.clone());
+                    }
+                    value
+                });
+                match value {
                     Ok(value) => scope.add_variable_as_val(format!("variables.{name}"), value),
                     Err(e) => failed.push((name, e)),
                 }

@@ -91,6 +91,10 @@ pub struct Document {
 struct Compiled {
     source: String,
     program: ::cel::Program,
+    /// Whether the value depends only on the request (not on `params` or other variables): such
+    /// a variable's value is computed once per request and shared by every policy declaring the
+    /// same expression (the baseline's `containers`).
+    request_only: bool,
 }
 
 struct CompiledValidation {
@@ -349,9 +353,15 @@ impl PolicySet {
         }
         let compile = |field: String, source: &str| -> Result<Compiled> {
             cel::compile(&self.env, source)
-                .map(|program| Compiled {
-                    source: source.to_owned(),
-                    program,
+                .map(|program| {
+                    let refs = program.references();
+                    let request_only =
+                        !refs.has_variable("params") && !refs.has_variable("variables");
+                    Compiled {
+                        source: source.to_owned(),
+                        program,
+                        request_only,
+                    }
                 })
                 .map_err(|message| Error::Expression {
                     file: doc.file.clone(),
