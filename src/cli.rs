@@ -147,6 +147,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Policies (`policies/`): run their test fixtures.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Backups: list what exists, restore one.
     Backup {
         #[command(subcommand)]
@@ -176,6 +181,20 @@ pub enum JobsCommand {
         source: SourceArgs,
         #[command(flatten)]
         cluster: ClusterArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+}
+
+/// `driftless policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check every policy against its fixtures in `policies/tests/` (exit 0: all pass, 2: a
+    /// case failed or a validation lacks an admit or deny case).
+    Test {
+        /// Repository root holding `policies/` (default: the current directory).
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -247,6 +266,9 @@ impl Command {
             Command::Jobs {
                 command: JobsCommand::Run { .. },
             } => "jobs run",
+            Command::Policy {
+                command: PolicyCommand::Test { .. },
+            } => "policy test",
             Command::Backup {
                 command: BackupCommand::List { .. },
             } => "backup list",
@@ -293,6 +315,10 @@ mod tests {
                 "jobs run",
             ),
             (&["driftless", "backup", "list"], "backup list"),
+            (
+                &["driftless", "policy", "test", "--path", "."],
+                "policy test",
+            ),
             (
                 &["driftless", "backup", "restore", "pg", "20260101T000000Z"],
                 "backup restore",

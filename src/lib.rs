@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod logging;
 pub mod output;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod registry;
 pub mod server;

@@ -41,8 +41,31 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { source, output } => {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
-            print_validation(&d.stacks, &d.jobs, d.secrets_checked, output);
-            Ok(EXIT_OK)
+            let findings = d.policies.check_offline(&d.stacks);
+            print_validation(&d.stacks, &d.jobs, d.secrets_checked, &findings, output);
+            let denied = findings.iter().flat_map(|(_, f)| f).any(|f| f.denies());
+            Ok(if denied { EXIT_ERROR } else { EXIT_OK })
+        }
+        Command::Policy {
+            command: driftless::cli::PolicyCommand::Test { path, output },
+        } => {
+            let policies = driftless::policy::load_policies(&path)?;
+            let tests = driftless::policy::fixtures::load_tests(
+                &path,
+                &path.join(driftless::policy::POLICY_DIR).join("tests"),
+            )?;
+            let report = driftless::policy::fixtures::run(&policies, &tests);
+            match output {
+                OutputFormat::Json => {
+                    emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+                }
+                OutputFormat::Human => emit(&report.human()),
+            }
+            Ok(if report.failed() == 0 {
+                EXIT_OK
+            } else {
+                EXIT_ERROR
+            })
         }
         Command::Diff {
             source,
@@ -50,9 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output,
         } => {
             let config = HostConfig::load(&config_path, false)?;
-            let (stacks, _) = render(&config, &source, false)?;
+            let d = load_desired(&config, &source, false)?;
+            let stacks = d.stacks;
             let options = reconcile::Options {
                 dry_run: true,
+                policies: Some(std::sync::Arc::new(d.policies)),
                 only: source.stacks.clone(),
                 instance: config.instance(),
                 secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
@@ -83,9 +108,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output,
         } => {
             let config = HostConfig::load(&config_path, false)?;
-            let (stacks, _) = render(&config, &source, false)?;
+            let d = load_desired(&config, &source, false)?;
+            let stacks = d.stacks;
             let options = reconcile::Options {
                 dry_run,
+                policies: Some(std::sync::Arc::new(d.policies)),
                 force_prune: prune,
                 allow_mass_prune: allow_mass_prune || config.prune.allow_mass_prune,
                 max_prune_share: config.prune.max_share,
@@ -234,19 +261,12 @@ struct Desired {
     /// Whether host secrets were read (validation without a credentials directory uses empty
     /// stand-ins).
     secrets_checked: bool,
+    /// `policies/` of the revision, compiled.
+    policies: driftless::policy::PolicySet,
 }
 
-/// Loads and renders the stacks and jobs of `--path` or the configured source (a Git source is
-/// fetched into the state directory first).
-fn render(
-    config: &HostConfig,
-    source: &SourceArgs,
-    offline: bool,
-) -> anyhow::Result<(Vec<RenderedStack>, bool)> {
-    let d = load_desired(config, source, offline)?;
-    Ok((d.stacks, d.secrets_checked))
-}
-
+/// Loads and renders the stacks, jobs and policies of `--path` or the configured source (a Git
+/// source is fetched into the state directory first).
 fn load_desired(
     config: &HostConfig,
     source: &SourceArgs,
@@ -289,11 +309,13 @@ fn load_desired(
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));
         }
     }
+    let policies = driftless::policy::load_policies(&root)?;
     Ok(Desired {
         stacks,
         revision,
         jobs,
         secrets_checked,
+        policies,
     })
 }
 
@@ -485,18 +507,32 @@ fn print_validation(
     stacks: &[RenderedStack],
     jobs: &[driftless::jobs::model::Job],
     secrets_checked: bool,
+    findings: &[(String, Vec<driftless::policy::Finding>)],
     output: OutputFormat,
 ) {
     let objects: usize = stacks.iter().map(|s| s.objects.len()).sum();
+    let of = |stack: &str| -> Vec<&driftless::policy::Finding> {
+        findings
+            .iter()
+            .filter(|(s, _)| s == stack)
+            .flat_map(|(_, f)| f)
+            .collect()
+    };
+    let denials = findings
+        .iter()
+        .flat_map(|(_, f)| f)
+        .filter(|f| f.denies())
+        .count();
     match output {
         OutputFormat::Json => {
             let value = serde_json::json!({
-                "valid": true,
+                "valid": denials == 0,
                 "hostSecretsChecked": secrets_checked,
                 "stacks": stacks.iter().map(|s| serde_json::json!({
                     "name": s.name,
                     "dependsOn": s.spec.depends_on,
                     "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
+                    "policy": of(&s.name),
                 })).collect::<Vec<_>>(),
                 "jobs": jobs_json(jobs, None),
             });
@@ -506,13 +542,22 @@ fn print_validation(
             let mut text = String::new();
             for s in stacks {
                 text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
+                for f in of(&s.name) {
+                    text.push_str(&format!("  {f}\n"));
+                }
             }
             text.push_str(&jobs_text(jobs, None));
-            text.push_str(&format!(
-                "valid: {} stacks, {objects} objects, {} jobs\n",
-                stacks.len(),
-                jobs.len()
-            ));
+            if denials > 0 {
+                text.push_str(&format!(
+                    "invalid: {denials} policy denials (fix the objects named above)\n"
+                ));
+            } else {
+                text.push_str(&format!(
+                    "valid: {} stacks, {objects} objects, {} jobs\n",
+                    stacks.len(),
+                    jobs.len()
+                ));
+            }
             if !secrets_checked {
                 text.push_str(
                     "note: host secret files not checked (no credentials directory given)\n",

@@ -54,6 +54,9 @@ pub fn human(report: &Report, colour: bool, show_diffs: bool) -> String {
                 let _ = writeln!(out, "  takeover {}: {conflict}", t.object);
             }
         }
+        for f in s.policy.iter().filter(|f| !f.denies()) {
+            let _ = writeln!(out, "  policy  {f}");
+        }
         for u in &s.unhealthy {
             let _ = writeln!(out, "  unhealthy {}: {:?}", u.object, u.status);
         }

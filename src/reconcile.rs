@@ -42,6 +42,8 @@ pub struct Options {
     pub plan_only: Vec<String>,
     /// Key for hashing Secrets into the inventory (see `SecretHashKey`).
     pub secret_hash_key: Option<apply::SecretHashKey>,
+    /// The revision's policies: a Deny finding blocks its stack (nothing of it is applied).
+    pub policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             instance: inventory::DEFAULT_INSTANCE.to_owned(),
             plan_only: Vec::new(),
             secret_hash_key: None,
+            policies: None,
         }
     }
 }
@@ -79,6 +82,9 @@ pub struct StackOutcome {
     /// Objects to be deleted and created again (an immutable field changed; opted in).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recreate: Vec<String>,
+    /// Policy findings (Deny, Warn, Audit) against this stack's objects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<crate::policy::Finding>,
 }
 
 impl StackOutcome {
@@ -91,6 +97,7 @@ impl StackOutcome {
             error: None,
             applied: false,
             recreate: Vec::new(),
+            policy: Vec::new(),
         }
     }
 
@@ -201,6 +208,7 @@ pub async fn reconcile(
         .filter(|o| o.key.kind == "Namespace" && o.key.group.is_empty())
         .map(|o| o.key.name.clone())
         .collect();
+    let policy_index = crate::policy::RevisionIndex::of_stacks(stacks);
     let all_inventories = inventory::list(client).await?;
     let foreign: BTreeMap<String, String> = all_inventories
         .iter()
@@ -256,6 +264,7 @@ pub async fn reconcile(
             inventory: inv,
             desired_keys: &desired_keys,
             desired_namespaces: &desired_namespaces,
+            policy_index: &policy_index,
             options,
         };
         let outcome = ctx.run(objects, &mut kinds).await;
@@ -347,6 +356,7 @@ struct StackContext<'a> {
     inventory: &'a Inventory,
     desired_keys: &'a BTreeSet<ObjectKey>,
     desired_namespaces: &'a BTreeSet<String>,
+    policy_index: &'a crate::policy::RevisionIndex,
     options: &'a Options,
 }
 
@@ -451,6 +461,10 @@ impl StackContext<'_> {
         }
         let refused = stack_plan.prune_refused.clone();
         outcome.plan = Some(stack_plan);
+        if let Some(denied) = self.check_policies(&observations, outcome) {
+            outcome.error = Some(denied);
+            return Ok(());
+        }
         if let Some(message) = refused {
             outcome.error = Some(message);
             return Ok(());
@@ -574,6 +588,40 @@ impl StackContext<'_> {
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64);
         }
+    }
+
+    /// Evaluates the revision's policies against this stack (an object that is live is an
+    /// UPDATE of it). Returns the error that blocks the stack when a finding denies.
+    fn check_policies(
+        &self,
+        observations: &[Observation],
+        outcome: &mut StackOutcome,
+    ) -> Option<String> {
+        let policies = self.options.policies.as_ref()?;
+        let live: BTreeMap<&ObjectKey, &Value> = observations
+            .iter()
+            .filter_map(|o| Some((&o.key, o.live.as_ref()?)))
+            .collect();
+        outcome.policy =
+            policies.check_stack(self.stack, self.policy_index, |k| live.get(k).copied());
+        let denials: Vec<String> = outcome
+            .policy
+            .iter()
+            .filter(|f| f.denies())
+            .map(|f| format!("\n  {f}"))
+            .collect();
+        for f in outcome.policy.iter().filter(|f| !f.denies()) {
+            warn!(stack = %self.stack.name, policy = %f.policy, object = %f.object, "{f}");
+        }
+        if denials.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} policy denials; nothing of stack {} is applied:{}",
+            denials.len(),
+            self.stack.name,
+            denials.concat()
+        ))
     }
 
     async fn execute(

@@ -346,6 +346,8 @@ struct LoopState {
     secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
     /// The last revision that loaded and rendered: what is reconciled while newer ones fail.
     last_good: Option<(Option<Revision>, Vec<RenderedStack>)>,
+    /// The policies of the last good revision (loaded with it).
+    last_good_policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
     backoff: BTreeMap<String, Backoff>,
     source_failures: u32,
     client: Option<kube::Client>,
@@ -414,11 +416,16 @@ async fn reconcile_once(
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
                 let rendered = tokio::task::spawn_blocking(move || {
-                    jobs::load(&root, profile.as_deref(), creds.as_deref())
+                    let (stacks, declared) = jobs::load(&root, profile.as_deref(), creds.as_deref())
+                        .map_err(|e| e.to_string())?;
+                    let policies =
+                        crate::policy::load_policies(&root).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((stacks, declared, policies))
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((stacks, declared))) => {
+                    Ok(Ok((stacks, declared, policies))) => {
+                        state.last_good_policies = Some(std::sync::Arc::new(policies));
                         if let Some(r) = &revision {
                             info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
                         }
@@ -572,6 +579,7 @@ async fn reconcile_once(
         instance: config.instance(),
         plan_only: plan_only.clone(),
         secret_hash_key: state.secret_hash_key.clone(),
+        policies: state.last_good_policies.clone(),
         ..reconcile::Options::default()
     };
     let report = match reconcile::reconcile(&client, &stacks, &options).await {

@@ -15,6 +15,10 @@ use super::{Error, Place, Result, vars};
 /// Label every managed object carries: the name of its stack.
 pub const STACK_LABEL: &str = "driftless.dev/stack";
 
+/// Label of the Secrets driftless makes from host files (`spec.secrets`), so that policies (and
+/// `driftless-no-secrets-in-git`) tell them from Secrets committed to Git. Manifests may not set it.
+pub const HOST_SECRET_LABEL: &str = "driftless.dev/host-secret";
+
 /// The identity of a Kubernetes object: group, kind, namespace and name (the version is not part
 /// of it: `apps/v1` and `apps/v1beta1` name the same object).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -342,6 +346,10 @@ fn host_secret_object(
     }
     let mut metadata = Map::new();
     metadata.insert("name".into(), spec.name.clone().into());
+    metadata.insert(
+        "labels".into(),
+        serde_json::json!({ HOST_SECRET_LABEL: "true" }),
+    );
     if let Some(ns) = spec.namespace.as_ref().or(stack.spec.namespace.as_ref()) {
         metadata.insert("namespace".into(), ns.clone().into());
     }
@@ -533,6 +541,11 @@ fn finish_object(
         )));
     }
     labels.insert(STACK_LABEL.into(), stack.name.clone().into());
+    if labels.contains_key(HOST_SECRET_LABEL) && place.file != stack.file {
+        return Err(invalid(format!(
+            "{kind}/{name}: label {HOST_SECRET_LABEL} is reserved for Secrets driftless makes from host files (spec.secrets)"
+        )));
+    }
 
     let secret_data = if group.is_empty() && kind == "Secret" {
         Some(take_secret_data(map).map_err(|field| invalid(format!("Secret/{name}: {field}")))?)

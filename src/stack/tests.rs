@@ -125,6 +125,16 @@ fn host_secrets_and_git_secrets_are_held_apart_from_the_object() {
     let git_data = git.secret_data.as_ref().unwrap();
     assert_eq!(git_data.0["token"].expose_secret(), b"s3ntinel-from-git");
     assert_eq!(git_data.0["other"].expose_secret(), b"s3ntinel-b64");
+    // Only Secrets made from host files carry the host-secret label (policies tell them apart).
+    assert_eq!(
+        secret.object["metadata"]["labels"][render::HOST_SECRET_LABEL],
+        "true"
+    );
+    assert!(
+        git.object["metadata"]["labels"]
+            .get(render::HOST_SECRET_LABEL)
+            .is_none()
+    );
     // Nothing that prints objects can print a value.
     let printed = format!(
         "{:?} {:?} {}",
@@ -351,4 +361,17 @@ fn jobs_files_are_read_and_checked() {
             .to_string();
         assert!(err.contains(want), "{err:?} lacks {want:?}");
     }
+}
+
+#[test]
+fn manifests_may_not_claim_the_host_secret_label() {
+    let mut files = web_repo();
+    files.push(("stack/web/manifests/fake.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: fake, labels: {driftless.dev/host-secret: \"true\"}}\n"));
+    let repo = write_repo(&files);
+    let err = render_repo(repo.path(), Some("local"), None).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("is reserved for Secrets driftless makes from host files"),
+        "{err}"
+    );
 }
