@@ -147,10 +147,14 @@ fn generate(dir: &Path, prefix: &str, n: usize, changed: usize) {
     )
     .unwrap();
     std::fs::create_dir_all(stack.join("manifests")).unwrap();
+    // Files of at most 500 documents (as people split them; the loader caps a file's documents).
     for (file, list) in docs {
-        let text = list.join("---\n");
-        std::fs::write(stack.join(format!("manifests/{file}.yaml")), &text).unwrap();
-        std::fs::write(plain.join(format!("{file}.yaml")), &text).unwrap();
+        for (part, chunk) in list.chunks(500).enumerate() {
+            let text = chunk.join("---\n");
+            let name = format!("{file}-{part:02}.yaml");
+            std::fs::write(stack.join("manifests").join(&name), &text).unwrap();
+            std::fs::write(plain.join(&name), &text).unwrap();
+        }
     }
 }
 
@@ -313,6 +317,8 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
+    // `--sizes 0` runs the daemon section only.
+    let sizes: Vec<usize> = sizes.into_iter().filter(|&n| n > 0).collect();
     let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
     let out_file = arg("--out")
         .map(PathBuf::from)
@@ -487,7 +493,23 @@ async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
     let prefix = unique_name("bdd");
     let t = Instant::now();
     let d = start_daemon_prepared("", |repo, _| generate(repo, &prefix, n, 0));
-    d.wait_notify("READY=1", Duration::from_secs(1200));
+    loop {
+        let st = d.status().await;
+        if st["state"] == "ready" {
+            break;
+        }
+        if let Some(e) = st["errors"].as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e.as_str().is_some_and(|e| e.contains("does not load")))
+        }) {
+            panic!("the daemon cannot load the benchmark stack: {e}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1200),
+            "no first sync within 20 min: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let first_sync = t.elapsed();
     let rss_kib = || {
         std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))

@@ -815,13 +815,14 @@ impl StackContext<'_> {
                 .collect();
             let timeout = self.stack.spec.wait.timeout;
             let mut last = 0;
-            let pending = health::wait_healthy(self.client, kinds, &watched, timeout, |ok, all| {
-                if ok != last {
-                    info!(stack = %name, "healthy {ok}/{all}");
-                    last = ok;
-                }
-            })
-            .await?;
+            let pending =
+                health::wait_healthy(self.client, kinds, name, &watched, timeout, |ok, all| {
+                    if ok != last {
+                        info!(stack = %name, "healthy {ok}/{all}");
+                        last = ok;
+                    }
+                })
+                .await?;
             outcome.unhealthy = pending
                 .into_iter()
                 .map(|(k, status)| Unhealthy {

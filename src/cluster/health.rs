@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::discovery::Kinds;
-use super::{Result, apply};
+use super::Result;
 use crate::stack::ObjectKey;
 
 /// The health of one object.
@@ -165,32 +165,53 @@ pub struct Watched {
 pub async fn wait_healthy(
     client: &Client,
     kinds: &Kinds,
+    stack: &str,
     objects: &[Watched],
     timeout: Duration,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<(ObjectKey, HealthStatus)>> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(100);
+    // Kinds that have no state to wait for are healthy once applied: not read at all.
+    let resolved: Vec<(&Watched, super::discovery::Resolved)> = objects
+        .iter()
+        .filter(|w| !always_healthy(&w.key.group, &w.key.kind))
+        .filter_map(|w| Some((w, kinds.resolve(&w.api_version, &w.key.kind)?)))
+        .collect();
+    let mut waiting: Vec<usize> = (0..resolved.len()).collect();
     loop {
+        // Every object still waited for, read with one label-selected LIST per kind.
+        let wants: Vec<super::live::Want<'_>> = waiting
+            .iter()
+            .map(|&i| {
+                let (w, r) = &resolved[i];
+                super::live::Want {
+                    key: &w.key,
+                    resource: &r.resource,
+                    namespace: if r.namespaced {
+                        w.key.namespace.as_deref()
+                    } else {
+                        None
+                    },
+                    recorded: true,
+                }
+            })
+            .collect();
+        let mut live = super::live::fetch(client, stack, &wants).await?;
         let mut pending = Vec::new();
-        for w in objects {
-            let Some(resolved) = kinds.resolve(&w.api_version, &w.key.kind) else {
-                continue;
-            };
-            let ns = if resolved.namespaced {
-                w.key.namespace.as_deref()
-            } else {
-                None
-            };
-            let api = apply::api_for(client, &resolved.resource, ns);
-            let status = match apply::get(&api, &w.key.name, &w.key.to_string()).await? {
+        let mut still = Vec::new();
+        for &i in &waiting {
+            let w = resolved[i].0;
+            let status = match live.remove(&w.key).flatten() {
                 Some(live) => health_of(&w.key.group, &w.key.kind, &live),
                 None => HealthStatus::Progressing("does not exist".to_owned()),
             };
             if status != HealthStatus::Healthy {
                 pending.push((w.key.clone(), status));
+                still.push(i);
             }
         }
+        waiting = still;
         progress(objects.len() - pending.len(), objects.len());
         let failed = pending
             .iter()
@@ -201,6 +222,28 @@ pub async fn wait_healthy(
         tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Kinds whose objects are usable as soon as the API server stored them.
+fn always_healthy(group: &str, kind: &str) -> bool {
+    matches!(
+        (group, kind),
+        (
+            "",
+            "ConfigMap"
+                | "Secret"
+                | "ServiceAccount"
+                | "LimitRange"
+                | "ResourceQuota"
+                | "Endpoints"
+        ) | (
+            "rbac.authorization.k8s.io",
+            "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+        ) | ("networking.k8s.io", "NetworkPolicy" | "IngressClass")
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("storage.k8s.io", "StorageClass")
+            | ("policy", "PodDisruptionBudget")
+    )
 }
 
 #[cfg(test)]

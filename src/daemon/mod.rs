@@ -416,8 +416,9 @@ async fn reconcile_once(
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
                 let rendered = tokio::task::spawn_blocking(move || {
-                    let (stacks, declared) = jobs::load(&root, profile.as_deref(), creds.as_deref())
-                        .map_err(|e| e.to_string())?;
+                    let (stacks, declared) =
+                        jobs::load(&root, profile.as_deref(), creds.as_deref())
+                            .map_err(|e| e.to_string())?;
                     let policies =
                         crate::policy::load_policies(&root).map_err(|e| e.to_string())?;
                     Ok::<_, String>((stacks, declared, policies))
