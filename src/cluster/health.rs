@@ -7,8 +7,8 @@ use kube::Client;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::discovery::Kinds;
 use super::Result;
+use super::discovery::Kinds;
 use crate::stack::ObjectKey;
 
 /// The health of one object.
