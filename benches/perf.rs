@@ -36,36 +36,18 @@ const RESOURCES: [&str; 7] = [
 type Counts = BTreeMap<String, f64>;
 
 async fn counts(client: &kube::Client) -> Counts {
-    let req = axum::http::Request::get("/metrics")
-        .body(Vec::new())
-        .unwrap();
-    let text = client.request_text(req).await.expect("apiserver metrics");
     let mut out = Counts::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        if !RESOURCES.contains(&label("resource").as_str()) || !label("subresource").is_empty() {
+    for sample in support::apiserver_requests(client).await {
+        if !RESOURCES.contains(&sample.label("resource")) || !sample.label("subresource").is_empty()
+        {
             continue;
         }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let verb = if label("dry_run").is_empty() {
-            label("verb")
+        let verb = if sample.label("dry_run").is_empty() {
+            sample.label("verb").to_owned()
         } else {
-            format!("{}(dryRun)", label("verb"))
+            format!("{}(dryRun)", sample.label("verb"))
         };
-        *out.entry(verb).or_default() += value;
+        *out.entry(verb).or_default() += sample.value;
     }
     out
 }

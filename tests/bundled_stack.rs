@@ -2,28 +2,11 @@
 
 mod support;
 
+use support::{driftless, text};
+
 use std::process::Command;
 
 use support::TestEnv;
-
-fn driftless(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run driftless")
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn bundled_stacks_validate_offline() {

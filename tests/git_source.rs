@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::text;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -124,14 +126,6 @@ fn validate_with(config: &str, extra_env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::driftless;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -109,17 +111,6 @@ async fn push_index(base: &str, repo: &str, tag: &str, children: &[(String, &str
     .unwrap();
     put_manifest(base, repo, tag, OCI_INDEX, &body).await;
     sha256_digest(&body)
-}
-
-fn driftless(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run driftless")
 }
 
 /// The whole job through the CLI: dry run by default, then enforce; rules, a shared digest,

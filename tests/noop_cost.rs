@@ -11,36 +11,18 @@ use support::{TestEnv, run_ok, unique_name};
 /// Write requests (dry-run or not) to the resources the stack manages, excluding status
 /// subresources (controllers write those).
 async fn writes(client: &kube::Client) -> (u64, u64) {
-    let req = axum::http::Request::get("/metrics")
-        .body(Vec::new())
-        .unwrap();
-    let text = client.request_text(req).await.expect("apiserver metrics");
     let mut writes = 0.0;
     let mut dry_runs = 0.0;
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-        };
-        let resource = label("resource");
-        if ![
+    for sample in support::apiserver_requests(client).await {
+        let managed = [
             "configmaps",
             "secrets",
             "deployments",
             "services",
             "namespaces",
         ]
-        .contains(&resource)
-            || !label("subresource").is_empty()
-        {
-            continue;
-        }
-        if ![
+        .contains(&sample.label("resource"));
+        let write = [
             "POST",
             "PUT",
             "PATCH",
@@ -48,19 +30,14 @@ async fn writes(client: &kube::Client) -> (u64, u64) {
             "DELETE",
             "DELETECOLLECTION",
         ]
-        .contains(&label("verb"))
-        {
+        .contains(&sample.label("verb"));
+        if !managed || !write || !sample.label("subresource").is_empty() {
             continue;
         }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if label("dry_run").is_empty() {
-            writes += value;
+        if sample.label("dry_run").is_empty() {
+            writes += sample.value;
         } else {
-            dry_runs += value;
+            dry_runs += sample.value;
         }
     }
     (writes as u64, dry_runs as u64)

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{driftless, text};
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,17 +17,6 @@ use support::{TestEnv, TestNamespace, eventually, unique_name};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn driftless(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run driftless")
-}
-
 fn offline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_driftless"))
         .args(["--config", "/nonexistent/driftless.yaml"])
@@ -33,14 +24,6 @@ fn offline(args: &[&str]) -> Output {
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
         .expect("run driftless")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -3,11 +3,13 @@
 
 mod support;
 
+use support::{driftless_with, text};
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use support::{TestEnv, git, kubectl, unique_name};
 
 /// A git repository of stacks, a host configuration pointing at it, and the binary.
@@ -79,26 +81,6 @@ impl Fixture {
     fn ns(&self) -> String {
         format!("ns-{}", self.id)
     }
-}
-
-fn driftless_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let test_env = TestEnv::get();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
-    cmd.arg("--config").arg(config).args(args);
-    cmd.env("KUBECONFIG", test_env.var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run driftless")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[track_caller]

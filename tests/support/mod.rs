@@ -207,6 +207,71 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:x}{n}", rand::random::<u32>())
 }
 
+/// One sample of the API server's `apiserver_request_total`: its labels and value.
+pub struct RequestSample {
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+impl RequestSample {
+    /// A label's value, empty when absent.
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).map_or("", String::as_str)
+    }
+}
+
+/// Every `apiserver_request_total` sample of the test API server's `/metrics`.
+pub async fn apiserver_requests(client: &Client) -> Vec<RequestSample> {
+    let req = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET request");
+    let text = client.request_text(req).await.expect("apiserver metrics");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("apiserver_request_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let labels = labels
+                .split("\",")
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some(RequestSample {
+                labels,
+                value: value.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Runs the driftless binary with `--config config` and `args` against the test cluster
+/// (`KUBECONFIG`), with extra environment `env` and no inherited `CREDENTIALS_DIRECTORY`.
+pub fn driftless_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+    cmd.arg("--config").arg(config).args(args);
+    cmd.env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run driftless")
+}
+
+/// `driftless_with` without extra environment.
+pub fn driftless(config: &Path, args: &[&str]) -> std::process::Output {
+    driftless_with(config, args, &[])
+}
+
+/// A run's standard output and error, for assertions and messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Runs a command, panics with its output unless it exits 0; returns standard output.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd

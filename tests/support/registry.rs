@@ -4,11 +4,15 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// One HTTP client for every push: building a client loads the system's root certificates,
-/// which costs more than the request itself.
+/// One HTTP client per thread for every push: building a client loads the system's root
+/// certificates, which costs more than the request itself. Per thread, not per process: each
+/// `#[tokio::test]` has its own runtime on its own thread, and pooled connections belong to the
+/// runtime that opened them.
 pub fn http() -> reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new).clone()
+    thread_local! {
+        static CLIENT: reqwest::Client = reqwest::Client::new();
+    }
+    CLIENT.with(Clone::clone)
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
