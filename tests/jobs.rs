@@ -157,6 +157,8 @@ async fn a_run_missed_while_down_runs_once_at_start_within_its_deadline() {
             cleanup_job("yearly", "0 0 1 1 *", &url, "  startingDeadline: 1h\n"),
             // No deadline: missed runs are never caught up.
             cleanup_job("no-deadline", "0 * * * *", &url, ""),
+            // Never seen before: its fire times count from now, nothing to catch up.
+            cleanup_job("brand-new", "0 * * * *", &url, "  startingDeadline: 2h\n"),
         ];
         std::fs::write(repo.join("stack/app/jobs.yaml"), jobs.join("---\n")).unwrap();
         // The records of a daemon that last ran these jobs yesterday.
@@ -207,6 +209,9 @@ async fn a_run_missed_while_down_runs_once_at_start_within_its_deadline() {
             .len(),
         1
     );
+    let new = history(&state, "brand-new");
+    assert!(new["firstSeen"].is_string(), "{new}");
+    assert_eq!(new["runs"].as_array().map_or(0, Vec::len), 0, "{new}");
     let status = d.status().await;
     let hourly = status["jobs"]
         .as_array()

@@ -78,11 +78,14 @@ pub async fn scheduler(shared: Arc<Shared>) {
                 if let Some(p) = problem {
                     warn!(job = %job.name, "{p}");
                 }
-                // Catch-up is decided from the history as it was; then the job counts as seen.
-                if history.first_seen.is_none()
-                    && let Err(e) = runs::first_sight(&state.state_dir, &job.name, now)
-                {
-                    warn!("{e}");
+                // A job never seen before counts its fire times from now: no catch-up of a fire
+                // time before it existed (as a CronJob from its creation).
+                let mut history = history;
+                if history.first_seen.is_none() {
+                    history.first_seen = Some(now);
+                    if let Err(e) = runs::first_sight(&state.state_dir, &job.name, now) {
+                        warn!("{e}");
+                    }
                 }
                 history
             };
