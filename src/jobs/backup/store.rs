@@ -153,19 +153,12 @@ pub fn read_secret(
     field: &str,
     file: &str,
 ) -> Result<SecretString> {
-    let fail = |message: String| Error::Credentials {
-        field: field.to_owned(),
-        message,
-    };
-    let dir = credentials_dir.ok_or_else(|| {
-        fail(format!(
-            "{file} is read from the credentials directory, and none is set (credentialsDir or $CREDENTIALS_DIRECTORY)"
-        ))
+    let text = crate::jobs::read_credential(credentials_dir, file).map_err(|message| {
+        Error::Credentials {
+            field: field.to_owned(),
+            message,
+        }
     })?;
-    let path = dir.join(file);
-    // The error names the file, never its content.
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     Ok(SecretString::from(
         text.trim_end_matches(['\n', '\r']).to_owned(),
     ))

@@ -373,20 +373,13 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
 /// A registry client with the spec's credentials, read from the credentials directory.
 pub fn client_for(job: &Job, spec: &Spec, credentials_dir: Option<&Path>) -> Result<Client, Error> {
     let read = |field: &'static str, file: &str| -> Result<String, Error> {
-        let fail = |message: String| Error::Credentials {
-            job: job.name.clone(),
-            field,
-            message,
-        };
-        let dir = credentials_dir.ok_or_else(|| {
-            fail(format!(
-                "{file} is read from the credentials directory, and none is set (credentialsDir or $CREDENTIALS_DIRECTORY)"
-            ))
-        })?;
-        let path = dir.join(file);
-        std::fs::read_to_string(&path)
+        crate::jobs::read_credential(credentials_dir, file)
             .map(|t| t.trim_end().to_owned())
-            .map_err(|e| fail(format!("{}: {e}", path.display())))
+            .map_err(|message| Error::Credentials {
+                job: job.name.clone(),
+                field,
+                message,
+            })
     };
     let credentials = match (&spec.username_file, &spec.password_file) {
         (Some(u), Some(p)) => registry::Credentials {
