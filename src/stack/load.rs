@@ -58,7 +58,7 @@ pub type HostSecrets = BTreeMap<String, SecretSlice<u8>>;
 const STACK_FILE: &str = "stack.yaml";
 const JOBS_FILE: &str = "jobs.yaml";
 
-/// Reads every `stack/<name>/stack.yaml` under `root` and the files its stack renders from, for
+/// Reads every `stack.yaml` below `root/stack` (at any depth up to `MAX_STACK_DEPTH`) and the files its stack renders from, for
 /// `profile` (a stack that defines profiles must define the selected one).
 pub fn load_repo(
     root: &Path,
@@ -71,8 +71,8 @@ pub fn load_repo(
         source,
     })?;
     let stacks_dir = root.join("stack");
-    let mut entries = read_dir_sorted(&stacks_dir)?;
-    entries.retain(|p| p.join(STACK_FILE).is_file());
+    let mut entries = Vec::new();
+    find_stack_dirs(&root, &stacks_dir, 0, &mut entries)?;
     if entries.is_empty() {
         return Err(Error::NoStacks { path: stacks_dir });
     }
@@ -89,6 +89,40 @@ pub fn load_repo(
         stacks.push(stack);
     }
     Ok(stacks)
+}
+
+/// Deepest directory level below `stack/` searched for `stack.yaml` files.
+const MAX_STACK_DEPTH: usize = 6;
+
+/// Every directory below `dir` (itself excluded, hidden ones skipped) that holds a `stack.yaml`,
+/// in sorted path order: stacks may be grouped (`stack/ducklake/storage/stack.yaml`) and a
+/// stack's directory may hold further stacks, which are never part of its manifests.
+fn find_stack_dirs(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    if depth >= MAX_STACK_DEPTH {
+        return Ok(());
+    }
+    for entry in read_dir_sorted(dir)? {
+        let hidden = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        // Symlinked directories are not followed here: a stack is where its file really is.
+        let is_dir = std::fs::symlink_metadata(&entry)
+            .map(|m| m.is_dir())
+            .map_err(|source| Error::Io {
+                path: relative(root, &entry),
+                message: "cannot stat".to_owned(),
+                source,
+            })?;
+        if hidden || !is_dir {
+            continue;
+        }
+        if entry.join(STACK_FILE).is_file() {
+            out.push(entry.clone());
+        }
+        find_stack_dirs(root, &entry, depth + 1, out)?;
+    }
+    Ok(())
 }
 
 fn load_stack(

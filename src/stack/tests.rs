@@ -375,3 +375,44 @@ fn manifests_may_not_claim_the_host_secret_label() {
         "{err}"
     );
 }
+
+#[test]
+fn stacks_are_found_in_groups_and_nested_stacks_stay_out_of_their_parent() {
+    let stack = |name: &str| {
+        format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {name}}}\nspec: {{namespace: ns}}\n"
+        )
+    };
+    let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
+    let (outer, inner, grouped) = (stack("outer"), stack("inner"), stack("grouped"));
+    let (c1, c2, c3) = (cm("outer"), cm("inner"), cm("grouped"));
+    let repo = write_repo(&[
+        ("stack/outer/stack.yaml", &outer),
+        ("stack/outer/cm.yaml", &c1),
+        ("stack/outer/inner/stack.yaml", &inner),
+        ("stack/outer/inner/cm.yaml", &c2),
+        (
+            "stack/group/README.md",
+            "a group of stacks, no stack itself",
+        ),
+        ("stack/group/grouped/stack.yaml", &grouped),
+        ("stack/group/grouped/cm.yaml", &c3),
+        ("stack/.hidden/stack.yaml", &stack("hidden")),
+    ]);
+    let stacks = render_repo(repo.path(), None, None).unwrap();
+    let names: Vec<(&str, Vec<&str>)> = stacks
+        .iter()
+        .map(|s| {
+            let objects = s.objects.iter().map(|o| o.key.name.as_str()).collect();
+            (s.name.as_str(), objects)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("grouped", vec!["grouped"]),
+            ("inner", vec!["inner"]),
+            ("outer", vec!["outer"]),
+        ]
+    );
+}
