@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod hooks;
 pub mod jobs;
 pub mod logging;
 pub mod output;

@@ -57,6 +57,17 @@ pub fn human(report: &Report, colour: bool, show_diffs: bool) -> String {
         for f in s.policy.iter().filter(|f| !f.denies()) {
             let _ = writeln!(out, "  policy  {f}");
         }
+        for h in &s.hooks {
+            let line = match (h.ran, h.succeeded, h.reason) {
+                (true, Some(true), _) => {
+                    format!("succeeded in {:.1}s", h.seconds.unwrap_or_default())
+                }
+                (true, _, _) => format!("failed: {}", h.message.as_deref().unwrap_or("")),
+                (false, _, Some(reason)) => format!("would run ({reason})"),
+                (false, _, None) => "unchanged, not run".to_owned(),
+            };
+            let _ = writeln!(out, "  hook    {} ({}): {line}", h.job, h.file);
+        }
         for u in &s.unhealthy {
             let _ = writeln!(out, "  unhealthy {}: {:?}", u.object, u.status);
         }

@@ -85,6 +85,9 @@ pub struct StackOutcome {
     /// Policy findings (Deny, Warn, Audit) against this stack's objects.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy: Vec<crate::policy::Finding>,
+    /// Post-sync hooks: run, would run (dry run), or unchanged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::hooks::HookOutcome>,
 }
 
 impl StackOutcome {
@@ -98,6 +101,7 @@ impl StackOutcome {
             applied: false,
             recreate: Vec::new(),
             policy: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -251,7 +255,7 @@ pub async fn reconcile(
         let empty = Inventory {
             stack: stack.name.clone(),
             owner: options.instance.clone(),
-            entries: BTreeMap::new(),
+            ..Inventory::default()
         };
         let inv = inventories.get(&stack.name).unwrap_or(&empty);
         let objects = bound
@@ -470,6 +474,7 @@ impl StackContext<'_> {
             return Ok(());
         }
         if self.options.dry_run || self.options.plan_only.contains(&self.stack.name) {
+            outcome.hooks = crate::hooks::plan(&self.stack.post_sync, self.inventory);
             return Ok(());
         }
         let Some(stack_plan) = outcome.plan.clone() else {
@@ -836,7 +841,22 @@ impl StackContext<'_> {
                     outcome.unhealthy.len(),
                     timeout.as_secs()
                 ));
+                return Ok(());
             }
+        }
+        // Post-sync hooks: after the stack is healthy (or applied, with --no-wait), before its
+        // dependents, which a failed hook holds back like an unhealthy stack.
+        if !self.stack.post_sync.is_empty() || !record.hooks.is_empty() {
+            let (hooks, failure) = crate::hooks::run_post_sync(
+                self.client,
+                kinds,
+                name,
+                &self.stack.post_sync,
+                &mut record,
+            )
+            .await?;
+            outcome.hooks = hooks;
+            outcome.error = failure;
         }
         Ok(())
     }

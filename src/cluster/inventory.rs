@@ -81,12 +81,30 @@ pub struct Inventory {
     /// The driftless instance that owns this stack.
     pub owner: String,
     pub entries: BTreeMap<ObjectKey, Entry>,
+    /// The last run of each hook Job, by `namespace/name`.
+    pub hooks: BTreeMap<String, HookRecord>,
+}
+
+/// The last run of a hook (`spec.hooks`): what ran and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRecord {
+    /// Hash of the Job's definition that ran.
+    pub hash: String,
+    pub succeeded: bool,
+    /// RFC 3339 time the run ended.
+    pub finished_at: String,
+    /// Why it failed (the Job's condition), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
     version: u32,
     objects: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    hooks: BTreeMap<String, HookRecord>,
 }
 
 fn configmap_name(stack: &str) -> String {
@@ -118,7 +136,7 @@ fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
         return Ok(Inventory {
             stack,
             owner,
-            entries: BTreeMap::new(),
+            ..Inventory::default()
         });
     }
     let stored: Stored = serde_json::from_str(text).map_err(|e| Error::Inventory {
@@ -131,6 +149,7 @@ fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
         stack,
         owner,
         entries: stored.objects.into_iter().map(|e| (e.key(), e)).collect(),
+        hooks: stored.hooks,
     })
 }
 
@@ -143,7 +162,7 @@ pub async fn read(client: &Client, stack: &str) -> Result<Inventory> {
         Ok(None) => Ok(Inventory {
             stack: stack.to_owned(),
             owner: DEFAULT_INSTANCE.to_owned(),
-            entries: BTreeMap::new(),
+            ..Inventory::default()
         }),
         Err(e) => Err(request_error(&name, "read", e)),
     }
@@ -173,6 +192,7 @@ pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
     let stored = Stored {
         version: 1,
         objects: inventory.entries.values().cloned().collect(),
+        hooks: inventory.hooks.clone(),
     };
     let text = serde_json::to_string(&stored).map_err(|e| Error::Inventory {
         name: name.clone(),

@@ -355,9 +355,11 @@ impl PolicySet {
         index: &RevisionIndex,
         live: impl Fn(&ObjectKey) -> Option<&'a Value>,
     ) -> Vec<Finding> {
+        // Hook Jobs are checked like the stack's objects: a denied hook blocks the stack too.
         let subjects: Vec<Subject<'_>> = stack
             .objects
             .iter()
+            .chain(stack.post_sync.iter().map(|h| &h.job))
             .map(|o| Subject {
                 key: &o.key,
                 api_version: &o.api_version,

@@ -50,6 +50,8 @@ pub struct LoadedStack {
     pub profile: Option<String>,
     /// `jobs.yaml` beside `stack.yaml`, when there is one.
     pub jobs: Option<SourceFile>,
+    /// The files of `spec.hooks.postSync`, in the same order.
+    pub post_sync: Vec<SourceFile>,
 }
 
 /// Host secret file contents by file name, read from the credentials directory.
@@ -169,6 +171,20 @@ fn load_stack(
             excluded.push(inside(root, dir, o, &file, "spec.profiles[].overlays")?);
         }
     }
+    // Hook files are Jobs run at points of the sync, not objects of the stack.
+    let mut post_sync = Vec::new();
+    for (i, hook) in spec.hooks.post_sync.iter().enumerate() {
+        let field = format!("spec.hooks.postSync[{i}].file");
+        let path = inside(root, dir, &hook.file, &file, &field)?;
+        if !path.is_file() {
+            return Err(bad(format!("{field}: {:?} is not a file", hook.file)));
+        }
+        excluded.push(path.clone());
+        post_sync.push(SourceFile {
+            path: relative(root, &path),
+            text: read_text(root, &path, limits)?,
+        });
+    }
     let manifest_dir = inside(root, dir, &spec.path, &file, "spec.path")?;
     let mut manifests = Vec::new();
     collect_yaml(
@@ -208,6 +224,7 @@ fn load_stack(
         overlays,
         profile: selected,
         jobs,
+        post_sync,
     })
 }
 
@@ -237,7 +254,7 @@ fn inside(root: &Path, dir: &Path, rel: &str, file: &Path, field: &str) -> Resul
 }
 
 /// Collects `*.yaml`/`*.yml`/`*.json` below `dir` in sorted path order, skipping hidden entries,
-/// excluded directories, nested stacks, and the stack's own `stack.yaml` and `jobs.yaml`.
+/// excluded directories and files, nested stacks, and the stack's own `stack.yaml` and `jobs.yaml`.
 fn collect_yaml(
     root: &Path,
     dir: &Path,
@@ -288,7 +305,7 @@ fn collect_yaml(
             name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
         let own_file =
             entry.parent() == Some(stack_dir) && (name == STACK_FILE || name == JOBS_FILE);
-        if !is_manifest || own_file {
+        if !is_manifest || own_file || excluded.contains(&real) {
             continue;
         }
         if out.len() >= limits.max_files_per_stack {

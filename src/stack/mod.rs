@@ -14,7 +14,7 @@ pub use load::{
     HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, placeholder_host_secrets,
     read_host_secrets,
 };
-pub use render::{DesiredObject, ObjectKey, RenderedStack, render};
+pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
 
 /// Everything that can be wrong with a stack repository, each naming the place to fix.
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,9 @@ pub struct StackSpec {
     /// Secrets whose data come from files on the ops host, never from Git.
     #[serde(default)]
     pub secrets: Vec<HostSecretSpec>,
+    /// Jobs run at points of the stack's sync (`postSync`: after it is applied and healthy).
+    #[serde(default)]
+    pub hooks: HooksSpec,
 }
 
 impl Default for StackSpec {
@@ -77,6 +80,7 @@ impl Default for StackSpec {
             vars: BTreeMap::new(),
             profiles: BTreeMap::new(),
             secrets: Vec::new(),
+            hooks: HooksSpec::default(),
         }
     }
 }
@@ -120,6 +124,41 @@ pub struct ProfileSpec {
     /// Variables of this profile.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+}
+
+/// `spec.hooks`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HooksSpec {
+    /// Jobs run in order after the stack is applied and healthy, before its dependents.
+    #[serde(default)]
+    pub post_sync: Vec<HookSpec>,
+}
+
+/// One hook: a file holding one `batch/v1` Job, rendered like the stack's manifests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HookSpec {
+    /// The Job's file, relative to `stack.yaml`; never read as a manifest.
+    pub file: String,
+    /// How long the Job may take to complete (default 5m).
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// When the finished Job is deleted (default `OnSuccess`: a failed one stays to be looked at).
+    #[serde(default)]
+    pub delete_policy: HookDeletePolicy,
+}
+
+/// `spec.hooks.*[].deletePolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum HookDeletePolicy {
+    /// Delete the Job when it succeeded; keep a failed one for inspection.
+    #[default]
+    OnSuccess,
+    /// Delete the Job when it finished, whatever the outcome.
+    Always,
+    /// Keep the Job (it is replaced when the hook runs again).
+    Never,
 }
 
 /// `spec.secrets[]`: a Secret built from host files in the credentials directory.

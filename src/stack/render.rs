@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
 
 use super::load::{HostSecrets, LoadedStack, SourceFile};
-use super::model::{API_VERSION, OverlayFile, PatchSpec, StackSpec};
+use super::model::{API_VERSION, HookSpec, OverlayFile, PatchSpec, StackSpec};
 use super::{Error, Place, Result, vars};
 
 /// Label every managed object carries: the name of its stack.
@@ -90,6 +90,23 @@ pub struct RenderedStack {
     pub name: String,
     pub spec: StackSpec,
     pub objects: Vec<DesiredObject>,
+    /// `spec.hooks.postSync`, rendered, in order.
+    pub post_sync: Vec<RenderedHook>,
+}
+
+/// Label of hook Jobs: the stack they belong to. They carry it instead of `STACK_LABEL`: a hook
+/// is not an object of the stack (not in its inventory, never pruned or watched for drift).
+pub const HOOK_LABEL: &str = "driftless.dev/hook-of";
+/// Annotation of hook Jobs: the hash of their definition, which decides whether a hook runs again.
+pub const HOOK_HASH_ANNOTATION: &str = "driftless.dev/hook-hash";
+
+/// One rendered hook: its Job and the hash of the Job's definition.
+#[derive(Debug, Clone)]
+pub struct RenderedHook {
+    pub spec: HookSpec,
+    pub job: DesiredObject,
+    /// `sha256:<hex>` of the rendered Job (before the hash annotation was added).
+    pub hash: String,
 }
 
 /// Renders every stack, checks that no object is declared twice (in or across stacks), and
@@ -99,7 +116,7 @@ pub fn render(stacks: &[LoadedStack], secrets: &HostSecrets) -> Result<Vec<Rende
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for stack in stacks {
         let r = render_stack(stack, secrets)?;
-        for o in &r.objects {
+        for o in r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job)) {
             if let Some(other) = seen.insert(o.key.clone(), o.place.clone()) {
                 return Err(Error::DuplicateObject {
                     place: o.place.clone(),
@@ -186,10 +203,83 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
             stack: stack.name.clone(),
         });
     }
+    let mut post_sync = Vec::with_capacity(stack.post_sync.len());
+    for (spec, file) in stack.spec.hooks.post_sync.iter().zip(&stack.post_sync) {
+        post_sync.push(render_hook(stack, spec, file, &vars, &crd_scopes)?);
+    }
     Ok(RenderedStack {
         name: stack.name.clone(),
         spec: stack.spec.clone(),
         objects: out,
+        post_sync,
+    })
+}
+
+/// A hook file: exactly one `batch/v1` Job, with the stack's variables, namespace and a hook
+/// label instead of the stack label.
+fn render_hook(
+    stack: &LoadedStack,
+    spec: &HookSpec,
+    file: &SourceFile,
+    vars: &BTreeMap<String, String>,
+    crd_scopes: &BTreeMap<(String, String), bool>,
+) -> Result<RenderedHook> {
+    let mut docs = parse_file(stack, file, vars)?;
+    let bad = |message: String| Error::StackFile {
+        file: file.path.clone(),
+        message,
+    };
+    if docs.len() != 1 {
+        return Err(bad(format!(
+            "a hook file holds exactly one Job, found {} documents (stack {}, spec.hooks.postSync)",
+            docs.len(),
+            stack.name
+        )));
+    }
+    let (doc, value) = docs.remove(0);
+    let is_job = value.get("apiVersion").and_then(Value::as_str) == Some("batch/v1")
+        && value.get("kind").and_then(Value::as_str) == Some("Job");
+    if !is_job {
+        return Err(bad(format!(
+            "a hook must be a batch/v1 Job (stack {}, spec.hooks.postSync)",
+            stack.name
+        )));
+    }
+    let place = Place {
+        stack: stack.name.clone(),
+        file: file.path.clone(),
+        document: doc,
+    };
+    let mut job = finish_object(stack, value, place, crd_scopes)?;
+    let hash = {
+        use sha2::{Digest, Sha256};
+        // serde_json maps are sorted: the serialisation is canonical. Serialising a Value
+        // cannot fail (its map keys are strings), so the default is never taken.
+        let text = serde_json::to_vec(&job.object).unwrap_or_default();
+        let digest = Sha256::digest(&text);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    };
+    if let Some(metadata) = job
+        .object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(labels) = metadata.get_mut("labels").and_then(Value::as_object_mut) {
+            labels.remove(STACK_LABEL);
+            labels.insert(HOOK_LABEL.into(), stack.name.clone().into());
+        }
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(annotations) = annotations {
+            annotations.insert(HOOK_HASH_ANNOTATION.into(), hash.clone().into());
+        }
+    }
+    Ok(RenderedHook {
+        spec: spec.clone(),
+        job,
+        hash,
     })
 }
 

@@ -1,0 +1,335 @@
+//! Sync hooks (`spec.hooks.postSync`): Jobs run after a stack was applied and became healthy,
+//! before its dependents. A hook runs again only when its definition changed or its last run did
+//! not succeed; the last run of each hook is recorded in the stack's inventory.
+//!
+//! `decide` is pure; `run_post_sync` carries the decisions out against the cluster.
+
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::cluster::Error as ClusterError;
+use crate::cluster::apply;
+use crate::cluster::discovery::Kinds;
+use crate::cluster::inventory::{self, HookRecord, Inventory};
+use crate::stack::RenderedHook;
+use crate::stack::model::HookDeletePolicy;
+
+/// Why a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunReason {
+    /// It never ran (or its record is gone).
+    New,
+    /// Its definition changed since it last ran.
+    Changed,
+    /// Its last run of this definition failed.
+    LastFailed,
+}
+
+impl std::fmt::Display for RunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunReason::New => "never ran",
+            RunReason::Changed => "definition changed",
+            RunReason::LastFailed => "last run failed",
+        })
+    }
+}
+
+/// Whether a hook with definition `hash` runs, given its last recorded run. Pure.
+pub fn decide(record: Option<&HookRecord>, hash: &str) -> Option<RunReason> {
+    match record {
+        None => Some(RunReason::New),
+        Some(r) if r.hash != hash => Some(RunReason::Changed),
+        Some(r) if !r.succeeded => Some(RunReason::LastFailed),
+        Some(_) => None,
+    }
+}
+
+/// What happened to one hook in a reconcile.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookOutcome {
+    /// `Job/namespace/name`.
+    pub job: String,
+    /// The hook's file.
+    pub file: String,
+    /// Why it ran (or would run); absent when it was unchanged and did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RunReason>,
+    /// Whether it ran in this reconcile (false for a dry run and for an unchanged hook).
+    pub ran: bool,
+    /// The outcome of the run, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How long the run took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+/// Record key of a hook: `namespace/name` of its Job.
+fn record_key(hook: &RenderedHook) -> String {
+    format!(
+        "{}/{}",
+        hook.job.key.namespace.as_deref().unwrap_or_default(),
+        hook.job.key.name
+    )
+}
+
+/// The hooks of a dry run: which would run, and why.
+pub fn plan(hooks: &[RenderedHook], inventory: &Inventory) -> Vec<HookOutcome> {
+    hooks
+        .iter()
+        .map(|h| HookOutcome {
+            job: h.job.key.to_string(),
+            file: h.job.place.file.display().to_string(),
+            reason: decide(inventory.hooks.get(&record_key(h)), &h.hash),
+            ran: false,
+            succeeded: None,
+            message: None,
+            seconds: None,
+        })
+        .collect()
+}
+
+/// Runs a stack's post-sync hooks in order, stopping at the first failure, and records each run
+/// in `record` (written to the cluster after each run). Hooks no longer declared leave the
+/// record, and their Jobs are deleted. Returns the outcomes and the first failure's message.
+pub async fn run_post_sync(
+    client: &Client,
+    kinds: &Kinds,
+    stack: &str,
+    hooks: &[RenderedHook],
+    record: &mut Inventory,
+) -> Result<(Vec<HookOutcome>, Option<String>), ClusterError> {
+    let resolved = kinds
+        .resolve("batch/v1", "Job")
+        .ok_or_else(|| ClusterError::UnknownKind {
+            place: format!("stack {stack}, spec.hooks"),
+            api_version: "batch/v1".to_owned(),
+            kind: "Job".to_owned(),
+        })?;
+    let declared: Vec<String> = hooks.iter().map(record_key).collect();
+    let gone: Vec<String> = record
+        .hooks
+        .keys()
+        .filter(|k| !declared.contains(k))
+        .cloned()
+        .collect();
+    for key in gone {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key.as_str()));
+        let api = apply::api_for(client, &resolved.resource, Some(ns));
+        apply::delete(&api, name, &format!("hook Job/{key}")).await?;
+        record.hooks.remove(&key);
+        inventory::write(client, record).await?;
+        info!(stack, job = %key, "hook no longer declared: its Job is deleted");
+    }
+
+    let mut outcomes = plan(hooks, record);
+    for (hook, outcome) in hooks.iter().zip(outcomes.iter_mut()) {
+        let Some(reason) = outcome.reason else {
+            continue;
+        };
+        let ns = hook.job.key.namespace.as_deref();
+        let api = apply::api_for(client, &resolved.resource, ns);
+        let what = hook.job.key.to_string();
+        info!(stack, job = %what, "running hook ({reason})");
+        let start = Instant::now();
+        // A Job's pod template is immutable: a previous run's Job is replaced, never patched.
+        if apply::delete(&api, &hook.job.key.name, &what).await? {
+            wait_gone(&api, &hook.job.key.name, &what).await?;
+        }
+        apply::apply(&api, &hook.job, true, false).await?;
+        let result = wait_finished(&api, &hook.job.key.name, &what, hook.spec.timeout).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        let succeeded = result.is_ok();
+        let message = result.err();
+        outcome.ran = true;
+        outcome.succeeded = Some(succeeded);
+        outcome.message = message.clone();
+        outcome.seconds = Some((seconds * 10.0).round() / 10.0);
+        record.hooks.insert(
+            record_key(hook),
+            HookRecord {
+                hash: hook.hash.clone(),
+                succeeded,
+                finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                message: message.clone(),
+            },
+        );
+        inventory::write(client, record).await?;
+        let delete = match hook.spec.delete_policy {
+            HookDeletePolicy::Always => true,
+            HookDeletePolicy::OnSuccess => succeeded,
+            HookDeletePolicy::Never => false,
+        };
+        if delete {
+            apply::delete(&api, &hook.job.key.name, &what).await?;
+        }
+        match message {
+            None => info!(stack, job = %what, seconds, "hook succeeded"),
+            Some(m) => {
+                warn!(stack, job = %what, "hook failed: {m}");
+                let failure = format!(
+                    "hook {what} ({}) failed: {m}{}",
+                    outcome.file,
+                    if delete {
+                        ""
+                    } else {
+                        "; the Job is kept for inspection"
+                    }
+                );
+                return Ok((outcomes, Some(failure)));
+            }
+        }
+    }
+    Ok((outcomes, None))
+}
+
+/// Polls a Job until its `Complete` or `Failed` condition is true, or `timeout` passed.
+/// `Ok(Ok(()))` when it completed, `Ok(Err(message))` when it failed or timed out.
+async fn wait_finished(
+    api: &kube::Api<kube::api::DynamicObject>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<Result<(), String>, ClusterError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(job) = apply::get(api, name, what).await? else {
+            return Ok(Err("the Job was deleted before it finished".to_owned()));
+        };
+        if let Some(verdict) = job_verdict(&job) {
+            return Ok(verdict);
+        }
+        if start.elapsed() >= timeout {
+            return Ok(Err(format!(
+                "did not finish within its timeout of {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// A finished Job's verdict from its conditions; `None` while it runs. Pure.
+fn job_verdict(job: &Value) -> Option<Result<(), String>> {
+    let conditions = job.pointer("/status/conditions")?.as_array()?;
+    let is_true = |type_: &str| {
+        conditions.iter().find(|c| {
+            c.get("type").and_then(Value::as_str) == Some(type_)
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+    };
+    if is_true("Complete").is_some() {
+        return Some(Ok(()));
+    }
+    let failed = is_true("Failed")?;
+    let text = |k: &str| failed.get(k).and_then(Value::as_str).unwrap_or_default();
+    Some(Err(match (text("reason"), text("message")) {
+        ("", "") => "the Job failed".to_owned(),
+        (reason, "") => format!("the Job failed ({reason})"),
+        ("", message) => format!("the Job failed: {message}"),
+        (reason, message) => format!("the Job failed ({reason}): {message}"),
+    }))
+}
+
+async fn wait_gone(
+    api: &kube::Api<kube::api::DynamicObject>,
+    name: &str,
+    what: &str,
+) -> Result<(), ClusterError> {
+    let start = Instant::now();
+    while apply::get(api, name, what).await?.is_some() {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(ClusterError::Inventory {
+                name: what.to_owned(),
+                message:
+                    "the previous run's Job still exists 120s after its deletion (a finalizer?)"
+                        .to_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(hash: &str, succeeded: bool) -> HookRecord {
+        HookRecord {
+            hash: hash.to_owned(),
+            succeeded,
+            finished_at: "2026-11-22T05:00:00Z".to_owned(),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn a_hook_runs_when_new_changed_or_last_failed() {
+        let cases = [
+            (None, "sha256:a", Some(RunReason::New)),
+            (Some(record("sha256:a", true)), "sha256:a", None),
+            (
+                Some(record("sha256:a", true)),
+                "sha256:b",
+                Some(RunReason::Changed),
+            ),
+            (
+                Some(record("sha256:a", false)),
+                "sha256:a",
+                Some(RunReason::LastFailed),
+            ),
+            (
+                Some(record("sha256:a", false)),
+                "sha256:b",
+                Some(RunReason::Changed),
+            ),
+        ];
+        for (rec, hash, want) in cases {
+            assert_eq!(decide(rec.as_ref(), hash), want, "{rec:?} {hash}");
+        }
+    }
+
+    #[test]
+    fn job_verdicts() {
+        let cond = |t: &str, s: &str, reason: &str, message: &str| json!({"status": {"conditions": [{"type": t, "status": s, "reason": reason, "message": message}]}});
+        assert_eq!(job_verdict(&json!({})), None);
+        assert_eq!(job_verdict(&json!({"status": {"active": 1}})), None);
+        assert_eq!(job_verdict(&cond("Complete", "True", "", "")), Some(Ok(())));
+        assert_eq!(job_verdict(&cond("Complete", "False", "", "")), None);
+        assert_eq!(
+            job_verdict(&cond(
+                "Failed",
+                "True",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline"
+            )),
+            Some(Err(
+                "the Job failed (DeadlineExceeded): Job was active longer than specified deadline"
+                    .to_owned()
+            ))
+        );
+        assert_eq!(
+            job_verdict(&cond("Failed", "True", "", "")),
+            Some(Err("the Job failed".to_owned()))
+        );
+        // Kubernetes ≥ 1.31 adds SuccessCriteriaMet/FailureTarget before the terminal condition.
+        assert_eq!(
+            job_verdict(&cond("FailureTarget", "True", "BackoffLimitExceeded", "")),
+            None
+        );
+    }
+}
