@@ -1,17 +1,34 @@
-//! The bundled `stack/` validates offline and syncs to healthy on the test cluster.
+//! The bundled `stack/` validates offline and syncs to healthy on the test cluster: the DuckLake
+//! stacks and the Lambda stacks (with the operators stand-in's CRDs), each converging so that a
+//! second run has nothing to change.
 
 mod support;
 
-use support::{driftless, text};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
-use std::process::Command;
+use support::{driftless, kubectl, text};
 
-use support::TestEnv;
+const DUCKLAKE: [&str; 4] = [
+    "ducklake-base",
+    "ducklake-storage",
+    "ducklake-observability",
+    "ducklake-app",
+];
+const LAMBDA: [&str; 6] = [
+    "lambda-operators",
+    "lambda-base",
+    "lambda-kafka",
+    "lambda-minio",
+    "lambda-cassandra",
+    "lambda-spark",
+];
 
 #[test]
 fn bundled_stacks_validate_offline() {
     let dir = tempfile::tempdir().unwrap();
     let none = dir.path().join("absent.yaml");
+    let creds = credentials(dir.path());
     for profile in ["local", "prod"] {
         let out = driftless(
             &none,
@@ -21,27 +38,36 @@ fn bundled_stacks_validate_offline() {
                 env!("CARGO_MANIFEST_DIR"),
                 "--profile",
                 profile,
+                "--credentials-dir",
+                creds.to_str().unwrap(),
             ],
         );
         assert!(out.status.success(), "{profile}: {}", text(&out));
-        assert!(text(&out).contains("valid: 3 stacks"), "{}", text(&out));
+        assert!(text(&out).contains("valid: 10 stacks"), "{}", text(&out));
     }
 }
 
-#[test]
-fn bundled_stacks_sync_to_healthy_and_converge() {
-    let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("creds");
+/// The host secret files every bundled stack reads (stack/README.md), in a fresh directory.
+fn credentials(dir: &Path) -> PathBuf {
+    let creds = dir.join("creds");
     std::fs::create_dir(&creds).unwrap();
     for (file, value) in [
         ("minio-root-user", "ducklake"),
         ("minio-root-password", "minio-demo-password"),
         ("postgres-password", "pg-demo-password"),
+        ("lambda-minio-root-user", "lambda"),
+        ("lambda-minio-root-password", "lambda-demo-password"),
     ] {
         std::fs::write(creds.join(file), value).unwrap();
     }
-    let config = dir.path().join("driftless.yaml");
-    // A fixed instance name: a rerun against the same cluster converges instead of colliding.
+    creds
+}
+
+/// A host configuration on the working tree with the local profile. A fixed instance name: a
+/// rerun against the same cluster converges instead of colliding.
+fn config(dir: &Path) -> PathBuf {
+    let creds = credentials(dir);
+    let config = dir.join("driftless.yaml");
     std::fs::write(
         &config,
         format!(
@@ -51,9 +77,23 @@ fn bundled_stacks_sync_to_healthy_and_converge() {
         ),
     )
     .unwrap();
-    let out = driftless(&config, &["sync"]);
+    config
+}
+
+/// `driftless <command> --stack S…` for `stacks`.
+fn on_stacks(config: &Path, command: &str, stacks: &[&str]) -> std::process::Output {
+    let mut args = vec![command];
+    for s in stacks {
+        args.extend(["--stack", s]);
+    }
+    driftless(config, &args)
+}
+
+/// Syncs `stacks`, asserts each was applied and none is unhealthy.
+fn sync_to_healthy(config: &Path, stacks: &[&str]) {
+    let out = on_stacks(config, "sync", stacks);
     assert!(out.status.success(), "sync: {}", text(&out));
-    for stack in ["ducklake-base", "ducklake-storage", "ducklake-app"] {
+    for stack in stacks {
         assert!(
             text(&out).contains(&format!("stack {stack}: applied")),
             "{stack}: {}",
@@ -61,30 +101,45 @@ fn bundled_stacks_sync_to_healthy_and_converge() {
         );
     }
     assert!(!text(&out).contains("unhealthy"), "{}", text(&out));
-    let env = TestEnv::get();
-    let kubectl = |args: &[&str]| {
-        support::run_ok(
-            Command::new(env.var("KUBECTL"))
-                .arg("--kubeconfig")
-                .arg(env.var("KUBECONFIG"))
-                .args(args),
-        )
-    };
+}
+
+/// A second sync changes nothing, and a diff after it agrees.
+fn converged(config: &Path, stacks: &[&str]) {
+    let out = on_stacks(config, "sync", stacks);
+    assert!(out.status.success(), "second sync: {}", text(&out));
+    for stack in stacks {
+        assert!(
+            text(&out).contains(&format!(
+                "stack {stack}: applied: 0 to create, 0 to update, 0 to prune"
+            )),
+            "second sync of {stack} changes nothing: {}",
+            text(&out)
+        );
+    }
+    let out = on_stacks(config, "diff", stacks);
     assert_eq!(
-        kubectl(&[
-            "get",
-            "deploy",
-            "ducklake-backend",
-            "-n",
-            "ducklake",
-            "-o",
-            "jsonpath={.status.availableReplicas}"
-        ]),
-        "2"
+        out.status.code(),
+        Some(0),
+        "second run has no changes: {}",
+        text(&out)
     );
+}
+
+fn get(args: &[&str]) -> String {
+    let mut all = vec!["get"];
+    all.extend(args);
+    kubectl(&all)
+}
+
+#[test]
+fn ducklake_stacks_sync_to_healthy_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    sync_to_healthy(&config, &DUCKLAKE);
+
+    // The registry: its claim bound, ClusterIP in the base, node port 30500 from the local overlay.
     assert_eq!(
-        kubectl(&[
-            "get",
+        get(&[
             "pvc",
             "docker-registry-data",
             "-n",
@@ -95,23 +150,241 @@ fn bundled_stacks_sync_to_healthy_and_converge() {
         "Bound"
     );
     assert_eq!(
-        kubectl(&[
-            "get",
+        get(&[
             "svc",
             "docker-registry",
             "-n",
             "storage",
             "-o",
-            "jsonpath={.spec.ports[0].nodePort}"
+            "jsonpath={.spec.type} {.spec.ports[0].nodePort}"
         ]),
-        "30500",
+        "NodePort 30500",
         "local overlay"
     );
-    let out = driftless(&config, &["diff"]);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "second run has no changes: {}",
-        text(&out)
+        get(&[
+            "statefulset",
+            "postgres",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
     );
+    assert_eq!(
+        get(&[
+            "job",
+            "minio-buckets",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.status.succeeded}"
+        ]),
+        "1"
+    );
+    // Logging: Loki up, Promtail ready on each of the three nodes, with its cluster-wide RBAC.
+    assert_eq!(
+        get(&[
+            "deploy",
+            "loki",
+            "-n",
+            "logging",
+            "-o",
+            "jsonpath={.status.availableReplicas}"
+        ]),
+        "1"
+    );
+    assert_eq!(
+        get(&[
+            "daemonset",
+            "promtail",
+            "-n",
+            "logging",
+            "-o",
+            "jsonpath={.status.desiredNumberScheduled} {.status.numberReady}"
+        ]),
+        "3 3"
+    );
+    let nodes: BTreeSet<String> = get(&[
+        "pods",
+        "-n",
+        "logging",
+        "-l",
+        "app=promtail",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(nodes.len(), 3, "one Promtail per node: {nodes:?}");
+    assert_eq!(
+        get(&[
+            "clusterrolebinding",
+            "ducklake-promtail",
+            "-o",
+            "jsonpath={.subjects[0].namespace}/{.subjects[0].name}"
+        ]),
+        "logging/promtail"
+    );
+    // The backend: three ready replicas on three different nodes (required anti-affinity), its
+    // credentials from the host files.
+    assert_eq!(
+        get(&[
+            "deploy",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "3"
+    );
+    let nodes: BTreeSet<String> = get(&[
+        "pods",
+        "-n",
+        "ducklake",
+        "-l",
+        "app=ducklake-backend",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(nodes.len(), 3, "one backend per node: {nodes:?}");
+    assert_eq!(
+        get(&[
+            "secret",
+            "ducklake-backend-credentials",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.metadata.labels.driftless\\.dev/host-secret}"
+        ]),
+        "true"
+    );
+
+    converged(&config, &DUCKLAKE);
+}
+
+#[test]
+fn lambda_stacks_sync_to_healthy_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    sync_to_healthy(&config, &LAMBDA);
+
+    // The operators stand-in: its CRDs established before the custom resources were applied.
+    for crd in [
+        "kafkas.kafka.strimzi.io",
+        "kafkanodepools.kafka.strimzi.io",
+        "kafkatopics.kafka.strimzi.io",
+        "sparkapplications.sparkoperator.k8s.io",
+    ] {
+        assert_eq!(
+            get(&[
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}"
+            ]),
+            "True",
+            "{crd}"
+        );
+    }
+    // Kafka: the cluster with its external listener (local overlay) and the six topics.
+    assert_eq!(
+        get(&[
+            "kafka",
+            "kafka-cluster",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={.spec.kafka.listeners[2].configuration.bootstrap.nodePort}"
+        ]),
+        "30092"
+    );
+    let topics: BTreeSet<String> = get(&[
+        "kafkatopics",
+        "-n",
+        "kafka",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.topicName} {.spec.config.retention\\.ms}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let want: BTreeSet<String> = [
+        "assessment_topic",
+        "auth_topic",
+        "course_topic",
+        "notification_topic",
+        "profile_topic",
+        "video_topic",
+    ]
+    .iter()
+    .map(|t| format!("{t} 604800000"))
+    .collect();
+    assert_eq!(topics, want);
+    // MinIO with the spark-data layout Job done, S3 API on node port 30900 (local overlay).
+    assert_eq!(
+        get(&[
+            "svc",
+            "minio-nodeport",
+            "-n",
+            "minio",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}"
+        ]),
+        "30900"
+    );
+    assert_eq!(
+        get(&[
+            "job",
+            "minio-layout",
+            "-n",
+            "minio",
+            "-o",
+            "jsonpath={.status.succeeded}"
+        ]),
+        "1"
+    );
+    // Cassandra ready and its keyspace Job done.
+    assert_eq!(
+        get(&[
+            "statefulset",
+            "cassandra",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+    assert_eq!(
+        get(&[
+            "job",
+            "cassandra-schema",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.status.succeeded}"
+        ]),
+        "1"
+    );
+    // Spark: the ingestion application as the seed sizes it.
+    assert_eq!(
+        get(&[
+            "sparkapplication",
+            "ingestion",
+            "-n",
+            "spark",
+            "-o",
+            "jsonpath={.spec.driver.cores} {.spec.executor.instances}"
+        ]),
+        "1 2"
+    );
+
+    converged(&config, &LAMBDA);
 }
