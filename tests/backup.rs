@@ -694,3 +694,113 @@ async fn broken_dumps_unreachable_databases_and_bad_credentials_fail_and_leave_b
         );
     }
 }
+
+/// A size-limited tmpfs mounted over `dir`, unmounted on drop: a destination that really fills
+/// up (ENOSPC from the kernel). Mounting needs root, which the test environment and CI have;
+/// without it the test fails and says so.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("driftless-test-full")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "a full destination is tested on a size-limited tmpfs, which needs root (mount -t tmpfs): {}",
+            stderr(&out)
+        );
+        SmallFs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Bytes still free.
+    fn available(&self) -> u64 {
+        let out = run_ok(
+            Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.dir),
+        );
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_destination_fails_the_run_and_leaves_earlier_backups_restorable() {
+    let env = TestEnv::get();
+    let db = env.database("bk_full");
+    seed(&db);
+    let before = fingerprint(&db);
+    let s = Setup::new();
+    let local = s.local();
+    let fs = SmallFs::mount(&local, "16m");
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let dump_bytes = doc["run"]["figures"]["bytes"].as_u64().unwrap();
+    let good = s.list("pg")["backups"].clone();
+    let good_id = good[0]["id"].as_str().unwrap().to_owned();
+
+    // Fill the file system until half a dump fits.
+    let filler = local.join("filler");
+    let free = fs.available();
+    assert!(free > dump_bytes, "{free} bytes free, dump {dump_bytes}");
+    std::fs::write(&filler, vec![7u8; (free - dump_bytes / 2) as usize]).unwrap();
+
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok, "{doc:#}");
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}/pg", local.display()))
+            && message.contains("destination is full")
+            && message.contains("ENOSPC"),
+        "names the destination and says it is full: {message}"
+    );
+    assert!(
+        !message.contains("pg_dump failed"),
+        "the full destination is the cause, not pg_dump's broken pipe: {message}"
+    );
+    // Earlier backups untouched, nothing of the failed run looks complete.
+    let listed = s.list("pg");
+    assert_eq!(listed["backups"], good, "{listed:#}");
+    let manifests: Vec<PathBuf> = walk(&local)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(
+        manifests,
+        [local.join(format!("pg/{good_id}/manifest.json"))]
+    );
+    let copy = format!("{db}_full");
+    let out = s.driftless(&["backup", "restore", "pg", &good_id, "--database", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&copy), before);
+    drop_db(&copy);
+
+    // Space freed: the next run cleans up whatever the failed one left and succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let listed = s.list("pg");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 2, "{listed:#}");
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(local.join("pg")).unwrap().count(),
+        2,
+        "only the two complete backups are left"
+    );
+}

@@ -258,7 +258,10 @@ pub async fn dump(
         Ok(())
     }
     .await;
+    // Closed before waiting: a pg_dump still writing (the upload failed, e.g. a full
+    // destination) ends on the broken pipe instead of blocking on it.
     drop(check_in);
+    drop(out);
     let dump_status = dumper
         .wait()
         .await
@@ -275,14 +278,15 @@ pub async fn dump(
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let failure = if !dump_status.success() {
+    // A failed upload comes first: pg_dump then dies of the broken pipe, which is its effect.
+    let failure = if let Err(e) = streamed {
+        Some(e)
+    } else if !dump_status.success() {
         Some(Error::Failed {
             program: "pg_dump",
             status: dump_status.to_string(),
             stderr: tail(&dump_stderr),
         })
-    } else if let Err(e) = streamed {
-        Some(e)
     } else if !check_status.success() {
         Some(Error::Verify {
             status: check_status.to_string(),

@@ -42,6 +42,15 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "{store}: the destination is full ({detail}) while {what} {path}: free space there or keep fewer backups (spec.retention); earlier backups are untouched"
+    )]
+    Full {
+        store: String,
+        what: &'static str,
+        path: String,
+        detail: String,
+    },
     #[error("{store}: cannot open: {source}")]
     Open {
         store: String,
@@ -247,6 +256,14 @@ impl Store {
         path: &ObjPath,
         source: object_store::Error,
     ) -> Error {
+        if let Some(detail) = full(&source) {
+            return Error::Full {
+                store: self.name.clone(),
+                what,
+                path: path.to_string(),
+                detail,
+            };
+        }
         Error::Object {
             store: self.name.clone(),
             what,
@@ -527,6 +544,32 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Why an error means the destination has no room left: a local file system out of space or
+/// quota (ENOSPC, EDQUOT anywhere in the error's chain), or an S3 server saying its storage or
+/// the bucket's quota is full.
+fn full(e: &object_store::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::StorageFull => {
+                    return Some("ENOSPC: no space left on device".to_owned());
+                }
+                std::io::ErrorKind::QuotaExceeded => {
+                    return Some("EDQUOT: disk quota exceeded".to_owned());
+                }
+                _ => {}
+            }
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    ["XMinioStorageFull", "QuotaExceeded", "EntityTooLarge"]
+        .into_iter()
+        .find(|code| text.contains(code))
+        .map(|code| format!("the server answered {code}"))
 }
 
 /// `a/b`, with either side empty.
