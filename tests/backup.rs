@@ -804,3 +804,60 @@ async fn a_full_destination_fails_the_run_and_leaves_earlier_backups_restorable(
         "only the two complete backups are left"
     );
 }
+
+#[tokio::test]
+async fn a_backup_job_without_a_complete_backup_within_max_age_degrades_the_daemon() {
+    let ns = support::unique_name("bk-age");
+    let backups = tempfile::tempdir().unwrap();
+    // Runs every second and fails every time (no such pod): no complete backup ever.
+    let jobs = format!(
+        "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {{name: stale}}\nspec:\n  schedule: \"* * * * * *\"\n  \
+         source: {{exec: {{namespace: {ns}, pod: missing, command: [\"true\"]}}}}\n  \
+         destination: {{local: {{path: {}}}}}\n  retention: {{keepLast: 1}}\n  maxAge: 2s\n",
+        backups.path().display()
+    );
+    let d = support::daemon::start_daemon_prepared("", |repo, _| {
+        std::fs::write(repo.join("stack/app/jobs.yaml"), &jobs).unwrap();
+    });
+    let status = eventually("status degraded by maxAge", Duration::from_secs(60), || {
+        let d = &d;
+        async move {
+            let st = d.status().await;
+            let overdue = st["jobs"]
+                .as_array()?
+                .iter()
+                .any(|j| j["name"] == "stale" && j["overdue"].is_string());
+            (st["state"] == "degraded" && overdue).then_some(st)
+        }
+    })
+    .await;
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "stale")
+        .cloned()
+        .unwrap_or_else(|| panic!("job stale in {status:#}"));
+    assert!(
+        job["overdue"]
+            .as_str()
+            .is_some_and(|o| o.contains("no complete backup within maxAge 2s")),
+        "{job:#}"
+    );
+    assert!(
+        status["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "synced"),
+        "degraded by the backup job alone: {status:#}"
+    );
+    assert!(
+        job["lastSuccess"].is_null() && job["lastCompleteBackup"].is_null(),
+        "{job:#}"
+    );
+    assert!(
+        walk(backups.path()).is_empty(),
+        "no file of a failed run is left"
+    );
+}
