@@ -490,6 +490,67 @@ async fn port_forward_and_exec_sources_work_through_the_api_server() {
     assert_eq!(fingerprint(&copy).1, fingerprint(&db).1);
     drop_db(&copy);
 
+    // A bucket reached through a port-forward (the pod's port 9000 maps to the test MinIO), as
+    // a daemon outside the cluster reaches an in-cluster MinIO; restored the same way.
+    let bucket = env.bucket("bk-pf").await;
+    for i in 0..5 {
+        minio(&bucket)
+            .put(
+                &ObjPath::from(format!("d/o-{i}")),
+                PutPayload::from(format!("object {i}").repeat(1000).into_bytes()),
+            )
+            .await
+            .unwrap();
+    }
+    s.jobs(&job(
+        "bucket-forward",
+        &format!(
+            "s3: {{portForward: {{namespace: {}, pod: db}}, bucket: {bucket}, prefix: d, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+            ns.name
+        ),
+        &dest,
+        "  restoreDrill: true\n",
+    ));
+    let (doc, ok) = s.run_job("bucket-forward");
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    assert!(
+        doc["report"]["source"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("via port-forward to {}/db:9000", ns.name)),
+        "{doc:#}"
+    );
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "bucket-forward",
+        "latest",
+        "--prefix",
+        "copy",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    same(
+        &contents(&minio(&bucket), "copy").await,
+        &contents(&minio(&bucket), "d").await,
+    );
+    s.jobs(&format!(
+        "{}{}{}",
+        job("pg-forward", &pf_source, &dest, ""),
+        job(
+            "snapshot",
+            &exec_source("echo snapshot-taken; echo progress >&2"),
+            &dest,
+            ""
+        ),
+        job(
+            "snapshot-fails",
+            &exec_source("echo partial; exit 3"),
+            &dest,
+            ""
+        ),
+    ));
+
     let (doc, ok) = s.run_job("snapshot");
     assert!(ok, "{doc:#}");
     let id = s.list("snapshot")["backups"][0]["id"]
@@ -860,4 +921,197 @@ async fn a_backup_job_without_a_complete_backup_within_max_age_degrades_the_daem
         walk(backups.path()).is_empty(),
         "no file of a failed run is left"
     );
+}
+
+#[tokio::test]
+async fn an_exec_source_copies_files_out_of_the_pod_verified() {
+    let env = TestEnv::get();
+    let ns = env.namespace("bk-cp").await;
+    kwok_pod(&ns).await;
+    let s = Setup::new();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    // KWOK runs execs in <run dir>/exec: the "pod's" files live there.
+    let snap = support::unique_name("snap");
+    let pod_dir = Path::new(env.var("DRIFTLESS_TESTENV_RUN")).join("exec");
+    s.jobs(&job(
+        "snapshot",
+        &format!(
+            "exec: {{namespace: {}, pod: db, command: [sh, -c, 'mkdir -p {snap}/tables && echo one > {snap}/tables/a.db && head -c 3000000 /dev/urandom > {snap}/tables/b.db && echo snapshot taken'], copyOut: [{snap}]}}",
+            ns.name
+        ),
+        &dest,
+        "",
+    ));
+    let (doc, ok) = s.run_job("snapshot");
+    assert!(ok, "{doc:#}");
+    let id = s.list("snapshot")["backups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = local.join(format!("snapshot/{id}"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stdout")).unwrap(),
+        "snapshot taken\n"
+    );
+    // The archive holds the pod's files byte for byte, and the manifest its hash.
+    let tar = std::fs::read(dir.join("files.tar")).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "files.tar")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["sha256"], hex(&Sha256::digest(&tar)));
+    assert_eq!(manifest["details"]["copyOut"]["paths"][0], snap.as_str());
+    let out = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("xf")
+            .arg(dir.join("files.tar"))
+            .arg("-C")
+            .arg(out.path()),
+    );
+    for f in ["tables/a.db", "tables/b.db"] {
+        assert_eq!(
+            hex(&Sha256::digest(
+                std::fs::read(out.path().join(&snap).join(f)).unwrap()
+            )),
+            hex(&Sha256::digest(
+                std::fs::read(pod_dir.join(&snap).join(f)).unwrap()
+            )),
+            "{f}"
+        );
+    }
+
+    // A path that is not there fails the run (tar's exit status) and leaves nothing.
+    s.jobs(&job(
+        "snapshot",
+        &format!(
+            "exec: {{namespace: {}, pod: db, copyOut: [{snap}-missing]}}",
+            ns.name
+        ),
+        &dest,
+        "",
+    ));
+    let (doc, ok) = s.run_job("snapshot");
+    assert!(!ok, "{doc:#}");
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("tar cf -") && message.contains("missing"),
+        "{message}"
+    );
+    let listed = s.list("snapshot");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    std::fs::remove_dir_all(pod_dir.join(&snap)).unwrap();
+}
+
+#[tokio::test]
+async fn restore_with_globals_creates_missing_roles_and_leaves_existing_ones() {
+    let env = TestEnv::get();
+    let db = env.database("bk_roles");
+    let role = format!("{db}_owner");
+    let sentinel = "sentinel-Role-Pw-41c9";
+    psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{sentinel}' CONNECTION LIMIT 7"),
+    );
+    psql(
+        &db,
+        &format!(
+            "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 42); ALTER TABLE t OWNER TO {role}"
+        ),
+    );
+    let s = Setup::new();
+    let dest = format!("local: {{path: {}}}", s.local().display());
+    s.jobs(&job("pg", &pg_source(&db, ", globals: true"), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+
+    // The role is gone with its database: --globals brings it back before the tables.
+    drop_db(&db);
+    psql("postgres", &format!("DROP ROLE {role}"));
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(sentinel), "{}", stderr(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let created = done["restored"]["roles"]["created"].as_array().unwrap();
+    assert!(created.contains(&json!(role)), "{done:#}");
+    assert!(
+        done["restored"]["roles"]["existing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(env.var("PGUSER"))),
+        "{done:#}"
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "t|7"
+    );
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT tableowner || ':' || (SELECT count(*) FROM t) FROM pg_tables WHERE tablename = 't'"
+        ),
+        format!("{role}:42")
+    );
+
+    // An existing role is left as it is (its attributes are not reset to the backup's).
+    psql("postgres", &format!("ALTER ROLE {role} CONNECTION LIMIT 3"));
+    let copy = format!("{db}_again");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "--database",
+        &copy,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "3"
+    );
+    drop_db(&copy);
+
+    // A backup without globals says so.
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "--database",
+        &copy,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no globals.sql"),
+        "{}",
+        stderr(&out)
+    );
+    drop_db(&db);
+    psql("postgres", &format!("DROP ROLE {role}"));
 }

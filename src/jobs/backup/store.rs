@@ -59,6 +59,12 @@ pub enum Error {
     },
     #[error("{field}: {message}")]
     Credentials { field: String, message: String },
+    #[error("{field}: {source}")]
+    Forward {
+        field: String,
+        #[source]
+        source: super::pod::Error,
+    },
     #[error("{store}: {path}: {message}")]
     Invalid {
         store: String,
@@ -148,6 +154,8 @@ pub struct Store {
     /// staging files of an upload cut short).
     local: Option<PathBuf>,
     name: String,
+    /// The port-forward an S3 location is reached through, open while any clone lives.
+    _forward: Option<Arc<super::pod::Forward>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -174,8 +182,13 @@ pub fn read_secret(
 }
 
 impl Store {
-    /// Opens a job's part of a destination.
-    pub fn open(dest: &Destination, job: &str, credentials_dir: Option<&Path>) -> Result<Store> {
+    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one).
+    pub async fn open(
+        dest: &Destination,
+        job: &str,
+        credentials_dir: Option<&Path>,
+        cluster: Option<&kube::Client>,
+    ) -> Result<Store> {
         match dest {
             Destination::Local(l) => {
                 std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
@@ -195,10 +208,12 @@ impl Store {
                     root: job.to_owned(),
                     local: Some(l.path.join(job)),
                     name,
+                    _forward: None,
                 })
             }
             Destination::S3(s) => {
-                let inner = s3(s, "spec.destination.s3", credentials_dir)?;
+                let (inner, forward) =
+                    s3(s, "spec.destination.s3", credentials_dir, cluster).await?;
                 let prefix = s.clean_prefix();
                 let root = if prefix.is_empty() {
                     job.to_owned()
@@ -210,23 +225,27 @@ impl Store {
                     name: format!("s3://{}/{root}", s.bucket),
                     root,
                     local: None,
+                    _forward: forward,
                 })
             }
         }
     }
 
     /// A store over a bucket and prefix (the S3 source, a restore target).
-    pub fn s3_location(
+    pub async fn s3_location(
         s: &S3Location,
         field: &str,
         credentials_dir: Option<&Path>,
+        cluster: Option<&kube::Client>,
     ) -> Result<Store> {
         let root = s.clean_prefix();
+        let (inner, forward) = s3(s, field, credentials_dir, cluster).await?;
         Ok(Store {
-            inner: s3(s, field, credentials_dir)?,
+            inner,
             name: format!("s3://{}/{root}", s.bucket),
             root,
             local: None,
+            _forward: forward,
         })
     }
 
@@ -581,12 +600,29 @@ pub fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn s3(s: &S3Location, field: &str, credentials_dir: Option<&Path>) -> Result<Arc<dyn ObjectStore>> {
+async fn s3(
+    s: &S3Location,
+    field: &str,
+    credentials_dir: Option<&Path>,
+    cluster: Option<&kube::Client>,
+) -> Result<(Arc<dyn ObjectStore>, Option<Arc<super::pod::Forward>>)> {
     let mut b = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(&s.bucket)
         .with_region(&s.region)
         .with_virtual_hosted_style_request(false);
-    if let Some(e) = &s.endpoint {
+    let mut forward = None;
+    if let Some(t) = &s.port_forward {
+        let f = super::pod::forward(cluster, t)
+            .await
+            .map_err(|source| Error::Forward {
+                field: format!("{field}.portForward"),
+                source,
+            })?;
+        b = b
+            .with_endpoint(format!("http://127.0.0.1:{}", f.port))
+            .with_allow_http(true);
+        forward = Some(Arc::new(f));
+    } else if let Some(e) = &s.endpoint {
         b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
     }
     if let (Some(a), Some(k)) = (&s.access_key_file, &s.secret_key_file) {
@@ -601,7 +637,7 @@ fn s3(s: &S3Location, field: &str, credentials_dir: Option<&Path>) -> Result<Arc
         store: format!("s3://{}", s.bucket),
         source,
     })?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), forward))
 }
 
 /// A file being uploaded: bytes in, hashed as they pass.
