@@ -1045,7 +1045,12 @@ async fn restore_with_globals_creates_missing_roles_and_leaves_existing_ones() {
         "json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains(sentinel), "{}", stderr(&out));
+    // Neither the password nor its hash (globals.sql holds SCRAM verifiers) is ever shown.
+    assert!(
+        !stderr(&out).contains(sentinel) && !stderr(&out).contains("SCRAM-SHA-256$"),
+        "{}",
+        stderr(&out)
+    );
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
     let created = done["restored"]["roles"]["created"].as_array().unwrap();
     assert!(created.contains(&json!(role)), "{done:#}");
