@@ -209,6 +209,9 @@ pub enum BackupCommand {
         job: Option<String>,
         #[command(flatten)]
         source: SourceArgs,
+        /// The cluster an S3 destination's port-forward goes through.
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -233,6 +236,10 @@ pub enum BackupCommand {
         /// dropped and recreated; S3: objects not in the backup are deleted).
         #[arg(long)]
         force: bool,
+        /// PostgreSQL: first apply the backup's `globals.sql` (roles, from `globals: true`) with
+        /// psql, creating the roles that do not exist and leaving existing ones as they are.
+        #[arg(long)]
+        globals: bool,
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]

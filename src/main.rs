@@ -226,15 +226,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let d = load_desired(&config, &source, false)?;
             let credentials = source.credentials_dir.or_else(|| config.credentials_dir());
             let text = runtime()?.block_on(async {
-                // Only a restore through a port-forward needs the cluster; it says so if missing.
-                let client = match &command {
-                    driftless::cli::BackupCommand::Restore { cluster, .. } => {
-                        driftless::cluster::connect_for_jobs(&cluster_target(&config, cluster))
-                            .await
-                            .ok()
-                    }
-                    _ => None,
+                // Only a port-forward needs the cluster; it says so if missing.
+                let cluster = match &command {
+                    driftless::cli::BackupCommand::Restore { cluster, .. }
+                    | driftless::cli::BackupCommand::List { cluster, .. } => cluster,
                 };
+                let client =
+                    driftless::cluster::connect_for_jobs(&cluster_target(&config, cluster))
+                        .await
+                        .ok();
                 let (state_dir, jobs) = (config.state_dir(), &d.jobs);
                 let cred = credentials.as_deref();
                 driftless::jobs::backup::command::execute(

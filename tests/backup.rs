@@ -490,6 +490,67 @@ async fn port_forward_and_exec_sources_work_through_the_api_server() {
     assert_eq!(fingerprint(&copy).1, fingerprint(&db).1);
     drop_db(&copy);
 
+    // A bucket reached through a port-forward (the pod's port 9000 maps to the test MinIO), as
+    // a daemon outside the cluster reaches an in-cluster MinIO; restored the same way.
+    let bucket = env.bucket("bk-pf").await;
+    for i in 0..5 {
+        minio(&bucket)
+            .put(
+                &ObjPath::from(format!("d/o-{i}")),
+                PutPayload::from(format!("object {i}").repeat(1000).into_bytes()),
+            )
+            .await
+            .unwrap();
+    }
+    s.jobs(&job(
+        "bucket-forward",
+        &format!(
+            "s3: {{portForward: {{namespace: {}, pod: db}}, bucket: {bucket}, prefix: d, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+            ns.name
+        ),
+        &dest,
+        "  restoreDrill: true\n",
+    ));
+    let (doc, ok) = s.run_job("bucket-forward");
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    assert!(
+        doc["report"]["source"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("via port-forward to {}/db:9000", ns.name)),
+        "{doc:#}"
+    );
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "bucket-forward",
+        "latest",
+        "--prefix",
+        "copy",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    same(
+        &contents(&minio(&bucket), "copy").await,
+        &contents(&minio(&bucket), "d").await,
+    );
+    s.jobs(&format!(
+        "{}{}{}",
+        job("pg-forward", &pf_source, &dest, ""),
+        job(
+            "snapshot",
+            &exec_source("echo snapshot-taken; echo progress >&2"),
+            &dest,
+            ""
+        ),
+        job(
+            "snapshot-fails",
+            &exec_source("echo partial; exit 3"),
+            &dest,
+            ""
+        ),
+    ));
+
     let (doc, ok) = s.run_job("snapshot");
     assert!(ok, "{doc:#}");
     let id = s.list("snapshot")["backups"][0]["id"]
@@ -693,4 +754,369 @@ async fn broken_dumps_unreachable_databases_and_bad_credentials_fail_and_leave_b
             good_manifest
         );
     }
+}
+
+/// A size-limited tmpfs mounted over `dir`, unmounted on drop: a destination that really fills
+/// up (ENOSPC from the kernel). Mounting needs root, which the test environment and CI have;
+/// without it the test fails and says so.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("driftless-test-full")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "a full destination is tested on a size-limited tmpfs, which needs root (mount -t tmpfs): {}",
+            stderr(&out)
+        );
+        SmallFs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Bytes still free.
+    fn available(&self) -> u64 {
+        let out = run_ok(
+            Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.dir),
+        );
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_destination_fails_the_run_and_leaves_earlier_backups_restorable() {
+    let env = TestEnv::get();
+    let db = env.database("bk_full");
+    seed(&db);
+    let before = fingerprint(&db);
+    let s = Setup::new();
+    let local = s.local();
+    let fs = SmallFs::mount(&local, "16m");
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let dump_bytes = doc["run"]["figures"]["bytes"].as_u64().unwrap();
+    let good = s.list("pg")["backups"].clone();
+    let good_id = good[0]["id"].as_str().unwrap().to_owned();
+
+    // Fill the file system until half a dump fits.
+    let filler = local.join("filler");
+    let free = fs.available();
+    assert!(free > dump_bytes, "{free} bytes free, dump {dump_bytes}");
+    std::fs::write(&filler, vec![7u8; (free - dump_bytes / 2) as usize]).unwrap();
+
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok, "{doc:#}");
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}/pg", local.display()))
+            && message.contains("destination is full")
+            && message.contains("ENOSPC"),
+        "names the destination and says it is full: {message}"
+    );
+    assert!(
+        !message.contains("pg_dump failed"),
+        "the full destination is the cause, not pg_dump's broken pipe: {message}"
+    );
+    // Earlier backups untouched, nothing of the failed run looks complete.
+    let listed = s.list("pg");
+    assert_eq!(listed["backups"], good, "{listed:#}");
+    let manifests: Vec<PathBuf> = walk(&local)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(
+        manifests,
+        [local.join(format!("pg/{good_id}/manifest.json"))]
+    );
+    let copy = format!("{db}_full");
+    let out = s.driftless(&["backup", "restore", "pg", &good_id, "--database", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&copy), before);
+    drop_db(&copy);
+
+    // Space freed: the next run cleans up whatever the failed one left and succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let listed = s.list("pg");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 2, "{listed:#}");
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(local.join("pg")).unwrap().count(),
+        2,
+        "only the two complete backups are left"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_job_without_a_complete_backup_within_max_age_degrades_the_daemon() {
+    let ns = support::unique_name("bk-age");
+    let backups = tempfile::tempdir().unwrap();
+    // Runs every second and fails every time (no such pod): no complete backup ever.
+    let jobs = format!(
+        "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {{name: stale}}\nspec:\n  schedule: \"* * * * * *\"\n  \
+         source: {{exec: {{namespace: {ns}, pod: missing, command: [\"true\"]}}}}\n  \
+         destination: {{local: {{path: {}}}}}\n  retention: {{keepLast: 1}}\n  maxAge: 2s\n",
+        backups.path().display()
+    );
+    let d = support::daemon::start_daemon_prepared("", |repo, _| {
+        std::fs::write(repo.join("stack/app/jobs.yaml"), &jobs).unwrap();
+    });
+    let status = eventually("status degraded by maxAge", Duration::from_secs(60), || {
+        let d = &d;
+        async move {
+            let st = d.status().await;
+            let overdue = st["jobs"]
+                .as_array()?
+                .iter()
+                .any(|j| j["name"] == "stale" && j["overdue"].is_string());
+            (st["state"] == "degraded" && overdue).then_some(st)
+        }
+    })
+    .await;
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "stale")
+        .cloned()
+        .unwrap_or_else(|| panic!("job stale in {status:#}"));
+    assert!(
+        job["overdue"]
+            .as_str()
+            .is_some_and(|o| o.contains("no complete backup within maxAge 2s")),
+        "{job:#}"
+    );
+    assert!(
+        status["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "synced"),
+        "degraded by the backup job alone: {status:#}"
+    );
+    assert!(
+        job["lastSuccess"].is_null() && job["lastCompleteBackup"].is_null(),
+        "{job:#}"
+    );
+    assert!(
+        walk(backups.path()).is_empty(),
+        "no file of a failed run is left"
+    );
+}
+
+#[tokio::test]
+async fn an_exec_source_copies_files_out_of_the_pod_verified() {
+    let env = TestEnv::get();
+    let ns = env.namespace("bk-cp").await;
+    kwok_pod(&ns).await;
+    let s = Setup::new();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    // KWOK runs execs in <run dir>/exec: the "pod's" files live there.
+    let snap = support::unique_name("snap");
+    let pod_dir = Path::new(env.var("DRIFTLESS_TESTENV_RUN")).join("exec");
+    s.jobs(&job(
+        "snapshot",
+        &format!(
+            "exec: {{namespace: {}, pod: db, command: [sh, -c, 'mkdir -p {snap}/tables && echo one > {snap}/tables/a.db && head -c 3000000 /dev/urandom > {snap}/tables/b.db && echo snapshot taken'], copyOut: [{snap}]}}",
+            ns.name
+        ),
+        &dest,
+        "",
+    ));
+    let (doc, ok) = s.run_job("snapshot");
+    assert!(ok, "{doc:#}");
+    let id = s.list("snapshot")["backups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = local.join(format!("snapshot/{id}"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stdout")).unwrap(),
+        "snapshot taken\n"
+    );
+    // The archive holds the pod's files byte for byte, and the manifest its hash.
+    let tar = std::fs::read(dir.join("files.tar")).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "files.tar")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["sha256"], hex(&Sha256::digest(&tar)));
+    assert_eq!(manifest["details"]["copyOut"]["paths"][0], snap.as_str());
+    let out = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("xf")
+            .arg(dir.join("files.tar"))
+            .arg("-C")
+            .arg(out.path()),
+    );
+    for f in ["tables/a.db", "tables/b.db"] {
+        assert_eq!(
+            hex(&Sha256::digest(
+                std::fs::read(out.path().join(&snap).join(f)).unwrap()
+            )),
+            hex(&Sha256::digest(
+                std::fs::read(pod_dir.join(&snap).join(f)).unwrap()
+            )),
+            "{f}"
+        );
+    }
+
+    // A path that is not there fails the run (tar's exit status) and leaves nothing.
+    s.jobs(&job(
+        "snapshot",
+        &format!(
+            "exec: {{namespace: {}, pod: db, copyOut: [{snap}-missing]}}",
+            ns.name
+        ),
+        &dest,
+        "",
+    ));
+    let (doc, ok) = s.run_job("snapshot");
+    assert!(!ok, "{doc:#}");
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("tar cf -") && message.contains("missing"),
+        "{message}"
+    );
+    let listed = s.list("snapshot");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    std::fs::remove_dir_all(pod_dir.join(&snap)).unwrap();
+}
+
+#[tokio::test]
+async fn restore_with_globals_creates_missing_roles_and_leaves_existing_ones() {
+    let env = TestEnv::get();
+    let db = env.database("bk_roles");
+    let role = format!("{db}_owner");
+    let sentinel = "sentinel-Role-Pw-41c9";
+    psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{sentinel}' CONNECTION LIMIT 7"),
+    );
+    psql(
+        &db,
+        &format!(
+            "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 42); ALTER TABLE t OWNER TO {role}"
+        ),
+    );
+    let s = Setup::new();
+    let dest = format!("local: {{path: {}}}", s.local().display());
+    s.jobs(&job("pg", &pg_source(&db, ", globals: true"), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+
+    // The role is gone with its database: --globals brings it back before the tables.
+    drop_db(&db);
+    psql("postgres", &format!("DROP ROLE {role}"));
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Neither the password nor its hash (globals.sql holds SCRAM verifiers) is ever shown.
+    assert!(
+        !stderr(&out).contains(sentinel) && !stderr(&out).contains("SCRAM-SHA-256$"),
+        "{}",
+        stderr(&out)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let created = done["restored"]["roles"]["created"].as_array().unwrap();
+    assert!(created.contains(&json!(role)), "{done:#}");
+    assert!(
+        done["restored"]["roles"]["existing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(env.var("PGUSER"))),
+        "{done:#}"
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "t|7"
+    );
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT tableowner || ':' || (SELECT count(*) FROM t) FROM pg_tables WHERE tablename = 't'"
+        ),
+        format!("{role}:42")
+    );
+
+    // An existing role is left as it is (its attributes are not reset to the backup's).
+    psql("postgres", &format!("ALTER ROLE {role} CONNECTION LIMIT 3"));
+    let copy = format!("{db}_again");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "--database",
+        &copy,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "3"
+    );
+    drop_db(&copy);
+
+    // A backup without globals says so.
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, ""));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--globals",
+        "--database",
+        &copy,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no globals.sql"),
+        "{}",
+        stderr(&out)
+    );
+    drop_db(&db);
+    psql("postgres", &format!("DROP ROLE {role}"));
 }

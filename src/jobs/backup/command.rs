@@ -51,7 +51,7 @@ pub async fn execute(
             };
             let mut all = Vec::new();
             for j in selected {
-                all.push(super::list(j, credentials_dir).await?);
+                all.push(super::list(j, credentials_dir, cluster).await?);
             }
             Ok(match output {
                 OutputFormat::Json => format!("{:#}\n", serde_json::json!({ "jobs": all })),
@@ -92,6 +92,7 @@ pub async fn execute(
             bucket,
             prefix,
             force,
+            globals,
             output,
             ..
         } => {
@@ -101,6 +102,7 @@ pub async fn execute(
                 bucket: bucket.clone(),
                 prefix: prefix.clone(),
                 force: *force,
+                globals: *globals,
             };
             let inputs = Inputs {
                 cluster,

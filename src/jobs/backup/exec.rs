@@ -1,6 +1,8 @@
-//! Exec sources: a command run in a pod through the API server (e.g. `nodetool snapshot`, or
-//! `tar -cf - DIR` to copy files out); its standard output is the backup's `stdout` file, its
-//! exit status must be success, and the tail of its standard error is kept in the manifest.
+//! Exec sources: a command run in a pod through the API server (e.g. `nodetool snapshot`); its
+//! standard output is the backup's `stdout` file, its exit status must be success, and the tail
+//! of its standard error is kept in the manifest. Then, optionally, files copied out of the
+//! container (`copyOut`): `tar cf - PATHS` run through exec, as `kubectl cp` does, streamed into
+//! `files.tar` with its sha256 and read back.
 
 use std::time::Duration;
 
@@ -17,9 +19,10 @@ pub enum Error {
     Pod(#[from] pod::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
-    #[error("exec in pod {pod}: {message}; stderr: {stderr}")]
+    #[error("exec in pod {pod} ({command}): {message}; stderr: {stderr}")]
     Failed {
         pod: String,
+        command: String,
         message: String,
         stderr: String,
     },
@@ -29,8 +32,10 @@ pub enum Error {
 
 /// The file holding the command's standard output.
 pub const STDOUT: &str = "stdout";
+/// The file holding the `copyOut` paths, as one tar archive.
+pub const FILES_TAR: &str = "files.tar";
 
-/// Runs the command and stores its output as backup `id`.
+/// Runs the command, then copies the `copyOut` paths out, storing both as backup `id`.
 pub async fn capture(
     cluster: Option<&kube::Client>,
     e: &Exec,
@@ -39,65 +44,96 @@ pub async fn capture(
 ) -> Result<(Vec<FileEntry>, serde_json::Value), Error> {
     let pod_name = format!("{}/{}", e.namespace, e.pod);
     let work = async {
-        let mut running = pod::exec(
-            cluster,
-            &e.namespace,
-            &e.pod,
-            e.container.as_deref(),
-            &e.command,
-        )
-        .await?;
-        let mut upload = store.writer(id, STDOUT).await?;
-        let streamed: Result<(), Error> = async {
-            if let Some(mut out) = running.stdout() {
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = out.read(&mut buf).await.map_err(|err| Error::Failed {
-                        pod: pod_name.clone(),
-                        message: format!("reading its output: {err}"),
-                        stderr: String::new(),
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    upload.write(&buf[..n]).await?;
-                }
-            }
-            Ok(())
+        let mut files = Vec::new();
+        let mut details = serde_json::json!({
+            "pod": pod_name,
+            "container": e.container,
+        });
+        if !e.command.is_empty() {
+            let (entry, end) = run_into(cluster, e, &e.command, store, id, STDOUT).await?;
+            files.push(entry);
+            details["command"] = serde_json::json!(e.command);
+            details["exit"] = serde_json::json!(end.message);
+            details["stderrTail"] = serde_json::json!(last_lines(&end.stderr_tail));
         }
-        .await;
-        let end = running.end(Duration::from_secs(60)).await;
-        if let Err(err) = streamed {
-            upload.abort().await;
-            return Err(err);
-        }
-        if !end.success {
-            upload.abort().await;
-            return Err(Error::Failed {
-                pod: pod_name.clone(),
-                message: end.message,
-                stderr: last_lines(&end.stderr_tail),
+        if !e.copy_out.is_empty() {
+            // What `kubectl cp` runs; only after the command succeeded (a snapshot to copy).
+            let mut tar = vec!["tar".to_owned(), "cf".to_owned(), "-".to_owned()];
+            tar.extend(e.copy_out.iter().cloned());
+            let (entry, end) = run_into(cluster, e, &tar, store, id, FILES_TAR).await?;
+            files.push(entry);
+            details["copyOut"] = serde_json::json!({
+                "paths": e.copy_out,
+                "exit": end.message,
+                "stderrTail": last_lines(&end.stderr_tail),
             });
         }
-        let entry = upload.finish().await?;
-        store.verify(&entry, id).await?;
-        Ok((entry, end))
+        Ok::<_, Error>((files, details))
     };
-    let (entry, end) =
-        tokio::time::timeout(e.timeout, work)
-            .await
-            .map_err(|_| Error::Timeout {
-                pod: pod_name.clone(),
-                timeout: e.timeout,
-            })??;
-    let details = serde_json::json!({
-        "pod": pod_name,
-        "container": e.container,
-        "command": e.command,
-        "exit": end.message,
-        "stderrTail": last_lines(&end.stderr_tail),
-    });
-    Ok((vec![entry], details))
+    tokio::time::timeout(e.timeout, work)
+        .await
+        .map_err(|_| Error::Timeout {
+            pod: pod_name.clone(),
+            timeout: e.timeout,
+        })?
+}
+
+/// Runs one command in the pod and streams its standard output into `dir/name` (hashed as it
+/// passes, read back and re-hashed); a non-zero exit fails it and discards the upload.
+async fn run_into(
+    cluster: Option<&kube::Client>,
+    e: &Exec,
+    command: &[String],
+    store: &Store,
+    id: &str,
+    name: &str,
+) -> Result<(FileEntry, pod::ExecEnd), Error> {
+    let pod_name = format!("{}/{}", e.namespace, e.pod);
+    let mut running = pod::exec(
+        cluster,
+        &e.namespace,
+        &e.pod,
+        e.container.as_deref(),
+        command,
+    )
+    .await?;
+    let mut upload = store.writer(id, name).await?;
+    let streamed: Result<(), Error> = async {
+        if let Some(mut out) = running.stdout() {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = out.read(&mut buf).await.map_err(|err| Error::Failed {
+                    pod: pod_name.clone(),
+                    command: command.join(" "),
+                    message: format!("reading its output: {err}"),
+                    stderr: String::new(),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                upload.write(&buf[..n]).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let end = running.end(Duration::from_secs(60)).await;
+    if let Err(err) = streamed {
+        upload.abort().await;
+        return Err(err);
+    }
+    if !end.success {
+        upload.abort().await;
+        return Err(Error::Failed {
+            pod: pod_name,
+            command: command.join(" "),
+            message: end.message,
+            stderr: last_lines(&end.stderr_tail),
+        });
+    }
+    let entry = upload.finish().await?;
+    store.verify(&entry, id).await?;
+    Ok((entry, end))
 }
 
 fn last_lines(text: &str) -> String {

@@ -14,6 +14,7 @@
 
 pub mod command;
 pub mod exec;
+pub mod globals;
 pub mod pod;
 pub mod postgres;
 pub mod retention;
@@ -229,7 +230,17 @@ fn describe_source(s: &Source) -> String {
             ),
             None => format!("postgres {} at {}:{}", p.database, p.host, p.port),
         },
-        Source::S3(l) => format!("s3://{}/{}", l.bucket, l.clean_prefix()),
+        Source::S3(l) => match &l.port_forward {
+            Some(t) => format!(
+                "s3://{}/{} via port-forward to {}/{}:{}",
+                l.bucket,
+                l.clean_prefix(),
+                t.namespace,
+                t.pod.as_deref().or(t.service.as_deref()).unwrap_or(""),
+                t.port
+            ),
+            None => format!("s3://{}/{}", l.bucket, l.clean_prefix()),
+        },
         Source::Exec(e) => format!("exec in pod {}/{}", e.namespace, e.pod),
     }
 }
@@ -246,8 +257,14 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
         job: job.name.clone(),
         source,
     };
-    let store =
-        Store::open(&spec.destination, &job.name, inputs.credentials_dir).map_err(dest_err)?;
+    let store = Store::open(
+        &spec.destination,
+        &job.name,
+        inputs.credentials_dir,
+        inputs.cluster,
+    )
+    .await
+    .map_err(dest_err)?;
     let listing = store.backups().await.map_err(dest_err)?;
     let mut report = Report {
         job: job.name.clone(),
@@ -397,8 +414,14 @@ async fn take(
                 .map_err(|e| format!("postgres {} at {}: {e}", pg.database, conn.described))
         }
         Source::S3(loc) => {
-            let source = Store::s3_location(loc, "spec.source.s3", inputs.credentials_dir)
-                .map_err(|e| format!("source: {e}"))?;
+            let source = Store::s3_location(
+                loc,
+                "spec.source.s3",
+                inputs.credentials_dir,
+                inputs.cluster,
+            )
+            .await
+            .map_err(|e| format!("source: {e}"))?;
             let files = s3::mirror(&source, store, id)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -438,7 +461,9 @@ async fn drill(
                 &spec.destination,
                 &format!("{}.drill", manifest.job),
                 inputs.credentials_dir,
+                inputs.cluster,
             )
+            .await
             .map_err(|e| e.to_string())?;
             s3::drill(store, manifest, &scratch)
                 .await
@@ -473,14 +498,18 @@ pub struct ListedBackup {
 }
 
 /// Lists the backups of a Backup job (complete ones, oldest first).
-pub async fn list(job: &Job, credentials_dir: Option<&Path>) -> Result<JobBackups, Error> {
+pub async fn list(
+    job: &Job,
+    credentials_dir: Option<&Path>,
+    cluster: Option<&kube::Client>,
+) -> Result<JobBackups, Error> {
     let spec = spec::parse(job)?;
-    let store = Store::open(&spec.destination, &job.name, credentials_dir).map_err(|source| {
-        Error::Destination {
+    let store = Store::open(&spec.destination, &job.name, credentials_dir, cluster)
+        .await
+        .map_err(|source| Error::Destination {
             job: job.name.clone(),
             source,
-        }
-    })?;
+        })?;
     let listing = store.backups().await.map_err(|source| Error::Destination {
         job: job.name.clone(),
         source,
@@ -515,6 +544,8 @@ pub struct RestoreTarget {
     pub prefix: Option<String>,
     /// Restore over a non-empty target.
     pub force: bool,
+    /// PostgreSQL: also apply the backup's globals (roles), creating missing roles only.
+    pub globals: bool,
 }
 
 /// Restores backup `id` (or `latest`) of a job; returns what was restored where.
@@ -529,8 +560,14 @@ pub async fn restore(
         job: job.name.clone(),
         source,
     };
-    let store =
-        Store::open(&spec.destination, &job.name, inputs.credentials_dir).map_err(dest_err)?;
+    let store = Store::open(
+        &spec.destination,
+        &job.name,
+        inputs.credentials_dir,
+        inputs.cluster,
+    )
+    .await
+    .map_err(dest_err)?;
     let listing = store.backups().await.map_err(dest_err)?;
     let manifest = if id == "latest" {
         listing.complete.last()
@@ -561,11 +598,19 @@ pub async fn restore(
                 &store,
                 &manifest,
                 &database,
-                target.force,
+                postgres::RestoreOptions {
+                    force: target.force,
+                    globals: target.globals,
+                },
                 &scratch_dir(inputs.state_dir),
             )
             .await
             .map_err(|e| fail(e.to_string()))?
+        }
+        Source::S3(_) | Source::Exec(_) if target.globals => {
+            return Err(fail(
+                "--globals applies to PostgreSQL backups only".to_owned(),
+            ));
         }
         Source::S3(loc) => {
             let mut to = loc.clone();
@@ -575,16 +620,23 @@ pub async fn restore(
             if let Some(p) = &target.prefix {
                 to.prefix = p.clone();
             }
-            let target_store = Store::s3_location(&to, "spec.source.s3", inputs.credentials_dir)
-                .map_err(|e| fail(e.to_string()))?;
+            let target_store = Store::s3_location(
+                &to,
+                "spec.source.s3",
+                inputs.credentials_dir,
+                inputs.cluster,
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
             s3::restore(&store, &manifest, &target_store, target.force)
                 .await
                 .map_err(|e| fail(e.to_string()))?
         }
         Source::Exec(_) => {
             return Err(fail(format!(
-                "exec backups are restored by hand: the command's output is {} in {}",
+                "exec backups are restored by hand: the command's output is {} and copied-out files are {} in {}",
                 store::join(&manifest.id, exec::STDOUT),
+                store::join(&manifest.id, exec::FILES_TAR),
                 store.name()
             )));
         }

@@ -51,6 +51,10 @@ pub enum Error {
     BadName(String),
     #[error("backup {id} holds no dump.pgcustom")]
     NoDump { id: String },
+    #[error(
+        "backup {id} holds no globals.sql (the job did not set spec.source.postgres.globals: true)"
+    )]
+    NoGlobals { id: String },
     #[error("drill: row counts differ: {0}")]
     DrillMismatch(String),
 }
@@ -119,7 +123,7 @@ impl Connection {
 
     /// A command of the PostgreSQL tools with the connection in its environment (libpq reads
     /// it; the password never appears on a command line).
-    fn command(&self, name: &'static str) -> Command {
+    pub(super) fn command(&self, name: &'static str) -> Command {
         let mut cmd = Command::new(self.program(name));
         for var in ["PGDATABASE", "PGSERVICE", "PGPASSFILE", "PGOPTIONS"] {
             cmd.env_remove(var);
@@ -139,7 +143,11 @@ impl Connection {
         cmd
     }
 
-    fn spawn(&self, name: &'static str, cmd: &mut Command) -> Result<tokio::process::Child> {
+    pub(super) fn spawn(
+        &self,
+        name: &'static str,
+        cmd: &mut Command,
+    ) -> Result<tokio::process::Child> {
         cmd.spawn().map_err(|source| Error::Spawn {
             program: name,
             path: self.program(name),
@@ -180,7 +188,7 @@ impl Connection {
 }
 
 /// The last lines of a tool's standard error, for an error message.
-fn tail(stderr: &[u8]) -> String {
+pub(super) fn tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(5);
@@ -258,7 +266,10 @@ pub async fn dump(
         Ok(())
     }
     .await;
+    // Closed before waiting: a pg_dump still writing (the upload failed, e.g. a full
+    // destination) ends on the broken pipe instead of blocking on it.
     drop(check_in);
+    drop(out);
     let dump_status = dumper
         .wait()
         .await
@@ -275,14 +286,15 @@ pub async fn dump(
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let failure = if !dump_status.success() {
+    // A failed upload comes first: pg_dump then dies of the broken pipe, which is its effect.
+    let failure = if let Err(e) = streamed {
+        Some(e)
+    } else if !dump_status.success() {
         Some(Error::Failed {
             program: "pg_dump",
             status: dump_status.to_string(),
             stderr: tail(&dump_stderr),
         })
-    } else if let Err(e) = streamed {
-        Some(e)
     } else if !check_status.success() {
         Some(Error::Verify {
             status: check_status.to_string(),
@@ -355,18 +367,29 @@ const USER_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace 
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
      AND n.nspname NOT LIKE 'pg_temp%' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')";
 
+/// How [`restore`] treats the target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Restore over a database holding tables (objects of the dump are dropped and recreated).
+    pub force: bool,
+    /// First apply the backup's `globals.sql`, creating the roles that do not exist.
+    pub globals: bool,
+}
+
 /// Restores backup `id`'s dump into `database` (created when missing). A database holding
 /// tables is refused unless `force` (then objects of the dump are dropped and recreated).
 /// The dump is downloaded to `scratch_dir` and checked against the manifest first; the restore
-/// is one transaction, so a failed restore leaves the database as it was.
+/// is one transaction, so a failed restore leaves the database as it was. With `globals`, the
+/// missing roles are created first (`globals::apply`), in a transaction of their own.
 pub async fn restore(
     conn: &Connection,
     store: &Store,
     manifest: &store::Manifest,
     database: &str,
-    force: bool,
+    options: RestoreOptions,
     scratch_dir: &Path,
 ) -> Result<serde_json::Value> {
+    let force = options.force;
     check_name(database)?;
     let entry = manifest
         .files
@@ -375,6 +398,19 @@ pub async fn restore(
         .ok_or_else(|| Error::NoDump {
             id: manifest.id.clone(),
         })?;
+    let globals_entry = if options.globals {
+        Some(
+            manifest
+                .files
+                .iter()
+                .find(|f| f.name == GLOBALS)
+                .ok_or_else(|| Error::NoGlobals {
+                    id: manifest.id.clone(),
+                })?,
+        )
+    } else {
+        None
+    };
     let exists = conn
         .query(
             "postgres",
@@ -398,7 +434,13 @@ pub async fn restore(
             }
             clean = true;
         }
-    } else {
+    }
+    // Roles before the database's objects, which may be owned by them.
+    let roles = match globals_entry {
+        Some(g) => Some(super::globals::apply(conn, store, &manifest.id, g).await?),
+        None => None,
+    };
+    if !exists {
         conn.query("postgres", &format!("CREATE DATABASE \"{database}\""))
             .await?;
     }
@@ -454,6 +496,7 @@ pub async fn restore(
             "server": conn.described,
             "bytes": bytes,
             "replaced": clean,
+            "roles": roles,
         }))
     }
     .await;
@@ -488,7 +531,15 @@ pub async fn drill(
         .replace(|c: char| !(c.is_ascii_alphanumeric() || c == '_'), "_");
     let drop_sql = format!("DROP DATABASE IF EXISTS \"{scratch}\" WITH (FORCE)");
     conn.query("postgres", &drop_sql).await?;
-    let restored = restore(conn, store, manifest, &scratch, false, scratch_dir).await;
+    let restored = restore(
+        conn,
+        store,
+        manifest,
+        &scratch,
+        RestoreOptions::default(),
+        scratch_dir,
+    )
+    .await;
     let compared = match restored {
         Ok(_) => {
             let source = row_counts(conn, &pg.database).await;

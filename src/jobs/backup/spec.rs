@@ -94,7 +94,10 @@ struct RawExec {
     pod: String,
     #[serde(default)]
     container: Option<String>,
+    #[serde(default)]
     command: Vec<String>,
+    #[serde(default)]
+    copy_out: Vec<String>,
     #[serde(default)]
     timeout: Option<String>,
 }
@@ -136,21 +139,22 @@ pub struct PodTarget {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    #[serde(default = "pg_port")]
+    /// Default: the source's usual port (PostgreSQL 5432, MinIO 9000), filled in by [`parse`].
+    #[serde(default)]
     pub port: u16,
-}
-
-fn pg_port() -> u16 {
-    5432
 }
 
 /// A bucket and prefix in an S3-compatible store; keys from files in the credentials directory.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct S3Location {
-    /// `http(s)://host:port` (MinIO); none for AWS.
+    /// `http(s)://host:port` (MinIO); none for AWS (or with `port_forward`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Reach the S3 API through the API server instead: a local port forwarded to a pod (or a
+    /// service's ready pod) serving it over plain HTTP (MinIO in the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_forward: Option<PodTarget>,
     pub bucket: String,
     #[serde(default)]
     pub prefix: String,
@@ -200,7 +204,11 @@ pub struct Exec {
     pub namespace: String,
     pub pod: String,
     pub container: Option<String>,
+    /// Run first; its standard output is the backup's `stdout` (may be empty with `copy_out`).
     pub command: Vec<String>,
+    /// Files or directories copied out of the container after the command succeeded, as one
+    /// tar archive (`tar cf - PATHS` run through exec, as `kubectl cp` does).
+    pub copy_out: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -261,8 +269,9 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
                     "spec.source.postgres: give host/port or portForward, not both".to_owned(),
                 ));
             }
-            if let Some(t) = &p.port_forward {
-                check_pod_target(t)
+            let mut port_forward = p.port_forward;
+            if let Some(t) = &mut port_forward {
+                check_pod_target(t, 5432)
                     .map_err(|m| fail(format!("spec.source.postgres.portForward: {m}")))?;
             }
             for (field, v) in [("database", &p.database), ("username", &p.username)] {
@@ -275,7 +284,7 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
             Source::Postgres(Postgres {
                 host: p.host.unwrap_or_else(|| "127.0.0.1".to_owned()),
                 port: p.port.unwrap_or(5432),
-                port_forward: p.port_forward,
+                port_forward,
                 database: p.database,
                 username: p.username,
                 password_file: p.password_file,
@@ -283,19 +292,31 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
                 bin_dir: p.bin_dir,
             })
         }
-        (None, Some(s), None) => {
-            check_s3(&s).map_err(|m| fail(format!("spec.source.s3: {m}")))?;
+        (None, Some(mut s), None) => {
+            check_s3(&mut s).map_err(|m| fail(format!("spec.source.s3: {m}")))?;
             Source::S3(s)
         }
         (None, None, Some(e)) => {
-            if e.command.is_empty() {
-                return Err(fail("spec.source.exec.command: empty".to_owned()));
+            if e.command.is_empty() && e.copy_out.is_empty() {
+                return Err(fail(
+                    "spec.source.exec: name a command, copyOut paths, or both".to_owned(),
+                ));
+            }
+            if let Some(bad) = e
+                .copy_out
+                .iter()
+                .find(|p| p.is_empty() || p.starts_with('-') || p.contains('\0'))
+            {
+                return Err(fail(format!(
+                    "spec.source.exec.copyOut: {bad:?} is not a path tar takes (empty, or starts with '-')"
+                )));
             }
             Source::Exec(Exec {
                 namespace: e.namespace,
                 pod: e.pod,
                 container: e.container,
                 command: e.command,
+                copy_out: e.copy_out,
                 timeout: match e.timeout {
                     Some(t) => duration("spec.source.exec.timeout", &t)?,
                     None => Duration::from_secs(3600),
@@ -318,8 +339,8 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
             }
             Destination::Local(l)
         }
-        (None, Some(s)) => {
-            check_s3(&s).map_err(|m| fail(format!("spec.destination.s3: {m}")))?;
+        (None, Some(mut s)) => {
+            check_s3(&mut s).map_err(|m| fail(format!("spec.destination.s3: {m}")))?;
             Destination::S3(s)
         }
         _ => {
@@ -330,6 +351,7 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
     };
     if let (Source::S3(from), Destination::S3(to)) = (&source, &destination)
         && from.endpoint == to.endpoint
+        && from.port_forward == to.port_forward
         && from.bucket == to.bucket
         && (from.clean_prefix().is_empty() || to.clean_prefix().starts_with(&from.clean_prefix()))
     {
@@ -370,16 +392,26 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
     })
 }
 
-fn check_pod_target(t: &PodTarget) -> Result<(), String> {
+/// Checks a port-forward target and fills in the default port.
+fn check_pod_target(t: &mut PodTarget, default_port: u16) -> Result<(), String> {
+    if t.port == 0 {
+        t.port = default_port;
+    }
     match (&t.pod, &t.service) {
         (Some(_), None) | (None, Some(_)) => Ok(()),
         _ => Err("name exactly one of pod, service".to_owned()),
     }
 }
 
-fn check_s3(s: &S3Location) -> Result<(), String> {
+fn check_s3(s: &mut S3Location) -> Result<(), String> {
     if s.bucket.is_empty() {
         return Err("bucket: empty".to_owned());
+    }
+    if let Some(t) = &mut s.port_forward {
+        if s.endpoint.is_some() {
+            return Err("give endpoint or portForward, not both".to_owned());
+        }
+        check_pod_target(t, 9000).map_err(|m| format!("portForward: {m}"))?;
     }
     if let Some(e) = &s.endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -451,6 +483,34 @@ mod tests {
     }
 
     #[test]
+    fn an_s3_location_may_be_reached_through_a_port_forward() {
+        let s = parse(&job(json!({
+            "schedule": "@daily",
+            "source": {"s3": {"bucket": "data", "portForward": {"namespace": "storage", "service": "minio"}}},
+            "destination": {"local": {"path": "/b"}},
+            "retention": {"keepLast": 1},
+        })))
+        .unwrap();
+        let Source::S3(l) = &s.source else {
+            panic!("{:?}", s.source)
+        };
+        assert_eq!(l.port_forward.as_ref().unwrap().port, 9000, "MinIO's port");
+        assert_eq!(l.endpoint, None);
+        let err = parse(&job(json!({
+            "schedule": "@daily",
+            "source": {"s3": {"bucket": "data", "endpoint": "http://h:9000", "portForward": {"namespace": "storage", "pod": "minio-0"}}},
+            "destination": {"local": {"path": "/b"}},
+            "retention": {"keepLast": 1},
+        })))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.source.s3: give endpoint or portForward, not both"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_field() {
         let pg = json!({"postgres": {"database": "app", "username": "app"}});
         let local = json!({"local": {"path": "/b"}});
@@ -482,7 +542,11 @@ mod tests {
             ),
             (
                 json!({"schedule": "@daily", "source": {"exec": {"namespace": "n", "pod": "p", "command": []}}, "destination": local, "retention": keep}),
-                "spec.source.exec.command",
+                "spec.source.exec: name a command",
+            ),
+            (
+                json!({"schedule": "@daily", "source": {"exec": {"namespace": "n", "pod": "p", "copyOut": ["--to-command=sh"]}}, "destination": local, "retention": keep}),
+                "spec.source.exec.copyOut",
             ),
             (
                 json!({"schedule": "@daily", "source": {"s3": {"bucket": "b"}}, "destination": {"s3": {"bucket": "b", "prefix": "bk"}}, "retention": keep}),

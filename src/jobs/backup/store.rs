@@ -42,6 +42,15 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "{store}: the destination is full ({detail}) while {what} {path}: free space there or keep fewer backups (spec.retention); earlier backups are untouched"
+    )]
+    Full {
+        store: String,
+        what: &'static str,
+        path: String,
+        detail: String,
+    },
     #[error("{store}: cannot open: {source}")]
     Open {
         store: String,
@@ -50,6 +59,12 @@ pub enum Error {
     },
     #[error("{field}: {message}")]
     Credentials { field: String, message: String },
+    #[error("{field}: {source}")]
+    Forward {
+        field: String,
+        #[source]
+        source: super::pod::Error,
+    },
     #[error("{store}: {path}: {message}")]
     Invalid {
         store: String,
@@ -139,6 +154,8 @@ pub struct Store {
     /// staging files of an upload cut short).
     local: Option<PathBuf>,
     name: String,
+    /// The port-forward an S3 location is reached through, open while any clone lives.
+    _forward: Option<Arc<super::pod::Forward>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,8 +182,13 @@ pub fn read_secret(
 }
 
 impl Store {
-    /// Opens a job's part of a destination.
-    pub fn open(dest: &Destination, job: &str, credentials_dir: Option<&Path>) -> Result<Store> {
+    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one).
+    pub async fn open(
+        dest: &Destination,
+        job: &str,
+        credentials_dir: Option<&Path>,
+        cluster: Option<&kube::Client>,
+    ) -> Result<Store> {
         match dest {
             Destination::Local(l) => {
                 std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
@@ -186,10 +208,12 @@ impl Store {
                     root: job.to_owned(),
                     local: Some(l.path.join(job)),
                     name,
+                    _forward: None,
                 })
             }
             Destination::S3(s) => {
-                let inner = s3(s, "spec.destination.s3", credentials_dir)?;
+                let (inner, forward) =
+                    s3(s, "spec.destination.s3", credentials_dir, cluster).await?;
                 let prefix = s.clean_prefix();
                 let root = if prefix.is_empty() {
                     job.to_owned()
@@ -201,23 +225,27 @@ impl Store {
                     name: format!("s3://{}/{root}", s.bucket),
                     root,
                     local: None,
+                    _forward: forward,
                 })
             }
         }
     }
 
     /// A store over a bucket and prefix (the S3 source, a restore target).
-    pub fn s3_location(
+    pub async fn s3_location(
         s: &S3Location,
         field: &str,
         credentials_dir: Option<&Path>,
+        cluster: Option<&kube::Client>,
     ) -> Result<Store> {
         let root = s.clean_prefix();
+        let (inner, forward) = s3(s, field, credentials_dir, cluster).await?;
         Ok(Store {
-            inner: s3(s, field, credentials_dir)?,
+            inner,
             name: format!("s3://{}/{root}", s.bucket),
             root,
             local: None,
+            _forward: forward,
         })
     }
 
@@ -247,6 +275,14 @@ impl Store {
         path: &ObjPath,
         source: object_store::Error,
     ) -> Error {
+        if let Some(detail) = full(&source) {
+            return Error::Full {
+                store: self.name.clone(),
+                what,
+                path: path.to_string(),
+                detail,
+            };
+        }
         Error::Object {
             store: self.name.clone(),
             what,
@@ -529,6 +565,32 @@ impl Store {
     }
 }
 
+/// Why an error means the destination has no room left: a local file system out of space or
+/// quota (ENOSPC, EDQUOT anywhere in the error's chain), or an S3 server saying its storage or
+/// the bucket's quota is full.
+fn full(e: &object_store::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::StorageFull => {
+                    return Some("ENOSPC: no space left on device".to_owned());
+                }
+                std::io::ErrorKind::QuotaExceeded => {
+                    return Some("EDQUOT: disk quota exceeded".to_owned());
+                }
+                _ => {}
+            }
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    ["XMinioStorageFull", "QuotaExceeded", "EntityTooLarge"]
+        .into_iter()
+        .find(|code| text.contains(code))
+        .map(|code| format!("the server answered {code}"))
+}
+
 /// `a/b`, with either side empty.
 pub fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
@@ -538,12 +600,29 @@ pub fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn s3(s: &S3Location, field: &str, credentials_dir: Option<&Path>) -> Result<Arc<dyn ObjectStore>> {
+async fn s3(
+    s: &S3Location,
+    field: &str,
+    credentials_dir: Option<&Path>,
+    cluster: Option<&kube::Client>,
+) -> Result<(Arc<dyn ObjectStore>, Option<Arc<super::pod::Forward>>)> {
     let mut b = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(&s.bucket)
         .with_region(&s.region)
         .with_virtual_hosted_style_request(false);
-    if let Some(e) = &s.endpoint {
+    let mut forward = None;
+    if let Some(t) = &s.port_forward {
+        let f = super::pod::forward(cluster, t)
+            .await
+            .map_err(|source| Error::Forward {
+                field: format!("{field}.portForward"),
+                source,
+            })?;
+        b = b
+            .with_endpoint(format!("http://127.0.0.1:{}", f.port))
+            .with_allow_http(true);
+        forward = Some(Arc::new(f));
+    } else if let Some(e) = &s.endpoint {
         b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
     }
     if let (Some(a), Some(k)) = (&s.access_key_file, &s.secret_key_file) {
@@ -558,7 +637,7 @@ fn s3(s: &S3Location, field: &str, credentials_dir: Option<&Path>) -> Result<Arc
         store: format!("s3://{}", s.bucket),
         source,
     })?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), forward))
 }
 
 /// A file being uploaded: bytes in, hashed as they pass.
