@@ -46,6 +46,52 @@ pub struct HostConfig {
     pub prune: PruneConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub renderers: RenderersConfig,
+}
+
+/// `renderers:`: the programs that render chart and Kustomize stacks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RenderersConfig {
+    /// `helm` (default: `$DRIFTLESS_HELM`, else `helm` from `PATH`).
+    #[serde(default)]
+    pub helm: Option<PathBuf>,
+    /// `kubectl`, for `kubectl kustomize` (default: `$DRIFTLESS_KUBECTL`, else from `PATH`).
+    #[serde(default)]
+    pub kubectl: Option<PathBuf>,
+    /// Longest one render may take (default 60s).
+    #[serde(
+        default = "default_render_timeout",
+        with = "crate::stack::model::duration_text"
+    )]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for RenderersConfig {
+    fn default() -> Self {
+        RenderersConfig {
+            helm: None,
+            kubectl: None,
+            timeout: default_render_timeout(),
+        }
+    }
+}
+
+fn default_render_timeout() -> std::time::Duration {
+    crate::stack::external::DEFAULT_TIMEOUT
+}
+
+impl RenderersConfig {
+    /// The renderer programs: configured, else from the environment, else from `PATH`.
+    pub fn renderers(&self) -> crate::stack::Renderers {
+        let defaults = crate::stack::Renderers::default();
+        crate::stack::Renderers {
+            helm: self.helm.clone().unwrap_or(defaults.helm),
+            kubectl: self.kubectl.clone().unwrap_or(defaults.kubectl),
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// `daemon:`: how `driftless run` listens and when it reconciles.

@@ -301,7 +301,12 @@ fn load_desired(
     let profile = source.profile.as_deref().or(config.profile.as_deref());
     // Every stack is rendered even with --stack: the others' objects must be known so that
     // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let loaded = stack::load_repo(&root, profile, stack::LoadLimits::default())?;
+    let loaded = stack::load_repo_with(
+        &root,
+        profile,
+        stack::LoadLimits::default(),
+        &config.renderers.renderers(),
+    )?;
     let jobs = driftless::jobs::model::load_jobs(&loaded)?;
     let (stacks, secrets_checked) = stack::render_loaded(&loaded, credentials.as_deref(), offline)?;
     for name in &source.stacks {

@@ -36,8 +36,14 @@ pub fn load(
     root: &Path,
     profile: Option<&str>,
     credentials_dir: Option<&Path>,
+    renderers: &crate::stack::Renderers,
 ) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
-    let loaded = crate::stack::load_repo(root, profile, crate::stack::LoadLimits::default())?;
+    let loaded = crate::stack::load_repo_with(
+        root,
+        profile,
+        crate::stack::LoadLimits::default(),
+        renderers,
+    )?;
     let jobs = crate::jobs::model::load_jobs(&loaded)?;
     let (stacks, _) = crate::stack::render_loaded(&loaded, credentials_dir, false)?;
     Ok((stacks, jobs))

@@ -415,9 +415,10 @@ async fn reconcile_once(
             } else {
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
+                let renderers = config.renderers.renderers();
                 let rendered = tokio::task::spawn_blocking(move || {
                     let (stacks, declared) =
-                        jobs::load(&root, profile.as_deref(), creds.as_deref())
+                        jobs::load(&root, profile.as_deref(), creds.as_deref(), &renderers)
                             .map_err(|e| e.to_string())?;
                     let policies =
                         crate::policy::load_policies(&root).map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use secrecy::SecretSlice;
 
+use super::external::{self, Renderers};
 use super::model::{API_VERSION, StackFile};
 use super::{Error, Result};
 
@@ -44,6 +45,9 @@ pub struct LoadedStack {
     pub spec: super::model::StackSpec,
     /// Manifest files in sorted path order.
     pub manifests: Vec<SourceFile>,
+    /// Output of the stack's renderer (`spec.helm`, `spec.kustomize`), per template: read as
+    /// manifests, but without `${VAR}` substitution (the renderer has its own values).
+    pub rendered: Vec<SourceFile>,
     /// Overlay directory (as written in the profile) → its files, for the selected profile.
     pub overlays: Vec<(String, Vec<SourceFile>)>,
     /// The selected profile, if the stack defines profiles.
@@ -59,13 +63,26 @@ pub type HostSecrets = BTreeMap<String, SecretSlice<u8>>;
 
 const STACK_FILE: &str = "stack.yaml";
 const JOBS_FILE: &str = "jobs.yaml";
+/// A stack's own policies directory (beside `stack.yaml`): never read as manifests.
+pub const POLICIES_DIR: &str = "policies";
 
-/// Reads every `stack.yaml` below `root/stack` (at any depth up to `MAX_STACK_DEPTH`) and the files its stack renders from, for
-/// `profile` (a stack that defines profiles must define the selected one).
+/// Reads every `stack.yaml` below `root/stack` (at any depth up to `MAX_STACK_DEPTH`) and the
+/// files its stack renders from, for `profile` (a stack that defines profiles must define the
+/// selected one). Chart and Kustomize stacks are rendered with the default `Renderers`.
 pub fn load_repo(
     root: &Path,
     profile: Option<&str>,
     limits: LoadLimits,
+) -> Result<Vec<LoadedStack>> {
+    load_repo_with(root, profile, limits, &Renderers::default())
+}
+
+/// `load_repo` with the given renderer programs.
+pub fn load_repo_with(
+    root: &Path,
+    profile: Option<&str>,
+    limits: LoadLimits,
+    renderers: &Renderers,
 ) -> Result<Vec<LoadedStack>> {
     let root = root.canonicalize().map_err(|source| Error::Io {
         path: root.to_owned(),
@@ -80,7 +97,7 @@ pub fn load_repo(
     }
     let mut stacks: Vec<LoadedStack> = Vec::new();
     for dir in entries {
-        let stack = load_stack(&root, &dir, profile, limits)?;
+        let stack = load_stack(&root, &dir, profile, limits, renderers)?;
         if let Some(other) = stacks.iter().find(|s| s.name == stack.name) {
             return Err(Error::DuplicateStack {
                 file: stack.file,
@@ -132,6 +149,7 @@ fn load_stack(
     dir: &Path,
     profile: Option<&str>,
     limits: LoadLimits,
+    renderers: &Renderers,
 ) -> Result<LoadedStack> {
     let file_abs = dir.join(STACK_FILE);
     let file = relative(root, &file_abs);
@@ -185,17 +203,127 @@ fn load_stack(
             text: read_text(root, &path, limits)?,
         });
     }
-    let manifest_dir = inside(root, dir, &spec.path, &file, "spec.path")?;
+    let sources = [
+        spec.path.is_some(),
+        spec.helm.is_some(),
+        spec.kustomize.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(bad(
+            "give at most one of spec.path, spec.helm and spec.kustomize".to_owned(),
+        ));
+    }
+    for (p, profile) in &spec.profiles {
+        if profile.helm.is_some() && spec.helm.is_none() {
+            return Err(bad(format!(
+                "spec.profiles.{p}.helm: the stack has no spec.helm"
+            )));
+        }
+        if profile.kustomize.is_some() && spec.kustomize.is_none() {
+            return Err(bad(format!(
+                "spec.profiles.{p}.kustomize: the stack has no spec.kustomize"
+            )));
+        }
+    }
     let mut manifests = Vec::new();
-    collect_yaml(
-        root,
-        &manifest_dir,
-        dir,
-        &excluded,
-        limits,
-        &name,
-        &mut manifests,
-    )?;
+    let mut rendered = Vec::new();
+    if let Some(helm) = &spec.helm {
+        let chart = inside(root, dir, &helm.chart, &file, "spec.helm.chart")?;
+        if !chart.join("Chart.yaml").is_file() {
+            return Err(bad(format!(
+                "spec.helm.chart: {:?} holds no Chart.yaml",
+                helm.chart
+            )));
+        }
+        let release = helm.release_name.clone().unwrap_or_else(|| name.clone());
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "template".into(),
+            release.into(),
+            relative(root, &chart).into(),
+            "--include-crds".into(),
+            "--skip-tests".into(),
+        ];
+        if let Some(ns) = &spec.namespace {
+            args.extend(["--namespace".into(), ns.into()]);
+        }
+        let profile_values = profile_spec
+            .and_then(|p| p.helm.as_ref())
+            .map(|h| h.values_files.as_slice())
+            .unwrap_or_default();
+        for (i, v) in helm.values_files.iter().chain(profile_values).enumerate() {
+            let field = if i < helm.values_files.len() {
+                "spec.helm.valuesFiles"
+            } else {
+                "spec.profiles[].helm.valuesFiles"
+            };
+            let path = inside(root, dir, v, &file, field)?;
+            if !path.is_file() {
+                return Err(bad(format!("{field}: {v:?} is not a file")));
+            }
+            args.extend(["--values".into(), relative(root, &path).into()]);
+        }
+        let output = external::run(
+            &external::Invocation {
+                stack: &name,
+                file: &file,
+                field: "spec.helm",
+                program: &renderers.helm,
+                args,
+                cwd: root,
+                install_hint: "install Helm (3 or 4), or set renderers.helm in the host configuration (or $DRIFTLESS_HELM)",
+            },
+            renderers.timeout,
+        )?;
+        rendered = external::split_helm_output(&relative(root, &chart), &output);
+    } else if let Some(kustomize) = &spec.kustomize {
+        let chosen = profile_spec
+            .and_then(|p| p.kustomize.as_ref())
+            .unwrap_or(kustomize);
+        let field = if std::ptr::eq(chosen, kustomize) {
+            "spec.kustomize.path"
+        } else {
+            "spec.profiles[].kustomize.path"
+        };
+        let kdir = inside(root, dir, &chosen.path, &file, field)?;
+        let has_kustomization = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+            .iter()
+            .any(|k| kdir.join(k).is_file());
+        if !has_kustomization {
+            return Err(bad(format!(
+                "{field}: {:?} holds no kustomization.yaml",
+                chosen.path
+            )));
+        }
+        let rel = relative(root, &kdir);
+        let output = external::run(
+            &external::Invocation {
+                stack: &name,
+                file: &file,
+                field: "spec.kustomize",
+                program: &renderers.kubectl,
+                args: vec!["kustomize".into(), rel.clone().into()],
+                cwd: root,
+                install_hint: "install kubectl, or set renderers.kubectl in the host configuration (or $DRIFTLESS_KUBECTL)",
+            },
+            renderers.timeout,
+        )?;
+        rendered.push(SourceFile {
+            path: rel,
+            text: output,
+        });
+    } else {
+        let path = spec.path.as_deref().unwrap_or(".");
+        let manifest_dir = inside(root, dir, path, &file, "spec.path")?;
+        collect_yaml(
+            root,
+            &manifest_dir,
+            dir,
+            &excluded,
+            limits,
+            &name,
+            &mut manifests,
+        )?;
+    }
 
     let mut overlays = Vec::new();
     let selected = profile_spec.and(profile.map(str::to_owned));
@@ -221,6 +349,7 @@ fn load_stack(
         file,
         spec,
         manifests,
+        rendered,
         overlays,
         profile: selected,
         jobs,
@@ -295,7 +424,12 @@ fn collect_yaml(
             entry.clone()
         };
         if real.is_dir() {
-            if excluded.contains(&real) || (real != stack_dir && real.join(STACK_FILE).is_file()) {
+            // `policies/` beside stack.yaml holds the stack's own admission policies.
+            let own_policies = entry.parent() == Some(stack_dir) && name == POLICIES_DIR;
+            if own_policies
+                || excluded.contains(&real)
+                || (real != stack_dir && real.join(STACK_FILE).is_file())
+            {
                 continue;
             }
             collect_yaml(root, &real, stack_dir, excluded, limits, stack, out)?;

@@ -1,6 +1,7 @@
 //! Stacks: loading a checkout (`load`, the only part that reads files) and rendering it into the
 //! desired objects of each stack (`render`, `order`: pure).
 
+pub mod external;
 pub mod load;
 pub mod model;
 pub mod order;
@@ -10,9 +11,10 @@ pub mod vars;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use external::Renderers;
 pub use load::{
-    HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, placeholder_host_secrets,
-    read_host_secrets,
+    HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, load_repo_with,
+    placeholder_host_secrets, read_host_secrets,
 };
 pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
 
@@ -122,6 +124,22 @@ pub enum Error {
     EmptyRender { stack: String },
     #[error("stack {stack}: dependsOn names unknown stack {missing:?}")]
     UnknownDependency { stack: String, missing: String },
+    #[error("{file}: {field} of stack {stack} needs {program:?}, which was not found: {hint}")]
+    RendererMissing {
+        file: PathBuf,
+        stack: String,
+        field: &'static str,
+        program: String,
+        hint: &'static str,
+    },
+    #[error("{file}: {field} of stack {stack}: `{command}` failed: {message}")]
+    RenderFailed {
+        file: PathBuf,
+        stack: String,
+        field: &'static str,
+        command: String,
+        message: String,
+    },
     #[error("dependsOn cycle: {cycle}")]
     DependencyCycle { cycle: String },
 }
@@ -134,8 +152,9 @@ pub fn load_and_render(
     profile: Option<&str>,
     credentials_dir: Option<&std::path::Path>,
     placeholders: bool,
+    renderers: &Renderers,
 ) -> Result<(Vec<RenderedStack>, bool)> {
-    let loaded = load_repo(root, profile, LoadLimits::default())?;
+    let loaded = load_repo_with(root, profile, LoadLimits::default(), renderers)?;
     render_loaded(&loaded, credentials_dir, placeholders)
 }
 

@@ -34,9 +34,16 @@ pub struct StackSpec {
     /// Namespace given to namespaced objects that name none.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Manifest directory relative to `stack.yaml` (default: the stack's own directory).
-    #[serde(default = "default_path")]
-    pub path: String,
+    /// Manifest directory relative to `stack.yaml` (default: the stack's own directory). Not
+    /// with `helm` or `kustomize`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Render a local Helm chart with `helm template` instead of reading plain manifests.
+    #[serde(default)]
+    pub helm: Option<HelmSpec>,
+    /// Render a Kustomize directory with `kubectl kustomize` instead of reading plain manifests.
+    #[serde(default)]
+    pub kustomize: Option<KustomizeSpec>,
     /// Stacks that must be applied and healthy first.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -71,7 +78,9 @@ impl Default for StackSpec {
     fn default() -> Self {
         StackSpec {
             namespace: None,
-            path: default_path(),
+            path: None,
+            helm: None,
+            kustomize: None,
             depends_on: Vec::new(),
             prune: true,
             force: true,
@@ -83,10 +92,6 @@ impl Default for StackSpec {
             hooks: HooksSpec::default(),
         }
     }
-}
-
-fn default_path() -> String {
-    ".".to_owned()
 }
 
 fn yes() -> bool {
@@ -124,6 +129,43 @@ pub struct ProfileSpec {
     /// Variables of this profile.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Helm values files of this profile, after the stack's own.
+    #[serde(default)]
+    pub helm: Option<ProfileHelmSpec>,
+    /// The Kustomize directory of this profile, instead of the stack's own.
+    #[serde(default)]
+    pub kustomize: Option<KustomizeSpec>,
+}
+
+/// `spec.helm`: a chart in the repository, rendered with `helm template`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HelmSpec {
+    /// The chart directory, relative to `stack.yaml`.
+    pub chart: String,
+    /// The release name (default: the stack's name).
+    #[serde(default)]
+    pub release_name: Option<String>,
+    /// Values files relative to `stack.yaml`, in order (later ones win).
+    #[serde(default)]
+    pub values_files: Vec<String>,
+}
+
+/// `spec.profiles.<name>.helm`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProfileHelmSpec {
+    /// Values files relative to `stack.yaml`, applied after `spec.helm.valuesFiles`.
+    #[serde(default)]
+    pub values_files: Vec<String>,
+}
+
+/// `spec.kustomize` (and a profile's): a directory holding a `kustomization.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KustomizeSpec {
+    /// The directory, relative to `stack.yaml`.
+    pub path: String,
 }
 
 /// `spec.hooks`.

@@ -152,6 +152,11 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
     }
+    for file in &stack.rendered {
+        for (doc, value) in parse_text(file, &file.text)? {
+            push_objects(stack, file, doc, value, &mut objects, &mut places)?;
+        }
+    }
     // Overlays: `kind: Overlay` documents are patches; any other document adds an object.
     let mut patches: Vec<(&SourceFile, usize, PatchSpec)> = Vec::new();
     for (_, files) in &stack.overlays {
@@ -289,8 +294,13 @@ fn parse_file(
     vars: &BTreeMap<String, String>,
 ) -> Result<Vec<(usize, Value)>> {
     let text = vars::substitute(&stack.name, &file.path, &file.text, vars)?;
+    parse_text(file, &text)
+}
+
+/// Parses a file's (substituted) text: one JSON document, or a YAML stream.
+fn parse_text(file: &SourceFile, text: &str) -> Result<Vec<(usize, Value)>> {
     let docs = if file.path.extension().is_some_and(|e| e == "json") {
-        vec![serde_json::from_str(&text).map_err(|e| Error::StackFile {
+        vec![serde_json::from_str(text).map_err(|e| Error::StackFile {
             file: file.path.clone(),
             message: format!(
                 "invalid JSON at line {} column {}: {e}",
@@ -299,7 +309,7 @@ fn parse_file(
             ),
         })?]
     } else {
-        crate::yaml::parse_documents(&file.path, &text)?
+        crate::yaml::parse_documents(&file.path, text)?
     };
     Ok(docs
         .into_iter()

@@ -416,3 +416,129 @@ fn stacks_are_found_in_groups_and_nested_stacks_stay_out_of_their_parent() {
         ]
     );
 }
+
+/// A stand-in renderer for load-level checks: prints the arguments it was given as a ConfigMap,
+/// so that the tests see exactly what driftless passed (the real helm and kubectl are exercised
+/// by tests/renderers.rs against the test cluster).
+fn echo_renderer(dir: &Path) -> Renderers {
+    let script = dir.join("echo-renderer");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf -- '---\\n# Source: chart/templates/args.yaml\\napiVersion: v1\\nkind: ConfigMap\\nmetadata: {name: args}\\ndata:\\n  args: \"%s\"\\n  text: \"${HOME} $X\"\\n' \"$*\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Renderers {
+        helm: script.clone(),
+        kubectl: script,
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+const CHART_STACK: &str = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: web}\nspec:\n  namespace: web\n  helm: {chart: chart, valuesFiles: [chart/values.yaml]}\n  profiles:\n    local: {helm: {valuesFiles: [values-local.yaml]}}\n";
+
+#[test]
+fn chart_stacks_pass_values_files_in_order_and_skip_substitution() {
+    let repo = write_repo(&[
+        ("stack/web/stack.yaml", CHART_STACK),
+        (
+            "stack/web/chart/Chart.yaml",
+            "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+        ),
+        ("stack/web/chart/values.yaml", "a: 1\n"),
+        ("stack/web/values-local.yaml", "a: 2\n"),
+        // Not a manifest of a chart stack: never read as one.
+        ("stack/web/stray.yaml", "not: [valid"),
+    ]);
+    let tools = tempfile::tempdir().unwrap();
+    let loaded = load_repo_with(
+        repo.path(),
+        Some("local"),
+        LoadLimits::default(),
+        &echo_renderer(tools.path()),
+    )
+    .expect("loads");
+    let stacks = render(&loaded, &HostSecrets::new()).expect("renders");
+    let o = &stacks[0].objects[0];
+    assert_eq!(
+        o.object["data"]["args"],
+        "template web stack/web/chart --include-crds --skip-tests --namespace web --values stack/web/chart/values.yaml --values stack/web/values-local.yaml"
+    );
+    // Rendered text is not run through ${VAR} substitution.
+    assert_eq!(o.object["data"]["text"], "${HOME} $X");
+    assert_eq!(
+        o.place.file,
+        Path::new("stack/web/chart/templates/args.yaml")
+    );
+    assert_eq!(o.object["metadata"]["namespace"], "web");
+}
+
+#[test]
+fn renderer_settings_are_checked_before_anything_runs() {
+    let tools = tempfile::tempdir().unwrap();
+    let r = echo_renderer(tools.path());
+    let load = |files: &[(&str, &str)]| {
+        let repo = write_repo(files);
+        load_repo_with(repo.path(), Some("local"), LoadLimits::default(), &r)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let chart = (
+        "stack/web/chart/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    );
+    let values = ("stack/web/chart/values.yaml", "a: 1\n");
+    let err = load(&[
+        (
+            "stack/web/stack.yaml",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: web}\nspec:\n  path: manifests\n  helm: {chart: chart}\n",
+        ),
+        chart,
+    ]);
+    assert!(
+        err.contains("stack/web/stack.yaml")
+            && err.contains("at most one of spec.path, spec.helm and spec.kustomize"),
+        "{err}"
+    );
+    let err = load(&[
+        (
+            "stack/web/stack.yaml",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: web}\nspec:\n  profiles: {local: {helm: {valuesFiles: [v.yaml]}}}\n",
+        ),
+        (
+            "stack/web/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+        ),
+    ]);
+    assert!(
+        err.contains("spec.profiles.local.helm: the stack has no spec.helm"),
+        "{err}"
+    );
+    let err = load(&[
+        ("stack/web/stack.yaml", CHART_STACK),
+        values,
+        ("stack/web/values-local.yaml", ""),
+    ]);
+    assert!(
+        err.contains("spec.helm.chart") && err.contains("no Chart.yaml"),
+        "{err}"
+    );
+    let err = load(&[("stack/web/stack.yaml", CHART_STACK), chart, values]);
+    assert!(
+        err.contains("values-local.yaml"),
+        "a missing values file is named: {err}"
+    );
+    let err = load(&[
+        (
+            "stack/web/stack.yaml",
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: web}\nspec:\n  kustomize: {path: base}\n",
+        ),
+        ("stack/web/base/x.yaml", ""),
+    ]);
+    assert!(
+        err.contains("spec.kustomize.path") && err.contains("no kustomization.yaml"),
+        "{err}"
+    );
+}

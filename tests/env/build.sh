@@ -113,8 +113,13 @@ build_minio() {
     build_go_tool minio "$MINIO_VERSION" github.com/minio/minio github.com/minio/minio minio
 }
 
+build_helm() {
+    build_go_tool helm "$HELM_VERSION" helm.sh/helm/v4 helm.sh/helm/v4/cmd/helm helm \
+        "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio kubernetes)
+[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio helm kubernetes)
 for c in "${components[@]}"; do
     "build_$c"
 done

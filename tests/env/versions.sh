@@ -7,3 +7,5 @@ REGISTRY_VERSION=v3.1.2
 # MinIO publishes RELEASE.* tags that are not semver; the module proxy serves them as
 # pseudo-versions. This one is the commit of the newest release the proxy had on 2026-11-21.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# Helm renders the chart stacks (`spec.helm`) in tests and the demo.
+HELM_VERSION=v4.3.1

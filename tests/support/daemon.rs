@@ -109,6 +109,8 @@ pub fn start_daemon_prepared(extra_spec: &str, prepare: impl FnOnce(&Path, &Path
         .arg(&config)
         .arg("run")
         .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .env("DRIFTLESS_HELM", env.var("HELM"))
+        .env("DRIFTLESS_KUBECTL", env.var("KUBECTL"))
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
         .env_remove("CREDENTIALS_DIRECTORY")

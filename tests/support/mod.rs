@@ -250,7 +250,10 @@ pub async fn apiserver_requests(client: &Client) -> Vec<RequestSample> {
 pub fn driftless_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
     cmd.arg("--config").arg(config).args(args);
-    cmd.env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
+    let env_file = TestEnv::get();
+    cmd.env("KUBECONFIG", env_file.var("KUBECONFIG"))
+        .env("DRIFTLESS_HELM", env_file.var("HELM"))
+        .env("DRIFTLESS_KUBECTL", env_file.var("KUBECTL"))
         .env_remove("CREDENTIALS_DIRECTORY");
     for (k, v) in env {
         cmd.env(k, v);

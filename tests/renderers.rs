@@ -1,0 +1,267 @@
+//! Chart and Kustomize stacks (`spec.helm`, `spec.kustomize`) against the real control plane, with
+//! the `helm` the test environment builds and its `kubectl`: the rendered objects are applied like
+//! plain ones (profiles choose values files and Kustomize directories, overlays still patch), a
+//! second sync changes nothing, and a render that fails applies and prunes nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
+use support::{TestEnv, driftless, driftless_with, text, unique_name};
+
+struct Repo {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    _state: tempfile::TempDir,
+    id: String,
+}
+
+impl Repo {
+    fn new(prefix: &str, profile: &str) -> Repo {
+        let dir = tempfile::tempdir().expect("repo dir");
+        let state = tempfile::tempdir().expect("state dir");
+        let id = unique_name(prefix);
+        let config = state.path().join("driftless.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "instance: {id}\nsource: {{path: {}}}\nstateDir: {}\nprofile: {profile}\n",
+                dir.path().display(),
+                state.path().display()
+            ),
+        )
+        .expect("config");
+        Repo {
+            dir,
+            config,
+            _state: state,
+            id,
+        }
+    }
+
+    fn write(&self, path: &str, body: &str) {
+        let p = self.dir.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body.replace("ID", &self.id)).expect("write");
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn sync(&self) -> std::process::Output {
+        driftless(&self.config, &["sync"])
+    }
+}
+
+async fn config_map(ns: &str, name: &str) -> Option<ConfigMap> {
+    let api: Api<ConfigMap> = Api::namespaced(TestEnv::get().kube_client().await, ns);
+    api.get_opt(name).await.expect("get configmap")
+}
+
+fn data(cm: &ConfigMap, key: &str) -> String {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A chart stack: values.yaml, then values-local.yaml in the local profile, then an overlay.
+fn chart_repo() -> Repo {
+    let repo = Repo::new("hm", "local");
+    repo.write(
+        "stack/web/stack.yaml",
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  helm:\n    chart: chart\n    valuesFiles: [chart/values.yaml]\n  profiles:\n    local:\n      helm: {valuesFiles: [values-local.yaml]}\n      overlays: [overlays/local]\n",
+    );
+    repo.write(
+        "stack/web/chart/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    );
+    repo.write(
+        "stack/web/chart/values.yaml",
+        "greeting: hello\ncolour: blue\nport: 80\n",
+    );
+    repo.write("stack/web/values-local.yaml", "colour: green\n");
+    repo.write(
+        "stack/web/chart/templates/namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {{ .Release.Namespace }}\n",
+    );
+    repo.write(
+        "stack/web/chart/templates/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n  greeting: {{ .Values.greeting | quote }}\n  colour: {{ .Values.colour | quote }}\n  # Helm's own syntax and shell text pass through untouched (no ${VAR} substitution).\n  script: 'echo ${HOME}'\n",
+    );
+    repo.write(
+        "stack/web/chart/templates/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: {{ .Values.port }}}]\n",
+    );
+    repo.write(
+        "stack/web/overlays/local/patch.yaml",
+        "apiVersion: driftless.dev/v1alpha1\nkind: Overlay\npatches:\n  - target: {kind: ConfigMap, name: ID-settings}\n    merge: {data: {overlay: applied}}\n",
+    );
+    repo
+}
+
+#[tokio::test]
+async fn helm_chart_stack_syncs_with_profile_values_and_converges() {
+    let repo = chart_repo();
+    let id = repo.id.clone();
+
+    let out = driftless(&repo.config, &["validate"]);
+    assert!(out.status.success(), "validate: {}", text(&out));
+
+    let out = repo.sync();
+    assert!(out.status.success(), "sync: {}", text(&out));
+    let cm = config_map(&id, &format!("{id}-settings"))
+        .await
+        .expect("the chart's ConfigMap exists");
+    assert_eq!(data(&cm, "greeting"), "hello");
+    assert_eq!(data(&cm, "colour"), "green", "values-local.yaml wins");
+    assert_eq!(
+        data(&cm, "overlay"),
+        "applied",
+        "overlays patch rendered objects"
+    );
+    assert_eq!(data(&cm, "script"), "echo ${HOME}");
+    let labels = cm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("driftless.dev/stack").map(String::as_str),
+        Some(id.as_str()),
+        "rendered objects carry the stack label"
+    );
+    let svc: Api<Service> = Api::namespaced(TestEnv::get().kube_client().await, &id);
+    assert!(svc.get_opt("web").await.unwrap().is_some());
+
+    // A second sync changes nothing.
+    let out = repo.sync();
+    assert!(out.status.success(), "second sync: {}", text(&out));
+    assert!(
+        text(&out).contains("applied: 0 to create, 0 to update, 0 to prune"),
+        "{}",
+        text(&out)
+    );
+
+    // A values change is a normal update; a template removed from the chart is pruned.
+    repo.write(
+        "stack/web/chart/values.yaml",
+        "greeting: bonjour\ncolour: blue\nport: 80\n",
+    );
+    std::fs::remove_file(repo.path().join("stack/web/chart/templates/service.yaml")).unwrap();
+    let out = repo.sync();
+    assert!(out.status.success(), "third sync: {}", text(&out));
+    let cm = config_map(&id, &format!("{id}-settings")).await.unwrap();
+    assert_eq!(data(&cm, "greeting"), "bonjour");
+    assert!(svc.get_opt("web").await.unwrap().is_none(), "pruned");
+}
+
+#[tokio::test]
+async fn a_failing_render_applies_and_prunes_nothing() {
+    let repo = chart_repo();
+    let id = repo.id.clone();
+    let out = repo.sync();
+    assert!(out.status.success(), "sync: {}", text(&out));
+
+    // A template error (a value that is not there), together with a change that would apply.
+    repo.write(
+        "stack/web/chart/values.yaml",
+        "greeting: changed\ncolour: blue\nport: 80\n",
+    );
+    repo.write(
+        "stack/web/chart/templates/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: broken}\ndata:\n  x: {{ .Values.missing.field }}\n",
+    );
+    let out = repo.sync();
+    assert!(
+        !out.status.success(),
+        "a failed render fails: {}",
+        text(&out)
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("stack/web/stack.yaml"),
+        "names the stack file: {t}"
+    );
+    assert!(t.contains("spec.helm"), "names the field: {t}");
+    assert!(t.contains("broken.yaml"), "passes on helm's message: {t}");
+    let cm = config_map(&id, &format!("{id}-settings")).await.unwrap();
+    assert_eq!(data(&cm, "greeting"), "hello", "nothing was applied");
+    let svc: Api<Service> = Api::namespaced(TestEnv::get().kube_client().await, &id);
+    assert!(
+        svc.get_opt("web").await.unwrap().is_some(),
+        "nothing pruned"
+    );
+
+    // A renderer that is not installed is named, with what to do.
+    std::fs::remove_file(repo.path().join("stack/web/chart/templates/broken.yaml")).unwrap();
+    let out = driftless_with(
+        &repo.config,
+        &["diff"],
+        &[("DRIFTLESS_HELM", "/nonexistent/helm")],
+    );
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("\"/nonexistent/helm\", which was not found") && t.contains("install Helm"),
+        "{t}"
+    );
+    let cm = config_map(&id, &format!("{id}-settings")).await.unwrap();
+    assert_eq!(data(&cm, "greeting"), "hello");
+}
+
+#[tokio::test]
+async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
+    let repo = Repo::new("kz", "local");
+    let id = repo.id.clone();
+    repo.write(
+        "stack/app/stack.yaml",
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  kustomize: {path: base}\n  profiles:\n    local: {kustomize: {path: local}}\n    prod: {}\n",
+    );
+    repo.write(
+        "stack/app/base/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: ID\nlabels:\n  - pairs: {team: data}\nresources: [namespace.yaml, settings.yaml]\n",
+    );
+    repo.write(
+        "stack/app/base/namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ID}\n",
+    );
+    repo.write(
+        "stack/app/base/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {size: large}\n",
+    );
+    repo.write(
+        "stack/app/local/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\npatches:\n  - target: {kind: ConfigMap, name: settings}\n    patch: '[{op: replace, path: /data/size, value: small}]'\n",
+    );
+
+    let out = repo.sync();
+    assert!(out.status.success(), "sync: {}", text(&out));
+    let cm = config_map(&id, "settings").await.expect("rendered");
+    assert_eq!(data(&cm, "size"), "small", "the local profile's directory");
+    let labels = cm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("data"));
+    let out = repo.sync();
+    assert!(
+        text(&out).contains("applied: 0 to create, 0 to update, 0 to prune"),
+        "{}",
+        text(&out)
+    );
+
+    // A kustomization naming a file that is not there: an error, nothing pruned.
+    repo.write(
+        "stack/app/base/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: ID\nresources: [namespace.yaml, missing.yaml]\n",
+    );
+    let out = repo.sync();
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("spec.kustomize") && t.contains("missing.yaml"),
+        "{t}"
+    );
+    assert!(
+        config_map(&id, "settings").await.is_some(),
+        "nothing pruned after a failed render"
+    );
+}
