@@ -15,6 +15,12 @@ const DUCKLAKE: [&str; 4] = [
     "ducklake-observability",
     "ducklake-app",
 ];
+const FLOE: [&str; 4] = [
+    "floe-infrastructure",
+    "floe-orchestration",
+    "floe-semantic",
+    "floe-observability",
+];
 const LAMBDA: [&str; 6] = [
     "lambda-operators",
     "lambda-base",
@@ -43,7 +49,7 @@ fn bundled_stacks_validate_offline() {
             ],
         );
         assert!(out.status.success(), "{profile}: {}", text(&out));
-        assert!(text(&out).contains("valid: 10 stacks"), "{}", text(&out));
+        assert!(text(&out).contains("valid: 14 stacks"), "{}", text(&out));
     }
 }
 
@@ -57,6 +63,13 @@ fn credentials(dir: &Path) -> PathBuf {
         ("postgres-password", "pg-demo-password"),
         ("lambda-minio-root-user", "lambda"),
         ("lambda-minio-root-password", "lambda-demo-password"),
+        ("floe-postgres-password", "floe-pg-password"),
+        ("floe-minio-user", "floe"),
+        ("floe-minio-password", "floe-minio-password"),
+        ("floe-polaris-client-id", "root"),
+        ("floe-polaris-client-secret", "floe-polaris-secret"),
+        ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
+        ("floe-cube-api-secret", "floe-cube-secret"),
     ] {
         std::fs::write(creds.join(file), value).unwrap();
     }
@@ -387,4 +400,96 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
     );
 
     converged(&config, &LAMBDA);
+}
+
+#[test]
+fn floe_stacks_sync_to_healthy_with_the_polaris_hook_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let out = on_stacks(&config, "sync", &FLOE);
+    assert!(out.status.success(), "sync: {}", text(&out));
+    let t = text(&out);
+    for stack in FLOE {
+        assert!(
+            t.contains(&format!("stack {stack}: applied")),
+            "{stack}: {t}"
+        );
+    }
+    assert!(!t.contains("unhealthy"), "{t}");
+    // The Polaris initialisation ran as a postSync hook of floe-infrastructure, after it was
+    // healthy and before the orchestration layer was applied.
+    let hook = "hook    Job/floe/floe-polaris-init (stack/floe/infrastructure/hooks/polaris-init.yaml): succeeded";
+    let hook_at = t.find(hook).unwrap_or_else(|| panic!("hook ran: {t}"));
+    let next_at = t
+        .find("stack floe-orchestration: applied")
+        .expect("orchestration applied");
+    assert!(hook_at < next_at, "hook before the dependents: {t}");
+
+    // Chart stacks rendered with values-local.yaml: emptyDir storage (no claims), one replica.
+    assert_eq!(
+        get(&[
+            "statefulset",
+            "floe-postgres",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.spec.volumeClaimTemplates}|{.spec.template.spec.volumes[?(@.name==\"data\")].emptyDir}"
+        ]),
+        "|{}"
+    );
+    assert_eq!(
+        get(&[
+            "deployment",
+            "floe-polaris",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+    assert_eq!(
+        get(&[
+            "statefulset",
+            "floe-cube-store-worker",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+    // The Kustomize stack with the local profile's directory.
+    assert_eq!(
+        get(&[
+            "deployment",
+            "floe-jaeger",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].resources.limits.memory}"
+        ]),
+        "512Mi"
+    );
+    assert_eq!(
+        get(&[
+            "deployment",
+            "floe-dagster-webserver",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+
+    // The second run: nothing to change, and the hook is not run again.
+    let out = on_stacks(&config, "sync", &FLOE);
+    assert!(out.status.success(), "second sync: {}", text(&out));
+    assert!(
+        text(&out).contains("floe-polaris-init (stack/floe/infrastructure/hooks/polaris-init.yaml): unchanged, not run"),
+        "{}",
+        text(&out)
+    );
+    converged(&config, &FLOE);
 }
