@@ -123,6 +123,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
                     &config.state_dir(),
                 ),
+                // A one-shot run has no watches to vouch for objects it does not read.
+                incremental: false,
             };
             let report =
                 runtime()?.block_on(reconcile_with(&config, &cluster, &stacks, &options))?;

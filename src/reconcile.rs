@@ -44,6 +44,11 @@ pub struct Options {
     pub secret_hash_key: Option<apply::SecretHashKey>,
     /// The revision's policies: a Deny finding blocks its stack (nothing of it is applied).
     pub policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
+    /// Trust the inventory for objects whose desired state did not change since driftless
+    /// applied them: no read, dry-run, policy check or health wait for those. Only for the
+    /// daemon, while its drift watches run and have seen nothing since the last full reconcile
+    /// and the policies are the same (see `daemon`); a full reconcile checks everything.
+    pub incremental: bool,
 }
 
 impl Default for Options {
@@ -59,6 +64,7 @@ impl Default for Options {
             plan_only: Vec::new(),
             secret_hash_key: None,
             policies: None,
+            incremental: false,
         }
     }
 }
@@ -383,9 +389,27 @@ impl StackContext<'_> {
         // Observe: the live state of every desired object (few LISTs; see cluster::live), then a
         // dry-run of each object whose desired or live state moved since driftless applied it,
         // OBSERVE_CONCURRENCY at a time, in order.
+        // Incremental: objects whose desired hash is the one recorded at their last apply are
+        // taken as unchanged without a read (the watches would have reported a live change).
+        let clean: Vec<bool> = objects
+            .iter()
+            .map(|b| {
+                self.options.incremental
+                    && self.inventory.entries.get(&b.desired.key).is_some_and(|e| {
+                        e.hash.is_some()
+                            && e.hash
+                                == apply::desired_hash(
+                                    b.desired,
+                                    self.options.secret_hash_key.as_ref(),
+                                )
+                    })
+            })
+            .collect();
         let wants: Vec<cluster::live::Want<'_>> = objects
             .iter()
-            .filter_map(|b| {
+            .zip(&clean)
+            .filter(|(_, clean)| !**clean)
+            .filter_map(|(b, _)| {
                 b.resolved.as_ref().map(|r| cluster::live::Want {
                     key: &b.desired.key,
                     resource: &r.resource,
@@ -394,7 +418,10 @@ impl StackContext<'_> {
                     } else {
                         None
                     },
-                    recorded: self.inventory.entries.contains_key(&b.desired.key),
+                    // Incremental reads of a few objects: GETs (or a LIST of their namespace),
+                    // not a LIST of every object of the stack of that kind.
+                    recorded: !self.options.incremental
+                        && self.inventory.entries.contains_key(&b.desired.key),
                 })
             })
             .collect();
@@ -407,23 +434,41 @@ impl StackContext<'_> {
             .filter(|b| matches!(live_state.get(&b.desired.key), Some(None)))
             .map(|b| b.desired.key.name.clone())
             .collect();
-        let observed: Vec<_> = objects
-            .iter()
-            .map(|b| {
-                let live = live_state.remove(&b.desired.key).flatten();
-                let in_new_namespace = b
-                    .desired
-                    .key
-                    .namespace
-                    .as_ref()
-                    .is_some_and(|n| new_namespaces.contains(n));
-                self.observe(b, live, in_new_namespace)
-            })
-            .collect();
-        let observed: Vec<Result<Observed, ClusterError>> = futures::stream::iter(observed)
+        let mut observed: Vec<Option<Result<Observed, ClusterError>>> = Vec::new();
+        let mut dirty = Vec::new();
+        for (b, clean) in objects.iter().zip(&clean) {
+            if *clean {
+                observed.push(Some(Ok(Observed {
+                    observation: Observation {
+                        key: b.desired.key.clone(),
+                        api_version: b.desired.api_version.clone(),
+                        live: None,
+                        would_be: None,
+                    },
+                    takeover: None,
+                    recreate: false,
+                })));
+                continue;
+            }
+            observed.push(None);
+            let live = live_state.remove(&b.desired.key).flatten();
+            let in_new_namespace = b
+                .desired
+                .key
+                .namespace
+                .as_ref()
+                .is_some_and(|n| new_namespaces.contains(n));
+            dirty.push(self.observe(b, live, in_new_namespace));
+        }
+        let mut dirty = futures::stream::iter(dirty)
             .buffered(OBSERVE_CONCURRENCY)
-            .collect()
-            .await;
+            .collect::<Vec<_>>()
+            .await
+            .into_iter();
+        let observed: Vec<Result<Observed, ClusterError>> = observed
+            .into_iter()
+            .filter_map(|o| o.or_else(|| dirty.next()))
+            .collect();
         let mut observations = Vec::with_capacity(objects.len());
         for o in observed {
             let o = o?;
@@ -465,7 +510,19 @@ impl StackContext<'_> {
         }
         let refused = stack_plan.prune_refused.clone();
         outcome.plan = Some(stack_plan);
-        if let Some(denied) = self.check_policies(&observations, outcome) {
+        let checked: Option<RenderedStack> = self.options.incremental.then(|| RenderedStack {
+            name: self.stack.name.clone(),
+            spec: self.stack.spec.clone(),
+            objects: objects
+                .iter()
+                .zip(&clean)
+                .filter(|(_, clean)| !**clean)
+                .map(|(b, _)| b.desired.clone())
+                .collect(),
+            post_sync: self.stack.post_sync.clone(),
+        });
+        let checked = checked.as_ref().unwrap_or(self.stack);
+        if let Some(denied) = self.check_policies(checked, &observations, outcome) {
             outcome.error = Some(denied);
             return Ok(());
         }
@@ -480,7 +537,14 @@ impl StackContext<'_> {
         let Some(stack_plan) = outcome.plan.clone() else {
             return Ok(());
         };
-        self.execute(objects, kinds, &stack_plan, outcome).await
+        let wait_for: Vec<&Bound<'_>> = objects
+            .iter()
+            .zip(&clean)
+            .filter(|(_, clean)| !**clean)
+            .map(|(b, _)| b)
+            .collect();
+        self.execute(objects, &wait_for, kinds, &stack_plan, outcome)
+            .await
     }
 
     /// One object's observation: unchanged since driftless applied it (no request), or its
@@ -599,6 +663,7 @@ impl StackContext<'_> {
     /// UPDATE of it). Returns the error that blocks the stack when a finding denies.
     fn check_policies(
         &self,
+        stack: &RenderedStack,
         observations: &[Observation],
         outcome: &mut StackOutcome,
     ) -> Option<String> {
@@ -607,8 +672,7 @@ impl StackContext<'_> {
             .iter()
             .filter_map(|o| Some((&o.key, o.live.as_ref()?)))
             .collect();
-        outcome.policy =
-            policies.check_stack(self.stack, self.policy_index, |k| live.get(k).copied());
+        outcome.policy = policies.check_stack(stack, self.policy_index, |k| live.get(k).copied());
         let denials: Vec<String> = outcome
             .policy
             .iter()
@@ -632,6 +696,7 @@ impl StackContext<'_> {
     async fn execute(
         &self,
         objects: &[Bound<'_>],
+        wait_for: &[&Bound<'_>],
         kinds: &mut Kinds,
         stack_plan: &StackPlan,
         outcome: &mut StackOutcome,
@@ -811,7 +876,7 @@ impl StackContext<'_> {
         }
 
         if self.options.wait {
-            let watched: Vec<Watched> = objects
+            let watched: Vec<Watched> = wait_for
                 .iter()
                 .map(|b| Watched {
                     key: b.desired.key.clone(),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use support::daemon::{
-    SECRET, github_push, start_daemon, start_daemon_with, write_stack, write_stack_with,
+    SECRET, github_push, start_daemon, start_daemon_prepared, start_daemon_with, write_stack,
+    write_stack_with,
 };
 use support::{TestEnv, git, kubectl, run_ok};
 
@@ -322,4 +323,88 @@ async fn the_status_page_renders_in_headless_chromium() {
     if let Ok(dir) = std::env::var("DRIFTLESS_KEEP_SCREENSHOTS") {
         let _ = std::fs::copy(&png, Path::new(&dir).join("status-page.png"));
     }
+}
+
+/// A new revision after a full reconcile is applied incrementally (only the objects whose
+/// desired state changed are read, dry-run and waited for), and that shortcut never hides a
+/// change made behind driftless's back: the watches report it and a full reconcile fixes it.
+#[tokio::test]
+async fn new_revisions_are_incremental_and_drift_is_still_corrected() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon_prepared("", |repo, _| {
+        std::fs::write(
+            repo.join("stack/app/other.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {value: 'kept'}\n",
+        )
+        .unwrap();
+    });
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let ns = format!("ns-{}", d.id);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let value = |name: &'static str| {
+        let cms = cms.clone();
+        async move { cms.get(name).await.ok()?.data?.get("value").cloned() }
+    };
+
+    // A commit changing one object, announced by webhook: an incremental reconcile applies it.
+    write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "two"]);
+    assert!(
+        d.github(&d.push_payload(), SECRET)
+            .await
+            .status()
+            .is_success()
+    );
+    support::eventually("the change applied", Duration::from_secs(15), || async {
+        (value("settings").await.as_deref() == Some("two")).then_some(())
+    })
+    .await;
+    let status = support::eventually(
+        "the reconcile recorded",
+        Duration::from_secs(15),
+        || async {
+            let st = d.status().await;
+            (st["lastReconcile"]["ok"] == true && st["lastReconcile"]["trigger"] != "drift")
+                .then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(status["lastReconcile"]["mode"], "incremental", "{status}");
+    assert_eq!(value("other").await.as_deref(), Some("kept"));
+
+    // The object the commit did not touch, deleted behind driftless's back: the watch sees it,
+    // a full reconcile recreates it.
+    kubectl(&["-n", &ns, "delete", "configmap", "other"]);
+    support::eventually(
+        "the deleted object recreated",
+        Duration::from_secs(15),
+        || async { (value("other").await.as_deref() == Some("kept")).then_some(()) },
+    )
+    .await;
+    let status = d.status().await;
+    assert_eq!(status["lastReconcile"]["trigger"], "drift", "{status}");
+    assert_eq!(status["lastReconcile"]["mode"], "full", "{status}");
+
+    // Edited behind driftless's back, then a commit that changes only the other object: the
+    // edit is reverted as well (the watch forces the full reconcile).
+    tamper(&ns);
+    std::fs::write(
+        d.repo.path().join("stack/app/other.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {value: 'changed'}\n",
+    )
+    .unwrap();
+    git(d.repo.path(), &["commit", "-qam", "other changed"]);
+    assert!(
+        d.github(&d.push_payload(), SECRET)
+            .await
+            .status()
+            .is_success()
+    );
+    support::eventually("both corrected", Duration::from_secs(15), || async {
+        (value("settings").await.as_deref() == Some("two")
+            && value("other").await.as_deref() == Some("changed"))
+        .then_some(())
+    })
+    .await;
 }

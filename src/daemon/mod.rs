@@ -272,6 +272,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                 started_at: started,
                 duration_ms: elapsed.as_millis() as u64,
                 ok: outcome,
+                mode: state.mode.to_owned(),
             });
             if st.applied_revision.is_some() {
                 st.state = if outcome {
@@ -345,15 +346,21 @@ struct LoopState {
     watched_kinds: Vec<String>,
     secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
     /// The last revision that loaded and rendered: what is reconciled while newer ones fail.
-    last_good: Option<(Option<Revision>, Vec<RenderedStack>)>,
+    /// Shared with the scheduler's view (`JobsState.desired`) and each reconcile: one copy.
+    last_good: Option<(Option<Revision>, Arc<Vec<RenderedStack>>)>,
     /// The policies of the last good revision (loaded with it).
     last_good_policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
     backoff: BTreeMap<String, Backoff>,
     source_failures: u32,
     client: Option<kube::Client>,
     watch_client: Option<kube::Client>,
-    /// The revision and time of the last full reconcile that succeeded for every stack.
-    last_full: Option<(String, Instant)>,
+    /// The revision, time and policy digest of the last reconcile that succeeded for every
+    /// stack (the time is that of the last *full* one: incremental runs do not move it).
+    last_full: Option<(String, Instant, String)>,
+    /// Digest of the last good revision's policy files.
+    last_good_policy_digest: String,
+    /// How the last reconcile ran: `quiet`, `incremental` or `full`.
+    mode: &'static str,
 }
 
 impl LoopState {
@@ -422,18 +429,26 @@ async fn reconcile_once(
                             .map_err(|e| e.to_string())?;
                     let policies =
                         crate::policy::load_policies(&root).map_err(|e| e.to_string())?;
-                    Ok::<_, String>((stacks, declared, policies))
+                    let digest = policy_digest(&root);
+                    Ok::<_, String>((stacks, declared, (policies, digest)))
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((stacks, declared, policies))) => {
+                    Ok(Ok((stacks, declared, (policies, digest)))) => {
+                        let stacks = Arc::new(stacks);
                         state.last_good_policies = Some(std::sync::Arc::new(policies));
+                        state.last_good_policy_digest = digest;
                         if let Some(r) = &revision {
                             info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
                         }
+                        // A new revision is tried at once, also by stacks in backoff (a fix
+                        // must not wait out the delay); repeated failures still grow it.
+                        for b in state.backoff.values_mut() {
+                            b.retry_at = None;
+                        }
                         *shared.jobs.write().await = Some(jobs::JobsState {
                             jobs: declared,
-                            desired: Arc::new(stacks.clone()),
+                            desired: Arc::clone(&stacks),
                             revision: revision.as_ref().map(|r| r.sha.clone()),
                             state_dir: config.state_dir(),
                             credentials_dir: config.credentials_dir(),
@@ -443,7 +458,7 @@ async fn reconcile_once(
                             },
                         });
                         shared.jobs_changed.notify_one();
-                        state.last_good = Some((revision.clone(), stacks.clone()));
+                        state.last_good = Some((revision.clone(), Arc::clone(&stacks)));
                         shared.status.write().await.applied_revision = revision;
                         Some(stacks)
                     }
@@ -496,7 +511,7 @@ async fn reconcile_once(
         && !state.watches.is_empty()
         && errors.is_empty()
         && state.backoff.values().all(|b| b.failures == 0)
-        && let (Some(sha), Some((full_sha, at))) = (&revision_sha, &state.last_full)
+        && let (Some(sha), Some((full_sha, at, _))) = (&revision_sha, &state.last_full)
         && sha == full_sha
         && at.elapsed() < RESYNC
         && let Some(client) = &state.client
@@ -507,11 +522,27 @@ async fn reconcile_once(
             Ok(Ok(_))
         )
     {
+        state.mode = "quiet";
         let mut st = shared.status.write().await;
         st.errors.clear();
         return true;
     }
-    state.last_full = None;
+    // A new revision after a full reconcile, with the watches quiet since and the same policies:
+    // only the objects whose desired state changed are read, dry-run, checked and waited for.
+    let incremental = quiet_trigger
+        && !drift
+        && !state.watches.is_empty()
+        && errors.is_empty()
+        && state.backoff.values().all(|b| b.failures == 0)
+        && state.last_full.as_ref().is_some_and(|(_, at, digest)| {
+            at.elapsed() < RESYNC && *digest == state.last_good_policy_digest
+        });
+    state.mode = if incremental { "incremental" } else { "full" };
+    let full_at = state
+        .last_full
+        .take()
+        .map(|(_, at, _)| at)
+        .filter(|_| incremental);
 
     // Cluster.
     let client = match &state.client {
@@ -582,8 +613,15 @@ async fn reconcile_once(
         plan_only: plan_only.clone(),
         secret_hash_key: state.secret_hash_key.clone(),
         policies: state.last_good_policies.clone(),
+        incremental,
         ..reconcile::Options::default()
     };
+    if incremental {
+        info!(
+            reason,
+            "incremental reconcile: only objects whose desired state changed"
+        );
+    }
     let report = match reconcile::reconcile(&client, &stacks, &options).await {
         Ok(r) => r,
         Err(e) => {
@@ -612,9 +650,49 @@ async fn reconcile_once(
     )
     .await;
     if ok && let Some(sha) = revision_sha {
-        state.last_full = Some((sha, Instant::now()));
+        state.last_full = Some((
+            sha,
+            full_at.unwrap_or_else(Instant::now),
+            state.last_good_policy_digest.clone(),
+        ));
     }
     ok
+}
+
+/// A digest of every policy file of a checkout (`policies/` and the stacks' own `policies/`
+/// directories): an incremental reconcile is only sound while the policies stay the same.
+fn policy_digest(root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, in_policies: bool, depth: usize, hasher: &mut Sha256, root: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let is_policies = in_policies || path.file_name().is_some_and(|n| n == "policies");
+            if path.is_dir() && depth < 12 {
+                walk(&path, is_policies, depth + 1, hasher, root);
+            } else if is_policies && let Ok(bytes) = std::fs::read(&path) {
+                hasher.update(
+                    path.strip_prefix(root)
+                        .unwrap_or(&path)
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
+                hasher.update([0]);
+                hasher.update(&bytes);
+            }
+        }
+    }
+    let mut hasher = Sha256::new();
+    walk(&root.join("policies"), true, 0, &mut hasher, root);
+    walk(&root.join("stack"), false, 0, &mut hasher, root);
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Longest time between full reconciles when nothing seems to change: a safety net under the

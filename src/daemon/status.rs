@@ -72,6 +72,10 @@ pub struct ReconcileSummary {
     pub started_at: DateTime<Utc>,
     pub duration_ms: u64,
     pub ok: bool,
+    /// `quiet` (same revision, watches quiet: nothing asked of the cluster), `incremental` (a
+    /// new revision: only the objects whose desired state changed), or `full`.
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// One stack.
