@@ -132,7 +132,9 @@ fn conflicts_of(status: &kube::core::Status) -> Vec<Conflict> {
 /// Reads one object; `None` when it does not exist. Secret values are redacted on arrival.
 pub async fn get(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Value>> {
     match api.get_opt(name).await {
-        Ok(Some(obj)) => {
+        Ok(Some(mut obj)) => {
+            // Diffs drop them; kept they would only weigh on memory.
+            obj.metadata.managed_fields = None;
             let mut value = serde_json::to_value(obj).map_err(|e| Error::Request {
                 object: what.to_owned(),
                 action: "read",

@@ -64,7 +64,9 @@ async fn list(
             hint: super::hint_for(&source),
             source,
         })?;
-        for item in page.items {
+        for mut item in page.items {
+            // Never looked at here (diffs drop them too), and often half an object's size.
+            item.metadata.managed_fields = None;
             out.insert(
                 (
                     item.metadata.namespace.clone(),
