@@ -18,10 +18,14 @@ use support::{TestEnv, TestNamespace, eventually, unique_name};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn offline(args: &[&str]) -> Output {
+    // No cluster; the bundled chart and Kustomize stacks need the environment's helm and kubectl.
+    let env = TestEnv::get();
     Command::new(env!("CARGO_BIN_EXE_driftless"))
         .args(["--config", "/nonexistent/driftless.yaml"])
         .args(args)
         .env_remove("CREDENTIALS_DIRECTORY")
+        .env("DRIFTLESS_HELM", env.var("HELM"))
+        .env("DRIFTLESS_KUBECTL", env.var("KUBECTL"))
         .output()
         .expect("run driftless")
 }
