@@ -425,7 +425,10 @@ impl StackContext<'_> {
                 })
             })
             .collect();
-        let mut live_state = cluster::live::fetch(self.client, &self.stack.name, &wants).await?;
+        // Metadata is enough to know an object is still as driftless applied it; the whole
+        // object is read (GET) only for those that need a dry-run.
+        let (mut live_state, partial) =
+            cluster::live::fetch_with(self.client, &self.stack.name, &wants, true).await?;
         // Namespaces this sync creates: what goes into them cannot exist yet, and a dry-run there
         // would only be refused (and cost the API server a namespace lookup).
         let new_namespaces: BTreeSet<String> = objects
@@ -458,7 +461,8 @@ impl StackContext<'_> {
                 .namespace
                 .as_ref()
                 .is_some_and(|n| new_namespaces.contains(n));
-            dirty.push(self.observe(b, live, in_new_namespace));
+            let partial = partial.contains(&b.desired.key);
+            dirty.push(self.observe(b, live, partial, in_new_namespace));
         }
         let mut dirty = futures::stream::iter(dirty)
             .buffered(OBSERVE_CONCURRENCY)
@@ -522,7 +526,9 @@ impl StackContext<'_> {
             post_sync: self.stack.post_sync.clone(),
         });
         let checked = checked.as_ref().unwrap_or(self.stack);
-        if let Some(denied) = self.check_policies(checked, &observations, outcome) {
+        if let Some(denied) =
+            self.check_policies(checked, objects, &partial, &observations, outcome)
+        {
             outcome.error = Some(denied);
             return Ok(());
         }
@@ -553,6 +559,7 @@ impl StackContext<'_> {
         &self,
         b: &Bound<'_>,
         live: Option<Value>,
+        partial: bool,
         in_new_namespace: bool,
     ) -> Result<Observed, ClusterError> {
         let key = &b.desired.key;
@@ -579,6 +586,12 @@ impl StackContext<'_> {
                     .as_ref()
                     .is_some_and(|l| unchanged_since_apply(e, l, &b.desired.object))
         });
+        // Read as metadata only: the whole object is needed for the diff.
+        let live = if partial && !unchanged {
+            apply::get(&api, &key.name, &key.to_string()).await?
+        } else {
+            live
+        };
         let mut takeover = None;
         let mut recreate = false;
         let would_be = if unchanged {
@@ -664,13 +677,32 @@ impl StackContext<'_> {
     fn check_policies(
         &self,
         stack: &RenderedStack,
+        objects: &[Bound<'_>],
+        partial: &std::collections::HashSet<ObjectKey>,
         observations: &[Observation],
         outcome: &mut StackOutcome,
     ) -> Option<String> {
         let policies = self.options.policies.as_ref()?;
+        // The old object of an UPDATE. An object unchanged since driftless applied it was read
+        // as metadata only: its old object is the desired one (what was applied).
+        let desired: BTreeMap<&ObjectKey, &Value> = objects
+            .iter()
+            .map(|b| (&b.desired.key, &b.desired.object))
+            .collect();
         let live: BTreeMap<&ObjectKey, &Value> = observations
             .iter()
-            .filter_map(|o| Some((&o.key, o.live.as_ref()?)))
+            .filter_map(|o| {
+                let live = o.live.as_ref()?;
+                let metadata_only = o.would_be.is_none() && partial.contains(&o.key);
+                Some((
+                    &o.key,
+                    if metadata_only {
+                        desired.get(&o.key).copied()?
+                    } else {
+                        live
+                    },
+                ))
+            })
             .collect();
         outcome.policy = policies.check_stack(stack, self.policy_index, |k| live.get(k).copied());
         let denials: Vec<String> = outcome

@@ -5,11 +5,11 @@
 //! GET otherwise. Absence is only concluded from an unfiltered read, never from a
 //! label-selected one. Requests run with bounded concurrency.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use kube::Client;
-use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, PartialObjectMeta};
 use serde_json::Value;
 
 use super::apply::{api_for, redact_secret};
@@ -82,6 +82,44 @@ async fn list(
     }
 }
 
+/// Lists the metadata (`PartialObjectMetadata`) of `resource` everywhere, label-selected, every
+/// page: what tells whether an object is still as driftless applied it, at a fraction of the size.
+async fn list_metadata(client: &Client, resource: &ApiResource, selector: &str) -> Result<Found> {
+    let api: kube::Api<PartialObjectMeta<DynamicObject>> =
+        kube::Api::all_with(client.clone(), resource);
+    let mut params = ListParams::default().limit(500).labels(selector);
+    let mut out = Found::new();
+    loop {
+        let page = api.list(&params).await.map_err(|source| Error::Request {
+            object: resource.plural.clone(),
+            action: "list",
+            message: super::message_of(&source),
+            hint: super::hint_for(&source),
+            source,
+        })?;
+        for mut item in page.items {
+            item.metadata.managed_fields = None;
+            let key = (
+                item.metadata.namespace.clone(),
+                item.metadata.name.clone().unwrap_or_default(),
+            );
+            let metadata = serde_json::to_value(&item.metadata).unwrap_or(Value::Null);
+            out.insert(
+                key,
+                serde_json::json!({
+                    "apiVersion": resource.api_version,
+                    "kind": resource.kind,
+                    "metadata": metadata,
+                }),
+            );
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// A listed item as a GET would return it: list items carry no `apiVersion`/`kind`.
 fn to_value(item: DynamicObject, resource: &ApiResource) -> Value {
     let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
@@ -102,7 +140,20 @@ pub async fn fetch(
     stack: &str,
     wants: &[Want<'_>],
 ) -> Result<HashMap<ObjectKey, Option<Value>>> {
+    Ok(fetch_with(client, stack, wants, false).await?.0)
+}
+
+/// `fetch`; with `metadata_only`, recorded objects found by the label-selected LISTs come as
+/// `apiVersion`, `kind` and `metadata` only, and their keys are returned in the set (read the
+/// whole object with a GET where more is needed).
+pub async fn fetch_with(
+    client: &Client,
+    stack: &str,
+    wants: &[Want<'_>],
+    metadata_only: bool,
+) -> Result<(HashMap<ObjectKey, Option<Value>>, HashSet<ObjectKey>)> {
     let mut out: HashMap<ObjectKey, Option<Value>> = HashMap::new();
+    let mut partial: HashSet<ObjectKey> = HashSet::new();
     // 1. Recorded objects: one label-selected LIST per kind, cluster-wide.
     let mut by_resource: BTreeMap<String, &ApiResource> = BTreeMap::new();
     for w in wants.iter().filter(|w| w.recorded) {
@@ -113,7 +164,14 @@ pub async fn fetch(
         .iter()
         .map(|(id, r)| {
             let selector = selector.as_str();
-            async move { (id.clone(), list(client, r, None, Some(selector)).await) }
+            async move {
+                let found = if metadata_only {
+                    list_metadata(client, r, selector).await
+                } else {
+                    list(client, r, None, Some(selector)).await
+                };
+                (id.clone(), found)
+            }
         })
         .collect();
     let listed: Vec<(String, Result<Found>)> = futures::stream::iter(lists)
@@ -133,6 +191,9 @@ pub async fn fetch(
         });
         match hit.flatten() {
             Some(v) => {
+                if metadata_only {
+                    partial.insert(w.key.clone());
+                }
                 out.insert(w.key.clone(), Some(v));
             }
             None => rest.push(w),
@@ -177,5 +238,5 @@ pub async fn fetch(
     for r in results {
         out.extend(r?);
     }
-    Ok(out)
+    Ok((out, partial))
 }
