@@ -232,7 +232,7 @@ async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
     );
     repo.write(
         "stack/app/local/kustomization.yaml",
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\npatches:\n  - target: {kind: ConfigMap, name: settings}\n    patch: '[{op: replace, path: /data/size, value: small}]'\n",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\npatches:\n  - target: {kind: ConfigMap, name: settings}\n    patch: |\n      - {op: replace, path: /data/size, value: small}\n",
     );
 
     let out = repo.sync();
