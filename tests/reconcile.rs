@@ -837,3 +837,55 @@ async fn immutable_field_changes_fail_clearly_or_recreate_when_opted_in() {
     assert_ne!(uid(cm), first, "a new object");
     expect_exit(&f.driftless(&["diff"]), 0, "converged");
 }
+
+/// A stack of many thousand objects: its inventory record no longer fits a ConfigMap as JSON
+/// text (1 MiB); it is stored compressed and reads back the same, from the real API server.
+#[tokio::test]
+async fn a_large_inventory_is_stored_compressed_and_reads_back() {
+    use driftless::cluster::inventory::{self, Entry, Inventory};
+    use driftless::stack::ObjectKey;
+    let client = TestEnv::get().kube_client().await;
+    let stack = unique_name("inv");
+    let mut inv = Inventory {
+        stack: stack.clone(),
+        owner: "default".to_owned(),
+        ..Inventory::default()
+    };
+    for i in 0..8000 {
+        let key = ObjectKey {
+            group: "apps".to_owned(),
+            kind: "Deployment".to_owned(),
+            namespace: Some(format!("team-{}", i / 100)),
+            name: format!("service-{i}"),
+        };
+        let mut e = Entry::new(&key, "apps/v1");
+        e.hash = Some(format!(
+            "sha256:{:064x}",
+            (i as u128) * 0x9E37_79B9_7F4A_7C15
+        ));
+        e.resource_version = Some((1_000_000 + i).to_string());
+        e.generation = Some(1);
+        inv.entries.insert(key, e);
+    }
+    inventory::write(&client, &inv).await.expect("write");
+    let back = inventory::read(&client, &stack).await.expect("read");
+    assert_eq!(back.entries, inv.entries);
+    // Shrinking it again switches back to plain JSON (the compressed key is removed).
+    inv.entries = inv.entries.into_iter().take(10).collect();
+    inventory::write(&client, &inv).await.expect("write small");
+    let cm = kubectl(&[
+        "-n",
+        "driftless-system",
+        "get",
+        "configmap",
+        &format!("inventory-{stack}"),
+        "-o",
+        "jsonpath={.binaryData}|{.data.objects\\.json}",
+    ]);
+    assert!(cm.starts_with('|'), "no binaryData left: {cm}");
+    assert_eq!(
+        inventory::read(&client, &stack).await.unwrap().entries,
+        inv.entries
+    );
+    inventory::delete(&client, &stack).await.unwrap();
+}

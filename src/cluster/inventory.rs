@@ -22,6 +22,11 @@ pub const INSTANCE_LABEL: &str = "driftless.dev/instance";
 /// Instance name when the host configuration gives none.
 pub const DEFAULT_INSTANCE: &str = "default";
 const DATA_KEY: &str = "objects.json";
+/// The same record gzip-compressed, in `binaryData`: used when the JSON would not leave room in
+/// a ConfigMap (1 MiB in all), e.g. a stack of several thousand objects.
+const GZIP_KEY: &str = "objects.json.gz";
+/// Largest plain JSON record written as text; larger ones are compressed.
+const PLAIN_LIMIT: usize = 768 * 1024;
 
 /// One object a stack applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,12 +131,29 @@ fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
         .and_then(|l| l.get(INSTANCE_LABEL))
         .cloned()
         .unwrap_or_else(|| DEFAULT_INSTANCE.to_owned());
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(DATA_KEY))
-        .map(String::as_str)
-        .unwrap_or("");
+    let unreadable = |e: String| Error::Inventory {
+        name: format!("{NAMESPACE}/{name}"),
+        message: format!(
+            "unreadable ({e}); it was not written by this driftless version or was edited by hand"
+        ),
+    };
+    let compressed = cm.binary_data.as_ref().and_then(|d| d.get(GZIP_KEY));
+    let text = match compressed {
+        Some(bytes) => {
+            use std::io::Read as _;
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(bytes.0.as_slice())
+                .read_to_string(&mut text)
+                .map_err(|e| unreadable(e.to_string()))?;
+            text
+        }
+        None => cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(DATA_KEY))
+            .cloned()
+            .unwrap_or_default(),
+    };
     if text.is_empty() {
         return Ok(Inventory {
             stack,
@@ -139,12 +161,7 @@ fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
             ..Inventory::default()
         });
     }
-    let stored: Stored = serde_json::from_str(text).map_err(|e| Error::Inventory {
-        name: format!("{NAMESPACE}/{name}"),
-        message: format!(
-            "unreadable ({e}); it was not written by this driftless version or was edited by hand"
-        ),
-    })?;
+    let stored: Stored = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
     Ok(Inventory {
         stack,
         owner,
@@ -185,9 +202,9 @@ pub async fn list(client: &Client) -> Result<Vec<Inventory>> {
         .collect()
 }
 
-/// Writes a stack's inventory (creating `driftless-system` on first use).
-pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
-    ensure_namespace(client).await?;
+/// The ConfigMap holding a stack's inventory: the record as JSON text, or gzip-compressed in
+/// `binaryData` when the text is large.
+fn encode(inventory: &Inventory) -> Result<serde_json::Value> {
     let name = configmap_name(&inventory.stack);
     let stored = Stored {
         version: 1,
@@ -198,22 +215,59 @@ pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
         name: name.clone(),
         message: e.to_string(),
     })?;
-    let cm = serde_json::json!({
+    let mut cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": NAMESPACE,
             "labels": {INVENTORY_LABEL: inventory.stack, INSTANCE_LABEL: inventory.owner,
                 "app.kubernetes.io/managed-by": "driftless"}},
-        "data": {DATA_KEY: text},
     });
+    // Server-side apply with the whole content: the key not written is removed.
+    if text.len() <= PLAIN_LIMIT {
+        cm["data"] = serde_json::json!({DATA_KEY: text});
+    } else {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let bytes = gz
+            .write_all(text.as_bytes())
+            .and_then(|()| gz.finish())
+            .map_err(|e| Error::Inventory {
+                name: name.clone(),
+                message: format!("cannot compress: {e}"),
+            })?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        cm["binaryData"] = serde_json::json!({GZIP_KEY: encoded});
+    }
+    Ok(cm)
+}
+
+/// Writes a stack's inventory (creating `driftless-system` on first use).
+pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
+    ensure_namespace(client).await?;
+    let name = configmap_name(&inventory.stack);
+    let cm = encode(inventory)?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map_err(|e| request_error(&name, "write", e))?;
-    Ok(())
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("Too long") => {
+            Err(Error::Inventory {
+                name: format!("{NAMESPACE}/{name}"),
+                message: format!(
+                    "the record of stack {}'s {} objects does not fit one ConfigMap even compressed: split the stack",
+                    inventory.stack,
+                    inventory.entries.len()
+                ),
+            })
+        }
+        Err(e) => Err(request_error(&name, "write", e)),
+    }
 }
 
 /// Deletes a stack's inventory (after its objects are gone or handed to other stacks).
@@ -256,5 +310,59 @@ fn request_error(name: &str, action: &'static str, source: kube::Error) -> Error
         message: super::message_of(&source),
         hint: super::hint_for(&source),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(n: usize) -> Inventory {
+        let mut inv = Inventory {
+            stack: "big".to_owned(),
+            owner: "default".to_owned(),
+            ..Inventory::default()
+        };
+        for i in 0..n {
+            let key = ObjectKey {
+                group: String::new(),
+                kind: "ConfigMap".to_owned(),
+                namespace: Some(format!("ns-{}", i / 100)),
+                name: format!("cm-{i}"),
+            };
+            let mut e = Entry::new(&key, "v1");
+            e.hash = Some(format!("sha256:{:064x}", i * 7919));
+            e.resource_version = Some(format!("{}", 100_000 + i));
+            inv.entries.insert(key, e);
+        }
+        inv
+    }
+
+    fn roundtrip(inv: &Inventory) -> (serde_json::Value, Inventory) {
+        let value = encode(inv).unwrap();
+        let cm: ConfigMap = serde_json::from_value(value.clone()).unwrap();
+        (value, decode("inventory-big", &cm).unwrap())
+    }
+
+    #[test]
+    fn small_records_are_plain_json_and_large_ones_compressed() {
+        let small = inventory(10);
+        let (value, back) = roundtrip(&small);
+        assert!(value["data"][DATA_KEY].is_string());
+        assert!(value.get("binaryData").is_none());
+        assert_eq!(back.entries, small.entries);
+
+        // 10 000 objects: ~2 MB as text, under the ConfigMap limit compressed.
+        let large = inventory(10_000);
+        let (value, back) = roundtrip(&large);
+        assert!(value.get("data").is_none());
+        let encoded = value["binaryData"][GZIP_KEY].as_str().unwrap();
+        assert!(
+            encoded.len() * 3 / 4 < 1024 * 1024,
+            "{} bytes",
+            encoded.len() * 3 / 4
+        );
+        assert_eq!(back.entries, large.entries);
+        assert_eq!(back.stack, "big");
     }
 }
