@@ -227,7 +227,7 @@ fn encode(inventory: &Inventory) -> Result<serde_json::Value> {
     } else {
         use base64::Engine as _;
         use std::io::Write as _;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let bytes = gz
             .write_all(text.as_bytes())
             .and_then(|()| gz.finish())
