@@ -1,13 +1,12 @@
 //! The CEL environment policies are compiled in, and the conversion of objects into CEL values.
 //!
 //! The environment is the `cel` crate's standard library with optional syntax (`.?`, `orValue`),
-//! its strings and lists extensions (as the API server enables them), and the few Kubernetes
-//! library functions the shipped policies need: `find`/`findAll` (regex library, with compiled
-//! patterns cached) and `isQuantity`. It is built once per `PolicySet`; programs are compiled
-//! once per expression.
+//! its strings and lists extensions (as the API server enables them), and the Kubernetes
+//! libraries of `super::library` (regex, quantity, IP/CIDR, URL, lists). It is built once per
+//! `PolicySet`; programs are compiled once per expression.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 
 use cel::common::traits::{
     Adder, Comparer, Container as CelContainer, Indexer, Iterable, Sizer, Zeroer,
@@ -25,15 +24,69 @@ pub fn environment() -> Result<Env, cel::DeclarationError> {
     let mut env = Env::stdlib();
     env.add_extension(cel::extensions::strings)?;
     env.add_extension(cel::extensions::lists)?;
-    cel::add_member_overload!(env, fn find: (CelString, CelString) -> Result<CelString>)?;
-    cel::add_member_overload!(env, fn find_all: (CelString, CelString) -> Result<CelList>)?;
-    cel::add_overload!(env, fn is_quantity: (CelString) -> CelBool)?;
+    super::library::register(&mut env)?;
     Ok(env)
 }
 
 /// Compiles one expression.
 pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
     env.compile(source).map_err(|e| e.to_string())
+}
+
+/// The names `variables.<name>` that `program` refers to, in order of first use.
+pub fn variable_references(program: &Program) -> Vec<String> {
+    fn walk(expr: &cel::IdedExpr, out: &mut Vec<String>) {
+        use cel::common::ast::{EntryExpr, Expr};
+        match &expr.expr {
+            Expr::Select(select) => {
+                if let Expr::Ident(root) = &select.operand.expr
+                    && root == "variables"
+                {
+                    if !out.contains(&select.field) {
+                        out.push(select.field.clone());
+                    }
+                } else {
+                    walk(&select.operand, out);
+                }
+            }
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    walk(target, out);
+                }
+                call.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Comprehension(c) => {
+                for e in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    walk(e, out);
+                }
+            }
+            Expr::List(list) => list.elements.iter().for_each(|e| walk(e, out)),
+            Expr::Map(map) => map.entries.iter().for_each(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&m.key, out);
+                    walk(&m.value, out);
+                }
+                EntryExpr::StructField(f) => walk(&f.value, out),
+            }),
+            Expr::Struct(s) => s.entries.iter().for_each(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&m.key, out);
+                    walk(&m.value, out);
+                }
+                EntryExpr::StructField(f) => walk(&f.value, out),
+            }),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(program.expression(), &mut out);
+    out
 }
 
 /// Converts a JSON object into a CEL value once; evaluations borrow it. Strings, lists and maps
@@ -195,66 +248,6 @@ fn describe(e: &ExecutionError) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// Compiled regular expressions of `find`/`findAll`, by pattern (patterns come from policies,
-/// so the cache stays small).
-static REGEXES: LazyLock<Mutex<HashMap<String, Arc<regex::Regex>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn regex(function: &str, pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
-    let mut cache = REGEXES
-        .lock()
-        .map_err(|_| ExecutionError::function_error(function, "regex cache poisoned"))?;
-    if let Some(re) = cache.get(pattern) {
-        return Ok(Arc::clone(re));
-    }
-    let re = regex::Regex::new(pattern)
-        .map(Arc::new)
-        .map_err(|e| ExecutionError::function_error(function, format!("invalid regex: {e}")))?;
-    cache.insert(pattern.to_owned(), Arc::clone(&re));
-    Ok(re)
-}
-
-/// Kubernetes regex library: the first match, or the empty string.
-fn find(
-    this: &CelString<'_>,
-    pattern: &CelString<'_>,
-) -> Result<CelString<'static>, ExecutionError> {
-    let re = regex("find", pattern.inner())?;
-    Ok(CelString::from(
-        re.find(this.inner())
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default(),
-    ))
-}
-
-/// Kubernetes regex library: every match.
-fn find_all(
-    this: &CelString<'_>,
-    pattern: &CelString<'_>,
-) -> Result<CelList<'static>, ExecutionError> {
-    let re = regex("findAll", pattern.inner())?;
-    let found: Vec<Box<dyn Val>> = re
-        .find_iter(this.inner())
-        .map(|m| Box::new(CelString::from(m.as_str().to_owned())) as Box<dyn Val>)
-        .collect();
-    Ok(CelList::from(found))
-}
-
-/// Kubernetes quantity library: whether the string is a resource quantity (`100m`, `1Gi`, `2e3`).
-fn is_quantity(this: &CelString<'_>) -> CelBool {
-    static QUANTITY: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
-        regex::Regex::new(
-            r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$",
-        )
-        .ok()
-    });
-    CelBool::from(
-        QUANTITY
-            .as_ref()
-            .is_some_and(|re| re.is_match(this.inner())),
-    )
 }
 
 #[cfg(test)]

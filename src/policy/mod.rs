@@ -10,6 +10,7 @@
 pub mod cel;
 mod eval;
 pub mod fixtures;
+mod library;
 mod load;
 mod matching;
 pub mod model;
@@ -351,25 +352,52 @@ impl PolicySet {
                 ),
             ));
         }
-        let compile = |field: String, source: &str| -> Result<Compiled> {
-            cel::compile(&self.env, source)
-                .map(|program| {
-                    let refs = program.references();
-                    let request_only =
-                        !refs.has_variable("params") && !refs.has_variable("variables");
-                    Compiled {
-                        source: source.to_owned(),
-                        program,
-                        request_only,
-                    }
-                })
-                .map_err(|message| Error::Expression {
-                    file: doc.file.clone(),
-                    kind: "ValidatingAdmissionPolicy",
-                    name: name.clone(),
-                    field,
-                    message,
-                })
+        // The API server type-checks `variables.<name>` against the variables declared before
+        // the expression (all of them for conditions, validations and messages).
+        let declared: Vec<&str> = policy
+            .spec
+            .variables
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        let compile = |field: String, source: &str, visible: &[&str]| -> Result<Compiled> {
+            let expression_error = |message: String| Error::Expression {
+                file: doc.file.clone(),
+                kind: "ValidatingAdmissionPolicy",
+                name: name.clone(),
+                field: field.clone(),
+                message,
+            };
+            let program = cel::compile(&self.env, source).map_err(expression_error)?;
+            if let Some(unknown) = cel::variable_references(&program)
+                .into_iter()
+                .find(|v| !visible.contains(&v.as_str()))
+            {
+                let message = if declared.contains(&unknown.as_str()) {
+                    format!(
+                        "variables.{unknown} is declared after this variable (a variable can use only those before it)"
+                    )
+                } else {
+                    format!(
+                        "variables.{unknown} is not defined in spec.variables (have: {})",
+                        if declared.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            declared.join(", ")
+                        }
+                    )
+                };
+                return Err(expression_error(message));
+            }
+            Ok(program).map(|program| {
+                let refs = program.references();
+                let request_only = !refs.has_variable("params") && !refs.has_variable("variables");
+                Compiled {
+                    source: source.to_owned(),
+                    program,
+                    request_only,
+                }
+            })
         };
         let mut match_conditions = Vec::new();
         for (i, c) in policy.spec.match_conditions.iter().enumerate() {
@@ -378,6 +406,7 @@ impl PolicySet {
                 compile(
                     format!("spec.matchConditions[{i}].expression"),
                     &c.expression,
+                    &declared,
                 )?,
             ));
         }
@@ -385,18 +414,32 @@ impl PolicySet {
         for (i, v) in policy.spec.variables.iter().enumerate() {
             variables.push((
                 v.name.clone(),
-                compile(format!("spec.variables[{i}].expression"), &v.expression)?,
+                compile(
+                    format!("spec.variables[{i}].expression"),
+                    &v.expression,
+                    &declared[..i],
+                )?,
             ));
         }
         let mut validations = Vec::new();
         for (i, v) in policy.spec.validations.iter().enumerate() {
             validations.push(CompiledValidation {
-                expression: compile(format!("spec.validations[{i}].expression"), &v.expression)?,
+                expression: compile(
+                    format!("spec.validations[{i}].expression"),
+                    &v.expression,
+                    &declared,
+                )?,
                 message: v.message.clone(),
                 message_expression: v
                     .message_expression
                     .as_deref()
-                    .map(|m| compile(format!("spec.validations[{i}].messageExpression"), m))
+                    .map(|m| {
+                        compile(
+                            format!("spec.validations[{i}].messageExpression"),
+                            m,
+                            &declared,
+                        )
+                    })
                     .transpose()?,
                 reason: v.reason.clone().unwrap_or_else(|| "Invalid".to_owned()),
             });

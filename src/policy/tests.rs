@@ -401,6 +401,41 @@ spec: {validations: [{expression: "true"}]}
             "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
             "params must not be Secrets",
         ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  variables: [{name: a, expression: "1"}]
+  validations: [{expression: "variables.a == 1 && [1].all(x, x == variables.typo)"}]
+"#,
+            "policies/test.yaml: ValidatingAdmissionPolicy p: spec.validations[0].expression: variables.typo is not defined in spec.variables (have: a)",
+        ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  variables: [{name: a, expression: "variables.b + 1"}, {name: b, expression: "1"}]
+  validations: [{expression: "true", messageExpression: "'x' + string(variables.a)"}]
+"#,
+            "spec.variables[0].expression: variables.b is declared after this variable",
+        ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  validations: [{expression: "true", messageExpression: "variables.missing"}]
+"#,
+            "spec.validations[0].messageExpression: variables.missing is not defined in spec.variables (have: none)",
+        ),
     ];
     for (yaml, want) in cases {
         let e = match try_set(yaml) {
