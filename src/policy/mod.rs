@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use eval::{RevisionIndex, Subject};
-pub use load::{POLICY_DIR, load_dir, load_policies};
+pub use load::{POLICY_DIR, load_dir, load_policies, load_with_stacks, stack_policy_dir};
 use model::{BindingSpec, ValidationAction};
 
 /// Everything that can be wrong with `policies/`, each naming the file and object to fix.
@@ -54,7 +54,9 @@ pub enum Error {
         field: String,
         message: String,
     },
-    #[error("{file}: {kind} {name} is also defined in {other}")]
+    #[error(
+        "{file}: {kind} {name} is also defined in {other} (names are unique across policies/ and every stack's policies/)"
+    )]
     Duplicate {
         file: PathBuf,
         kind: &'static str,
@@ -92,10 +94,21 @@ pub struct Document {
 struct Compiled {
     source: String,
     program: ::cel::Program,
-    /// Whether the value depends only on the request (not on `params` or other variables): such
-    /// a variable's value is computed once per request and shared by every policy declaring the
-    /// same expression (the baseline's `containers`).
-    request_only: bool,
+    /// The program's expression as evaluated (`cel::optimize`).
+    tree: ::cel::IdedExpr,
+    /// For a variable whose value depends only on the request (not on `params` or other
+    /// variables): its slot among the set's request-only expressions. Its value is computed once
+    /// per request and shared by every policy declaring the same expression (the baseline's
+    /// `containers`).
+    shared: Option<usize>,
+}
+
+/// A compiled `spec.variables` entry.
+struct CompiledVariable {
+    name: String,
+    /// `variables.<name>`, the name it is bound as.
+    key: String,
+    expression: Compiled,
 }
 
 struct CompiledValidation {
@@ -108,22 +121,31 @@ struct CompiledValidation {
 struct CompiledPolicy {
     name: String,
     file: PathBuf,
+    /// The stack whose `policies/` defines it; `None` for the repository's `policies/`.
+    stack: Option<String>,
     spec: model::PolicySpec,
     failure_policy: model::FailurePolicy,
     match_conditions: Vec<(String, Compiled)>,
-    variables: Vec<(String, Compiled)>,
+    /// Whether a match condition uses `variables` (then they are bound before the conditions).
+    conditions_use_variables: bool,
+    variables: Vec<CompiledVariable>,
     validations: Vec<CompiledValidation>,
 }
 
 struct Binding {
     name: String,
     spec: BindingSpec,
+    /// The one stack whose objects it applies to (a stack-local binding, or a binding of a
+    /// stack-local policy); `None`: every stack's.
+    stack: Option<String>,
     /// Index into `PolicySet::policies`.
     policy: usize,
 }
 
 /// A param object (any object in `policies/` other than policies and bindings).
 struct Param {
+    /// Visible to the bindings of this stack only; `None`: to every binding.
+    stack: Option<String>,
     api_version: String,
     kind: String,
     namespace: Option<String>,
@@ -138,6 +160,8 @@ pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     bindings: Vec<Binding>,
     params: Vec<Param>,
+    /// How many distinct request-only variable expressions there are (`Compiled::shared`).
+    shared_variables: usize,
 }
 
 impl fmt::Debug for PolicySet {
@@ -161,6 +185,8 @@ impl fmt::Debug for PolicySet {
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub policy: String,
+    /// The file that defines the policy (`policies/…`, or a stack's own `policies/…`).
+    pub policy_file: PathBuf,
     pub binding: String,
     /// 1-based index into the policy's `spec.validations`; absent when a match condition or the
     /// binding's params failed.
@@ -201,7 +227,13 @@ impl fmt::Display for Finding {
         if let Some(n) = self.validation {
             write!(f, " validation {n}")?;
         }
-        write!(f, " (binding {}): {}", self.binding, self.object)?;
+        write!(
+            f,
+            " ({}, binding {}): {}",
+            self.policy_file.display(),
+            self.binding,
+            self.object
+        )?;
         if let Some(t) = &self.pod_template {
             write!(f, " pod template {t}")?;
         }
@@ -218,20 +250,44 @@ impl PolicySet {
     /// Builds a set from parsed documents: policies and bindings of admissionregistration.k8s.io/v1,
     /// every other object a param. Every expression is compiled here.
     pub fn from_documents(documents: Vec<Document>) -> Result<PolicySet> {
+        PolicySet::from_scoped(documents, Vec::new())
+    }
+
+    /// Builds a set from the repository's documents and, per stack, the documents of that
+    /// stack's own `policies/`: those policies, bindings and params apply to that stack's objects
+    /// only. Policy and binding names are unique across the whole set.
+    pub fn from_scoped(
+        global: Vec<Document>,
+        stacks: Vec<(String, Vec<Document>)>,
+    ) -> Result<PolicySet> {
         let env = cel::environment().map_err(|e| Error::Environment(e.to_string()))?;
         let mut set = PolicySet {
             env: Arc::new(env),
             policies: Vec::new(),
             bindings: Vec::new(),
             params: Vec::new(),
+            shared_variables: 0,
         };
+        let mut shared: BTreeMap<String, usize> = BTreeMap::new();
         let mut bindings = Vec::new();
-        for doc in documents {
+        let documents = global.into_iter().map(|d| (None, d)).chain(
+            stacks
+                .into_iter()
+                .flat_map(|(stack, docs)| docs.into_iter().map(move |d| (Some(stack.clone()), d))),
+        );
+        for (stack, doc) in documents {
             let api_version = doc.value.get("apiVersion").and_then(Value::as_str);
             let kind = doc.value.get("kind").and_then(Value::as_str);
             match (api_version, kind) {
                 (Some(model::API_VERSION), Some("ValidatingAdmissionPolicy")) => {
-                    let policy = set.compile_policy(&doc)?;
+                    let mut policy = set.compile_policy(&doc, stack)?;
+                    for v in &mut policy.variables {
+                        if let Some(slot) = &mut v.expression.shared {
+                            let next = shared.len();
+                            *slot = *shared.entry(v.expression.source.clone()).or_insert(next);
+                        }
+                    }
+                    set.shared_variables = shared.len();
                     if let Some(other) = set.policies.iter().find(|p| p.name == policy.name) {
                         return Err(Error::Duplicate {
                             file: doc.file,
@@ -243,13 +299,13 @@ impl PolicySet {
                     set.policies.push(policy);
                 }
                 (Some(model::API_VERSION), Some("ValidatingAdmissionPolicyBinding")) => {
-                    bindings.push(doc);
+                    bindings.push((stack, doc));
                 }
-                _ => set.params.push(param(&doc)?),
+                _ => set.params.push(param(&doc, stack)?),
             }
         }
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for doc in bindings {
+        for (stack, doc) in bindings {
             let binding: model::ValidatingAdmissionPolicyBinding =
                 serde_json::from_value(doc.value.clone()).map_err(|e| invalid(&doc, e))?;
             let name = binding.metadata.name.clone();
@@ -295,10 +351,25 @@ impl PolicySet {
                         .join(", "),
                 });
             };
+            let policy_stack = &set.policies[policy].stack;
+            let stack = match (stack, policy_stack) {
+                (Some(own), Some(other)) if &own != other => {
+                    return Err(invalid(
+                        &doc,
+                        format!(
+                            "binding {name} of stack {own} names policy {:?} of stack {other} ({}): a stack's binding may name a repository-wide policy or one of its own stack",
+                            binding.spec.policy_name,
+                            set.policies[policy].file.display()
+                        ),
+                    ));
+                }
+                (own, other) => own.or_else(|| other.clone()),
+            };
             set.bindings.push(Binding {
                 name,
                 spec: binding.spec,
                 policy,
+                stack,
             });
         }
         Ok(set)
@@ -317,12 +388,20 @@ impl PolicySet {
             .map_or(0, |p| p.validations.len())
     }
 
+    /// The stack a policy is local to (`None`: repository-wide, or no such policy).
+    pub fn policy_stack(&self, policy: &str) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|p| p.name == policy)
+            .and_then(|p| p.stack.as_deref())
+    }
+
     /// Whether the set has no bindings (nothing would be evaluated).
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()
     }
 
-    fn compile_policy(&self, doc: &Document) -> Result<CompiledPolicy> {
+    fn compile_policy(&self, doc: &Document, stack: Option<String>) -> Result<CompiledPolicy> {
         let policy: model::ValidatingAdmissionPolicy =
             serde_json::from_value(doc.value.clone()).map_err(|e| invalid(doc, e))?;
         let name = policy.metadata.name.clone();
@@ -394,8 +473,10 @@ impl PolicySet {
                 let request_only = !refs.has_variable("params") && !refs.has_variable("variables");
                 Compiled {
                     source: source.to_owned(),
+                    tree: cel::optimize(&program),
                     program,
-                    request_only,
+                    // The slot is assigned by `from_scoped`.
+                    shared: request_only.then_some(0),
                 }
             })
         };
@@ -412,14 +493,15 @@ impl PolicySet {
         }
         let mut variables = Vec::new();
         for (i, v) in policy.spec.variables.iter().enumerate() {
-            variables.push((
-                v.name.clone(),
-                compile(
+            variables.push(CompiledVariable {
+                name: v.name.clone(),
+                key: format!("variables.{}", v.name),
+                expression: compile(
                     format!("spec.variables[{i}].expression"),
                     &v.expression,
                     &declared[..i],
                 )?,
-            ));
+            });
         }
         let mut validations = Vec::new();
         for (i, v) in policy.spec.validations.iter().enumerate() {
@@ -447,8 +529,12 @@ impl PolicySet {
         Ok(CompiledPolicy {
             name,
             file: doc.file.clone(),
+            stack,
             failure_policy: policy.spec.failure_policy.unwrap_or_default(),
             spec: policy.spec,
+            conditions_use_variables: match_conditions
+                .iter()
+                .any(|(_, c)| c.program.references().has_variable("variables")),
             match_conditions,
             variables,
             validations,
@@ -471,7 +557,7 @@ fn invalid(doc: &Document, message: impl fmt::Display) -> Error {
     }
 }
 
-fn param(doc: &Document) -> Result<Param> {
+fn param(doc: &Document, stack: Option<String>) -> Result<Param> {
     let text = |pointer: &str| doc.value.pointer(pointer).and_then(Value::as_str);
     let (Some(api_version), Some(kind), Some(name)) =
         (text("/apiVersion"), text("/kind"), text("/metadata/name"))
@@ -488,6 +574,7 @@ fn param(doc: &Document) -> Result<Param> {
         ));
     }
     Ok(Param {
+        stack,
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
         namespace: text("/metadata/namespace").map(str::to_owned),

@@ -74,7 +74,7 @@ mod test_support {
         let env = Arc::new(crate::policy::cel::environment().map_err(|e| e.to_string())?);
         let program = crate::policy::cel::compile(&env, expr)?;
         let context = crate::policy::cel::request_context(&env, Vec::new());
-        crate::policy::cel::execute(&program, &context)
+        crate::policy::cel::execute(&crate::policy::cel::optimize(&program), &context)
     }
 
     /// Checks a table of expressions that must evaluate to `true`, and of expressions that must

@@ -214,8 +214,9 @@ fn contains_ip_string(c: &Cidr, s: &CelString<'_>) -> Result<CelBool, ExecutionE
     Ok(contains_ip(c, &ip(s)?))
 }
 
-/// As the API server decides it: the other CIDR's address (host bits included) is this CIDR's
-/// network address, and its prefix is at least as long.
+/// Whether `other` lies inside `c`: same family, its address inside `c`'s network, and its
+/// prefix at least as long (`cidr('10.0.0.0/8').containsCIDR('10.1.2.3/24')` is true on the
+/// API server too, host bits and all; checked by `tests/policy-library`).
 fn contains_cidr(c: &Cidr, other: &Cidr) -> CelBool {
     CelBool::from(
         c.addr.is_ipv4() == other.addr.is_ipv4()

@@ -18,10 +18,9 @@ use super::{error, opaque_val};
 pub fn register(env: &mut Env) -> Result<(), DeclarationError> {
     cel::add_overload!(env, fn quantity: (CelString) -> Result<Quantity>)?;
     cel::add_overload!(env, fn is_quantity: (CelString) -> CelBool)?;
-    // Kubernetes declares `sign` as a global overload; the member form is what its
-    // documentation shows. Both are accepted.
+    // Kubernetes declares `sign` as a global function: its API server rejects `q.sign()` (the
+    // form its documentation shows) with "found no matching overload".
     cel::add_overload!(env, fn sign: (Quantity) -> CelInt)?;
-    cel::add_member_overload!(env, fn sign: (Quantity) -> CelInt)?;
     cel::add_member_overload!(env, fn is_integer: (Quantity) -> CelBool)?;
     cel::add_member_overload!(env, fn as_integer: (Quantity) -> Result<CelInt>)?;
     cel::add_member_overload!(env, fn as_approximate_float: (Quantity) -> CelDouble)?;
@@ -642,7 +641,7 @@ mod tests {
                 "!quantity('50Mi').isGreaterThan(quantity('100Mi'))",
                 "quantity('50M').isLessThan(quantity('100M'))",
                 "quantity('1000m') == quantity('1') && quantity('1Ki') != quantity('1k')",
-                "quantity('-1').sign() == -1 && sign(quantity('0')) == 0 && quantity('1n').sign() == 1",
+                "sign(quantity('-1')) == -1 && sign(quantity('0')) == 0 && sign(quantity('1n')) == 1",
                 "quantity('1.5').asApproximateFloat() == 1.5",
                 "quantity('100Mi').asApproximateFloat() == 104857600.0",
                 "quantity('9223372036854775807').add(1).compareTo(quantity('9223372036854775807')) == 1",
@@ -651,6 +650,7 @@ mod tests {
                 "quantity('-1e40').isLessThan(quantity('1'))",
             ],
             &[
+                ("quantity('1').sign()", "sign"),
                 ("quantity('200K')", "unable to parse quantity's suffix"),
                 (
                     "quantity('1,3G')",

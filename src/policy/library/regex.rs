@@ -1,8 +1,8 @@
 //! Kubernetes regex library: `find` and `findAll` (`matches` is the standard library's).
 //! Patterns come from policies, so compiled patterns are cached for the life of the process.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
 
 use cel::common::types::{CelInt, CelList, CelString};
 use cel::common::value::Val;
@@ -21,23 +21,28 @@ pub fn register(env: &mut Env) -> Result<(), DeclarationError> {
     Ok(())
 }
 
-/// Compiled regular expressions, by pattern.
-static REGEXES: LazyLock<Mutex<HashMap<String, Arc<regex::Regex>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+thread_local! {
+    /// Compiled regular expressions, by pattern, per thread: no lock on the evaluation path, and
+    /// each thread matches with its own regex scratch space.
+    static REGEXES: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
+}
 
-/// The compiled `pattern`, from the cache when it was compiled before.
-pub fn regex(function: &str, pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
-    let mut cache = REGEXES
-        .lock()
-        .map_err(|_| error(function, "regex cache poisoned"))?;
-    if let Some(re) = cache.get(pattern) {
-        return Ok(Arc::clone(re));
-    }
-    let re = regex::Regex::new(pattern)
-        .map(Arc::new)
-        .map_err(|e| error(function, format!("invalid regex: {e}")))?;
-    cache.insert(pattern.to_owned(), Arc::clone(&re));
-    Ok(re)
+/// `f` applied to the compiled `pattern` (compiled on its first use by this thread).
+fn with_regex<T>(
+    function: &str,
+    pattern: &str,
+    f: impl FnOnce(&regex::Regex) -> T,
+) -> Result<T, ExecutionError> {
+    REGEXES.with(|cache| {
+        if let Some(re) = cache.borrow().get(pattern) {
+            return Ok(f(re));
+        }
+        let re = regex::Regex::new(pattern)
+            .map_err(|e| error(function, format!("invalid regex: {e}")))?;
+        let result = f(&re);
+        cache.borrow_mut().insert(pattern.to_owned(), re);
+        Ok(result)
+    })
 }
 
 /// The first match, or the empty string.
@@ -45,12 +50,13 @@ fn find(
     this: &CelString<'_>,
     pattern: &CelString<'_>,
 ) -> Result<CelString<'static>, ExecutionError> {
-    let re = regex("find", pattern.inner())?;
-    Ok(CelString::from(
-        re.find(this.inner())
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default(),
-    ))
+    with_regex("find", pattern.inner(), |re| {
+        CelString::from(
+            re.find(this.inner())
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+        )
+    })
 }
 
 /// Every match.
@@ -67,14 +73,15 @@ fn find_all_limit(
     pattern: &CelString<'_>,
     limit: &CelInt,
 ) -> Result<CelList<'static>, ExecutionError> {
-    let re = regex("findAll", pattern.inner())?;
     let limit = usize::try_from(*limit.inner()).unwrap_or(usize::MAX);
-    let found: Vec<Box<dyn Val>> = re
-        .find_iter(this.inner())
-        .take(limit)
-        .map(|m| Box::new(CelString::from(m.as_str().to_owned())) as Box<dyn Val>)
-        .collect();
-    Ok(CelList::from(found))
+    with_regex("findAll", pattern.inner(), |re| {
+        let found: Vec<Box<dyn Val>> = re
+            .find_iter(this.inner())
+            .take(limit)
+            .map(|m| Box::new(CelString::from(m.as_str().to_owned())) as Box<dyn Val>)
+            .collect();
+        CelList::from(found)
+    })
 }
 
 #[cfg(test)]
