@@ -61,7 +61,7 @@ fn main() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let start = Instant::now();
-    let policies = load_policies(root).expect("policies/ loads");
+    let policies = load_policies(root, &[]).expect("policies/ loads");
     let load = start.elapsed();
 
     let objects: Vec<Value> = (0..OBJECTS).map(object).collect();

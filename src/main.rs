@@ -49,11 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Policy {
             command: driftless::cli::PolicyCommand::Test { path, output },
         } => {
-            let policies = driftless::policy::load_policies(&path)?;
-            let tests = driftless::policy::fixtures::load_tests(
-                &path,
-                &path.join(driftless::policy::POLICY_DIR).join("tests"),
-            )?;
+            let (policies, tests) = driftless::policy::fixtures::load_suite(&path)?;
             let report = driftless::policy::fixtures::run(&policies, &tests);
             match output {
                 OutputFormat::Json => {
@@ -316,7 +312,7 @@ fn load_desired(
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));
         }
     }
-    let policies = driftless::policy::load_policies(&root)?;
+    let policies = driftless::policy::load_policies(&root, &stacks)?;
     Ok(Desired {
         stacks,
         revision,

@@ -516,6 +516,7 @@ impl StackContext<'_> {
         outcome.plan = Some(stack_plan);
         let checked: Option<RenderedStack> = self.options.incremental.then(|| RenderedStack {
             name: self.stack.name.clone(),
+            file: self.stack.file.clone(),
             spec: self.stack.spec.clone(),
             objects: objects
                 .iter()

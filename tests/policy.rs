@@ -148,12 +148,36 @@ fn autogen_only(object: &Value) -> bool {
     )
 }
 
+#[test]
+fn the_cel_library_fixtures_pass_offline() {
+    let path = Path::new(ROOT).join("tests/policy-library");
+    let out = offline(&["policy", "test", "--path", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(" passed, 0 failed"), "{}", text(&out));
+}
+
 #[tokio::test]
 async fn server_side_dry_run_admits_and_denies_exactly_the_fixtures_driftless_does() {
+    let compared = parity(policy::POLICY_DIR).await;
+    assert!(compared >= 50, "only {compared} fixtures compared");
+}
+
+/// The Kubernetes CEL libraries driftless provides (quantity, IP/CIDR, URL, lists) answer as
+/// the API server's do: every fixture's verdict and message, which reports each function's result.
+#[tokio::test]
+async fn the_cel_libraries_agree_with_the_api_server() {
+    let compared = parity("tests/policy-library/policies").await;
+    assert!(compared >= 80, "only {compared} fixtures compared");
+}
+
+/// Installs the policies of `dir` (below the checkout) in the test API server and checks that
+/// its server-side dry-run admits and denies exactly the fixtures of `dir/tests` that driftless
+/// does, with the same messages. Returns how many fixtures were compared.
+async fn parity(dir: &str) -> usize {
     let env = TestEnv::get();
     let root = Path::new(ROOT);
-    let docs = policy::load_dir(root, &root.join(policy::POLICY_DIR), &["tests"]).expect("load");
-    let tests = fixtures::load_tests(root, &root.join("policies/tests")).expect("fixtures");
+    let docs = policy::load_dir(root, &root.join(dir), &["tests"]).expect("load");
+    let tests = fixtures::load_tests(root, &root.join(dir).join("tests")).expect("fixtures");
     let suffix = unique_name("parity");
     // One namespace per policy (its binding selects only that namespace, so the policies are
     // judged one at a time and nothing else in the cluster is affected), one for the params.
@@ -316,11 +340,11 @@ async fn server_side_dry_run_admits_and_denies_exactly_the_fixtures_driftless_do
             compared += 1;
         }
     }
-    assert!(compared >= 50, "only {compared} fixtures compared");
     eprintln!(
-        "parity: {compared} fixtures agree with the API server; {autogen} pod-template fixtures are driftless-only"
+        "parity ({dir}): {compared} fixtures agree with the API server; {autogen} pod-template fixtures are driftless-only"
     );
     drop(installed);
+    compared
 }
 
 fn write(root: &Path, path: &str, text: &str) {
@@ -445,8 +469,8 @@ spec:
         error.contains(&format!("nothing of stack {bad_name} is applied")),
         "{error}"
     );
-    assert!(error.contains(&format!("denied by policy driftless-image-references validation 2 (binding driftless-image-references): Deployment/{}/web pod template spec.template (stack/bad/objects.yaml): container web (nginx:latest) uses the latest tag", ns.name)), "{error}");
-    assert!(error.contains(&format!("denied by policy driftless-no-secrets-in-git validation 1 (binding driftless-no-secrets-in-git): Secret/{}/committed (stack/bad/objects.yaml)", ns.name)), "{error}");
+    assert!(error.contains(&format!("denied by policy driftless-image-references validation 2 (policies/image-references.yaml, binding driftless-image-references): Deployment/{}/web pod template spec.template (stack/bad/objects.yaml): container web (nginx:latest) uses the latest tag", ns.name)), "{error}");
+    assert!(error.contains(&format!("denied by policy driftless-no-secrets-in-git validation 1 (policies/no-secrets-in-git.yaml, binding driftless-no-secrets-in-git): Secret/{}/committed (stack/bad/objects.yaml)", ns.name)), "{error}");
     let findings = bad["policy"].as_array().unwrap();
     let image = findings
         .iter()
@@ -544,4 +568,136 @@ spec: {policyName: leak, validationActions: [Deny]}
         assert!(text(&out).contains("values: none none"), "{}", text(&out));
         assert!(!text(&out).contains(SENTINEL), "{}", text(&out));
     }
+}
+
+/// A policy in a stack's own `policies/` blocks that stack only: `policy test` runs its
+/// fixtures, and a sync applies the other stack while the first applies nothing.
+#[tokio::test]
+async fn a_stack_local_denial_blocks_only_its_stack() {
+    let env = TestEnv::get();
+    let (local_ns, other_ns) = (
+        env.namespace("policy-local").await,
+        env.namespace("policy-other").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (guarded, open) = (unique_name("guarded"), unique_name("open"));
+    for (path, name, ns) in [
+        ("stack/team/guarded", &guarded, &local_ns.name),
+        ("stack/team/open", &open, &other_ns.name),
+    ] {
+        write(
+            &repo,
+            &format!("{path}/stack.yaml"),
+            &format!(
+                "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {name}}}\nspec: {{namespace: {ns}}}\n"
+            ),
+        );
+        write(
+            &repo,
+            &format!("{path}/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {LOG_LEVEL: debug}\n",
+        );
+    }
+    write(
+        &repo,
+        "stack/team/guarded/policies/log-level.yaml",
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: guarded-log-level}
+spec:
+  matchConstraints:
+    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}]
+  validations:
+    - expression: "object.?data.?LOG_LEVEL.orValue('info') != 'debug'"
+      messageExpression: "'ConfigMap ' + object.metadata.name + ' sets LOG_LEVEL=debug: not in this stack'"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: guarded-log-level}
+spec: {policyName: guarded-log-level, validationActions: [Deny]}
+"#,
+    );
+    write(
+        &repo,
+        "stack/team/guarded/policies/tests/log-level.yaml",
+        r#"
+apiVersion: driftless.dev/v1alpha1
+kind: PolicyTest
+policy: guarded-log-level
+cases:
+  - {name: info, expect: admit, object: {apiVersion: v1, kind: ConfigMap, metadata: {name: a}, data: {LOG_LEVEL: info}}}
+  - {name: debug, expect: deny, validation: 1, message: "LOG_LEVEL=debug", object: {apiVersion: v1, kind: ConfigMap, metadata: {name: a}, data: {LOG_LEVEL: debug}}}
+"#,
+    );
+
+    // Offline: the stack's fixtures run with `policy test`, and `validate` denies its stack only.
+    let path = repo.display().to_string();
+    let out = offline(&["policy", "test", "--path", &path]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok   guarded-log-level — debug (expect deny)"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("2 passed, 0 failed"), "{}", text(&out));
+
+    let config = dir.path().join("driftless.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "instance: {}\nsource: {{path: {}}}\nstateDir: {}\n",
+            unique_name("policy-local"),
+            repo.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = driftless(&config, &["sync", "--no-wait", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let stack = |name: &str| {
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stack"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("stack {name} in {report}"))
+    };
+    let (blocked, applied) = (stack(&guarded), stack(&open));
+    assert_eq!(blocked["applied"], false, "{blocked}");
+    assert_eq!(applied["applied"], true, "{applied}");
+    assert!(
+        applied["policy"].as_array().is_none_or(Vec::is_empty),
+        "{applied}"
+    );
+    let error = blocked["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "denied by policy guarded-log-level validation 1 (stack/team/guarded/policies/log-level.yaml, binding guarded-log-level): ConfigMap/{}/settings (stack/team/guarded/cm.yaml): ConfigMap settings sets LOG_LEVEL=debug: not in this stack",
+            local_ns.name
+        )),
+        "{error}"
+    );
+    let finding = &blocked["policy"][0];
+    assert_eq!(
+        finding["policyFile"],
+        "stack/team/guarded/policies/log-level.yaml"
+    );
+    let get = |ns: &str| {
+        kubectl_cmd()
+            .args(["get", "configmap/settings", "-n", ns, "-o", "name"])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        !get(&local_ns.name).status.success(),
+        "the guarded stack applied nothing"
+    );
+    assert!(
+        get(&other_ns.name).status.success(),
+        "the other stack applied"
+    );
 }

@@ -428,7 +428,7 @@ async fn reconcile_once(
                         jobs::load(&root, profile.as_deref(), creds.as_deref(), &renderers)
                             .map_err(|e| e.to_string())?;
                     let policies =
-                        crate::policy::load_policies(&root).map_err(|e| e.to_string())?;
+                        crate::policy::load_policies(&root, &stacks).map_err(|e| e.to_string())?;
                     let digest = policy_digest(&root);
                     Ok::<_, String>((stacks, declared, (policies, digest)))
                 })

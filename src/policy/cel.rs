@@ -1,13 +1,12 @@
 //! The CEL environment policies are compiled in, and the conversion of objects into CEL values.
 //!
 //! The environment is the `cel` crate's standard library with optional syntax (`.?`, `orValue`),
-//! its strings and lists extensions (as the API server enables them), and the few Kubernetes
-//! library functions the shipped policies need: `find`/`findAll` (regex library, with compiled
-//! patterns cached) and `isQuantity`. It is built once per `PolicySet`; programs are compiled
-//! once per expression.
+//! its strings and lists extensions (as the API server enables them), and the Kubernetes
+//! libraries of `super::library` (regex, quantity, IP/CIDR, URL, lists). It is built once per
+//! `PolicySet`; programs are compiled once per expression.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 
 use cel::common::traits::{
     Adder, Comparer, Container as CelContainer, Indexer, Iterable, Sizer, Zeroer,
@@ -17,7 +16,7 @@ use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
 use cel::common::value::{Builtin, BuiltinRef, CowVal, Val};
-use cel::{Context, Env, ExecutionError, Program, Value};
+use cel::{Context, Env, ExecutionError, IdedExpr, Program, Value};
 use serde_json::Value as Json;
 
 /// Builds the environment every policy expression is compiled in.
@@ -25,15 +24,200 @@ pub fn environment() -> Result<Env, cel::DeclarationError> {
     let mut env = Env::stdlib();
     env.add_extension(cel::extensions::strings)?;
     env.add_extension(cel::extensions::lists)?;
-    cel::add_member_overload!(env, fn find: (CelString, CelString) -> Result<CelString>)?;
-    cel::add_member_overload!(env, fn find_all: (CelString, CelString) -> Result<CelList>)?;
-    cel::add_overload!(env, fn is_quantity: (CelString) -> CelBool)?;
+    super::library::register(&mut env)?;
     Ok(env)
 }
 
 /// Compiles one expression.
 pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
     env.compile(source).map_err(|e| e.to_string())
+}
+
+/// The variables every request binds (`object`, …) and `params`: their fields are never also
+/// variables of their own.
+const REQUEST_VARIABLES: &[&str] = &[
+    "object",
+    "oldObject",
+    "request",
+    "params",
+    "namespaceObject",
+];
+
+/// `program`'s expression, rewritten for evaluation: a field selection on a request variable,
+/// on a comprehension's variable or on `variables.<name>` (`c.image`, `object.spec`) becomes an
+/// index (`c["image"]`). The interpreter resolves a dotted name by trying every prefix in every
+/// scope (`c.image`, then `c`), joining the segments into a new string each time; an index
+/// resolves the variable once. The result is the same: the names rewritten are variables, never
+/// qualified names of their own, and `has()` tests keep their selection.
+pub fn optimize(program: &Program) -> IdedExpr {
+    fn max_id(e: &IdedExpr) -> u64 {
+        use cel::common::ast::{EntryExpr, Expr};
+        let children: Vec<&IdedExpr> = match &e.expr {
+            Expr::Select(s) => vec![&s.operand],
+            Expr::Call(c) => c.target.iter().map(|t| t.as_ref()).chain(&c.args).collect(),
+            Expr::Comprehension(c) => {
+                vec![
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]
+            }
+            Expr::List(l) => l.elements.iter().collect(),
+            Expr::Map(m) => m
+                .entries
+                .iter()
+                .flat_map(|e| match &e.expr {
+                    EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+                    EntryExpr::StructField(f) => vec![&f.value],
+                })
+                .collect(),
+            Expr::Struct(s) => s
+                .entries
+                .iter()
+                .flat_map(|e| match &e.expr {
+                    EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+                    EntryExpr::StructField(f) => vec![&f.value],
+                })
+                .collect(),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+        };
+        children.into_iter().map(max_id).fold(e.id, u64::max)
+    }
+
+    /// Whether `e` resolves to a value without a qualified-name lookup of its own: a request
+    /// or comprehension variable, `variables.<name>`, or an index into one of them.
+    fn plain_value(e: &IdedExpr, locals: &[String]) -> bool {
+        use cel::common::ast::Expr;
+        match &e.expr {
+            Expr::Ident(name) => {
+                REQUEST_VARIABLES.contains(&name.as_str()) || locals.iter().any(|l| l == name)
+            }
+            Expr::Select(s) => {
+                !s.test && matches!(&s.operand.expr, Expr::Ident(root) if root == "variables")
+            }
+            Expr::Call(c) => c.func_name == cel::common::ast::operators::INDEX,
+            _ => false,
+        }
+    }
+
+    fn walk(e: &mut IdedExpr, locals: &mut Vec<String>, next_id: &mut u64) {
+        use cel::common::ast::{CallExpr, EntryExpr, Expr, LiteralValue, operators};
+        match &mut e.expr {
+            Expr::Select(s) => {
+                walk(&mut s.operand, locals, next_id);
+                if !s.test && plain_value(&s.operand, locals) {
+                    *next_id += 1;
+                    let key = IdedExpr {
+                        id: *next_id,
+                        expr: Expr::Literal(LiteralValue::String(CelString::from(s.field.clone()))),
+                    };
+                    let operand = std::mem::take(&mut *s.operand);
+                    e.expr = Expr::Call(CallExpr {
+                        func_name: operators::INDEX.to_owned(),
+                        target: None,
+                        args: vec![operand, key],
+                    });
+                }
+            }
+            Expr::Call(c) => {
+                if let Some(t) = &mut c.target {
+                    walk(t, locals, next_id);
+                }
+                c.args.iter_mut().for_each(|a| walk(a, locals, next_id));
+            }
+            Expr::Comprehension(c) => {
+                walk(&mut c.iter_range, locals, next_id);
+                walk(&mut c.accu_init, locals, next_id);
+                let before = locals.len();
+                locals.push(c.iter_var.clone());
+                locals.extend(c.iter_var2.clone());
+                locals.push(c.accu_var.clone());
+                walk(&mut c.loop_cond, locals, next_id);
+                walk(&mut c.loop_step, locals, next_id);
+                walk(&mut c.result, locals, next_id);
+                locals.truncate(before);
+            }
+            Expr::List(l) => l.elements.iter_mut().for_each(|x| walk(x, locals, next_id)),
+            Expr::Map(m) => m.entries.iter_mut().for_each(|x| match &mut x.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&mut m.key, locals, next_id);
+                    walk(&mut m.value, locals, next_id);
+                }
+                EntryExpr::StructField(f) => walk(&mut f.value, locals, next_id),
+            }),
+            Expr::Struct(s) => s.entries.iter_mut().for_each(|x| match &mut x.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&mut m.key, locals, next_id);
+                    walk(&mut m.value, locals, next_id);
+                }
+                EntryExpr::StructField(f) => walk(&mut f.value, locals, next_id),
+            }),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    let mut expression = program.expression().clone();
+    let mut next_id = max_id(&expression);
+    walk(&mut expression, &mut Vec::new(), &mut next_id);
+    expression
+}
+
+/// The names `variables.<name>` that `program` refers to, in order of first use.
+pub fn variable_references(program: &Program) -> Vec<String> {
+    fn walk(expr: &cel::IdedExpr, out: &mut Vec<String>) {
+        use cel::common::ast::{EntryExpr, Expr};
+        match &expr.expr {
+            Expr::Select(select) => {
+                if let Expr::Ident(root) = &select.operand.expr
+                    && root == "variables"
+                {
+                    if !out.contains(&select.field) {
+                        out.push(select.field.clone());
+                    }
+                } else {
+                    walk(&select.operand, out);
+                }
+            }
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    walk(target, out);
+                }
+                call.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Comprehension(c) => {
+                for e in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    walk(e, out);
+                }
+            }
+            Expr::List(list) => list.elements.iter().for_each(|e| walk(e, out)),
+            Expr::Map(map) => map.entries.iter().for_each(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&m.key, out);
+                    walk(&m.value, out);
+                }
+                EntryExpr::StructField(f) => walk(&f.value, out),
+            }),
+            Expr::Struct(s) => s.entries.iter().for_each(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&m.key, out);
+                    walk(&m.value, out);
+                }
+                EntryExpr::StructField(f) => walk(&f.value, out),
+            }),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(program.expression(), &mut out);
+    out
 }
 
 /// Converts a JSON object into a CEL value once; evaluations borrow it. Strings, lists and maps
@@ -69,6 +253,23 @@ pub fn map_val(entries: Vec<(&str, Box<dyn Val + 'static>)>) -> Box<dyn Val + 's
             .map(|(k, v)| (CelMapKey::from(k.to_owned()), v))
             .collect::<HashMap<_, _>>(),
     ))))
+}
+
+/// `value` with a list or map behind an `Arc`, so that copies of it (a cached variable bound in
+/// every policy that declares it, a comprehension's loop variable) cost a reference count.
+pub fn shared(value: Box<dyn Val + 'static>) -> Box<dyn Val + 'static> {
+    let already = value
+        .as_any()
+        .is_some_and(|a| a.is::<Shared<CelList<'static>>>() || a.is::<Shared<CelMap<'static>>>());
+    if already || !matches!(value.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
+        return value;
+    }
+    match value.into_builtin() {
+        Some(Builtin::List(list)) => Box::new(Shared(Arc::new(list))),
+        Some(Builtin::Map(map)) => Box::new(Shared(Arc::new(map))),
+        // Not reached: only lists and maps get here.
+        Some(_) | None => map_val(Vec::new()),
+    }
 }
 
 /// A CEL string (shared as `to_val`'s strings are).
@@ -145,6 +346,12 @@ impl<T: Val + Clone + 'static> Val for Shared<T> {
         Box::new(Shared(Arc::clone(&self.0)))
     }
 
+    // Lets `shared` recognise a value that is shared already; downcasts to the built-in type go
+    // through `as_builtin` as before.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn as_builtin<'b, 'v>(&'b self) -> BuiltinRef<'b, 'v>
     where
         Self: 'v,
@@ -174,17 +381,18 @@ pub fn request_context(
     context
 }
 
-/// Evaluates `program` in `context`. The result borrows from the context where it can.
+/// Evaluates `expression` (a program's, see `optimize`) in `context`. The result borrows from the
+/// context where it can.
 pub fn evaluate<'e>(
-    program: &'e Program,
+    expression: &'e IdedExpr,
     context: &'e Context<'_, 'static>,
 ) -> Result<CowVal<'e, 'static>, String> {
-    Value::resolve_val(program.expression(), context).map_err(|e| describe(&e))
+    Value::resolve_val(expression, context).map_err(|e| describe(&e))
 }
 
-/// Evaluates `program` into a plain value (for bools and strings: cheap).
-pub fn execute(program: &Program, context: &Context<'_, 'static>) -> Result<Value, String> {
-    let v = evaluate(program, context)?;
+/// Evaluates `expression` into a plain value (for bools and strings: cheap).
+pub fn execute(expression: &IdedExpr, context: &Context<'_, 'static>) -> Result<Value, String> {
+    let v = evaluate(expression, context)?;
     Value::try_from(v.as_ref()).map_err(|e| describe(&e))
 }
 
@@ -197,66 +405,6 @@ fn describe(e: &ExecutionError) -> String {
     }
 }
 
-/// Compiled regular expressions of `find`/`findAll`, by pattern (patterns come from policies,
-/// so the cache stays small).
-static REGEXES: LazyLock<Mutex<HashMap<String, Arc<regex::Regex>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn regex(function: &str, pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
-    let mut cache = REGEXES
-        .lock()
-        .map_err(|_| ExecutionError::function_error(function, "regex cache poisoned"))?;
-    if let Some(re) = cache.get(pattern) {
-        return Ok(Arc::clone(re));
-    }
-    let re = regex::Regex::new(pattern)
-        .map(Arc::new)
-        .map_err(|e| ExecutionError::function_error(function, format!("invalid regex: {e}")))?;
-    cache.insert(pattern.to_owned(), Arc::clone(&re));
-    Ok(re)
-}
-
-/// Kubernetes regex library: the first match, or the empty string.
-fn find(
-    this: &CelString<'_>,
-    pattern: &CelString<'_>,
-) -> Result<CelString<'static>, ExecutionError> {
-    let re = regex("find", pattern.inner())?;
-    Ok(CelString::from(
-        re.find(this.inner())
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default(),
-    ))
-}
-
-/// Kubernetes regex library: every match.
-fn find_all(
-    this: &CelString<'_>,
-    pattern: &CelString<'_>,
-) -> Result<CelList<'static>, ExecutionError> {
-    let re = regex("findAll", pattern.inner())?;
-    let found: Vec<Box<dyn Val>> = re
-        .find_iter(this.inner())
-        .map(|m| Box::new(CelString::from(m.as_str().to_owned())) as Box<dyn Val>)
-        .collect();
-    Ok(CelList::from(found))
-}
-
-/// Kubernetes quantity library: whether the string is a resource quantity (`100m`, `1Gi`, `2e3`).
-fn is_quantity(this: &CelString<'_>) -> CelBool {
-    static QUANTITY: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
-        regex::Regex::new(
-            r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$",
-        )
-        .ok()
-    });
-    CelBool::from(
-        QUANTITY
-            .as_ref()
-            .is_some_and(|re| re.is_match(this.inner())),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +414,12 @@ mod tests {
         let env = Arc::new(environment().unwrap());
         let program = compile(&env, expr).unwrap();
         let context = request_context(&env, vec![("object", to_val(&object))]);
-        execute(&program, &context)
+        assert_eq!(
+            execute(program.expression(), &context),
+            execute(&optimize(&program), &context),
+            "{expr}: the rewritten expression answers as the parsed one"
+        );
+        execute(&optimize(&program), &context)
     }
 
     #[test]

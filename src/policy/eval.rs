@@ -3,19 +3,20 @@
 //! API server's failurePolicy and message rules. Objects are converted to CEL values once,
 //! and only when some binding matches them.
 
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ::cel::Value as CelValue;
 use ::cel::common::value::Val;
 use serde_json::{Value, json};
 
-use super::cel::{evaluate, execute, map_val, request_context, string_val, to_val};
+use super::cel::{evaluate, execute, map_val, request_context, shared, string_val, to_val};
 use super::matching::{Attributes, matches};
 use super::model::{FailurePolicy, ParameterNotFoundAction, labels_of};
 use super::resources::{crd_plurals, group_version, plural};
-use super::{Binding, CompiledPolicy, Finding, Param, PolicySet};
+use super::{Binding, CompiledPolicy, CompiledVariable, Finding, Param, PolicySet};
 use crate::stack::{ObjectKey, RenderedStack};
 
 /// A variable's value, or why it has none.
@@ -42,8 +43,16 @@ pub struct Subject<'a> {
 /// `namespaceObject`) and the plural names its CRDs define.
 #[derive(Debug, Default)]
 pub struct RevisionIndex {
-    namespaces: BTreeMap<String, Value>,
+    namespaces: BTreeMap<String, IndexedNamespace>,
     plurals: BTreeMap<(String, String), String>,
+}
+
+/// A Namespace of the revision, with the name label the API server adds: its labels for
+/// namespaceSelectors and its CEL value (converted once, shared by every request in it).
+#[derive(Debug)]
+struct IndexedNamespace {
+    labels: BTreeMap<String, String>,
+    value: Box<dyn Val>,
 }
 
 impl RevisionIndex {
@@ -60,7 +69,11 @@ impl RevisionIndex {
                 let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
                 let mut ns = o.clone();
                 add_name_label(&mut ns, &name);
-                Some((name, ns))
+                let indexed = IndexedNamespace {
+                    labels: labels_of(&ns),
+                    value: to_val(&ns),
+                };
+                Some((name, indexed))
             })
             .collect();
         RevisionIndex {
@@ -77,17 +90,30 @@ impl RevisionIndex {
             .collect();
         RevisionIndex::new(objects.iter().copied())
     }
+}
 
-    /// The Namespace object named `name`: the desired one, or what the API server would have
-    /// for a namespace this revision does not declare (only its name label).
-    fn namespace(&self, name: &str) -> Value {
-        self.namespaces.get(name).cloned().unwrap_or_else(|| {
-            let mut ns =
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            add_name_label(&mut ns, name);
-            ns
-        })
-    }
+/// The labels of a Namespace this revision does not declare: what the API server gives every
+/// Namespace, its name label.
+fn name_label(name: &str) -> BTreeMap<String, String> {
+    [("kubernetes.io/metadata.name".to_owned(), name.to_owned())].into()
+}
+
+/// The CEL value of a Namespace this revision does not declare: only its name and name label.
+fn undeclared_namespace(name: &str) -> Box<dyn Val> {
+    map_val(vec![
+        ("apiVersion", string_val("v1")),
+        ("kind", string_val("Namespace")),
+        (
+            "metadata",
+            map_val(vec![
+                ("name", string_val(name)),
+                (
+                    "labels",
+                    map_val(vec![("kubernetes.io/metadata.name", string_val(name))]),
+                ),
+            ]),
+        ),
+    ])
 }
 
 /// The API server labels every Namespace with its name.
@@ -172,12 +198,14 @@ struct Request<'a> {
     old: Option<Source<'a>>,
     labels: BTreeMap<String, String>,
     old_labels: Option<BTreeMap<String, String>>,
-    namespace_labels: Option<BTreeMap<String, String>>,
-    namespace_object: Option<Value>,
+    namespace_labels: Option<Cow<'a, BTreeMap<String, String>>>,
+    /// The namespace's object: the revision's (converted once for all requests), or `None` for
+    /// a namespace it does not declare (built when needed).
+    namespace_object: Option<Option<&'a (dyn Val + 'static)>>,
     /// The request's values converted once, as the root of every evaluation's context.
     context: OnceCell<::cel::Context<'static, 'static>>,
-    /// Values of request-only variables, by expression (see `Compiled::request_only`).
-    shared_variables: RefCell<HashMap<String, VariableValue>>,
+    /// Values of request-only variables, by slot (see `Compiled::shared`).
+    shared_variables: RefCell<Vec<Option<VariableValue>>>,
 }
 
 impl<'a> Request<'a> {
@@ -188,20 +216,18 @@ impl<'a> Request<'a> {
         namespace: Option<&'a str>,
         object: Source<'a>,
         old: Option<Source<'a>>,
-        index: &RevisionIndex,
+        index: &'a RevisionIndex,
     ) -> Request<'a> {
         let (group, version) = group_version(api_version);
-        let namespace_object = match (namespace, kind) {
-            (Some(ns), _) => Some(index.namespace(ns)),
-            (None, "Namespace") if group.is_empty() => None,
-            (None, _) => None,
-        };
-        let namespace_labels = match (&namespace_object, kind) {
-            (Some(ns), _) => Some(labels_of(ns)),
-            (None, "Namespace") if group.is_empty() => {
+        let declared = namespace.map(|ns| index.namespaces.get(ns));
+        let namespace_object = declared.map(|d| d.map(|n| n.value.as_ref()));
+        let namespace_labels = match (namespace, declared) {
+            (Some(_), Some(Some(n))) => Some(Cow::Borrowed(&n.labels)),
+            (Some(ns), _) => Some(Cow::Owned(name_label(ns))),
+            (None, _) if kind == "Namespace" && group.is_empty() => {
                 let mut l = labels_of(object.json());
                 l.insert("kubernetes.io/metadata.name".into(), name.into());
-                Some(l)
+                Some(Cow::Owned(l))
             }
             (None, _) => None,
         };
@@ -219,7 +245,7 @@ impl<'a> Request<'a> {
             namespace_labels,
             namespace_object,
             context: OnceCell::new(),
-            shared_variables: RefCell::new(HashMap::new()),
+            shared_variables: RefCell::new(Vec::new()),
         }
     }
 
@@ -241,7 +267,7 @@ impl<'a> Request<'a> {
             operation: self.operation(),
             labels: &self.labels,
             old_labels: self.old_labels.as_ref(),
-            namespace_labels: self.namespace_labels.as_ref(),
+            namespace_labels: self.namespace_labels.as_deref(),
         }
     }
 
@@ -290,7 +316,11 @@ impl<'a> Request<'a> {
                     ("request", request),
                     (
                         "namespaceObject",
-                        to_val(self.namespace_object.as_ref().unwrap_or(&Value::Null)),
+                        match (self.namespace_object, self.namespace) {
+                            (Some(Some(declared)), _) => declared.clone_as_boxed(),
+                            (_, Some(ns)) => undeclared_namespace(ns),
+                            (_, None) => to_val(&Value::Null),
+                        },
                     ),
                 ],
             )
@@ -306,11 +336,24 @@ struct Target<'a> {
 }
 
 impl PolicySet {
-    /// Checks `subjects` against every binding. Returns the findings in subject order.
+    /// Checks `subjects` against every repository-wide binding. Returns the findings in subject
+    /// order.
+    pub fn check(&self, subjects: &[Subject<'_>], index: &RevisionIndex) -> Vec<Finding> {
+        self.check_in(None, subjects, index)
+    }
+
+    /// Checks `subjects`, objects of `stack` (`None`: of no stack in particular), against the
+    /// repository-wide bindings and those local to `stack`. Returns the findings in subject
+    /// order.
     ///
     /// Subjects are independent, so large sets are split across the machine's cores (scoped
     /// threads; nothing is shared but the compiled policies).
-    pub fn check(&self, subjects: &[Subject<'_>], index: &RevisionIndex) -> Vec<Finding> {
+    pub fn check_in(
+        &self,
+        stack: Option<&str>,
+        subjects: &[Subject<'_>],
+        index: &RevisionIndex,
+    ) -> Vec<Finding> {
         if self.bindings.is_empty() {
             return Vec::new();
         }
@@ -320,7 +363,7 @@ impl PolicySet {
         if threads == 1 || subjects.len() < PARALLEL_FROM {
             let mut out = Vec::new();
             for s in subjects {
-                self.check_subject(s, index, &mut out);
+                self.check_subject(stack, s, index, &mut out);
             }
             return out;
         }
@@ -332,7 +375,7 @@ impl PolicySet {
                     scope.spawn(move || {
                         let mut out = Vec::new();
                         for s in part {
-                            self.check_subject(s, index, &mut out);
+                            self.check_subject(stack, s, index, &mut out);
                         }
                         out
                     })
@@ -368,7 +411,7 @@ impl PolicySet {
                 live: live(&o.key),
             })
             .collect();
-        self.check(&subjects, index)
+        self.check_in(Some(&stack.name), &subjects, index)
     }
 
     /// Checks every stack offline (`validate`): every object is a CREATE. Findings per stack,
@@ -381,7 +424,13 @@ impl PolicySet {
             .collect()
     }
 
-    fn check_subject(&self, s: &Subject<'_>, index: &RevisionIndex, out: &mut Vec<Finding>) {
+    fn check_subject(
+        &self,
+        stack: Option<&str>,
+        s: &Subject<'_>,
+        index: &RevisionIndex,
+        out: &mut Vec<Finding>,
+    ) {
         let namespace = s.key.namespace.as_deref();
         let request = Request::new(
             s.api_version,
@@ -399,8 +448,9 @@ impl PolicySet {
             pod_template: None,
         };
         let mut matched_natively = vec![false; self.bindings.len()];
+        let in_scope = |b: &Binding| b.stack.is_none() || b.stack.as_deref() == stack;
         for (i, binding) in self.bindings.iter().enumerate() {
-            if self.binding_matches(binding, &attributes) {
+            if in_scope(binding) && self.binding_matches(binding, &attributes) {
                 matched_natively[i] = true;
                 self.run(binding, &request, &target, out);
             }
@@ -428,7 +478,10 @@ impl PolicySet {
             ..target
         };
         for (i, binding) in self.bindings.iter().enumerate() {
-            if !matched_natively[i] && self.binding_matches(binding, &pod_attributes) {
+            if !matched_natively[i]
+                && in_scope(binding)
+                && self.binding_matches(binding, &pod_attributes)
+            {
                 self.run(binding, &pod_request, &target, out);
             }
         }
@@ -466,6 +519,7 @@ impl PolicySet {
         };
         self.params
             .iter()
+            .filter(|p| p.stack.is_none() || p.stack == binding.stack)
             .filter(|p| p.api_version == kind.api_version && p.kind == kind.kind)
             .filter(|p| !namespaced || p.namespace.as_deref() == ns)
             .filter(|p| match (&r.name, &r.selector) {
@@ -489,6 +543,7 @@ impl PolicySet {
                        reason: &str,
                        message: String| Finding {
             policy: policy.name.clone(),
+            policy_file: policy.file.clone(),
             binding: binding.name.clone(),
             validation,
             expression: expression.map(str::to_owned),
@@ -528,11 +583,16 @@ impl PolicySet {
                 "params",
                 param.map_or_else(|| to_val(&Value::Null), |p| p.value.clone_as_boxed()),
             );
+            // Variables are bound after the match conditions, unless those use them.
+            let mut failed: Vec<(&str, String)> = Vec::new();
+            if policy.conditions_use_variables {
+                failed = self.bind_variables(&policy.variables, request, &mut scope);
+            }
             // Match conditions: any false → not matched; else any error → failurePolicy.
             let mut error = None;
             let mut matched = true;
             for (name, c) in &policy.match_conditions {
-                match execute(&c.program, &scope) {
+                match execute(&c.tree, &scope) {
                     Ok(CelValue::Bool(true)) => {}
                     Ok(CelValue::Bool(false)) => {
                         matched = false;
@@ -562,30 +622,11 @@ impl PolicySet {
                 }
                 continue;
             }
-            // Variables, in order; each sees those before it as `variables.<name>`.
-            let mut failed: Vec<(&str, String)> = Vec::new();
-            for (name, v) in &policy.variables {
-                let cached = v
-                    .request_only
-                    .then(|| request.shared_variables.borrow().get(&v.source).cloned())
-                    .flatten();
-                let value = cached.unwrap_or_else(|| {
-                    let value = evaluate(&v.program, &scope).map(|value| value.into_owned());
-                    if v.request_only {
-                        request
-                            .shared_variables
-                            .borrow_mut()
-                            .insert(v.source.clone(), value.clone());
-                    }
-                    value
-                });
-                match value {
-                    Ok(value) => scope.add_variable_as_val(format!("variables.{name}"), value),
-                    Err(e) => failed.push((name, e)),
-                }
+            if !policy.conditions_use_variables {
+                failed = self.bind_variables(&policy.variables, request, &mut scope);
             }
             for (i, v) in policy.validations.iter().enumerate() {
-                let failure = match execute(&v.expression.program, &scope) {
+                let failure = match execute(&v.expression.tree, &scope) {
                     Ok(CelValue::Bool(true)) => continue,
                     Ok(CelValue::Bool(false)) => None,
                     Ok(other) => Some(format!("expected a bool, got {other:?}")),
@@ -610,11 +651,61 @@ impl PolicySet {
     }
 }
 
+impl PolicySet {
+    /// Binds `variables`, in order (each sees those before it), as `variables.<name>` in
+    /// `scope`. Request-only values come from, or go to, the request's cache, shared (a
+    /// reference count per policy, not a copy). Returns the variables that failed and why.
+    fn bind_variables<'v>(
+        &self,
+        variables: &'v [CompiledVariable],
+        request: &Request<'_>,
+        scope: &mut ::cel::Context<'_, 'static>,
+    ) -> Vec<(&'v str, String)> {
+        let mut failed = Vec::new();
+        for v in variables {
+            let slot = v.expression.shared;
+            let cached = slot.and_then(|i| {
+                request
+                    .shared_variables
+                    .borrow()
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map(|value| match value {
+                        Ok(value) => Ok(value.clone_as_boxed()),
+                        Err(e) => Err(e.clone()),
+                    })
+            });
+            let value = cached.unwrap_or_else(|| {
+                let value =
+                    evaluate(&v.expression.tree, scope).map(|value| shared(value.into_owned()));
+                if let Some(i) = slot {
+                    let mut cache = request.shared_variables.borrow_mut();
+                    if cache.len() < self.shared_variables {
+                        cache.resize_with(self.shared_variables, || None);
+                    }
+                    if let Some(entry) = cache.get_mut(i) {
+                        *entry = Some(match &value {
+                            Ok(value) => Ok(value.clone_as_boxed()),
+                            Err(e) => Err(e.clone()),
+                        });
+                    }
+                }
+                value
+            });
+            match value {
+                Ok(value) => scope.add_variable_as_val(v.key.as_str(), value),
+                Err(e) => failed.push((v.name.as_str(), e)),
+            }
+        }
+        failed
+    }
+}
+
 /// The message of a failed validation, as the API server chooses it: a messageExpression that
 /// evaluates to a non-empty single-line string, else `message`, else the expression.
 fn message(v: &super::CompiledValidation, scope: &::cel::Context<'_, 'static>) -> String {
     if let Some(m) = &v.message_expression
-        && let Ok(CelValue::String(s)) = execute(&m.program, scope)
+        && let Ok(CelValue::String(s)) = execute(&m.tree, scope)
         && !s.trim().is_empty()
         && !s.contains('\n')
     {

@@ -155,6 +155,30 @@ pub fn load_tests(root: &Path, dir: &Path) -> Result<Vec<PolicyTest>> {
     Ok(tests)
 }
 
+/// Everything `driftless policy test` runs for the repository at `root`: its policies (the
+/// repository's and every stack's own) and the fixtures of `policies/tests/` and of each
+/// stack's `policies/tests/`. Stacks are found without being rendered.
+pub fn load_suite(root: &Path) -> Result<(PolicySet, Vec<PolicyTest>)> {
+    let stacks = crate::stack::load::stack_files(root).map_err(|e| Error::Fixture {
+        file: root.join("stack"),
+        message: format!("cannot find the stacks: {e}"),
+    })?;
+    let set = super::load_with_stacks(
+        root,
+        stacks
+            .iter()
+            .map(|(name, file)| (name.as_str(), file.as_path())),
+    )?;
+    let mut tests = load_tests(root, &root.join(super::POLICY_DIR).join("tests"))?;
+    for (_, file) in &stacks {
+        tests.extend(load_tests(
+            root,
+            &super::stack_policy_dir(root, file).join("tests"),
+        )?);
+    }
+    Ok((set, tests))
+}
+
 /// Runs `tests` against `set`.
 pub fn run(set: &PolicySet, tests: &[PolicyTest]) -> Report {
     let mut results = Vec::new();
@@ -279,8 +303,9 @@ pub fn evaluate_case(
         live: old.as_ref(),
     };
     let index = RevisionIndex::new([&object]);
+    // A stack-local policy is judged as an object of its stack would be.
     Ok(set
-        .check(&[subject], &index)
+        .check_in(set.policy_stack(policy), &[subject], &index)
         .into_iter()
         .filter(|f| f.policy == policy)
         .collect())

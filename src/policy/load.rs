@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Document, Error, PolicySet, Result};
+use crate::stack::RenderedStack;
 
 /// The directory, at the repository root, that holds policies, bindings and params.
 pub const POLICY_DIR: &str = "policies";
@@ -10,15 +11,43 @@ pub const POLICY_DIR: &str = "policies";
 /// Files larger than this are refused (as stack manifests are).
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Loads and compiles `<root>/policies/` (every `.yaml`, `.yml` and `.json` file below it, in
-/// sorted path order, except the `tests/` fixtures). A repository without the directory has no
-/// policies.
-pub fn load_policies(root: &Path) -> Result<PolicySet> {
+/// Loads and compiles `<root>/policies/` and the stack-local `policies/` beside each stack's
+/// `stack.yaml` (every `.yaml`, `.yml` and `.json` file below them, in sorted path order, except
+/// the `tests/` fixtures). A repository without the directories has no policies.
+pub fn load_policies(root: &Path, stacks: &[RenderedStack]) -> Result<PolicySet> {
+    load_with_stacks(
+        root,
+        stacks.iter().map(|s| (s.name.as_str(), s.file.as_path())),
+    )
+}
+
+/// `load_policies` for stacks given as (name, `stack.yaml` relative to `root`).
+pub fn load_with_stacks<'a>(
+    root: &Path,
+    stacks: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> Result<PolicySet> {
     let dir = root.join(POLICY_DIR);
-    if !dir.is_dir() {
-        return PolicySet::empty();
+    let global = if dir.is_dir() {
+        load_dir(root, &dir, &["tests"])?
+    } else {
+        Vec::new()
+    };
+    let mut local = Vec::new();
+    for (name, file) in stacks {
+        let dir = stack_policy_dir(root, file);
+        if dir.is_dir() {
+            local.push((name.to_owned(), load_dir(root, &dir, &["tests"])?));
+        }
     }
-    PolicySet::from_documents(load_dir(root, &dir, &["tests"])?)
+    PolicySet::from_scoped(global, local)
+}
+
+/// `<stack directory>/policies` of the stack whose `stack.yaml` is `file` (relative to `root`).
+pub fn stack_policy_dir(root: &Path, file: &Path) -> PathBuf {
+    root.join(file)
+        .parent()
+        .map_or_else(|| root.to_owned(), Path::to_owned)
+        .join(POLICY_DIR)
 }
 
 /// Parses every manifest file below `dir` (skipping hidden entries and the directories named in

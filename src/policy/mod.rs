@@ -10,6 +10,7 @@
 pub mod cel;
 mod eval;
 pub mod fixtures;
+mod library;
 mod load;
 mod matching;
 pub mod model;
@@ -24,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use eval::{RevisionIndex, Subject};
-pub use load::{POLICY_DIR, load_dir, load_policies};
+pub use load::{POLICY_DIR, load_dir, load_policies, load_with_stacks, stack_policy_dir};
 use model::{BindingSpec, ValidationAction};
 
 /// Everything that can be wrong with `policies/`, each naming the file and object to fix.
@@ -53,7 +54,9 @@ pub enum Error {
         field: String,
         message: String,
     },
-    #[error("{file}: {kind} {name} is also defined in {other}")]
+    #[error(
+        "{file}: {kind} {name} is also defined in {other} (names are unique across policies/ and every stack's policies/)"
+    )]
     Duplicate {
         file: PathBuf,
         kind: &'static str,
@@ -91,10 +94,21 @@ pub struct Document {
 struct Compiled {
     source: String,
     program: ::cel::Program,
-    /// Whether the value depends only on the request (not on `params` or other variables): such
-    /// a variable's value is computed once per request and shared by every policy declaring the
-    /// same expression (the baseline's `containers`).
-    request_only: bool,
+    /// The program's expression as evaluated (`cel::optimize`).
+    tree: ::cel::IdedExpr,
+    /// For a variable whose value depends only on the request (not on `params` or other
+    /// variables): its slot among the set's request-only expressions. Its value is computed once
+    /// per request and shared by every policy declaring the same expression (the baseline's
+    /// `containers`).
+    shared: Option<usize>,
+}
+
+/// A compiled `spec.variables` entry.
+struct CompiledVariable {
+    name: String,
+    /// `variables.<name>`, the name it is bound as.
+    key: String,
+    expression: Compiled,
 }
 
 struct CompiledValidation {
@@ -107,22 +121,31 @@ struct CompiledValidation {
 struct CompiledPolicy {
     name: String,
     file: PathBuf,
+    /// The stack whose `policies/` defines it; `None` for the repository's `policies/`.
+    stack: Option<String>,
     spec: model::PolicySpec,
     failure_policy: model::FailurePolicy,
     match_conditions: Vec<(String, Compiled)>,
-    variables: Vec<(String, Compiled)>,
+    /// Whether a match condition uses `variables` (then they are bound before the conditions).
+    conditions_use_variables: bool,
+    variables: Vec<CompiledVariable>,
     validations: Vec<CompiledValidation>,
 }
 
 struct Binding {
     name: String,
     spec: BindingSpec,
+    /// The one stack whose objects it applies to (a stack-local binding, or a binding of a
+    /// stack-local policy); `None`: every stack's.
+    stack: Option<String>,
     /// Index into `PolicySet::policies`.
     policy: usize,
 }
 
 /// A param object (any object in `policies/` other than policies and bindings).
 struct Param {
+    /// Visible to the bindings of this stack only; `None`: to every binding.
+    stack: Option<String>,
     api_version: String,
     kind: String,
     namespace: Option<String>,
@@ -137,6 +160,8 @@ pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     bindings: Vec<Binding>,
     params: Vec<Param>,
+    /// How many distinct request-only variable expressions there are (`Compiled::shared`).
+    shared_variables: usize,
 }
 
 impl fmt::Debug for PolicySet {
@@ -160,6 +185,8 @@ impl fmt::Debug for PolicySet {
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub policy: String,
+    /// The file that defines the policy (`policies/…`, or a stack's own `policies/…`).
+    pub policy_file: PathBuf,
     pub binding: String,
     /// 1-based index into the policy's `spec.validations`; absent when a match condition or the
     /// binding's params failed.
@@ -200,7 +227,13 @@ impl fmt::Display for Finding {
         if let Some(n) = self.validation {
             write!(f, " validation {n}")?;
         }
-        write!(f, " (binding {}): {}", self.binding, self.object)?;
+        write!(
+            f,
+            " ({}, binding {}): {}",
+            self.policy_file.display(),
+            self.binding,
+            self.object
+        )?;
         if let Some(t) = &self.pod_template {
             write!(f, " pod template {t}")?;
         }
@@ -217,20 +250,44 @@ impl PolicySet {
     /// Builds a set from parsed documents: policies and bindings of admissionregistration.k8s.io/v1,
     /// every other object a param. Every expression is compiled here.
     pub fn from_documents(documents: Vec<Document>) -> Result<PolicySet> {
+        PolicySet::from_scoped(documents, Vec::new())
+    }
+
+    /// Builds a set from the repository's documents and, per stack, the documents of that
+    /// stack's own `policies/`: those policies, bindings and params apply to that stack's objects
+    /// only. Policy and binding names are unique across the whole set.
+    pub fn from_scoped(
+        global: Vec<Document>,
+        stacks: Vec<(String, Vec<Document>)>,
+    ) -> Result<PolicySet> {
         let env = cel::environment().map_err(|e| Error::Environment(e.to_string()))?;
         let mut set = PolicySet {
             env: Arc::new(env),
             policies: Vec::new(),
             bindings: Vec::new(),
             params: Vec::new(),
+            shared_variables: 0,
         };
+        let mut shared: BTreeMap<String, usize> = BTreeMap::new();
         let mut bindings = Vec::new();
-        for doc in documents {
+        let documents = global.into_iter().map(|d| (None, d)).chain(
+            stacks
+                .into_iter()
+                .flat_map(|(stack, docs)| docs.into_iter().map(move |d| (Some(stack.clone()), d))),
+        );
+        for (stack, doc) in documents {
             let api_version = doc.value.get("apiVersion").and_then(Value::as_str);
             let kind = doc.value.get("kind").and_then(Value::as_str);
             match (api_version, kind) {
                 (Some(model::API_VERSION), Some("ValidatingAdmissionPolicy")) => {
-                    let policy = set.compile_policy(&doc)?;
+                    let mut policy = set.compile_policy(&doc, stack)?;
+                    for v in &mut policy.variables {
+                        if let Some(slot) = &mut v.expression.shared {
+                            let next = shared.len();
+                            *slot = *shared.entry(v.expression.source.clone()).or_insert(next);
+                        }
+                    }
+                    set.shared_variables = shared.len();
                     if let Some(other) = set.policies.iter().find(|p| p.name == policy.name) {
                         return Err(Error::Duplicate {
                             file: doc.file,
@@ -242,13 +299,13 @@ impl PolicySet {
                     set.policies.push(policy);
                 }
                 (Some(model::API_VERSION), Some("ValidatingAdmissionPolicyBinding")) => {
-                    bindings.push(doc);
+                    bindings.push((stack, doc));
                 }
-                _ => set.params.push(param(&doc)?),
+                _ => set.params.push(param(&doc, stack)?),
             }
         }
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for doc in bindings {
+        for (stack, doc) in bindings {
             let binding: model::ValidatingAdmissionPolicyBinding =
                 serde_json::from_value(doc.value.clone()).map_err(|e| invalid(&doc, e))?;
             let name = binding.metadata.name.clone();
@@ -294,10 +351,25 @@ impl PolicySet {
                         .join(", "),
                 });
             };
+            let policy_stack = &set.policies[policy].stack;
+            let stack = match (stack, policy_stack) {
+                (Some(own), Some(other)) if &own != other => {
+                    return Err(invalid(
+                        &doc,
+                        format!(
+                            "binding {name} of stack {own} names policy {:?} of stack {other} ({}): a stack's binding may name a repository-wide policy or one of its own stack",
+                            binding.spec.policy_name,
+                            set.policies[policy].file.display()
+                        ),
+                    ));
+                }
+                (own, other) => own.or_else(|| other.clone()),
+            };
             set.bindings.push(Binding {
                 name,
                 spec: binding.spec,
                 policy,
+                stack,
             });
         }
         Ok(set)
@@ -316,12 +388,20 @@ impl PolicySet {
             .map_or(0, |p| p.validations.len())
     }
 
+    /// The stack a policy is local to (`None`: repository-wide, or no such policy).
+    pub fn policy_stack(&self, policy: &str) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|p| p.name == policy)
+            .and_then(|p| p.stack.as_deref())
+    }
+
     /// Whether the set has no bindings (nothing would be evaluated).
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()
     }
 
-    fn compile_policy(&self, doc: &Document) -> Result<CompiledPolicy> {
+    fn compile_policy(&self, doc: &Document, stack: Option<String>) -> Result<CompiledPolicy> {
         let policy: model::ValidatingAdmissionPolicy =
             serde_json::from_value(doc.value.clone()).map_err(|e| invalid(doc, e))?;
         let name = policy.metadata.name.clone();
@@ -351,25 +431,54 @@ impl PolicySet {
                 ),
             ));
         }
-        let compile = |field: String, source: &str| -> Result<Compiled> {
-            cel::compile(&self.env, source)
-                .map(|program| {
-                    let refs = program.references();
-                    let request_only =
-                        !refs.has_variable("params") && !refs.has_variable("variables");
-                    Compiled {
-                        source: source.to_owned(),
-                        program,
-                        request_only,
-                    }
-                })
-                .map_err(|message| Error::Expression {
-                    file: doc.file.clone(),
-                    kind: "ValidatingAdmissionPolicy",
-                    name: name.clone(),
-                    field,
-                    message,
-                })
+        // The API server type-checks `variables.<name>` against the variables declared before
+        // the expression (all of them for conditions, validations and messages).
+        let declared: Vec<&str> = policy
+            .spec
+            .variables
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        let compile = |field: String, source: &str, visible: &[&str]| -> Result<Compiled> {
+            let expression_error = |message: String| Error::Expression {
+                file: doc.file.clone(),
+                kind: "ValidatingAdmissionPolicy",
+                name: name.clone(),
+                field: field.clone(),
+                message,
+            };
+            let program = cel::compile(&self.env, source).map_err(expression_error)?;
+            if let Some(unknown) = cel::variable_references(&program)
+                .into_iter()
+                .find(|v| !visible.contains(&v.as_str()))
+            {
+                let message = if declared.contains(&unknown.as_str()) {
+                    format!(
+                        "variables.{unknown} is declared after this variable (a variable can use only those before it)"
+                    )
+                } else {
+                    format!(
+                        "variables.{unknown} is not defined in spec.variables (have: {})",
+                        if declared.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            declared.join(", ")
+                        }
+                    )
+                };
+                return Err(expression_error(message));
+            }
+            Ok(program).map(|program| {
+                let refs = program.references();
+                let request_only = !refs.has_variable("params") && !refs.has_variable("variables");
+                Compiled {
+                    source: source.to_owned(),
+                    tree: cel::optimize(&program),
+                    program,
+                    // The slot is assigned by `from_scoped`.
+                    shared: request_only.then_some(0),
+                }
+            })
         };
         let mut match_conditions = Vec::new();
         for (i, c) in policy.spec.match_conditions.iter().enumerate() {
@@ -378,25 +487,41 @@ impl PolicySet {
                 compile(
                     format!("spec.matchConditions[{i}].expression"),
                     &c.expression,
+                    &declared,
                 )?,
             ));
         }
         let mut variables = Vec::new();
         for (i, v) in policy.spec.variables.iter().enumerate() {
-            variables.push((
-                v.name.clone(),
-                compile(format!("spec.variables[{i}].expression"), &v.expression)?,
-            ));
+            variables.push(CompiledVariable {
+                name: v.name.clone(),
+                key: format!("variables.{}", v.name),
+                expression: compile(
+                    format!("spec.variables[{i}].expression"),
+                    &v.expression,
+                    &declared[..i],
+                )?,
+            });
         }
         let mut validations = Vec::new();
         for (i, v) in policy.spec.validations.iter().enumerate() {
             validations.push(CompiledValidation {
-                expression: compile(format!("spec.validations[{i}].expression"), &v.expression)?,
+                expression: compile(
+                    format!("spec.validations[{i}].expression"),
+                    &v.expression,
+                    &declared,
+                )?,
                 message: v.message.clone(),
                 message_expression: v
                     .message_expression
                     .as_deref()
-                    .map(|m| compile(format!("spec.validations[{i}].messageExpression"), m))
+                    .map(|m| {
+                        compile(
+                            format!("spec.validations[{i}].messageExpression"),
+                            m,
+                            &declared,
+                        )
+                    })
                     .transpose()?,
                 reason: v.reason.clone().unwrap_or_else(|| "Invalid".to_owned()),
             });
@@ -404,8 +529,12 @@ impl PolicySet {
         Ok(CompiledPolicy {
             name,
             file: doc.file.clone(),
+            stack,
             failure_policy: policy.spec.failure_policy.unwrap_or_default(),
             spec: policy.spec,
+            conditions_use_variables: match_conditions
+                .iter()
+                .any(|(_, c)| c.program.references().has_variable("variables")),
             match_conditions,
             variables,
             validations,
@@ -428,7 +557,7 @@ fn invalid(doc: &Document, message: impl fmt::Display) -> Error {
     }
 }
 
-fn param(doc: &Document) -> Result<Param> {
+fn param(doc: &Document, stack: Option<String>) -> Result<Param> {
     let text = |pointer: &str| doc.value.pointer(pointer).and_then(Value::as_str);
     let (Some(api_version), Some(kind), Some(name)) =
         (text("/apiVersion"), text("/kind"), text("/metadata/name"))
@@ -445,6 +574,7 @@ fn param(doc: &Document) -> Result<Param> {
         ));
     }
     Ok(Param {
+        stack,
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
         namespace: text("/metadata/namespace").map(str::to_owned),

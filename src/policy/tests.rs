@@ -95,7 +95,7 @@ fn a_failed_validation_names_policy_object_file_and_message() {
     assert!(f[0].denies());
     assert_eq!(
         f[0].to_string(),
-        "denied by policy p validation 1 (binding p-binding): Pod/app/web (stack/app/x.yaml): container b must set allowPrivilegeEscalation: false"
+        "denied by policy p validation 1 (policies/test.yaml, binding p-binding): Pod/app/web (stack/app/x.yaml): container b must set allowPrivilegeEscalation: false"
     );
 }
 
@@ -401,6 +401,41 @@ spec: {validations: [{expression: "true"}]}
             "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
             "params must not be Secrets",
         ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  variables: [{name: a, expression: "1"}]
+  validations: [{expression: "variables.a == 1 && [1].all(x, x == variables.typo)"}]
+"#,
+            "policies/test.yaml: ValidatingAdmissionPolicy p: spec.validations[0].expression: variables.typo is not defined in spec.variables (have: a)",
+        ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  variables: [{name: a, expression: "variables.b + 1"}, {name: b, expression: "1"}]
+  validations: [{expression: "true", messageExpression: "'x' + string(variables.a)"}]
+"#,
+            "spec.variables[0].expression: variables.b is declared after this variable",
+        ),
+        (
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  matchConstraints: {resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]}
+  validations: [{expression: "true", messageExpression: "variables.missing"}]
+"#,
+            "spec.validations[0].messageExpression: variables.missing is not defined in spec.variables (have: none)",
+        ),
     ];
     for (yaml, want) in cases {
         let e = match try_set(yaml) {
@@ -433,4 +468,181 @@ spec:
         "guessed plural octopuses"
     );
     assert_eq!(check(&s, obj, None, &[crd]).len(), 1);
+}
+
+fn docs(file: &str, yaml: &str) -> Vec<Document> {
+    let file = PathBuf::from(file);
+    crate::yaml::parse_documents(&file, yaml)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Document {
+            file: file.clone(),
+            document: i + 1,
+            value,
+        })
+        .collect()
+}
+
+fn deny_configmaps(name: &str, message: &str) -> String {
+    format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  matchConstraints:
+    resourceRules: [{{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}}]
+  validations: [{{expression: "false", message: "{message}"}}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec: {{policyName: {name}, validationActions: [Deny]}}
+"#
+    )
+}
+
+fn configmap_subject<'a>(key: &'a ObjectKey, object: &'a Value) -> Subject<'a> {
+    Subject {
+        key,
+        api_version: "v1",
+        object,
+        file: Path::new("stack/x/cm.yaml"),
+        live: None,
+    }
+}
+
+#[test]
+fn stack_local_policies_apply_to_their_stack_only() {
+    let set = PolicySet::from_scoped(
+        docs(
+            "policies/global.yaml",
+            &deny_configmaps("global", "global says no"),
+        ),
+        vec![(
+            "app".to_owned(),
+            docs(
+                "stack/app/policies/local.yaml",
+                &deny_configmaps("local", "app says no"),
+            ),
+        )],
+    )
+    .unwrap();
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}});
+    let key = ObjectKey {
+        group: String::new(),
+        kind: "ConfigMap".into(),
+        namespace: Some("n".into()),
+        name: "c".into(),
+    };
+    let subjects = [configmap_subject(&key, &object)];
+    let index = RevisionIndex::new([&object]);
+    let names = |stack: Option<&str>| -> Vec<String> {
+        set.check_in(stack, &subjects, &index)
+            .into_iter()
+            .map(|f| f.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(Some("app")),
+        [
+            "denied by policy global validation 1 (policies/global.yaml, binding global): ConfigMap/n/c (stack/x/cm.yaml): global says no",
+            "denied by policy local validation 1 (stack/app/policies/local.yaml, binding local): ConfigMap/n/c (stack/x/cm.yaml): app says no",
+        ]
+    );
+    assert_eq!(names(Some("other")).len(), 1, "another stack: global only");
+    assert_eq!(names(None).len(), 1);
+    assert_eq!(set.policy_stack("local"), Some("app"));
+    assert_eq!(set.policy_stack("global"), None);
+}
+
+#[test]
+fn stack_local_names_must_not_collide() {
+    let e = PolicySet::from_scoped(
+        docs("policies/a.yaml", &deny_configmaps("same", "x")),
+        vec![(
+            "app".to_owned(),
+            docs("stack/app/policies/a.yaml", &deny_configmaps("same", "y")),
+        )],
+    )
+    .expect_err("a collision is an error")
+    .to_string();
+    assert!(
+        e.starts_with("stack/app/policies/a.yaml: ValidatingAdmissionPolicy same is also defined in policies/a.yaml"),
+        "{e}"
+    );
+    // A stack's binding may not bind another stack's policy.
+    let other = format!(
+        "{}---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: steal}}\nspec: {{policyName: mine, validationActions: [Deny]}}\n",
+        deny_configmaps("theirs", "z")
+    );
+    let e = PolicySet::from_scoped(
+        Vec::new(),
+        vec![
+            (
+                "a".to_owned(),
+                docs("stack/a/policies/p.yaml", &deny_configmaps("mine", "m")),
+            ),
+            ("b".to_owned(), docs("stack/b/policies/p.yaml", &other)),
+        ],
+    )
+    .expect_err("a cross-stack binding is an error")
+    .to_string();
+    assert!(
+        e.contains("binding steal of stack b names policy \"mine\" of stack a"),
+        "{e}"
+    );
+}
+
+#[test]
+fn stack_local_params_are_seen_by_their_stack_only() {
+    let policy = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: p}
+spec:
+  paramKind: {apiVersion: v1, kind: ConfigMap}
+  matchConstraints:
+    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}]
+  validations: [{expression: "object.metadata.name != params.data.forbidden", messageExpression: "'forbidden by ' + params.metadata.name"}]
+"#;
+    let binding = |name: &str| {
+        format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {name}}}\nspec: {{policyName: p, validationActions: [Deny], paramRef: {{name: params, namespace: policy, parameterNotFoundAction: Allow}}}}\n"
+        )
+    };
+    let params = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: params, namespace: policy}\ndata: {forbidden: c}\n";
+    let set = PolicySet::from_scoped(
+        docs(
+            "policies/p.yaml",
+            &format!("{policy}---\n{}", binding("global-binding")),
+        ),
+        vec![(
+            "app".to_owned(),
+            docs(
+                "stack/app/policies/b.yaml",
+                &format!("{}---\n{params}", binding("app-binding")),
+            ),
+        )],
+    )
+    .unwrap();
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}});
+    let key = ObjectKey {
+        group: String::new(),
+        kind: "ConfigMap".into(),
+        namespace: Some("n".into()),
+        name: "c".into(),
+    };
+    let subjects = [configmap_subject(&key, &object)];
+    let index = RevisionIndex::new([&object]);
+    let app = set.check_in(Some("app"), &subjects, &index);
+    assert_eq!(app.len(), 1, "{app:?}");
+    assert_eq!(app[0].binding, "app-binding");
+    assert_eq!(app[0].message, "forbidden by params");
+    assert_eq!(
+        set.check_in(Some("other"), &subjects, &index),
+        vec![],
+        "global binding finds no params: Allow"
+    );
 }

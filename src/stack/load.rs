@@ -110,6 +110,27 @@ pub fn load_repo_with(
     Ok(stacks)
 }
 
+/// The name and `stack.yaml` (relative to `root`) of every stack, found as `load_repo` finds
+/// them but without loading or rendering anything else: what `driftless policy test` needs to
+/// find stack-local policies. A repository without `stack/` has none.
+pub fn stack_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let stacks_dir = root.join("stack");
+    if !stacks_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    find_stack_dirs(root, &stacks_dir, 0, &mut dirs)?;
+    let mut out = Vec::new();
+    for dir in dirs {
+        let file_abs = dir.join(STACK_FILE);
+        let file = relative(root, &file_abs);
+        let text = read_text(root, &file_abs, LoadLimits::default())?;
+        let def: StackFile = crate::yaml::parse_one(&file, &text)?;
+        out.push((def.metadata.name, file));
+    }
+    Ok(out)
+}
+
 /// Deepest directory level below `stack/` searched for `stack.yaml` files.
 const MAX_STACK_DEPTH: usize = 6;
 

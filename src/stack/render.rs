@@ -88,6 +88,9 @@ pub struct DesiredObject {
 #[derive(Debug, Clone)]
 pub struct RenderedStack {
     pub name: String,
+    /// `stack.yaml`, relative to the repository root (its directory may hold stack-local
+    /// policies).
+    pub file: std::path::PathBuf,
     pub spec: StackSpec,
     pub objects: Vec<DesiredObject>,
     /// `spec.hooks.postSync`, rendered, in order.
@@ -214,6 +217,7 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
     }
     Ok(RenderedStack {
         name: stack.name.clone(),
+        file: stack.file.clone(),
         spec: stack.spec.clone(),
         objects: out,
         post_sync,
