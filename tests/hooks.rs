@@ -5,53 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use support::{TestEnv, driftless, text, unique_name};
-
-struct Repo {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    _state: tempfile::TempDir,
-    id: String,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let dir = tempfile::tempdir().expect("repo dir");
-        let state = tempfile::tempdir().expect("state dir");
-        let id = unique_name("hk");
-        let config = state.path().join("driftless.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "instance: {id}\nsource: {{path: {}}}\nstateDir: {}\n",
-                dir.path().display(),
-                state.path().display()
-            ),
-        )
-        .expect("config");
-        Repo {
-            dir,
-            config,
-            _state: state,
-            id,
-        }
-    }
-
-    fn write(&self, path: &str, body: &str) {
-        let p = self.dir.path().join(path);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, body.replace("ID", &self.id)).expect("write");
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
+use support::{LocalRepo, TestEnv, driftless, text};
 
 fn stack_file(hooks: &str) -> String {
     format!(
@@ -76,7 +33,7 @@ async fn job_uid(jobs: &Api<Job>) -> Option<String> {
 async fn post_sync_hooks_run_once_per_definition_and_hold_back_dependents() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let r = Repo::new();
+    let r = LocalRepo::new("hk", "");
     let id = r.id.clone();
     r.write(
         "stack/app/stack.yaml",
@@ -286,7 +243,7 @@ async fn post_sync_hooks_run_once_per_definition_and_hold_back_dependents() {
 
 #[tokio::test]
 async fn a_hook_file_must_hold_one_job() {
-    let r = Repo::new();
+    let r = LocalRepo::new("hk", "");
     r.write(
         "stack/app/stack.yaml",
         &stack_file("  hooks:\n    postSync:\n    - {file: hooks/init.yaml}\n"),

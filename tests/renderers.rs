@@ -5,55 +5,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
-use support::{TestEnv, driftless, driftless_with, text, unique_name};
+use support::{LocalRepo, TestEnv, driftless, driftless_with, text};
 
-struct Repo {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    _state: tempfile::TempDir,
-    id: String,
-}
-
-impl Repo {
-    fn new(prefix: &str, profile: &str) -> Repo {
-        let dir = tempfile::tempdir().expect("repo dir");
-        let state = tempfile::tempdir().expect("state dir");
-        let id = unique_name(prefix);
-        let config = state.path().join("driftless.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "instance: {id}\nsource: {{path: {}}}\nstateDir: {}\nprofile: {profile}\n",
-                dir.path().display(),
-                state.path().display()
-            ),
-        )
-        .expect("config");
-        Repo {
-            dir,
-            config,
-            _state: state,
-            id,
-        }
-    }
-
-    fn write(&self, path: &str, body: &str) {
-        let p = self.dir.path().join(path);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, body.replace("ID", &self.id)).expect("write");
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn sync(&self) -> std::process::Output {
-        driftless(&self.config, &["sync"])
-    }
+fn sync(repo: &LocalRepo) -> std::process::Output {
+    driftless(&repo.config, &["sync"])
 }
 
 async fn config_map(ns: &str, name: &str) -> Option<ConfigMap> {
@@ -70,8 +27,8 @@ fn data(cm: &ConfigMap, key: &str) -> String {
 }
 
 /// A chart stack: values.yaml, then values-local.yaml in the local profile, then an overlay.
-fn chart_repo() -> Repo {
-    let repo = Repo::new("hm", "local");
+fn chart_repo() -> LocalRepo {
+    let repo = LocalRepo::new("hm", "profile: local\n");
     repo.write(
         "stack/web/stack.yaml",
         "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  helm:\n    chart: chart\n    valuesFiles: [chart/values.yaml]\n  profiles:\n    local:\n      helm: {valuesFiles: [values-local.yaml]}\n      overlays: [overlays/local]\n",
@@ -112,7 +69,7 @@ async fn helm_chart_stack_syncs_with_profile_values_and_converges() {
     let out = driftless(&repo.config, &["validate"]);
     assert!(out.status.success(), "validate: {}", text(&out));
 
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(out.status.success(), "sync: {}", text(&out));
     let cm = config_map(&id, &format!("{id}-settings"))
         .await
@@ -135,7 +92,7 @@ async fn helm_chart_stack_syncs_with_profile_values_and_converges() {
     assert!(svc.get_opt("web").await.unwrap().is_some());
 
     // A second sync changes nothing.
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(out.status.success(), "second sync: {}", text(&out));
     assert!(
         text(&out).contains("applied: 0 to create, 0 to update, 0 to prune"),
@@ -149,7 +106,7 @@ async fn helm_chart_stack_syncs_with_profile_values_and_converges() {
         "greeting: bonjour\ncolour: blue\nport: 80\n",
     );
     std::fs::remove_file(repo.path().join("stack/web/chart/templates/service.yaml")).unwrap();
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(out.status.success(), "third sync: {}", text(&out));
     let cm = config_map(&id, &format!("{id}-settings")).await.unwrap();
     assert_eq!(data(&cm, "greeting"), "bonjour");
@@ -160,7 +117,7 @@ async fn helm_chart_stack_syncs_with_profile_values_and_converges() {
 async fn a_failing_render_applies_and_prunes_nothing() {
     let repo = chart_repo();
     let id = repo.id.clone();
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(out.status.success(), "sync: {}", text(&out));
 
     // A template error (a value that is not there), together with a change that would apply.
@@ -172,7 +129,7 @@ async fn a_failing_render_applies_and_prunes_nothing() {
         "stack/web/chart/templates/broken.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: broken}\ndata:\n  x: {{ .Values.missing.field }}\n",
     );
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(
         !out.status.success(),
         "a failed render fails: {}",
@@ -212,7 +169,7 @@ async fn a_failing_render_applies_and_prunes_nothing() {
 
 #[tokio::test]
 async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
-    let repo = Repo::new("kz", "local");
+    let repo = LocalRepo::new("kz", "profile: local\n");
     let id = repo.id.clone();
     repo.write(
         "stack/app/stack.yaml",
@@ -235,13 +192,13 @@ async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\npatches:\n  - target: {kind: ConfigMap, name: settings}\n    patch: |\n      - {op: replace, path: /data/size, value: small}\n",
     );
 
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(out.status.success(), "sync: {}", text(&out));
     let cm = config_map(&id, "settings").await.expect("rendered");
     assert_eq!(data(&cm, "size"), "small", "the local profile's directory");
     let labels = cm.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("team").map(String::as_str), Some("data"));
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(
         text(&out).contains("applied: 0 to create, 0 to update, 0 to prune"),
         "{}",
@@ -253,7 +210,7 @@ async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
         "stack/app/base/kustomization.yaml",
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: ID\nresources: [namespace.yaml, missing.yaml]\n",
     );
-    let out = repo.sync();
+    let out = sync(&repo);
     assert!(!out.status.success(), "{}", text(&out));
     let t = text(&out);
     assert!(

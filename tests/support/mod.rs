@@ -207,6 +207,51 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:x}{n}", rand::random::<u32>())
 }
 
+/// A stack repository in a temporary directory, read as a working tree (`source: {path}`), with
+/// a host configuration of its own instance (`id`) and state directory. `ID` in written files
+/// becomes the id.
+pub struct LocalRepo {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    _state: tempfile::TempDir,
+    pub id: String,
+}
+
+impl LocalRepo {
+    /// `extra` is appended to the host configuration (e.g. `profile: local\n`).
+    pub fn new(prefix: &str, extra: &str) -> LocalRepo {
+        let dir = tempfile::tempdir().expect("repo dir");
+        let state = tempfile::tempdir().expect("state dir");
+        let id = unique_name(prefix);
+        let config = state.path().join("driftless.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "instance: {id}\nsource: {{path: {}}}\nstateDir: {}\n{extra}",
+                dir.path().display(),
+                state.path().display()
+            ),
+        )
+        .expect("config");
+        LocalRepo {
+            dir,
+            config,
+            _state: state,
+            id,
+        }
+    }
+
+    pub fn write(&self, path: &str, body: &str) {
+        let p = self.dir.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body.replace("ID", &self.id)).expect("write");
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// One sample of the API server's `apiserver_request_total`: its labels and value.
 pub struct RequestSample {
     pub labels: HashMap<String, String>,
