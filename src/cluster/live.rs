@@ -39,6 +39,32 @@ fn resource_id(r: &ApiResource) -> String {
     format!("{}/{}/{}", r.group, r.version, r.plural)
 }
 
+/// Every page of a LIST, each item handed to `each`; `what` names the list in errors.
+async fn list_pages<K>(
+    api: &kube::Api<K>,
+    mut params: ListParams,
+    what: &str,
+    mut each: impl FnMut(K),
+) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    loop {
+        let page = api.list(&params).await.map_err(|source| Error::Request {
+            object: what.to_owned(),
+            action: "list",
+            message: super::message_of(&source),
+            hint: super::hint_for(&source),
+            source,
+        })?;
+        page.items.into_iter().for_each(&mut each);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Lists `resource` (in `namespace`, or everywhere), optionally label-selected, every page.
 async fn list(
     client: &Client,
@@ -51,35 +77,25 @@ async fn list(
     if let Some(s) = selector {
         params = params.labels(s);
     }
+    let what = format!(
+        "{}{}",
+        resource.plural,
+        namespace.map(|n| format!(" in {n}")).unwrap_or_default()
+    );
     let mut out = Found::new();
-    loop {
-        let page = api.list(&params).await.map_err(|source| Error::Request {
-            object: format!(
-                "{}{}",
-                resource.plural,
-                namespace.map(|n| format!(" in {n}")).unwrap_or_default()
+    list_pages(&api, params, &what, |mut item: DynamicObject| {
+        // Never looked at here (diffs drop them too), and often half an object's size.
+        item.metadata.managed_fields = None;
+        out.insert(
+            (
+                item.metadata.namespace.clone(),
+                item.metadata.name.clone().unwrap_or_default(),
             ),
-            action: "list",
-            message: super::message_of(&source),
-            hint: super::hint_for(&source),
-            source,
-        })?;
-        for mut item in page.items {
-            // Never looked at here (diffs drop them too), and often half an object's size.
-            item.metadata.managed_fields = None;
-            out.insert(
-                (
-                    item.metadata.namespace.clone(),
-                    item.metadata.name.clone().unwrap_or_default(),
-                ),
-                to_value(item, resource),
-            );
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => params = params.continue_token(&c),
-            None => return Ok(out),
-        }
-    }
+            to_value(item, resource),
+        );
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Lists the metadata (`PartialObjectMetadata`) of `resource` everywhere, label-selected, every
@@ -87,37 +103,26 @@ async fn list(
 async fn list_metadata(client: &Client, resource: &ApiResource, selector: &str) -> Result<Found> {
     let api: kube::Api<PartialObjectMeta<DynamicObject>> =
         kube::Api::all_with(client.clone(), resource);
-    let mut params = ListParams::default().limit(500).labels(selector);
+    let params = ListParams::default().limit(500).labels(selector);
     let mut out = Found::new();
-    loop {
-        let page = api.list(&params).await.map_err(|source| Error::Request {
-            object: resource.plural.clone(),
-            action: "list",
-            message: super::message_of(&source),
-            hint: super::hint_for(&source),
-            source,
-        })?;
-        for mut item in page.items {
-            item.metadata.managed_fields = None;
-            let key = (
-                item.metadata.namespace.clone(),
-                item.metadata.name.clone().unwrap_or_default(),
-            );
-            let metadata = serde_json::to_value(&item.metadata).unwrap_or(Value::Null);
-            out.insert(
-                key,
-                serde_json::json!({
-                    "apiVersion": resource.api_version,
-                    "kind": resource.kind,
-                    "metadata": metadata,
-                }),
-            );
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => params = params.continue_token(&c),
-            None => return Ok(out),
-        }
-    }
+    list_pages(&api, params, &resource.plural, |mut item| {
+        item.metadata.managed_fields = None;
+        let key = (
+            item.metadata.namespace.clone(),
+            item.metadata.name.clone().unwrap_or_default(),
+        );
+        let metadata = serde_json::to_value(&item.metadata).unwrap_or(Value::Null);
+        out.insert(
+            key,
+            serde_json::json!({
+                "apiVersion": resource.api_version,
+                "kind": resource.kind,
+                "metadata": metadata,
+            }),
+        );
+    })
+    .await?;
+    Ok(out)
 }
 
 /// A listed item as a GET would return it: list items carry no `apiVersion`/`kind`.

@@ -708,11 +708,7 @@ fn policy_digest(root: &Path) -> String {
     let mut hasher = Sha256::new();
     walk(&root.join("policies"), true, 0, &mut hasher, root);
     walk(&root.join("stack"), false, 0, &mut hasher, root);
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::cluster::apply::hex(&hasher.finalize())
 }
 
 /// Longest time between full reconciles when nothing seems to change: a safety net under the

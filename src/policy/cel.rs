@@ -65,16 +65,8 @@ pub fn optimize(program: &Program) -> IdedExpr {
                 ]
             }
             Expr::List(l) => l.elements.iter().collect(),
-            Expr::Map(m) => m
-                .entries
-                .iter()
-                .flat_map(|e| match &e.expr {
-                    EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
-                    EntryExpr::StructField(f) => vec![&f.value],
-                })
-                .collect(),
-            Expr::Struct(s) => s
-                .entries
+            Expr::Map(cel::common::ast::MapExpr { entries })
+            | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => entries
                 .iter()
                 .flat_map(|e| match &e.expr {
                     EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
