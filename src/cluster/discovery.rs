@@ -1,15 +1,18 @@
 //! Which kinds the cluster serves, and whether they are namespaced: aggregated discovery (two
 //! requests for the whole cluster), refreshed after new CRDs become Established.
 
+use std::collections::HashMap;
+
 use kube::Client;
-use kube::api::{ApiResource, GroupVersionKind};
+use kube::api::ApiResource;
 use kube::discovery::{Discovery, Scope};
 
 use super::{Error, Result};
 
-/// A snapshot of the cluster's discovery.
+/// A snapshot of the cluster's discovery, indexed by `apiVersion` and kind (a reconcile resolves
+/// every object: a lookup must not walk and copy a group's resource list each time).
 pub struct Kinds {
-    discovery: Discovery,
+    by_version: HashMap<String, HashMap<String, Resolved>>,
 }
 
 /// How to reach one kind.
@@ -30,21 +33,29 @@ impl Kinds {
                 .await
                 .map_err(Error::Discovery)?,
         };
-        Ok(Kinds { discovery })
+        let mut by_version: HashMap<String, HashMap<String, Resolved>> = HashMap::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                let api_version = if group.name().is_empty() {
+                    version.to_owned()
+                } else {
+                    format!("{}/{version}", group.name())
+                };
+                let kinds = by_version.entry(api_version).or_default();
+                for (resource, caps) in group.versioned_resources(version) {
+                    // The first resource of a kind, as kube's `resolve_gvk` picks it.
+                    kinds.entry(resource.kind.clone()).or_insert(Resolved {
+                        resource,
+                        namespaced: caps.scope == Scope::Namespaced,
+                    });
+                }
+            }
+        }
+        Ok(Kinds { by_version })
     }
 
     /// Resolves `apiVersion` + `kind`.
     pub fn resolve(&self, api_version: &str, kind: &str) -> Option<Resolved> {
-        let (group, version) = match api_version.split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", api_version),
-        };
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        self.discovery
-            .resolve_gvk(&gvk)
-            .map(|(resource, caps)| Resolved {
-                resource,
-                namespaced: caps.scope == Scope::Namespaced,
-            })
+        self.by_version.get(api_version)?.get(kind).cloned()
     }
 }
