@@ -9,7 +9,7 @@ use futures::StreamExt;
 use kube::Client;
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::apply::{self, Conflict};
 use crate::cluster::discovery::Kinds;
@@ -186,7 +186,9 @@ pub async fn reconcile(
             return Err(Error::UnknownStack(name.clone()));
         }
     }
+    let mut lap = Lap::start("reconcile");
     let mut kinds = Kinds::discover(client).await?;
+    lap.log("discovery");
     // Kinds the revision's own CRDs will define.
     let pending_crds: BTreeSet<(String, String)> = stacks
         .iter()
@@ -219,15 +221,13 @@ pub async fn reconcile(
         .map(|o| o.key.name.clone())
         .collect();
     let policy_index = crate::policy::RevisionIndex::of_stacks(stacks);
-    let all_inventories = inventory::list(client).await?;
-    let foreign: BTreeMap<String, String> = all_inventories
-        .iter()
-        .filter(|i| i.owner != options.instance)
-        .map(|i| (i.stack.clone(), i.owner.clone()))
-        .collect();
-    let inventories: BTreeMap<String, Inventory> = all_inventories
+    lap.log("bound the objects to their API resources");
+    let listed = inventory::list(client, &options.instance).await?;
+    lap.log("read the inventories");
+    let foreign = listed.foreign;
+    let inventories: BTreeMap<String, Inventory> = listed
+        .own
         .into_iter()
-        .filter(|i| i.owner == options.instance)
         .map(|i| (i.stack.clone(), i))
         .collect();
 
@@ -386,6 +386,7 @@ impl StackContext<'_> {
         kinds: &mut Kinds,
         outcome: &mut StackOutcome,
     ) -> Result<(), ClusterError> {
+        let mut lap = Lap::start(&self.stack.name);
         // Observe: the live state of every desired object (few LISTs; see cluster::live), then a
         // dry-run of each object whose desired or live state moved since driftless applied it,
         // OBSERVE_CONCURRENCY at a time, in order.
@@ -427,8 +428,10 @@ impl StackContext<'_> {
             .collect();
         // Metadata is enough to know an object is still as driftless applied it; the whole
         // object is read (GET) only for those that need a dry-run.
+        lap.log("found the objects unchanged in Git");
         let (mut live_state, partial) =
             cluster::live::fetch_with(self.client, &self.stack.name, &wants, true).await?;
+        lap.log("read the live objects");
         // Namespaces this sync creates: what goes into them cannot exist yet, and a dry-run there
         // would only be refused (and cost the API server a namespace lookup).
         let new_namespaces: BTreeSet<String> = objects
@@ -464,15 +467,12 @@ impl StackContext<'_> {
             let partial = partial.contains(&b.desired.key);
             dirty.push(self.observe(b, live, partial, in_new_namespace));
         }
-        let mut dirty = futures::stream::iter(dirty)
-            .buffered(OBSERVE_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter();
+        let mut dirty = in_flight(dirty, OBSERVE_CONCURRENCY).await.into_iter();
         let observed: Vec<Result<Observed, ClusterError>> = observed
             .into_iter()
             .filter_map(|o| o.or_else(|| dirty.next()))
             .collect();
+        lap.log("dry-runs");
         let mut observations = Vec::with_capacity(objects.len());
         for o in observed {
             let o = o?;
@@ -527,9 +527,9 @@ impl StackContext<'_> {
             post_sync: self.stack.post_sync.clone(),
         });
         let checked = checked.as_ref().unwrap_or(self.stack);
-        if let Some(denied) =
-            self.check_policies(checked, objects, &partial, &observations, outcome)
-        {
+        let denied = self.check_policies(checked, objects, &partial, &observations, outcome);
+        lap.log("planned and checked the policies");
+        if let Some(denied) = denied {
             outcome.error = Some(denied);
             return Ok(());
         }
@@ -587,51 +587,67 @@ impl StackContext<'_> {
                     .as_ref()
                     .is_some_and(|l| unchanged_since_apply(e, l, &b.desired.object))
         });
-        // Read as metadata only: the whole object is needed for the diff.
-        let live = if partial && !unchanged {
-            apply::get(&api, &key.name, &key.to_string()).await?
-        } else {
-            live
+        if unchanged {
+            return Ok(Observed {
+                observation: Observation {
+                    key: key.clone(),
+                    api_version: b.desired.api_version.clone(),
+                    live,
+                    would_be: None,
+                },
+                takeover: None,
+                recreate: false,
+            });
+        }
+        // Read as metadata only: the whole object is needed for the diff. The read and the
+        // dry-run are independent, so they go out together.
+        let read = async {
+            if partial {
+                apply::get(&api, &key.name, &key.to_string()).await
+            } else {
+                Ok(live)
+            }
         };
+        let (live, dry_run) = futures::join!(
+            read,
+            apply::apply(&api, b.desired, self.stack.spec.force, true)
+        );
+        let live = live?;
         let mut takeover = None;
         let mut recreate = false;
-        let would_be = if unchanged {
-            None
-        } else {
-            match apply::apply(&api, b.desired, self.stack.spec.force, true).await {
-                Ok((v, conflicts)) => {
-                    if !conflicts.is_empty() {
-                        takeover = Some(Takeover {
-                            object: key.to_string(),
-                            conflicts,
-                        });
-                    }
-                    Some(v)
+        let would_be = match dry_run {
+            Ok((v, conflicts)) => {
+                if !conflicts.is_empty() {
+                    takeover = Some(Takeover {
+                        object: key.to_string(),
+                        conflicts,
+                    });
                 }
-                // Its namespace is created by this sync: the server cannot dry-run it yet.
-                Err(ClusterError::Request {
-                    source: kube::Error::Api(s),
-                    ..
-                }) if s.code == 404
-                    && live.is_none()
-                    && key
-                        .namespace
-                        .as_ref()
-                        .is_some_and(|n| self.desired_namespaces.contains(n)) =>
-                {
-                    Some(b.desired.object.clone())
-                }
-                // An immutable field changed and the object opts in to being recreated.
-                Err(ClusterError::Request {
-                    source: kube::Error::Api(s),
-                    ..
-                }) if is_immutable_error(&s) && wants_recreate(b.desired) => {
-                    warn!(stack = %self.stack.name, object = %key, "immutable field changed: will delete and recreate ({RECREATE_ANNOTATION})");
-                    recreate = true;
-                    Some(b.desired.object.clone())
-                }
-                Err(e) => return Err(e),
+                Some(v)
             }
+            // Its namespace is created by this sync: the server cannot dry-run it yet.
+            Err(ClusterError::Request {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404
+                && live.is_none()
+                && key
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|n| self.desired_namespaces.contains(n)) =>
+            {
+                Some(b.desired.object.clone())
+            }
+            // An immutable field changed and the object opts in to being recreated.
+            Err(ClusterError::Request {
+                source: kube::Error::Api(s),
+                ..
+            }) if is_immutable_error(&s) && wants_recreate(b.desired) => {
+                warn!(stack = %self.stack.name, object = %key, "immutable field changed: will delete and recreate ({RECREATE_ANNOTATION})");
+                recreate = true;
+                Some(b.desired.object.clone())
+            }
+            Err(e) => return Err(e),
         };
         Ok(Observed {
             observation: Observation {
@@ -735,6 +751,7 @@ impl StackContext<'_> {
         outcome: &mut StackOutcome,
     ) -> Result<(), ClusterError> {
         let name = &self.stack.name;
+        let mut lap = Lap::start(name);
         let by_key: BTreeMap<&ObjectKey, &Bound<'_>> =
             objects.iter().map(|b| (&b.desired.key, b)).collect();
         // Inventory first: a crash after this write and before the apply orphans nothing.
@@ -847,10 +864,7 @@ impl StackContext<'_> {
                     apply::apply(&api, b.desired, self.stack.spec.force, false).await
                 })
                 .collect();
-            let results: Vec<_> = futures::stream::iter(applies)
-                .buffered(APPLY_CONCURRENCY)
-                .collect()
-                .await;
+            let results = in_flight(applies, APPLY_CONCURRENCY).await;
             let mut first_error = None;
             for (change, result) in batch.iter().zip(results) {
                 match (result, by_key.get(&change.key)) {
@@ -871,9 +885,11 @@ impl StackContext<'_> {
             }
             i = j;
         }
+        lap.log("applied");
         // Unchanged objects keep their records. A reconcile that changed nothing writes nothing.
         if record.entries != self.inventory.entries || record.owner != self.inventory.owner {
             inventory::write(self.client, &record).await?;
+            lap.log("wrote the inventory");
         }
         outcome.applied = true;
 
@@ -926,6 +942,7 @@ impl StackContext<'_> {
                     }
                 })
                 .await?;
+            lap.log("waited for health");
             outcome.unhealthy = pending
                 .into_iter()
                 .map(|(k, status)| Unhealthy {
@@ -958,6 +975,44 @@ impl StackContext<'_> {
         }
         Ok(())
     }
+}
+
+/// Debug-level timing of a reconcile's steps (`DRIFTLESS_LOG=driftless::reconcile=debug`).
+struct Lap<'a> {
+    scope: &'a str,
+    since: std::time::Instant,
+}
+
+impl<'a> Lap<'a> {
+    fn start(scope: &'a str) -> Lap<'a> {
+        Lap {
+            scope,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn log(&mut self, step: &str) {
+        debug!(
+            scope = self.scope,
+            ms = self.since.elapsed().as_millis() as u64,
+            "{step}"
+        );
+        self.since = std::time::Instant::now();
+    }
+}
+
+/// Runs `futures` with at most `limit` in flight and returns their results in input order. A
+/// slow one does not hold back the others (as `buffered` would: finished results queue behind it
+/// and count against the limit).
+async fn in_flight<F: std::future::Future>(futures: Vec<F>, limit: usize) -> Vec<F::Output> {
+    let mut results: Vec<(usize, F::Output)> =
+        futures::stream::iter(futures.into_iter().enumerate())
+            .map(|(i, f)| async move { (i, f.await) })
+            .buffer_unordered(limit)
+            .collect()
+            .await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Whether a live object is still as driftless left it, judged without a dry-run: for kinds with

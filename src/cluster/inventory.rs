@@ -185,21 +185,65 @@ pub async fn read(client: &Client, stack: &str) -> Result<Inventory> {
     }
 }
 
-/// Every stack inventory in the cluster, of every instance (including stacks that left Git).
-pub async fn list(client: &Client) -> Result<Vec<Inventory>> {
+/// The inventories in the cluster, as one instance sees them.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// This instance's inventories, read whole (including stacks that left Git).
+    pub own: Vec<Inventory>,
+    /// Stacks whose inventory another instance owns, with that owner.
+    pub foreign: BTreeMap<String, String>,
+}
+
+/// Every stack inventory in the cluster: this instance's read whole, the others' owners from
+/// their labels only (another instance's record of thousands of objects is not downloaded).
+pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    let list = match api
-        .list(&ListParams::default().labels(INVENTORY_LABEL))
-        .await
-    {
-        Ok(l) => l,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
-        Err(e) => return Err(request_error("(list)", "list", e)),
+    let all = ListParams::default().labels(INVENTORY_LABEL);
+    let mine =
+        ListParams::default().labels(&format!("{INVENTORY_LABEL},{INSTANCE_LABEL}={instance}"));
+    let (metadata, full) = futures::join!(api.list_metadata(&all), api.list(&mine));
+    let (metadata, full) = match (metadata, full) {
+        (Ok(m), Ok(f)) => (m, f),
+        (Err(kube::Error::Api(s)), _) | (_, Err(kube::Error::Api(s))) if s.code == 404 => {
+            return Ok(Listed::default());
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(request_error("(list)", "list", e)),
     };
-    list.items
-        .iter()
-        .map(|cm| decode(cm.metadata.name.as_deref().unwrap_or_default(), cm))
-        .collect()
+    let mut listed = Listed::default();
+    for cm in &full.items {
+        listed
+            .own
+            .push(decode(cm.metadata.name.as_deref().unwrap_or_default(), cm)?);
+    }
+    for meta in &metadata.items {
+        let labels = meta.metadata.labels.as_ref();
+        let Some(stack) = labels.and_then(|l| l.get(INVENTORY_LABEL)) else {
+            continue;
+        };
+        match labels.and_then(|l| l.get(INSTANCE_LABEL)) {
+            Some(owner) if owner == instance => {}
+            Some(owner) => {
+                listed.foreign.insert(stack.clone(), owner.clone());
+            }
+            // Written without an owner label: the default instance's.
+            None if instance == DEFAULT_INSTANCE => {
+                let name = meta.metadata.name.clone().unwrap_or_default();
+                if let Some(cm) = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| request_error(&name, "read", e))?
+                {
+                    listed.own.push(decode(&name, &cm)?);
+                }
+            }
+            None => {
+                listed
+                    .foreign
+                    .insert(stack.clone(), DEFAULT_INSTANCE.to_owned());
+            }
+        }
+    }
+    Ok(listed)
 }
 
 /// The ConfigMap holding a stack's inventory: the record as JSON text, or gzip-compressed in
@@ -227,7 +271,7 @@ fn encode(inventory: &Inventory) -> Result<serde_json::Value> {
     } else {
         use base64::Engine as _;
         use std::io::Write as _;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let bytes = gz
             .write_all(text.as_bytes())
             .and_then(|()| gz.finish())
@@ -243,18 +287,17 @@ fn encode(inventory: &Inventory) -> Result<serde_json::Value> {
 
 /// Writes a stack's inventory (creating `driftless-system` on first use).
 pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
-    ensure_namespace(client).await?;
     let name = configmap_name(&inventory.stack);
     let cm = encode(inventory)?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-    {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut result = api.patch(&name, &params, &Patch::Apply(&cm)).await;
+    // The first write in a cluster: create the namespace, then write again.
+    if matches!(&result, Err(kube::Error::Api(s)) if s.code == 404) {
+        ensure_namespace(client).await?;
+        result = api.patch(&name, &params, &Patch::Apply(&cm)).await;
+    }
+    match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("Too long") => {
             Err(Error::Inventory {
