@@ -6,6 +6,7 @@ pub mod load;
 pub mod model;
 pub mod order;
 pub mod render;
+pub mod stored;
 pub mod vars;
 
 use std::fmt;
@@ -17,6 +18,7 @@ pub use load::{
     placeholder_host_secrets, read_host_secrets,
 };
 pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
+pub use stored::StoredRevision;
 
 /// Everything that can be wrong with a stack repository, each naming the place to fix.
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +166,21 @@ pub fn render_loaded(
     credentials_dir: Option<&std::path::Path>,
     placeholders: bool,
 ) -> Result<(Vec<RenderedStack>, bool)> {
+    render_loaded_with(loaded, credentials_dir, placeholders, None)
+}
+
+/// `render_loaded`, parsing through `cache` (see `yaml::ParseCache`).
+pub fn render_loaded_with(
+    loaded: &[LoadedStack],
+    credentials_dir: Option<&std::path::Path>,
+    placeholders: bool,
+    cache: Option<&crate::yaml::ParseCache>,
+) -> Result<(Vec<RenderedStack>, bool)> {
     let (secrets, checked) = match (credentials_dir, placeholders) {
         (None, true) => (placeholder_host_secrets(loaded), false),
         (dir, _) => (read_host_secrets(loaded, dir)?, true),
     };
-    Ok((render(loaded, &secrets)?, checked))
+    Ok((render::render_with(loaded, &secrets, cache)?, checked))
 }
 
 /// A convenient result alias for this module.

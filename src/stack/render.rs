@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::yaml::ParseCache;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
@@ -115,10 +116,19 @@ pub struct RenderedHook {
 /// Renders every stack, checks that no object is declared twice (in or across stacks), and
 /// returns the stacks in dependency order (see `order`).
 pub fn render(stacks: &[LoadedStack], secrets: &HostSecrets) -> Result<Vec<RenderedStack>> {
+    render_with(stacks, secrets, None)
+}
+
+/// `render`, parsing through `cache` (the daemon's: see `yaml::ParseCache`).
+pub fn render_with(
+    stacks: &[LoadedStack],
+    secrets: &HostSecrets,
+    cache: Option<&ParseCache>,
+) -> Result<Vec<RenderedStack>> {
     let mut rendered = Vec::with_capacity(stacks.len());
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for stack in stacks {
-        let r = render_stack(stack, secrets)?;
+        let r = render_stack(stack, secrets, cache)?;
         for o in r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job)) {
             if let Some(other) = seen.insert(o.key.clone(), o.place.clone()) {
                 return Err(Error::DuplicateObject {
@@ -146,17 +156,21 @@ pub fn stack_vars(stack: &LoadedStack) -> BTreeMap<String, String> {
     vars
 }
 
-fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedStack> {
+fn render_stack(
+    stack: &LoadedStack,
+    secrets: &HostSecrets,
+    cache: Option<&ParseCache>,
+) -> Result<RenderedStack> {
     let vars = stack_vars(stack);
     let mut objects: Vec<Value> = Vec::new();
     let mut places: Vec<Place> = Vec::new();
     for file in &stack.manifests {
-        for (doc, value) in parse_file(stack, file, &vars)? {
+        for (doc, value) in parse_file(stack, file, &vars, cache)? {
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
     }
     for file in &stack.rendered {
-        for (doc, value) in parse_text(file, &file.text)? {
+        for (doc, value) in parse_text(file, &file.text, cache)? {
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
     }
@@ -164,7 +178,7 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
     let mut patches: Vec<(&SourceFile, usize, PatchSpec)> = Vec::new();
     for (_, files) in &stack.overlays {
         for file in files {
-            for (doc, value) in parse_file(stack, file, &vars)? {
+            for (doc, value) in parse_file(stack, file, &vars, cache)? {
                 if value.get("kind").and_then(Value::as_str) == Some("Overlay")
                     && value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION)
                 {
@@ -213,7 +227,7 @@ fn render_stack(stack: &LoadedStack, secrets: &HostSecrets) -> Result<RenderedSt
     }
     let mut post_sync = Vec::with_capacity(stack.post_sync.len());
     for (spec, file) in stack.spec.hooks.post_sync.iter().zip(&stack.post_sync) {
-        post_sync.push(render_hook(stack, spec, file, &vars, &crd_scopes)?);
+        post_sync.push(render_hook(stack, spec, file, &vars, &crd_scopes, cache)?);
     }
     Ok(RenderedStack {
         name: stack.name.clone(),
@@ -232,8 +246,9 @@ fn render_hook(
     file: &SourceFile,
     vars: &BTreeMap<String, String>,
     crd_scopes: &BTreeMap<(String, String), bool>,
+    cache: Option<&ParseCache>,
 ) -> Result<RenderedHook> {
-    let mut docs = parse_file(stack, file, vars)?;
+    let mut docs = parse_file(stack, file, vars, cache)?;
     let bad = |message: String| Error::StackFile {
         file: file.path.clone(),
         message,
@@ -296,13 +311,18 @@ fn parse_file(
     stack: &LoadedStack,
     file: &SourceFile,
     vars: &BTreeMap<String, String>,
+    cache: Option<&ParseCache>,
 ) -> Result<Vec<(usize, Value)>> {
     let text = vars::substitute(&stack.name, &file.path, &file.text, vars)?;
-    parse_text(file, &text)
+    parse_text(file, &text, cache)
 }
 
 /// Parses a file's (substituted) text: one JSON document, or a YAML stream.
-fn parse_text(file: &SourceFile, text: &str) -> Result<Vec<(usize, Value)>> {
+fn parse_text(
+    file: &SourceFile,
+    text: &str,
+    cache: Option<&ParseCache>,
+) -> Result<Vec<(usize, Value)>> {
     let docs = if file.path.extension().is_some_and(|e| e == "json") {
         vec![serde_json::from_str(text).map_err(|e| Error::StackFile {
             file: file.path.clone(),
@@ -313,7 +333,7 @@ fn parse_text(file: &SourceFile, text: &str) -> Result<Vec<(usize, Value)>> {
             ),
         })?]
     } else {
-        crate::yaml::parse_documents(&file.path, text)?
+        crate::yaml::parse_documents_cached(cache, &file.path, text)?
     };
     Ok(docs
         .into_iter()

@@ -1,0 +1,167 @@
+//! A rendered revision as the daemon holds it between reconciles: each object serialised to
+//! compact JSON instead of kept as a `serde_json::Value` tree. A tree costs several times its
+//! text (every JSON object is a B-tree node of ~600 bytes, every string its own allocation): at
+//! 5 000 objects that is ~18 MiB against ~2 MiB stored. A reconcile that needs the objects
+//! expands them again (a parse, ~10 ms at 5 000 objects); one that finds nothing changed
+//! (`quiet`) never does.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::Place;
+use super::model::StackSpec;
+use super::render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, SecretData};
+
+/// A rendered revision, stored compactly (see the module docs).
+#[derive(Debug, Default)]
+pub struct StoredRevision {
+    stacks: Vec<StoredStack>,
+}
+
+#[derive(Debug)]
+struct StoredStack {
+    name: String,
+    file: PathBuf,
+    spec: StackSpec,
+    objects: Vec<StoredObject>,
+    post_sync: Vec<RenderedHook>,
+}
+
+#[derive(Debug)]
+struct StoredObject {
+    key: ObjectKey,
+    api_version: String,
+    json: Box<str>,
+    secret_data: Option<SecretData>,
+    place: Place,
+}
+
+/// An object that does not parse back: never for what `store` wrote, but a reconcile must not
+/// run on a partial revision, so it is an error rather than a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored revision's object {object} in stack {stack} does not parse back: {message}")]
+pub struct ExpandError {
+    stack: String,
+    object: String,
+    message: String,
+}
+
+impl StoredRevision {
+    /// Stores `stacks` (serialising each object).
+    pub fn store(stacks: &[RenderedStack]) -> StoredRevision {
+        let stacks = stacks
+            .iter()
+            .map(|s| StoredStack {
+                name: s.name.clone(),
+                file: s.file.clone(),
+                spec: s.spec.clone(),
+                post_sync: s.post_sync.clone(),
+                objects: s
+                    .objects
+                    .iter()
+                    .map(|o| StoredObject {
+                        // Serialising a Value cannot fail (its map keys are strings).
+                        json: serde_json::to_string(&o.object)
+                            .unwrap_or_default()
+                            .into_boxed_str(),
+                        key: o.key.clone(),
+                        api_version: o.api_version.clone(),
+                        secret_data: o.secret_data.clone(),
+                        place: o.place.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        StoredRevision { stacks }
+    }
+
+    /// The rendered stacks again, objects parsed, in the stored (dependency) order.
+    pub fn expand(&self) -> Result<Vec<RenderedStack>, ExpandError> {
+        self.stacks
+            .iter()
+            .map(|s| {
+                let objects = s
+                    .objects
+                    .iter()
+                    .map(|o| {
+                        let object: Value =
+                            serde_json::from_str(&o.json).map_err(|e| ExpandError {
+                                stack: s.name.clone(),
+                                object: o.key.to_string(),
+                                message: e.to_string(),
+                            })?;
+                        Ok(DesiredObject {
+                            key: o.key.clone(),
+                            api_version: o.api_version.clone(),
+                            object,
+                            secret_data: o.secret_data.clone(),
+                            place: o.place.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ExpandError>>()?;
+                Ok(RenderedStack {
+                    name: s.name.clone(),
+                    file: s.file.clone(),
+                    spec: s.spec.clone(),
+                    objects,
+                    post_sync: s.post_sync.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stack names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.stacks.iter().map(|s| s.name.as_str())
+    }
+
+    /// Number of objects over all stacks.
+    pub fn object_count(&self) -> usize {
+        self.stacks.iter().map(|s| s.objects.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{HostSecrets, LoadLimits, load_repo, render};
+
+    #[test]
+    fn a_stored_revision_expands_to_the_same_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = dir.path().join("stack/app");
+        std::fs::create_dir_all(stack.join("manifests")).unwrap();
+        std::fs::write(
+            stack.join("stack.yaml"),
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            stack.join("manifests/all.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: ns}\ndata: {x: \"1\", y: 'two'}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: ns}\nspec: {replicas: 2, selector: {matchLabels: {app: d}}, template: {metadata: {labels: {app: d}}, spec: {containers: [{name: c, image: 'i:1', args: [a, 1.5, true, null]}]}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {token: sentinel-value}\n",
+        )
+        .unwrap();
+        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
+        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
+        let stored = StoredRevision::store(&rendered);
+        assert_eq!(stored.object_count(), 3);
+        assert_eq!(stored.names().collect::<Vec<_>>(), ["app"]);
+        let back = stored.expand().unwrap();
+        assert_eq!(back.len(), rendered.len());
+        for (a, b) in back[0].objects.iter().zip(&rendered[0].objects) {
+            assert_eq!(a.key, b.key);
+            assert_eq!(a.api_version, b.api_version);
+            assert_eq!(a.object, b.object);
+            assert_eq!(a.place, b.place);
+            assert_eq!(
+                crate::cluster::apply::desired_hash(a, None),
+                crate::cluster::apply::desired_hash(b, None)
+            );
+        }
+        // The Secret's data stays apart from the serialised object.
+        let secret = &back[0].objects[2];
+        assert!(!secret.object.to_string().contains("sentinel-value"));
+        assert!(secret.secret_data.is_some());
+    }
+}
