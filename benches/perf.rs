@@ -246,7 +246,8 @@ impl Samples {
     }
 
     fn median_requests(&self) -> f64 {
-        median(&self.requests.iter().map(total).collect::<Vec<_>>())
+        // `+ 0.0`: an empty sum is -0.0, which would print as "-0".
+        median(&self.requests.iter().map(total).collect::<Vec<_>>()) + 0.0
     }
 
     fn json(&self) -> Value {
@@ -475,6 +476,17 @@ async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
     let prefix = unique_name("bdd");
     let t = Instant::now();
     let d = start_daemon_prepared("", |repo, _| generate(repo, &prefix, n, 0));
+    // The endpoint answers once the daemon has bound it.
+    while reqwest::get(format!("{}/api/v1/status", d.base))
+        .await
+        .is_err()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the daemon's endpoint did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     loop {
         let st = d.status().await;
         if st["state"] == "ready" {
@@ -565,6 +577,7 @@ async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
             d.repo.path(),
             &["commit", "-qam", &format!("round {round}")],
         );
+        let before_run = started(&d.status().await);
         let t = Instant::now();
         assert!(
             d.github(&d.push_payload(), SECRET)
@@ -586,6 +599,22 @@ async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         latency.push(t.elapsed().as_secs_f64());
+        // Where the time went (the daemon's own account of the run that applied it).
+        let mut status = d.status().await;
+        while started(&status) == before_run || status["lastReconcile"]["mode"] == "quiet" {
+            if t.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        println!(
+            "  change {round}: {:.0} ms to applied; the run ({}): {} ms, phases {}",
+            latency[round] * 1000.0,
+            status["lastReconcile"]["mode"],
+            status["lastReconcile"]["durationMs"],
+            status["lastReconcile"]["phasesMs"]
+        );
     }
     let rss_applied = rss_kib();
     // Idle again: the last reconcile has finished (health wait, inventory write, trim).

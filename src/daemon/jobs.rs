@@ -37,7 +37,9 @@ pub fn load(
     profile: Option<&str>,
     credentials_dir: Option<&Path>,
     renderers: &crate::stack::Renderers,
+    cache: Option<&crate::yaml::ParseCache>,
 ) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
+    let t = std::time::Instant::now();
     let loaded = crate::stack::load_repo_with(
         root,
         profile,
@@ -45,7 +47,13 @@ pub fn load(
         renderers,
     )?;
     let jobs = crate::jobs::model::load_jobs(&loaded)?;
-    let (stacks, _) = crate::stack::render_loaded(&loaded, credentials_dir, false)?;
+    let read = t.elapsed();
+    let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials_dir, false, cache)?;
+    tracing::debug!(
+        read_ms = read.as_millis() as u64,
+        render_ms = (t.elapsed() - read).as_millis() as u64,
+        "loaded and rendered the revision"
+    );
     Ok((stacks, jobs))
 }
 
@@ -53,8 +61,9 @@ pub fn load(
 #[derive(Clone)]
 pub struct JobsState {
     pub jobs: Vec<Job>,
-    /// The revision's desired state (ImageCleanup protects the images it names).
-    pub desired: Arc<Vec<RenderedStack>>,
+    /// The revision's desired state (ImageCleanup protects the images it names), stored
+    /// compactly: expanded only when a job runs.
+    pub desired: Arc<crate::stack::StoredRevision>,
     pub revision: Option<String>,
     pub state_dir: PathBuf,
     pub credentials_dir: Option<PathBuf>,
@@ -168,9 +177,16 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
     if let Err(e) = &client {
         warn!(job = %job.name, "cluster: {e}");
     }
+    let desired = match state.desired.expand() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(job = %job.name, "{e}");
+            Vec::new()
+        }
+    };
     let ctx = runner::Context {
         cluster: client.as_ref().ok(),
-        desired: &state.desired,
+        desired: &desired,
         credentials_dir: state.credentials_dir.as_deref(),
         state_dir: &state.state_dir,
         revision: state.revision.clone(),

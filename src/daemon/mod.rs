@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use secrecy::SecretString;
 use tokio::sync::{Notify, RwLock};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::HostConfig;
 use crate::reconcile::{self, Report};
@@ -194,6 +194,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     };
     shared.request("start");
     let mut ready_sent = false;
+    let mut last_run_end: Option<Instant> = None;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -218,20 +219,35 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         }
         // Debounce: a burst of triggers (webhooks from one push, many drift events) gives one
         // run once it has been quiet for COALESCE_QUIET, or after COALESCE_MAX at the latest.
+        // Any other trigger that finds the loop idle runs at once (the leading edge: a
+        // push is applied without waiting out the quiet period); what follows it coalesces.
         let burst = Instant::now();
         let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => {
-                    stopping = true;
-                    break;
-                }
-                _ = tokio::time::sleep(COALESCE_QUIET) => break,
-                _ = shared.trigger.notified() => {
-                    if burst.elapsed() >= COALESCE_MAX {
-                        // Still triggered: the Notify permit was consumed, so ask again.
-                        shared.trigger.notify_one();
+        let leading = {
+            let reason = shared
+                .trigger_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            // Drift events and file changes come in bursts (a `kubectl delete` of many objects,
+            // an editor saving several files): those always wait for the quiet period.
+            !(reason == "drift" || reason == "file change")
+                && last_run_end.is_none_or(|t: Instant| t.elapsed() >= COALESCE_QUIET)
+        };
+        if !leading {
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        stopping = true;
                         break;
+                    }
+                    _ = tokio::time::sleep(COALESCE_QUIET) => break,
+                    _ = shared.trigger.notified() => {
+                        if burst.elapsed() >= COALESCE_MAX {
+                            // Still triggered: the Notify permit was consumed, so ask again.
+                            shared.trigger.notify_one();
+                            break;
+                        }
                     }
                 }
             }
@@ -253,6 +269,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             o = reconcile_once(&config, &shared, &mut state, &reason) => o,
         };
         let elapsed = t0.elapsed();
+        last_run_end = Some(Instant::now());
         if state.mode != "quiet" {
             release_free_memory();
         }
@@ -276,6 +293,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                 duration_ms: elapsed.as_millis() as u64,
                 ok: outcome,
                 mode: state.mode.to_owned(),
+                phases_ms: std::mem::take(&mut state.phases),
             });
             if st.applied_revision.is_some() {
                 st.state = if outcome {
@@ -339,6 +357,12 @@ fn persist(state_dir: &Path, status: &Status) {
     }
 }
 
+/// The desired state of one run: a revision rendered just now, or the stored last good one.
+enum Desired {
+    Fresh(Arc<Vec<RenderedStack>>),
+    Stored(Arc<crate::stack::StoredRevision>),
+}
+
 #[derive(Default)]
 struct LoopState {
     /// Per stack: the revision it last applied (a `selfHeal: false` stack is applied again only
@@ -350,7 +374,7 @@ struct LoopState {
     secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
     /// The last revision that loaded and rendered: what is reconciled while newer ones fail.
     /// Shared with the scheduler's view (`JobsState.desired`) and each reconcile: one copy.
-    last_good: Option<(Option<Revision>, Arc<Vec<RenderedStack>>)>,
+    last_good: Option<(Option<Revision>, Arc<crate::stack::StoredRevision>)>,
     /// The policies of the last good revision (loaded with it).
     last_good_policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
     backoff: BTreeMap<String, Backoff>,
@@ -364,9 +388,20 @@ struct LoopState {
     last_good_policy_digest: String,
     /// How the last reconcile ran: `quiet`, `incremental` or `full`.
     mode: &'static str,
+    /// The last reconcile's phases and their wall time (ms).
+    phases: Vec<(String, u64)>,
+    /// Parsed manifests by text, reused by the next revision's render.
+    parse_cache: Arc<crate::yaml::ParseCache>,
 }
 
 impl LoopState {
+    /// Records the phase that ends now and starts the next.
+    fn mark(&mut self, name: &str, since: &mut Instant) {
+        self.phases
+            .push((name.to_owned(), since.elapsed().as_millis() as u64));
+        *since = Instant::now();
+    }
+
     fn next_retry(&self) -> Option<Duration> {
         let now = Instant::now();
         let stacks = self
@@ -389,6 +424,8 @@ async fn reconcile_once(
 ) -> bool {
     let mut errors = Vec::new();
     let credentials = config.credentials_dir();
+    state.phases.clear();
+    let mut phase = Instant::now();
     // Source.
     let fetched: Result<(Option<Revision>, PathBuf), String> = match config.source.as_ref() {
         Some(s) if s.path.is_some() => Ok((None, s.path.clone().unwrap_or_default())),
@@ -415,30 +452,48 @@ async fn reconcile_once(
         },
         None => Err("no source configured".to_owned()),
     };
+    state.mark("fetch", &mut phase);
     let desired = match fetched {
         Ok((revision, root)) => {
             state.source_failures = 0;
             shared.status.write().await.revision = revision.clone();
             let unchanged = matches!((&state.last_good, &revision), (Some((Some(old), _)), Some(new)) if old.sha == new.sha);
             if unchanged {
-                state.last_good.as_ref().map(|(_, s)| s.clone())
+                state
+                    .last_good
+                    .as_ref()
+                    .map(|(_, s)| Desired::Stored(s.clone()))
             } else {
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
                 let renderers = config.renderers.renderers();
+                let cache = Arc::clone(&state.parse_cache);
                 let rendered = tokio::task::spawn_blocking(move || {
-                    let (stacks, declared) =
-                        jobs::load(&root, profile.as_deref(), creds.as_deref(), &renderers)
-                            .map_err(|e| e.to_string())?;
+                    cache.begin();
+                    let (stacks, declared) = jobs::load(
+                        &root,
+                        profile.as_deref(),
+                        creds.as_deref(),
+                        &renderers,
+                        Some(&cache),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let t = Instant::now();
                     let policies =
                         crate::policy::load_policies(&root, &stacks).map_err(|e| e.to_string())?;
                     let digest = policy_digest(&root);
-                    Ok::<_, String>((stacks, declared, (policies, digest)))
+                    let stored = crate::stack::StoredRevision::store(&stacks);
+                    debug!(
+                        ms = t.elapsed().as_millis() as u64,
+                        "loaded the policies and stored the revision"
+                    );
+                    Ok::<_, String>((stacks, stored, declared, (policies, digest)))
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((stacks, declared, (policies, digest)))) => {
+                    Ok(Ok((stacks, stored, declared, (policies, digest)))) => {
                         let stacks = Arc::new(stacks);
+                        let stored = Arc::new(stored);
                         state.last_good_policies = Some(std::sync::Arc::new(policies));
                         state.last_good_policy_digest = digest;
                         if let Some(r) = &revision {
@@ -451,7 +506,7 @@ async fn reconcile_once(
                         }
                         *shared.jobs.write().await = Some(jobs::JobsState {
                             jobs: declared,
-                            desired: Arc::clone(&stacks),
+                            desired: Arc::clone(&stored),
                             revision: revision.as_ref().map(|r| r.sha.clone()),
                             state_dir: config.state_dir(),
                             credentials_dir: config.credentials_dir(),
@@ -461,9 +516,9 @@ async fn reconcile_once(
                             },
                         });
                         shared.jobs_changed.notify_one();
-                        state.last_good = Some((revision.clone(), Arc::clone(&stacks)));
+                        state.last_good = Some((revision.clone(), stored));
                         shared.status.write().await.applied_revision = revision;
-                        Some(stacks)
+                        Some(Desired::Fresh(stacks))
                     }
                     Ok(Err(e)) => {
                         let rev = revision
@@ -473,11 +528,17 @@ async fn reconcile_once(
                         errors.push(format!(
                             "revision {rev} does not load; keeping the last good revision: {e}"
                         ));
-                        state.last_good.as_ref().map(|(_, s)| s.clone())
+                        state
+                            .last_good
+                            .as_ref()
+                            .map(|(_, s)| Desired::Stored(s.clone()))
                     }
                     Err(e) => {
                         errors.push(format!("render task failed: {e}"));
-                        state.last_good.as_ref().map(|(_, s)| s.clone())
+                        state
+                            .last_good
+                            .as_ref()
+                            .map(|(_, s)| Desired::Stored(s.clone()))
                     }
                 }
             }
@@ -485,13 +546,17 @@ async fn reconcile_once(
         Err(e) => {
             state.source_failures += 1;
             errors.push(format!("source: {e}; keeping the last good revision"));
-            state.last_good.as_ref().map(|(_, s)| s.clone())
+            state
+                .last_good
+                .as_ref()
+                .map(|(_, s)| Desired::Stored(s.clone()))
         }
     };
+    state.mark("render", &mut phase);
     for e in &errors {
         error!("{e}");
     }
-    let Some(stacks) = desired else {
+    let Some(desired) = desired else {
         let mut st = shared.status.write().await;
         st.errors = errors;
         st.state = DaemonState::Degraded;
@@ -526,10 +591,24 @@ async fn reconcile_once(
         )
     {
         state.mode = "quiet";
+        state.mark("check", &mut phase);
         let mut st = shared.status.write().await;
         st.errors.clear();
         return true;
     }
+    // The objects are needed from here on: a stored revision is expanded for this run only.
+    let stacks = match desired {
+        Desired::Fresh(stacks) => stacks,
+        Desired::Stored(stored) => match stored.expand() {
+            Ok(stacks) => Arc::new(stacks),
+            Err(e) => {
+                let mut st = shared.status.write().await;
+                st.errors = vec![e.to_string()];
+                st.state = DaemonState::Degraded;
+                return false;
+            }
+        },
+    };
     // A new revision after a full reconcile, with the watches quiet since and the same policies:
     // only the objects whose desired state changed are read, dry-run, checked and waited for.
     let incremental = quiet_trigger
@@ -639,6 +718,7 @@ async fn reconcile_once(
             return false;
         }
     };
+    state.mark("cluster", &mut phase);
     if let Some(watch_client) = state.watch_client.clone() {
         ensure_watches(&watch_client, shared, state, &report, &stacks);
     }
@@ -652,6 +732,7 @@ async fn reconcile_once(
         &current_sha,
     )
     .await;
+    state.mark("record", &mut phase);
     if ok && let Some(sha) = revision_sha {
         state.last_full = Some((
             sha,

@@ -76,6 +76,11 @@ pub struct ReconcileSummary {
     /// new revision: only the objects whose desired state changed), or `full`.
     #[serde(default)]
     pub mode: String,
+    /// Wall time of each phase in milliseconds, in order: `fetch` (Git), `render` (load, render
+    /// and the policies of a new revision), `cluster` (plan, apply, prune, wait, hooks),
+    /// `record` (status, inventories of stacks that left, watches).
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
 }
 
 /// One stack.

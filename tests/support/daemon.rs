@@ -118,7 +118,14 @@ pub fn start_daemon_prepared(extra_spec: &str, prepare: impl FnOnce(&Path, &Path
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("WATCHDOG_PID")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // DRIFTLESS_TEST_DAEMON_LOG=<file> keeps the daemon's log (for looking into a test or a
+        // benchmark; DRIFTLESS_LOG sets its filter).
+        .stderr(match std::env::var_os("DRIFTLESS_TEST_DAEMON_LOG") {
+            Some(path) => std::fs::File::create(path)
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        })
         .spawn()
         .unwrap();
     Daemon {
