@@ -46,3 +46,28 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), Error> {
     };
     result.map_err(|_| Error::AlreadyInitialised)
 }
+
+/// Debug-level timing of the steps of a long operation (a reconcile, a revision's render): each
+/// `log` reports the time since the previous one (`DRIFTLESS_LOG=driftless=debug`).
+pub struct Lap<'a> {
+    scope: &'a str,
+    since: std::time::Instant,
+}
+
+impl<'a> Lap<'a> {
+    pub fn start(scope: &'a str) -> Lap<'a> {
+        Lap {
+            scope,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    pub fn log(&mut self, step: &str) {
+        tracing::debug!(
+            scope = self.scope,
+            ms = self.since.elapsed().as_millis() as u64,
+            "{step}"
+        );
+        self.since = std::time::Instant::now();
+    }
+}

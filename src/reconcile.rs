@@ -9,13 +9,14 @@ use futures::StreamExt;
 use kube::Client;
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::cluster::apply::{self, Conflict};
 use crate::cluster::discovery::Kinds;
 use crate::cluster::health::{self, HealthStatus, Watched};
 use crate::cluster::inventory::{self, Entry, Inventory};
 use crate::cluster::{self, Error as ClusterError};
+use crate::logging::Lap;
 use crate::plan::{self, Action, Observation, PruneCandidate, PruneSettings, StackPlan};
 use crate::stack::{DesiredObject, ObjectKey, RenderedStack};
 
@@ -974,30 +975,6 @@ impl StackContext<'_> {
             outcome.error = failure;
         }
         Ok(())
-    }
-}
-
-/// Debug-level timing of a reconcile's steps (`DRIFTLESS_LOG=driftless::reconcile=debug`).
-struct Lap<'a> {
-    scope: &'a str,
-    since: std::time::Instant,
-}
-
-impl<'a> Lap<'a> {
-    fn start(scope: &'a str) -> Lap<'a> {
-        Lap {
-            scope,
-            since: std::time::Instant::now(),
-        }
-    }
-
-    fn log(&mut self, step: &str) {
-        debug!(
-            scope = self.scope,
-            ms = self.since.elapsed().as_millis() as u64,
-            "{step}"
-        );
-        self.since = std::time::Instant::now();
     }
 }
 

@@ -39,7 +39,7 @@ pub fn load(
     renderers: &crate::stack::Renderers,
     cache: Option<&crate::yaml::ParseCache>,
 ) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
-    let t = std::time::Instant::now();
+    let mut lap = crate::logging::Lap::start("revision");
     let loaded = crate::stack::load_repo_with(
         root,
         profile,
@@ -47,13 +47,9 @@ pub fn load(
         renderers,
     )?;
     let jobs = crate::jobs::model::load_jobs(&loaded)?;
-    let read = t.elapsed();
+    lap.log("read the stacks and jobs");
     let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials_dir, false, cache)?;
-    tracing::debug!(
-        read_ms = read.as_millis() as u64,
-        render_ms = (t.elapsed() - read).as_millis() as u64,
-        "loaded and rendered the revision"
-    );
+    lap.log("rendered the stacks");
     Ok((stacks, jobs))
 }
 

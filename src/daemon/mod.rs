@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use secrecy::SecretString;
 use tokio::sync::{Notify, RwLock};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::HostConfig;
 use crate::reconcile::{self, Report};
@@ -395,6 +395,14 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// The last good revision as this run's desired state (what is reconciled while a newer one
+    /// fails to fetch or load).
+    fn last_good_desired(&self) -> Option<Desired> {
+        self.last_good
+            .as_ref()
+            .map(|(_, stored)| Desired::Stored(Arc::clone(stored)))
+    }
+
     /// Records the phase that ends now and starts the next.
     fn mark(&mut self, name: &str, since: &mut Instant) {
         self.phases
@@ -459,10 +467,7 @@ async fn reconcile_once(
             shared.status.write().await.revision = revision.clone();
             let unchanged = matches!((&state.last_good, &revision), (Some((Some(old), _)), Some(new)) if old.sha == new.sha);
             if unchanged {
-                state
-                    .last_good
-                    .as_ref()
-                    .map(|(_, s)| Desired::Stored(s.clone()))
+                state.last_good_desired()
             } else {
                 let profile = config.profile.clone();
                 let creds = credentials.clone();
@@ -478,15 +483,13 @@ async fn reconcile_once(
                         Some(&cache),
                     )
                     .map_err(|e| e.to_string())?;
-                    let t = Instant::now();
+                    let mut lap = crate::logging::Lap::start("revision");
                     let policies =
                         crate::policy::load_policies(&root, &stacks).map_err(|e| e.to_string())?;
                     let digest = policy_digest(&root);
+                    lap.log("loaded the policies");
                     let stored = crate::stack::StoredRevision::store(&stacks);
-                    debug!(
-                        ms = t.elapsed().as_millis() as u64,
-                        "loaded the policies and stored the revision"
-                    );
+                    lap.log("stored the revision");
                     Ok::<_, String>((stacks, stored, declared, (policies, digest)))
                 })
                 .await;
@@ -528,17 +531,11 @@ async fn reconcile_once(
                         errors.push(format!(
                             "revision {rev} does not load; keeping the last good revision: {e}"
                         ));
-                        state
-                            .last_good
-                            .as_ref()
-                            .map(|(_, s)| Desired::Stored(s.clone()))
+                        state.last_good_desired()
                     }
                     Err(e) => {
                         errors.push(format!("render task failed: {e}"));
-                        state
-                            .last_good
-                            .as_ref()
-                            .map(|(_, s)| Desired::Stored(s.clone()))
+                        state.last_good_desired()
                     }
                 }
             }
@@ -546,10 +543,7 @@ async fn reconcile_once(
         Err(e) => {
             state.source_failures += 1;
             errors.push(format!("source: {e}; keeping the last good revision"));
-            state
-                .last_good
-                .as_ref()
-                .map(|(_, s)| Desired::Stored(s.clone()))
+            state.last_good_desired()
         }
     };
     state.mark("render", &mut phase);
