@@ -233,6 +233,21 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The status once a run that started after the one `before` shows has been recorded (a run
+    /// applies its changes before it records itself: seeing a change is not seeing its run).
+    pub async fn next_run(&self, before: &serde_json::Value) -> serde_json::Value {
+        let started = before["lastReconcile"]["startedAt"].clone();
+        super::eventually(
+            "the next reconcile recorded",
+            Duration::from_secs(15),
+            || async {
+                let st = self.status().await;
+                (st["lastReconcile"]["startedAt"] != started).then_some(st)
+            },
+        )
+        .await
+    }
+
     /// Waits until no reconcile has started for `quiet`.
     pub async fn settle(&self, quiet: Duration) -> u64 {
         let mut last = self.reconciles().await;
