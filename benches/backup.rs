@@ -121,7 +121,7 @@ fn main() {
         let t = Instant::now();
         let inputs = backup::Inputs {
             cluster: None,
-            credentials_dir: Some(&creds),
+            credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
             state_dir: &state,
             revision: None,
         };

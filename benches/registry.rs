@@ -85,7 +85,7 @@ async fn main() {
     let inputs = Inputs {
         cluster: None,
         desired: &[],
-        credentials_dir: None,
+        credentials: &driftless::credentials::Credentials::default(),
         state_dir: state.path(),
     };
     for run in [

@@ -48,6 +48,9 @@ pub struct HostConfig {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub renderers: RenderersConfig,
+    /// Which credential files stacks and jobs may read (see `credentials`).
+    #[serde(default)]
+    pub credentials: crate::credentials::CredentialsConfig,
 }
 
 /// `renderers:`: the programs that render chart and Kustomize stacks.
@@ -319,6 +322,57 @@ impl HostConfig {
         self.instance
             .clone()
             .unwrap_or_else(|| crate::cluster::inventory::DEFAULT_INSTANCE.to_owned())
+    }
+
+    /// Every credential file (a plain name in the credentials directory) the host configuration
+    /// names for driftless's own use, with the field that names it. A stack or job may not read
+    /// these (see `credentials`).
+    pub fn own_credential_files(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |field: &str, file: &Option<String>| {
+            if let Some(f) = file {
+                out.push((field.to_owned(), f.clone()));
+            }
+        };
+        if let Some(git) = self.source.as_ref().and_then(|s| s.git.as_ref()) {
+            let a = &git.auth;
+            add("source.git.auth.tokenFile", &a.token_file);
+            add("source.git.auth.usernameFile", &a.username_file);
+            add("source.git.auth.passwordFile", &a.password_file);
+            add("source.git.auth.sshKeyFile", &a.ssh_key_file);
+        }
+        let d = &self.daemon;
+        add("daemon.statusTokenFile", &d.status_token_file);
+        for (provider, hook) in [
+            ("github", &d.webhooks.github),
+            ("gitlab", &d.webhooks.gitlab),
+            ("gitea", &d.webhooks.gitea),
+            ("generic", &d.webhooks.generic),
+        ] {
+            add(
+                &format!("daemon.webhooks.{provider}.secretFile"),
+                &hook.as_ref().map(|h| h.secret_file.clone()),
+            );
+        }
+        out
+    }
+
+    /// Paths the host configuration names for driftless's own use (kubeconfig, known_hosts):
+    /// when one lies in the credentials directory, stacks and jobs may not read it either.
+    pub fn own_credential_paths(&self) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        if let Some(k) = &self.cluster.kubeconfig {
+            out.push(("cluster.kubeconfig".to_owned(), k.clone()));
+        }
+        if let Some(k) = self
+            .source
+            .as_ref()
+            .and_then(|s| s.git.as_ref())
+            .and_then(|g| g.auth.known_hosts_file.clone())
+        {
+            out.push(("source.git.auth.knownHostsFile".to_owned(), k));
+        }
+        out
     }
 
     /// The credentials directory: the configured one, else `$CREDENTIALS_DIRECTORY`.

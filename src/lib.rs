@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod hooks;
 pub mod jobs;

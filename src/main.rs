@@ -183,14 +183,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     tracing::warn!("cluster: {e}");
                 }
                 let state_dir = config.state_dir();
-                let credentials = source
-                    .credentials_dir
-                    .clone()
-                    .or_else(|| config.credentials_dir());
+                let credentials = credentials_of(&config, &source);
                 let ctx = driftless::jobs::runner::Context {
                     cluster: client.as_ref().ok(),
                     desired: &d.stacks,
-                    credentials_dir: credentials.as_deref(),
+                    credentials: &credentials,
                     state_dir: &state_dir,
                     revision: d.revision.clone(),
                 };
@@ -222,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = HostConfig::load(&config_path, false)?;
             let source = command.source().clone();
             let d = load_desired(&config, &source, false)?;
-            let credentials = source.credentials_dir.or_else(|| config.credentials_dir());
+            let credentials = credentials_of(&config, &source);
             let text = runtime()?.block_on(async {
                 // Only a port-forward needs the cluster; it says so if missing.
                 let cluster = match &command {
@@ -234,12 +231,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         .await
                         .ok();
                 let (state_dir, jobs) = (config.state_dir(), &d.jobs);
-                let cred = credentials.as_deref();
                 driftless::jobs::backup::command::execute(
                     &command,
                     jobs,
                     client.as_ref(),
-                    cred,
+                    &credentials,
                     &state_dir,
                 )
                 .await
@@ -248,6 +244,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// The host's credentials: `--credentials-dir`, else the configured directory.
+fn credentials_of(config: &HostConfig, source: &SourceArgs) -> driftless::credentials::Credentials {
+    driftless::credentials::Credentials::from_config_with_dir(
+        config,
+        source
+            .credentials_dir
+            .clone()
+            .or_else(|| config.credentials_dir()),
+    )
 }
 
 /// What one revision declares.
@@ -270,10 +277,7 @@ fn load_desired(
     source: &SourceArgs,
     offline: bool,
 ) -> anyhow::Result<Desired> {
-    let credentials = source
-        .credentials_dir
-        .clone()
-        .or_else(|| config.credentials_dir());
+    let credentials = credentials_of(config, source);
     let mut revision = None;
     let root: PathBuf = match (&source.path, config.source.as_ref()) {
         (Some(p), _) => p.clone(),
@@ -282,7 +286,7 @@ fn load_desired(
             (None, Some(git)) => {
                 let source = driftless::source::GitSource::from_config(
                     git,
-                    credentials.as_deref(),
+                    &credentials,
                     &config.state_dir(),
                 )?;
                 let fetched = source.fetch(None)?;
@@ -306,7 +310,7 @@ fn load_desired(
         &config.renderers.renderers(),
     )?;
     let jobs = driftless::jobs::model::load_jobs(&loaded)?;
-    let (stacks, secrets_checked) = stack::render_loaded(&loaded, credentials.as_deref(), offline)?;
+    let (stacks, secrets_checked) = stack::render_loaded(&loaded, &credentials, offline)?;
     for name in &source.stacks {
         if !stacks.iter().any(|s| &s.name == name) {
             bail!("--stack {name}: no such stack (have: {})", names(&stacks));
@@ -369,12 +373,10 @@ async fn print_status(
     let mut request = reqwest::Client::new()
         .get(&url)
         .timeout(std::time::Duration::from_secs(10));
-    if let Some(file) = &config.daemon.status_token_file
-        && let Some(dir) = config.credentials_dir()
-    {
-        let token = std::fs::read_to_string(dir.join(file))
-            .with_context(|| format!("status token file {file}"))?;
-        request = request.bearer_auth(token.trim_end());
+    if let Some(file) = &config.daemon.status_token_file {
+        let token = driftless::credentials::Credentials::from_config(config)
+            .host_text("daemon.statusTokenFile", file)?;
+        request = request.bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
     }
     let response = request.send().await.with_context(|| {
         format!("cannot reach the daemon at {url} (is `driftless run` running?)")

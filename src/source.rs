@@ -21,11 +21,18 @@ pub enum Error {
     },
     #[error("git {url}: {reference} not found on the remote")]
     RefNotFound { url: String, reference: String },
-    #[error("git {url}: credentials file {path}: {message}")]
+    #[error("git {url}: {source}")]
     Credentials {
         url: String,
+        #[source]
+        source: crate::credentials::Error,
+    },
+    #[error("git {url}: known_hosts file {path}: {source}")]
+    KnownHosts {
+        url: String,
         path: PathBuf,
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "git {url}: an SSH remote needs auth.knownHostsFile: host keys are never accepted unchecked"
@@ -82,50 +89,39 @@ pub struct GitCredentials {
 }
 
 impl GitSource {
-    /// The source a host configuration describes. Credential files are read from
-    /// `credentials_dir` now; the mirror lives under `<state_dir>/git`.
+    /// The source a host configuration describes. Credential files are read through
+    /// `credentials` now (the host's own files); the mirror lives under `<state_dir>/git`.
     pub fn from_config(
         git: &crate::config::GitConfig,
-        credentials_dir: Option<&Path>,
+        credentials: &crate::credentials::Credentials,
         state_dir: &Path,
     ) -> Result<GitSource> {
-        let read = |file: &str| -> Result<String> {
-            let dir = credentials_dir.ok_or_else(|| Error::Credentials {
-                url: git.url.clone(),
-                path: PathBuf::from(file),
-                message:
-                    "source.git.auth names credential files but no credentials directory is set"
-                        .to_owned(),
-            })?;
-            let path = dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::Credentials {
-                url: git.url.clone(),
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            Ok(text.trim_end().to_owned())
+        let fail = |source: crate::credentials::Error| Error::Credentials {
+            url: git.url.clone(),
+            source,
+        };
+        let read = |field: &str, file: &str| -> Result<SecretString> {
+            credentials.host_text(field, file).map_err(fail)
         };
         let auth = &git.auth;
         let credentials = GitCredentials {
-            username: auth.username_file.as_deref().map(read).transpose()?,
-            password: auth
-                .token_file
+            username: auth
+                .username_file
                 .as_deref()
-                .or(auth.password_file.as_deref())
-                .map(read)
+                .map(|f| read("source.git.auth.usernameFile", f))
                 .transpose()?
-                .map(SecretString::from),
-            ssh_key: match (&auth.ssh_key_file, credentials_dir) {
-                (Some(f), Some(dir)) => Some(dir.join(f)),
-                (Some(f), None) => {
-                    return Err(Error::Credentials {
-                        url: git.url.clone(),
-                        path: PathBuf::from(f),
-                        message: "sshKeyFile needs a credentials directory".to_owned(),
-                    });
-                }
-                _ => None,
+                .map(|u| u.expose_secret().to_owned()),
+            password: match (&auth.token_file, &auth.password_file) {
+                (Some(f), _) => Some(read("source.git.auth.tokenFile", f)?),
+                (None, Some(f)) => Some(read("source.git.auth.passwordFile", f)?),
+                (None, None) => None,
             },
+            ssh_key: auth
+                .ssh_key_file
+                .as_deref()
+                .map(|f| credentials.host_path("source.git.auth.sshKeyFile", f))
+                .transpose()
+                .map_err(fail)?,
             known_hosts: auth.known_hosts_file.clone(),
         };
         let reference = GitRef::of(git);
@@ -272,11 +268,12 @@ impl GitSource {
                     .ok_or_else(|| Error::NoKnownHosts {
                         url: self.url.clone(),
                     })?;
-            let text = std::fs::read_to_string(&known_hosts).map_err(|e| Error::Credentials {
-                url: self.url.clone(),
-                path: known_hosts.clone(),
-                message: e.to_string(),
-            })?;
+            let text =
+                std::fs::read_to_string(&known_hosts).map_err(|source| Error::KnownHosts {
+                    url: self.url.clone(),
+                    path: known_hosts.clone(),
+                    source,
+                })?;
             callbacks.certificate_check(move |cert, host| {
                 let Some(hostkey) = cert.as_hostkey() else {
                     return Ok(CertificateCheckStatus::CertificatePassthrough);

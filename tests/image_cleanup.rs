@@ -417,7 +417,7 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
     let inputs = Inputs {
         cluster: None,
         desired: &[],
-        credentials_dir: None,
+        credentials: &driftless::credentials::Credentials::default(),
         state_dir: dir.path(),
     };
     let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
@@ -464,7 +464,14 @@ async fn a_tag_moved_after_planning_is_not_lost() {
             "rules": [{"repositories": repo, "keepLast": 1}]}),
     );
     let spec = image_cleanup::spec::parse(&job).unwrap();
-    let client = Arc::new(image_cleanup::client_for(&job, &spec, Some(&creds)).unwrap());
+    let client = Arc::new(
+        image_cleanup::client_for(
+            &job,
+            &spec,
+            &driftless::credentials::Credentials::in_dir(Some(creds.clone())),
+        )
+        .unwrap(),
+    );
     let mut report = image_cleanup::plan(
         &job,
         &spec,
@@ -583,7 +590,7 @@ async fn one_failing_repository_does_not_stop_the_others() {
     let inputs = Inputs {
         cluster: None,
         desired: &[],
-        credentials_dir: Some(&creds),
+        credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
         state_dir: dir.path(),
     };
     let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
@@ -683,7 +690,7 @@ async fn garbage_collect_post_step_frees_the_blobs() {
     let inputs = Inputs {
         cluster: None,
         desired: &[],
-        credentials_dir: None,
+        credentials: &driftless::credentials::Credentials::default(),
         state_dir: state.path(),
     };
     let report = image_cleanup::run(&job, &inputs, false).await.unwrap();

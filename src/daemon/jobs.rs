@@ -35,7 +35,7 @@ pub enum LoadError {
 pub fn load(
     root: &Path,
     profile: Option<&str>,
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
     renderers: &crate::stack::Renderers,
     cache: Option<&crate::yaml::ParseCache>,
 ) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
@@ -48,7 +48,7 @@ pub fn load(
     )?;
     let jobs = crate::jobs::model::load_jobs(&loaded)?;
     lap.log("read the stacks and jobs");
-    let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials_dir, false, cache)?;
+    let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials, false, cache)?;
     lap.log("rendered the stacks");
     Ok((stacks, jobs))
 }
@@ -62,7 +62,7 @@ pub struct JobsState {
     pub desired: Arc<crate::stack::StoredRevision>,
     pub revision: Option<String>,
     pub state_dir: PathBuf,
-    pub credentials_dir: Option<PathBuf>,
+    pub credentials: crate::credentials::Credentials,
     pub target: crate::cluster::Target,
 }
 
@@ -183,7 +183,7 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
     let ctx = runner::Context {
         cluster: client.as_ref().ok(),
         desired: &desired,
-        credentials_dir: state.credentials_dir.as_deref(),
+        credentials: &state.credentials,
         state_dir: &state.state_dir,
         revision: state.revision.clone(),
     };

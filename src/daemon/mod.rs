@@ -40,6 +40,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::Error),
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::Error),
 }
 
 /// What the HTTP endpoint needs from the daemon.
@@ -85,28 +87,23 @@ pub struct EndpointConfig {
 /// must not silently accept everything.
 pub fn endpoint_config(config: &HostConfig) -> Result<EndpointConfig, Error> {
     use crate::server::hooks::Provider;
-    let creds = config.credentials_dir();
+    let creds = crate::credentials::Credentials::from_config(config);
     let read = |file: &str, what: &str| -> Result<SecretString, Error> {
-        let dir = creds.as_ref().ok_or_else(|| {
-            Error::Invalid(format!(
-                "{what} names {file} but no credentials directory is set"
-            ))
-        })?;
-        let path = dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Invalid(format!("{what}: {}: {e}", path.display())))?;
-        Ok(SecretString::from(text.trim_end().to_owned()))
+        Ok(creds.host_text(what, file)?)
     };
     let d = &config.daemon;
     let mut webhook_secrets = Vec::new();
-    for (provider, secret) in [
-        (Provider::Github, &d.webhooks.github),
-        (Provider::Gitlab, &d.webhooks.gitlab),
-        (Provider::Gitea, &d.webhooks.gitea),
-        (Provider::Generic, &d.webhooks.generic),
+    for (provider, key, secret) in [
+        (Provider::Github, "github", &d.webhooks.github),
+        (Provider::Gitlab, "gitlab", &d.webhooks.gitlab),
+        (Provider::Gitea, "gitea", &d.webhooks.gitea),
+        (Provider::Generic, "generic", &d.webhooks.generic),
     ] {
         if let Some(s) = secret {
-            webhook_secrets.push((provider, read(&s.secret_file, "daemon.webhooks")?));
+            webhook_secrets.push((
+                provider,
+                read(&s.secret_file, &format!("daemon.webhooks.{key}.secretFile"))?,
+            ));
         }
     }
     let status_token = d
@@ -431,7 +428,7 @@ async fn reconcile_once(
     reason: &str,
 ) -> bool {
     let mut errors = Vec::new();
-    let credentials = config.credentials_dir();
+    let credentials = crate::credentials::Credentials::from_config(config);
     state.phases.clear();
     let mut phase = Instant::now();
     // Source.
@@ -444,8 +441,7 @@ async fn reconcile_once(
                     .as_ref()
                     .and_then(|(r, _)| r.as_ref())
                     .map(|r| r.sha.clone());
-                let source =
-                    GitSource::from_config(git, credentials.as_deref(), &config.state_dir());
+                let source = GitSource::from_config(git, &credentials, &config.state_dir());
                 let result = tokio::task::spawn_blocking(move || {
                     source.and_then(|s| s.fetch(previous.as_deref()))
                 })
@@ -475,14 +471,9 @@ async fn reconcile_once(
                 let cache = Arc::clone(&state.parse_cache);
                 let rendered = tokio::task::spawn_blocking(move || {
                     cache.begin();
-                    let (stacks, declared) = jobs::load(
-                        &root,
-                        profile.as_deref(),
-                        creds.as_deref(),
-                        &renderers,
-                        Some(&cache),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    let (stacks, declared) =
+                        jobs::load(&root, profile.as_deref(), &creds, &renderers, Some(&cache))
+                            .map_err(|e| e.to_string())?;
                     let mut lap = crate::logging::Lap::start("revision");
                     let policies =
                         crate::policy::load_policies(&root, &stacks).map_err(|e| e.to_string())?;
@@ -512,7 +503,7 @@ async fn reconcile_once(
                             desired: Arc::clone(&stored),
                             revision: revision.as_ref().map(|r| r.sha.clone()),
                             state_dir: config.state_dir(),
-                            credentials_dir: config.credentials_dir(),
+                            credentials: credentials.clone(),
                             target: crate::cluster::Target {
                                 kubeconfig: config.cluster.kubeconfig.clone(),
                                 context: config.cluster.context.clone(),

@@ -28,7 +28,7 @@ pub enum Error {
 pub struct Context<'a> {
     pub cluster: Option<&'a kube::Client>,
     pub desired: &'a [RenderedStack],
-    pub credentials_dir: Option<&'a Path>,
+    pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
     /// The revision the job definition comes from.
     pub revision: Option<String>,
@@ -73,7 +73,7 @@ pub async fn run(
             let inputs = image_cleanup::Inputs {
                 cluster: ctx.cluster,
                 desired: ctx.desired,
-                credentials_dir: ctx.credentials_dir,
+                credentials: ctx.credentials,
                 state_dir: ctx.state_dir,
             };
             match image_cleanup::run(job, &inputs, dry_run).await {
@@ -90,7 +90,7 @@ pub async fn run(
         "Backup" => {
             let inputs = backup::Inputs {
                 cluster: ctx.cluster,
-                credentials_dir: ctx.credentials_dir,
+                credentials: ctx.credentials,
                 state_dir: ctx.state_dir,
                 revision: ctx.revision.clone(),
             };

@@ -3,7 +3,7 @@
 //! This is the stack module's only I/O; rendering works on what this returns.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use secrecy::SecretSlice;
 
@@ -519,60 +519,71 @@ fn relative(root: &Path, path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_owned())
 }
 
-/// Reads the host files every stack's `spec.secrets` names from `credentials_dir`.
-/// File names must be plain names (no directories), as systemd's `LoadCredential=` gives them.
+/// Reads the host files every stack's `spec.secrets` names, through the repository's reader of
+/// the credentials (plain file names only; never the host's own files; `credentials.allow`).
 pub fn read_host_secrets(
     stacks: &[LoadedStack],
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
 ) -> Result<HostSecrets> {
     let mut secrets = HostSecrets::new();
     for stack in stacks {
-        for secret in &stack.spec.secrets {
-            let Some(dir) = credentials_dir else {
+        for (i, secret) in stack.spec.secrets.iter().enumerate() {
+            if !credentials.has_dir() {
                 return Err(Error::NoCredentialsDir {
                     stack: stack.name.clone(),
                 });
-            };
+            }
             for (key, file) in &secret.from_files {
-                let path = dir.join(file);
-                let fail = |problem: String| Error::HostSecret {
-                    stack: stack.name.clone(),
-                    secret: secret.name.clone(),
-                    key: key.clone(),
-                    path: path.clone(),
-                    problem,
-                };
-                let plain = Path::new(file).components().count() == 1
-                    && matches!(
-                        Path::new(file).components().next(),
-                        Some(Component::Normal(_))
-                    );
-                if !plain {
-                    return Err(fail(
-                        "must be a plain file name in the credentials directory".to_owned(),
-                    ));
-                }
+                let field = format!("spec.secrets[{i}].fromFiles.{key}");
                 if secrets.contains_key(file) {
+                    credentials
+                        .check_repository_name(&field, file)
+                        .map_err(|source| host_secret_error(stack, &secret.name, source))?;
                     continue;
                 }
-                let bytes =
-                    std::fs::read(&path).map_err(|e| fail(format!("cannot be read: {e}")))?;
-                secrets.insert(file.clone(), SecretSlice::from(bytes));
+                let bytes = credentials
+                    .repository_secret(&field, file)
+                    .map_err(|source| host_secret_error(stack, &secret.name, source))?;
+                secrets.insert(file.clone(), bytes);
             }
         }
     }
     Ok(secrets)
 }
 
+fn host_secret_error(
+    stack: &LoadedStack,
+    secret: &str,
+    source: crate::credentials::Error,
+) -> Error {
+    Error::HostSecret {
+        file: stack.file.clone(),
+        stack: stack.name.clone(),
+        secret: secret.to_owned(),
+        source,
+    }
+}
+
 /// Empty stand-ins for every host secret file, for offline validation where the host's
-/// credentials are not available (CI before merge): the render is checked, not the files.
-pub fn placeholder_host_secrets(stacks: &[LoadedStack]) -> HostSecrets {
-    stacks
-        .iter()
-        .flat_map(|s| &s.spec.secrets)
-        .flat_map(|secret| secret.from_files.values())
-        .map(|file| (file.clone(), SecretSlice::from(Vec::new())))
-        .collect()
+/// credentials are not available (CI before merge): the render is checked, not the files. The
+/// names are still checked as `credentials` would (plain names; the host's own files refused).
+pub fn placeholder_host_secrets(
+    stacks: &[LoadedStack],
+    credentials: &crate::credentials::Credentials,
+) -> Result<HostSecrets> {
+    let mut secrets = HostSecrets::new();
+    for stack in stacks {
+        for (i, secret) in stack.spec.secrets.iter().enumerate() {
+            for (key, file) in &secret.from_files {
+                let field = format!("spec.secrets[{i}].fromFiles.{key}");
+                credentials
+                    .check_repository_name(&field, file)
+                    .map_err(|source| host_secret_error(stack, &secret.name, source))?;
+                secrets.insert(file.clone(), SecretSlice::from(Vec::new()));
+            }
+        }
+    }
+    Ok(secrets)
 }
 
 /// RFC 1123 label: what Kubernetes accepts as a namespace or label-safe name.

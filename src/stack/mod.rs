@@ -94,13 +94,23 @@ pub enum Error {
         key: String,
         other: Place,
     },
-    #[error("stack {stack}: secret {secret:?} key {key:?}: host file {path} {problem}")]
+    #[error("{file}: stack {stack}: secret {secret:?}: {source}")]
     HostSecret {
+        file: PathBuf,
+        stack: String,
+        secret: String,
+        #[source]
+        source: crate::credentials::Error,
+    },
+    #[error(
+        "{file}: stack {stack}: secret {secret:?} key {key:?}: host file {credential:?} was not read from the credentials directory"
+    )]
+    HostSecretNotRead {
+        file: PathBuf,
         stack: String,
         secret: String,
         key: String,
-        path: PathBuf,
-        problem: String,
+        credential: String,
     },
     #[error(
         "stack {stack}: secrets come from host files but no credentials directory is set (systemd's $CREDENTIALS_DIRECTORY or `credentialsDir` in the host configuration)"
@@ -147,38 +157,40 @@ pub enum Error {
 }
 
 /// Loads and renders every stack of the checkout at `root` for `profile`. Host secrets are read
-/// from `credentials_dir`; with `placeholders` and no directory, empty stand-ins are used (offline
-/// validation). Returns the stacks in dependency order and whether host secrets were read.
+/// through `credentials`; with `placeholders` and no credentials directory, empty stand-ins are
+/// used (offline validation). Returns the stacks in dependency order and whether host secrets
+/// were read.
 pub fn load_and_render(
     root: &std::path::Path,
     profile: Option<&str>,
-    credentials_dir: Option<&std::path::Path>,
+    credentials: &crate::credentials::Credentials,
     placeholders: bool,
     renderers: &Renderers,
 ) -> Result<(Vec<RenderedStack>, bool)> {
     let loaded = load_repo_with(root, profile, LoadLimits::default(), renderers)?;
-    render_loaded(&loaded, credentials_dir, placeholders)
+    render_loaded(&loaded, credentials, placeholders)
 }
 
 /// Renders already loaded stacks, reading host secrets as `load_and_render` does.
 pub fn render_loaded(
     loaded: &[LoadedStack],
-    credentials_dir: Option<&std::path::Path>,
+    credentials: &crate::credentials::Credentials,
     placeholders: bool,
 ) -> Result<(Vec<RenderedStack>, bool)> {
-    render_loaded_with(loaded, credentials_dir, placeholders, None)
+    render_loaded_with(loaded, credentials, placeholders, None)
 }
 
 /// `render_loaded`, parsing through `cache` (see `yaml::ParseCache`).
 pub fn render_loaded_with(
     loaded: &[LoadedStack],
-    credentials_dir: Option<&std::path::Path>,
+    credentials: &crate::credentials::Credentials,
     placeholders: bool,
     cache: Option<&crate::yaml::ParseCache>,
 ) -> Result<(Vec<RenderedStack>, bool)> {
-    let (secrets, checked) = match (credentials_dir, placeholders) {
-        (None, true) => (placeholder_host_secrets(loaded), false),
-        (dir, _) => (read_host_secrets(loaded, dir)?, true),
+    let (secrets, checked) = if placeholders && !credentials.has_dir() {
+        (placeholder_host_secrets(loaded, credentials)?, false)
+    } else {
+        (read_host_secrets(loaded, credentials)?, true)
     };
     Ok((render::render_with(loaded, &secrets, cache)?, checked))
 }

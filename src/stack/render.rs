@@ -457,12 +457,12 @@ fn host_secret_object(
     let mut data = Map::new();
     for (key, file) in &spec.from_files {
         let Some(bytes) = secrets.get(file) else {
-            return Err(Error::HostSecret {
+            return Err(Error::HostSecretNotRead {
+                file: stack.file.clone(),
                 stack: stack.name.clone(),
                 secret: spec.name.clone(),
                 key: key.clone(),
-                path: file.into(),
-                problem: "was not read from the credentials directory".to_owned(),
+                credential: file.clone(),
             });
         };
         let encoded = base64::engine::general_purpose::STANDARD.encode(bytes.expose_secret());

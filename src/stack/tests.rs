@@ -25,7 +25,10 @@ fn render_repo(
     creds: Option<&Path>,
 ) -> Result<Vec<RenderedStack>> {
     let stacks = load_repo(root, profile, LoadLimits::default())?;
-    let secrets = read_host_secrets(&stacks, creds)?;
+    let secrets = read_host_secrets(
+        &stacks,
+        &crate::credentials::Credentials::in_dir(creds.map(Path::to_owned)),
+    )?;
     render(&stacks, &secrets)
 }
 
@@ -204,7 +207,9 @@ fn bad_input_gives_an_error_naming_the_place() {
         ("duplicate object", vec![("stack/s/a.yaml", cm.into()), ("stack/s/b.yaml", cm.into())], None, "ConfigMap/ns/c is also defined at stack/s/a.yaml"),
         ("duplicate across stacks", vec![("stack/s/a.yaml", cm.into()), ("stack/t/stack.yaml", base_stack.replace("name: s", "name: t")), ("stack/t/b.yaml", cm.into())], None, "is also defined at"),
         ("undefined variable", vec![("stack/s/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: '${NOPE}'}\n".into())], None, "stack/s/a.yaml:4: undefined variable ${NOPE}"),
-        ("missing host secret file", vec![("stack/s/stack.yaml", format!("{base_stack}  secrets: [{{name: x, fromFiles: {{k: no-such-file}}}}]\n").replace("spec: {namespace: ns}\n  secrets", "spec:\n  namespace: ns\n  secrets")), ("stack/s/a.yaml", cm.into())], None, "secret \"x\" key \"k\": host file"),
+        ("host secret file outside the credentials directory", vec![("stack/s/stack.yaml", format!("{base_stack}  secrets: [{{name: x, fromFiles: {{k: /etc/passwd}}}}]\n").replace("spec: {namespace: ns}\n  secrets", "spec:\n  namespace: ns\n  secrets")), ("stack/s/a.yaml", cm.into())], None, "must be a plain file name in the credentials directory"),
+        ("host secret file above the credentials directory", vec![("stack/s/stack.yaml", format!("{base_stack}  secrets: [{{name: x, fromFiles: {{k: ../x}}}}]\n").replace("spec: {namespace: ns}\n  secrets", "spec:\n  namespace: ns\n  secrets")), ("stack/s/a.yaml", cm.into())], None, "spec.secrets[0].fromFiles.k: \"../x\" must be a plain file name"),
+        ("missing host secret file", vec![("stack/s/stack.yaml", format!("{base_stack}  secrets: [{{name: x, fromFiles: {{k: no-such-file}}}}]\n").replace("spec: {namespace: ns}\n  secrets", "spec:\n  namespace: ns\n  secrets")), ("stack/s/a.yaml", cm.into())], None, "secret \"x\": spec.secrets[0].fromFiles.k: "),
         ("overlay targets nothing", vec![("stack/s/stack.yaml", "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec:\n  namespace: ns\n  profiles: {p: {overlays: [o]}}\n".into()), ("stack/s/a.yaml", cm.into()), ("stack/s/o/x.yaml", "apiVersion: driftless.dev/v1alpha1\nkind: Overlay\npatches: [{target: {kind: ConfigMap, name: typo}, merge: {data: {a: b}}}]\n".into())], Some("p"), "stack/s/o/x.yaml: overlay patch 1 targets ConfigMap/typo, which stack s does not render"),
         ("overlay patch fails", vec![("stack/s/stack.yaml", "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec:\n  namespace: ns\n  profiles: {p: {overlays: [o]}}\n".into()), ("stack/s/a.yaml", cm.into()), ("stack/s/o/x.yaml", "apiVersion: driftless.dev/v1alpha1\nkind: Overlay\npatches: [{target: {kind: ConfigMap, name: c}, json: [{op: remove, path: /spec/nothing}]}]\n".into())], Some("p"), "overlay patch 1 on ConfigMap/c"),
         ("unknown profile", vec![("stack/s/stack.yaml", "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec:\n  namespace: ns\n  profiles: {local: {}}\n".into()), ("stack/s/a.yaml", cm.into())], Some("prod"), "stack s: no profile \"prod\" (defined: local)"),

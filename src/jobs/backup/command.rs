@@ -21,7 +21,7 @@ pub async fn execute(
     command: &BackupCommand,
     jobs: &[Job],
     cluster: Option<&kube::Client>,
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
     state_dir: &Path,
 ) -> Result<String, Error> {
     let backup_jobs: Vec<&Job> = jobs.iter().filter(|j| j.kind == "Backup").collect();
@@ -51,7 +51,7 @@ pub async fn execute(
             };
             let mut all = Vec::new();
             for j in selected {
-                all.push(super::list(j, credentials_dir, cluster).await?);
+                all.push(super::list(j, credentials, cluster).await?);
             }
             Ok(match output {
                 OutputFormat::Json => format!("{:#}\n", serde_json::json!({ "jobs": all })),
@@ -106,7 +106,7 @@ pub async fn execute(
             };
             let inputs = Inputs {
                 cluster,
-                credentials_dir,
+                credentials,
                 state_dir,
                 revision: None,
             };

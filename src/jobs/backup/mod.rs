@@ -64,7 +64,7 @@ pub enum Error {
 /// What a run may use.
 pub struct Inputs<'a> {
     pub cluster: Option<&'a kube::Client>,
-    pub credentials_dir: Option<&'a Path>,
+    pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
     pub revision: Option<String>,
 }
@@ -260,7 +260,7 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
     let store = Store::open(
         &spec.destination,
         &job.name,
-        inputs.credentials_dir,
+        inputs.credentials,
         inputs.cluster,
     )
     .await
@@ -406,7 +406,7 @@ async fn take(
 ) -> Result<(Vec<store::FileEntry>, serde_json::Value), String> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials_dir)
+            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
                 .await
                 .map_err(|e| format!("postgres {}: {e}", pg.database))?;
             postgres::dump(&conn, pg, store, id)
@@ -414,14 +414,10 @@ async fn take(
                 .map_err(|e| format!("postgres {} at {}: {e}", pg.database, conn.described))
         }
         Source::S3(loc) => {
-            let source = Store::s3_location(
-                loc,
-                "spec.source.s3",
-                inputs.credentials_dir,
-                inputs.cluster,
-            )
-            .await
-            .map_err(|e| format!("source: {e}"))?;
+            let source =
+                Store::s3_location(loc, "spec.source.s3", inputs.credentials, inputs.cluster)
+                    .await
+                    .map_err(|e| format!("source: {e}"))?;
             let files = s3::mirror(&source, store, id)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -447,7 +443,7 @@ async fn drill(
 ) -> Result<serde_json::Value, String> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials_dir)
+            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
                 .await
                 .map_err(|e| e.to_string())?;
             postgres::drill(&conn, pg, store, manifest, &scratch_dir(inputs.state_dir))
@@ -460,7 +456,7 @@ async fn drill(
             let scratch = Store::open(
                 &spec.destination,
                 &format!("{}.drill", manifest.job),
-                inputs.credentials_dir,
+                inputs.credentials,
                 inputs.cluster,
             )
             .await
@@ -500,11 +496,11 @@ pub struct ListedBackup {
 /// Lists the backups of a Backup job (complete ones, oldest first).
 pub async fn list(
     job: &Job,
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
     cluster: Option<&kube::Client>,
 ) -> Result<JobBackups, Error> {
     let spec = spec::parse(job)?;
-    let store = Store::open(&spec.destination, &job.name, credentials_dir, cluster)
+    let store = Store::open(&spec.destination, &job.name, credentials, cluster)
         .await
         .map_err(|source| Error::Destination {
             job: job.name.clone(),
@@ -563,7 +559,7 @@ pub async fn restore(
     let store = Store::open(
         &spec.destination,
         &job.name,
-        inputs.credentials_dir,
+        inputs.credentials,
         inputs.cluster,
     )
     .await
@@ -586,7 +582,7 @@ pub async fn restore(
     };
     let detail = match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials_dir)
+            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             let database = target
@@ -620,14 +616,10 @@ pub async fn restore(
             if let Some(p) = &target.prefix {
                 to.prefix = p.clone();
             }
-            let target_store = Store::s3_location(
-                &to,
-                "spec.source.s3",
-                inputs.credentials_dir,
-                inputs.cluster,
-            )
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            let target_store =
+                Store::s3_location(&to, "spec.source.s3", inputs.credentials, inputs.cluster)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
             s3::restore(&store, &manifest, &target_store, target.force)
                 .await
                 .map_err(|e| fail(e.to_string()))?

@@ -83,12 +83,12 @@ impl Connection {
     pub async fn open(
         pg: &Postgres,
         cluster: Option<&kube::Client>,
-        credentials_dir: Option<&Path>,
+        credentials: &crate::credentials::Credentials,
     ) -> Result<Connection> {
         let password = pg
             .password_file
             .as_deref()
-            .map(|f| store::read_secret(credentials_dir, "spec.source.postgres.passwordFile", f))
+            .map(|f| store::read_secret(credentials, "spec.source.postgres.passwordFile", f))
             .transpose()?;
         let (host, port, forward, described) = match &pg.port_forward {
             Some(t) => {

@@ -274,6 +274,10 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
                 check_pod_target(t, 5432)
                     .map_err(|m| fail(format!("spec.source.postgres.portForward: {m}")))?;
             }
+            if let Some(f) = &p.password_file {
+                plain_credential(f)
+                    .map_err(|m| fail(format!("spec.source.postgres.passwordFile: {m}")))?;
+            }
             for (field, v) in [("database", &p.database), ("username", &p.username)] {
                 if v.is_empty() || v.starts_with('-') {
                     return Err(fail(format!(
@@ -430,7 +434,26 @@ fn check_s3(s: &mut S3Location) -> Result<(), String> {
     if s.access_key_file.is_some() != s.secret_key_file.is_some() {
         return Err("give both accessKeyFile and secretKeyFile, or neither".to_owned());
     }
+    for (field, file) in [
+        ("accessKeyFile", &s.access_key_file),
+        ("secretKeyFile", &s.secret_key_file),
+    ] {
+        if let Some(f) = file {
+            plain_credential(f).map_err(|m| format!("{field}: {m}"))?;
+        }
+    }
     Ok(())
+}
+
+/// A credential file a job names must be a plain file name in the credentials directory (see
+/// `credentials`): checked when the job is loaded, so `validate` refuses `/etc/...` or `../x`.
+pub(crate) fn plain_credential(file: &str) -> Result<(), String> {
+    match crate::credentials::plain_name(file) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{file:?} must be a plain file name in the credentials directory (no directory part, no '..', not absolute)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +531,30 @@ mod tests {
             err.contains("spec.source.s3: give endpoint or portForward, not both"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn credential_files_are_plain_names() {
+        for (spec, want) in [
+            (
+                json!({"postgres": {"database": "app", "username": "app", "passwordFile": "/etc/driftless/kubeconfig"}}),
+                "spec.source.postgres.passwordFile: \"/etc/driftless/kubeconfig\" must be a plain file name",
+            ),
+            (
+                json!({"s3": {"bucket": "b", "endpoint": "http://h:9000", "accessKeyFile": "../../git-token", "secretKeyFile": "s"}}),
+                "spec.source.s3: accessKeyFile: \"../../git-token\" must be a plain file name",
+            ),
+        ] {
+            let err = parse(&job(json!({
+                "schedule": "@daily",
+                "source": spec,
+                "destination": {"local": {"path": "/b"}},
+                "retention": {"keepLast": 1},
+            })))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

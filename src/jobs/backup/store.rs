@@ -9,7 +9,7 @@
 //! the next run ([`Store::remove`] deletes the manifest first, so a removal cut short leaves an
 //! incomplete backup, never a complete one with files missing).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -57,8 +57,8 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
-    #[error("{field}: {message}")]
-    Credentials { field: String, message: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::Error),
     #[error("{field}: {source}")]
     Forward {
         field: String,
@@ -164,21 +164,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Reads a credential file of the credentials directory, wrapped.
+/// Reads a credential file the job names, wrapped (see `credentials`).
 pub fn read_secret(
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
     field: &str,
     file: &str,
 ) -> Result<SecretString> {
-    let text = crate::jobs::read_credential(credentials_dir, file).map_err(|message| {
-        Error::Credentials {
-            field: field.to_owned(),
-            message,
-        }
-    })?;
-    Ok(SecretString::from(
-        text.trim_end_matches(['\n', '\r']).to_owned(),
-    ))
+    Ok(credentials.repository_text(field, file)?)
 }
 
 impl Store {
@@ -186,7 +178,7 @@ impl Store {
     pub async fn open(
         dest: &Destination,
         job: &str,
-        credentials_dir: Option<&Path>,
+        credentials: &crate::credentials::Credentials,
         cluster: Option<&kube::Client>,
     ) -> Result<Store> {
         match dest {
@@ -212,8 +204,7 @@ impl Store {
                 })
             }
             Destination::S3(s) => {
-                let (inner, forward) =
-                    s3(s, "spec.destination.s3", credentials_dir, cluster).await?;
+                let (inner, forward) = s3(s, "spec.destination.s3", credentials, cluster).await?;
                 let prefix = s.clean_prefix();
                 let root = if prefix.is_empty() {
                     job.to_owned()
@@ -235,11 +226,11 @@ impl Store {
     pub async fn s3_location(
         s: &S3Location,
         field: &str,
-        credentials_dir: Option<&Path>,
+        credentials: &crate::credentials::Credentials,
         cluster: Option<&kube::Client>,
     ) -> Result<Store> {
         let root = s.clean_prefix();
-        let (inner, forward) = s3(s, field, credentials_dir, cluster).await?;
+        let (inner, forward) = s3(s, field, credentials, cluster).await?;
         Ok(Store {
             inner,
             name: format!("s3://{}/{root}", s.bucket),
@@ -603,7 +594,7 @@ pub fn join(a: &str, b: &str) -> String {
 async fn s3(
     s: &S3Location,
     field: &str,
-    credentials_dir: Option<&Path>,
+    credentials: &crate::credentials::Credentials,
     cluster: Option<&kube::Client>,
 ) -> Result<(Arc<dyn ObjectStore>, Option<Arc<super::pod::Forward>>)> {
     let mut b = object_store::aws::AmazonS3Builder::new()
@@ -626,8 +617,8 @@ async fn s3(
         b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
     }
     if let (Some(a), Some(k)) = (&s.access_key_file, &s.secret_key_file) {
-        let access = read_secret(credentials_dir, &format!("{field}.accessKeyFile"), a)?;
-        let secret = read_secret(credentials_dir, &format!("{field}.secretKeyFile"), k)?;
+        let access = read_secret(credentials, &format!("{field}.accessKeyFile"), a)?;
+        let secret = read_secret(credentials, &format!("{field}.secretKeyFile"), k)?;
         // Exposed only to hand them to the client that signs requests with them.
         b = b
             .with_access_key_id(access.expose_secret())

@@ -36,11 +36,11 @@ use spec::{Mode, Spec};
 pub enum Error {
     #[error(transparent)]
     Spec(#[from] spec::Error),
-    #[error("ImageCleanup {job}: {field}: {message}")]
+    #[error("ImageCleanup {job}: {source}")]
     Credentials {
         job: String,
-        field: &'static str,
-        message: String,
+        #[source]
+        source: crate::credentials::Error,
     },
     #[error("ImageCleanup {job}: {source}")]
     Registry {
@@ -60,7 +60,8 @@ pub struct Inputs<'a> {
     pub cluster: Option<&'a kube::Client>,
     /// The revision's desired state.
     pub desired: &'a [RenderedStack],
-    pub credentials_dir: Option<&'a Path>,
+    /// The host's credentials, read as the repository's (`credentials`).
+    pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
 }
 
@@ -348,7 +349,7 @@ fn known_path(state_dir: &Path, job: &str) -> std::path::PathBuf {
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
 pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
     let spec = spec::parse(job)?;
-    let client = Arc::new(client_for(job, &spec, inputs.credentials_dir)?);
+    let client = Arc::new(client_for(job, &spec, inputs.credentials)?);
     let uses = protections(job, &spec, inputs).await?;
     let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
     if spec.mode == Mode::Enforce && !dry_run {
@@ -371,20 +372,26 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
 }
 
 /// A registry client with the spec's credentials, read from the credentials directory.
-pub fn client_for(job: &Job, spec: &Spec, credentials_dir: Option<&Path>) -> Result<Client, Error> {
-    let read = |field: &'static str, file: &str| -> Result<String, Error> {
-        crate::jobs::read_credential(credentials_dir, file)
-            .map(|t| t.trim_end().to_owned())
-            .map_err(|message| Error::Credentials {
+pub fn client_for(
+    job: &Job,
+    spec: &Spec,
+    credentials: &crate::credentials::Credentials,
+) -> Result<Client, Error> {
+    let read = |field: &'static str, file: &str| -> Result<secrecy::SecretString, Error> {
+        credentials
+            .repository_text(field, file)
+            .map_err(|source| Error::Credentials {
                 job: job.name.clone(),
-                field,
-                message,
+                source,
             })
     };
     let credentials = match (&spec.username_file, &spec.password_file) {
         (Some(u), Some(p)) => registry::Credentials {
-            username: Some(read("spec.registry.usernameFile", u)?),
-            password: Some(read("spec.registry.passwordFile", p)?.into()),
+            username: Some(
+                secrecy::ExposeSecret::expose_secret(&read("spec.registry.usernameFile", u)?)
+                    .to_owned(),
+            ),
+            password: Some(read("spec.registry.passwordFile", p)?),
         },
         _ => registry::Credentials::default(),
     };

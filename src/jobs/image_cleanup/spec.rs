@@ -204,6 +204,15 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
             "spec.registry: give both usernameFile and passwordFile, or neither".to_owned(),
         ));
     }
+    for (field, file) in [
+        ("usernameFile", &raw.registry.username_file),
+        ("passwordFile", &raw.registry.password_file),
+    ] {
+        if let Some(f) = file {
+            crate::jobs::backup::spec::plain_credential(f)
+                .map_err(|m| fail(format!("spec.registry.{field}: {m}")))?;
+        }
+    }
     if raw.rules.is_empty() {
         return Err(fail(
             "spec.rules: at least one rule is needed (a repository no rule matches is left alone)"
@@ -329,6 +338,10 @@ mod tests {
             (
                 json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": []}),
                 "spec.rules: at least one rule",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r", "usernameFile": "u", "passwordFile": "/etc/driftless/kubeconfig"}, "rules": [{"repositories": "**", "keepLast": 1}]}),
+                "spec.registry.passwordFile: \"/etc/driftless/kubeconfig\" must be a plain file name",
             ),
             (
                 json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**"}]}),
