@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod health_checks;
 pub mod hooks;
 pub mod jobs;
 pub mod logging;
