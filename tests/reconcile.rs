@@ -674,7 +674,13 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
             "missing host secret",
             "stack/app/stack.yaml",
             format!("{STACK}  secrets: [{{name: s, fromFiles: {{k: absent-file}}}}]\n"),
-            "host file",
+            "secret \"s\": spec.secrets[0].fromFiles.k: ",
+        ),
+        (
+            "host secret outside the credentials directory",
+            "stack/app/stack.yaml",
+            format!("{STACK}  secrets: [{{name: s, fromFiles: {{k: /etc/hostname}}}}]\n"),
+            "\"/etc/hostname\" must be a plain file name in the credentials directory",
         ),
         (
             "overlay targets nothing",
