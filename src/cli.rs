@@ -157,6 +157,31 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Write a starter stack repository into DIR (empty or absent): one stack with a profile,
+    /// the shipped policies, commented job examples.
+    Init {
+        /// Directory to write (created when absent; refused when not empty).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh or fish) on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff) on standard output, or write one page per subcommand.
+    Man {
+        /// Write `driftless.1` and `driftless-<subcommand>.1` pages into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Shells `driftless completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `driftless jobs …`
@@ -282,6 +307,9 @@ impl Command {
             Command::Backup {
                 command: BackupCommand::Restore { .. },
             } => "backup restore",
+            Command::Init { .. } => "init",
+            Command::Completions { .. } => "completions",
+            Command::Man { .. } => "man",
         }
     }
 }
@@ -330,6 +358,9 @@ mod tests {
                 &["driftless", "backup", "restore", "pg", "20260101T000000Z"],
                 "backup restore",
             ),
+            (&["driftless", "init", "repo"], "init"),
+            (&["driftless", "completions", "zsh"], "completions"),
+            (&["driftless", "man"], "man"),
         ];
         for (argv, name) in cases {
             let cli = Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));

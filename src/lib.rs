@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod health_checks;
 pub mod hooks;
+pub mod init;
 pub mod jobs;
 pub mod logging;
 pub mod output;

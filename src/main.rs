@@ -257,6 +257,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             emit(&text);
             Ok(EXIT_OK)
         }
+        Command::Init { dir } => {
+            let written = driftless::init::write_starter(&dir)?;
+            emit(&format!(
+                "wrote a starter stack repository to {} ({} files)\n\n{}",
+                dir.display(),
+                written.len(),
+                driftless::init::next_steps(&dir)
+            ));
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                driftless::cli::Shell::Bash => clap_complete::Shell::Bash,
+                driftless::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+                driftless::cli::Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "driftless", &mut out);
+            emit(&String::from_utf8_lossy(&out));
+            Ok(EXIT_OK)
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages to {}", dir.display()))?;
+            Ok(EXIT_OK)
+        }
+        Command::Man { out_dir: None } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("cannot render the manual page")?;
+            emit(&String::from_utf8_lossy(&out));
+            Ok(EXIT_OK)
+        }
     }
 }
 
