@@ -2,6 +2,7 @@
 //! and its dry-run, the inventory, prune and health. Decisions are made in `plan`; this module
 //! observes and carries them out.
 
+pub mod access;
 pub mod apply;
 pub mod discovery;
 pub mod health;
