@@ -64,6 +64,15 @@ impl Entry {
         }
     }
 
+    /// What this record says about the object's last apply.
+    pub fn last_apply(&self) -> crate::plan::unchanged::LastApply<'_> {
+        crate::plan::unchanged::LastApply {
+            hash: self.hash.as_deref(),
+            resource_version: self.resource_version.as_deref(),
+            generation: self.generation,
+        }
+    }
+
     /// A new entry without apply records.
     pub fn new(key: &ObjectKey, api_version: &str) -> Entry {
         Entry {

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod health;
 pub mod inventory;
 pub mod live;
+pub mod wait;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ pub enum Error {
         api_version: String,
         kind: String,
     },
+    #[error(
+        "{place}: {kind} is namespaced: give it metadata.namespace or set the stack's spec.namespace"
+    )]
+    NoNamespace { place: String, kind: String },
     #[error("{object}: {action} failed: {message}{hint}")]
     Request {
         object: String,
@@ -47,6 +52,12 @@ pub enum Error {
     Conflict { object: String, conflicts: String },
     #[error("inventory {name}: {message}")]
     Inventory { name: String, message: String },
+    #[error("{object}: still exists {seconds}s after its deletion {purpose} (a finalizer?)")]
+    StillExists {
+        object: String,
+        purpose: &'static str,
+        seconds: u64,
+    },
     #[error("CRD {name} did not become Established within {seconds}s")]
     CrdNotEstablished { name: String, seconds: u64 },
 }

@@ -12,9 +12,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::cluster::Error as ClusterError;
-use crate::cluster::apply;
 use crate::cluster::discovery::Kinds;
 use crate::cluster::inventory::{self, HookRecord, Inventory};
+use crate::cluster::{apply, wait};
 use crate::stack::RenderedHook;
 use crate::stack::model::HookDeletePolicy;
 
@@ -144,7 +144,7 @@ pub async fn run_post_sync(
         let start = Instant::now();
         // A Job's pod template is immutable: a previous run's Job is replaced, never patched.
         if apply::delete(&api, &hook.job.key.name, &what).await? {
-            wait_gone(&api, &hook.job.key.name, &what).await?;
+            wait::gone(&api, &hook.job.key.name, &what, "to run its hook again").await?;
         }
         apply::apply(&api, &hook.job, true, false).await?;
         let result = wait_finished(&api, &hook.job.key.name, &what, hook.spec.timeout).await?;
@@ -241,26 +241,6 @@ fn job_verdict(job: &Value) -> Option<Result<(), String>> {
         ("", message) => format!("the Job failed: {message}"),
         (reason, message) => format!("the Job failed ({reason}): {message}"),
     }))
-}
-
-async fn wait_gone(
-    api: &kube::Api<kube::api::DynamicObject>,
-    name: &str,
-    what: &str,
-) -> Result<(), ClusterError> {
-    let start = Instant::now();
-    while apply::get(api, name, what).await?.is_some() {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(ClusterError::Inventory {
-                name: what.to_owned(),
-                message:
-                    "the previous run's Job still exists 120s after its deletion (a finalizer?)"
-                        .to_owned(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
