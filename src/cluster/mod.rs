@@ -58,6 +58,12 @@ pub enum Error {
         purpose: &'static str,
         seconds: u64,
     },
+    #[error("{object}: {action} refused: {reason}")]
+    Refused {
+        object: String,
+        action: &'static str,
+        reason: String,
+    },
     #[error("CRD {name} did not become Established within {seconds}s")]
     CrdNotEstablished { name: String, seconds: u64 },
 }

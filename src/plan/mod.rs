@@ -4,10 +4,12 @@
 
 pub mod normalize;
 pub mod order;
+pub mod ownership;
 pub mod prune;
 pub mod recreate;
 pub mod unchanged;
 
+pub use ownership::Owner;
 pub use prune::{PRUNE_ANNOTATION, PruneCandidate, PruneSettings};
 
 use std::fmt::Write as _;
@@ -87,12 +89,37 @@ impl StackPlan {
         let n = |a| self.changes.iter().filter(|c| c.action == a).count();
         (n(Action::Create), n(Action::Update), n(Action::Prune))
     }
+
+    /// Refuses every prune of the plan (mass-prune gate): they become kept objects.
+    pub fn refuse_prunes(&mut self, message: &str) {
+        let (prunes, rest): (Vec<PlannedChange>, Vec<PlannedChange>) = self
+            .changes
+            .drain(..)
+            .partition(|c| c.action == Action::Prune);
+        self.changes = rest;
+        self.kept.extend(prunes.into_iter().map(|c| KeptObject {
+            key: c.key,
+            reason: "mass-prune gate".to_owned(),
+        }));
+        self.prune_refused = Some(message.to_owned());
+    }
+
+    /// Moves one planned prune to the kept objects (found not deletable when its turn came).
+    pub fn keep_instead(&mut self, key: &ObjectKey, reason: String) {
+        self.changes
+            .retain(|c| !(c.action == Action::Prune && &c.key == key));
+        self.kept.push(KeptObject {
+            key: key.clone(),
+            reason,
+        });
+    }
 }
 
-/// Plans one stack. `observations` come in the stack's object order; `inventory_len` is the size
-/// of the stack's recorded inventory (the base of the mass-prune share).
+/// Plans one stack of `owner`. `observations` come in the stack's object order; `inventory_len`
+/// is the size of the stack's recorded inventory (the base of the mass-prune share). A candidate
+/// that is not `owner`'s (its live labels and mark) is kept, never pruned.
 pub fn plan_stack(
-    stack: &str,
+    owner: Owner<'_>,
     observations: &[Observation],
     candidates: &[PruneCandidate],
     inventory_len: usize,
@@ -104,7 +131,7 @@ pub fn plan_stack(
     let mut kept = Vec::new();
     let mut prunes = Vec::new();
     for c in candidates {
-        match prune::keep_reason(c, prune) {
+        match prune::keep_reason(c, owner, prune) {
             Some(reason) => kept.push(KeptObject {
                 key: c.key.clone(),
                 reason,
@@ -113,7 +140,13 @@ pub fn plan_stack(
         }
     }
     let mut prune_refused = None;
-    if let Some(message) = prune::gate(stack, prunes.len(), inventory_len, prune) {
+    let stack = owner.stack;
+    if let Some(message) = prune::gate(
+        &format!("stack {stack}"),
+        prunes.len(),
+        inventory_len,
+        prune,
+    ) {
         kept.extend(prunes.drain(..).map(|c| KeptObject {
             key: c.key.clone(),
             reason: "mass-prune gate".to_owned(),

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::StackPlan;
+use super::ownership::{self, Owner, Role};
 use crate::stack::ObjectKey;
 
 /// Annotation that keeps an object from ever being pruned.
@@ -66,12 +68,20 @@ pub fn handed_over(
     !own.contains(key) && desired.contains(key)
 }
 
-/// Why a candidate stays, or `None` when it is pruned.
-pub(super) fn keep_reason(c: &PruneCandidate, prune: PruneSettings) -> Option<String> {
+/// Why a candidate stays, or `None` when it is pruned (an object already gone is pruned from
+/// the record only).
+pub(super) fn keep_reason(
+    c: &PruneCandidate,
+    owner: Owner<'_>,
+    prune: PruneSettings,
+) -> Option<String> {
     if !prune.enabled {
         return Some("prune is disabled for this stack".to_owned());
     }
     let live = c.live.as_ref()?;
+    if let Err(reason) = ownership::check(live, owner, Role::Object) {
+        return Some(reason);
+    }
     let annotation = live
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(PRUNE_ANNOTATION))
@@ -91,9 +101,9 @@ pub(super) fn keep_reason(c: &PruneCandidate, prune: PruneSettings) -> Option<St
 }
 
 /// The mass-prune gate: the refusal message when `prunes` of `inventory_len` recorded objects
-/// is more than one object and more than the allowed share.
+/// is more than one object and more than the allowed share; `what` names the stack(s).
 pub(super) fn gate(
-    stack: &str,
+    what: &str,
     prunes: usize,
     inventory_len: usize,
     prune: PruneSettings,
@@ -105,12 +115,72 @@ pub(super) fn gate(
     };
     (prunes > 1 && share > prune.max_share && !prune.allow_mass_prune).then(|| {
         format!(
-            "stack {stack}: refusing to prune {prunes} of {inventory_len} objects ({:.0} % > {:.0} %); \
+            "{what}: refusing to prune {prunes} of {inventory_len} objects ({:.0} % > {:.0} %); \
              check the commit, then run with --allow-mass-prune (or set allowMassPrune) if it is intended",
             share * 100.0,
             prune.max_share * 100.0
         )
     })
+}
+
+/// The mass-prune gate over the stacks that leave the revision together: their prunes count
+/// together against their recorded objects together (`recorded`), so that many single-object
+/// stacks are no easier to remove than one large one. When refused, no plan prunes anything.
+pub fn gate_together(plans: &mut [StackPlan], recorded: usize, prune: PruneSettings) {
+    let prunes = plans.iter().map(|p| p.counts().2).sum();
+    let names: Vec<&str> = plans.iter().map(|p| p.stack.as_str()).collect();
+    let what = match names.as_slice() {
+        [one] => format!("stack {one} (no longer in the revision)"),
+        many => format!("stacks {} (no longer in the revision)", many.join(", ")),
+    };
+    if let Some(message) = gate(&what, prunes, recorded, prune) {
+        for plan in plans {
+            plan.refuse_prunes(&message);
+        }
+    }
+}
+
+/// What happens to a stack whose record remains but which left the revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Every recorded object now belongs to other stacks (a rename): the record goes, nothing
+    /// is deleted.
+    HandOver,
+    /// Its objects are pruned (behind the same gates as any prune), then its record goes.
+    Remove,
+    /// Nothing is done; why.
+    Keep(String),
+}
+
+/// Decides about a stack that left the revision. `recorded_source` is the source its record
+/// was written from (`None`: a record of an older driftless), `run_source` the source this run
+/// read, `permitted` whether this run may remove stacks (`--prune-removed-stacks`, or the
+/// daemon with a revision fetched from its configured source).
+pub fn removal(
+    all_handed_over: bool,
+    recorded_source: Option<&str>,
+    run_source: Option<&str>,
+    permitted: bool,
+) -> Removal {
+    if all_handed_over {
+        return Removal::HandOver;
+    }
+    if !permitted {
+        return Removal::Keep(
+            "it is no longer in the revision; removing a stack from the command line needs --prune-removed-stacks"
+                .to_owned(),
+        );
+    }
+    match (recorded_source, run_source) {
+        (None, _) => Removal::Remove,
+        (Some(recorded), Some(run)) if recorded == run => Removal::Remove,
+        (Some(recorded), Some(run)) => Removal::Keep(format!(
+            "it was applied from {recorded}, and this run reads {run}: only a run from {recorded} removes it"
+        )),
+        (Some(recorded), None) => Removal::Keep(format!(
+            "it was applied from {recorded}, and this run's source is unknown"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -157,12 +227,12 @@ mod tests {
         ];
         for (prunes, of, settings, refused) in cases {
             assert_eq!(
-                gate("s", prunes, of, settings).is_some(),
+                gate("stack s", prunes, of, settings).is_some(),
                 refused,
                 "{prunes} of {of}"
             );
         }
-        let msg = gate("s", 2, 3, on).unwrap_or_default();
+        let msg = gate("stack s", 2, 3, on).unwrap_or_default();
         assert!(
             msg.contains("refusing to prune 2 of 3 objects (67 % > 50 %)"),
             "{msg}"

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use super::ownership::INSTANCE_ANNOTATION;
+
 /// What the inventory recorded about an object's last successful apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LastApply<'a> {
@@ -34,16 +36,22 @@ pub fn skip_unread(
 }
 
 /// Whether an object needs no dry-run: the desired object is the one last applied, and the live
-/// object is still as driftless left it. For kinds with a `generation` (bumped by spec changes,
-/// not by status writes): the generation recorded after the apply, plus every label and
-/// annotation driftless sets; otherwise the exact resourceVersion.
+/// object is still as driftless left it, `instance`'s mark included. For kinds with a
+/// `generation` (bumped by spec changes, not by status writes): the generation recorded after the
+/// apply, plus every label and annotation driftless sets; otherwise the exact resourceVersion.
 pub fn unchanged_since_apply(
     last: &LastApply<'_>,
     desired_hash: Option<&str>,
     live: &Value,
     desired: &Value,
+    instance: &str,
 ) -> bool {
-    if !last.same_desired(desired_hash) {
+    let marked = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(INSTANCE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some(instance);
+    if !last.same_desired(desired_hash) || !marked {
         return false;
     }
     let live_generation = live.pointer("/metadata/generation").and_then(Value::as_i64);
@@ -112,7 +120,10 @@ mod tests {
     fn unchanged_since_apply_by_generation_or_resource_version() {
         let desired = json!({"metadata": {"name": "web", "labels": {"driftless.dev/stack": "s"},
             "annotations": {"a": "1"}}});
-        let live = |generation: Option<i64>, rv: &str, labels: Value, annotations: Value| {
+        let live = |generation: Option<i64>, rv: &str, labels: Value, mut annotations: Value| {
+            if annotations.get(INSTANCE_ANNOTATION).is_none() {
+                annotations[INSTANCE_ANNOTATION] = json!("prod");
+            }
             let mut v = json!({"metadata": {"name": "web", "resourceVersion": rv,
                 "labels": labels, "annotations": annotations}});
             if let Some(g) = generation {
@@ -196,10 +207,34 @@ mod tests {
                 live(None, "5", ours(), ann()),
                 false,
             ),
+            (
+                "another instance's mark",
+                record(Some("5"), Some(2)),
+                HASH,
+                live(
+                    Some(2),
+                    "5",
+                    ours(),
+                    json!({"a": "1", INSTANCE_ANNOTATION: "dev"}),
+                ),
+                false,
+            ),
+            (
+                "applied before the mark existed",
+                record(Some("5"), None),
+                HASH,
+                live(
+                    None,
+                    "5",
+                    ours(),
+                    json!({"a": "1", INSTANCE_ANNOTATION: null}),
+                ),
+                false,
+            ),
         ];
         for (what, last, hash, live, want) in cases {
             assert_eq!(
-                unchanged_since_apply(&last, hash, &live, &desired),
+                unchanged_since_apply(&last, hash, &live, &desired, "prod"),
                 want,
                 "{what}"
             );

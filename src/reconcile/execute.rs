@@ -18,6 +18,7 @@ use crate::cluster::health::{self, Watched};
 use crate::cluster::inventory::{self, Entry, Inventory};
 use crate::cluster::wait;
 use crate::logging::Lap;
+use crate::plan::ownership::{self, Role};
 use crate::plan::{self, Action, PlannedChange, StackPlan};
 use crate::stack::ObjectKey;
 
@@ -42,6 +43,14 @@ pub(super) async fn execute(
     let mut record = ctx.inventory.clone();
     record.stack = name.clone();
     record.owner = ctx.options.instance.clone();
+    if ctx.options.source.is_some() {
+        record.source = ctx.options.source.clone();
+    }
+    let how = apply::ApplyParams {
+        force: ctx.stack.spec.force,
+        dry_run: false,
+        instance: &ctx.options.instance,
+    };
     let mut grew = false;
     for b in objects {
         if !record.entries.contains_key(&b.desired.key) {
@@ -53,7 +62,7 @@ pub(super) async fn execute(
         }
     }
     if grew {
-        inventory::write(ctx.client, &record).await?;
+        inventory::write(ctx.client, &mut record).await?;
         failpoint("after-inventory-write");
     }
     let mut progress = Progress {
@@ -91,17 +100,9 @@ pub(super) async fn execute(
             let resolved = b.resolve(kinds)?;
             let api = resolved.api(ctx.client, b.namespace.as_deref());
             if outcome.recreate.contains(&change.key.to_string()) {
-                apply::delete(&api, &change.key.name, &change.key.to_string()).await?;
-                wait::gone(
-                    &api,
-                    &change.key.name,
-                    &change.key.to_string(),
-                    "for recreation",
-                )
-                .await?;
-                info!(stack = %name, object = %change.key, "deleted {} to recreate it", change.key);
+                recreate_delete(ctx, &api, &change.key).await?;
             }
-            let applied = apply::apply(&api, b.desired, ctx.stack.spec.force, false).await?;
+            let applied = apply::apply(&api, b.desired, how).await?;
             progress.applied(ctx, &mut record, change, b, applied);
             if change.key.kind == "CustomResourceDefinition" {
                 wait::established(ctx.client, &change.key.name).await?;
@@ -126,7 +127,7 @@ pub(super) async fn execute(
             .filter_map(|c| by_key.get(&c.key).copied())
             .map(|b| async move {
                 let api = b.resolve(known)?.api(ctx.client, b.namespace.as_deref());
-                apply::apply(&api, b.desired, ctx.stack.spec.force, false).await
+                apply::apply(&api, b.desired, how).await
             })
             .collect();
         let results = in_flight(applies, APPLY_CONCURRENCY).await;
@@ -142,20 +143,27 @@ pub(super) async fn execute(
         }
         if let Some(e) = first_error {
             // What was applied is recorded, so the next run does not dry-run it again.
-            inventory::write(ctx.client, &record).await?;
+            inventory::write(ctx.client, &mut record).await?;
             return Err(e);
         }
         i = j;
     }
     lap.log("applied");
     // Unchanged objects keep their records. A reconcile that changed nothing writes nothing.
-    if record.entries != ctx.inventory.entries || record.owner != ctx.inventory.owner {
-        inventory::write(ctx.client, &record).await?;
+    let inv = ctx.inventory;
+    if record.entries != inv.entries || record.owner != inv.owner || record.source != inv.source {
+        inventory::write(ctx.client, &mut record).await?;
         lap.log("wrote the inventory");
     }
     outcome.applied = true;
 
-    prune::prune(ctx.client, kinds, &mut record, stack_plan, "").await?;
+    let owner = ctx.options.owner(name);
+    let kept = prune::prune(ctx.client, kinds, &mut record, stack_plan, owner, "").await?;
+    if let Some(plan) = outcome.plan.as_mut() {
+        for (key, reason) in kept {
+            plan.keep_instead(&key, reason);
+        }
+    }
     // Objects another stack now declares leave this inventory without being deleted.
     let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
     let before = record.entries.len();
@@ -163,7 +171,7 @@ pub(super) async fn execute(
         .entries
         .retain(|k, _| !plan::prune::handed_over(k, &own, &ctx.revision.desired_keys));
     if record.entries.len() != before {
-        inventory::write(ctx.client, &record).await?;
+        inventory::write(ctx.client, &mut record).await?;
     }
 
     if ctx.options.wait && !wait_healthy(ctx, wait_for, kinds, outcome, &mut lap).await? {
@@ -172,16 +180,44 @@ pub(super) async fn execute(
     // Post-sync hooks: after the stack is healthy (or applied, with --no-wait), before its
     // dependents, which a failed hook holds back like an unhealthy stack.
     if !ctx.stack.post_sync.is_empty() || !record.hooks.is_empty() {
-        let (hooks, failure) = crate::sync_hooks::run_post_sync(
+        let post_sync = crate::sync_hooks::run_post_sync(
             ctx.client,
             kinds,
-            name,
+            owner,
             &ctx.stack.post_sync,
             &mut record,
         )
         .await?;
-        outcome.hooks = hooks;
-        outcome.error = failure;
+        outcome.hooks = post_sync.hooks;
+        outcome.error = post_sync.failure;
+        if let Some(plan) = outcome.plan.as_mut() {
+            plan.kept.extend(post_sync.kept);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes an object to recreate it, after checking once more that it is this stack's of this
+/// instance (it was checked when planned; the check and the delete now go by its uid).
+async fn recreate_delete(
+    ctx: &StackContext<'_>,
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+) -> Result<(), ClusterError> {
+    let what = key.to_string();
+    let owner = ctx.options.owner(&ctx.stack.name);
+    let Some(live) = apply::get(api, &key.name, &what).await? else {
+        return Ok(());
+    };
+    let target =
+        ownership::check(&live, owner, Role::Object).map_err(|reason| ClusterError::Refused {
+            object: what.clone(),
+            action: "delete to recreate",
+            reason,
+        })?;
+    if apply::delete(api, &target, &what).await? {
+        wait::gone(api, &key.name, &what, "for recreation").await?;
+        info!(stack = %ctx.stack.name, object = %key, "deleted {key} to recreate it");
     }
     Ok(())
 }
@@ -255,7 +291,8 @@ impl Progress {
         info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
         if let Some(entry) = record.entries.get_mut(&change.key) {
             entry.api_version = b.desired.api_version.clone();
-            entry.hash = apply::desired_hash(b.desired, ctx.options.secret_hash_key.as_ref());
+            let key = ctx.options.secret_hash_key.as_ref();
+            entry.hash = apply::applied_hash(b.desired, key, &ctx.options.instance);
             entry.resource_version = applied
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)

@@ -7,7 +7,10 @@ mod bind;
 mod check;
 mod execute;
 mod observe;
+mod options;
 mod prune;
+
+pub use options::{Options, source_id};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +20,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::cluster::Error as ClusterError;
-use crate::cluster::apply::{self, Conflict};
+use crate::cluster::apply::Conflict;
 use crate::cluster::discovery::Kinds;
 use crate::cluster::health::HealthStatus;
 use crate::cluster::inventory::{self, Inventory};
@@ -25,56 +28,6 @@ use crate::logging::Lap;
 use crate::plan::{self, PruneSettings, StackPlan};
 use crate::stack::{ObjectKey, RenderedStack};
 use bind::{Bound, BoundRevision};
-
-/// How a reconcile runs.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Plan only (`diff`, `sync --dry-run`): no write of any kind.
-    pub dry_run: bool,
-    /// `--prune`: prune even stacks that set `prune: false`.
-    pub force_prune: bool,
-    /// `--allow-mass-prune`.
-    pub allow_mass_prune: bool,
-    /// Share of a stack's inventory a prune may remove without `--allow-mass-prune`.
-    pub max_prune_share: f64,
-    /// Wait for health after applying.
-    pub wait: bool,
-    /// Only these stacks (empty: all). Orphaned inventories are handled only when empty.
-    pub only: Vec<String>,
-    /// This driftless instance's name: it owns the inventories it writes, and treats only its
-    /// own inventories of stacks that left the revision as orphans.
-    pub instance: String,
-    /// Stacks that are planned (their drift reported) but not applied: `selfHeal: false` stacks
-    /// whose revision did not change.
-    pub plan_only: Vec<String>,
-    /// Key for hashing Secrets into the inventory (see `SecretHashKey`).
-    pub secret_hash_key: Option<apply::SecretHashKey>,
-    /// The revision's policies: a Deny finding blocks its stack (nothing of it is applied).
-    pub policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
-    /// Trust the inventory for objects whose desired state did not change since driftless
-    /// applied them: no read, dry-run, policy check or health wait for those. Only for the
-    /// daemon, while its drift watches run and have seen nothing since the last full reconcile
-    /// and the policies are the same (see `daemon`); a full reconcile checks everything.
-    pub incremental: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            dry_run: true,
-            force_prune: false,
-            allow_mass_prune: false,
-            max_prune_share: 0.5,
-            wait: true,
-            only: Vec::new(),
-            instance: inventory::DEFAULT_INSTANCE.to_owned(),
-            plan_only: Vec::new(),
-            secret_hash_key: None,
-            policies: None,
-            incremental: false,
-        }
-    }
-}
 
 /// What happened to one stack.
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +54,9 @@ pub struct StackOutcome {
     /// Post-sync hooks: run, would run (dry run), or unchanged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::sync_hooks::HookOutcome>,
+    /// Set when a stack that left the revision is kept as it is, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 impl StackOutcome {
@@ -115,6 +71,7 @@ impl StackOutcome {
             recreate: Vec::new(),
             policy: Vec::new(),
             hooks: Vec::new(),
+            kept: None,
         }
     }
 
@@ -194,7 +151,7 @@ pub async fn reconcile(
     lap.log("bound the objects to their API resources");
     let listed = inventory::list(client, &options.instance).await?;
     lap.log("read the inventories");
-    let foreign = listed.foreign;
+    let (foreign, unreadable) = (listed.foreign, listed.unreadable);
     let inventories: BTreeMap<String, Inventory> = listed
         .own
         .into_iter()
@@ -220,6 +177,11 @@ pub async fn reconcile(
             ));
             continue;
         }
+        if let Some(error) = unreadable.get(&stack.name) {
+            failed_stacks.insert(stack.name.clone());
+            outcomes.push(StackOutcome::failed(&stack.name, error.clone()));
+            continue;
+        }
         if let Some(owner) = foreign.get(&stack.name) {
             failed_stacks.insert(stack.name.clone());
             outcomes.push(StackOutcome::failed(&stack.name, format!(
@@ -228,11 +190,7 @@ pub async fn reconcile(
                 )));
             continue;
         }
-        let empty = Inventory {
-            stack: stack.name.clone(),
-            owner: options.instance.clone(),
-            ..Inventory::default()
-        };
+        let empty = Inventory::new(&stack.name, &options.instance);
         let ctx = StackContext {
             client,
             stack,
@@ -247,15 +205,18 @@ pub async fn reconcile(
         }
         outcomes.push(outcome);
     }
-    // Stacks that left the revision: prune what no current stack claims, then drop the record.
+    // Stacks that left the revision: removed only when this run may (see `plan::prune::removal`).
     if options.only.is_empty() {
-        for (name, inv) in &inventories {
-            if stacks.iter().any(|s| &s.name == name) {
-                continue;
-            }
-            outcomes.push(
-                prune::removed_stack(client, &kinds, inv, &revision.desired_keys, options).await,
-            );
+        let in_revision = |name: &String| stacks.iter().any(|s| &s.name == name);
+        let removed: Vec<&Inventory> = inventories
+            .values()
+            .filter(|inv| !in_revision(&inv.stack))
+            .collect();
+        outcomes.extend(
+            prune::removed_stacks(client, &kinds, &removed, &revision.desired_keys, options).await,
+        );
+        for (stack, error) in unreadable.iter().filter(|(s, _)| !in_revision(s)) {
+            outcomes.push(StackOutcome::failed(stack, error.clone()));
         }
     }
     Ok(Report {
@@ -294,6 +255,7 @@ impl StackContext<'_> {
         let mut lap = Lap::start(&self.stack.name);
         let observed = observe::observe(self, objects, &mut lap).await?;
         let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
+        let owner = self.options.owner(&self.stack.name);
         let candidates = prune::candidates(
             self.client,
             kinds,
@@ -309,7 +271,7 @@ impl StackContext<'_> {
             include_namespaces_and_volumes: false,
         };
         let stack_plan = plan::plan_stack(
-            &self.stack.name,
+            owner,
             &observed.observations,
             &candidates,
             self.inventory.entries.len(),
@@ -329,6 +291,14 @@ impl StackContext<'_> {
         lap.log("planned and checked the policies");
         if let Some(denied) = denied {
             outcome.error = Some(denied);
+            return Ok(());
+        }
+        if !observed.refused.is_empty() {
+            outcome.error = Some(format!(
+                "nothing of stack {} is applied: {}",
+                self.stack.name,
+                observed.refused.join("; ")
+            ));
             return Ok(());
         }
         if let Some(message) = refused {

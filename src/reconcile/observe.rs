@@ -29,6 +29,8 @@ pub(super) struct Observed {
     pub takeovers: Vec<Takeover>,
     /// Objects to delete and create again (an immutable field changed; opted in).
     pub recreate: Vec<String>,
+    /// Why objects that would be recreated may not be: nothing of the stack is applied then.
+    pub refused: Vec<String>,
     /// Objects read as metadata only (their whole object was not needed).
     pub partial: HashSet<ObjectKey>,
     /// Per object, in the stack's order: skipped unread (the incremental skip).
@@ -40,6 +42,7 @@ struct One {
     observation: Observation,
     takeover: Option<Takeover>,
     recreate: bool,
+    refused: Option<String>,
 }
 
 /// Observes every object of the stack.
@@ -50,7 +53,10 @@ pub(super) async fn observe(
 ) -> Result<Observed, ClusterError> {
     let hashes: Vec<Option<String>> = objects
         .iter()
-        .map(|b| apply::desired_hash(b.desired, ctx.options.secret_hash_key.as_ref()))
+        .map(|b| {
+            let key = ctx.options.secret_hash_key.as_ref();
+            apply::applied_hash(b.desired, key, &ctx.options.instance)
+        })
         .collect();
     let skipped: Vec<bool> = objects
         .iter()
@@ -122,16 +128,13 @@ pub(super) async fn observe(
         observations: Vec::with_capacity(objects.len()),
         takeovers: Vec::new(),
         recreate: Vec::new(),
+        refused: Vec::new(),
         partial,
         skipped,
     };
     for (b, skipped) in objects.iter().zip(&observed.skipped) {
         let one = if *skipped {
-            One {
-                observation: unread(b, None),
-                takeover: None,
-                recreate: false,
-            }
+            One::unchanged(unread(b, None))
         } else {
             // One result per object not skipped, in order.
             match read.next() {
@@ -143,9 +146,21 @@ pub(super) async fn observe(
         if one.recreate {
             observed.recreate.push(one.observation.key.to_string());
         }
+        observed.refused.extend(one.refused);
         observed.observations.push(one.observation);
     }
     Ok(observed)
+}
+
+impl One {
+    fn unchanged(observation: Observation) -> One {
+        One {
+            observation,
+            takeover: None,
+            recreate: false,
+            refused: None,
+        }
+    }
 }
 
 /// An observation without a dry-run: the object is unchanged since its last apply.
@@ -173,27 +188,20 @@ async fn observe_one(
     let Some(resolved) = resolved else {
         // The CRD comes with this revision, or the namespace: the server cannot dry-run it
         // yet; the change is the whole object.
-        return Ok(One {
-            observation: Observation {
-                would_be: Some(b.desired.object.clone()),
-                ..unread(b, None)
-            },
-            takeover: None,
-            recreate: false,
-        });
+        return Ok(One::unchanged(Observation {
+            would_be: Some(b.desired.object.clone()),
+            ..unread(b, None)
+        }));
     };
     let api = resolved.api(ctx.client, b.namespace.as_deref());
+    let instance = &ctx.options.instance;
     let unchanged = ctx.inventory.entries.get(key).is_some_and(|e| {
         live.as_ref().is_some_and(|l| {
-            unchanged::unchanged_since_apply(&e.last_apply(), hash, l, &b.desired.object)
+            unchanged::unchanged_since_apply(&e.last_apply(), hash, l, &b.desired.object, instance)
         })
     });
     if unchanged {
-        return Ok(One {
-            observation: unread(b, live),
-            takeover: None,
-            recreate: false,
-        });
+        return Ok(One::unchanged(unread(b, live)));
     }
     // Read as metadata only: the whole object is needed for the diff. The read and the
     // dry-run are independent, so they go out together.
@@ -206,11 +214,20 @@ async fn observe_one(
     };
     let (live, dry_run) = futures::join!(
         read,
-        apply::apply(&api, b.desired, ctx.stack.spec.force, true)
+        apply::apply(
+            &api,
+            b.desired,
+            apply::ApplyParams {
+                force: ctx.stack.spec.force,
+                dry_run: true,
+                instance,
+            }
+        )
     );
     let live = live?;
     let mut takeover = None;
     let mut recreate = false;
+    let mut refused = None;
     let would_be = match dry_run {
         Ok((v, conflicts)) => {
             if !conflicts.is_empty() {
@@ -221,29 +238,41 @@ async fn observe_one(
             }
             v
         }
-        // Its namespace is created by this sync: the server cannot dry-run it yet.
-        Err(ClusterError::Request {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404
-            && live.is_none()
-            && key
+        Err(e) => {
+            let Some(status) = refusal(&e) else {
+                return Err(e);
+            };
+            let namespace_comes = key
                 .namespace
                 .as_ref()
-                .is_some_and(|n| ctx.revision.desired_namespaces.contains(n)) =>
-        {
-            b.desired.object.clone()
+                .is_some_and(|n| ctx.revision.desired_namespaces.contains(n));
+            if status.code == 404 && live.is_none() && namespace_comes {
+                // Its namespace is created by this sync: the server cannot dry-run it yet.
+                b.desired.object.clone()
+            } else {
+                let owner = ctx.options.owner(&ctx.stack.name);
+                let (code, message) = (status.code, status.message.as_str());
+                match recreate::decide(
+                    key,
+                    &b.desired.object,
+                    (code, message),
+                    live.as_ref(),
+                    owner,
+                    &ctx.options.allow_recreate,
+                ) {
+                    recreate::Recreate::No => return Err(e),
+                    recreate::Recreate::Yes => {
+                        warn!(stack = %ctx.stack.name, object = %key, "immutable field changed: will delete and recreate ({})", recreate::RECREATE_ANNOTATION);
+                        recreate = true;
+                    }
+                    recreate::Recreate::Refused(why) => {
+                        warn!(stack = %ctx.stack.name, object = %key, "{why}");
+                        refused = Some(why);
+                    }
+                }
+                b.desired.object.clone()
+            }
         }
-        // An immutable field changed and the object opts in to being recreated.
-        Err(ClusterError::Request {
-            source: kube::Error::Api(s),
-            ..
-        }) if recreate::recreates(&b.desired.object, s.code, &s.message) => {
-            warn!(stack = %ctx.stack.name, object = %key, "immutable field changed: will delete and recreate ({})", recreate::RECREATE_ANNOTATION);
-            recreate = true;
-            b.desired.object.clone()
-        }
-        Err(e) => return Err(e),
     };
     Ok(One {
         observation: Observation {
@@ -253,5 +282,17 @@ async fn observe_one(
         },
         takeover,
         recreate,
+        refused,
     })
+}
+
+/// The API server's refusal inside an error, if that is what it is.
+fn refusal(e: &ClusterError) -> Option<&kube::core::Status> {
+    match e {
+        ClusterError::Request {
+            source: kube::Error::Api(s),
+            ..
+        } => Some(s),
+        _ => None,
+    }
 }

@@ -1,16 +1,22 @@
 //! The inventory: the set of objects each stack has applied, stored in the cluster as one
 //! ConfigMap per stack in `driftless-system` (like kapp's app record). It is the source of truth
 //! for prune. New objects enter it before they are created; removed ones leave after deletion.
+//! Every update is conditional on the resourceVersion read, and re-read and merged on conflict:
+//! two writers (a CLI sync beside the daemon) never lose each other's entries. `record` is the
+//! format, the checks of what is read, and the merge.
+
+mod record;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
 use super::{Error, FIELD_MANAGER, Result};
 use crate::stack::ObjectKey;
+use record::{READ_LIMIT, configmap_name, decode, encode, merge};
 
 /// Namespace holding the inventories.
 pub const NAMESPACE: &str = "driftless-system";
@@ -21,12 +27,8 @@ pub const INVENTORY_LABEL: &str = "driftless.dev/inventory";
 pub const INSTANCE_LABEL: &str = "driftless.dev/instance";
 /// Instance name when the host configuration gives none.
 pub const DEFAULT_INSTANCE: &str = "default";
-const DATA_KEY: &str = "objects.json";
-/// The same record gzip-compressed, in `binaryData`: used when the JSON would not leave room in
-/// a ConfigMap (1 MiB in all), e.g. a stack of several thousand objects.
-const GZIP_KEY: &str = "objects.json.gz";
-/// Largest plain JSON record written as text; larger ones are compressed.
-const PLAIN_LIMIT: usize = 768 * 1024;
+/// Conditional writes tried before giving up on a record that keeps changing.
+const WRITE_ATTEMPTS: usize = 8;
 
 /// One object a stack applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +96,47 @@ pub struct Inventory {
     pub stack: String,
     /// The driftless instance that owns this stack.
     pub owner: String,
+    /// The source the stack was last applied from (repository URL or path); `None` in a record
+    /// of an older driftless.
+    pub source: Option<String>,
     pub entries: BTreeMap<ObjectKey, Entry>,
     /// The last run of each hook Job, by `namespace/name`.
     pub hooks: BTreeMap<String, HookRecord>,
+    /// The record as last read or written: the precondition of the next write and the base of a
+    /// merge. `None`: not in the cluster (as far as this copy knows).
+    read: Option<ReadState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ReadState {
+    resource_version: String,
+    entries: BTreeMap<ObjectKey, Entry>,
+    hooks: BTreeMap<String, HookRecord>,
+}
+
+impl Inventory {
+    /// An empty inventory of `stack`, owned by `owner`, not yet in the cluster.
+    pub fn new(stack: &str, owner: &str) -> Inventory {
+        Inventory {
+            stack: stack.to_owned(),
+            owner: owner.to_owned(),
+            ..Inventory::default()
+        }
+    }
+
+    /// Whether this record was read from (or written to) the cluster.
+    pub fn exists(&self) -> bool {
+        self.read.is_some()
+    }
+
+    /// Takes in what another writer stored meanwhile (`theirs`, freshly read): our changes since
+    /// our last read or write are kept on top of it.
+    fn merge_from(&mut self, theirs: Inventory) {
+        let base = self.read.take().unwrap_or_default();
+        self.entries = merge(&base.entries, &self.entries, &theirs.entries);
+        self.hooks = merge(&base.hooks, &self.hooks, &theirs.hooks);
+        self.read = theirs.read;
+    }
 }
 
 /// The last run of a hook (`spec.hooks`): what ran and how it ended.
@@ -113,83 +153,13 @@ pub struct HookRecord {
     pub message: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    version: u32,
-    objects: Vec<Entry>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    hooks: BTreeMap<String, HookRecord>,
-}
-
-fn configmap_name(stack: &str) -> String {
-    format!("inventory-{stack}")
-}
-
-fn decode(name: &str, cm: &ConfigMap) -> Result<Inventory> {
-    let stack = cm
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(INVENTORY_LABEL))
-        .cloned()
-        .unwrap_or_else(|| name.trim_start_matches("inventory-").to_owned());
-    let owner = cm
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(INSTANCE_LABEL))
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_INSTANCE.to_owned());
-    let unreadable = |e: String| Error::Inventory {
-        name: format!("{NAMESPACE}/{name}"),
-        message: format!(
-            "unreadable ({e}); it was not written by this driftless version or was edited by hand"
-        ),
-    };
-    let compressed = cm.binary_data.as_ref().and_then(|d| d.get(GZIP_KEY));
-    let text = match compressed {
-        Some(bytes) => {
-            use std::io::Read as _;
-            let mut text = String::new();
-            flate2::read::GzDecoder::new(bytes.0.as_slice())
-                .read_to_string(&mut text)
-                .map_err(|e| unreadable(e.to_string()))?;
-            text
-        }
-        None => cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(DATA_KEY))
-            .cloned()
-            .unwrap_or_default(),
-    };
-    if text.is_empty() {
-        return Ok(Inventory {
-            stack,
-            owner,
-            ..Inventory::default()
-        });
-    }
-    let stored: Stored = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
-    Ok(Inventory {
-        stack,
-        owner,
-        entries: stored.objects.into_iter().map(|e| (e.key(), e)).collect(),
-        hooks: stored.hooks,
-    })
-}
-
 /// Reads a stack's inventory; an absent one is empty.
 pub async fn read(client: &Client, stack: &str) -> Result<Inventory> {
     let name = configmap_name(stack);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
     match api.get_opt(&name).await {
-        Ok(Some(cm)) => decode(&name, &cm),
-        Ok(None) => Ok(Inventory {
-            stack: stack.to_owned(),
-            owner: DEFAULT_INSTANCE.to_owned(),
-            ..Inventory::default()
-        }),
+        Ok(Some(cm)) => decode(&name, &cm, READ_LIMIT),
+        Ok(None) => Ok(Inventory::new(stack, DEFAULT_INSTANCE)),
         Err(e) => Err(request_error(&name, "read", e)),
     }
 }
@@ -201,6 +171,9 @@ pub struct Listed {
     pub own: Vec<Inventory>,
     /// Stacks whose inventory another instance owns, with that owner.
     pub foreign: BTreeMap<String, String>,
+    /// This instance's inventories that cannot be read (malformed, oversized, forged), by stack,
+    /// with the error: their stacks are neither applied nor pruned.
+    pub unreadable: BTreeMap<String, String>,
 }
 
 /// Every stack inventory in the cluster: this instance's read whole, the others' owners from
@@ -220,9 +193,7 @@ pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
     };
     let mut listed = Listed::default();
     for cm in &full.items {
-        listed
-            .own
-            .push(decode(cm.metadata.name.as_deref().unwrap_or_default(), cm)?);
+        admit(&mut listed, cm);
     }
     for meta in &metadata.items {
         let labels = meta.metadata.labels.as_ref();
@@ -242,7 +213,7 @@ pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
                     .await
                     .map_err(|e| request_error(&name, "read", e))?
                 {
-                    listed.own.push(decode(&name, &cm)?);
+                    admit(&mut listed, &cm);
                 }
             }
             None => {
@@ -255,80 +226,112 @@ pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
     Ok(listed)
 }
 
-/// The ConfigMap holding a stack's inventory: the record as JSON text, or gzip-compressed in
-/// `binaryData` when the text is large.
-fn encode(inventory: &Inventory) -> Result<serde_json::Value> {
-    let name = configmap_name(&inventory.stack);
-    let stored = Stored {
-        version: 1,
-        objects: inventory.entries.values().cloned().collect(),
-        hooks: inventory.hooks.clone(),
-    };
-    let text = serde_json::to_string(&stored).map_err(|e| Error::Inventory {
-        name: name.clone(),
-        message: e.to_string(),
-    })?;
-    let mut cm = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": NAMESPACE,
-            "labels": {INVENTORY_LABEL: inventory.stack, INSTANCE_LABEL: inventory.owner,
-                "app.kubernetes.io/managed-by": "driftless"}},
-    });
-    // Server-side apply with the whole content: the key not written is removed.
-    if text.len() <= PLAIN_LIMIT {
-        cm["data"] = serde_json::json!({DATA_KEY: text});
-    } else {
-        use base64::Engine as _;
-        use std::io::Write as _;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let bytes = gz
-            .write_all(text.as_bytes())
-            .and_then(|()| gz.finish())
-            .map_err(|e| Error::Inventory {
-                name: name.clone(),
-                message: format!("cannot compress: {e}"),
-            })?;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-        cm["binaryData"] = serde_json::json!({GZIP_KEY: encoded});
-    }
-    Ok(cm)
-}
-
-/// Writes a stack's inventory (creating `driftless-system` on first use).
-pub async fn write(client: &Client, inventory: &Inventory) -> Result<()> {
-    let name = configmap_name(&inventory.stack);
-    let cm = encode(inventory)?;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut result = api.patch(&name, &params, &Patch::Apply(&cm)).await;
-    // The first write in a cluster: create the namespace, then write again.
-    if matches!(&result, Err(kube::Error::Api(s)) if s.code == 404) {
-        ensure_namespace(client).await?;
-        result = api.patch(&name, &params, &Patch::Apply(&cm)).await;
-    }
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("Too long") => {
-            Err(Error::Inventory {
-                name: format!("{NAMESPACE}/{name}"),
-                message: format!(
-                    "the record of stack {}'s {} objects does not fit one ConfigMap even compressed: split the stack",
-                    inventory.stack,
-                    inventory.entries.len()
-                ),
-            })
+/// Adds one of this instance's inventory ConfigMaps to `listed`: readable, or not.
+fn admit(listed: &mut Listed, cm: &ConfigMap) {
+    let name = cm.metadata.name.as_deref().unwrap_or_default();
+    match decode(name, cm, READ_LIMIT) {
+        Ok(inv) if listed.unreadable.contains_key(&inv.stack) => {}
+        Ok(inv) => listed.own.push(inv),
+        Err(e) => {
+            let stack = cm
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INVENTORY_LABEL))
+                .cloned()
+                .unwrap_or_else(|| name.to_owned());
+            // A stack named by an unreadable record is not acted on, whatever else claims it.
+            listed.own.retain(|o| o.stack != stack);
+            listed.unreadable.insert(stack, e.to_string());
         }
-        Err(e) => Err(request_error(&name, "write", e)),
     }
 }
 
-/// Deletes a stack's inventory (after its objects are gone or handed to other stacks).
-pub async fn delete(client: &Client, stack: &str) -> Result<()> {
-    let name = configmap_name(stack);
+/// Writes a stack's inventory (creating `driftless-system` on first use), on condition that
+/// nobody wrote it since this copy was read or written; otherwise reads it again, merges (see
+/// `record::merge`) and tries again. On success `inventory` holds what was stored.
+pub async fn write(client: &Client, inventory: &mut Inventory) -> Result<()> {
+    let name = configmap_name(&inventory.stack);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    match api.delete(&name, &DeleteParams::default()).await {
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+    };
+    for _ in 0..WRITE_ATTEMPTS {
+        let cm = encode(inventory)?;
+        let result = if inventory.read.is_some() {
+            api.replace(&name, &params, &cm).await
+        } else {
+            let created = api.create(&params, &cm).await;
+            // The first write in a cluster: create the namespace, then write again.
+            if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
+                ensure_namespace(client).await?;
+                api.create(&params, &cm).await
+            } else {
+                created
+            }
+        };
+        match result {
+            Ok(stored) => {
+                inventory.read = Some(ReadState {
+                    resource_version: stored.metadata.resource_version.unwrap_or_default(),
+                    entries: inventory.entries.clone(),
+                    hooks: inventory.hooks.clone(),
+                });
+                return Ok(());
+            }
+            // Written (or created, or deleted) by someone else since it was read.
+            Err(kube::Error::Api(s))
+                if s.code == 409 || (s.code == 404 && inventory.read.is_some()) =>
+            {
+                let theirs = read(client, &inventory.stack).await?;
+                inventory.merge_from(theirs);
+            }
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("Too long") => {
+                return Err(Error::Inventory {
+                    name: format!("{NAMESPACE}/{name}"),
+                    message: format!(
+                        "the record of stack {}'s {} objects does not fit one ConfigMap even compressed: split the stack",
+                        inventory.stack,
+                        inventory.entries.len()
+                    ),
+                });
+            }
+            Err(e) => return Err(request_error(&name, "write", e)),
+        }
+    }
+    Err(Error::Inventory {
+        name: format!("{NAMESPACE}/{name}"),
+        message: format!(
+            "changed by another writer at each of {WRITE_ATTEMPTS} attempts to write it; is another driftless with instance name {:?} running?",
+            inventory.owner
+        ),
+    })
+}
+
+/// Deletes a stack's inventory (after its objects are gone or handed to other stacks), on
+/// condition that nobody wrote it since `inventory` was read or written: a record another writer
+/// changed meanwhile is left, and that is an error.
+pub async fn delete(client: &Client, inventory: &Inventory) -> Result<()> {
+    let name = configmap_name(&inventory.stack);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let Some(read) = &inventory.read else {
+        return Ok(());
+    };
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: Some(read.resource_version.clone()),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Inventory {
+            name: format!("{NAMESPACE}/{name}"),
+            message: "another driftless wrote it while its stack was being removed: it is left for the next run".to_owned(),
+        }),
         Err(e) => Err(request_error(&name, "delete", e)),
     }
 }
@@ -362,59 +365,5 @@ fn request_error(name: &str, action: &'static str, source: kube::Error) -> Error
         message: super::message_of(&source),
         hint: super::hint_for(&source),
         source,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inventory(n: usize) -> Inventory {
-        let mut inv = Inventory {
-            stack: "big".to_owned(),
-            owner: "default".to_owned(),
-            ..Inventory::default()
-        };
-        for i in 0..n {
-            let key = ObjectKey {
-                group: String::new(),
-                kind: "ConfigMap".to_owned(),
-                namespace: Some(format!("ns-{}", i / 100)),
-                name: format!("cm-{i}"),
-            };
-            let mut e = Entry::new(&key, "v1");
-            e.hash = Some(format!("sha256:{:064x}", i * 7919));
-            e.resource_version = Some(format!("{}", 100_000 + i));
-            inv.entries.insert(key, e);
-        }
-        inv
-    }
-
-    fn roundtrip(inv: &Inventory) -> (serde_json::Value, Inventory) {
-        let value = encode(inv).unwrap();
-        let cm: ConfigMap = serde_json::from_value(value.clone()).unwrap();
-        (value, decode("inventory-big", &cm).unwrap())
-    }
-
-    #[test]
-    fn small_records_are_plain_json_and_large_ones_compressed() {
-        let small = inventory(10);
-        let (value, back) = roundtrip(&small);
-        assert!(value["data"][DATA_KEY].is_string());
-        assert!(value.get("binaryData").is_none());
-        assert_eq!(back.entries, small.entries);
-
-        // 10 000 objects: ~2 MB as text, under the ConfigMap limit compressed.
-        let large = inventory(10_000);
-        let (value, back) = roundtrip(&large);
-        assert!(value.get("data").is_none());
-        let encoded = value["binaryData"][GZIP_KEY].as_str().unwrap();
-        assert!(
-            encoded.len() * 3 / 4 < 1024 * 1024,
-            "{} bytes",
-            encoded.len() * 3 / 4
-        );
-        assert_eq!(back.entries, large.entries);
-        assert_eq!(back.stack, "big");
     }
 }
