@@ -102,6 +102,10 @@ pub enum Command {
         source: SourceArgs,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Show the removal of stacks of this source that left the revision, as `sync
+        /// --prune-removed-stacks` (and the daemon) would do it.
+        #[arg(long)]
+        prune_removed_stacks: bool,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -120,6 +124,10 @@ pub enum Command {
         /// Allow a prune that removes more than the configured share of a stack.
         #[arg(long)]
         allow_mass_prune: bool,
+        /// Remove the stacks of this source that left the revision (their objects are pruned,
+        /// their records removed); without it they are reported and kept.
+        #[arg(long)]
+        prune_removed_stacks: bool,
         /// Do not wait for the applied objects to become healthy.
         #[arg(long)]
         no_wait: bool,

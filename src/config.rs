@@ -234,6 +234,10 @@ pub struct PruneConfig {
     /// Lift the share limit permanently (not recommended).
     #[serde(default)]
     pub allow_mass_prune: bool,
+    /// Kinds among Namespace, PersistentVolumeClaim and CustomResourceDefinition that
+    /// `driftless.dev/recreate` may delete and create again (default: none; they hold data).
+    #[serde(default)]
+    pub allow_recreate: Vec<String>,
 }
 
 impl Default for PruneConfig {
@@ -241,6 +245,7 @@ impl Default for PruneConfig {
         PruneConfig {
             max_share: half(),
             allow_mass_prune: false,
+            allow_recreate: Vec::new(),
         }
     }
 }
@@ -281,6 +286,21 @@ impl HostConfig {
                 message: format!(
                     "prune.maxShare must be between 0 and 1, got {}",
                     config.prune.max_share
+                ),
+            });
+        }
+        let protected = crate::plan::recreate::PROTECTED.map(|(_, kind)| kind);
+        if let Some(kind) = config
+            .prune
+            .allow_recreate
+            .iter()
+            .find(|k| !protected.contains(&k.as_str()))
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "prune.allowRecreate: {kind:?} is not one of {} (other kinds are recreated whenever they opt in)",
+                    protected.join(", ")
                 ),
             });
         }

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diff {
             source,
             cluster,
+            prune_removed_stacks,
             output,
         } => {
             let config = HostConfig::load(&config_path, false)?;
@@ -95,6 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ),
                 max_prune_share: config.prune.max_share,
                 allow_mass_prune: config.prune.allow_mass_prune,
+                source: reconcile::source_id(source.path.as_deref(), config.source.as_ref()),
+                prune_removed_stacks,
+                allow_recreate: config.prune.allow_recreate.clone(),
                 ..reconcile::Options::default()
             };
             let report =
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
             prune,
             allow_mass_prune,
+            prune_removed_stacks,
             no_wait,
             output,
         } => {
@@ -135,6 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ),
                 // A one-shot run has no watches to vouch for objects it does not read.
                 incremental: false,
+                source: reconcile::source_id(source.path.as_deref(), config.source.as_ref()),
+                prune_removed_stacks,
+                allow_recreate: config.prune.allow_recreate.clone(),
             };
             let report =
                 runtime()?.block_on(reconcile_with(&config, &cluster, &stacks, &options))?;

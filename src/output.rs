@@ -10,12 +10,12 @@ pub fn human(report: &Report, colour: bool, show_diffs: bool) -> String {
     let mut out = String::new();
     for s in &report.stacks {
         let Some(plan) = &s.plan else {
-            let _ = writeln!(
-                out,
-                "stack {}: {}",
-                s.stack,
-                s.error.as_deref().unwrap_or("not planned")
-            );
+            let line = match (&s.error, &s.kept) {
+                (Some(error), _) => error.clone(),
+                (None, Some(why)) => format!("kept: {why}"),
+                (None, None) => "not planned".to_owned(),
+            };
+            let _ = writeln!(out, "stack {}: {line}", s.stack);
             continue;
         };
         let (c, u, p) = plan.counts();

@@ -34,8 +34,8 @@ fn the_starter_repository_validates_and_syncs_to_healthy() {
     std::fs::write(
         &config,
         format!(
-            "instance: {}\nstateDir: {}\n",
-            support::unique_name("init"),
+            // A fixed instance: the starter's stack name is fixed, and a rerun must own it.
+            "instance: init-test\nstateDir: {}\n",
             dir.path().join("state").display()
         ),
     )

@@ -852,11 +852,7 @@ async fn a_large_inventory_is_stored_compressed_and_reads_back() {
     use driftless::stack::ObjectKey;
     let client = TestEnv::get().kube_client().await;
     let stack = unique_name("inv");
-    let mut inv = Inventory {
-        stack: stack.clone(),
-        owner: "default".to_owned(),
-        ..Inventory::default()
-    };
+    let mut inv = Inventory::new(&stack, "default");
     for i in 0..8000 {
         let key = ObjectKey {
             group: "apps".to_owned(),
@@ -873,12 +869,14 @@ async fn a_large_inventory_is_stored_compressed_and_reads_back() {
         e.generation = Some(1);
         inv.entries.insert(key, e);
     }
-    inventory::write(&client, &inv).await.expect("write");
+    inventory::write(&client, &mut inv).await.expect("write");
     let back = inventory::read(&client, &stack).await.expect("read");
     assert_eq!(back.entries, inv.entries);
     // Shrinking it again switches back to plain JSON (the compressed key is removed).
     inv.entries = inv.entries.into_iter().take(10).collect();
-    inventory::write(&client, &inv).await.expect("write small");
+    inventory::write(&client, &mut inv)
+        .await
+        .expect("write small");
     let cm = kubectl(&[
         "-n",
         "driftless-system",
@@ -893,5 +891,5 @@ async fn a_large_inventory_is_stored_compressed_and_reads_back() {
         inventory::read(&client, &stack).await.unwrap().entries,
         inv.entries
     );
-    inventory::delete(&client, &stack).await.unwrap();
+    inventory::delete(&client, &inv).await.unwrap();
 }

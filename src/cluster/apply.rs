@@ -3,13 +3,16 @@
 use std::sync::OnceLock;
 
 use hmac::{Hmac, KeyInit, Mac};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Error, FIELD_MANAGER, Result};
+use crate::plan::ownership::{Deletable, INSTANCE_ANNOTATION};
 use crate::stack::DesiredObject;
 
 /// A field another manager owned, named by the API server's conflict report.
@@ -37,25 +40,46 @@ pub fn api_for(
     }
 }
 
-/// The request body: the desired object, with a Secret's data put back at the last moment.
-fn body(desired: &DesiredObject) -> Value {
+/// How one object is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyParams<'a> {
+    /// Take over fields other managers own (reporting each).
+    pub force: bool,
+    /// A server-side dry-run: nothing is stored.
+    pub dry_run: bool,
+    /// This driftless instance: its mark (`driftless.dev/instance`) goes on the object.
+    pub instance: &'a str,
+}
+
+/// The request body: the desired object with this instance's mark, and a Secret's data put
+/// back at the last moment.
+fn body(desired: &DesiredObject, instance: &str) -> Value {
     let mut body = desired.object.clone();
+    if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(annotations) = annotations {
+            annotations.insert(INSTANCE_ANNOTATION.to_owned(), instance.into());
+        }
+    }
     if let (Some(data), Value::Object(map)) = (&desired.secret_data, &mut body) {
         map.insert("data".to_owned(), Value::Object(data.to_api_data()));
     }
     body
 }
 
-/// Applies `desired` (server-side apply, field manager `driftless`), as a dry-run or for real.
-/// Without `force`, a conflict with another manager is an error naming every field; with it,
-/// the takeover happens and the conflicts are returned so the caller can report them.
+/// Applies `desired` (server-side apply, field manager `driftless`), as a dry-run or for real,
+/// with the instance's mark. Without `force`, a conflict with another manager is an error naming
+/// every field; with it, the takeover happens and the conflicts are returned so the caller can
+/// report them.
 pub async fn apply(
     api: &Api<DynamicObject>,
     desired: &DesiredObject,
-    force: bool,
-    dry_run: bool,
+    how: ApplyParams<'_>,
 ) -> Result<(Value, Vec<Conflict>)> {
-    let body = body(desired);
+    let (force, dry_run) = (how.force, how.dry_run);
+    let body = body(desired, how.instance);
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.dry_run = dry_run;
     let action = if dry_run {
@@ -156,15 +180,21 @@ pub async fn get(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Opt
     }
 }
 
-/// Deletes one object (background propagation). `false` when it was already gone.
-pub async fn delete(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<bool> {
+/// Deletes one object found deletable (`plan::ownership::check`), background propagation, on
+/// condition that it is still the object checked (its uid). `false` when it was already gone or
+/// has been replaced by another object of that name meanwhile (which is left alone).
+pub async fn delete(api: &Api<DynamicObject>, target: &Deletable, what: &str) -> Result<bool> {
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: Some(Preconditions {
+            uid: Some(target.uid().to_owned()),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
-    match api.delete(name, &params).await {
+    match api.delete(target.name(), &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(source) => Err(Error::Request {
             object: what.to_owned(),
             action: "delete",
@@ -245,12 +275,32 @@ impl SecretHashKey {
     }
 }
 
-/// Hash of the desired object as sent, recorded in the inventory so an unchanged object can be
-/// skipped without a dry-run. A Secret is hashed only with a `SecretHashKey` (keyed, over its
-/// data too); without one it has no hash and is always dry-run.
+/// Hash of the desired object as rendered. A Secret is hashed only with a `SecretHashKey`
+/// (keyed, over its data too); without one it has no hash.
 pub fn desired_hash(desired: &DesiredObject, key: Option<&SecretHashKey>) -> Option<String> {
+    hash_with(desired, key, b"")
+}
+
+/// Hash of the desired object as sent by `instance` (its mark included), recorded in the
+/// inventory so an unchanged object can be skipped without a dry-run. An object applied before
+/// the mark existed hashes differently: its next reconcile dry-runs it and adds the mark. A
+/// Secret without a `SecretHashKey` has no hash and is always dry-run.
+pub fn applied_hash(
+    desired: &DesiredObject,
+    key: Option<&SecretHashKey>,
+    instance: &str,
+) -> Option<String> {
+    hash_with(
+        desired,
+        key,
+        format!("\0{INSTANCE_ANNOTATION}={instance}").as_bytes(),
+    )
+}
+
+fn hash_with(desired: &DesiredObject, key: Option<&SecretHashKey>, mark: &[u8]) -> Option<String> {
     // serde_json::Value maps are sorted, so the serialisation is canonical.
-    let text = serde_json::to_vec(&desired.object).ok()?;
+    let mut text = serde_json::to_vec(&desired.object).ok()?;
+    text.extend_from_slice(mark);
     match (&desired.secret_data, key) {
         (None, _) => Some(format!("sha256:{}", hex(&Sha256::digest(&text)))),
         (Some(_), None) => None,

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use kube::Client;
-use kube::api::ApiResource;
+use kube::api::{ApiResource, DynamicObject};
 use kube::discovery::{Discovery, Scope};
+use kube::{Api, Client};
 
 use super::{Error, Result};
 
@@ -20,6 +20,19 @@ pub struct Kinds {
 pub struct Resolved {
     pub resource: ApiResource,
     pub namespaced: bool,
+}
+
+impl Resolved {
+    /// The namespace a request about an object of this kind goes to: the object's own for a
+    /// namespaced kind, none for a cluster-scoped one (whatever the object says).
+    pub fn namespace_for<'n>(&self, namespace: Option<&'n str>) -> Option<&'n str> {
+        if self.namespaced { namespace } else { None }
+    }
+
+    /// The API of this kind for an object in `namespace` (ignored when cluster-scoped).
+    pub fn api(&self, client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
+        super::apply::api_for(client, &self.resource, self.namespace_for(namespace))
+    }
 }
 
 impl Kinds {

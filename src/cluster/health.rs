@@ -188,11 +188,7 @@ pub async fn wait_healthy(
                 super::live::Want {
                     key: &w.key,
                     resource: &r.resource,
-                    namespace: if r.namespaced {
-                        w.key.namespace.as_deref()
-                    } else {
-                        None
-                    },
+                    namespace: r.namespace_for(w.key.namespace.as_deref()),
                     recorded: true,
                 }
             })

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod health;
 pub mod inventory;
 pub mod live;
+pub mod wait;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ pub enum Error {
         api_version: String,
         kind: String,
     },
+    #[error(
+        "{place}: {kind} is namespaced: give it metadata.namespace or set the stack's spec.namespace"
+    )]
+    NoNamespace { place: String, kind: String },
     #[error("{object}: {action} failed: {message}{hint}")]
     Request {
         object: String,
@@ -48,6 +53,18 @@ pub enum Error {
     Conflict { object: String, conflicts: String },
     #[error("inventory {name}: {message}")]
     Inventory { name: String, message: String },
+    #[error("{object}: still exists {seconds}s after its deletion {purpose} (a finalizer?)")]
+    StillExists {
+        object: String,
+        purpose: &'static str,
+        seconds: u64,
+    },
+    #[error("{object}: {action} refused: {reason}")]
+    Refused {
+        object: String,
+        action: &'static str,
+        reason: String,
+    },
     #[error("CRD {name} did not become Established within {seconds}s")]
     CrdNotEstablished { name: String, seconds: u64 },
 }

@@ -681,6 +681,10 @@ async fn reconcile_once(
         secret_hash_key: state.secret_hash_key.clone(),
         policies: state.last_good_policies.clone(),
         incremental,
+        // Stacks leave only with a revision fetched (and loaded) from the configured source now.
+        source: reconcile::source_id(None, config.source.as_ref()),
+        prune_removed_stacks: errors.is_empty(),
+        allow_recreate: config.prune.allow_recreate.clone(),
         ..reconcile::Options::default()
     };
     if incremental {

@@ -159,9 +159,11 @@ const FILES: &[(&str, &str)] = &[
         "stack/hello/stack.yaml",
         include_str!("starter/stack/hello/stack.yaml"),
     ),
-    ("policies/params.yaml", include_str!("../../policies/params.yaml")),
+    (
+        "policies/params.yaml",
+        include_str!("../../policies/params.yaml"),
+    ),
 ];
-
 
 /// Writes the starter repository into `dir` (created when absent) and returns the paths
 /// written, relative to `dir`.

@@ -4,6 +4,13 @@
 
 pub mod normalize;
 pub mod order;
+pub mod ownership;
+pub mod prune;
+pub mod recreate;
+pub mod unchanged;
+
+pub use ownership::Owner;
+pub use prune::{PRUNE_ANNOTATION, PruneCandidate, PruneSettings};
 
 use std::fmt::Write as _;
 
@@ -11,9 +18,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::stack::ObjectKey;
-
-/// Annotation that keeps an object from ever being pruned.
-pub const PRUNE_ANNOTATION: &str = "driftless.dev/prune";
 
 /// What the cluster said about one desired object.
 #[derive(Debug, Clone)]
@@ -25,39 +29,6 @@ pub struct Observation {
     /// The object as a server-side apply would leave it (dry-run result); `None` when the
     /// object is known to be unchanged since the last apply and no dry-run was made.
     pub would_be: Option<Value>,
-}
-
-/// An object the inventory holds that the desired state no longer has.
-#[derive(Debug, Clone)]
-pub struct PruneCandidate {
-    pub key: ObjectKey,
-    pub api_version: String,
-    /// The live object, `None` when it is already gone.
-    pub live: Option<Value>,
-}
-
-/// Prune policy for one plan.
-#[derive(Debug, Clone, Copy)]
-pub struct PruneSettings {
-    /// Prune at all (the stack's `prune`, or `--prune`).
-    pub enabled: bool,
-    /// Refuse a prune of more than this share of the inventory (0.5 = 50 %).
-    pub max_share: f64,
-    /// `--allow-mass-prune`: lift the share limit.
-    pub allow_mass_prune: bool,
-    /// Prune Namespaces and PersistentVolumeClaims too (off by default: they hold data).
-    pub include_namespaces_and_volumes: bool,
-}
-
-impl Default for PruneSettings {
-    fn default() -> Self {
-        PruneSettings {
-            enabled: true,
-            max_share: 0.5,
-            allow_mass_prune: false,
-            include_namespaces_and_volumes: false,
-        }
-    }
 }
 
 /// What happens to one object.
@@ -118,12 +89,37 @@ impl StackPlan {
         let n = |a| self.changes.iter().filter(|c| c.action == a).count();
         (n(Action::Create), n(Action::Update), n(Action::Prune))
     }
+
+    /// Refuses every prune of the plan (mass-prune gate): they become kept objects.
+    pub fn refuse_prunes(&mut self, message: &str) {
+        let (prunes, rest): (Vec<PlannedChange>, Vec<PlannedChange>) = self
+            .changes
+            .drain(..)
+            .partition(|c| c.action == Action::Prune);
+        self.changes = rest;
+        self.kept.extend(prunes.into_iter().map(|c| KeptObject {
+            key: c.key,
+            reason: "mass-prune gate".to_owned(),
+        }));
+        self.prune_refused = Some(message.to_owned());
+    }
+
+    /// Moves one planned prune to the kept objects (found not deletable when its turn came).
+    pub fn keep_instead(&mut self, key: &ObjectKey, reason: String) {
+        self.changes
+            .retain(|c| !(c.action == Action::Prune && &c.key == key));
+        self.kept.push(KeptObject {
+            key: key.clone(),
+            reason,
+        });
+    }
 }
 
-/// Plans one stack. `observations` come in the stack's object order; `inventory_len` is the size
-/// of the stack's recorded inventory (the base of the mass-prune share).
+/// Plans one stack of `owner`. `observations` come in the stack's object order; `inventory_len`
+/// is the size of the stack's recorded inventory (the base of the mass-prune share). A candidate
+/// that is not `owner`'s (its live labels and mark) is kept, never pruned.
 pub fn plan_stack(
-    stack: &str,
+    owner: Owner<'_>,
     observations: &[Observation],
     candidates: &[PruneCandidate],
     inventory_len: usize,
@@ -135,7 +131,7 @@ pub fn plan_stack(
     let mut kept = Vec::new();
     let mut prunes = Vec::new();
     for c in candidates {
-        match keep_reason(c, prune) {
+        match prune::keep_reason(c, owner, prune) {
             Some(reason) => kept.push(KeptObject {
                 key: c.key.clone(),
                 reason,
@@ -144,20 +140,13 @@ pub fn plan_stack(
         }
     }
     let mut prune_refused = None;
-    let share = if inventory_len == 0 {
-        0.0
-    } else {
-        prunes.len() as f64 / inventory_len as f64
-    };
-    if prunes.len() > 1 && share > prune.max_share && !prune.allow_mass_prune {
-        let message = format!(
-            "stack {stack}: refusing to prune {} of {} objects ({:.0} % > {:.0} %); \
-             check the commit, then run with --allow-mass-prune (or set allowMassPrune) if it is intended",
-            prunes.len(),
-            inventory_len,
-            share * 100.0,
-            prune.max_share * 100.0
-        );
+    let stack = owner.stack;
+    if let Some(message) = prune::gate(
+        &format!("stack {stack}"),
+        prunes.len(),
+        inventory_len,
+        prune,
+    ) {
         kept.extend(prunes.drain(..).map(|c| KeptObject {
             key: c.key.clone(),
             reason: "mass-prune gate".to_owned(),
@@ -189,29 +178,6 @@ pub fn plan_stack(
         kept,
         prune_refused,
     }
-}
-
-fn keep_reason(c: &PruneCandidate, prune: PruneSettings) -> Option<String> {
-    if !prune.enabled {
-        return Some("prune is disabled for this stack".to_owned());
-    }
-    let live = c.live.as_ref()?;
-    let annotation = live
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(PRUNE_ANNOTATION))
-        .and_then(Value::as_str);
-    if annotation == Some("disabled") {
-        return Some(format!("annotation {PRUNE_ANNOTATION}: disabled"));
-    }
-    let data_holding = c.key.group.is_empty()
-        && (c.key.kind == "Namespace" || c.key.kind == "PersistentVolumeClaim");
-    if data_holding && !prune.include_namespaces_and_volumes {
-        return Some(format!(
-            "{}s are never pruned unless configured",
-            c.key.kind
-        ));
-    }
-    None
 }
 
 fn plan_object(o: &Observation) -> PlannedChange {

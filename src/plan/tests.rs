@@ -26,7 +26,17 @@ fn cm(name: &str, data: Value, rv: &str) -> Value {
         "data": data})
 }
 
-fn candidate(k: ObjectKey, live: Value) -> PruneCandidate {
+const OWNER: Owner<'static> = Owner {
+    stack: "s",
+    instance: "prod",
+};
+
+/// A candidate whose live object is stack `s`'s of instance `prod` (plus `live`'s metadata).
+fn candidate(k: ObjectKey, mut live: Value) -> PruneCandidate {
+    live["metadata"]["name"] = json!(k.name.clone());
+    live["metadata"]["uid"] = json!(format!("uid-{}", k.name));
+    live["metadata"]["labels"]["driftless.dev/stack"] = json!("s");
+    live["metadata"]["annotations"]["driftless.dev/instance"] = json!("prod");
     PruneCandidate {
         key: k,
         api_version: "v1".into(),
@@ -68,7 +78,7 @@ fn create_update_and_unchanged() {
             None,
         ),
     ];
-    let plan = plan_stack("s", &observations, &[], 4, PruneSettings::default());
+    let plan = plan_stack(OWNER, &observations, &[], 4, PruneSettings::default());
     let actions: Vec<(String, Action)> = plan
         .changes
         .iter()
@@ -110,7 +120,7 @@ fn secret_diffs_show_changed_keys_never_values() {
     let mut after = live.clone();
     after["data"]["password"] = json!("czNudGluZWwtbmV3");
     let plan = plan_stack(
-        "s",
+        OWNER,
         &[
             obs(
                 key("", "Secret", Some("ns"), "db"),
@@ -170,7 +180,7 @@ fn prune_gates() {
         },
     ];
     // 2 real prunes (a, gone) of an inventory of 10: allowed.
-    let plan = plan_stack("s", &[], &candidates, 10, PruneSettings::default());
+    let plan = plan_stack(OWNER, &[], &candidates, 10, PruneSettings::default());
     let pruned: Vec<String> = plan.changes.iter().map(|c| c.key.name.clone()).collect();
     assert_eq!(pruned, ["gone", "a"], "reverse order");
     let kept: Vec<(String, String)> = plan
@@ -190,7 +200,7 @@ fn prune_gates() {
     assert!(plan.prune_refused.is_none());
 
     // The same 2 prunes of an inventory of 3 exceed 50 %: refused as a whole.
-    let plan = plan_stack("s", &[], &candidates, 3, PruneSettings::default());
+    let plan = plan_stack(OWNER, &[], &candidates, 3, PruneSettings::default());
     assert_eq!(plan.counts().2, 0, "nothing pruned");
     let msg = plan.prune_refused.as_deref().expect("refused");
     assert!(
@@ -204,7 +214,7 @@ fn prune_gates() {
         include_namespaces_and_volumes: true,
         ..PruneSettings::default()
     };
-    let plan = plan_stack("s", &[], &candidates, 3, allow);
+    let plan = plan_stack(OWNER, &[], &candidates, 3, allow);
     let pruned: Vec<String> = plan.changes.iter().map(|c| c.key.to_string()).collect();
     // Reverse apply order (stable within a rank, reversed): the Namespace last.
     assert_eq!(
@@ -221,11 +231,70 @@ fn prune_gates() {
         enabled: false,
         ..PruneSettings::default()
     };
-    let plan = plan_stack("s", &[], &candidates, 10, off);
+    let plan = plan_stack(OWNER, &[], &candidates, 10, off);
     assert_eq!(plan.counts().2, 0);
     assert!(
         plan.kept
             .iter()
             .all(|k| k.reason == "prune is disabled for this stack")
+    );
+}
+
+#[test]
+fn candidates_that_are_not_the_owners_are_kept() {
+    let mine = candidate(
+        key("", "ConfigMap", Some("ns"), "mine"),
+        json!({"metadata": {}}),
+    );
+    let foreign = |name: &str, labels: Value, annotations: Value| PruneCandidate {
+        key: key("", "ConfigMap", Some("ns"), name),
+        api_version: "v1".into(),
+        live: Some(
+            json!({"metadata": {"name": name, "uid": "u", "labels": labels, "annotations": annotations}}),
+        ),
+    };
+    let candidates = vec![
+        mine,
+        foreign("victim", json!({}), json!({})),
+        foreign(
+            "other-stack",
+            json!({"driftless.dev/stack": "t"}),
+            json!({"driftless.dev/instance": "prod"}),
+        ),
+        foreign(
+            "other-instance",
+            json!({"driftless.dev/stack": "s"}),
+            json!({"driftless.dev/instance": "dev"}),
+        ),
+        foreign("unmarked", json!({"driftless.dev/stack": "s"}), json!({})),
+    ];
+    let plan = plan_stack(OWNER, &[], &candidates, 100, PruneSettings::default());
+    let pruned: Vec<&str> = plan.changes.iter().map(|c| c.key.name.as_str()).collect();
+    assert_eq!(pruned, ["mine"]);
+    let kept: Vec<(&str, &str)> = plan
+        .kept
+        .iter()
+        .map(|k| (k.key.name.as_str(), k.reason.as_str()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (
+                "victim",
+                "not managed by this instance: no label driftless.dev/stack"
+            ),
+            (
+                "other-stack",
+                "not managed by this instance: label driftless.dev/stack is \"t\""
+            ),
+            (
+                "other-instance",
+                "not managed by this instance: annotation driftless.dev/instance is \"dev\""
+            ),
+            (
+                "unmarked",
+                "not managed by this instance: no annotation driftless.dev/instance"
+            ),
+        ]
     );
 }

@@ -12,11 +12,14 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::cluster::Error as ClusterError;
-use crate::cluster::apply;
+use crate::cluster::apply::{self, ApplyParams};
 use crate::cluster::discovery::Kinds;
 use crate::cluster::inventory::{self, HookRecord, Inventory};
-use crate::stack::RenderedHook;
+use crate::cluster::wait;
+use crate::plan::KeptObject;
+use crate::plan::ownership::{self, Owner, Role};
 use crate::stack::model::HookDeletePolicy;
+use crate::stack::{ObjectKey, RenderedHook};
 
 /// Why a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,16 +102,29 @@ pub fn plan(hooks: &[RenderedHook], inventory: &Inventory) -> Vec<HookOutcome> {
         .collect()
 }
 
-/// Runs a stack's post-sync hooks in order, stopping at the first failure, and records each run
+/// What running a stack's post-sync hooks did.
+#[derive(Debug, Default)]
+pub struct PostSync {
+    /// One outcome per declared hook, in order.
+    pub hooks: Vec<HookOutcome>,
+    /// The first failure, which holds the stack's dependents back.
+    pub failure: Option<String>,
+    /// Jobs of hooks no longer declared that are not deleted: not this stack's of this instance.
+    pub kept: Vec<KeptObject>,
+}
+
+/// Runs `owner`'s post-sync hooks in order, stopping at the first failure, and records each run
 /// in `record` (written to the cluster after each run). Hooks no longer declared leave the
-/// record, and their Jobs are deleted. Returns the outcomes and the first failure's message.
+/// record, and their Jobs are deleted when they are `owner`'s (`plan::ownership`: the hook label
+/// and the instance mark; the record alone is not trusted).
 pub async fn run_post_sync(
     client: &Client,
     kinds: &Kinds,
-    stack: &str,
+    owner: Owner<'_>,
     hooks: &[RenderedHook],
     record: &mut Inventory,
-) -> Result<(Vec<HookOutcome>, Option<String>), ClusterError> {
+) -> Result<PostSync, ClusterError> {
+    let stack = owner.stack;
     let resolved = kinds
         .resolve("batch/v1", "Job")
         .ok_or_else(|| ClusterError::UnknownKind {
@@ -116,6 +132,7 @@ pub async fn run_post_sync(
             api_version: "batch/v1".to_owned(),
             kind: "Job".to_owned(),
         })?;
+    let mut done = PostSync::default();
     let declared: Vec<String> = hooks.iter().map(record_key).collect();
     let gone: Vec<String> = record
         .hooks
@@ -125,28 +142,63 @@ pub async fn run_post_sync(
         .collect();
     for key in gone {
         let (ns, name) = key.split_once('/').unwrap_or(("", key.as_str()));
-        let api = apply::api_for(client, &resolved.resource, Some(ns));
-        apply::delete(&api, name, &format!("hook Job/{key}")).await?;
+        let job = ObjectKey {
+            group: "batch".to_owned(),
+            kind: "Job".to_owned(),
+            namespace: Some(ns.to_owned()),
+            name: name.to_owned(),
+        };
+        let what = job.to_string();
+        let api = resolved.api(client, Some(ns));
+        if let Some(live) = apply::get(&api, name, &what).await? {
+            match ownership::check(&live, owner, Role::HookJob) {
+                Ok(target) => {
+                    apply::delete(&api, &target, &what).await?;
+                    info!(stack, job = %what, "hook no longer declared: its Job is deleted");
+                }
+                Err(reason) => {
+                    warn!(stack, job = %what, "hook no longer declared; its Job is kept: {reason}");
+                    done.kept.push(KeptObject { key: job, reason });
+                }
+            }
+        }
         record.hooks.remove(&key);
         inventory::write(client, record).await?;
-        info!(stack, job = %key, "hook no longer declared: its Job is deleted");
     }
 
-    let mut outcomes = plan(hooks, record);
-    for (hook, outcome) in hooks.iter().zip(outcomes.iter_mut()) {
+    done.hooks = plan(hooks, record);
+    let how = ApplyParams {
+        force: true,
+        dry_run: false,
+        instance: owner.instance,
+    };
+    for (hook, outcome) in hooks.iter().zip(done.hooks.iter_mut()) {
         let Some(reason) = outcome.reason else {
             continue;
         };
-        let ns = hook.job.key.namespace.as_deref();
-        let api = apply::api_for(client, &resolved.resource, ns);
+        let api = resolved.api(client, hook.job.key.namespace.as_deref());
         let what = hook.job.key.to_string();
         info!(stack, job = %what, "running hook ({reason})");
         let start = Instant::now();
         // A Job's pod template is immutable: a previous run's Job is replaced, never patched.
-        if apply::delete(&api, &hook.job.key.name, &what).await? {
-            wait_gone(&api, &hook.job.key.name, &what).await?;
+        if let Some(previous) = apply::get(&api, &hook.job.key.name, &what).await? {
+            match ownership::check(&previous, owner, Role::HookJob) {
+                Ok(target) => {
+                    if apply::delete(&api, &target, &what).await? {
+                        wait::gone(&api, &hook.job.key.name, &what, "to run its hook again")
+                            .await?;
+                    }
+                }
+                Err(why) => {
+                    let m = format!("a Job of that name exists and is not replaced: {why}");
+                    warn!(stack, job = %what, "hook not run: {m}");
+                    outcome.message = Some(m.clone());
+                    done.failure = Some(format!("hook {what} ({}): {m}", outcome.file));
+                    return Ok(done);
+                }
+            }
         }
-        apply::apply(&api, &hook.job, true, false).await?;
+        let (applied, _) = apply::apply(&api, &hook.job, how).await?;
         let result = wait_finished(&api, &hook.job.key.name, &what, hook.spec.timeout).await?;
         let seconds = start.elapsed().as_secs_f64();
         let succeeded = result.is_ok();
@@ -171,13 +223,19 @@ pub async fn run_post_sync(
             HookDeletePolicy::Never => false,
         };
         if delete {
-            apply::delete(&api, &hook.job.key.name, &what).await?;
+            // The Job just created, by the uid it was created with.
+            match ownership::check(&applied, owner, Role::HookJob) {
+                Ok(target) => {
+                    apply::delete(&api, &target, &what).await?;
+                }
+                Err(why) => warn!(stack, job = %what, "the hook's Job is not deleted: {why}"),
+            }
         }
         match message {
             None => info!(stack, job = %what, seconds, "hook succeeded"),
             Some(m) => {
                 warn!(stack, job = %what, "hook failed: {m}");
-                let failure = format!(
+                done.failure = Some(format!(
                     "hook {what} ({}) failed: {m}{}",
                     outcome.file,
                     if delete {
@@ -185,12 +243,12 @@ pub async fn run_post_sync(
                     } else {
                         "; the Job is kept for inspection"
                     }
-                );
-                return Ok((outcomes, Some(failure)));
+                ));
+                return Ok(done);
             }
         }
     }
-    Ok((outcomes, None))
+    Ok(done)
 }
 
 /// Polls a Job until its `Complete` or `Failed` condition is true, or `timeout` passed.
@@ -241,26 +299,6 @@ fn job_verdict(job: &Value) -> Option<Result<(), String>> {
         ("", message) => format!("the Job failed: {message}"),
         (reason, message) => format!("the Job failed ({reason}): {message}"),
     }))
-}
-
-async fn wait_gone(
-    api: &kube::Api<kube::api::DynamicObject>,
-    name: &str,
-    what: &str,
-) -> Result<(), ClusterError> {
-    let start = Instant::now();
-    while apply::get(api, name, what).await?.is_some() {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(ClusterError::Inventory {
-                name: what.to_owned(),
-                message:
-                    "the previous run's Job still exists 120s after its deletion (a finalizer?)"
-                        .to_owned(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
