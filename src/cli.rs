@@ -165,6 +165,13 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Check this host's setup before starting the service: configuration, credential files,
+    /// Git source, cluster and permissions, renderers, state directory, endpoint address (exit
+    /// 0: all good, 1: warnings, 2: errors).
+    Doctor {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Write a starter stack repository into DIR (empty or absent): one stack with a profile,
     /// the shipped policies, commented job examples.
     Init {
@@ -315,6 +322,7 @@ impl Command {
             Command::Backup {
                 command: BackupCommand::Restore { .. },
             } => "backup restore",
+            Command::Doctor { .. } => "doctor",
             Command::Init { .. } => "init",
             Command::Completions { .. } => "completions",
             Command::Man { .. } => "man",
@@ -367,6 +375,7 @@ mod tests {
                 "backup restore",
             ),
             (&["driftless", "init", "repo"], "init"),
+            (&["driftless", "doctor", "-o", "json"], "doctor"),
             (&["driftless", "completions", "zsh"], "completions"),
             (&["driftless", "man"], "man"),
         ];

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod doctor;
 pub mod health_checks;
 pub mod init;
 pub mod jobs;

@@ -265,6 +265,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             emit(&text);
             Ok(EXIT_OK)
         }
+        Command::Doctor { output } => {
+            let report = runtime()?.block_on(driftless::doctor::probe::run(&config_path));
+            match output {
+                OutputFormat::Json => emit(&format!("{:#}\n", serde_json::to_value(&report)?)),
+                OutputFormat::Human => emit(&report.text()),
+            }
+            Ok(report.exit_code())
+        }
         Command::Init { dir } => {
             let written = driftless::init::write_starter(&dir)?;
             emit(&format!(
