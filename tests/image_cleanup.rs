@@ -482,7 +482,7 @@ async fn a_tag_moved_after_planning_is_not_lost() {
         .filter(|d| {
             matches!(
                 d,
-                driftless::jobs::retention::RetentionDecision::Delete { .. }
+                driftless::jobs::image_cleanup::retention::RetentionDecision::Delete { .. }
             )
         })
         .map(|d| d.digest().to_owned())

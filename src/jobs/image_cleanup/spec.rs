@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::retention::{Rule, Untagged};
 use crate::jobs::model::Job;
-use crate::jobs::retention::{Rule, Untagged};
 
 /// A spec that cannot be used, naming the file, job and field.
 #[derive(Debug, thiserror::Error)]
