@@ -73,6 +73,20 @@ fn credentials(dir: &Path) -> std::path::PathBuf {
     creds
 }
 
+/// A stack `images` at `stack` with one object (a stack that renders nothing is refused).
+fn write_stack(stack: &Path) {
+    std::fs::write(
+        stack.join("stack.yaml"),
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        stack.join("settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n",
+    )
+    .unwrap();
+}
+
 /// An image whose config has no `created` (as attestation manifests), returning its digest.
 async fn push_attestation(base: &str, repo: &str, salt: &str) -> String {
     let http = reqwest::Client::new();
@@ -680,11 +694,7 @@ async fn garbage_collect_runs_the_host_command_the_job_names_and_frees_the_blobs
     let repo = dir.path().join("repo");
     let stack = repo.join("stack/images");
     std::fs::create_dir_all(&stack).unwrap();
-    std::fs::write(
-        stack.join("stack.yaml"),
-        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
-    )
-    .unwrap();
+    write_stack(&stack);
     std::fs::write(
         stack.join("jobs.yaml"),
         format!(
@@ -762,11 +772,7 @@ fn validate_refuses_a_program_named_in_the_repository() {
     let dir = tempfile::tempdir().unwrap();
     let stack = dir.path().join("stack/images");
     std::fs::create_dir_all(&stack).unwrap();
-    std::fs::write(
-        stack.join("stack.yaml"),
-        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
-    )
-    .unwrap();
+    write_stack(&stack);
     let jobs = |gc: &str| {
         format!(
             "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: cleanup}}\nspec:\n  schedule: '@daily'\n  registry: {{url: 'http://127.0.0.1:5000'}}\n  rules: [{{repositories: '**', keepLast: 3}}]\n  garbageCollect: {gc}\n"
