@@ -88,6 +88,7 @@ async fn main() {
         credentials_dir: None,
         state_dir: state.path(),
         commands: &Default::default(),
+        strict: false,
     };
     for run in [
         "first run (reads every manifest and config)",

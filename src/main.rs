@@ -157,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 driftless::cli::JobsCommand::Run {
                     name,
                     dry_run,
+                    strict,
                     source,
                     cluster,
                     output,
@@ -193,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     credentials_dir: credentials.as_deref(),
                     state_dir: &state_dir,
                     commands: &config.jobs.commands,
+                    strict,
                     revision: d.revision.clone(),
                 };
                 driftless::jobs::runner::run(

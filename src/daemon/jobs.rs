@@ -188,6 +188,7 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
         credentials_dir: state.credentials_dir.as_deref(),
         state_dir: &state.state_dir,
         commands: &state.commands,
+        strict: false,
         revision: state.revision.clone(),
     };
     match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {

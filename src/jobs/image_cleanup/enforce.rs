@@ -1,13 +1,14 @@
-//! Enforcement: carries out a plan's deletes, indexes before their children, re-resolving every
-//! tag of a digest just before its DELETE (and skipping it when anything moved since planning),
-//! then removes expired tags of kept digests where the registry deletes tags.
+//! Enforcement: carries out a plan's deletes, indexes before their children and subjects before
+//! their accessories, re-resolving every tag of a digest just before its DELETE (and skipping it
+//! when anything moved since planning, or when its index or subject was not deleted), then
+//! removes expired tags of kept digests where the registry deletes tags.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{info, warn};
 
 use super::report::{Action, RepoReport, Report, short};
-use super::retention::RetentionDecision;
+use super::retention::{self, RetentionDecision};
 use super::spec::Spec;
 use crate::registry::{self, Client, TagDeletion};
 
@@ -50,20 +51,24 @@ async fn execute_repository(
             new_tags.insert(tag.clone(), r.digest);
         }
     }
-    // Indexes before their children: an interrupted run never leaves an index without them.
-    let mut deletes: Vec<(&String, &Vec<String>)> = repo
-        .decisions
-        .iter()
-        .filter_map(|d| match d {
-            RetentionDecision::Delete { digest, tags } => Some((digest, tags)),
-            RetentionDecision::Keep { .. } => None,
-        })
-        .collect();
-    deletes.sort_by_key(|(d, _)| {
-        std::cmp::Reverse(repo.images.get(*d).is_some_and(|f| !f.children.is_empty()))
-    });
+    // Holders first (an index before its children, a subject before its accessories): an
+    // interrupted run never leaves an index without children or a kept image unsigned, and what
+    // depends on a delete that did not happen stays too.
+    let mut links = Vec::new();
+    for (digest, facts) in &repo.images {
+        links.extend(facts.children.iter().map(|c| (digest.clone(), c.clone())));
+        links.extend(
+            facts
+                .subjects
+                .iter()
+                .map(|s| (s.digest.clone(), digest.clone())),
+        );
+    }
+    let order = retention::deletion_order(&repo.decisions, &links);
+    let mut stayed: BTreeSet<String> = BTreeSet::new();
     let mut actions = Vec::new();
-    for (digest, tags) in deletes {
+    for planned in &order {
+        let (digest, tags) = (&planned.digest, &planned.tags);
         let mut moved = None;
         for tag in tags {
             match client.resolve(&name, tag).await? {
@@ -80,8 +85,21 @@ async fn execute_repository(
         if let Some((tag, _)) = new_tags.iter().find(|(_, d)| *d == digest) {
             moved = Some(format!("tag {tag} was pushed onto it since planning"));
         }
+        if let Some(holder) = planned.after.iter().find(|h| stayed.contains(*h)) {
+            let what = if repo
+                .images
+                .get(holder)
+                .is_some_and(|f| f.children.contains(digest))
+            {
+                "its index"
+            } else {
+                "its subject"
+            };
+            moved = Some(format!("{what} {} was not deleted", short(holder)));
+        }
         if let Some(detail) = moved {
             info!(repository = %name, digest = %digest, "skipped: {detail}");
+            stayed.insert(digest.clone());
             actions.push(Action {
                 digest: digest.clone(),
                 tag: None,
@@ -107,12 +125,15 @@ async fn execute_repository(
                 result: "skipped",
                 detail: Some("already gone".to_owned()),
             },
-            Err(e) => Action {
-                digest: digest.clone(),
-                tag: None,
-                result: "failed",
-                detail: Some(e.to_string()),
-            },
+            Err(e) => {
+                stayed.insert(digest.clone());
+                Action {
+                    digest: digest.clone(),
+                    tag: None,
+                    result: "failed",
+                    detail: Some(e.to_string()),
+                }
+            }
         });
     }
     for d in &repo.decisions {

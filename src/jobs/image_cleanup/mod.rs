@@ -10,6 +10,7 @@
 //! (5) optionally runs the registry's offline garbage collection (`garbage_collect`). `report`
 //! is what a run tells. One repository's errors never stop the others.
 
+pub mod accessory;
 pub mod enforce;
 mod garbage_collect;
 pub mod refs;
@@ -70,6 +71,8 @@ pub struct Inputs<'a> {
     pub state_dir: &'a Path,
     /// The programs the host configuration allows jobs to run (`jobs.commands`).
     pub commands: &'a crate::config::HostCommands,
+    /// Warnings (a keepTags rule keeping nothing) fail the run.
+    pub strict: bool,
 }
 
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
@@ -90,6 +93,7 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
     let client = Arc::new(client_for(job, &spec, inputs.credentials_dir)?);
     let uses = protections(job, &spec, inputs).await?;
     let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
+    report.strict = inputs.strict;
     if spec.mode == Mode::Enforce && !dry_run {
         report.deletes = true;
         execute(&spec, &client, &mut report).await;
