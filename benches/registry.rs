@@ -87,6 +87,8 @@ async fn main() {
         desired: &[],
         credentials: &driftless::credentials::Credentials::default(),
         state_dir: state.path(),
+        commands: &Default::default(),
+        strict: false,
     };
     for run in [
         "first run (reads every manifest and config)",

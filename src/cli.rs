@@ -217,6 +217,10 @@ pub enum JobsCommand {
         /// Report what the job would do; change nothing (whatever the job's mode).
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: warnings fail the run (exit 2), e.g. an ImageCleanup keepTags rule
+        /// that matches no tag of a repository losing images. For CI.
+        #[arg(long, requires = "dry_run")]
+        strict: bool,
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]

@@ -2,6 +2,7 @@
 //! profile and cluster, where host secrets and state live. Secrets are never written here: the
 //! file names files in the credentials directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -51,6 +52,39 @@ pub struct HostConfig {
     /// Which credential files stacks and jobs may read (see `credentials`).
     #[serde(default)]
     pub credentials: crate::credentials::CredentialsConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+/// `jobs:`: what jobs declared in Git may use on this host, named here and referred to by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobsConfig {
+    /// Programs jobs may run on the host, by name (e.g. `registry-gc`, named by an ImageCleanup's
+    /// `garbageCollect.command`). A repository can only choose among these.
+    #[serde(default)]
+    pub commands: HostCommands,
+}
+
+/// Host commands by name.
+pub type HostCommands = BTreeMap<String, HostCommand>;
+
+/// A program run on the host for a job: never through a shell, with a minimal environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostCommand {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Longest it may run (default 30m); then it is killed.
+    #[serde(
+        default = "default_command_timeout",
+        with = "crate::stack::model::duration_text"
+    )]
+    pub timeout: std::time::Duration,
+}
+
+fn default_command_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 60)
 }
 
 /// `renderers:`: the programs that render chart and Kustomize stacks.
@@ -303,6 +337,24 @@ impl HostConfig {
                     protected.join(", ")
                 ),
             });
+        }
+        for (name, c) in &config.jobs.commands {
+            if !crate::stack::load::is_dns_label(name) {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "jobs.commands: name {name:?} must be a DNS label (lowercase letters, digits, '-')"
+                    ),
+                });
+            }
+            if c.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "jobs.commands.{name}.command: give the program and its arguments, e.g. [/usr/bin/systemctl, start, registry-gc.service]"
+                    ),
+                });
+            }
         }
         if let Some(src) = &config.source {
             if src.path.is_some() == src.git.is_some() {

@@ -179,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 driftless::cli::JobsCommand::Run {
                     name,
                     dry_run,
+                    strict,
                     source,
                     cluster,
                     output,
@@ -211,6 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     desired: &d.stacks,
                     credentials: &credentials,
                     state_dir: &state_dir,
+                    commands: &config.jobs.commands,
+                    strict,
                     revision: d.revision.clone(),
                 };
                 driftless::jobs::runner::run(

