@@ -306,8 +306,19 @@ fn a_renamed_branch_is_reported_missing_and_the_old_checkout_stays() {
 
 #[test]
 fn a_deleted_tag_is_reported_missing() {
-    let (_root, bare, _work) = local_remote();
+    let (_root, bare, work) = local_remote();
     let state = tempfile::tempdir().unwrap();
+    // An annotated tag is followed to its commit.
+    git(work.path(), &["tag", "-a", "v2", "-m", "release 2"]);
+    git(work.path(), &["push", "-q", bare.to_str().unwrap(), "v2"]);
+    let annotated = file_source(&bare, GitRef::Tag("v2".into()), state.path())
+        .fetch(None)
+        .expect("annotated tag");
+    assert_eq!(
+        annotated.revision.sha,
+        git(work.path(), &["rev-parse", "HEAD"])
+    );
+
     let source = file_source(&bare, GitRef::Tag("v1".into()), state.path());
     let first = source.fetch(None).expect("first fetch");
     git(&bare, &["tag", "-d", "v1"]);
