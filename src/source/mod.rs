@@ -165,11 +165,27 @@ impl GitRef {
     /// of its own.
     pub fn is_valid(&self) -> bool {
         match self {
-            GitRef::Branch(b) => git2::Reference::is_valid_name(&format!("refs/heads/{b}")),
-            GitRef::Tag(t) => git2::Reference::is_valid_name(&format!("refs/tags/{t}")),
+            GitRef::Branch(name) | GitRef::Tag(name) => valid_ref_name(name),
             GitRef::Commit(c) => checkout::is_sha(&c.to_ascii_lowercase()),
         }
     }
+}
+
+/// `git check-ref-format` for a branch or tag name below `refs/heads/` or `refs/tags/`. Pure
+/// (libgit2's own check would initialise libgit2 whenever the configuration is read).
+fn valid_ref_name(name: &str) -> bool {
+    let forbidden = |c: char| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    };
+    !name.is_empty()
+        && name != "@"
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.ends_with('.')
+        && !name.chars().any(forbidden)
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
 impl std::fmt::Display for GitRef {
@@ -553,6 +569,9 @@ mod tests {
             GitRef::Tag("v1.2.3".into()),
             GitRef::Commit(sha.into()),
             GitRef::Commit(sha.to_uppercase()),
+            GitRef::Branch("feature/x-1_2".into()),
+            GitRef::Branch("a.b".into()),
+            GitRef::Branch("user@host".into()),
         ] {
             assert!(ok.is_valid(), "{ok}");
         }
@@ -564,8 +583,39 @@ mod tests {
             GitRef::Tag("v1 2".into()),
             GitRef::Commit("0123abc".into()),
             GitRef::Commit(format!("{}g", &sha[..39])),
+            GitRef::Branch("/main".into()),
+            GitRef::Branch("main/".into()),
+            GitRef::Branch("a//b".into()),
+            GitRef::Branch(".hidden".into()),
+            GitRef::Branch("x.lock".into()),
+            GitRef::Branch("main.".into()),
+            GitRef::Branch("a@{1}".into()),
+            GitRef::Branch("@".into()),
+            GitRef::Branch("a\\b".into()),
+            GitRef::Tag("v1?".into()),
+            GitRef::Tag("v[1]".into()),
+            GitRef::Tag("v~1".into()),
+            GitRef::Tag("v^1".into()),
+            GitRef::Tag("v\u{7f}".into()),
         ] {
             assert!(!bad.is_valid(), "{bad}");
+        }
+        // The same verdicts as libgit2 for names.
+        for name in [
+            "main",
+            "a..b",
+            "a/.b",
+            "x.lock",
+            "a b",
+            "release/1.2",
+            "a@{1}",
+            "v~1",
+        ] {
+            assert_eq!(
+                valid_ref_name(name),
+                git2::Reference::is_valid_name(&format!("refs/heads/{name}")),
+                "{name}"
+            );
         }
     }
 }
