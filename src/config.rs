@@ -375,6 +375,25 @@ impl HostConfig {
                             .to_owned(),
                     });
                 }
+                let reference = crate::source::GitRef::of(git);
+                if !reference.is_valid() {
+                    return Err(Error::Invalid {
+                        path: path.to_owned(),
+                        message: format!(
+                            "source.git: {reference} is not a valid Git ref (a branch or tag name \
+                             as git accepts it, a commit as a full sha)"
+                        ),
+                    });
+                }
+                // Credentials in the URL, unknown schemes, a token for plain http: refused here,
+                // before anything is read or sent. The message never shows user information.
+                let secret_auth = git.auth.token_file.is_some() || git.auth.password_file.is_some();
+                if let Err(e) = crate::source::check_url(&git.url, secret_auth) {
+                    return Err(Error::Invalid {
+                        path: path.to_owned(),
+                        message: format!("source.git.url: {e}"),
+                    });
+                }
             }
         }
         Ok(config)
