@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 /// Bounds on what one load of a repository may make driftless read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Deepest directory level below a walk's start (its entries are level 1).
+    /// Deepest directory level below a walk's start (its entries are level 1): a directory
+    /// nested deeper is an error.
     pub max_depth: usize,
     /// Most directory entries one walk reads.
     pub max_entries: usize,
@@ -402,7 +403,8 @@ impl Walker<'_> {
     /// Enters the directory `item` (canonical `real`): bounds and the visited set first.
     fn enter(&mut self, item: &Pending, real: &Path) -> Result<()> {
         let repo = self.repo;
-        if item.depth >= repo.limits.max_depth {
+        // A directory nested deeper than `max_depth` levels is refused, not entered.
+        if item.depth > repo.limits.max_depth {
             return Err(Error::TooDeep {
                 path: repo.relative(&item.path),
                 start: self.start.clone(),
@@ -619,7 +621,7 @@ mod tests {
         let repo = Repo::open(t.path(), limits).unwrap();
         let err = all(&repo, FOLLOW).unwrap_err().to_string();
         assert!(
-            err.starts_with("a/b/c: more than 3 directory levels below "),
+            err.starts_with("a/b/c/d: more than 3 directory levels below "),
             "{err}"
         );
         let limits = Limits {

@@ -407,3 +407,35 @@ fn renderers_run_with_a_minimal_environment() {
         "and is removed afterwards"
     );
 }
+
+/// Helm resolves a `values.schema.json` `$ref` against `file:///` and loads it: a relative one
+/// reads any file of the host, and its content comes back in Helm's error message. Refused before
+/// Helm runs; the host file's content appears nowhere.
+#[test]
+fn a_chart_schema_reference_to_a_host_file_is_refused_before_helm_runs() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        r#"{"type": "string", "const": "S3NTINEL-host-file"}"#,
+    )
+    .unwrap();
+    let repo = chart_repo();
+    let reference = secret.to_str().unwrap().trim_start_matches('/');
+    repo.write(
+        "stack/web/chart/values.schema.json",
+        &format!(
+            r#"{{"type": "object", "properties": {{"greeting": {{"$ref": "{reference}"}}}}}}"#
+        ),
+    );
+    let out = driftless(&repo.config, &["validate"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!(
+            "stack/web/chart/values.schema.json: /properties/greeting/$ref {reference:?}: Helm would load it"
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("S3NTINEL"), "{t}");
+}

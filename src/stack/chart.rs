@@ -5,6 +5,11 @@
 //!
 //! `helm template` never downloads dependencies (that is `helm dependency build`): a missing one
 //! fails the render anyway. The check says so before Helm runs, naming the dependency.
+//!
+//! Helm does load what a `values.schema.json` references: `$ref`s resolve against
+//! `file:///values.schema.json`, so `"$ref": "etc/passwd"` reads a host file and an `https://` one
+//! is fetched. Only references within the schema itself (`#/...`) are accepted, and `$schema`
+//! only for the JSON Schema drafts Helm knows without fetching them.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +77,7 @@ fn check(repo: &Repo, stack: &str, file: &Path, chart: &Path) -> Result<()> {
         error,
     };
     let mut charts = vec![chart.to_owned()];
+    let mut schemas = Vec::new();
     // Hidden names too: Helm loads them unless .helmignore says otherwise.
     let how = Walk {
         follow_symlinks: true,
@@ -84,13 +90,73 @@ fn check(repo: &Repo, stack: &str, file: &Path, chart: &Path) -> Result<()> {
         if vendored {
             charts.push(e.real.to_owned());
         }
+        if e.kind == Kind::File && e.name == "values.schema.json" {
+            schemas.push(e.path.to_owned());
+        }
         Ok::<_, crate::repo_walk::Error>(Step::Enter)
     })
     .map_err(input)?;
     for dir in &charts {
         check_dependencies(repo, stack, dir)?;
     }
+    for schema in &schemas {
+        check_schema(repo, stack, schema)?;
+    }
     Ok(())
+}
+
+/// A `values.schema.json` references nothing outside itself.
+fn check_schema(repo: &Repo, stack: &str, path: &Path) -> Result<()> {
+    let file = repo.relative(path);
+    let refuse = |pointer: String, reference: String| Error::ChartSchemaReference {
+        file: file.clone(),
+        pointer,
+        reference,
+        stack: stack.to_owned(),
+    };
+    let text = repo.read_text(path)?;
+    // Refused rather than skipped: what driftless cannot read, it cannot check.
+    let schema: Value = serde_json::from_str(&text).map_err(|e| Error::StackFile {
+        file: file.clone(),
+        message: format!(
+            "not JSON that driftless can check before Helm reads it: line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ),
+    })?;
+    match external_schema_reference(&schema, String::new()) {
+        Some((pointer, reference)) => Err(refuse(pointer, reference)),
+        None => Ok(()),
+    }
+}
+
+/// The first `$ref`-like keyword of `v` that leaves the document, or `$schema` that is not a
+/// JSON Schema draft, with its JSON pointer.
+fn external_schema_reference(v: &Value, at: String) -> Option<(String, String)> {
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let here = format!("{at}/{k}");
+            match (k.as_str(), x) {
+                ("$ref" | "$dynamicRef" | "$recursiveRef", Value::String(r))
+                    if !r.starts_with('#') =>
+                {
+                    Some((here, r.clone()))
+                }
+                ("$schema", Value::String(s))
+                    if !(s.starts_with("http://json-schema.org/")
+                        || s.starts_with("https://json-schema.org/")) =>
+                {
+                    Some((here, s.clone()))
+                }
+                _ => external_schema_reference(x, here),
+            }
+        }),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| external_schema_reference(x, format!("{at}/{i}"))),
+        _ => None,
+    }
 }
 
 /// The chart at `dir`: each dependency with a chart repository (not `file://`) must be in

@@ -430,3 +430,49 @@ fn links_inside_the_repository_still_work() {
         ["stack/s/common/cm.yaml", "stack/s/common/more/other.yaml"]
     );
 }
+
+#[test]
+fn chart_schemas_may_not_reference_anything_outside_themselves() {
+    let chart = "apiVersion: v2\nname: web\nversion: 0.1.0\n";
+    let cases = [
+        (
+            r##"{"properties": {"a": {"$ref": "etc/passwd"}}}"##,
+            "/properties/a/$ref \"etc/passwd\"",
+        ),
+        (
+            r##"{"$ref": "https://example.com/schema.json"}"##,
+            "/$ref \"https://example.com/schema.json\"",
+        ),
+        (
+            r##"{"$schema": "https://example.com/meta"}"##,
+            "/$schema \"https://example.com/meta\"",
+        ),
+    ];
+    for (schema, want) in cases {
+        let r = repo(&[
+            ("stack/s/stack.yaml", HELM_STACK),
+            ("stack/s/chart/Chart.yaml", chart),
+            ("stack/s/chart/templates/cm.yaml", CM),
+            ("stack/s/chart/charts/sub/Chart.yaml", chart),
+            ("stack/s/chart/charts/sub/values.schema.json", schema),
+        ]);
+        let (result, ran) = load_with_marker(r.path());
+        let err = result.map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("stack/s/chart/charts/sub/values.schema.json") && err.contains(want),
+            "{want}: {err}"
+        );
+        assert!(!ran, "helm ran");
+    }
+    let r = repo(&[
+        ("stack/s/stack.yaml", HELM_STACK),
+        ("stack/s/chart/Chart.yaml", chart),
+        (
+            "stack/s/chart/values.schema.json",
+            r##"{"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"x": {"type": "string"}}, "properties": {"a": {"$ref": "#/definitions/x"}}}"##,
+        ),
+    ]);
+    let (result, ran) = load_with_marker(r.path());
+    result.expect("a self-contained schema loads");
+    assert!(ran);
+}

@@ -59,6 +59,15 @@ pub enum Error {
         name: String,
         repository: String,
     },
+    #[error(
+        "{file}: {pointer} {reference:?}: Helm would load it (a URL, or a file of the host: references resolve against file:///); renders are offline and read only the repository: keep the schema self-contained (`#/…` references) (stack {stack}, spec.helm)"
+    )]
+    ChartSchemaReference {
+        file: PathBuf,
+        pointer: String,
+        reference: String,
+        stack: String,
+    },
     #[error("{path}: {message}")]
     Io {
         path: PathBuf,
