@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretSlice;
 
 use super::external::Renderers;
-pub use super::model::SourceFile;
+use super::model::SourceFile;
 use super::model::{API_VERSION, StackFile, StackSpec};
 use super::{Error, Result, chart, kustomize};
 use crate::repo_walk::{self, Kind, Repo, Step, Walk};
