@@ -758,31 +758,20 @@ fn release_free_memory() {
 /// directories): an incremental reconcile is only sound while the policies stay the same.
 fn policy_digest(root: &Path) -> String {
     use sha2::{Digest, Sha256};
-    fn walk(dir: &Path, in_policies: bool, depth: usize, hasher: &mut Sha256, root: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            let is_policies = in_policies || path.file_name().is_some_and(|n| n == "policies");
-            if path.is_dir() && depth < 12 {
-                walk(&path, is_policies, depth + 1, hasher, root);
-            } else if is_policies && let Ok(bytes) = std::fs::read(&path) {
-                hasher.update(
-                    path.strip_prefix(root)
-                        .unwrap_or(&path)
-                        .as_os_str()
-                        .as_encoded_bytes(),
-                );
-                hasher.update([0]);
-                hasher.update(&bytes);
+    let mut hasher = Sha256::new();
+    // The files `load_policies` read, found and read by the same bounded walk.
+    match crate::policy::revision_policy_files(root) {
+        Ok(files) => {
+            for f in files {
+                for part in [f.path.as_os_str().as_encoded_bytes(), f.text.as_bytes()] {
+                    hasher.update((part.len() as u64).to_le_bytes());
+                    hasher.update(part);
+                }
             }
         }
+        // Unreadable although just loaded: a digest no run shares, so the next one is full.
+        Err(e) => hasher.update(format!("{e} {}", rand::random::<u64>())),
     }
-    let mut hasher = Sha256::new();
-    walk(&root.join("policies"), true, 0, &mut hasher, root);
-    walk(&root.join("stack"), false, 0, &mut hasher, root);
     crate::cluster::apply::hex(&hasher.finalize())
 }
 

@@ -25,7 +25,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use eval::{RevisionIndex, Subject};
-pub use load::{POLICY_DIR, load_dir, load_policies, load_with_stacks, stack_policy_dir};
+pub use load::{
+    POLICY_DIR, PolicyFile, load_dir, load_policies, load_with_stacks, policy_files,
+    revision_policy_files, stack_policy_dir,
+};
 use model::{BindingSpec, ValidationAction};
 
 /// Everything that can be wrong with `policies/`, each naming the file and object to fix.
@@ -40,6 +43,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Yaml(#[from] crate::yaml::Error),
+    /// A walk or read of the repository refused (loop, depth, count, size, boundary, name).
+    #[error(transparent)]
+    Walk(#[from] crate::repo_walk::Error),
+    #[error("cannot find the stacks and their policies: {0}")]
+    Stacks(#[from] Box<crate::stack::Error>),
     #[error("{file} (document {document}): {message}")]
     Invalid {
         file: PathBuf,

@@ -1,9 +1,13 @@
-//! Stacks: loading a checkout (`load`, the only part that reads files) and rendering it into the
-//! desired objects of each stack (`render`, `order`: pure).
+//! Stacks: loading a checkout (`load`, reading through `repo_walk`; `chart` and `kustomize`
+//! check a renderer's inputs and run it through `external`) and rendering it into the desired
+//! objects of each stack (`render`, `object`, `order`, `vars`: pure).
 
+pub mod chart;
 pub mod external;
+pub mod kustomize;
 pub mod load;
 pub mod model;
+pub mod object;
 pub mod order;
 pub mod render;
 pub mod stored;
@@ -14,9 +18,10 @@ use std::path::PathBuf;
 
 pub use external::Renderers;
 pub use load::{
-    HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, load_repo_with,
-    placeholder_host_secrets, read_host_secrets,
+    HostSecrets, LoadLimits, LoadedStack, load_repo, load_repo_with, placeholder_host_secrets,
+    read_host_secrets,
 };
+pub use model::SourceFile;
 pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
 pub use stored::StoredRevision;
 
@@ -25,6 +30,44 @@ pub use stored::StoredRevision;
 pub enum Error {
     #[error("{0}")]
     Yaml(#[from] crate::yaml::Error),
+    /// A walk or read of the repository refused (loop, depth, count, size, boundary, name).
+    #[error(transparent)]
+    Walk(#[from] crate::repo_walk::Error),
+    #[error("{file}: {field} of stack {stack}: {error}")]
+    RendererInput {
+        file: PathBuf,
+        stack: String,
+        field: &'static str,
+        error: crate::repo_walk::Error,
+    },
+    #[error("{file}: {field} {entry:?}: {problem} (stack {stack}, spec.kustomize of {stack_file})")]
+    KustomizeReference {
+        file: PathBuf,
+        field: String,
+        entry: String,
+        problem: String,
+        stack: String,
+        stack_file: PathBuf,
+    },
+    #[error(
+        "{file}: dependencies[{index}] {name:?} comes from the chart repository {repository:?} and the chart's charts/ does not hold it: helm template runs offline; vendor it (`helm dependency build`) and commit charts/ (stack {stack}, spec.helm)"
+    )]
+    ChartDependency {
+        file: PathBuf,
+        stack: String,
+        index: usize,
+        name: String,
+        repository: String,
+    },
+    #[error(
+        "{file}: {pointer} {reference:?}: Helm would load it (a URL, or a file of the host: references resolve against file:///); renders are offline and read only the repository: keep the schema self-contained (`#/…` references) (stack {stack}, spec.helm)"
+    )]
+    ChartSchemaReference {
+        file: PathBuf,
+        pointer: String,
+        reference: String,
+        stack: String,
+    },
     #[error("{path}: {message}")]
     Io {
         path: PathBuf,
@@ -42,28 +85,12 @@ pub enum Error {
         name: String,
         other: PathBuf,
     },
-    #[error("{path}: {reason} (the repository root is {root})")]
-    OutsideRepository {
-        path: PathBuf,
-        root: PathBuf,
-        reason: &'static str,
-    },
-    #[error(
-        "{path}: file is {size} bytes, over the limit of {limit} bytes (split it or raise the limit)"
-    )]
-    FileTooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
     #[error("{path}: more than {limit} manifest files in stack {stack}")]
     TooManyFiles {
         path: PathBuf,
         stack: String,
         limit: usize,
     },
-    #[error("{path}: not UTF-8 text")]
-    NotText { path: PathBuf },
     #[error("stack {stack}: no profile {profile:?} (defined: {defined})")]
     UnknownProfile {
         stack: String,
@@ -219,5 +246,7 @@ impl fmt::Display for Place {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
