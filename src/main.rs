@@ -56,7 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
             let findings = d.policies.check_offline(&d.stacks);
-            print_validation(&d.stacks, &d.jobs, d.secrets_checked, &findings, output);
+            print_validation(
+                &d.stacks,
+                &d.jobs,
+                &d.health_checks.summaries(),
+                d.secrets_checked,
+                &findings,
+                output,
+            );
             let denied = findings.iter().flat_map(|(_, f)| f).any(|f| f.denies());
             Ok(if denied { EXIT_ERROR } else { EXIT_OK })
         }
@@ -89,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let options = reconcile::Options {
                 dry_run: true,
                 policies: Some(std::sync::Arc::new(d.policies)),
+                health_checks: Some(std::sync::Arc::new(d.health_checks)),
                 only: source.stacks.clone(),
                 instance: config.instance(),
                 secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
@@ -128,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let options = reconcile::Options {
                 dry_run,
                 policies: Some(std::sync::Arc::new(d.policies)),
+                health_checks: Some(std::sync::Arc::new(d.health_checks)),
                 force_prune: prune,
                 allow_mass_prune: allow_mass_prune || config.prune.allow_mass_prune,
                 max_prune_share: config.prune.max_share,
@@ -339,6 +348,8 @@ struct Desired {
     secrets_checked: bool,
     /// `policies/` of the revision, compiled.
     policies: driftless::policy::PolicySet,
+    /// `health/` checks of the revision, compiled.
+    health_checks: driftless::health_checks::HealthChecks,
 }
 
 /// Loads and renders the stacks, jobs and policies of `--path` or the configured source (a Git
@@ -388,12 +399,17 @@ fn load_desired(
         }
     }
     let policies = driftless::policy::load_policies(&root, &stacks)?;
+    let health_checks = stack::load_health_checks(
+        &root,
+        stacks.iter().map(|s| (s.name.as_str(), s.file.as_path())),
+    )?;
     Ok(Desired {
         stacks,
         revision,
         jobs,
         secrets_checked,
         policies,
+        health_checks,
     })
 }
 
@@ -582,6 +598,7 @@ fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path:
 fn print_validation(
     stacks: &[RenderedStack],
     jobs: &[driftless::jobs::model::Job],
+    health: &[driftless::health_checks::Summary],
     secrets_checked: bool,
     findings: &[(String, Vec<driftless::policy::Finding>)],
     output: OutputFormat,
@@ -611,6 +628,7 @@ fn print_validation(
                     "policy": of(&s.name),
                 })).collect::<Vec<_>>(),
                 "jobs": jobs_json(jobs, None),
+                "healthChecks": health,
             });
             emit(&format!("{value:#}\n"));
         }
@@ -623,6 +641,19 @@ fn print_validation(
                 }
             }
             text.push_str(&jobs_text(jobs, None));
+            for h in health {
+                text.push_str(&format!(
+                    "health check {} {} ({}{}): current: {}\n",
+                    h.api_version,
+                    h.kind,
+                    h.file.display(),
+                    h.stack
+                        .as_deref()
+                        .map(|s| format!(", stack {s} only"))
+                        .unwrap_or_default(),
+                    h.current
+                ));
+            }
             if denials > 0 {
                 text.push_str(&format!(
                     "invalid: {denials} policy denials (fix the objects named above)\n"

@@ -7,7 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use support::{driftless, kubectl, text};
+use std::process::Command;
+
+use support::{TestEnv, driftless, kubectl, text};
 
 const DUCKLAKE: [&str; 4] = [
     "ducklake-base",
@@ -282,11 +284,56 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
     converged(&config, &DUCKLAKE);
 }
 
+/// `tests/env/standin-operator.py` while it lives: it writes the status Strimzi and the Spark
+/// operator would write, so that the declared health checks of `health/operators.yaml` decide.
+struct StandInOperator(std::process::Child);
+
+impl StandInOperator {
+    fn start() -> StandInOperator {
+        let env = TestEnv::get();
+        let child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/env/standin-operator.py"
+            ))
+            .args([
+                "--kubectl",
+                env.var("KUBECTL"),
+                "--kubeconfig",
+                env.var("KUBECONFIG"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the stand-in operator");
+        StandInOperator(child)
+    }
+}
+
+impl Drop for StandInOperator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn lambda_stacks_sync_to_healthy_and_converge() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
+    let _operator = StandInOperator::start();
     sync_to_healthy(&config, &LAMBDA);
+    // The declared checks decided: the stand-in operator's status is on every custom resource.
+    assert_eq!(
+        get(&[
+            "kafka",
+            "kafka-cluster",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={.status.conditions[0].reason}"
+        ]),
+        "StandIn"
+    );
 
     // The operators stand-in: its CRDs established before the custom resources were applied.
     for crd in [

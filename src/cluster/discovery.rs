@@ -20,6 +20,9 @@ pub struct Kinds {
 pub struct Resolved {
     pub resource: ApiResource,
     pub namespaced: bool,
+    /// Whether the kind has a `status` subresource: its status is written by a controller, so
+    /// an object without one has not been looked at yet (`health`).
+    pub status_subresource: bool,
 }
 
 impl Resolved {
@@ -57,9 +60,14 @@ impl Kinds {
                 let kinds = by_version.entry(api_version).or_default();
                 for (resource, caps) in group.versioned_resources(version) {
                     // The first resource of a kind, as kube's `resolve_gvk` picks it.
+                    let status_subresource = caps
+                        .subresources
+                        .iter()
+                        .any(|(sub, _)| sub.plural.rsplit('/').next() == Some("status"));
                     kinds.entry(resource.kind.clone()).or_insert(Resolved {
                         resource,
                         namespaced: caps.scope == Scope::Namespaced,
+                        status_subresource,
                     });
                 }
             }

@@ -378,6 +378,8 @@ struct LoopState {
     last_good: Option<(Option<Revision>, Arc<crate::stack::StoredRevision>)>,
     /// The policies of the last good revision (loaded with it).
     last_good_policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
+    /// The declared health checks of the last good revision.
+    last_good_health: Option<std::sync::Arc<crate::health_checks::HealthChecks>>,
     backoff: BTreeMap<String, Backoff>,
     source_failures: u32,
     client: Option<kube::Client>,
@@ -482,17 +484,23 @@ async fn reconcile_once(
                     let policies =
                         crate::policy::load_policies(&root, &stacks).map_err(|e| e.to_string())?;
                     let digest = policy_digest(&root);
-                    lap.log("loaded the policies");
+                    let health = crate::stack::load_health_checks(
+                        &root,
+                        stacks.iter().map(|s| (s.name.as_str(), s.file.as_path())),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    lap.log("loaded the policies and health checks");
                     let stored = crate::stack::StoredRevision::store(&stacks);
                     lap.log("stored the revision");
-                    Ok::<_, String>((stacks, stored, declared, (policies, digest)))
+                    Ok::<_, String>((stacks, stored, declared, (policies, digest, health)))
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((stacks, stored, declared, (policies, digest)))) => {
+                    Ok(Ok((stacks, stored, declared, (policies, digest, health)))) => {
                         let stacks = Arc::new(stacks);
                         let stored = Arc::new(stored);
                         state.last_good_policies = Some(std::sync::Arc::new(policies));
+                        state.last_good_health = Some(std::sync::Arc::new(health));
                         state.last_good_policy_digest = digest;
                         if let Some(r) = &revision {
                             info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
@@ -685,6 +693,7 @@ async fn reconcile_once(
         plan_only: plan_only.clone(),
         secret_hash_key: state.secret_hash_key.clone(),
         policies: state.last_good_policies.clone(),
+        health_checks: state.last_good_health.clone(),
         incremental,
         // Stacks leave only with a revision fetched (and loaded) from the configured source now.
         source: reconcile::source_id(None, config.source.as_ref()),

@@ -241,12 +241,21 @@ async fn wait_healthy(
         .collect();
     let timeout = ctx.stack.spec.wait.timeout;
     let mut last = 0;
-    let pending = health::wait_healthy(ctx.client, kinds, name, &watched, timeout, |ok, all| {
-        if ok != last {
-            info!(stack = %name, "healthy {ok}/{all}");
-            last = ok;
-        }
-    })
+    let checks = ctx.options.health_checks.as_deref();
+    let pending = health::wait_healthy(
+        ctx.client,
+        kinds,
+        name,
+        &watched,
+        timeout,
+        checks,
+        |ok, all| {
+            if ok != last {
+                info!(stack = %name, "healthy {ok}/{all}");
+                last = ok;
+            }
+        },
+    )
     .await?;
     lap.log("waited for health");
     outcome.unhealthy = pending

@@ -141,6 +141,55 @@ pub fn stack_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// The declared health checks of a checkout: `health/` at its root (every stack) and beside each
+/// stack's `stack.yaml` (`stacks`: name and `stack.yaml` relative to `root`), compiled. Files
+/// are read through the bounded walk; a broken file is an error naming it.
+pub fn load_health_checks<'a>(
+    root: &Path,
+    stacks: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> Result<crate::health_checks::HealthChecks> {
+    let repo = Repo::open(root, LoadLimits::default().walk())?;
+    let dir = crate::health_checks::DIR;
+    let mut sources = Vec::new();
+    let mut read = |at: PathBuf, stack: Option<&str>| -> Result<()> {
+        if std::fs::symlink_metadata(&at).is_err() {
+            return Ok(());
+        }
+        let how = Walk {
+            follow_symlinks: true,
+            include_hidden: false,
+        };
+        repo.walk(&at, how, |e| {
+            match e.kind {
+                Kind::Dir => return Ok::<_, Error>(Step::Enter),
+                Kind::Other => return Ok(Step::Skip),
+                Kind::File => {}
+            }
+            if [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| e.name.ends_with(ext))
+            {
+                sources.push(crate::health_checks::Source {
+                    path: repo.relative(e.path),
+                    text: repo.read_text(e.path)?,
+                    stack: stack.map(str::to_owned),
+                });
+            }
+            Ok(Step::Skip)
+        })
+    };
+    read(repo.root().join(dir), None)?;
+    for (name, file) in stacks {
+        let stack_dir = repo
+            .root()
+            .join(file)
+            .parent()
+            .map_or_else(|| repo.root().to_owned(), Path::to_owned);
+        read(stack_dir.join(dir), Some(name))?;
+    }
+    Ok(crate::health_checks::HealthChecks::compile(&sources)?)
+}
+
 /// Deepest directory level below `stack/` searched for `stack.yaml` files.
 const MAX_STACK_DEPTH: usize = 6;
 
@@ -401,8 +450,10 @@ impl Collect<'_> {
         let in_stack_dir = |p: &Path| p.parent() == Some(self.stack_dir);
         self.repo.walk(dir, how, |e| {
             if e.kind == Kind::Dir {
-                // `policies/` beside stack.yaml holds the stack's own admission policies.
-                let own_policies = in_stack_dir(e.path) && e.name == POLICIES_DIR;
+                // `policies/` beside stack.yaml holds the stack's own admission policies, and
+                // `health/` its declared health checks.
+                let own_policies = in_stack_dir(e.path)
+                    && (e.name == POLICIES_DIR || e.name == crate::health_checks::DIR);
                 let nested_stack = e.real != self.stack_dir && exists(&e.real.join(STACK_FILE));
                 let skip =
                     own_policies || nested_stack || self.excluded.iter().any(|x| x == e.real);

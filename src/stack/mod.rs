@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 pub use external::Renderers;
 pub use load::{
-    HostSecrets, LoadLimits, LoadedStack, load_repo, load_repo_with, placeholder_host_secrets,
-    read_host_secrets,
+    HostSecrets, LoadLimits, LoadedStack, load_health_checks, load_repo, load_repo_with,
+    placeholder_host_secrets, read_host_secrets,
 };
 pub use model::SourceFile;
 pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
@@ -33,6 +33,9 @@ pub enum Error {
     /// A walk or read of the repository refused (loop, depth, count, size, boundary, name).
     #[error(transparent)]
     Walk(#[from] crate::repo_walk::Error),
+    /// A declared health check that does not load (see `health_checks`).
+    #[error(transparent)]
+    HealthChecks(#[from] crate::health_checks::Error),
     #[error("{file}: {field} of stack {stack}: {error}")]
     RendererInput {
         file: PathBuf,
