@@ -468,7 +468,7 @@ fn jobs_json(
         jobs.iter()
             .map(|j| {
                 serde_json::json!({
-                    "name": j.name, "kind": j.kind, "stack": j.stack,
+                    "name": j.name, "kind": j.kind(), "stack": j.stack,
                     "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
                     "nextRun": j.schedule.next_after(now),
                     "lastRun": last_run(state_dir, &j.name),
@@ -495,7 +495,7 @@ fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path:
             format!(
                 "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
                 j.name,
-                j.kind,
+                j.kind(),
                 j.stack,
                 j.schedule.expression(),
                 j.schedule.time_zone().name(),

@@ -15,7 +15,6 @@ use futures::StreamExt;
 
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
-use driftless::jobs::schedule::Schedule;
 use driftless::registry::{Client, Credentials};
 use serde_json::{Value, json};
 use support::registry::{
@@ -47,15 +46,11 @@ async fn exists(client: &Client, repo: &str, digest: &str) -> bool {
 }
 
 fn job(name: &str, spec: Value) -> Job {
-    Job {
-        name: name.to_owned(),
-        kind: "ImageCleanup".to_owned(),
-        stack: "test".to_owned(),
-        file: "stack/test/jobs.yaml".into(),
-        schedule: Schedule::parse("@daily", None).unwrap(),
-        starting_deadline: None,
-        spec,
-    }
+    Job::from_spec("ImageCleanup", name, "test", "stack/test/jobs.yaml", spec).unwrap()
+}
+
+fn spec(job: &Job) -> &image_cleanup::spec::Spec {
+    job.image_cleanup().unwrap()
 }
 
 /// A credentials directory with the auth registry's username and password.
@@ -420,7 +415,9 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
         credentials: &driftless::credentials::Credentials::default(),
         state_dir: dir.path(),
     };
-    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     assert!(report.ok(), "{}", report.text());
     let r = report
         .repositories
@@ -463,18 +460,18 @@ async fn a_tag_moved_after_planning_is_not_lost() {
             "protect": {"cluster": false, "desired": false},
             "rules": [{"repositories": repo, "keepLast": 1}]}),
     );
-    let spec = image_cleanup::spec::parse(&job).unwrap();
+    let spec = spec(&job);
     let client = Arc::new(
         image_cleanup::client_for(
             &job,
-            &spec,
+            spec,
             &driftless::credentials::Credentials::in_dir(Some(creds.clone())),
         )
         .unwrap(),
     );
     let mut report = image_cleanup::plan(
         &job,
-        &spec,
+        spec,
         &client,
         &BTreeMap::new(),
         dir.path(),
@@ -499,7 +496,7 @@ async fn a_tag_moved_after_planning_is_not_lost() {
     let (new1, _) = push_image(&push, &repo, "build-1", "2025-04-01T00:00:00Z", "1b").await;
     put_manifest_copy(&push, &repo, "build-2", "hotfix").await;
     report.deletes = true;
-    image_cleanup::execute(&spec, &client, &mut report).await;
+    image_cleanup::execute(spec, &client, &mut report).await;
     let registry = client.as_ref();
     assert!(
         exists(registry, &repo, &new1).await,
@@ -593,7 +590,9 @@ async fn one_failing_repository_does_not_stop_the_others() {
         credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
         state_dir: dir.path(),
     };
-    let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let mut report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     report.repositories.retain(|r| r.repository.starts_with(&p));
     assert!(!report.ok());
     let broken_report = report
@@ -693,7 +692,9 @@ async fn garbage_collect_post_step_frees_the_blobs() {
         credentials: &driftless::credentials::Credentials::default(),
         state_dir: state.path(),
     };
-    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(report.ok(), "{}", report.text());

@@ -242,7 +242,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
         .iter()
         .map(|j| {
             let (history, _) = runs::load(&state.state_dir, &j.name);
-            let backup = (j.kind == "Backup").then(|| crate::jobs::backup::freshness(j, &history));
+            let backup = crate::jobs::backup::freshness(j, &history);
             if let Some(t) = backup.and_then(|b| b.newest) {
                 shared
                     .metrics
@@ -252,7 +252,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
             }
             JobStatus {
                 name: j.name.clone(),
-                kind: j.kind.clone(),
+                kind: j.kind().to_owned(),
                 stack: j.stack.clone(),
                 schedule: j.schedule.expression().to_owned(),
                 time_zone: j.schedule.time_zone().name().to_owned(),

@@ -347,14 +347,18 @@ fn known_path(state_dir: &Path, job: &str) -> std::path::PathBuf {
 }
 
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
-pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
-    let spec = spec::parse(job)?;
-    let client = Arc::new(client_for(job, &spec, inputs.credentials)?);
-    let uses = protections(job, &spec, inputs).await?;
-    let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
+pub async fn run(
+    job: &Job,
+    spec: &Spec,
+    inputs: &Inputs<'_>,
+    dry_run: bool,
+) -> Result<Report, Error> {
+    let client = Arc::new(client_for(job, spec, inputs.credentials)?);
+    let uses = protections(job, spec, inputs).await?;
+    let mut report = plan(job, spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
     if spec.mode == Mode::Enforce && !dry_run {
         report.deletes = true;
-        execute(&spec, &client, &mut report).await;
+        execute(spec, &client, &mut report).await;
         if let Some(gc) = &spec.garbage_collect
             && (report.totals.deleted > 0 || report.totals.untagged > 0)
         {
