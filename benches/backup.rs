@@ -91,13 +91,21 @@ fn main() {
         serde_json::json!({
             "schedule": "@daily",
             "source": {"postgres": {"host": vars["PGHOST"], "port": vars["PGPORT"].parse::<u16>().unwrap(),
-                "database": db, "username": vars["PGUSER"], "passwordFile": "pg", "binDir": bin}},
+                "database": db, "username": vars["PGUSER"], "passwordFile": "pg"}},
             "destination": {"local": {"path": dir.path().join("backups")}},
             "retention": {"keepLast": 1},
         }),
     )
     .unwrap();
     let spec = job.backup().unwrap();
+    // The host configuration's `jobs:` settings: the PostgreSQL tools and where backups go.
+    let host = driftless::jobs::host::HostSettings {
+        host: driftless::jobs::host::host_name(),
+        instance: "bench".to_owned(),
+        postgres_bin_dir: Some(bin.clone()),
+        local_backup_root: Some(dir.path().to_owned()),
+        config_dirs: vec![driftless::jobs::host::CONFIG_DIR.into()],
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = dir.path().join("state");
     let mut plain = Vec::new();
@@ -123,6 +131,7 @@ fn main() {
             credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
             state_dir: &state,
             revision: None,
+            host: &host,
         };
         let report = rt
             .block_on(backup::run(&job, spec, &inputs, false))

@@ -190,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     credentials: &credentials,
                     state_dir: &state_dir,
                     revision: d.revision.clone(),
+                    host: &driftless::jobs::host::HostSettings::from_config(&config),
                 };
                 driftless::jobs::runner::run(
                     job,
@@ -237,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     client.as_ref(),
                     &credentials,
                     &state_dir,
+                    &driftless::jobs::host::HostSettings::from_config(&config),
                 )
                 .await
             })?;

@@ -64,6 +64,8 @@ pub struct JobsState {
     pub state_dir: PathBuf,
     pub credentials: crate::credentials::Credentials,
     pub target: crate::cluster::Target,
+    /// The host configuration's settings for jobs (programs, writable paths, host name).
+    pub host: crate::jobs::host::HostSettings,
 }
 
 /// Longest sleep between looks at the clock (a suspended host or a clock step is noticed).
@@ -186,6 +188,7 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
         credentials: &state.credentials,
         state_dir: &state.state_dir,
         revision: state.revision.clone(),
+        host: &state.host,
     };
     match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {
         Ok(finished) => {

@@ -508,6 +508,7 @@ async fn reconcile_once(
                                 kubeconfig: config.cluster.kubeconfig.clone(),
                                 context: config.cluster.context.clone(),
                             },
+                            host: crate::jobs::host::HostSettings::from_config(config),
                         });
                         shared.jobs_changed.notify_one();
                         state.last_good = Some((revision.clone(), stored));

@@ -4,6 +4,7 @@
 //! job and records it (`runner`).
 
 pub mod backup;
+pub mod host;
 pub mod image_cleanup;
 pub mod model;
 pub mod retention;

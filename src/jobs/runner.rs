@@ -33,6 +33,8 @@ pub struct Context<'a> {
     pub state_dir: &'a Path,
     /// The revision the job definition comes from.
     pub revision: Option<String>,
+    /// What the host configuration decides for jobs (programs, writable paths, who we are).
+    pub host: &'a super::host::HostSettings,
 }
 
 /// A finished run.
@@ -164,6 +166,7 @@ pub async fn run(
                 credentials: ctx.credentials,
                 state_dir: ctx.state_dir,
                 revision: ctx.revision.clone(),
+                host: ctx.host,
             };
             Ended::of(backup::run(job, spec, &inputs, dry_run).await)
         }

@@ -6,10 +6,12 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::manifest::{DrillRecord, DrillStatus, Incomplete};
 use super::spec::{Source, Spec};
 use super::store::{self, Store};
 use super::{Error as BackupError, Inputs, catalog, exec, postgres, s3, scratch_dir};
 use crate::cli::{BackupCommand, OutputFormat};
+use crate::jobs::host::HostSettings;
 use crate::jobs::model::Job;
 
 /// Errors of the commands (a job that is not there, or the backup module's own).
@@ -28,7 +30,15 @@ pub async fn execute(
     cluster: Option<&kube::Client>,
     credentials: &crate::credentials::Credentials,
     state_dir: &Path,
+    host: &HostSettings,
 ) -> Result<String, Error> {
+    let inputs = Inputs {
+        cluster,
+        credentials,
+        state_dir,
+        revision: None,
+        host,
+    };
     let backup_jobs: Vec<(&Job, &Spec)> = jobs
         .iter()
         .filter_map(|j| j.backup().map(|s| (j, s)))
@@ -59,7 +69,7 @@ pub async fn execute(
             };
             let mut all = Vec::new();
             for (j, spec) in selected {
-                all.push(list(j, spec, credentials, cluster).await?);
+                all.push(list(j, spec, &inputs).await?);
             }
             Ok(match output {
                 OutputFormat::Json => format!("{:#}\n", serde_json::json!({ "jobs": all })),
@@ -75,18 +85,33 @@ pub async fn execute(
                         }
                         for b in j.backups.iter().rev() {
                             out.push_str(&format!(
-                                "  {}  {:>10}  {} files  {}s  {}\n",
+                                "  {}  {:>10}  {} files  {}s  {}{}\n",
                                 b.id,
                                 super::human_bytes(b.bytes),
                                 b.files,
                                 (b.finished_at - b.started_at).num_seconds(),
-                                b.source
+                                b.source,
+                                match b.drill.as_ref().map(|d| d.status) {
+                                    Some(DrillStatus::Passed) => "  (drill passed)",
+                                    Some(DrillStatus::Failed) =>
+                                        "  UNVERIFIED (restore drill failed)",
+                                    Some(DrillStatus::Pending) =>
+                                        "  UNVERIFIED (restore drill did not finish)",
+                                    None => "",
+                                }
                             ));
                         }
-                        for id in &j.incomplete {
-                            out.push_str(&format!(
-                                "  {id}  incomplete (no manifest; removed by the next run)\n"
-                            ));
+                        for i in &j.incomplete {
+                            let by = match &i.marker {
+                                Some(m) => format!(
+                                    "started by host {} (instance {}) at {}",
+                                    m.host,
+                                    m.instance,
+                                    m.started_at.to_rfc3339()
+                                ),
+                                None => "no run marker".to_owned(),
+                            };
+                            out.push_str(&format!("  {}  incomplete (no manifest; {by})\n", i.id));
                         }
                     }
                     out
@@ -112,12 +137,6 @@ pub async fn execute(
                 force: *force,
                 globals: *globals,
             };
-            let inputs = Inputs {
-                cluster,
-                credentials,
-                state_dir,
-                revision: None,
-            };
             let done = restore(j, spec, id, &target, &inputs).await?;
             Ok(match output {
                 OutputFormat::Json => format!("{done:#}\n"),
@@ -139,8 +158,9 @@ pub struct JobBackups {
     pub job: String,
     pub destination: String,
     pub backups: Vec<ListedBackup>,
-    /// Ids of incomplete backups (removed by the next run).
-    pub incomplete: Vec<String>,
+    /// Incomplete backups with the run marker that says who started them (a run of this host
+    /// removes its own once older than the job's timeout).
+    pub incomplete: Vec<Incomplete>,
 }
 
 /// One complete backup, as `backup list` shows it.
@@ -154,26 +174,26 @@ pub struct ListedBackup {
     pub files: usize,
     pub bytes: u64,
     pub revision: Option<String>,
+    /// Whether it counts as restorable: its restore drill passed, or it was not drilled.
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillRecord>,
 }
 
 /// Lists the backups of a Backup job (complete ones, oldest first).
-pub async fn list(
-    job: &Job,
-    spec: &Spec,
-    credentials: &crate::credentials::Credentials,
-    cluster: Option<&kube::Client>,
-) -> Result<JobBackups, BackupError> {
-    let store = Store::open(&spec.destination, &job.name, credentials, cluster)
+pub async fn list(job: &Job, spec: &Spec, inputs: &Inputs<'_>) -> Result<JobBackups, BackupError> {
+    let store = inputs
+        .open(&spec.destination, &job.name)
         .await
-        .map_err(|source| BackupError::Destination {
+        .map_err(|error| BackupError::Destination {
             job: job.name.clone(),
-            source,
+            error,
         })?;
     let listing = catalog::listing(&store)
         .await
-        .map_err(|source| BackupError::Destination {
+        .map_err(|error| BackupError::Destination {
             job: job.name.clone(),
-            source,
+            error,
         })?;
     Ok(JobBackups {
         job: job.name.clone(),
@@ -189,6 +209,8 @@ pub async fn list(
                 files: m.files.len(),
                 bytes: m.bytes(),
                 revision: m.revision.clone(),
+                verified: m.verified(),
+                drill: m.drill.clone(),
             })
             .collect(),
         incomplete: listing.incomplete,
@@ -217,39 +239,44 @@ pub async fn restore(
     target: &RestoreTarget,
     inputs: &Inputs<'_>,
 ) -> Result<serde_json::Value, BackupError> {
-    let dest_err = |source| BackupError::Destination {
+    let dest_err = |error| BackupError::Destination {
         job: job.name.clone(),
-        source,
+        error,
     };
-    let store = Store::open(
-        &spec.destination,
-        &job.name,
-        inputs.credentials,
-        inputs.cluster,
-    )
-    .await
-    .map_err(dest_err)?;
+    let store = inputs
+        .open(&spec.destination, &job.name)
+        .await
+        .map_err(dest_err)?;
     let listing = catalog::listing(&store).await.map_err(dest_err)?;
+    // `latest` is the newest backup known to restore; an unverified one is restored by its id.
     let manifest = if id == "latest" {
-        listing.complete.last()
+        listing
+            .complete
+            .iter()
+            .rev()
+            .find(|m| m.verified())
+            .ok_or_else(|| BackupError::NoVerifiedBackup {
+                job: job.name.clone(),
+            })?
     } else {
-        listing.complete.iter().find(|m| m.id == id)
+        listing
+            .complete
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| BackupError::NoSuchBackup {
+                job: job.name.clone(),
+                id: id.to_owned(),
+            })?
     }
-    .cloned()
-    .ok_or_else(|| BackupError::NoSuchBackup {
-        job: job.name.clone(),
-        id: id.to_owned(),
-    })?;
-    let fail = |source: BackupError| BackupError::Restore {
+    .clone();
+    let fail = |error: BackupError| BackupError::Restore {
         job: job.name.clone(),
         id: manifest.id.clone(),
-        source: Box::new(source),
+        error: Box::new(error),
     };
     let detail = match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
-                .await
-                .map_err(|e| fail(e.into()))?;
+            let conn = inputs.postgres(pg).await.map_err(|e| fail(e.into()))?;
             let database = target
                 .database
                 .clone()

@@ -1,19 +1,25 @@
-//! The `Backup` job: backups that restore.
+//! The `Backup` job: backups that restore, and that cannot destroy what they protect.
 //!
-//! A run (1) lists the destination and removes incomplete backups (files without a manifest:
-//! a run that failed or was killed); (2) takes a backup under a new id — `postgres` (`pg_dump
-//! -Fc`, verified by `pg_restore -f /dev/null` reading the same bytes), `s3` (a bucket/prefix
-//! mirrored object by object) or `exec` (a command's output in a pod) — streaming every file
-//! with its sha256 and reading it back; (3) writes the manifest last, which makes the backup
-//! complete; (4) optionally drills a restore into a scratch target; (5) applies retention
-//! (`retention::decide`, pure) to the complete backups. A failed step fails the run and skips
-//! retention, so earlier backups stay untouched; the failed backup's files are removed (and, if
-//! the process died, by the next run).
+//! A run (1) lists the destination and removes the incomplete backups (files without a
+//! manifest) that this host's and instance's runs left and that are older than the job's
+//! timeout — never another host's, which may still be writing (`catalog::cleanup`); (2) writes
+//! its run marker and takes a backup under a new id — `postgres` (`pg_dump -Fc`, verified by
+//! `pg_restore -f /dev/null` reading the same bytes), `s3` (a bucket/prefix mirrored object by
+//! object) or `exec` (a command's output in a pod) — streaming every file with its sha256 and
+//! reading it back; (3) writes the manifest last, which makes the backup complete; (4) with
+//! `restoreDrill`, restores it into a scratch target and records the verdict in the manifest (a
+//! failed drill fails the run and leaves the backup unverified); (5) applies retention
+//! (`retention::decide`, pure), which never removes a verified backup to keep an unverified one.
+//! A step that fails before the manifest fails the run and skips retention; the failed
+//! backup's files are removed (and, if the process died, by a later run of this host). The whole
+//! run is bounded by the job's `timeout`. A local destination is checked against the host's
+//! rules (`destination`) before anything is read or written there.
 //!
 //! `command` serves `driftless backup list|restore`; `report` is what a run reports.
 
 pub mod catalog;
 pub mod command;
+pub mod destination;
 pub mod exec;
 pub mod manifest;
 pub mod pod;
@@ -25,34 +31,45 @@ pub mod spec;
 pub mod store;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::Utc;
 use tracing::{info, warn};
 
+use crate::jobs::host::HostSettings;
 use crate::jobs::model::Job;
-use manifest::{FileEntry, Manifest};
+use destination::LocalRules;
+use manifest::{DrillRecord, DrillStatus, FileEntry, Manifest, RunMarker};
+use report::LeftIncomplete;
 pub use report::{Freshness, Made, NEWEST_FIGURE, Report, freshness, human_bytes};
 use retention::Candidate;
-use spec::{Source, Spec};
+use spec::{Destination, Source, Spec};
 use store::Store;
 
 /// Errors of a run's steps, a list or a restore; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Backup {job}: destination: {source}")]
-    Destination {
-        job: String,
-        #[source]
-        source: store::Error,
-    },
+    /// `error` is not a `#[source]`: the message already holds it (errors are printed with
+    /// their chain).
+    #[error("Backup {job}: destination: {error}")]
+    Destination { job: String, error: store::Error },
     #[error("Backup {job}: no complete backup {id} (see `driftless backup list {job}`)")]
     NoSuchBackup { job: String, id: String },
-    #[error("Backup {job}: restore of backup {id}: {source}")]
+    #[error(
+        "Backup {job}: no verified complete backup for `latest` (a backup whose restore drill failed is restored by its id; see `driftless backup list {job}`)"
+    )]
+    NoVerifiedBackup { job: String },
+    #[error("the run took longer than spec.timeout ({}s) and was cut short", .timeout.as_secs())]
+    Timeout { timeout: Duration },
+    #[error("writing the run marker: {0}")]
+    Marker(#[source] store::Error),
+    /// `error` is not a `#[source]`: the message already holds it (errors are printed with
+    /// their chain).
+    #[error("Backup {job}: restore of backup {id}: {error}")]
     Restore {
         job: String,
         id: String,
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
     #[error("postgres {database}: {source}")]
     PostgresConnect {
@@ -89,8 +106,6 @@ pub enum Error {
         files: String,
         store: String,
     },
-    #[error("manifest: {0}")]
-    ManifestEncode(#[source] serde_json::Error),
     #[error("writing the manifest: {0}")]
     ManifestWrite(#[source] store::Error),
 }
@@ -101,6 +116,48 @@ pub struct Inputs<'a> {
     pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
     pub revision: Option<String>,
+    /// The host's programs, writable paths and names.
+    pub host: &'a HostSettings,
+}
+
+impl Inputs<'_> {
+    /// What a local destination must stay clear of: the state, configuration and credentials
+    /// directories, and everything outside `jobs.localBackupRoot`.
+    pub fn local_rules(&self) -> LocalRules {
+        let mut protected = vec![("state directory", self.state_dir.to_owned())];
+        for d in &self.host.config_dirs {
+            protected.push(("configuration directory", d.clone()));
+        }
+        if let Some(d) = self.credentials.dir() {
+            protected.push(("credentials directory", d.to_owned()));
+        }
+        LocalRules {
+            root: self.host.local_backup_root.clone(),
+            protected,
+        }
+    }
+
+    /// Opens `job`'s part of a destination (a local one after the host's checks).
+    pub async fn open(&self, dest: &Destination, job: &str) -> Result<Store, store::Error> {
+        Store::open(
+            dest,
+            job,
+            self.credentials,
+            self.cluster,
+            &self.local_rules(),
+        )
+        .await
+    }
+
+    async fn postgres(&self, pg: &spec::Postgres) -> Result<postgres::Connection, postgres::Error> {
+        postgres::Connection::open(
+            pg,
+            self.cluster,
+            self.credentials,
+            self.host.postgres_bin_dir.as_deref(),
+        )
+        .await
+    }
 }
 
 fn describe_source(s: &Source) -> String {
@@ -134,7 +191,7 @@ fn scratch_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("backup-scratch")
 }
 
-/// Runs the job. With `dry_run`, lists and decides retention but takes, cleans and removes
+/// Runs the job. With `dry_run`, lists, decides the cleanup and retention, and changes
 /// nothing.
 pub async fn run(
     job: &Job,
@@ -142,39 +199,52 @@ pub async fn run(
     inputs: &Inputs<'_>,
     dry_run: bool,
 ) -> Result<Report, Error> {
-    let dest_err = |source| Error::Destination {
+    let dest_err = |error| Error::Destination {
         job: job.name.clone(),
-        source,
+        error,
     };
-    let store = Store::open(
-        &spec.destination,
-        &job.name,
-        inputs.credentials,
-        inputs.cluster,
-    )
-    .await
-    .map_err(dest_err)?;
+    let store = inputs
+        .open(&spec.destination, &job.name)
+        .await
+        .map_err(dest_err)?;
     let listing = catalog::listing(&store).await.map_err(dest_err)?;
+    let now = Utc::now();
     let mut report = Report {
         job: job.name.clone(),
         source: describe_source(&spec.source),
         destination: store.name().to_owned(),
         dry_run,
-        cleaned: listing.incomplete.clone(),
+        cleaned: Vec::new(),
+        incomplete_left: Vec::new(),
         backup: None,
         drill: None,
         retention: Vec::new(),
         removed: Vec::new(),
-        newest_complete: None,
+        newest_complete: newest_verified(&listing.complete),
         complete_backups: listing.complete.len(),
         errors: Vec::new(),
     };
+    for i in &listing.incomplete {
+        match catalog::cleanup(
+            i,
+            &inputs.host.host,
+            &inputs.host.instance,
+            spec.timeout,
+            now,
+        ) {
+            catalog::Cleanup::Remove => report.cleaned.push(i.id.clone()),
+            other => report.incomplete_left.push(LeftIncomplete {
+                id: i.id.clone(),
+                reason: other.to_string(),
+            }),
+        }
+    }
     if dry_run {
         apply_retention(spec, &store, listing.complete, &mut report, false).await;
         return Ok(report);
     }
-    for id in &listing.incomplete {
-        info!(job = %job.name, id, "removing incomplete backup");
+    for id in &report.cleaned {
+        info!(job = %job.name, id, "removing an incomplete backup of this host");
         if let Err(e) = catalog::remove(&store, id).await {
             report
                 .errors
@@ -185,20 +255,37 @@ pub async fn run(
     let started = Utc::now();
     let id = manifest::new_id(started);
     info!(job = %job.name, id, source = %report.source, "backup started");
-    let (files, details) = match take(spec, inputs, &store, &id).await {
+    // Bounds the whole run: a later run of this host treats this run's files as abandoned only
+    // once they are older than the timeout.
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let marker = RunMarker {
+        format: 1,
+        host: inputs.host.host.clone(),
+        instance: inputs.host.instance.clone(),
+        pid: std::process::id(),
+        started_at: started,
+    };
+    let taken = match catalog::write_marker(&store, &id, &marker).await {
+        Err(e) => Err(Error::Marker(e)),
+        Ok(()) => tokio::time::timeout_at(deadline, take(spec, inputs, &store, &id))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                timeout: spec.timeout,
+            })),
+    };
+    let (files, details) = match taken {
         Ok(x) => x,
         Err(e) => {
-            // Nothing of this run may look like a backup; the next run retries the removal.
+            // Nothing of this run may look like a backup; a later run retries the removal.
             if let Err(e) = catalog::remove(&store, &id).await {
                 warn!(job = %job.name, id, "removing the failed backup's files: {e}");
             }
             report.errors.insert(0, e.to_string());
-            report.newest_complete = listing.complete.iter().map(|m| m.started_at).max();
             return Ok(report);
         }
     };
     let finished = Utc::now();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: 1,
         job: job.name.clone(),
         id: id.clone(),
@@ -210,10 +297,19 @@ pub async fn run(
         files,
         details,
         driftless_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: Some(inputs.host.host.clone()),
+        instance: Some(inputs.host.instance.clone()),
+        // Unverified until the drill passes: a run that dies during the drill leaves a backup
+        // retention never prefers to a verified one.
+        drill: spec.restore_drill.then_some(DrillRecord {
+            status: DrillStatus::Pending,
+            at: finished,
+            detail: serde_json::Value::Null,
+        }),
     };
-    if let Err(e) = write_manifest(&store, &manifest).await {
+    if let Err(e) = catalog::write_manifest(&store, &manifest).await {
         let _ = catalog::remove(&store, &id).await;
-        report.errors.insert(0, e.to_string());
+        report.errors.insert(0, Error::ManifestWrite(e).to_string());
         return Ok(report);
     }
     report.backup = Some(Made {
@@ -225,29 +321,58 @@ pub async fn run(
     info!(job = %job.name, id, bytes = manifest.bytes(), "backup complete");
 
     if spec.restore_drill {
-        match drill(spec, inputs, &store, &manifest).await {
-            Ok(v) => report.drill = Some(serde_json::json!({"ok": true, "detail": v})),
+        let drilled = tokio::time::timeout_at(deadline, drill(spec, inputs, &store, &manifest))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                timeout: spec.timeout,
+            }));
+        let record = match drilled {
+            Ok(detail) => {
+                report.drill = Some(serde_json::json!({"ok": true, "detail": detail}));
+                DrillRecord {
+                    status: DrillStatus::Passed,
+                    at: Utc::now(),
+                    detail,
+                }
+            }
             Err(e) => {
                 let message = e.to_string();
                 report.drill = Some(serde_json::json!({"ok": false, "error": message}));
-                report.errors.push(format!("restore drill: {message}"));
+                report.errors.push(format!(
+                    "restore drill: {message} (backup {id} is kept, marked unverified in its manifest)"
+                ));
+                DrillRecord {
+                    status: DrillStatus::Failed,
+                    at: Utc::now(),
+                    detail: serde_json::json!({ "error": message }),
+                }
             }
+        };
+        let pending = manifest.drill.replace(record);
+        if let Err(e) = catalog::write_manifest(&store, &manifest).await {
+            // The stored manifest still says pending: unverified, and retention decides so.
+            report
+                .errors
+                .push(format!("recording the restore drill in the manifest: {e}"));
+            manifest.drill = pending;
         }
     }
 
+    // Retention runs after a failed drill too: it never removes a verified backup to keep an
+    // unverified one, and without it repeated failures would pile unverified backups up.
     let mut complete = listing.complete;
     complete.push(manifest);
     apply_retention(spec, &store, complete, &mut report, true).await;
     Ok(report)
 }
 
-/// Writes the manifest, which makes the backup complete.
-async fn write_manifest(store: &Store, manifest: &Manifest) -> Result<(), Error> {
-    let text = serde_json::to_vec_pretty(manifest).map_err(Error::ManifestEncode)?;
-    store
-        .put_small(&store::join(&manifest.id, manifest::MANIFEST), text.into())
-        .await
-        .map_err(Error::ManifestWrite)
+/// The newest complete, verified backup's time.
+fn newest_verified(complete: &[Manifest]) -> Option<chrono::DateTime<Utc>> {
+    complete
+        .iter()
+        .filter(|m| m.verified())
+        .map(|m| m.started_at)
+        .max()
 }
 
 /// Decides retention and (when `remove`) removes what it does not keep.
@@ -263,10 +388,15 @@ async fn apply_retention(
         .map(|m| Candidate {
             id: m.id.clone(),
             time: m.started_at,
+            verified: m.verified(),
         })
         .collect();
     let decisions = retention::decide(&candidates, &spec.retention, spec.time_zone);
-    report.newest_complete = decisions.first().map(|d| d.time);
+    report.newest_complete = decisions
+        .iter()
+        .filter(|d| d.verified)
+        .map(|d| d.time)
+        .max();
     report.complete_backups = decisions.len();
     for d in decisions.iter().filter(|d| !d.keep) {
         report.removed.push(d.id.clone());
@@ -292,7 +422,8 @@ async fn take(
 ) -> Result<(Vec<FileEntry>, serde_json::Value), Error> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
+            let conn = inputs
+                .postgres(pg)
                 .await
                 .map_err(|source| Error::PostgresConnect {
                     database: pg.database.clone(),
@@ -332,22 +463,28 @@ async fn drill(
 ) -> Result<serde_json::Value, Error> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials).await?;
-            Ok(
-                postgres::drill::drill(&conn, pg, store, manifest, &scratch_dir(inputs.state_dir))
-                    .await?,
+            let conn = inputs.postgres(pg).await?;
+            let owner = postgres::drill::DrillOwner {
+                job: &manifest.job,
+                instance: &inputs.host.instance,
+                host: &inputs.host.host,
+            };
+            Ok(postgres::drill::drill(
+                &conn,
+                pg,
+                store,
+                manifest,
+                &scratch_dir(inputs.state_dir),
+                &owner,
             )
+            .await?)
         }
         Source::S3(_) => {
             // Beside the job's backups at the destination: `<job>.drill` (job names are DNS
             // labels, so no job's backups live there), emptied before and after.
-            let scratch = Store::open(
-                &spec.destination,
-                &format!("{}.drill", manifest.job),
-                inputs.credentials,
-                inputs.cluster,
-            )
-            .await?;
+            let scratch = inputs
+                .open(&spec.destination, &format!("{}.drill", manifest.job))
+                .await?;
             Ok(s3::drill(store, manifest, &scratch).await?)
         }
         Source::Exec(_) => Err(Error::ExecNoDrill),

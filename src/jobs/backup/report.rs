@@ -19,6 +19,14 @@ pub struct Made {
     pub duration_ms: u64,
 }
 
+/// An incomplete backup a run did not remove.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftIncomplete {
+    pub id: String,
+    pub reason: String,
+}
+
 /// The whole report of one run.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,8 +35,11 @@ pub struct Report {
     pub source: String,
     pub destination: String,
     pub dry_run: bool,
-    /// Incomplete backups removed before the new one was taken.
+    /// Incomplete backups removed before the new one was taken (this host's runs that died).
     pub cleaned: Vec<String>,
+    /// Incomplete backups left alone, and why (another host's run, a recent one, no marker).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete_left: Vec<LeftIncomplete>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<Made>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,7 +47,7 @@ pub struct Report {
     /// Retention over the complete backups (after the new one), newest first.
     pub retention: Vec<RetentionDecision>,
     pub removed: Vec<String>,
-    /// The newest complete backup's time.
+    /// The newest complete, verified backup's time (what `maxAge` measures).
     pub newest_complete: Option<DateTime<Utc>>,
     pub complete_backups: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -131,19 +142,28 @@ impl Report {
             out.push_str(&format!("restore drill: {d}\n"));
         }
         for id in &self.cleaned {
-            out.push_str(&format!("  cleaned  {id} (incomplete: no manifest)\n"));
+            out.push_str(&format!(
+                "  cleaned  {id} (incomplete: a run of this host that did not finish)\n"
+            ));
+        }
+        for left in &self.incomplete_left {
+            out.push_str(&format!(
+                "  left     {} (incomplete: {})\n",
+                left.id, left.reason
+            ));
         }
         for d in &self.retention {
             let reasons: Vec<&str> = d.reasons.iter().map(|r| r.as_str()).collect();
             out.push_str(&format!(
-                "  {}  {}  {}\n",
+                "  {}  {}  {}{}\n",
                 if d.keep { "keep  " } else { "remove" },
                 d.id,
                 if d.keep {
                     reasons.join(", ")
                 } else {
                     String::new()
-                }
+                },
+                if d.verified { "" } else { " (unverified)" }
             ));
         }
         out

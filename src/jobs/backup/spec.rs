@@ -12,7 +12,6 @@
 //!       username: ducklake
 //!       passwordFile: ducklake-pg-password   # in the credentials directory
 //!       globals: true                  # also pg_dumpall --globals-only (roles, tablespaces)
-//!       binDir: /usr/lib/postgresql/15/bin
 //!   destination:                       # exactly one of local, s3
 //!     local: {path: /var/backups/driftless}
 //!     s3: {endpoint: http://127.0.0.1:9000, bucket: backups, prefix: driftless,
@@ -20,7 +19,14 @@
 //!   retention: {keepLast: 3, keepDaily: 7, keepWeekly: 4, keepMonthly: 12, keepWithin: 48h}
 //!   maxAge: 26h                        # older newest complete backup: daemon status degraded
 //!   restoreDrill: true                 # restore the new backup into a scratch target and compare
+//!   timeout: 6h                        # a run is cut short after this (default 6h)
 //! ```
+//!
+//! Nothing here names a host program or lets the repository pick a host path the host
+//! configuration does not bound: the PostgreSQL tools come from `jobs.postgresBinDir` (a
+//! `binDir` here is refused), a local destination must lie under `jobs.localBackupRoot` (checked
+//! when the destination is opened, `destination`), and `host` is a network address, never a
+//! socket directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,7 +44,7 @@ pub struct Error {
     pub job: String,
     /// `spec.source.postgres.database` and the like.
     pub field: String,
-    #[source]
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
     pub problem: Problem,
 }
 
@@ -77,6 +83,16 @@ pub enum Problem {
     KeyPair,
     #[error(transparent)]
     NotPlainName(#[from] NotPlainName),
+    #[error(
+        "the programs a job runs on the ops host are chosen by the host configuration: remove binDir and set jobs.postgresBinDir in the host configuration (driftless.yaml) instead"
+    )]
+    HostProgram,
+    #[error(
+        "{0:?} is not a host name or IP address (a socket directory or connection list on the ops host is not allowed: the repository names no host paths)"
+    )]
+    NotAHost(String),
+    #[error("{0:?} looks like a connection string: name the database only")]
+    ConnectionString(String),
 }
 
 /// A credential file named with a directory part, `..` or an absolute path.
@@ -118,6 +134,8 @@ struct Raw {
     max_age: Option<String>,
     #[serde(default)]
     restore_drill: bool,
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,8 +164,9 @@ struct RawPostgres {
     password_file: Option<String>,
     #[serde(default)]
     globals: bool,
+    /// Refused (the host configuration's `jobs.postgresBinDir` decides); read to say so.
     #[serde(default)]
-    bin_dir: Option<PathBuf>,
+    bin_dir: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,7 +277,6 @@ pub struct Postgres {
     pub username: String,
     pub password_file: Option<String>,
     pub globals: bool,
-    pub bin_dir: Option<PathBuf>,
 }
 
 /// A command run in a pod.
@@ -310,7 +328,13 @@ pub struct Spec {
     pub time_zone: Tz,
     pub max_age: Option<Duration>,
     pub restore_drill: bool,
+    /// Longest a run may take; a run still going then is cut short and fails. This host's
+    /// incomplete backups older than this are removed by later runs.
+    pub timeout: Duration,
 }
+
+/// A run's timeout when the job sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// Parses and checks the kind's own fields of job `job` in `file`; `time_zone` is the job's
 /// (`jobs::model` reads the fields every kind has).
@@ -378,6 +402,16 @@ pub fn parse(
     if matches!(source, Source::Exec(_)) && raw.restore_drill {
         return Err(at.fail("spec.restoreDrill", Problem::NoDrill));
     }
+    let timeout = match raw.timeout {
+        Some(t) => at.duration("spec.timeout", &t)?,
+        None => DEFAULT_TIMEOUT,
+    };
+    if timeout.is_zero() {
+        return Err(at.fail(
+            "spec.timeout",
+            Problem::Duration("must be longer than 0s".to_owned()),
+        ));
+    }
     Ok(Spec {
         source,
         destination,
@@ -385,10 +419,25 @@ pub fn parse(
         time_zone,
         max_age,
         restore_drill: raw.restore_drill,
+        timeout,
     })
 }
 
 fn postgres(at: &Origin<'_>, p: RawPostgres) -> Result<Postgres, Error> {
+    if p.bin_dir.is_some() {
+        return Err(at.fail("spec.source.postgres.binDir", Problem::HostProgram));
+    }
+    if let Some(h) = &p.host
+        && !is_network_host(h)
+    {
+        return Err(at.fail("spec.source.postgres.host", Problem::NotAHost(h.clone())));
+    }
+    if p.database.contains('=') || p.database.contains("://") {
+        return Err(at.fail(
+            "spec.source.postgres.database",
+            Problem::ConnectionString(p.database.clone()),
+        ));
+    }
     if p.port_forward.is_some() && (p.host.is_some() || p.port.is_some()) {
         return Err(at.fail(
             "spec.source.postgres",
@@ -418,7 +467,6 @@ fn postgres(at: &Origin<'_>, p: RawPostgres) -> Result<Postgres, Error> {
         username: p.username,
         password_file: p.password_file,
         globals: p.globals,
-        bin_dir: p.bin_dir,
     })
 }
 
@@ -444,6 +492,16 @@ fn exec(at: &Origin<'_>, e: RawExec) -> Result<Exec, Error> {
             None => Duration::from_secs(3600),
         },
     })
+}
+
+/// A host name or an IP address, as libpq's `PGHOST` takes it: not a socket directory (`/…`,
+/// `@…`), not a list (`a,b`), nothing a shell or conninfo parser would split.
+fn is_network_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && !h.starts_with(['-', '.'])
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
 }
 
 /// Checks a port-forward target and fills in the default port.
@@ -603,6 +661,59 @@ mod tests {
             .to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn the_repository_names_no_host_program_or_socket() {
+        let with = |pg: serde_json::Value| {
+            parse(&job(json!({
+                "schedule": "@daily",
+                "source": {"postgres": pg},
+                "destination": {"local": {"path": "/b"}},
+                "retention": {"keepLast": 1},
+            })))
+        };
+        let err = with(json!({"database": "a", "username": "u", "binDir": "/tmp/evil"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.source.postgres.binDir")
+                && err.contains("set jobs.postgresBinDir in the host configuration"),
+            "{err}"
+        );
+        for host in [
+            "/var/run/postgresql",
+            "@abstract",
+            "a,b",
+            "h dbname=x",
+            "-oops",
+        ] {
+            let err = with(json!({"database": "a", "username": "u", "host": host}))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is not a host name or IP address"),
+                "{host}: {err}"
+            );
+        }
+        for ok in ["127.0.0.1", "db.example.internal", "::1", "pg-0"] {
+            assert!(
+                with(json!({"database": "a", "username": "u", "host": ok})).is_ok(),
+                "{ok}"
+            );
+        }
+        for db in ["host=/tmp dbname=x", "postgresql://h/x"] {
+            let err = with(json!({"database": db, "username": "u"}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("looks like a connection string"), "{err}");
+        }
+        assert_eq!(
+            with(json!({"database": "a", "username": "u"}))
+                .unwrap()
+                .timeout,
+            DEFAULT_TIMEOUT
+        );
     }
 
     #[test]

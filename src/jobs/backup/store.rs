@@ -20,6 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::destination::LocalRules;
 use super::manifest::FileEntry;
 use super::spec::{Destination, S3Location};
 
@@ -56,6 +57,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Credentials(#[from] crate::credentials::Error),
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
+    #[error("local destination refused: {0}")]
+    Refused(super::destination::Refused),
     #[error("{field}: {source}")]
     Forward {
         field: String,
@@ -119,22 +123,26 @@ pub fn read_secret(
 }
 
 impl Store {
-    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one).
+    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one;
+    /// a local one only when `rules` allow it, at its resolved path).
     pub async fn open(
         dest: &Destination,
         job: &str,
         credentials: &crate::credentials::Credentials,
         cluster: Option<&kube::Client>,
+        rules: &LocalRules,
     ) -> Result<Store> {
         match dest {
             Destination::Local(l) => {
-                std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
+                let dir =
+                    super::destination::check_local(&l.path, job, rules).map_err(Error::Refused)?;
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     store: l.path.display().to_string(),
                     path: String::new(),
                     source,
                 })?;
                 let name = format!("{}/{job}", l.path.display());
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&l.path)
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|source| Error::Open {
                         store: name.clone(),
                         source,
@@ -143,7 +151,7 @@ impl Store {
                 Ok(Store {
                     inner: Arc::new(fs),
                     root: job.to_owned(),
-                    local: Some(l.path.join(job)),
+                    local: Some(dir.join(job)),
                     name,
                     _forward: None,
                 })

@@ -89,11 +89,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Opens the port-forward if the spec asks for one and reads the password file.
+    /// Opens the port-forward if the spec asks for one and reads the password file. The tools
+    /// are run from `bin_dir` (the host configuration's `jobs.postgresBinDir`), else found on
+    /// `PATH`.
     pub async fn open(
         pg: &Postgres,
         cluster: Option<&kube::Client>,
         credentials: &crate::credentials::Credentials,
+        bin_dir: Option<&std::path::Path>,
     ) -> Result<Connection> {
         let password = pg
             .password_file
@@ -118,7 +121,7 @@ impl Connection {
             port,
             username: pg.username.clone(),
             password,
-            bin_dir: pg.bin_dir.clone(),
+            bin_dir: bin_dir.map(std::path::Path::to_owned),
             _forward: forward,
             described,
         })

@@ -40,13 +40,7 @@ pub async fn restore(
 ) -> Result<serde_json::Value> {
     let force = options.force;
     check_name(database)?;
-    let entry = manifest
-        .files
-        .iter()
-        .find(|f| f.name == DUMP)
-        .ok_or_else(|| Error::NoDump {
-            id: manifest.id.clone(),
-        })?;
+    let entry = dump_entry(manifest)?;
     let globals_entry = if options.globals {
         Some(
             manifest
@@ -94,6 +88,39 @@ pub async fn restore(
             .await?;
     }
 
+    let restored = restore_dump(conn, store, manifest, entry, database, clean, scratch_dir).await?;
+    Ok(serde_json::json!({
+        "database": database,
+        "server": conn.described,
+        "bytes": restored,
+        "replaced": clean,
+        "roles": roles,
+    }))
+}
+
+/// The backup's dump entry.
+pub(super) fn dump_entry(manifest: &Manifest) -> Result<&FileEntry> {
+    manifest
+        .files
+        .iter()
+        .find(|f| f.name == DUMP)
+        .ok_or_else(|| Error::NoDump {
+            id: manifest.id.clone(),
+        })
+}
+
+/// Downloads the dump to `scratch_dir`, checks it against the manifest and restores it into the
+/// existing `database` in one transaction (with `clean`: dropping the dump's objects first).
+/// Returns the dump's size.
+pub(super) async fn restore_dump(
+    conn: &Connection,
+    store: &Store,
+    manifest: &Manifest,
+    entry: &FileEntry,
+    database: &str,
+    clean: bool,
+    scratch_dir: &Path,
+) -> Result<u64> {
     std::fs::create_dir_all(scratch_dir).map_err(|source| Error::Io {
         what: scratch_dir.display().to_string(),
         source,
@@ -149,13 +176,7 @@ pub async fn restore(
                 stderr: tail(&out.stderr),
             });
         }
-        Ok(serde_json::json!({
-            "database": database,
-            "server": conn.described,
-            "bytes": bytes,
-            "replaced": clean,
-            "roles": roles,
-        }))
+        Ok(bytes)
     }
     .await;
     let _ = std::fs::remove_file(&file);
