@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use driftless::jobs::backup;
 use driftless::jobs::model::Job;
-use driftless::jobs::schedule::Schedule;
 
 const ROUNDS: usize = 3;
 
@@ -84,20 +83,28 @@ fn main() {
     let creds = dir.path().join("credentials");
     std::fs::create_dir_all(&creds).unwrap();
     std::fs::write(creds.join("pg"), &vars["PGPASSWORD"]).unwrap();
-    let job = Job {
-        name: "bench".into(),
-        kind: "Backup".into(),
-        stack: "bench".into(),
-        file: "bench/jobs.yaml".into(),
-        schedule: Schedule::parse("@daily", None).unwrap(),
-        starting_deadline: None,
-        spec: serde_json::json!({
+    let job = Job::from_spec(
+        "Backup",
+        "bench",
+        "bench",
+        "bench/jobs.yaml",
+        serde_json::json!({
             "schedule": "@daily",
             "source": {"postgres": {"host": vars["PGHOST"], "port": vars["PGPORT"].parse::<u16>().unwrap(),
-                "database": db, "username": vars["PGUSER"], "passwordFile": "pg", "binDir": bin}},
+                "database": db, "username": vars["PGUSER"], "passwordFile": "pg"}},
             "destination": {"local": {"path": dir.path().join("backups")}},
             "retention": {"keepLast": 1},
         }),
+    )
+    .unwrap();
+    let spec = job.backup().unwrap();
+    // The host configuration's `jobs:` settings: the PostgreSQL tools and where backups go.
+    let host = driftless::jobs::host::HostSettings {
+        host: driftless::jobs::host::host_name(),
+        instance: "bench".to_owned(),
+        postgres_bin_dir: Some(bin.clone()),
+        local_backup_root: Some(dir.path().to_owned()),
+        config_dirs: vec![driftless::jobs::host::CONFIG_DIR.into()],
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = dir.path().join("state");
@@ -124,8 +131,11 @@ fn main() {
             credentials: &driftless::credentials::Credentials::in_dir(Some(creds.to_path_buf())),
             state_dir: &state,
             revision: None,
+            host: &host,
         };
-        let report = rt.block_on(backup::run(&job, &inputs, false)).unwrap();
+        let report = rt
+            .block_on(backup::run(&job, spec, &inputs, false))
+            .unwrap();
         assert!(report.ok(), "{:?}", report.errors);
         ours.push(t.elapsed());
     }

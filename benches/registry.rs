@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
-use driftless::jobs::schedule::Schedule;
 use futures::StreamExt;
 use serde_json::json;
 use support::registry::{OCI_MANIFEST, http, push_blob, put_manifest};
@@ -71,17 +70,19 @@ async fn main() {
     println!("pushed in {:.1} s", t.elapsed().as_secs_f64());
 
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let job = Job {
-        name: "bench".into(),
-        kind: "ImageCleanup".into(),
-        stack: "bench".into(),
-        file: "bench/jobs.yaml".into(),
-        schedule: Schedule::parse("@daily", None).unwrap_or_else(|e| panic!("{e}")),
-        starting_deadline: None,
-        spec: json!({"schedule": "@daily", "registry": {"url": base},
+    let job = Job::from_spec(
+        "ImageCleanup",
+        "bench",
+        "bench",
+        "bench/jobs.yaml",
+        json!({"schedule": "@daily", "registry": {"url": base},
             "protect": {"cluster": false, "desired": false},
             "rules": [{"repositories": format!("{prefix}/*"), "keepLast": 10, "keepTags": "^build-9\\d$"}]}),
-    };
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let spec = job
+        .image_cleanup()
+        .unwrap_or_else(|| panic!("an ImageCleanup"));
     let inputs = Inputs {
         cluster: None,
         desired: &[],
@@ -95,7 +96,7 @@ async fn main() {
         "repeat run (digest facts cached)",
     ] {
         let t = Instant::now();
-        let report = image_cleanup::run(&job, &inputs, true)
+        let report = image_cleanup::run(&job, spec, &inputs, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let elapsed = t.elapsed();

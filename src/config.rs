@@ -52,11 +52,17 @@ pub struct HostConfig {
     /// Which credential files stacks and jobs may read (see `credentials`).
     #[serde(default)]
     pub credentials: crate::credentials::CredentialsConfig,
+    /// What scheduled jobs may run and write on this host.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// The file this configuration was read from (none: defaults, no file).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
-/// `jobs:`: what jobs declared in Git may use on this host, named here and referred to by name.
+/// `jobs:`: the host programs and host paths scheduled jobs use. The stack repository never
+/// names these (a commit must not choose what the ops host runs or where it writes); a job
+/// refers to a program by name.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JobsConfig {
@@ -64,6 +70,14 @@ pub struct JobsConfig {
     /// `garbageCollect.command`). A repository can only choose among these.
     #[serde(default)]
     pub commands: HostCommands,
+    /// Directory of `pg_dump`, `pg_restore`, `pg_dumpall` and `psql` for Backup jobs (default:
+    /// found on `PATH`). Use the server's major version or newer.
+    #[serde(default)]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// Directory under which Backup jobs' local destinations must lie. Unset: a Backup job with
+    /// a local destination is refused.
+    #[serde(default)]
+    pub local_backup_root: Option<PathBuf>,
 }
 
 /// Host commands by name.
@@ -303,7 +317,8 @@ impl HostConfig {
                 });
             }
         };
-        let config: HostConfig = crate::yaml::parse_one(path, &text)?;
+        let mut config: HostConfig = crate::yaml::parse_one(path, &text)?;
+        config.file = Some(path.to_owned());
         if let Some(instance) = &config.instance
             && !crate::stack::load::is_dns_label(instance)
         {
@@ -352,6 +367,22 @@ impl HostConfig {
                     path: path.to_owned(),
                     message: format!(
                         "jobs.commands.{name}.command: give the program and its arguments, e.g. [/usr/bin/systemctl, start, registry-gc.service]"
+                    ),
+                });
+            }
+        }
+        for (field, dir) in [
+            ("jobs.postgresBinDir", &config.jobs.postgres_bin_dir),
+            ("jobs.localBackupRoot", &config.jobs.local_backup_root),
+        ] {
+            if let Some(d) = dir
+                && (!d.is_absolute() || d.parent().is_none())
+            {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "{field} {} must be an absolute directory other than /",
+                        d.display()
                     ),
                 });
             }

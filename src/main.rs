@@ -224,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     commands: &config.jobs.commands,
                     strict,
                     revision: d.revision.clone(),
+                    host: &driftless::jobs::host::HostSettings::from_config(&config),
                 };
                 driftless::jobs::runner::run(
                     job,
@@ -271,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     client.as_ref(),
                     &credentials,
                     &state_dir,
+                    &driftless::jobs::host::HostSettings::from_config(&config),
                 )
                 .await
             })?;
@@ -555,7 +557,7 @@ fn jobs_json(
         jobs.iter()
             .map(|j| {
                 serde_json::json!({
-                    "name": j.name, "kind": j.kind, "stack": j.stack,
+                    "name": j.name, "kind": j.kind(), "stack": j.stack,
                     "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
                     "nextRun": j.schedule.next_after(now),
                     "lastRun": last_run(state_dir, &j.name),
@@ -582,7 +584,7 @@ fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path:
             format!(
                 "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
                 j.name,
-                j.kind,
+                j.kind(),
                 j.stack,
                 j.schedule.expression(),
                 j.schedule.time_zone().name(),

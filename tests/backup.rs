@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{TestEnv, eventually, run_ok};
 
-/// A stack repository with one jobs file, a host config and a credentials directory.
+/// A stack repository with one jobs file, a host config (in `etc/`, with the PostgreSQL tools
+/// and `backups/` as the local backup root), a state and a credentials directory.
 struct Setup {
     dir: tempfile::TempDir,
 }
@@ -44,16 +45,28 @@ impl Setup {
         std::fs::write(creds.join("pg-password"), env.var("PGPASSWORD")).unwrap();
         std::fs::write(creds.join("s3-access"), env.var("MINIO_ACCESS_KEY")).unwrap();
         std::fs::write(creds.join("s3-secret"), env.var("MINIO_SECRET_KEY")).unwrap();
+        let s = Setup { dir };
+        s.host_config(env.var("PG_BINDIR"), &s.local());
+        s
+    }
+
+    /// Writes the host configuration with these `jobs:` settings.
+    fn host_config(&self, pg_bin_dir: &str, local_root: &Path) {
+        std::fs::create_dir_all(self.path().join("etc")).unwrap();
         std::fs::write(
-            dir.path().join("driftless.yaml"),
+            self.config(),
             format!(
-                "stateDir: {}\ncredentialsDir: {}\n",
-                dir.path().join("state").display(),
-                creds.display()
+                "stateDir: {}\ncredentialsDir: {}\njobs: {{postgresBinDir: {pg_bin_dir}, localBackupRoot: {}}}\n",
+                self.path().join("state").display(),
+                self.path().join("credentials").display(),
+                local_root.display()
             ),
         )
         .unwrap();
-        Setup { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path().join("etc/driftless.yaml")
     }
 
     fn path(&self) -> &Path {
@@ -71,7 +84,7 @@ impl Setup {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
         cmd.arg("--config")
-            .arg(self.path().join("driftless.yaml"))
+            .arg(self.config())
             .args(args)
             .arg("--path")
             .arg(self.path())
@@ -109,10 +122,9 @@ impl Setup {
 fn pg_source(db: &str, extra: &str) -> String {
     let env = TestEnv::get();
     format!(
-        "postgres: {{host: 127.0.0.1, port: {}, database: {db}, username: {}, passwordFile: pg-password, binDir: {}{extra}}}",
+        "postgres: {{host: 127.0.0.1, port: {}, database: {db}, username: {}, passwordFile: pg-password{extra}}}",
         env.var("PGPORT"),
         env.var("PGUSER"),
-        env.var("PG_BINDIR")
     )
 }
 
@@ -441,10 +453,9 @@ async fn port_forward_and_exec_sources_work_through_the_api_server() {
     let local = s.local();
     let dest = format!("local: {{path: {}}}", local.display());
     let pf_source = format!(
-        "postgres: {{portForward: {{namespace: {}, pod: db}}, database: {db}, username: {}, passwordFile: pg-password, binDir: {}}}",
+        "postgres: {{portForward: {{namespace: {}, pod: db}}, database: {db}, username: {}, passwordFile: pg-password}}",
         ns.name,
         env.var("PGUSER"),
-        env.var("PG_BINDIR")
     );
     let exec_source = |cmd: &str| {
         format!(
@@ -633,13 +644,35 @@ async fn a_run_killed_mid_upload_leaves_no_manifest_and_the_next_run_cleans_up()
         "{listed:#}"
     );
 
-    // The next run (a quick command now) cleans up and succeeds.
+    // The killed run left its marker: this host's run, started at a recorded time.
+    let marker: Value = serde_json::from_slice(
+        &std::fs::read(
+            job_dir
+                .join(listed["incomplete"][0]["id"].as_str().unwrap())
+                .join("driftless-run.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker, listed["incomplete"][0]["marker"]);
+    let started: chrono::DateTime<chrono::Utc> =
+        marker["startedAt"].as_str().unwrap().parse().unwrap();
+    // The next run (a quick command now, a 5 s timeout) cleans it up once it is older than the
+    // job's timeout (no run of this host can still be writing it), and succeeds.
     s.jobs(&job(
         "killed",
         &slow.replace("head -c 20000000 /dev/urandom; sleep 120", "echo done"),
         &dest,
-        "",
+        "  timeout: 5s\n",
     ));
+    eventually(
+        "the killed run older than the timeout",
+        Duration::from_secs(10),
+        || async {
+            (chrono::Utc::now() - started > chrono::Duration::milliseconds(5100)).then_some(())
+        },
+    )
+    .await;
     let (doc, ok) = s.run_job("killed");
     assert!(ok, "{doc:#}");
     assert_eq!(doc["report"]["cleaned"].as_array().unwrap().len(), 1);
@@ -709,11 +742,10 @@ async fn broken_dumps_unreachable_databases_and_bad_credentials_fail_and_leave_b
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    // The host configuration names the directory of the PostgreSQL tools: the broken pg_dump
+    // is the host's choice here, as it would be on a host with a broken installation.
     let cases = [
-        (
-            pg_source(&db, "").replace(env.var("PG_BINDIR"), bin.to_str().unwrap()),
-            "verification failed",
-        ),
+        (pg_source(&db, ""), "verification failed"),
         (
             pg_source(&db, "").replace(
                 &format!("port: {}", env.var("PGPORT")),
@@ -727,7 +759,13 @@ async fn broken_dumps_unreachable_databases_and_bad_credentials_fail_and_leave_b
         ),
     ];
     std::fs::write(s.path().join("credentials/wrong-password"), sentinel).unwrap();
-    for (source, want) in cases {
+    for (i, (source, want)) in cases.into_iter().enumerate() {
+        let tools = if i == 0 {
+            bin.to_str().unwrap()
+        } else {
+            env.var("PG_BINDIR")
+        };
+        s.host_config(tools, &local);
         s.jobs(&job("pg", &source, &dest, ""));
         let out = s.driftless(&["jobs", "run", "pg", "-o", "json"]);
         assert!(!out.status.success(), "{want}");
@@ -1119,4 +1157,480 @@ async fn restore_with_globals_creates_missing_roles_and_leaves_existing_ones() {
     );
     drop_db(&db);
     psql("postgres", &format!("DROP ROLE {role}"));
+}
+
+// ---- Issue 16: backups that cannot destroy what they protect ----
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn manifest_of(local: &Path, job: &str, id: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(local.join(format!("{job}/{id}/manifest.json"))).unwrap())
+        .unwrap()
+}
+
+fn ids(listed: &Value) -> Vec<String> {
+    listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn databases_like(prefix: &str) -> Vec<String> {
+    let out = psql(
+        "postgres",
+        &format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}') ORDER BY 1"
+        ),
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_failed_restore_drill_fails_the_run_and_never_costs_the_last_verified_backup() {
+    let env = TestEnv::get();
+    let db = env.database("bk_drillfail");
+    seed(&db);
+    let before = fingerprint(&db);
+    // A role that may read everything but not create databases: its dumps are good, its drills
+    // cannot make their scratch database (a real failure of a real drill).
+    let role = format!("{db}_nocreate");
+    psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'drill-pw' NOCREATEDB; GRANT pg_read_all_data TO {role}"
+        ),
+    );
+    let s = Setup::new();
+    std::fs::write(s.path().join("credentials/limited-password"), "drill-pw").unwrap();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    let good = job("pg", &pg_source(&db, ""), &dest, "  restoreDrill: true\n")
+        .replace("keepLast: 3", "keepLast: 1");
+    let limited = good
+        .replace(
+            &format!("username: {}", env.var("PGUSER")),
+            &format!("username: {role}"),
+        )
+        .replace("pg-password", "limited-password");
+    s.jobs(&good);
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let verified = ids(&s.list("pg"));
+    assert_eq!(verified.len(), 1);
+    assert_eq!(
+        manifest_of(&local, "pg", &verified[0])["drill"]["status"],
+        "passed"
+    );
+
+    s.jobs(&limited);
+    for round in 0..2 {
+        let (doc, ok) = s.run_job("pg");
+        assert!(!ok, "a failed drill fails the run: {doc:#}");
+        let message = doc["run"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("restore drill") && message.contains("permission denied"),
+            "{message}"
+        );
+        let id = doc["report"]["backup"]["id"].as_str().unwrap().to_owned();
+        let m = manifest_of(&local, "pg", &id);
+        assert_eq!(m["drill"]["status"], "failed", "{m:#}");
+        assert!(
+            m["drill"]["detail"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("permission denied to create database"),
+            "{m:#}"
+        );
+        let listed = s.list("pg");
+        assert!(
+            ids(&listed).contains(&verified[0]),
+            "round {round}: keepLast 1 never removes the verified backup for an unverified one: {listed:#}"
+        );
+        let newest = listed["backups"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(newest["verified"], false, "{listed:#}");
+        // The newest unverified one is kept as well; older unverified ones give way to it.
+        assert_eq!(ids(&listed), [verified[0].clone(), id], "round {round}");
+    }
+    // The run record's freshness counts verified backups only.
+    let (doc, _) = s.run_job("pg");
+    assert_eq!(
+        doc["run"]["figures"]["newestCompleteTimestamp"].as_i64(),
+        Some(
+            manifest_of(&local, "pg", &verified[0])["startedAt"]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                .timestamp()
+        ),
+        "{doc:#}"
+    );
+    // `latest` is the newest verified backup, and it restores.
+    s.jobs(&good);
+    let copy = format!("{db}_verified");
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "pg",
+        "latest",
+        "--database",
+        &copy,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["id"], verified[0].as_str());
+    assert_eq!(fingerprint(&copy), before);
+    drop_db(&copy);
+
+    // A drill passes again: keepLast 1 applies as usual, the unverified ones go too.
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let listed = ids(&s.list("pg"));
+    assert_eq!(listed, [doc["report"]["backup"]["id"].as_str().unwrap()]);
+    assert!(!local.join("pg").join(&verified[0]).exists());
+    psql("postgres", &format!("DROP ROLE {role}"));
+}
+
+#[tokio::test]
+async fn the_drill_never_drops_a_database_it_did_not_create() {
+    let env = TestEnv::get();
+    let db = env.database("bk_scratch");
+    seed(&db);
+    // A database named as a naive drill would name its scratch database.
+    let theirs = format!("{db}_drill");
+    psql("postgres", &format!("CREATE DATABASE {theirs}"));
+    psql(
+        &theirs,
+        "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1), (2)",
+    );
+    // What a drill of this job on this host left when it died: dropped by the next drill. A
+    // look-alike with another host's mark, and one without a mark: never touched.
+    let suffix = support::unique_name("x").replace('-', "_");
+    let ours = format!("driftless_drill_{suffix}_a");
+    let other_host = format!("driftless_drill_{suffix}_b");
+    let unmarked = format!("driftless_drill_{suffix}_c");
+    for (name, mark) in [
+        (
+            &ours,
+            Some(format!(
+                "driftless restore drill: job=pg instance=default host={}",
+                this_host()
+            )),
+        ),
+        (
+            &other_host,
+            Some("driftless restore drill: job=pg instance=default host=another-host".to_owned()),
+        ),
+        (&unmarked, None),
+    ] {
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        if let Some(mark) = mark {
+            psql(
+                "postgres",
+                &format!("COMMENT ON DATABASE {name} IS '{mark}'"),
+            );
+        }
+    }
+    let s = Setup::new();
+    let dest = format!("local: {{path: {}}}", s.local().display());
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &dest,
+        "  restoreDrill: true\n",
+    ));
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    let detail = &doc["report"]["drill"]["detail"];
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    assert_eq!(detail["rows"], 20_500, "{doc:#}");
+    // Its own scratch database: recorded, named so nothing else can be it, and gone.
+    let scratch = detail["scratchDatabase"].as_str().unwrap();
+    assert!(
+        scratch.starts_with("driftless_drill_") && scratch.len() == "driftless_drill_".len() + 16,
+        "{scratch}"
+    );
+    assert!(databases_like(scratch).is_empty(), "{scratch} dropped");
+    assert_eq!(detail["droppedLeftovers"], json!([ours]), "{doc:#}");
+    assert_eq!(psql(&theirs, "SELECT count(*) FROM keep_me"), "2");
+    assert_eq!(
+        databases_like(&format!("driftless_drill_{suffix}")),
+        [other_host.clone(), unmarked.clone()]
+    );
+    // The manifest records the drill and its scratch database.
+    let id = doc["report"]["backup"]["id"].as_str().unwrap();
+    let m = manifest_of(&s.local(), "pg", id);
+    assert_eq!(m["drill"]["status"], "passed");
+    assert_eq!(m["drill"]["detail"]["scratchDatabase"], scratch);
+    for d in [theirs, other_host, unmarked] {
+        drop_db(&d);
+    }
+}
+
+#[tokio::test]
+async fn cleaning_removes_only_this_hosts_stale_incomplete_backups() {
+    let env = TestEnv::get();
+    let db = env.database("bk_marker");
+    psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let s = Setup::new();
+    let local = s.local();
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&job("pg", &pg_source(&db, ""), &dest, "  timeout: 1h\n"));
+    let now = chrono::Utc::now();
+    let incomplete =
+        |id: &str, host: &str, instance: &str, started: chrono::DateTime<chrono::Utc>| {
+            let dir = local.join("pg").join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("dump.pgcustom"), b"PGDMP partial").unwrap();
+            std::fs::write(
+                dir.join("driftless-run.json"),
+                serde_json::to_vec(&json!({
+                    "format": 1, "host": host, "instance": instance, "pid": 1,
+                    "startedAt": started,
+                }))
+                .unwrap(),
+            )
+            .unwrap();
+            dir
+        };
+    let two_days_ago = now - chrono::Duration::days(2);
+    // A second host writing to the same destination: its run may still be going.
+    let foreign = incomplete(
+        "20200101T000000.000Z",
+        "another-host.example",
+        "default",
+        two_days_ago,
+    );
+    // Another instance on this host (its own state directory and lock).
+    let other_instance = incomplete(
+        "20200101T120000.000Z",
+        &this_host(),
+        "staging",
+        two_days_ago,
+    );
+    // This host's run from two days ago: far older than the job's timeout (1h).
+    let stale = incomplete(
+        "20200102T000000.000Z",
+        &this_host(),
+        "default",
+        two_days_ago,
+    );
+    // This host's run from a minute ago: within the timeout, left alone.
+    let recent = incomplete(
+        "20200103T000000.000Z",
+        &this_host(),
+        "default",
+        now - chrono::Duration::minutes(1),
+    );
+    // Files without any marker (an older driftless, or a hand-made directory).
+    let unmarked = local.join("pg/20200104T000000.000Z");
+    std::fs::create_dir_all(&unmarked).unwrap();
+    std::fs::write(unmarked.join("dump.pgcustom"), b"?").unwrap();
+
+    // A dry run says so and changes nothing.
+    let out = s.driftless(&["jobs", "run", "pg", "--dry-run", "-o", "json"]);
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        dry["report"]["cleaned"],
+        json!(["20200102T000000.000Z"]),
+        "{dry:#}"
+    );
+    assert!(stale.exists());
+
+    let (doc, ok) = s.run_job("pg");
+    assert!(ok, "{doc:#}");
+    assert_eq!(
+        doc["report"]["cleaned"],
+        json!(["20200102T000000.000Z"]),
+        "{doc:#}"
+    );
+    assert!(!stale.exists());
+    for dir in [&foreign, &other_instance, &recent] {
+        assert_eq!(
+            std::fs::read(dir.join("dump.pgcustom")).unwrap(),
+            b"PGDMP partial",
+            "{} is not this host's to remove",
+            dir.display()
+        );
+    }
+    assert!(unmarked.join("dump.pgcustom").exists());
+    let left: Vec<(String, String)> = doc["report"]["incompleteLeft"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                l["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left[0].1.contains("host another-host.example"), "{left:?}");
+    assert!(left[1].1.contains("instance staging"), "{left:?}");
+    assert!(left[2].1.contains("within the job's timeout"), "{left:?}");
+    assert!(left[3].1.contains("no run marker"), "{left:?}");
+    // The new backup carries this host's marker and names its host in the manifest.
+    let id = doc["report"]["backup"]["id"].as_str().unwrap();
+    let marker: Value = serde_json::from_slice(
+        &std::fs::read(local.join("pg").join(id).join("driftless-run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker["host"], this_host());
+    assert_eq!(marker["instance"], "default");
+    assert_eq!(manifest_of(&local, "pg", id)["host"], this_host());
+    // `backup list` shows who started each incomplete backup.
+    let listed = s.list("pg");
+    assert_eq!(
+        listed["incomplete"][0]["marker"]["host"],
+        "another-host.example"
+    );
+}
+
+#[tokio::test]
+async fn local_destinations_stay_under_the_root_and_clear_of_driftless_own_directories() {
+    let env = TestEnv::get();
+    let db = env.database("bk_dest");
+    psql(&db, "CREATE TABLE t (x int)");
+    let s = Setup::new();
+    let base = std::fs::canonicalize(s.path()).unwrap();
+    // A root that holds the state, configuration and credentials directories too, so that
+    // each of those is what refuses the destination.
+    s.host_config(env.var("PG_BINDIR"), &base);
+    std::fs::create_dir_all(base.join("backups")).unwrap();
+    std::os::unix::fs::symlink(base.join("etc"), base.join("backups/to-etc")).unwrap();
+    let cases = [
+        (base.join("state/backups"), "inside the state directory"),
+        (
+            base.join("backups/../credentials"),
+            "inside the credentials directory",
+        ),
+        (
+            base.join("backups/to-etc/b"),
+            "inside the configuration directory",
+        ),
+        (
+            base.join("backups/missing/../to-etc"),
+            "inside the configuration directory",
+        ),
+        (PathBuf::from("/"), "resolves to /"),
+        (PathBuf::from("/tmp/../"), "resolves to /"),
+    ];
+    for (path, want) in &cases {
+        s.jobs(&job(
+            "pg",
+            &pg_source(&db, ""),
+            &format!("local: {{path: {}}}", path.display()),
+            "",
+        ));
+        let (doc, ok) = s.run_job("pg");
+        assert!(!ok, "{}: {doc:#}", path.display());
+        let message = doc["run"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("local destination refused") && message.contains(want),
+            "{}: want {want:?} in {message}",
+            path.display()
+        );
+        // `backup list` refuses it too.
+        let out = s.driftless(&["backup", "list", "pg"]);
+        assert!(
+            !out.status.success() && stderr(&out).contains(want),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Nothing was written into the protected directories.
+    assert!(!base.join("state/backups").exists());
+    assert!(!base.join("credentials/pg").exists() && !base.join("etc/pg").exists());
+
+    // A root that does not hold the destination: refused, naming the setting.
+    s.host_config(env.var("PG_BINDIR"), &base.join("backups"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &format!("local: {{path: {}}}", elsewhere.path().display()),
+        "",
+    ));
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok);
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("outside jobs.localBackupRoot"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    // No root at all: local destinations are refused and the message says what to set.
+    std::fs::write(
+        s.config(),
+        format!(
+            "stateDir: {}\ncredentialsDir: {}\njobs: {{postgresBinDir: {}}}\n",
+            base.join("state").display(),
+            base.join("credentials").display(),
+            env.var("PG_BINDIR")
+        ),
+    )
+    .unwrap();
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &format!("local: {{path: {}}}", base.join("backups").display()),
+        "",
+    ));
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok);
+    assert!(
+        doc["run"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("local destinations need jobs.localBackupRoot"),
+        "{doc:#}"
+    );
+}
+
+#[test]
+fn bin_dir_in_a_job_fails_validate_and_says_what_to_do() {
+    let s = Setup::new();
+    s.jobs(&job(
+        "pg",
+        "postgres: {database: app, username: app, binDir: /tmp/evil}",
+        "local: {path: /b}",
+        "",
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("spec.source.postgres.binDir")
+            && text.contains("set jobs.postgresBinDir in the host configuration"),
+        "{text}"
+    );
+    // A socket directory on the ops host is not a host either.
+    s.jobs(&job(
+        "pg",
+        "postgres: {host: /var/run/postgresql, database: app, username: app}",
+        "local: {path: /b}",
+        "",
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not a host name or IP address"),
+        "{}",
+        stderr(&out)
+    );
 }

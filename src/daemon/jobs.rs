@@ -66,6 +66,8 @@ pub struct JobsState {
     pub target: crate::cluster::Target,
     /// Programs jobs may run (host configuration `jobs.commands`).
     pub commands: crate::config::HostCommands,
+    /// The host configuration's settings for jobs (programs, writable paths, host name).
+    pub host: crate::jobs::host::HostSettings,
 }
 
 /// Longest sleep between looks at the clock (a suspended host or a clock step is noticed).
@@ -190,6 +192,7 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
         commands: &state.commands,
         strict: false,
         revision: state.revision.clone(),
+        host: &state.host,
     };
     match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {
         Ok(finished) => {
@@ -246,7 +249,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
         .iter()
         .map(|j| {
             let (history, _) = runs::load(&state.state_dir, &j.name);
-            let backup = (j.kind == "Backup").then(|| crate::jobs::backup::freshness(j, &history));
+            let backup = crate::jobs::backup::freshness(j, &history);
             if let Some(t) = backup.and_then(|b| b.newest) {
                 shared
                     .metrics
@@ -256,7 +259,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
             }
             JobStatus {
                 name: j.name.clone(),
-                kind: j.kind.clone(),
+                kind: j.kind().to_owned(),
                 stack: j.stack.clone(),
                 schedule: j.schedule.expression().to_owned(),
                 time_zone: j.schedule.time_zone().name().to_owned(),

@@ -521,6 +521,7 @@ async fn reconcile_once(
                                 context: config.cluster.context.clone(),
                             },
                             commands: config.jobs.commands.clone(),
+                            host: crate::jobs::host::HostSettings::from_config(config),
                         });
                         shared.jobs_changed.notify_one();
                         state.last_good = Some((revision.clone(), stored));

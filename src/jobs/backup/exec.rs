@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::manifest::FileEntry;
 use super::pod;
 use super::spec::Exec;
-use super::store::{self, FileEntry, Store};
+use super::store::{self, Store};
 
 /// Errors of an exec source, naming the pod.
 #[derive(Debug, thiserror::Error)]

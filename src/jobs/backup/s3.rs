@@ -4,7 +4,8 @@
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::store::{self, FileEntry, Manifest, Store};
+use super::manifest::{FileEntry, Manifest};
+use super::store::{self, Store};
 
 /// Errors of a mirror or restore.
 #[derive(Debug, thiserror::Error)]

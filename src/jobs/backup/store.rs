@@ -13,23 +13,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::destination::LocalRules;
+use super::manifest::FileEntry;
 use super::spec::{Destination, S3Location};
 
 /// Size of one multipart part (S3's minimum except for the last part).
 pub const PART: usize = 8 * 1024 * 1024;
 /// Parts uploaded concurrently per file: memory per file stays below `(PARTS_IN_FLIGHT + 1) × PART`.
 pub const PARTS_IN_FLIGHT: usize = 3;
-/// The name of the file that completes a backup.
-pub const MANIFEST: &str = "manifest.json";
 
 /// Errors of the destination (or an S3 source), naming the object.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +57,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Credentials(#[from] crate::credentials::Error),
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
+    #[error("local destination refused: {0}")]
+    Refused(super::destination::Refused),
     #[error("{field}: {source}")]
     Forward {
         field: String,
@@ -93,65 +94,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One file of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileEntry {
-    /// Relative to the backup (`dump.pgcustom`, `objects/<key>`).
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// The record that completes a backup: what it holds and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub format: u32,
-    pub job: String,
-    pub id: String,
-    /// `postgres`, `s3`, `exec`.
-    pub source_kind: String,
-    /// Where the data came from, without credentials.
-    pub source: String,
-    /// The Git revision of the job definition.
-    pub revision: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub files: Vec<FileEntry>,
-    /// Source-specific facts (server version, exit status, verification).
-    #[serde(default)]
-    pub details: serde_json::Value,
-    pub driftless_version: String,
-}
-
-impl Manifest {
-    pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
-    }
-}
-
-/// A backup id: the start time, UTC, to the millisecond (`20260301T030000.123Z`); sorts by time.
-pub fn new_id(started: DateTime<Utc>) -> String {
-    started.format("%Y%m%dT%H%M%S%.3fZ").to_string()
-}
-
-/// What a destination holds for one job.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// Complete backups (with a readable manifest), oldest first.
-    pub complete: Vec<Manifest>,
-    /// Ids with files but no (readable) manifest.
-    pub incomplete: Vec<String>,
-}
-
 /// An object store and a root prefix in it.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: String,
-    /// For a local directory: its path (to remove what object_store cannot list, such as the
-    /// staging files of an upload cut short).
+    /// For a local directory: the job's directory (to remove what object_store cannot list,
+    /// such as the staging files of an upload cut short).
     local: Option<PathBuf>,
     name: String,
     /// The port-forward an S3 location is reached through, open while any clone lives.
@@ -174,22 +123,26 @@ pub fn read_secret(
 }
 
 impl Store {
-    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one).
+    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one;
+    /// a local one only when `rules` allow it, at its resolved path).
     pub async fn open(
         dest: &Destination,
         job: &str,
         credentials: &crate::credentials::Credentials,
         cluster: Option<&kube::Client>,
+        rules: &LocalRules,
     ) -> Result<Store> {
         match dest {
             Destination::Local(l) => {
-                std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
+                let dir =
+                    super::destination::check_local(&l.path, job, rules).map_err(Error::Refused)?;
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     store: l.path.display().to_string(),
                     path: String::new(),
                     source,
                 })?;
                 let name = format!("{}/{job}", l.path.display());
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&l.path)
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|source| Error::Open {
                         store: name.clone(),
                         source,
@@ -198,7 +151,7 @@ impl Store {
                 Ok(Store {
                     inner: Arc::new(fs),
                     root: job.to_owned(),
-                    local: Some(l.path.join(job)),
+                    local: Some(dir.join(job)),
                     name,
                     _forward: None,
                 })
@@ -243,6 +196,12 @@ impl Store {
     /// How messages name it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// For a local directory: the directory the store's root is (object_store does not list
+    /// staging files of an upload cut short; `catalog` looks there itself).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
     }
 
     fn path(&self, rel: &str) -> Result<ObjPath> {
@@ -454,84 +413,6 @@ impl Store {
             })?;
         out.sort();
         Ok(out)
-    }
-
-    /// Complete and incomplete backups of the job.
-    pub async fn backups(&self) -> Result<Listing> {
-        let mut ids: Vec<String> = Vec::new();
-        let mut with_manifest: Vec<String> = Vec::new();
-        for (key, _) in self.list("").await? {
-            let Some((id, rest)) = key.split_once('/') else {
-                continue;
-            };
-            if ids.last().map(String::as_str) != Some(id) {
-                ids.push(id.to_owned());
-            }
-            if rest == MANIFEST {
-                with_manifest.push(id.to_owned());
-            }
-        }
-        // Local directories can hold only staging files of an upload cut short: object_store
-        // does not list them, so look at the directories themselves.
-        if let Some(dir) = &self.local
-            && let Ok(entries) = std::fs::read_dir(dir)
-        {
-            for e in entries.flatten() {
-                if let Some(name) = e.file_name().to_str()
-                    && e.path().is_dir()
-                    && !ids.iter().any(|i| i == name)
-                {
-                    ids.push(name.to_owned());
-                }
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        let mut listing = Listing::default();
-        for id in ids {
-            if !with_manifest.contains(&id) {
-                listing.incomplete.push(id);
-                continue;
-            }
-            let text = self.get_small(&join(&id, MANIFEST)).await?;
-            match serde_json::from_slice::<Manifest>(&text) {
-                Ok(m) if m.id == id => listing.complete.push(m),
-                _ => listing.incomplete.push(id),
-            }
-        }
-        Ok(listing)
-    }
-
-    /// The manifest of one backup.
-    pub async fn manifest(&self, id: &str) -> Result<Manifest> {
-        let rel = join(id, MANIFEST);
-        let text = self.get_small(&rel).await?;
-        serde_json::from_slice(&text).map_err(|e| Error::Invalid {
-            store: self.name.clone(),
-            path: rel,
-            message: format!("not a backup manifest: {e}"),
-        })
-    }
-
-    /// Removes every object of backup `id`, the manifest first.
-    pub async fn remove(&self, id: &str) -> Result<()> {
-        let manifest = self.path(&join(id, MANIFEST))?;
-        match self.inner.delete(&manifest).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.object_error("deleting", &manifest, e)),
-        }
-        self.remove_prefix(id).await?;
-        if let Some(dir) = &self.local {
-            let d = dir.join(id);
-            if d.exists() {
-                std::fs::remove_dir_all(&d).map_err(|source| Error::Io {
-                    store: self.name.clone(),
-                    path: d.display().to_string(),
-                    source,
-                })?;
-            }
-        }
-        Ok(())
     }
 
     /// Deletes one object (gone already is fine).

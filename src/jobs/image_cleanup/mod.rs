@@ -77,8 +77,12 @@ pub struct Inputs<'a> {
 }
 
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
-pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
-    let spec = spec::parse(job)?;
+pub async fn run(
+    job: &Job,
+    spec: &Spec,
+    inputs: &Inputs<'_>,
+    dry_run: bool,
+) -> Result<Report, Error> {
     // A command the host does not define fails the run before anything is deleted.
     let gc = match &spec.garbage_collect {
         Some(gc) => Some(
@@ -91,13 +95,13 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
         ),
         None => None,
     };
-    let client = Arc::new(client_for(job, &spec, inputs.credentials)?);
-    let uses = protections(job, &spec, inputs).await?;
-    let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
+    let client = Arc::new(client_for(job, spec, inputs.credentials)?);
+    let uses = protections(job, spec, inputs).await?;
+    let mut report = plan(job, spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
     report.strict = inputs.strict;
     if spec.mode == Mode::Enforce && !dry_run {
         report.deletes = true;
-        execute(&spec, &client, &mut report).await;
+        execute(spec, &client, &mut report).await;
         if let Some((name, command)) = gc
             && (report.totals.deleted > 0 || report.totals.untagged > 0)
         {
