@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod registry;
+pub mod revision;
 pub mod server;
 pub mod source;
 pub mod stack;

@@ -1,7 +1,6 @@
 //! The `driftless` binary: parses the command line, sets up logging and dispatches.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -11,7 +10,8 @@ use driftless::cli::{
 };
 use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
-use driftless::stack::{self, RenderedStack};
+use driftless::revision;
+use driftless::stack::RenderedStack;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -271,58 +271,49 @@ struct Desired {
 }
 
 /// Loads and renders the stacks, jobs and policies of `--path` or the configured source (a Git
-/// source is fetched into the state directory first).
+/// source is fetched into the state directory first), through the one `revision` module.
 fn load_desired(
     config: &HostConfig,
     source: &SourceArgs,
     offline: bool,
 ) -> anyhow::Result<Desired> {
     let credentials = credentials_of(config, source);
-    let mut revision = None;
-    let root: PathBuf = match (&source.path, config.source.as_ref()) {
-        (Some(p), _) => p.clone(),
-        (None, Some(src)) => match (&src.path, &src.git) {
-            (Some(p), _) => p.clone(),
-            (None, Some(git)) => {
-                let source = driftless::source::GitSource::from_config(
-                    git,
-                    &credentials,
-                    &config.state_dir(),
-                )?;
-                let fetched = source.fetch(None)?;
-                tracing::info!(sha = %fetched.revision.sha, subject = %fetched.revision.subject, "revision");
-                revision = Some(fetched.revision.sha.clone());
-                fetched.checkout
-            }
-            (None, None) => bail!("source: give `path` or `git` in the host configuration"),
-        },
-        (None, None) => {
-            bail!("no source: pass --path DIR, or set `source` in the host configuration")
-        }
-    };
-    let profile = source.profile.as_deref().or(config.profile.as_deref());
-    // Every stack is rendered even with --stack: the others' objects must be known so that
-    // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let loaded = stack::load_repo_with(
-        &root,
-        profile,
-        stack::LoadLimits::default(),
-        &config.renderers.renderers(),
+    let checkout = revision::checkout(
+        config.source.as_ref(),
+        source.path.as_deref(),
+        &credentials,
+        &config.state_dir(),
+        None,
     )?;
-    let jobs = driftless::jobs::model::load_jobs(&loaded)?;
-    let (stacks, secrets_checked) = stack::render_loaded(&loaded, &credentials, offline)?;
+    if let Some(r) = &checkout.revision {
+        tracing::info!(sha = %r.sha, subject = %r.subject, "revision");
+    }
+    let renderers = config.renderers.renderers();
+    let loaded = revision::load(
+        &checkout.root,
+        &revision::LoadOptions {
+            profile: source.profile.as_deref().or(config.profile.as_deref()),
+            credentials: &credentials,
+            renderers: &renderers,
+            placeholders: offline,
+            cache: None,
+        },
+    )?;
+    // Every stack is rendered even with --stack; reconcile then acts on the named stacks only.
     for name in &source.stacks {
-        if !stacks.iter().any(|s| &s.name == name) {
-            bail!("--stack {name}: no such stack (have: {})", names(&stacks));
+        if !loaded.stacks.iter().any(|s| &s.name == name) {
+            bail!(
+                "--stack {name}: no such stack (have: {})",
+                names(&loaded.stacks)
+            );
         }
     }
-    let policies = driftless::policy::load_policies(&root, &stacks)?;
     Ok(Desired {
-        stacks,
-        revision,
-        jobs,
-        secrets_checked,
-        policies,
+        stacks: loaded.stacks,
+        revision: checkout.revision.map(|r| r.sha),
+        jobs: loaded.jobs,
+        secrets_checked: loaded.secrets_checked,
+        policies: loaded.policies,
     })
 }
 
