@@ -63,7 +63,9 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     let resp = d.github(&big, SECRET).await;
     assert_eq!(resp.status(), 413);
 
-    // A burst of 500 valid webhooks gives at most 2 reconciles.
+    // A burst of 500 valid webhooks coalesces: one run at its leading edge, at most one per
+    // 2 s (the longest a burst may delay a run) while it goes on, and one after it; on a quiet
+    // host the 500 arrive within 2 s, so at most 2.
     let payload = d.push_payload();
     let mut tasks = Vec::new();
     let start = Instant::now();
@@ -79,10 +81,12 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     }
     // Timings are the benchmarks' business; this one is only reported.
     println!("500 webhooks answered in {:?}", start.elapsed());
+    let burst = start.elapsed();
     let after_burst = d.settle(Duration::from_millis(700)).await;
+    let allowed = 2 + burst.as_secs() / 2;
     assert!(
-        after_burst - after_push <= 2,
-        "500 webhooks gave {} reconciles",
+        after_burst - after_push <= allowed,
+        "500 webhooks in {burst:?} gave {} reconciles (at most {allowed})",
         after_burst - after_push
     );
     let metrics = d.metrics().await;
