@@ -1,50 +1,165 @@
 //! The HTTP endpoint (axum): `/healthz`, `/readyz`, `/metrics`, `/api/v1/status`, `/` (status
 //! page) and `POST /hooks/{github,gitlab,gitea,generic}`. Webhooks answer 202 at once and only
 //! wake the daemon's loop; status and metrics need a bearer token when one is configured.
+//!
+//! The server sees a narrow [`State`] of its own — the status document, the metrics, its
+//! settings and a handle that wakes the loop — never the daemon's loop state, so it can be
+//! tested alone.
 
 pub mod auth;
 pub mod hooks;
 pub mod page;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use secrecy::SecretString;
+use tokio::sync::RwLock;
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
-use crate::daemon::metrics::labels;
-use crate::daemon::status::DaemonState;
+use crate::config::HostConfig;
+use crate::daemon::metrics::{Metrics, labels};
+use crate::daemon::status::{DaemonState, Status};
 use hooks::{FollowedRef, Provider};
 
-/// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let limit = shared.endpoint.read().await.body_limit;
-    let app = Router::new()
+/// Errors setting the endpoint up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The endpoint's view of the configuration (secrets read from the credentials directory).
+#[derive(Default)]
+pub struct EndpointConfig {
+    pub status_token: Option<SecretString>,
+    pub webhook_secrets: Vec<(Provider, SecretString)>,
+    pub body_limit: usize,
+    /// The followed Git URL and ref (webhooks for anything else are ignored).
+    pub git: Option<(String, crate::source::GitRef)>,
+}
+
+impl EndpointConfig {
+    /// Reads the endpoint's secrets. Missing files are errors: a webhook route without its
+    /// secret must not silently accept everything.
+    pub fn from_config(config: &HostConfig) -> Result<EndpointConfig, Error> {
+        let creds = crate::credentials::Credentials::from_config(config);
+        let d = &config.daemon;
+        let mut webhook_secrets = Vec::new();
+        for (provider, secret) in [
+            (Provider::Github, &d.webhooks.github),
+            (Provider::Gitlab, &d.webhooks.gitlab),
+            (Provider::Gitea, &d.webhooks.gitea),
+            (Provider::Generic, &d.webhooks.generic),
+        ] {
+            if let Some(s) = secret {
+                let field = format!("daemon.webhooks.{}.secretFile", provider.name());
+                webhook_secrets.push((provider, creds.host_text(&field, &s.secret_file)?));
+            }
+        }
+        let status_token = d
+            .status_token_file
+            .as_deref()
+            .map(|f| creds.host_text("daemon.statusTokenFile", f))
+            .transpose()?;
+        if !d.listen.ip().is_loopback() && status_token.is_none() {
+            return Err(Error::Invalid(format!(
+                "daemon.listen {} is not a loopback address: set daemon.statusTokenFile so status and metrics need a bearer token",
+                d.listen
+            )));
+        }
+        let git = config
+            .source
+            .as_ref()
+            .and_then(|s| s.git.as_ref())
+            .map(|g| (g.url.clone(), crate::source::GitRef::of(g)));
+        Ok(EndpointConfig {
+            status_token,
+            webhook_secrets,
+            body_limit: d.webhook_body_limit,
+            git,
+        })
+    }
+}
+
+/// Wakes the daemon's loop for an authentic push that concerns what it follows.
+pub type Wake = Arc<dyn Fn(Provider) + Send + Sync>;
+
+/// What the handlers see.
+pub struct State {
+    pub status: Arc<RwLock<Status>>,
+    pub metrics: Arc<Metrics>,
+    pub endpoint: RwLock<EndpointConfig>,
+    wake: Wake,
+}
+
+impl State {
+    pub fn new(
+        status: Arc<RwLock<Status>>,
+        metrics: Arc<Metrics>,
+        endpoint: EndpointConfig,
+        wake: Wake,
+    ) -> State {
+        State {
+            status,
+            metrics,
+            endpoint: RwLock::new(endpoint),
+            wake,
+        }
+    }
+}
+
+/// Binds the endpoint's address (port 0: any free port; the listener knows which).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+/// The routes, for `serve` and for tests.
+pub fn router(state: Arc<State>, body_limit: usize) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status_json))
         .route("/", get(status_page))
         .route("/hooks/{provider}", post(webhook))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(10),
         ))
-        .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
+        .with_state(state)
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+    let limit = state.endpoint.read().await.body_limit;
+    if let Err(e) = axum::serve(listener, router(state, limit)).await {
         warn!("HTTP endpoint stopped: {e}");
     }
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let st = shared.status.read().await;
+type AppState = axum::extract::State<Arc<State>>;
+
+async fn readyz(axum::extract::State(state): AppState) -> Response {
+    let st = state.status.read().await;
     if st.applied_revision.is_some() || st.state != DaemonState::Starting {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -53,9 +168,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Whether the request may read status and metrics: always without a token configured, else
-/// only with `Authorization: Bearer <token>` (compared in constant time).
-async fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    match &shared.endpoint.read().await.status_token {
+/// only with `Authorization: Bearer <token>`.
+async fn authorized(state: &State, headers: &HeaderMap) -> bool {
+    match &state.endpoint.read().await.status_token {
         Some(token) => auth::bearer_matches(headers, token),
         None => true,
     }
@@ -70,8 +185,8 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers).await {
+async fn metrics(axum::extract::State(state): AppState, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers).await {
         return unauthorized();
     }
     (
@@ -79,49 +194,45 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(),
+        state.metrics.render(),
     )
         .into_response()
 }
 
-async fn status_json(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers).await {
+async fn status_json(axum::extract::State(state): AppState, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers).await {
         return unauthorized();
     }
-    let st = shared.status.read().await.clone();
+    let st = state.status.read().await.clone();
     axum::Json(st).into_response()
 }
 
-async fn status_page(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers).await {
+async fn status_page(axum::extract::State(state): AppState, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers).await {
         return unauthorized();
     }
-    let st = shared.status.read().await.clone();
+    let st = state.status.read().await.clone();
     Html(page::render(&st)).into_response()
 }
 
 async fn webhook(
-    State(shared): State<Arc<Shared>>,
+    axum::extract::State(state): AppState,
     Path(provider): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let provider = match provider.as_str() {
-        "github" => Provider::Github,
-        "gitlab" => Provider::Gitlab,
-        "gitea" => Provider::Gitea,
-        "generic" => Provider::Generic,
-        _ => return (StatusCode::NOT_FOUND, "no such webhook\n").into_response(),
+    let Some(provider) = Provider::from_name(&provider) else {
+        return (StatusCode::NOT_FOUND, "no such webhook\n").into_response();
     };
-    let name = format!("{provider:?}").to_lowercase();
+    let name = provider.name();
     let count = |outcome: &str| {
-        shared
+        state
             .metrics
             .webhook_requests
-            .get_or_create(&labels(&[("provider", &name), ("outcome", outcome)]))
+            .get_or_create(&labels(&[("provider", name), ("outcome", outcome)]))
             .inc();
     };
-    let endpoint = shared.endpoint.read().await;
+    let endpoint = state.endpoint.read().await;
     let Some((_, secret)) = endpoint
         .webhook_secrets
         .iter()
@@ -169,7 +280,7 @@ async fn webhook(
     }
     count("accepted");
     info!(provider = %name, reference = ?push.reference, "webhook: sync requested");
-    shared.request(&format!("webhook {name}"));
+    (state.wake)(provider);
     (StatusCode::ACCEPTED, "sync requested\n").into_response()
 }
 
