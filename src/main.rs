@@ -358,6 +358,18 @@ async fn print_status(
     use driftless::daemon::status::{DaemonState, Status};
     let base = match endpoint {
         Some(e) => e.trim_end_matches('/').to_owned(),
+        // `listen: …:0`: the daemon picked a port and wrote it into the state directory.
+        None if config.daemon.listen.port() == 0 => {
+            let file = config.state_dir().join(driftless::daemon::LISTEN_FILE);
+            let addr = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "daemon.listen {} lets the daemon pick a port, and {} names none (is `driftless run` running?)",
+                    config.daemon.listen,
+                    file.display()
+                )
+            })?;
+            format!("http://{}", addr.trim())
+        }
         None => format!("http://{}", config.daemon.listen),
     };
     let url = format!("{base}/api/v1/status");

@@ -413,3 +413,40 @@ async fn new_revisions_are_incremental_and_drift_is_still_corrected() {
     })
     .await;
 }
+
+/// `listen: 127.0.0.1:0`: the daemon binds a port of its choosing before anyone asks, names it
+/// in its log and in `<stateDir>/listen`, and `driftless status` finds it there; the file goes
+/// at a clean stop.
+#[tokio::test]
+async fn a_daemon_on_a_port_of_its_choosing_is_found_by_status() {
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let listen_file = d.dir.path().join("state/listen");
+    let addr = std::fs::read_to_string(&listen_file).unwrap();
+    assert_eq!(d.base, format!("http://{}", addr.trim()));
+    assert!(!addr.trim().ends_with(":0"), "{addr}");
+    let log = std::fs::read_to_string(d.dir.path().join("daemon.log")).unwrap_or_default();
+    if std::env::var_os("DRIFTLESS_TEST_DAEMON_LOG").is_none() {
+        assert!(log.contains(addr.trim()), "the log names {addr}: {log}");
+    }
+    let config = d.dir.path().join("driftless.yaml");
+    let out = support::driftless(&config, &["status", "--output", "json"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "ready", "{status}");
+    let mut d = d;
+    run_ok(Command::new("kill").args(["-TERM", &d.child.id().to_string()]));
+    let code = d.child.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    assert!(
+        !listen_file.exists(),
+        "the listen file is removed at a clean stop"
+    );
+    let out = support::driftless(&config, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("names none (is `driftless run` running?)"),
+        "{}",
+        support::text(&out)
+    );
+}

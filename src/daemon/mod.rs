@@ -89,6 +89,27 @@ fn server_state(
     )
 }
 
+/// Binds the endpoint and reports the address it got (`listen: 127.0.0.1:0` picks a free port):
+/// in the log and in `<stateDir>/listen`.
+async fn listen(config: &HostConfig) -> Result<tokio::net::TcpListener, Error> {
+    let listener = crate::server::bind(config.daemon.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| crate::server::Error::Listen {
+            addr: config.daemon.listen,
+            source,
+        })?;
+    info!(listen = %addr, "serving status, metrics and webhooks");
+    let file = config.state_dir().join(LISTEN_FILE);
+    if let Err(e) = crate::state::write_bytes(&file, format!("{addr}\n").as_bytes()) {
+        warn!("{e}");
+    }
+    Ok(listener)
+}
+
+/// The file in the state directory naming the address the endpoint listens on.
+pub const LISTEN_FILE: &str = "listen";
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     let mut config = HostConfig::load(&config_path, true)?;
@@ -113,8 +134,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
     });
-    let listener = crate::server::bind(config.daemon.listen).await?;
-    info!(listen = %config.daemon.listen, "serving status, metrics and webhooks");
+    let listener = listen(&config).await?;
     let server_state = Arc::new(server_state(&shared, endpoint));
     let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&server_state)));
 
@@ -229,6 +249,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     state.watches.stop();
     let st = shared.status.read().await;
     persist(&config.state_dir(), &st);
+    let _ = std::fs::remove_file(config.state_dir().join(LISTEN_FILE));
     Ok(())
 }
 
