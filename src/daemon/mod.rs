@@ -9,6 +9,7 @@
 //! `metrics` and `sd_notify`.
 
 pub mod backoff;
+pub mod endpoint;
 pub mod jobs;
 pub mod metrics;
 pub mod mode;
@@ -89,26 +90,7 @@ fn server_state(
     )
 }
 
-/// Binds the endpoint and reports the address it got (`listen: 127.0.0.1:0` picks a free port):
-/// in the log and in `<stateDir>/listen`.
-async fn listen(config: &HostConfig) -> Result<tokio::net::TcpListener, Error> {
-    let listener = crate::server::bind(config.daemon.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| crate::server::Error::Listen {
-            addr: config.daemon.listen,
-            source,
-        })?;
-    info!(listen = %addr, "serving status, metrics and webhooks");
-    let file = config.state_dir().join(LISTEN_FILE);
-    if let Err(e) = crate::state::write_bytes(&file, format!("{addr}\n").as_bytes()) {
-        warn!("{e}");
-    }
-    Ok(listener)
-}
-
-/// The file in the state directory naming the address the endpoint listens on.
-pub const LISTEN_FILE: &str = "listen";
+pub use endpoint::LISTEN_FILE;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), Error> {
@@ -134,9 +116,17 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
     });
-    let listener = listen(&config).await?;
-    let server_state = Arc::new(server_state(&shared, endpoint));
-    let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&server_state)));
+    let max_connections = endpoint.max_connections;
+    if let Some(files) = endpoint::raise_open_files_limit()
+        && files < max_connections as u64 + OTHER_FILES
+    {
+        warn!(
+            "daemon.maxConnections is {max_connections} and the open-files limit {files}: raise LimitNOFILE= (or ulimit -n) to at least {}",
+            max_connections as u64 + OTHER_FILES
+        );
+    }
+    let mut endpoint =
+        endpoint::Endpoint::start(&config, Arc::new(server_state(&shared, endpoint))).await?;
 
     let reload = Arc::new(Notify::new());
     trigger::spawn_signal_handlers(shared.clone(), reload.clone());
@@ -158,16 +148,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = reload.notified() => {
-                match HostConfig::load(&config_path, true) {
-                    Ok(new) => match crate::server::EndpointConfig::from_config(&new) {
-                        Ok(endpoint) => {
-                            info!("configuration reloaded");
-                            *server_state.endpoint.write().await = endpoint;
-                            config = new;
-                            shared.triggers.request(Trigger::ConfigReload);
-                        }
-                        Err(e) => error!("configuration reload refused, keeping the previous one: {e}"),
-                    },
+                match reload_config(&config_path, &mut endpoint).await {
+                    Ok(new) => {
+                        info!("configuration reloaded");
+                        config = new;
+                        shared.triggers.request(Trigger::ConfigReload);
+                    }
                     Err(e) => error!("configuration reload refused, keeping the previous one: {e}"),
                 }
                 continue;
@@ -245,12 +231,27 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     poll.abort();
     // A job run in progress is cut short at its next await; its record says `interrupted`.
     scheduler.abort();
-    server.abort();
+    endpoint.stop(&config.state_dir());
     state.watches.stop();
     let st = shared.status.read().await;
     persist(&config.state_dir(), &st);
-    let _ = std::fs::remove_file(config.state_dir().join(LISTEN_FILE));
     Ok(())
+}
+
+/// Descriptors besides the endpoint's connections: cluster and Git clients, watches, files,
+/// renderer pipes.
+const OTHER_FILES: u64 = 256;
+
+/// Reads the host configuration again and applies it to the endpoint; nothing changes when
+/// the file, a secret or the new address is refused.
+async fn reload_config(
+    config_path: &Path,
+    endpoint: &mut endpoint::Endpoint,
+) -> Result<HostConfig, Error> {
+    let new = HostConfig::load(config_path, true)?;
+    let settings = crate::server::EndpointConfig::from_config(&new)?;
+    endpoint.reload(&new, settings).await?;
+    Ok(new)
 }
 
 fn describe_source(config: &HostConfig) -> String {

@@ -39,6 +39,35 @@ pub struct Daemon {
     pub token: Option<String>,
 }
 
+impl Daemon {
+    /// The host configuration file.
+    pub fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("driftless.yaml")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let path = std::env::var_os("DRIFTLESS_TEST_DAEMON_LOG")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("daemon.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Writes the host configuration anew (atomically) with `options` and sends SIGHUP.
+    pub fn reconfigure(&self, options: &Options<'_>) {
+        let text = config_text(&self.id, self.repo.path(), self.dir.path(), options);
+        let tmp = self.dir.path().join("driftless.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config()).unwrap();
+        super::run_ok(Command::new("kill").args(["-HUP", &self.child.id().to_string()]));
+    }
+
+    /// Writes a file into the credentials directory.
+    pub fn write_credential(&self, name: &str, content: &str) {
+        std::fs::write(self.dir.path().join("creds").join(name), content).unwrap();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -121,6 +150,19 @@ impl Default for Options<'_> {
     }
 }
 
+/// The host configuration of a test daemon: its repository, state and credentials in `dir`.
+fn config_text(id: &str, repo: &Path, dir: &Path, options: &Options<'_>) -> String {
+    format!(
+        "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n\
+         daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}",
+        repo.display(),
+        dir.join("state").display(),
+        dir.join("creds").display(),
+        options.listen,
+        options.daemon,
+    )
+}
+
 /// A repository, a host configuration and a state directory, before the daemon runs.
 pub struct Setup {
     pub repo: tempfile::TempDir,
@@ -147,19 +189,7 @@ impl Setup {
             std::fs::write(creds.join(name), content).unwrap();
         }
         let config = dir.path().join("driftless.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n\
-                 daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}",
-                repo.path().display(),
-                dir.path().join("state").display(),
-                creds.display(),
-                options.listen,
-                options.daemon,
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text(&id, repo.path(), dir.path(), options)).unwrap();
         Setup {
             repo,
             dir,

@@ -10,7 +10,7 @@
 
 mod concerns;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod push;
 mod verify;
 
