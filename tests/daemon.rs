@@ -450,3 +450,81 @@ async fn a_daemon_on_a_port_of_its_choosing_is_found_by_status() {
         support::text(&out)
     );
 }
+
+/// The followed branch is renamed on the remote: the status and a metric say it is missing,
+/// the daemon is degraded, the last good revision stays applied and nothing is pruned; once the
+/// branch is back the daemon recovers by itself.
+#[tokio::test]
+async fn a_branch_gone_from_the_remote_is_reported_and_nothing_is_pruned() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &format!("ns-{}", d.id));
+    let ready = d.status().await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(ready.get("missingRef").is_none(), "{ready}");
+
+    // On the renamed branch, a new commit: not followed, never applied.
+    git(d.repo.path(), &["branch", "-m", "main", "renamed"]);
+    write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "second"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let status = support::eventually(
+        "the missing branch reported",
+        Duration::from_secs(30),
+        || async {
+            let st = d.status().await;
+            (st["state"] == "degraded" && st["missingRef"].is_string()).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(status["missingRef"], "branch main", "{status}");
+    let errors = status["errors"].to_string();
+    assert!(
+        errors.contains("branch main not found on the remote")
+            && errors.contains("keeping the last good revision"),
+        "{status}"
+    );
+    assert_eq!(status["appliedRevision"]["subject"], "first", "{status}");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("driftless_source_ref_missing 1"),
+        "{metrics}"
+    );
+    // More runs while the branch is missing (a retry and another webhook): the last good
+    // revision is reconciled, nothing of it pruned.
+    let seen = d.next_run(&status).await;
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let again = d.next_run(&seen).await;
+    assert_eq!(again["state"], "degraded", "{again}");
+    assert_eq!(again["missingRef"], "branch main", "{again}");
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "one",
+        "the last good revision stays applied"
+    );
+    let page = d.page().await;
+    assert!(
+        page.contains("branch main not found on the remote"),
+        "{page}"
+    );
+
+    // The branch is back (with the commit made meanwhile): applied, and ready again.
+    git(d.repo.path(), &["branch", "-m", "renamed", "main"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let recovered = support::eventually("recovered", Duration::from_secs(60), || async {
+        let st = d.status().await;
+        (st["state"] == "ready" && st["appliedRevision"]["subject"] == "second").then_some(st)
+    })
+    .await;
+    assert!(recovered.get("missingRef").is_none(), "{recovered}");
+    assert!(
+        d.metrics().await.contains("driftless_source_ref_missing 0"),
+        "the metric is back to 0"
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "two"
+    );
+}

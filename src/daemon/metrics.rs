@@ -25,6 +25,8 @@ pub struct Metrics {
     pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     pub job_figures: Family<Labels, Gauge>,
     pub backup_last_complete: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while the followed branch or tag does not exist on the remote.
+    pub source_ref_missing: Gauge,
     pub http_connections: Gauge,
     pub http_connections_limit: Gauge,
     pub http_connections_evicted: Counter,
@@ -47,6 +49,7 @@ impl Default for Metrics {
             job_last_success: Family::default(),
             job_figures: Family::default(),
             backup_last_complete: Family::default(),
+            source_ref_missing: Gauge::default(),
             http_connections: Gauge::default(),
             http_connections_limit: Gauge::default(),
             http_connections_evicted: Counter::default(),
@@ -107,6 +110,11 @@ impl Default for Metrics {
             "backup_last_complete_timestamp_seconds",
             "Unix time (start) of the newest complete backup of a Backup job",
             m.backup_last_complete.clone(),
+        );
+        registry.register(
+            "source_ref_missing",
+            "1 while the followed branch or tag does not exist on the remote (the last good revision stays applied)",
+            m.source_ref_missing.clone(),
         );
         registry.register(
             "http_connections",

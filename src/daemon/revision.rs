@@ -56,6 +56,16 @@ pub struct Next {
     pub errors: Vec<String>,
 }
 
+/// The followed ref, when the error says the remote no longer has it.
+fn missing_ref(e: &crate::revision::Error) -> Option<String> {
+    match e {
+        crate::revision::Error::Source(crate::source::Error::RefNotFound { reference, .. }) => {
+            Some(reference.clone())
+        }
+        _ => None,
+    }
+}
+
 /// The revisions the loop knows.
 #[derive(Default)]
 pub struct Revisions {
@@ -100,16 +110,22 @@ impl Revisions {
                 &state_dir,
                 previous.as_deref(),
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.to_string(), missing_ref(&e)))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+        .unwrap_or_else(|e| Err((format!("fetch task failed: {e}"), None)));
         mark();
         let checkout = match fetched {
             Ok(c) => c,
-            Err(e) => {
+            Err((e, missing)) => {
                 backoffs.source_failures += 1;
                 errors.push(format!("source: {e}; keeping the last good revision"));
+                // A vanished branch or tag is not an empty revision: the last good one stays.
+                shared
+                    .metrics
+                    .source_ref_missing
+                    .set(i64::from(missing.is_some()));
+                shared.status.write().await.missing_ref = missing;
                 return Next {
                     desired: self.last_good_desired(),
                     errors,
@@ -117,7 +133,12 @@ impl Revisions {
             }
         };
         backoffs.source_failures = 0;
-        shared.status.write().await.revision = checkout.revision.clone();
+        shared.metrics.source_ref_missing.set(0);
+        {
+            let mut st = shared.status.write().await;
+            st.revision = checkout.revision.clone();
+            st.missing_ref = None;
+        }
         let unchanged = matches!(
             (self.last_good.as_ref().and_then(LastGood::sha), &checkout.revision),
             (Some(old), Some(new)) if old == new.sha
@@ -201,5 +222,26 @@ impl Revisions {
             desired: Some(Desired::Fresh(Arc::new(loaded.stacks))),
             errors,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ref_gone_from_the_remote_is_a_missing_ref() {
+        let gone = crate::revision::Error::Source(crate::source::Error::RefNotFound {
+            url: "https://git.example/ops/stacks.git".to_owned(),
+            reference: "branch main".to_owned(),
+        });
+        assert_eq!(missing_ref(&gone).as_deref(), Some("branch main"));
+        let unreachable = crate::revision::Error::Source(crate::source::Error::Git {
+            url: "https://git.example/ops/stacks.git".to_owned(),
+            action: "fetch",
+            message: "connection refused".to_owned(),
+        });
+        assert_eq!(missing_ref(&unreachable), None);
+        assert_eq!(missing_ref(&crate::revision::Error::NoSource), None);
     }
 }

@@ -39,6 +39,10 @@ pub struct Status {
     pub stacks: Vec<StackStatus>,
     /// Problems outside any one stack (source unreachable, revision fails to render, cluster down).
     pub errors: Vec<String>,
+    /// The followed ref (`branch main`, `tag v1.2`) when the remote no longer has it: the
+    /// daemon is degraded and the last good revision stays applied (nothing is pruned for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_ref: Option<String>,
     /// Scheduled jobs of the applied revision and their last runs.
     #[serde(default)]
     pub jobs: Vec<JobStatus>,
