@@ -81,6 +81,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
     let registry = Arc::new(Mutex::new(Registry::default()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_warning: Option<Instant> = None;
+    // A new accept loop (a rebind) starts with no connection of its own.
+    state.metrics.http_connections.set(0);
     loop {
         while tasks.try_join_next().is_some() {}
         let stream = match listener.accept().await {
