@@ -5,8 +5,8 @@
 //!
 //! This file is the loop and one run; around it: `trigger` (what wakes the loop), `revision`
 //! (the newest and the last good revision), `mode` (quiet, incremental or full: a pure
-//! decision), `backoff`, `record` (the status fold), `jobs` (the scheduler task), `status`,
-//! `metrics` and `sd_notify`.
+//! decision), `backoff`, `record` (the status fold), `endpoint` (binding and reloading the HTTP
+//! endpoint), `jobs` (the scheduler task), `status`, `metrics` and `sd_notify`.
 
 pub mod backoff;
 pub mod endpoint;
@@ -34,6 +34,8 @@ use metrics::{Metrics, labels};
 use mode::{LastFull, Mode};
 use status::{DaemonState, ReconcileSummary, Status};
 use trigger::{DriftWatches, Trigger, Triggers};
+
+pub use endpoint::LISTEN_FILE;
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +77,13 @@ fn target(config: &HostConfig) -> crate::cluster::Target {
 /// The endpoint's view of the daemon: its status and metrics, and webhooks that wake the loop.
 fn server_state(
     shared: &Arc<Shared>,
-    endpoint: crate::server::EndpointConfig,
+    settings: crate::server::EndpointConfig,
 ) -> crate::server::State {
     let weak = Arc::downgrade(shared);
     crate::server::State::new(
         Arc::clone(&shared.status),
         Arc::clone(&shared.metrics),
-        endpoint,
+        settings,
         Arc::new(move |provider| {
             if let Some(shared) = weak.upgrade() {
                 shared.triggers.request(Trigger::Webhook(provider));
@@ -89,8 +91,6 @@ fn server_state(
         }),
     )
 }
-
-pub use endpoint::LISTEN_FILE;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), Error> {
@@ -101,7 +101,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             config_path.display()
         )));
     }
-    let endpoint = crate::server::EndpointConfig::from_config(&config)?;
+    let settings = crate::server::EndpointConfig::from_config(&config)?;
     let shared = Arc::new_cyclic(|self_ref| Shared {
         self_ref: self_ref.clone(),
         status: Arc::new(RwLock::new(Status {
@@ -116,7 +116,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
     });
-    let max_connections = endpoint.max_connections;
+    let max_connections = settings.max_connections;
     if let Some(files) = endpoint::raise_open_files_limit()
         && files < max_connections as u64 + OTHER_FILES
     {
@@ -125,8 +125,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             max_connections as u64 + OTHER_FILES
         );
     }
-    let mut endpoint =
-        endpoint::Endpoint::start(&config, Arc::new(server_state(&shared, endpoint))).await?;
+    let mut server =
+        endpoint::Endpoint::start(&config, Arc::new(server_state(&shared, settings))).await?;
 
     let reload = Arc::new(Notify::new());
     trigger::spawn_signal_handlers(shared.clone(), reload.clone());
@@ -148,7 +148,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = reload.notified() => {
-                match reload_config(&config_path, &mut endpoint).await {
+                match reload_config(&config_path, &mut server).await {
                     Ok(new) => {
                         info!("configuration reloaded");
                         config = new;
@@ -231,7 +231,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     poll.abort();
     // A job run in progress is cut short at its next await; its record says `interrupted`.
     scheduler.abort();
-    endpoint.stop(&config.state_dir());
+    server.stop(&config.state_dir());
     state.watches.stop();
     let st = shared.status.read().await;
     persist(&config.state_dir(), &st);
@@ -246,11 +246,11 @@ const OTHER_FILES: u64 = 256;
 /// the file, a secret or the new address is refused.
 async fn reload_config(
     config_path: &Path,
-    endpoint: &mut endpoint::Endpoint,
+    server: &mut endpoint::Endpoint,
 ) -> Result<HostConfig, Error> {
     let new = HostConfig::load(config_path, true)?;
     let settings = crate::server::EndpointConfig::from_config(&new)?;
-    endpoint.reload(&new, settings).await?;
+    server.reload(&new, settings).await?;
     Ok(new)
 }
 
