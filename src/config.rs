@@ -166,6 +166,10 @@ pub struct DaemonConfig {
     /// Webhook secrets per provider: file names in the credentials directory.
     #[serde(default)]
     pub webhooks: WebhookConfig,
+    /// Most connections the HTTP endpoint holds at once (default 1024); at the cap the oldest
+    /// connection without a request in progress is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for DaemonConfig {
@@ -176,8 +180,13 @@ impl Default for DaemonConfig {
             status_token_file: None,
             webhook_body_limit: default_body_limit(),
             webhooks: WebhookConfig::default(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_listen() -> std::net::SocketAddr {

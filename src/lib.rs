@@ -22,6 +22,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod registry;
 pub mod repo_walk;
+pub mod revision;
 pub mod server;
 pub mod source;
 pub mod stack;

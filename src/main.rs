@@ -1,7 +1,6 @@
 //! The `driftless` binary: parses the command line, sets up logging and dispatches.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -11,7 +10,8 @@ use driftless::cli::{
 };
 use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
-use driftless::stack::{self, RenderedStack};
+use driftless::revision;
+use driftless::stack::RenderedStack;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -355,63 +355,50 @@ struct Desired {
 }
 
 /// Loads and renders the stacks, jobs and policies of `--path` or the configured source (a Git
-/// source is fetched into the state directory first).
+/// source is fetched into the state directory first), through the one `revision` module.
 fn load_desired(
     config: &HostConfig,
     source: &SourceArgs,
     offline: bool,
 ) -> anyhow::Result<Desired> {
     let credentials = credentials_of(config, source);
-    let mut revision = None;
-    let root: PathBuf = match (&source.path, config.source.as_ref()) {
-        (Some(p), _) => p.clone(),
-        (None, Some(src)) => match (&src.path, &src.git) {
-            (Some(p), _) => p.clone(),
-            (None, Some(git)) => {
-                let source = driftless::source::GitSource::from_config(
-                    git,
-                    &credentials,
-                    &config.state_dir(),
-                )?;
-                let fetched = source.fetch(None)?;
-                tracing::info!(sha = %fetched.revision.sha, subject = %fetched.revision.subject, "revision");
-                revision = Some(fetched.revision.sha.clone());
-                fetched.checkout
-            }
-            (None, None) => bail!("source: give `path` or `git` in the host configuration"),
-        },
-        (None, None) => {
-            bail!("no source: pass --path DIR, or set `source` in the host configuration")
-        }
-    };
-    let profile = source.profile.as_deref().or(config.profile.as_deref());
-    // Every stack is rendered even with --stack: the others' objects must be known so that
-    // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let loaded = stack::load_repo_with(
-        &root,
-        profile,
-        stack::LoadLimits::default(),
-        &config.renderers.renderers(),
+    let checkout = revision::checkout(
+        config.source.as_ref(),
+        source.path.as_deref(),
+        &credentials,
+        &config.state_dir(),
+        None,
     )?;
-    let jobs = driftless::jobs::model::load_jobs(&loaded)?;
-    let (stacks, secrets_checked) = stack::render_loaded(&loaded, &credentials, offline)?;
+    if let Some(r) = &checkout.revision {
+        tracing::info!(sha = %r.sha, subject = %r.subject, "revision");
+    }
+    let renderers = config.renderers.renderers();
+    let loaded = revision::load(
+        &checkout.root,
+        &revision::LoadOptions {
+            profile: source.profile.as_deref().or(config.profile.as_deref()),
+            credentials: &credentials,
+            renderers: &renderers,
+            placeholders: offline,
+            cache: None,
+        },
+    )?;
+    // Every stack is rendered even with --stack; reconcile then acts on the named stacks only.
     for name in &source.stacks {
-        if !stacks.iter().any(|s| &s.name == name) {
-            bail!("--stack {name}: no such stack (have: {})", names(&stacks));
+        if !loaded.stacks.iter().any(|s| &s.name == name) {
+            bail!(
+                "--stack {name}: no such stack (have: {})",
+                names(&loaded.stacks)
+            );
         }
     }
-    let policies = driftless::policy::load_policies(&root, &stacks)?;
-    let health_checks = stack::load_health_checks(
-        &root,
-        stacks.iter().map(|s| (s.name.as_str(), s.file.as_path())),
-    )?;
     Ok(Desired {
-        stacks,
-        revision,
-        jobs,
-        secrets_checked,
-        policies,
-        health_checks,
+        stacks: loaded.stacks,
+        revision: checkout.revision.map(|r| r.sha),
+        jobs: loaded.jobs,
+        secrets_checked: loaded.secrets_checked,
+        policies: loaded.policies,
+        health_checks: loaded.health_checks,
     })
 }
 
@@ -456,6 +443,18 @@ async fn print_status(
     use driftless::daemon::status::{DaemonState, Status};
     let base = match endpoint {
         Some(e) => e.trim_end_matches('/').to_owned(),
+        // `listen: …:0`: the daemon picked a port and wrote it into the state directory.
+        None if config.daemon.listen.port() == 0 => {
+            let file = config.state_dir().join(driftless::daemon::LISTEN_FILE);
+            let addr = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "daemon.listen {} lets the daemon pick a port, and {} names none (is `driftless run` running?)",
+                    config.daemon.listen,
+                    file.display()
+                )
+            })?;
+            format!("http://{}", addr.trim())
+        }
         None => format!("http://{}", config.daemon.listen),
     };
     let url = format!("{base}/api/v1/status");

@@ -63,7 +63,9 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     let resp = d.github(&big, SECRET).await;
     assert_eq!(resp.status(), 413);
 
-    // A burst of 500 valid webhooks gives at most 2 reconciles.
+    // A burst of 500 valid webhooks coalesces: one run at its leading edge, at most one per
+    // 2 s (the longest a burst may delay a run) while it goes on, and one after it; on a quiet
+    // host the 500 arrive within 2 s, so at most 2.
     let payload = d.push_payload();
     let mut tasks = Vec::new();
     let start = Instant::now();
@@ -79,10 +81,12 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     }
     // Timings are the benchmarks' business; this one is only reported.
     println!("500 webhooks answered in {:?}", start.elapsed());
+    let burst = start.elapsed();
     let after_burst = d.settle(Duration::from_millis(700)).await;
+    let allowed = 2 + burst.as_secs() / 2;
     assert!(
-        after_burst - after_push <= 2,
-        "500 webhooks gave {} reconciles",
+        after_burst - after_push <= allowed,
+        "500 webhooks in {burst:?} gave {} reconciles (at most {allowed})",
         after_burst - after_push
     );
     let metrics = d.metrics().await;
@@ -408,4 +412,190 @@ async fn new_revisions_are_incremental_and_drift_is_still_corrected() {
         .then_some(())
     })
     .await;
+}
+
+/// `listen: 127.0.0.1:0`: the daemon binds a port of its choosing before anyone asks, names it
+/// in its log and in `<stateDir>/listen`, and `driftless status` finds it there; the file goes
+/// at a clean stop.
+#[tokio::test]
+async fn a_daemon_on_a_port_of_its_choosing_is_found_by_status() {
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let listen_file = d.dir.path().join("state/listen");
+    let addr = std::fs::read_to_string(&listen_file).unwrap();
+    assert_eq!(d.base, format!("http://{}", addr.trim()));
+    assert!(!addr.trim().ends_with(":0"), "{addr}");
+    let log = std::fs::read_to_string(d.dir.path().join("daemon.log")).unwrap_or_default();
+    if std::env::var_os("DRIFTLESS_TEST_DAEMON_LOG").is_none() {
+        assert!(log.contains(addr.trim()), "the log names {addr}: {log}");
+    }
+    let config = d.dir.path().join("driftless.yaml");
+    let out = support::driftless(&config, &["status", "--output", "json"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "ready", "{status}");
+    let mut d = d;
+    run_ok(Command::new("kill").args(["-TERM", &d.child.id().to_string()]));
+    let code = d.child.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    assert!(
+        !listen_file.exists(),
+        "the listen file is removed at a clean stop"
+    );
+    let out = support::driftless(&config, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("names none (is `driftless run` running?)"),
+        "{}",
+        support::text(&out)
+    );
+}
+
+/// The followed branch is renamed on the remote: the status and a metric say it is missing,
+/// the daemon is degraded, the last good revision stays applied and nothing is pruned; once the
+/// branch is back the daemon recovers by itself.
+#[tokio::test]
+async fn a_branch_gone_from_the_remote_is_reported_and_nothing_is_pruned() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &format!("ns-{}", d.id));
+    let ready = d.status().await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(ready.get("missingRef").is_none(), "{ready}");
+
+    // On the renamed branch, a new commit: not followed, never applied.
+    git(d.repo.path(), &["branch", "-m", "main", "renamed"]);
+    write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "second"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let status = support::eventually(
+        "the missing branch reported",
+        Duration::from_secs(30),
+        || async {
+            let st = d.status().await;
+            (st["state"] == "degraded" && st["missingRef"].is_string()).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(status["missingRef"], "branch main", "{status}");
+    let errors = status["errors"].to_string();
+    assert!(
+        errors.contains("branch main not found on the remote")
+            && errors.contains("keeping the last good revision"),
+        "{status}"
+    );
+    assert_eq!(status["appliedRevision"]["subject"], "first", "{status}");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("driftless_source_ref_missing 1"),
+        "{metrics}"
+    );
+    // More runs while the branch is missing (a retry and another webhook): the last good
+    // revision is reconciled, nothing of it pruned.
+    let seen = d.next_run(&status).await;
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let again = d.next_run(&seen).await;
+    assert_eq!(again["state"], "degraded", "{again}");
+    assert_eq!(again["missingRef"], "branch main", "{again}");
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "one",
+        "the last good revision stays applied"
+    );
+    let page = d.page().await;
+    assert!(
+        page.contains("branch main not found on the remote"),
+        "{page}"
+    );
+
+    // The branch is back (with the commit made meanwhile): applied, and ready again.
+    git(d.repo.path(), &["branch", "-m", "renamed", "main"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let recovered = support::eventually("recovered", Duration::from_secs(60), || async {
+        let st = d.status().await;
+        (st["state"] == "ready" && st["appliedRevision"]["subject"] == "second").then_some(st)
+    })
+    .await;
+    assert!(recovered.get("missingRef").is_none(), "{recovered}");
+    assert!(
+        d.metrics().await.contains("driftless_source_ref_missing 0"),
+        "the metric is back to 0"
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "two"
+    );
+}
+
+/// A checkout per fetched revision would fill the disk of a host that follows a busy branch:
+/// after each reconcile the daemon keeps the applied revision and the few newest, nothing else.
+#[tokio::test]
+async fn old_checkouts_are_removed_and_the_applied_one_is_kept() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let cms: Api<ConfigMap> = Api::namespaced(client, &format!("ns-{}", d.id));
+    let checkouts = d.dir.path().join("state/git/checkouts");
+    let first = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(d.repo.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(
+        checkouts.join(&first).is_dir(),
+        "the first revision is checked out"
+    );
+    for n in 0..5 {
+        let value = format!("v{n}");
+        write_stack(d.repo.path(), &d.id, &value);
+        git(d.repo.path(), &["commit", "-qam", &value]);
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        support::eventually("the commit applied", Duration::from_secs(20), || async {
+            let got = cms.get("settings").await.ok()?.data?.get("value").cloned();
+            (got.as_deref() == Some(value.as_str())).then_some(())
+        })
+        .await;
+    }
+    let head = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(d.repo.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    // The removal follows the reconcile that applied the last commit.
+    let names = support::eventually("old checkouts removed", Duration::from_secs(20), || async {
+        let names: Vec<String> = std::fs::read_dir(&checkouts)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        (!names.contains(&first)).then_some(names)
+    })
+    .await;
+    assert!(
+        names.contains(&head),
+        "the applied revision is kept: {names:?}"
+    );
+    assert!(
+        names.len() <= 4,
+        "the applied one and the 3 newest at most: {names:?}"
+    );
 }

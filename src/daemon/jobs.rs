@@ -6,7 +6,7 @@
 //! or in `driftless jobs run`) is still going is skipped and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,38 +20,6 @@ use crate::jobs::model::Job;
 use crate::jobs::runner;
 use crate::jobs::runs::{self, Outcome};
 use crate::jobs::scheduler::{self, Decision, Due};
-use crate::stack::RenderedStack;
-
-/// A revision that does not load: its stacks or its jobs.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Stack(#[from] crate::stack::Error),
-    #[error(transparent)]
-    Jobs(#[from] crate::jobs::model::Error),
-}
-
-/// Loads and renders a revision's stacks and its jobs (blocking: file reads).
-pub fn load(
-    root: &Path,
-    profile: Option<&str>,
-    credentials: &crate::credentials::Credentials,
-    renderers: &crate::stack::Renderers,
-    cache: Option<&crate::yaml::ParseCache>,
-) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
-    let mut lap = crate::logging::Lap::start("revision");
-    let loaded = crate::stack::load_repo_with(
-        root,
-        profile,
-        crate::stack::LoadLimits::default(),
-        renderers,
-    )?;
-    let jobs = crate::jobs::model::load_jobs(&loaded)?;
-    lap.log("read the stacks and jobs");
-    let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials, false, cache)?;
-    lap.log("rendered the stacks");
-    Ok((stacks, jobs))
-}
 
 /// What the scheduler runs, from the last good revision and the current configuration.
 #[derive(Clone)]
