@@ -101,9 +101,9 @@ pub struct Unhealthy {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub stacks: Vec<StackOutcome>,
-    /// The API resources of every managed kind (for drift watches).
+    /// Every managed kind, resolved (for drift watches; reads as its `ApiResource`).
     #[serde(skip)]
-    pub resources: Vec<kube::api::ApiResource>,
+    pub resources: Vec<crate::cluster::discovery::Resolved>,
 }
 
 impl Report {
@@ -315,7 +315,16 @@ impl StackContext<'_> {
             .filter(|(_, skipped)| !**skipped)
             .map(|(b, _)| b)
             .collect();
-        execute::execute(self, objects, &wait_for, kinds, &stack_plan, outcome).await
+        execute::execute(
+            self,
+            objects,
+            &wait_for,
+            kinds,
+            &stack_plan,
+            &observed.renewals,
+            outcome,
+        )
+        .await
     }
 }
 
