@@ -1,10 +1,10 @@
 //! Watch-fed drift detection: one watch per kind driftless manages (objects labelled
 //! `driftless.dev/stack`, all namespaces). Only a small signature per object is kept — the one
 //! the inventory records, `plan::signature`, which status writes do not move — never the object,
-//! so memory stays flat. A change after the initial list, made outside status by another field
-//! manager than driftless, is reported to the daemon, which reconciles at once instead of
-//! waiting for the next poll. Controllers writing status (HPAs, quotas, scaled Deployments)
-//! trigger nothing.
+//! so memory stays flat. A change after the initial list that moves the signature, made by
+//! another field manager than driftless, is reported to the daemon, which reconciles at once
+//! instead of waiting for the next poll. Controllers writing status (HPAs, quotas, scaled
+//! Deployments) trigger nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -80,21 +80,17 @@ pub fn of_object(object: &Value, status_subresource: bool) -> Option<String> {
     Some(of(&meta, status_subresource))
 }
 
-/// Whether the newest write outside status came from another manager than `manager`: driftless's
-/// own applies must not look like drift. Timestamps have one-second resolution, so a foreign write
-/// in the same second as ours counts as foreign; no time at all counts as foreign too.
+/// Whether the newest write came from another manager than `manager`: asked when the signature
+/// moved, so that driftless's own applies do not look like drift. Status writes count too: one
+/// that moved the signature wrote metadata through the status subresource. Timestamps have
+/// one-second resolution, so a foreign write in the same second as ours counts as foreign; no
+/// time at all counts as foreign too.
 pub fn changed_by_others(meta: &ObjectMeta, manager: &str) -> bool {
-    let entries: Vec<&ManagedFieldsEntry> = meta
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|e| !through_status(e))
-        .collect();
-    let Some(newest) = entries.iter().filter_map(|e| e.time.as_ref()).max() else {
+    let entries = meta.managed_fields.iter().flatten();
+    let Some(newest) = entries.clone().filter_map(|e| e.time.as_ref()).max() else {
         return true;
     };
     entries
-        .iter()
         .filter(|e| e.time.as_ref() == Some(newest))
         .any(|e| e.manager.as_deref() != Some(manager))
 }
@@ -327,21 +323,30 @@ mod tests {
     }
 
     #[test]
-    fn who_wrote_last_outside_status() {
+    fn who_wrote_last() {
+        // Our apply at 00:10, after the controller's status write at 00:00:05.
+        let ours_last = |f: fn(&mut Value)| {
+            with(|v| {
+                v["managedFields"][0]["time"] = json!("2026-01-01T00:10:00Z");
+                f(v);
+            })
+        };
         let cases = [
-            ("ours last", base(), false),
+            ("ours last", ours_last(|_| {}), false),
+            ("a status write before ours", base(), true),
             (
-                "a status write after ours does not count",
-                with(|v| v["managedFields"][1]["time"] = json!("2026-01-01T01:00:00Z")),
-                false,
+                // Asked only when the signature moved: metadata written through status.
+                "a status write after ours",
+                ours_last(|v| v["managedFields"][1]["time"] = json!("2026-01-01T01:00:00Z")),
+                true,
             ),
             (
                 "another manager after us",
-                with(|v| {
+                ours_last(|v| {
                     v["managedFields"].as_array_mut().unwrap().push(entry(
                         "kubectl-patch",
                         None,
-                        "2026-01-01T00:01:00Z",
+                        "2026-01-01T00:11:00Z",
                         json!({}),
                     ));
                 }),
@@ -349,11 +354,11 @@ mod tests {
             ),
             (
                 "another manager in the same second",
-                with(|v| {
+                ours_last(|v| {
                     v["managedFields"].as_array_mut().unwrap().push(entry(
                         "kubectl-patch",
                         None,
-                        "2026-01-01T00:00:00Z",
+                        "2026-01-01T00:10:00Z",
                         json!({}),
                     ));
                 }),
