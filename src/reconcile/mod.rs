@@ -143,14 +143,18 @@ pub async fn reconcile(
         }
     }
     let mut lap = Lap::start("reconcile");
-    let mut kinds = Kinds::discover(client).await?;
-    lap.log("discovery");
+    // Independent reads, together.
+    let (kinds, listed) = futures::join!(
+        Kinds::discover(client),
+        inventory::list(client, &options.instance)
+    );
+    let mut kinds = kinds?;
+    lap.log("discovery and the inventories");
     // Every object must be servable before anything is written: an unknown kind aborts here.
     let revision = BoundRevision::bind(&kinds, stacks)?;
     let policy_index = crate::policy::RevisionIndex::of_stacks(stacks);
     lap.log("bound the objects to their API resources");
-    let listed = inventory::list(client, &options.instance).await?;
-    lap.log("read the inventories");
+    let listed = listed?;
     let (foreign, unreadable) = (listed.foreign, listed.unreadable);
     let inventories: BTreeMap<String, Inventory> = listed
         .own

@@ -103,10 +103,29 @@ pub(super) async fn observe(
         })
         .collect();
     lap.log("found the objects unchanged in Git");
+    // Namespaces the stack never applied (a first sync) are looked up first: nothing is read in
+    // one that does not exist (a LIST or GET there could only find nothing).
+    let (first, rest): (Vec<live::Want<'_>>, Vec<live::Want<'_>>) =
+        wants.into_iter().partition(|w| {
+            w.key.kind == "Namespace"
+                && w.key.group.is_empty()
+                && !ctx.inventory.entries.contains_key(w.key)
+        });
+    let (mut live_state, _) = live::fetch_with(ctx.client, &ctx.stack.name, &first, true).await?;
+    let absent: BTreeSet<&str> = live_state
+        .iter()
+        .filter(|(_, live)| live.is_none())
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let (nowhere, rest): (Vec<live::Want<'_>>, Vec<live::Want<'_>>) = rest
+        .into_iter()
+        .partition(|w| w.namespace.is_some_and(|n| absent.contains(n)));
+    let nowhere: Vec<ObjectKey> = nowhere.into_iter().map(|w| w.key.clone()).collect();
     // Metadata is enough to know an object is still as driftless applied it; the whole object
     // is read (GET) only for those that need a dry-run.
-    let (mut live_state, signatures) =
-        live::fetch_with(ctx.client, &ctx.stack.name, &wants, true).await?;
+    let (found, signatures) = live::fetch_with(ctx.client, &ctx.stack.name, &rest, true).await?;
+    live_state.extend(found);
+    live_state.extend(nowhere.into_iter().map(|k| (k, None)));
     lap.log("read the live objects");
     // Namespaces this sync creates: what goes into them cannot exist yet, and a dry-run there
     // would only be refused (and cost the API server a namespace lookup).
