@@ -661,4 +661,11 @@ async fn status_writes_wake_nothing_and_foreign_edits_are_still_reverted() {
         dry_runs,
         "HPA or ResourceQuota dry-run by a reconcile that did not need it"
     );
+    // Its pod leaves the shared nodes, once the daemon no longer restores it (a failed test
+    // leaves it for inspection).
+    let stack = format!("inventory-d-{}", d.id);
+    let ns = ns.to_owned();
+    drop(d);
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    kubectl(&["-n", "driftless-system", "delete", "configmap", &stack]);
 }

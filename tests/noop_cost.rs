@@ -592,4 +592,13 @@ async fn status_writes_cost_no_dry_run_and_foreign_edits_are_still_found() {
     }
     c.unchanged_without_dry_runs(&client, "after the old record was renewed")
         .await;
+    // Its pod leaves the shared nodes (a failed test leaves it for inspection).
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    kubectl(&[
+        "-n",
+        "driftless-system",
+        "delete",
+        "configmap",
+        &format!("inventory-{}", c.stack),
+    ]);
 }
