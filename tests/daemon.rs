@@ -599,3 +599,263 @@ async fn old_checkouts_are_removed_and_the_applied_one_is_kept() {
         "the applied one and the 3 newest at most: {names:?}"
     );
 }
+
+/// Dry-run requests (status subresources excluded) to HPAs and ResourceQuotas, server-wide: no
+/// other test uses these kinds, so the counts are this test's.
+async fn churn_dry_runs(client: &kube::Client) -> u64 {
+    support::apiserver_requests(client)
+        .await
+        .iter()
+        .filter(|s| !s.label("dry_run").is_empty() && s.label("subresource").is_empty())
+        .filter(|s| ["horizontalpodautoscalers", "resourcequotas"].contains(&s.label("resource")))
+        .map(|s| s.value as u64)
+        .sum()
+}
+
+fn get_json(ns: &str, what: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl(&["-n", ns, "get", what, "-o", "json"])).unwrap()
+}
+
+/// The quota's count of ConfigMaps in use, as its controller last wrote it.
+fn configmaps_used(ns: &str) -> u64 {
+    get_json(ns, "resourcequota/q")["status"]["used"]["configmaps"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The number of ConfigMaps in `ns`, once the quota's status counts them all.
+async fn counted_configmaps(ns: &str) -> u64 {
+    support::eventually(
+        "the quota's usage counted",
+        Duration::from_secs(30),
+        || async {
+            let n = get_json(ns, "configmaps")["items"]
+                .as_array()
+                .map_or(0, |i| i.len() as u64);
+            (configmaps_used(ns) == n).then_some(n)
+        },
+    )
+    .await
+}
+
+/// Controllers writing status — an HPA, a ResourceQuota, a Deployment scaled by its controller —
+/// wake no drift watch and cost no dry-run, while another manager's edits of their spec, labels
+/// and annotations (also through the status subresource) are still reverted within seconds.
+#[tokio::test]
+async fn status_writes_wake_nothing_and_foreign_edits_are_still_reverted() {
+    let client = TestEnv::get().kube_client().await;
+    let d = start_daemon_prepared("", |repo, _| {
+        std::fs::write(
+            repo.join("stack/app/churn.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: {tier: web}, annotations: {note: x}}\n\
+             spec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: registry.invalid/web:1}]}\n---\n\
+             apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web, labels: {tier: web}, annotations: {note: x}}\n\
+             spec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 3\n\
+             ---\napiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q, labels: {tier: web}, annotations: {note: x}}\n\
+             spec: {hard: {pods: '10', configmaps: '10'}}\n",
+        )
+        .unwrap();
+    });
+    d.wait_notify("READY=1", Duration::from_secs(90));
+    let ns = format!("ns-{}", d.id);
+    let ns = ns.as_str();
+    support::eventually("the HPA's status", Duration::from_secs(90), || async {
+        get_json(ns, "hpa/web")["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // Status rewritten by the controllers: quota usage (a ConfigMap created), the Deployment's
+    // pod replaced. Neither wakes a watch, and nothing is dry-run.
+    let reconciles = d.settle(Duration::from_secs(2)).await;
+    let dry_runs = churn_dry_runs(&client).await;
+    let pod = get_json(ns, "pods")["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("the Deployment's pod")
+        .to_owned();
+    let used = counted_configmaps(ns).await;
+    kubectl(&["-n", ns, "create", "configmap", "extra"]);
+    kubectl(&["-n", ns, "delete", "pod", &pod, "--wait=false"]);
+    support::eventually("status rewritten", Duration::from_secs(60), || async {
+        let used = configmaps_used(ns) == used + 1;
+        let replaced = get_json(ns, "pods")["items"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["metadata"]["name"] != pod.as_str() && p["status"]["phase"] == "Running")
+        });
+        let available = get_json(ns, "deployment/web")["status"]["availableReplicas"] == 1;
+        (used && replaced && available).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.settle(Duration::from_secs(3)).await,
+        reconciles,
+        "status writes triggered a reconcile"
+    );
+    assert_eq!(churn_dry_runs(&client).await, dry_runs);
+
+    // Another manager's edits: each reverted by a drift-triggered reconcile.
+    let rounds: [(&str, Vec<Vec<&str>>); 4] = [
+        (
+            "spec",
+            vec![
+                vec![
+                    "patch",
+                    "hpa",
+                    "web",
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"spec":{"maxReplicas":7}}"#,
+                ],
+                vec![
+                    "patch",
+                    "resourcequota",
+                    "q",
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"spec":{"hard":{"pods":"20"}}}"#,
+                ],
+                vec![
+                    "set",
+                    "image",
+                    "deployment/web",
+                    "web=registry.invalid/web:2",
+                ],
+            ],
+        ),
+        (
+            "label",
+            vec![vec![
+                "label",
+                "hpa/web",
+                "resourcequota/q",
+                "deployment/web",
+                "tier=tampered",
+                "--overwrite",
+            ]],
+        ),
+        (
+            "annotation",
+            vec![vec![
+                "annotate",
+                "hpa/web",
+                "resourcequota/q",
+                "deployment/web",
+                "note=tampered",
+                "--overwrite",
+            ]],
+        ),
+        (
+            "through the status subresource",
+            vec![
+                vec![
+                    "patch",
+                    "hpa",
+                    "web",
+                    "--subresource=status",
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"metadata":{"labels":{"tier":"tampered"}}}"#,
+                ],
+                vec![
+                    "patch",
+                    "resourcequota",
+                    "q",
+                    "--subresource=status",
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"metadata":{"annotations":{"note":"tampered"}}}"#,
+                ],
+                vec![
+                    "patch",
+                    "deployment",
+                    "web",
+                    "--subresource=status",
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"metadata":{"annotations":{"note":"tampered"}}}"#,
+                ],
+            ],
+        ),
+    ];
+    let as_applied = || {
+        let hpa = get_json(ns, "hpa/web");
+        let quota = get_json(ns, "resourcequota/q");
+        let deployment = get_json(ns, "deployment/web");
+        hpa["spec"]["maxReplicas"] == 3
+            && quota["spec"]["hard"]["pods"] == "10"
+            && deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                == "registry.invalid/web:1"
+            && [&hpa, &quota, &deployment].iter().all(|o| {
+                o["metadata"]["labels"]["tier"] == "web"
+                    && o["metadata"]["annotations"]["note"] == "x"
+            })
+    };
+    for (what, edits) in rounds {
+        let status = d.status().await;
+        for edit in &edits {
+            let mut args = vec!["-n", ns];
+            args.extend(edit);
+            kubectl(&args);
+        }
+        // (The daemon may have reverted them already: no assertion that they took. The
+        // noop_cost test shows `diff` finding each.)
+        support::eventually(
+            &format!("the {what} edits reverted"),
+            Duration::from_secs(20),
+            || async { as_applied().then_some(()) },
+        )
+        .await;
+        let status = d.next_run(&status).await;
+        assert_eq!(
+            status["lastReconcile"]["trigger"], "drift",
+            "{what}: {status}"
+        );
+    }
+
+    // A full reconcile (woken by one edit) after the quota's status moved again: the quota and
+    // the HPA are not dry-run.
+    d.settle(Duration::from_secs(2)).await;
+    let used = counted_configmaps(ns).await;
+    kubectl(&["-n", ns, "create", "configmap", "extra-2"]);
+    support::eventually("quota usage rewritten", Duration::from_secs(30), || async {
+        (configmaps_used(ns) == used + 1).then_some(())
+    })
+    .await;
+    let dry_runs = churn_dry_runs(&client).await;
+    let status = d.status().await;
+    kubectl(&[
+        "-n",
+        ns,
+        "annotate",
+        "deployment/web",
+        "note=tampered",
+        "--overwrite",
+    ]);
+    support::eventually("the edit reverted", Duration::from_secs(20), || async {
+        as_applied().then_some(())
+    })
+    .await;
+    let status = d.next_run(&status).await;
+    assert_eq!(status["lastReconcile"]["mode"], "full", "{status}");
+    d.settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        churn_dry_runs(&client).await,
+        dry_runs,
+        "HPA or ResourceQuota dry-run by a reconcile that did not need it"
+    );
+    // Its pod leaves the shared nodes, once the daemon no longer restores it (a failed test
+    // leaves it for inspection).
+    let stack = format!("inventory-d-{}", d.id);
+    let ns = ns.to_owned();
+    drop(d);
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    kubectl(&["-n", "driftless-system", "delete", "configmap", &stack]);
+}

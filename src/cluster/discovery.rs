@@ -15,14 +15,26 @@ pub struct Kinds {
     by_version: HashMap<String, HashMap<String, Resolved>>,
 }
 
-/// How to reach one kind.
+/// How to reach one kind, and what the server said about it.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub resource: ApiResource,
     pub namespaced: bool,
-    /// Whether the kind has a `status` subresource: its status is written by a controller, so
-    /// an object without one has not been looked at yet (`health`).
+    /// Whether the kind has a status subresource (`<plural>/status` in discovery): then status
+    /// is written through it by a controller — an object without one has not been looked at yet
+    /// (`health`) — and `metadata.generation` moves only for changes outside metadata and status
+    /// (see `plan::signature`).
     pub status_subresource: bool,
+}
+
+/// A resolved kind is used where its `ApiResource` is (the drift watches, the daemon's list
+/// of watched kinds): its fields read through.
+impl std::ops::Deref for Resolved {
+    type Target = ApiResource;
+
+    fn deref(&self) -> &ApiResource {
+        &self.resource
+    }
 }
 
 impl Resolved {

@@ -252,6 +252,7 @@ pub async fn wait_healthy(
                     resource: &r.resource,
                     namespace: r.namespace_for(w.key.namespace.as_deref()),
                     recorded: true,
+                    status_subresource: r.status_subresource,
                 }
             })
             .collect();

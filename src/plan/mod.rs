@@ -7,6 +7,7 @@ pub mod order;
 pub mod ownership;
 pub mod prune;
 pub mod recreate;
+pub mod signature;
 pub mod unchanged;
 
 pub use ownership::Owner;
