@@ -14,6 +14,7 @@ mod library;
 mod load;
 mod matching;
 pub mod model;
+mod request;
 pub mod resources;
 
 use std::collections::BTreeMap;
@@ -24,12 +25,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use eval::{RevisionIndex, Subject};
+pub use eval::Subject;
 pub use load::{
     POLICY_DIR, PolicyFile, load_dir, load_policies, load_with_stacks, policy_files,
     revision_policy_files, stack_policy_dir,
 };
 use model::{BindingSpec, ValidationAction};
+pub use request::RevisionIndex;
 
 /// Everything that can be wrong with `policies/`, each naming the file and object to fix.
 #[derive(Debug, thiserror::Error)]
