@@ -57,11 +57,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let d = load_desired(&config, &source, true)?;
             let findings = d.policies.check_offline(&d.stacks);
             print_validation(
-                &d.stacks,
-                &d.jobs,
-                &d.health_checks.summaries(),
-                d.secrets_checked,
-                &findings,
+                &driftless::output::Validation {
+                    stacks: &d.stacks,
+                    jobs: &d.jobs,
+                    health: &d.health_checks.summaries(),
+                    secrets_checked: d.secrets_checked,
+                    findings: &findings,
+                },
                 output,
             );
             let denied = findings.iter().flat_map(|(_, f)| f).any(|f| f.denies());
@@ -171,15 +173,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
+            let last = last_runs(&d.jobs, &config.state_dir());
+            let now = chrono::Utc::now();
             match output {
                 OutputFormat::Json => emit(&format!(
                     "{:#}\n",
-                    jobs_json(&d.jobs, Some(&config.state_dir()))
+                    driftless::output::jobs_json(&d.jobs, &last, now)
                 )),
                 OutputFormat::Human if d.jobs.is_empty() => {
                     emit("no jobs declared (stack/<name>/jobs.yaml)\n")
                 }
-                OutputFormat::Human => emit(&jobs_text(&d.jobs, Some(&config.state_dir()))),
+                OutputFormat::Human => emit(&driftless::output::jobs_text(&d.jobs, &last, now)),
             }
             Ok(EXIT_OK)
         }
@@ -539,139 +543,29 @@ fn print_report(report: &Report, output: OutputFormat, show_diffs: bool) {
     }
 }
 
-/// The last recorded run of a job (from the state directory), if any.
-fn last_run(
-    state_dir: Option<&std::path::Path>,
-    job: &str,
-) -> Option<driftless::jobs::runs::RunRecord> {
-    state_dir.and_then(|d| driftless::jobs::runs::load(d, job).0.runs.pop())
-}
-
-fn jobs_json(
+/// The last recorded run of each job (from the state directory).
+fn last_runs(
     jobs: &[driftless::jobs::model::Job],
-    state_dir: Option<&std::path::Path>,
-) -> serde_json::Value {
-    let now = chrono::Utc::now();
-    serde_json::Value::Array(
-        jobs.iter()
-            .map(|j| {
-                serde_json::json!({
-                    "name": j.name, "kind": j.kind(), "stack": j.stack,
-                    "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
-                    "nextRun": j.schedule.next_after(now),
-                    "lastRun": last_run(state_dir, &j.name),
-                })
-            })
-            .collect(),
-    )
-}
-
-fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path::Path>) -> String {
-    let now = chrono::Utc::now();
+    state_dir: &std::path::Path,
+) -> driftless::output::LastRuns {
     jobs.iter()
-        .map(|j| {
-            let last = match last_run(state_dir, &j.name) {
-                Some(r) => format!(
-                    "; last run {} {}{}: {}",
-                    r.started_at.format("%Y-%m-%d %H:%M UTC"),
-                    r.outcome.as_str(),
-                    if r.dry_run { " (dry run)" } else { "" },
-                    r.message.unwrap_or_default()
-                ),
-                None => String::new(),
-            };
-            format!(
-                "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
-                j.name,
-                j.kind(),
-                j.stack,
-                j.schedule.expression(),
-                j.schedule.time_zone().name(),
-                j.schedule
-                    .next_after(now)
-                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                    .unwrap_or_else(|| "never".to_owned())
-            )
+        .filter_map(|j| {
+            let last = driftless::jobs::runs::load(state_dir, &j.name)
+                .0
+                .runs
+                .pop()?;
+            Some((j.name.clone(), last))
         })
         .collect()
 }
 
-fn print_validation(
-    stacks: &[RenderedStack],
-    jobs: &[driftless::jobs::model::Job],
-    health: &[driftless::health_checks::Summary],
-    secrets_checked: bool,
-    findings: &[(String, Vec<driftless::policy::Finding>)],
-    output: OutputFormat,
-) {
-    let objects: usize = stacks.iter().map(|s| s.objects.len()).sum();
-    let of = |stack: &str| -> Vec<&driftless::policy::Finding> {
-        findings
-            .iter()
-            .filter(|(s, _)| s == stack)
-            .flat_map(|(_, f)| f)
-            .collect()
-    };
-    let denials = findings
-        .iter()
-        .flat_map(|(_, f)| f)
-        .filter(|f| f.denies())
-        .count();
+fn print_validation(v: &driftless::output::Validation<'_>, output: OutputFormat) {
     match output {
-        OutputFormat::Json => {
-            let value = serde_json::json!({
-                "valid": denials == 0,
-                "hostSecretsChecked": secrets_checked,
-                "stacks": stacks.iter().map(|s| serde_json::json!({
-                    "name": s.name,
-                    "dependsOn": s.spec.depends_on,
-                    "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
-                    "policy": of(&s.name),
-                })).collect::<Vec<_>>(),
-                "jobs": jobs_json(jobs, None),
-                "healthChecks": health,
-            });
-            emit(&format!("{value:#}\n"));
-        }
-        OutputFormat::Human => {
-            let mut text = String::new();
-            for s in stacks {
-                text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
-                for f in of(&s.name) {
-                    text.push_str(&format!("  {f}\n"));
-                }
-            }
-            text.push_str(&jobs_text(jobs, None));
-            for h in health {
-                text.push_str(&format!(
-                    "health check {} {} ({}{}): current: {}\n",
-                    h.api_version,
-                    h.kind,
-                    h.file.display(),
-                    h.stack
-                        .as_deref()
-                        .map(|s| format!(", stack {s} only"))
-                        .unwrap_or_default(),
-                    h.current
-                ));
-            }
-            if denials > 0 {
-                text.push_str(&format!(
-                    "invalid: {denials} policy denials (fix the objects named above)\n"
-                ));
-            } else {
-                text.push_str(&format!(
-                    "valid: {} stacks, {objects} objects, {} jobs\n",
-                    stacks.len(),
-                    jobs.len()
-                ));
-            }
-            if !secrets_checked {
-                text.push_str(
-                    "note: host secret files not checked (no credentials directory given)\n",
-                );
-            }
-            emit(&text);
-        }
+        OutputFormat::Json => emit(&format!(
+            "{:#}
+",
+            v.json()
+        )),
+        OutputFormat::Human => emit(&v.text()),
     }
 }
