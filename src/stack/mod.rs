@@ -10,6 +10,7 @@ pub mod model;
 pub mod object;
 pub mod order;
 pub mod render;
+pub mod sops;
 pub mod stored;
 pub mod vars;
 
