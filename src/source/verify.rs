@@ -244,7 +244,7 @@ impl Verifier {
                 None => sig.verify(&key.primary_key, &object.payload),
             };
             return match verified {
-                Ok(()) => Ok(signer.unwrap_or(primary_fpr)),
+                Ok(()) => Ok(format!("{user} ({primary_fpr})").trim().to_owned()),
                 Err(_) => Err(Refusal::new(
                     signer,
                     "the OpenPGP signature does not verify (the object was changed after signing, or the signature is forged)",
@@ -295,7 +295,7 @@ fn subkey_expiry(sub: &pgp::composed::SignedPublicSubKey) -> Option<i64> {
 
 fn expiry_of(created: i64, sig: &pgp::packet::Signature) -> Option<i64> {
     let d = sig.key_expiration_time()?;
-    let secs = i64::try_from(d.as_secs()).ok()?;
+    let secs = i64::from(d.as_secs());
     (secs > 0).then_some(created + secs)
 }
 

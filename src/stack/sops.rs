@@ -55,12 +55,128 @@ impl AgeIdentity {
     }
 }
 
-/// Whether the text is a SOPS file: a top-level `sops` mapping with a `mac`. A cheap textual test
-/// first, so plain manifests are not parsed twice.
+/// How a render gets at SOPS files' values.
+pub enum Decryption {
+    /// With the host's age identity.
+    Key(AgeIdentity),
+    /// Offline validation without credentials: every encrypted value reads as `""`, nothing is
+    /// decrypted or checked but the structure.
+    Placeholder,
+    /// No identity: a SOPS file fails its stack's load with this reason.
+    Unavailable(String),
+}
+
+/// Whether the text is a SOPS file: a top-level `sops:` key (YAML, at the start of a line) or a
+/// `"sops":` member (JSON) next to its `lastmodified` and `mac`.
 pub fn is_sops(text: &str) -> bool {
-    (text.contains("\nsops:") || text.starts_with("sops:") || text.contains("\"sops\""))
-        && text.contains("mac")
-        && text.contains("lastmodified")
+    let yaml = text.lines().any(|l| l.trim_end() == "sops:");
+    let json = text.contains("\"sops\":") || text.contains("\"sops\" :");
+    (yaml || json) && text.contains("lastmodified") && text.contains("mac")
+}
+
+/// The documents of a SOPS file with every encrypted value replaced by `""` (see
+/// `Decryption::Placeholder`). A document whose `apiVersion`, `kind` or `metadata` is encrypted
+/// cannot be told apart without the key: it is left out.
+pub fn placeholder(text: &str, json: bool) -> Result<Vec<Decrypted>, String> {
+    let (docs, meta) = split_metadata(text, json)?;
+    Ok(docs
+        .into_iter()
+        .map(|doc| {
+            let mut encrypted = Vec::new();
+            let value = blank(doc, &mut Vec::new(), &meta.rule, &mut encrypted);
+            Decrypted { value, encrypted }
+        })
+        .filter(|d| {
+            !d.encrypted.iter().any(|p| {
+                matches!(
+                    p.first().map(String::as_str),
+                    Some("apiVersion" | "kind" | "metadata")
+                )
+            })
+        })
+        .collect())
+}
+
+fn blank(node: Node, path: &mut Vec<String>, rule: &Rule, enc: &mut Vec<Vec<String>>) -> Value {
+    match node {
+        Node::Map(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    path.push(k.clone());
+                    let v = blank(v, path, rule, enc);
+                    path.pop();
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Node::Seq(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|i| blank(i, path, rule, enc))
+                .collect(),
+        ),
+        Node::Null => Value::Null,
+        _ if rule.encrypts(path) => {
+            enc.push(path.clone());
+            Value::String(String::new())
+        }
+        leaf => to_value(leaf, path).unwrap_or(Value::Null),
+    }
+}
+
+/// Where a decrypted value may be: driftless holds a Secret's `data`/`stringData` and a
+/// ConfigMap's `data` apart as secret data (masked, never printed). `apiVersion`, `kind`, `type`,
+/// `immutable` and `metadata` may be encrypted too (sops' default rule encrypts everything), but
+/// they name the object: they are shown in diffs and status like any other field. Anything else
+/// encrypted is refused, and so is a Secret value in clear in a SOPS file. Returns whether the
+/// object holds decrypted data (every Secret of a SOPS file does).
+pub fn check_placement(value: &Value, encrypted: &[Vec<String>]) -> Result<bool, String> {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let core = value.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    let secret = core && kind == "Secret";
+    let config_map = core && kind == "ConfigMap";
+    let held = |p: &[String]| -> bool {
+        match p {
+            [field, _] if secret => field == "data" || field == "stringData",
+            [field, _] if config_map => field == "data",
+            _ => false,
+        }
+    };
+    let mut holds = false;
+    for p in encrypted {
+        let naming = matches!(
+            p.first().map(String::as_str),
+            Some("apiVersion" | "kind" | "type" | "immutable" | "metadata")
+        );
+        if held(p) {
+            holds = true;
+        } else if !naming {
+            return Err(format!(
+                "{} is encrypted: driftless decrypts only a Secret's data and stringData and a ConfigMap's data (encrypt with --encrypted-regex '^(data|stringData)$')",
+                p.join(".")
+            ));
+        }
+    }
+    if secret {
+        for field in ["data", "stringData"] {
+            if let Some(Value::Object(m)) = value.get(field) {
+                for k in m.keys() {
+                    let path = [field.to_owned(), k.clone()];
+                    if !encrypted.iter().any(|p| p[..] == path[..]) {
+                        return Err(format!(
+                            "{field}.{k} of the Secret is in clear in a SOPS file: encrypt it (a Secret from a SOPS file is applied only when all its values were encrypted)"
+                        ));
+                    }
+                }
+            }
+        }
+        holds = true;
+    }
+    Ok(holds)
 }
 
 /// One decrypted document: its value and the key paths of the values that were encrypted.
@@ -193,28 +309,7 @@ const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
 /// `sops` metadata in the first. Fails on a file without age recipients the identity opens, a
 /// value that does not decrypt (tampered, or moved to another key), and a MAC that does not match.
 pub fn decrypt(text: &str, json: bool, identity: &AgeIdentity) -> Result<Vec<Decrypted>, String> {
-    let mut docs: Vec<Node> = if json {
-        vec![serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?]
-    } else {
-        crate::yaml::parse_documents_as::<Node>(std::path::Path::new(""), text)
-            .map_err(|e| e.message)?
-            .into_iter()
-            .filter(|d| !matches!(d, Node::Null))
-            .collect()
-    };
-    let mut metadata = None;
-    for (i, doc) in docs.iter_mut().enumerate() {
-        let Node::Map(entries) = doc else {
-            return Err(format!("document {} is not a mapping", i + 1));
-        };
-        if let Some(pos) = entries.iter().position(|(k, _)| k == "sops") {
-            let (_, meta) = entries.remove(pos);
-            if i == 0 {
-                metadata = Some(meta);
-            }
-        }
-    }
-    let meta = read_metadata(metadata.ok_or("no `sops` metadata in the first document")?)?;
+    let (docs, meta) = split_metadata(text, json)?;
     let key = data_key(&meta, identity)?;
     let mut hash = Sha512::new();
     if meta.mac_only_encrypted {
@@ -244,6 +339,33 @@ pub fn decrypt(text: &str, json: bool, identity: &AgeIdentity) -> Result<Vec<Dec
         );
     }
     Ok(out)
+}
+
+/// The documents (without `sops`) and the metadata of the first.
+fn split_metadata(text: &str, json: bool) -> Result<(Vec<Node>, Metadata), String> {
+    let mut docs: Vec<Node> = if json {
+        vec![serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?]
+    } else {
+        crate::yaml::parse_documents_as::<Node>(std::path::Path::new(""), text)
+            .map_err(|e| e.message)?
+            .into_iter()
+            .filter(|d| !matches!(d, Node::Null))
+            .collect()
+    };
+    let mut metadata = None;
+    for (i, doc) in docs.iter_mut().enumerate() {
+        let Node::Map(entries) = doc else {
+            return Err(format!("document {} is not a mapping", i + 1));
+        };
+        if let Some(pos) = entries.iter().position(|(k, _)| k == "sops") {
+            let (_, meta) = entries.remove(pos);
+            if i == 0 {
+                metadata = Some(meta);
+            }
+        }
+    }
+    let meta = read_metadata(metadata.ok_or("no `sops` metadata in the first document")?)?;
+    Ok((docs, meta))
 }
 
 fn read_metadata(node: Node) -> Result<Metadata, String> {

@@ -136,3 +136,173 @@ fn errors_never_show_values() {
         AgeIdentity::parse(&SecretString::from("AGE-SECRET-KEY-1NOTAKEY".to_owned())).unwrap_err();
     assert!(!bad.contains("NOTAKEY"), "{bad}");
 }
+
+#[test]
+fn placement_rules() {
+    let p = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                        "data": {"a": "x"}, "stringData": {"b": "y"}});
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                    "data": {"a": "x", "b": "y"}});
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                        "spec": {"replicas": 1}});
+    type Case<'a> = (&'a Value, Vec<Vec<String>>, Result<bool, &'a str>);
+    let cases: Vec<Case> = vec![
+        (&secret, vec![p("data.a"), p("stringData.b")], Ok(true)),
+        (
+            &secret,
+            vec![
+                p("data.a"),
+                p("stringData.b"),
+                p("kind"),
+                p("metadata.name"),
+            ],
+            Ok(true),
+        ),
+        (
+            &secret,
+            vec![p("data.a")],
+            Err("stringData.b of the Secret is in clear"),
+        ),
+        (&secret, vec![], Err("in clear")),
+        (&cm, vec![p("data.a")], Ok(true)),
+        (&cm, vec![], Ok(false)),
+        (&deploy, vec![], Ok(false)),
+        (&deploy, vec![p("kind")], Ok(false)),
+        (
+            &deploy,
+            vec![p("spec.replicas")],
+            Err("spec.replicas is encrypted"),
+        ),
+        (
+            &cm,
+            vec![p("binaryData.a")],
+            Err("binaryData.a is encrypted"),
+        ),
+    ];
+    for (value, encrypted, expected) in cases {
+        let got = check_placement(value, &encrypted);
+        match (&got, expected) {
+            (Ok(a), Ok(b)) => assert_eq!(*a, b, "{encrypted:?}"),
+            (Err(e), Err(want)) => assert!(e.contains(want), "{e}"),
+            _ => panic!("{encrypted:?}: {got:?} vs {expected:?}"),
+        }
+    }
+}
+
+/// A stack with a SOPS Secret and ConfigMap, rendered with the host's identity.
+mod render {
+    use super::{KEY, OTHER_KEY};
+    use crate::credentials::Credentials;
+    use crate::stack::render::SOPS_LABEL;
+    use crate::stack::{Error, LoadLimits, load_repo, render_loaded};
+    use secrecy::ExposeSecret;
+
+    const STACK: &str = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec:\n  namespace: app\n  path: manifests\n";
+
+    fn repo(files: &[(&str, &str)], key: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("stack/app/manifests")).unwrap();
+        std::fs::write(dir.path().join("stack/app/stack.yaml"), STACK).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join("stack/app/manifests").join(name), text).unwrap();
+        }
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("age.key"), key).unwrap();
+        (dir, creds)
+    }
+
+    fn render(
+        files: &[(&str, &str)],
+        key: &str,
+    ) -> crate::stack::Result<Vec<crate::stack::RenderedStack>> {
+        let (dir, creds) = repo(files, key);
+        let loaded = load_repo(dir.path(), None, LoadLimits::default())?;
+        let c = Credentials::in_dir(Some(creds.path().to_owned())).with_sops_age_key("age.key");
+        render_loaded(&loaded, &c, false).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn decrypted_data_is_held_apart_and_labelled() {
+        let stacks = render(
+            &[
+                ("secret.yaml", super::SECRET),
+                ("config.json", super::CONFIG_JSON),
+            ],
+            KEY,
+        )
+        .unwrap();
+        let objects = &stacks[0].objects;
+        let secret = objects.iter().find(|o| o.key.kind == "Secret").unwrap();
+        let cm = objects.iter().find(|o| o.key.kind == "ConfigMap").unwrap();
+        let data = &secret.secret_data.as_ref().unwrap().0;
+        assert_eq!(data["password"].expose_secret(), b"s3cr3t-SENTINEL");
+        assert_eq!(data["token"].expose_secret(), b"token");
+        let cm_data = cm.secret_data.as_ref().unwrap();
+        assert_eq!(cm_data.0["url"].expose_secret(), b"postgres://u:p@db/x");
+        assert_eq!(cm_data.to_api_data()["url"], "postgres://u:p@db/x");
+        for o in [secret, cm] {
+            assert_eq!(o.object["metadata"]["labels"][SOPS_LABEL], "true");
+            let printed = format!("{o:?} {}", o.object);
+            assert!(
+                !printed.contains("SENTINEL") && !printed.contains("u:p@db"),
+                "{printed}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_fail_the_load_naming_the_file() {
+        let wrong = render(&[("secret.yaml", super::SECRET)], OTHER_KEY).unwrap_err();
+        assert!(matches!(wrong, Error::Sops { .. }), "{wrong}");
+        let text = wrong.to_string();
+        assert!(
+            text.contains("secret.yaml") && text.contains("age recipient"),
+            "{text}"
+        );
+        let tampered = super::SECRET_REGEX.replace("name: db", "name: dc");
+        let e = render(&[("secret.yaml", &tampered)], KEY)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secret.yaml") && e.contains("MAC mismatch"),
+            "{e}"
+        );
+        // `data` in clear (encrypted_suffix Data) in a SOPS Secret.
+        let e = render(&[("secret.yaml", super::SECRET_SUFFIX)], KEY)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.token of the Secret is in clear"), "{e}");
+        // A plain manifest may not claim the label.
+        let fake = "apiVersion: v1\nkind: Secret\nmetadata: {name: x, labels: {driftless.dev/sops-encrypted: 'true'}}\nstringData: {a: b}\n";
+        let e = render(&[("fake.yaml", fake)], KEY).unwrap_err().to_string();
+        assert!(
+            e.contains("reserved for objects decrypted from SOPS files"),
+            "{e}"
+        );
+        // No identity configured.
+        let (dir, _creds) = repo(&[("secret.yaml", super::SECRET)], KEY);
+        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
+        let e = render_loaded(&loaded, &Credentials::in_dir(None), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sops.ageKeyFile"), "{e}");
+        for msg in [text, e] {
+            assert!(!msg.contains("s3cr3t"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn offline_validation_uses_placeholders() {
+        let (dir, _creds) = repo(&[("secret.yaml", super::SECRET_REGEX)], KEY);
+        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
+        let (stacks, checked) = render_loaded(&loaded, &Credentials::in_dir(None), true).unwrap();
+        assert!(!checked);
+        let secret = &stacks[0].objects[0];
+        assert_eq!(secret.key.name, "db");
+        assert_eq!(
+            secret.secret_data.as_ref().unwrap().0["password"].expose_secret(),
+            b""
+        );
+    }
+}
