@@ -351,7 +351,18 @@ fn load_desired(
     let credentials = credentials_of(config, source);
     let mut revision = None;
     let root: PathBuf = match (&source.path, config.source.as_ref()) {
-        (Some(p), _) => p.clone(),
+        (Some(p), src) => {
+            // A directory has no signatures: say so when the configured source would check them.
+            if src
+                .and_then(|s| s.git.as_ref())
+                .is_some_and(|g| g.verify.is_some())
+            {
+                eprintln!(
+                    "driftless: nothing was verified (--path): source.git.verify applies to the configured Git source only"
+                );
+            }
+            p.clone()
+        }
         (None, Some(src)) => match (&src.path, &src.git) {
             (Some(p), _) => p.clone(),
             (None, Some(git)) => {

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     pub job_figures: Family<Labels, Gauge>,
     pub backup_last_complete: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 for the revision `source.git.verify` refused last (commit, signer, reason); empty
+    /// once a revision verifies.
+    pub source_unverified: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -43,6 +46,7 @@ impl Default for Metrics {
             job_last_success: Family::default(),
             job_figures: Family::default(),
             backup_last_complete: Family::default(),
+            source_unverified: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +103,11 @@ impl Default for Metrics {
             "backup_last_complete_timestamp_seconds",
             "Unix time (start) of the newest complete backup of a Backup job",
             m.backup_last_complete.clone(),
+        );
+        registry.register(
+            "source_unverified_revision",
+            "The revision refused by source.git.verify: its commit, signer and reason (1 while it is the newest)",
+            m.source_unverified.clone(),
         );
         Metrics { registry, ..m }
     }

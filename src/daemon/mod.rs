@@ -423,6 +423,39 @@ impl LoopState {
     }
 }
 
+/// Reports a revision refused by `source.git.verify` in the status and the
+/// `source_unverified_revision` metric, or clears both (`None`, or another error: the refusal
+/// stays until a revision verifies).
+async fn record_unverified(shared: &Shared, error: Option<&crate::source::Error>) {
+    let refused = match error {
+        Some(crate::source::Error::Unverified {
+            sha,
+            object,
+            signer,
+            reason,
+            ..
+        }) => Some(status::UnverifiedRevision {
+            sha: sha.clone(),
+            object: object.clone(),
+            signer: signer.clone(),
+            reason: reason.clone(),
+        }),
+        Some(_) => return,
+        None => None,
+    };
+    let m = &shared.metrics.source_unverified;
+    m.clear();
+    if let Some(r) = &refused {
+        m.get_or_create(&labels(&[
+            ("commit", &r.sha),
+            ("signer", r.signer.as_deref().unwrap_or("")),
+            ("reason", &r.reason),
+        ]))
+        .set(1);
+    }
+    shared.status.write().await.unverified = refused;
+}
+
 /// One run: fetch, render (keeping the last good revision on failure), reconcile the stacks not
 /// in backoff, record. Returns whether everything succeeded.
 async fn reconcile_once(
@@ -451,8 +484,14 @@ async fn reconcile_once(
                 })
                 .await;
                 match result {
-                    Ok(Ok(f)) => Ok((Some(f.revision), f.checkout)),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(f)) => {
+                        record_unverified(shared, None).await;
+                        Ok((Some(f.revision), f.checkout))
+                    }
+                    Ok(Err(e)) => {
+                        record_unverified(shared, Some(&e)).await;
+                        Err(e.to_string())
+                    }
                     Err(e) => Err(format!("fetch task failed: {e}")),
                 }
             }
