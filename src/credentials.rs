@@ -396,16 +396,24 @@ mod tests {
             ("status-token", "STATUS-SENTINEL"),
             ("hook-secret", "HOOK-SENTINEL"),
             ("kubeconfig", "KUBE-SENTINEL"),
+            ("age-key", "AGE-SENTINEL"),
             ("minio-password", "pw\n"),
         ]);
         let config = host_config(&format!(
             "source: {{git: {{url: 'https://example.invalid/r.git', auth: {{tokenFile: git-token}}}}}}\n\
              cluster: {{kubeconfig: {}/kubeconfig}}\n\
+             sops: {{ageKeyFile: age-key}}\n\
              daemon: {{statusTokenFile: status-token, webhooks: {{github: {{secretFile: hook-secret}}}}}}\n",
             d.path().display()
         ));
         let creds = Credentials::from_config_with_dir(&config, Some(d.path().to_owned()));
-        for file in ["git-token", "status-token", "hook-secret", "kubeconfig"] {
+        for file in [
+            "git-token",
+            "status-token",
+            "hook-secret",
+            "kubeconfig",
+            "age-key",
+        ] {
             let err = creds
                 .repository_secret("spec.secrets[0].fromFiles.X", file)
                 .expect_err(file);

@@ -36,6 +36,17 @@ struct Gpg {
 
 impl Gpg {
     fn new(uid: &str) -> Gpg {
+        Gpg::made(uid, None)
+    }
+
+    /// A key made on 2020-01-01 that expired a day later; gpg (and so `git commit -S`) keeps
+    /// signing as of 2020-01-01 12:00 (`faked-system-time` in its gpg.conf), when it was valid.
+    fn expired(uid: &str) -> Gpg {
+        Gpg::made(uid, Some(("20200101T000000!", "1d", "20200101T120000!")))
+    }
+
+    /// `faked`: (time the key is made at, its validity, time gpg signs at afterwards).
+    fn made(uid: &str, faked: Option<(&str, &str, &str)>) -> Gpg {
         let home = tempfile::Builder::new()
             .prefix("gpg")
             .tempdir_in("/tmp")
@@ -44,18 +55,20 @@ impl Gpg {
             home,
             fingerprint: String::new(),
         };
-        gpg.run(&[
-            "--batch",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            uid,
-            "ed25519",
-            "sign",
-            "never",
-        ]);
+        let mut args = vec!["--batch", "--pinentry-mode", "loopback", "--passphrase", ""];
+        if let Some((made, _, _)) = faked {
+            args.extend(["--faked-system-time", made]);
+        }
+        let validity = faked.map_or("never", |(_, v, _)| v);
+        args.extend(["--quick-gen-key", uid, "ed25519", "sign", validity]);
+        gpg.run(&args);
+        if let Some((_, _, signs_at)) = faked {
+            std::fs::write(
+                gpg.home.path().join("gpg.conf"),
+                format!("faked-system-time {signs_at}\n"),
+            )
+            .unwrap();
+        }
         let listing = gpg.run(&["--with-colons", "--list-keys"]);
         let fingerprint = listing
             .lines()
@@ -183,6 +196,49 @@ fn altered_commit(work: &Path, key: &Path) -> String {
     forged
 }
 
+/// A commit signed by `ssh-keygen -Y sign` in `namespace` (git signs in `git`): an unsigned
+/// commit of `value` rewritten with a `gpgsig` header, as git writes it. `main` ends at it.
+fn ssh_signed_in_namespace(work: &Path, value: &str, key: &Path, namespace: &str) -> String {
+    commit(work, value, &Sign::No);
+    // The exact object bytes: they are what the signature covers.
+    let raw = run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(work)
+            .args(["cat-file", "commit", "HEAD"]),
+    );
+    let payload = work.join("../payload");
+    std::fs::write(&payload, &raw).unwrap();
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", namespace, "-f"])
+            .arg(key)
+            .arg(&payload),
+    );
+    let sig = std::fs::read_to_string(payload.with_extension("sig")).unwrap();
+    std::fs::remove_file(payload.with_extension("sig")).unwrap();
+    let header_end = raw.find("\n\n").unwrap() + 1;
+    let signed = format!(
+        "{}gpgsig {}\n{}",
+        &raw[..header_end],
+        sig.trim_end().replace('\n', "\n "),
+        &raw[header_end..]
+    );
+    std::fs::write(&payload, signed).unwrap();
+    let sha = git(
+        work,
+        &[
+            "hash-object",
+            "-t",
+            "commit",
+            "-w",
+            payload.to_str().unwrap(),
+        ],
+    );
+    git(work, &["update-ref", "refs/heads/main", &sha]);
+    sha
+}
+
 fn allowed_signers(entries: &[(&str, &str)]) -> String {
     entries
         .iter()
@@ -223,16 +279,18 @@ fn head_mode_applies_allowed_signatures_and_refuses_the_rest() {
     let (allowed, allowed_pub) = ssh_key(keys.path(), "allowed");
     let (other, _) = ssh_key(keys.path(), "other");
     let (old, old_pub) = ssh_key(keys.path(), "old");
+    let (future, future_pub) = ssh_key(keys.path(), "future");
+    let (colleague, colleague_pub) = ssh_key(keys.path(), "colleague");
     let pgp = Gpg::new(&format!("Ops <{EMAIL}>"));
-    let verifier = Verifier::new(
-        VerifyMode::Head,
-        Some(&allowed_signers(&[
-            ("", &allowed_pub),
-            ("valid-before=\"20200101\"", &old_pub),
-        ])),
-        Some(&pgp.public_key()),
-    )
-    .unwrap();
+    let mut signers = allowed_signers(&[
+        ("", &allowed_pub),
+        ("valid-before=\"20200101\"", &old_pub),
+        ("valid-after=\"29990101\"", &future_pub),
+    ]);
+    // A key allowed for another principal only: it may not sign as the committer.
+    signers.push_str(&format!("other@driftless.invalid {colleague_pub}\n"));
+    let verifier =
+        Verifier::new(VerifyMode::Head, Some(&signers), Some(&pgp.public_key())).unwrap();
     let work = tempfile::tempdir().unwrap();
     git(work.path(), &["init", "-q", "-b", "main"]);
     let state = tempfile::tempdir().unwrap();
@@ -284,6 +342,36 @@ fn head_mode_applies_allowed_signatures_and_refuses_the_rest() {
     assert!(reason.contains("expired at 2020-01-01"), "{reason}");
     assert!(signer.unwrap().contains(EMAIL));
 
+    commit(work.path(), "not-yet", &Sign::Ssh(&future));
+    let (_, _, reason) = refused(src.fetch(Some(&pgp_good)));
+    assert!(reason.contains("valid only from 2999-01-01"), "{reason}");
+
+    commit(work.path(), "colleague", &Sign::Ssh(&colleague));
+    let (_, _, reason) = refused(src.fetch(Some(&pgp_good)));
+    assert!(
+        reason.contains("allowed for other@driftless.invalid")
+            && reason.contains(&format!("not for the committer \"{EMAIL}\"")),
+        "{reason}"
+    );
+
+    // ssh-keygen's own signature in namespace `git` is what git makes: it verifies. The same
+    // key's signature for another namespace (a file signature replayed onto a commit) does not.
+    let crafted = ssh_signed_in_namespace(work.path(), "crafted", &allowed, "git");
+    assert_eq!(
+        src.fetch(Some(&pgp_good))
+            .expect("a namespace git signature verifies")
+            .revision
+            .sha,
+        crafted
+    );
+    let replayed = ssh_signed_in_namespace(work.path(), "replayed", &allowed, "file");
+    let (object, _, reason) = refused(src.fetch(Some(&pgp_good)));
+    assert_eq!(object, format!("commit {replayed}"));
+    assert!(
+        reason.contains("namespace \"file\", not \"git\""),
+        "{reason}"
+    );
+
     let next = commit(work.path(), "good-again", &Sign::Ssh(&allowed));
     assert_eq!(
         src.fetch(Some(&pgp_good))
@@ -326,6 +414,23 @@ fn openpgp_revoked_and_unknown_keys_are_refused() {
     let (_, signer, reason) = refused(src.fetch(None));
     assert_eq!(reason, "the OpenPGP key is revoked");
     assert!(signer.unwrap().contains(&pgp.fingerprint));
+
+    // A key that has expired: its signature made while it was valid is refused now.
+    let old = Gpg::expired(&format!("Old <{EMAIL}>"));
+    commit(work.path(), "signed-by-old", &Sign::Pgp(&old));
+    let verifier = Verifier::new(VerifyMode::Head, None, Some(&old.public_key())).unwrap();
+    let src = source(
+        work.path(),
+        GitRef::Branch("main".into()),
+        state.path(),
+        verifier,
+    );
+    let (_, signer, reason) = refused(src.fetch(None));
+    assert_eq!(
+        reason, "the OpenPGP key expired at 2020-01-02 00:00:00 UTC",
+        "{signer:?}"
+    );
+    assert!(signer.unwrap().contains(&old.fingerprint));
 }
 
 #[test]
@@ -622,4 +727,221 @@ fn commit_free_stack(work: &Path) {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
     )
     .unwrap();
+}
+
+/// A configured Git source with `verify` and an allowed SSH key: the repository, credentials
+/// directory and configuration file. `extra` is appended to the configuration.
+struct Verified {
+    id: String,
+    repo: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    config: PathBuf,
+}
+
+impl Verified {
+    fn new(prefix: &str, extra: &str) -> Verified {
+        let id = unique_name(prefix);
+        let repo = tempfile::tempdir().unwrap();
+        git(repo.path(), &["init", "-q", "-b", "main"]);
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let (key, public) = ssh_key(dir.path(), "signer");
+        std::fs::write(
+            creds.join("allowed_signers"),
+            allowed_signers(&[("", &public)]),
+        )
+        .unwrap();
+        let config = dir.path().join("driftless.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "instance: {id}\nsource:\n  git:\n    url: 'file://{}'\n    branch: main\n    verify: {{mode: head, allowedSignersFile: allowed_signers}}\n\
+                 stateDir: {}\ncredentialsDir: {}\n{extra}",
+                repo.path().display(),
+                dir.path().join("state").display(),
+                creds.display()
+            ),
+        )
+        .unwrap();
+        Verified {
+            id,
+            repo,
+            dir,
+            key,
+            config,
+        }
+    }
+
+    /// Commits the stack with a ConfigMap holding `value`, signed with the allowed key or not.
+    fn commit(&self, value: &str, signed: bool) -> String {
+        support::daemon::write_stack(self.repo.path(), &self.id, value);
+        git(self.repo.path(), &["add", "-A"]);
+        let sign = if signed {
+            Sign::Ssh(&self.key)
+        } else {
+            Sign::No
+        };
+        let mut args = vec!["commit", "-q", "-m", value];
+        if signed {
+            args.push("-S");
+        }
+        git_signed(self.repo.path(), &sign, &args);
+        git(self.repo.path(), &["rev-parse", "HEAD"])
+    }
+
+    fn ns(&self) -> String {
+        format!("ns-{}", self.id)
+    }
+
+    /// The ConfigMap's value in the cluster, if it exists.
+    fn value(&self) -> Option<String> {
+        let env = TestEnv::get();
+        let out = Command::new(env.var("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(env.var("KUBECONFIG"))
+            .args(["-n", &self.ns(), "get", "configmap", "settings"])
+            .args(["-o", "jsonpath={.data.value}"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        let env = TestEnv::get();
+        let _ = Command::new(env.var("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(env.var("KUBECONFIG"))
+            .args(["delete", "namespace", &self.ns(), "--wait=false"])
+            .output();
+    }
+}
+
+/// `diff` and `sync` from the configured source obey `verify`: an unsigned revision fails them
+/// naming the commit and the reason, with nothing applied; a signed one syncs; a later unsigned
+/// one leaves the signed revision's objects as they are (nothing applied or pruned).
+#[test]
+fn diff_and_sync_from_the_configured_source_obey_verify() {
+    let v = Verified::new("vfycli", "");
+    let unsigned = v.commit("unsigned", false);
+    for command in ["diff", "sync"] {
+        let out = support::driftless(&v.config, &[command]);
+        let t = support::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {t}");
+        assert!(
+            t.contains(&format!("commit {unsigned} not applied: not signed")),
+            "{command}: {t}"
+        );
+    }
+    assert_eq!(v.value(), None, "nothing of the unsigned revision applied");
+
+    v.commit("signed", true);
+    let out = support::driftless(&v.config, &["sync"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert_eq!(v.value().as_deref(), Some("signed"));
+
+    // Another key's commit: refused, naming the signer's key; the cluster keeps the signed one.
+    let (stranger, _) = ssh_key(v.dir.path(), "stranger");
+    support::daemon::write_stack(v.repo.path(), &v.id, "stranger");
+    git(v.repo.path(), &["add", "-A"]);
+    git_signed(
+        v.repo.path(),
+        &Sign::Ssh(&stranger),
+        &["commit", "-q", "-S", "-m", "stranger"],
+    );
+    let out = support::driftless(&v.config, &["sync"]);
+    let t = support::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("allowedSignersFile does not list") && t.contains("(signer: SSH key SHA256:"),
+        "{t}"
+    );
+    assert_eq!(v.value().as_deref(), Some("signed"));
+}
+
+/// A webhook-triggered run obeys `verify` like a poll: the pushed unsigned commit is refused
+/// (status and metric), the applied revision stays; the next signed push is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_runs_obey_verify() {
+    let env = TestEnv::get();
+    let port = support::daemon::free_port();
+    let v = Verified::new(
+        "vfyhook",
+        &format!(
+            "daemon:\n  listen: 127.0.0.1:{port}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n"
+        ),
+    );
+    std::fs::write(
+        v.dir.path().join("creds/github-secret"),
+        support::daemon::SECRET,
+    )
+    .unwrap();
+    let first = v.commit("first", true);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(&v.config)
+        .arg("run")
+        .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let status = || async {
+        let r = reqwest::get(format!("{base}/api/v1/status")).await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    eventually(
+        "the first revision applied",
+        Duration::from_secs(60),
+        || async {
+            let st = status().await?;
+            (st["appliedRevision"]["sha"] == first.as_str()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(v.value().as_deref(), Some("first"));
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": "0000000000000000000000000000000000000000",
+        "repository": {"clone_url": format!("file://{}", v.repo.path().display()), "full_name": "ops/stacks"}
+    }))
+    .unwrap();
+
+    let unsigned = v.commit("unsigned", false);
+    let r = support::daemon::github_push(&base, &body, support::daemon::SECRET).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let st = eventually("the push refused", Duration::from_secs(60), || async {
+        let st = status().await?;
+        (st["unverified"]["sha"] == unsigned.as_str()).then_some(st)
+    })
+    .await;
+    assert_eq!(st["unverified"]["reason"], "not signed", "{st}");
+    assert_eq!(st["unverified"]["object"], format!("commit {unsigned}"));
+    assert_eq!(st["appliedRevision"]["sha"], first.as_str(), "{st}");
+    assert_eq!(v.value().as_deref(), Some("first"));
+
+    let signed = v.commit("second", true);
+    let r = support::daemon::github_push(&base, &body, support::daemon::SECRET).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    eventually(
+        "the signed push applied",
+        Duration::from_secs(60),
+        || async {
+            let st = status().await?;
+            (st["appliedRevision"]["sha"] == signed.as_str() && st.get("unverified").is_none())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(v.value().as_deref(), Some("second"));
+    let _ = child.kill();
+    let _ = child.wait();
 }
