@@ -245,6 +245,50 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
         },
     )
     .await;
+
+    // A tampered revision (a value in clear changed after encryption): the load fails naming
+    // the file; the applied revision's objects stay as they are, nothing pruned.
+    let file = repo.path().join("stack/app/manifests/secret.sops.yaml");
+    let encrypted = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, encrypted.replace("app: db", "app: evil")).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "tamper"]);
+    let tampered = git(repo.path(), &["rev-parse", "HEAD"]);
+    let st = eventually(
+        "the tampered revision refused",
+        Duration::from_secs(60),
+        || async {
+            let st: serde_json::Value = reqwest::get(format!("{base}/api/v1/status"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (st["revision"]["sha"] == tampered.as_str()
+                && st["errors"].to_string().contains("MAC mismatch"))
+            .then_some(st)
+        },
+    )
+    .await;
+    assert!(
+        st["errors"].to_string().contains("secret.sops.yaml"),
+        "{st}"
+    );
+    assert_ne!(st["appliedRevision"]["sha"], tampered.as_str(), "{st}");
+    assert_eq!(
+        kubectl_get(&ns, "secret/db", "{.metadata.labels.app}").as_deref(),
+        Some("db")
+    );
+    assert_eq!(
+        secret_password(&ns).as_deref(),
+        Some(second.secret.as_str())
+    );
+    assert_eq!(
+        kubectl_get(&ns, "configmap/settings", "{.data.url}").as_deref(),
+        Some(second.config.as_str()),
+        "nothing applied or pruned"
+    );
+    git(repo.path(), &["reset", "-q", "--hard", "HEAD~1"]);
+
     let status = reqwest::get(format!("{base}/api/v1/status"))
         .await
         .unwrap()
