@@ -5,14 +5,21 @@
 //!
 //! The decision (`Verifier::check`) is pure: it takes the signed bytes, the signature and the
 //! signer's e-mail as git recorded them, and the time. Reading them out of the repository is
-//! `commit_signature` / `tag_signature`.
+//! `commit_signature` / `tag_signature`; `read_verifier` reads the key files and
+//! `GitSource::verify` checks a fetched revision as the mode asks (the I/O around the decision).
 
 use chrono::{DateTime, Utc};
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
 use pgp::packet::SignatureType;
 use pgp::types::KeyDetails;
 
+use std::path::Path;
+
+use git2::{Oid, Repository};
+use secrecy::ExposeSecret;
+
 use super::allowed_signers::{self, AllowedSigner};
+use super::{Error, GitRef, remote};
 use crate::config::VerifyMode;
 
 /// Namespace git signs SSH signatures in.
@@ -368,6 +375,134 @@ fn split_tag(raw: &[u8], email: String) -> SignedObject {
         payload: raw.to_vec(),
         signature: None,
         email,
+    }
+}
+
+// Reading `source.git.verify`'s key files and checking a fetched revision: the I/O around
+// `Verifier::check`.
+
+/// Largest key file of `source.git.verify` read, in bytes.
+const MAX_KEYS_BYTES: u64 = 1024 * 1024;
+
+/// Reads the key files of `source.git.verify`: a plain name through the credentials reader, an
+/// absolute path (a public key file of the configuration directory) as a bounded regular file.
+pub(super) fn read_verifier(
+    git: &crate::config::GitConfig,
+    v: &crate::config::VerifyConfig,
+    credentials: &crate::credentials::Credentials,
+) -> super::Result<Verifier> {
+    let url = remote::redacted(&git.url);
+    let fail = |field: &'static str, path: &Path, message: String| Error::VerifyKeys {
+        url: url.clone(),
+        field,
+        path: path.display().to_string(),
+        message,
+    };
+    let read = |field: &'static str, path: &Path| -> super::Result<String> {
+        if path.is_absolute() {
+            let meta = std::fs::metadata(path).map_err(|e| fail(field, path, e.to_string()))?;
+            if !meta.is_file() {
+                return Err(fail(field, path, "not a regular file".to_owned()));
+            }
+            if meta.len() > MAX_KEYS_BYTES {
+                return Err(fail(
+                    field,
+                    path,
+                    format!("larger than {MAX_KEYS_BYTES} bytes"),
+                ));
+            }
+            std::fs::read_to_string(path).map_err(|e| fail(field, path, e.to_string()))
+        } else {
+            credentials
+                .host_text(
+                    &format!("source.git.verify.{field}"),
+                    &path.to_string_lossy(),
+                )
+                .map(|t| t.expose_secret().to_owned())
+                .map_err(|e| Error::Credentials {
+                    url: url.clone(),
+                    source: e,
+                })
+        }
+    };
+    let ssh = v
+        .allowed_signers_file
+        .as_deref()
+        .map(|p| read("allowedSignersFile", p).map(|t| (p, t)))
+        .transpose()?;
+    let pgp = v
+        .openpgp_keys_file
+        .as_deref()
+        .map(|p| read("openpgpKeysFile", p).map(|t| (p, t)))
+        .transpose()?;
+    // Each file on its own first, so the error names the file at fault.
+    if let Some((p, t)) = &ssh {
+        Verifier::new(v.mode, Some(t), None).map_err(|m| fail("allowedSignersFile", p, m))?;
+    }
+    if let Some((p, t)) = &pgp {
+        Verifier::new(v.mode, None, Some(t)).map_err(|m| fail("openpgpKeysFile", p, m))?;
+    }
+    Verifier::new(
+        v.mode,
+        ssh.as_ref().map(|(_, t)| t.as_str()),
+        pgp.as_ref().map(|(_, t)| t.as_str()),
+    )
+    .map_err(|m| fail("mode", Path::new(""), m))
+}
+
+impl super::GitSource {
+    /// Checks the signatures `verifier.mode` asks for: the commit (`head`), the annotated tag
+    /// the ref names (`tag`), or both. `tag_id` is the object the remote advertised for the ref.
+    pub(super) fn verify(
+        &self,
+        verifier: &Verifier,
+        repo: &Repository,
+        commit: &git2::Commit<'_>,
+        tag_id: Option<Oid>,
+    ) -> super::Result<()> {
+        use crate::config::VerifyMode;
+        let now = chrono::Utc::now();
+        let sha = commit.id().to_string();
+        let refuse = |object: String, refusal: Refusal| Error::Unverified {
+            url: remote::redacted(&self.url),
+            sha: sha.clone(),
+            object,
+            signer: refusal.signer,
+            reason: refusal.reason,
+        };
+        if matches!(verifier.mode, VerifyMode::Tag | VerifyMode::TagAndHead) {
+            let name = match &self.reference {
+                GitRef::Tag(t) => t.clone(),
+                other => other.to_string(),
+            };
+            let object = format!("tag {name} ({sha})");
+            let signed = match tag_id {
+                Some(id) if id != commit.id() => {
+                    tag_signature(repo, id).map_err(|e| self.git_err("read the tag", e))?
+                }
+                _ => None,
+            };
+            let Some(signed) = signed else {
+                return Err(refuse(
+                    object,
+                    Refusal {
+                        signer: None,
+                        reason: "a lightweight tag (no tag object) carries no signature: sign it with `git tag -s`".to_owned(),
+                    },
+                ));
+            };
+            verifier
+                .check(&signed, now)
+                .map_err(|r| refuse(object, r))?;
+        }
+        if matches!(verifier.mode, VerifyMode::Head | VerifyMode::TagAndHead) {
+            let signed = commit_signature(repo, commit)
+                .map_err(|e| self.git_err("read the commit's signature", e))?;
+            verifier
+                .check(&signed, now)
+                .map_err(|r| refuse(format!("commit {sha}"), r))?;
+        }
+        Ok(())
     }
 }
 
