@@ -58,6 +58,9 @@ pub struct HostConfig {
     /// The file this configuration was read from (none: defaults, no file).
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// SOPS decryption (see `SopsConfig`).
+    #[serde(default)]
+    pub sops: SopsConfig,
 }
 
 /// `jobs:`: the host programs and host paths scheduled jobs use. The stack repository never
@@ -250,6 +253,45 @@ pub struct GitConfig {
     pub commit: Option<String>,
     #[serde(default)]
     pub auth: GitAuth,
+    /// Signature verification: a revision that does not verify is never applied.
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// `source.git.verify`: which signatures a revision needs, and the keys allowed to make them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyConfig {
+    pub mode: VerifyMode,
+    /// SSH allowed-signers file (`ssh-keygen -Y verify` format): a plain name in the credentials
+    /// directory, or an absolute path (public keys are not secrets).
+    #[serde(default)]
+    pub allowed_signers_file: Option<PathBuf>,
+    /// Armored OpenPGP public keys, named like `allowedSignersFile`.
+    #[serde(default)]
+    pub openpgp_keys_file: Option<PathBuf>,
+}
+
+/// What must be signed (Flux's `HEAD`, `Tag`, `TagAndHEAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VerifyMode {
+    /// The commit the followed ref points to.
+    Head,
+    /// The annotated tag the source follows (`source.git.tag`).
+    Tag,
+    /// Both the tag and the commit it points to.
+    TagAndHead,
+}
+
+/// `sops:`: decryption of SOPS-encrypted manifests on the ops host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SopsConfig {
+    /// The age identity (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them): a plain name in
+    /// the credentials directory.
+    #[serde(default)]
+    pub age_key_file: Option<String>,
 }
 
 /// Git credentials: file names in the credentials directory.
@@ -416,6 +458,20 @@ impl HostConfig {
                     });
                 }
                 let reference = crate::source::GitRef::of(git);
+                if let Some(v) = &git.verify {
+                    if v.allowed_signers_file.is_none() && v.openpgp_keys_file.is_none() {
+                        return Err(Error::Invalid {
+                            path: path.to_owned(),
+                            message: "source.git.verify: give allowedSignersFile, openpgpKeysFile or both".to_owned(),
+                        });
+                    }
+                    if v.mode != VerifyMode::Head && git.tag.is_none() {
+                        return Err(Error::Invalid {
+                            path: path.to_owned(),
+                            message: "source.git.verify.mode tag and tagAndHead need source.git.tag (a branch or commit has no tag to verify)".to_owned(),
+                        });
+                    }
+                }
                 if !reference.is_valid() {
                     return Err(Error::Invalid {
                         path: path.to_owned(),
@@ -472,6 +528,7 @@ impl HostConfig {
             add("source.git.auth.passwordFile", &a.password_file);
             add("source.git.auth.sshKeyFile", &a.ssh_key_file);
         }
+        add("sops.ageKeyFile", &self.sops.age_key_file);
         let d = &self.daemon;
         add("daemon.statusTokenFile", &d.status_token_file);
         for (provider, hook) in [

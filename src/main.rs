@@ -366,6 +366,18 @@ fn load_desired(
     offline: bool,
 ) -> anyhow::Result<Desired> {
     let credentials = credentials_of(config, source);
+    // A directory has no signatures: say so when the configured source would check them.
+    if source.path.is_some()
+        && config
+            .source
+            .as_ref()
+            .and_then(|s| s.git.as_ref())
+            .is_some_and(|g| g.verify.is_some())
+    {
+        eprintln!(
+            "driftless: nothing was verified (--path): source.git.verify applies to the configured Git source only"
+        );
+    }
     let checkout = revision::checkout(
         config.source.as_ref(),
         source.path.as_deref(),

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub http_connections_limit: Gauge,
     pub http_connections_evicted: Counter,
     pub http_connections_refused: Counter,
+    /// 1 for the revision `source.git.verify` refused last (commit, signer, reason); empty
+    /// once a revision verifies.
+    pub source_unverified: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,6 +57,7 @@ impl Default for Metrics {
             http_connections_limit: Gauge::default(),
             http_connections_evicted: Counter::default(),
             http_connections_refused: Counter::default(),
+            source_unverified: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +139,11 @@ impl Default for Metrics {
             "http_connections_refused",
             "Connections refused at the cap because every open one had a request in progress",
             m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "source_unverified_revision",
+            "The revision refused by source.git.verify: its commit, signer and reason (1 while it is the newest)",
+            m.source_unverified.clone(),
         );
         Metrics { registry, ..m }
     }

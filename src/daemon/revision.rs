@@ -9,6 +9,7 @@ use tracing::info;
 use super::Shared;
 use super::backoff::Backoffs;
 use super::jobs::JobsState;
+use super::status::UnverifiedRevision;
 use crate::config::HostConfig;
 use crate::credentials::Credentials;
 use crate::policy::PolicySet;
@@ -68,6 +69,42 @@ fn missing_ref(e: &crate::revision::Error) -> Option<String> {
     }
 }
 
+/// The revision `source.git.verify` refused, when that is what the error says. Another error
+/// leaves the last refusal reported (until a revision verifies).
+fn unverified(e: &crate::revision::Error) -> Option<UnverifiedRevision> {
+    match e {
+        crate::revision::Error::Source(crate::source::Error::Unverified {
+            sha,
+            object,
+            signer,
+            reason,
+            ..
+        }) => Some(UnverifiedRevision {
+            sha: sha.clone(),
+            object: object.clone(),
+            signer: signer.clone(),
+            reason: reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Reports a revision refused by `source.git.verify` in the status and the
+/// `source_unverified_revision` metric (`Some`), or clears both (`None`).
+async fn record_unverified(shared: &Shared, refused: Option<UnverifiedRevision>) {
+    let m = &shared.metrics.source_unverified;
+    m.clear();
+    if let Some(r) = &refused {
+        m.get_or_create(&super::metrics::labels(&[
+            ("commit", &r.sha),
+            ("signer", r.signer.as_deref().unwrap_or("")),
+            ("reason", &r.reason),
+        ]))
+        .set(1);
+    }
+    shared.status.write().await.unverified = refused;
+}
+
 /// The revisions the loop knows.
 #[derive(Default)]
 pub struct Revisions {
@@ -112,14 +149,17 @@ impl Revisions {
                 &state_dir,
                 previous.as_deref(),
             )
-            .map_err(|e| (e.to_string(), missing_ref(&e)))
+            .map_err(|e| (e.to_string(), missing_ref(&e), unverified(&e)))
         })
         .await
-        .unwrap_or_else(|e| Err((format!("fetch task failed: {e}"), None)));
+        .unwrap_or_else(|e| Err((format!("fetch task failed: {e}"), None, None)));
         mark();
         let checkout = match fetched {
             Ok(c) => c,
-            Err((e, missing)) => {
+            Err((e, missing, refused)) => {
+                if refused.is_some() {
+                    record_unverified(shared, refused).await;
+                }
                 backoffs.source_failures += 1;
                 errors.push(format!("source: {e}; keeping the last good revision"));
                 // A vanished branch or tag is not an empty revision: the last good one stays.
@@ -136,6 +176,7 @@ impl Revisions {
         };
         backoffs.source_failures = 0;
         shared.metrics.source_ref_missing.set(0);
+        record_unverified(shared, None).await;
         {
             let mut st = shared.status.write().await;
             st.revision = checkout.revision.clone();

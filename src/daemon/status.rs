@@ -46,6 +46,22 @@ pub struct Status {
     /// Scheduled jobs of the applied revision and their last runs.
     #[serde(default)]
     pub jobs: Vec<JobStatus>,
+    /// The newest revision refused by `source.git.verify` (cleared when one verifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<UnverifiedRevision>,
+}
+
+/// A revision not applied because its signature did not verify.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnverifiedRevision {
+    /// The commit the followed ref points to.
+    pub sha: String,
+    /// What was checked: `commit <sha>` or `tag <name> (<sha>)`.
+    pub object: String,
+    /// The signer as far as the signature names it.
+    pub signer: Option<String>,
+    pub reason: String,
 }
 
 /// One scheduled job.

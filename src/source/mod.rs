@@ -8,12 +8,16 @@
 //!
 //! Files: `remote` (what a URL names; refused URLs), `transport` (libgit2 callbacks: host keys,
 //! credentials, deadline), `known_hosts` (OpenSSH matching), `checkout` (bounded checkouts and
-//! their cleanup).
+//! their cleanup), `verify` and `allowed_signers` (commit and tag signatures).
 
+mod allowed_signers;
 mod checkout;
 mod known_hosts;
 mod remote;
 mod transport;
+pub mod verify;
+
+pub use verify::{Refusal, Verifier};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,6 +93,26 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// `source.git.verify`: the revision's commit or tag is unsigned, signed by a key not
+    /// allowed, or its signature does not verify. Nothing of it was checked out.
+    #[error("git {url}: {object} not applied: {reason}{}", signer.as_ref().map(|s| format!(" (signer: {s})")).unwrap_or_default())]
+    Unverified {
+        url: String,
+        /// The commit the ref points to.
+        sha: String,
+        /// `commit <sha>` or `tag <name>`.
+        object: String,
+        signer: Option<String>,
+        reason: String,
+    },
+    /// `source.git.verify` names a key file that cannot be read or holds no usable key.
+    #[error("git {url}: source.git.verify.{field} {path}: {message}")]
+    VerifyKeys {
+        url: String,
+        field: &'static str,
+        path: String,
+        message: String,
+    },
 }
 
 /// A convenient result alias for this module.
@@ -222,6 +246,8 @@ pub struct GitSource {
     /// Where the mirror and checkouts live (e.g. `/var/lib/driftless/git`).
     pub dir: PathBuf,
     pub limits: FetchLimits,
+    /// `source.git.verify`: when set, a revision is checked out only when it verifies.
+    pub verifier: Option<Verifier>,
 }
 
 impl GitSource {
@@ -233,6 +259,7 @@ impl GitSource {
             credentials,
             dir: dir.to_owned(),
             limits: FetchLimits::default(),
+            verifier: None,
         }
     }
 
@@ -243,6 +270,7 @@ impl GitSource {
         credentials: &crate::credentials::Credentials,
         state_dir: &Path,
     ) -> Result<GitSource> {
+        let credentials_reader = credentials;
         let has_secret = git.auth.token_file.is_some() || git.auth.password_file.is_some();
         check_url(&git.url, has_secret)?;
         let fail = |source: crate::credentials::Error| Error::Credentials {
@@ -274,12 +302,18 @@ impl GitSource {
                 .map(|k| SecretString::from(format!("{}\n", k.expose_secret()))),
             known_hosts: auth.known_hosts_file.clone(),
         };
-        Ok(GitSource::new(
+        let verifier = match &git.verify {
+            Some(v) => Some(verify::read_verifier(git, v, credentials_reader)?),
+            None => None,
+        };
+        let mut source = GitSource::new(
             &git.url,
             GitRef::of(git),
             credentials,
             &state_dir.join("git"),
-        ))
+        );
+        source.verifier = verifier;
+        Ok(source)
     }
 }
 
@@ -426,6 +460,9 @@ impl GitSource {
         let commit = repo
             .find_commit(oid)
             .map_err(|e| self.git_err("read commit", e))?;
+        if let Some(verifier) = &self.verifier {
+            self.verify(verifier, &repo, &commit, advertised)?;
+        }
         let revision = Revision {
             sha: oid.to_string(),
             subject: commit

@@ -10,6 +10,7 @@ pub mod model;
 pub mod object;
 pub mod order;
 pub mod render;
+pub mod sops;
 pub mod stored;
 pub mod vars;
 
@@ -184,6 +185,14 @@ pub enum Error {
     },
     #[error("dependsOn cycle: {cycle}")]
     DependencyCycle { cycle: String },
+    /// A SOPS-encrypted manifest that does not decrypt or holds decrypted values where they
+    /// would be shown. The message never holds a value.
+    #[error("{file}: stack {stack}: SOPS: {message}")]
+    Sops {
+        file: PathBuf,
+        stack: String,
+        message: String,
+    },
 }
 
 /// Loads and renders every stack of the checkout at `root` for `profile`. Host secrets are read
@@ -222,7 +231,49 @@ pub fn render_loaded_with(
     } else {
         (read_host_secrets(loaded, credentials)?, true)
     };
-    Ok((render::render_with(loaded, &secrets, cache)?, checked))
+    let decryption = sops_decryption(loaded, credentials, !checked)?;
+    Ok((
+        render::render_decrypting(loaded, &secrets, &decryption, cache)?,
+        checked,
+    ))
+}
+
+/// How SOPS files are read: with the age identity of `sops.ageKeyFile` (read only when a stack
+/// has a SOPS file), as placeholders for offline validation without credentials.
+fn sops_decryption(
+    loaded: &[LoadedStack],
+    credentials: &crate::credentials::Credentials,
+    placeholders: bool,
+) -> Result<sops::Decryption> {
+    let first = loaded.iter().find_map(|s| {
+        s.manifests
+            .iter()
+            .find(|f| sops::is_sops(&f.text))
+            .map(|f| (s, f))
+    });
+    let Some((stack, file)) = first else {
+        return Ok(sops::Decryption::Unavailable(
+            "no SOPS file was expected".to_owned(),
+        ));
+    };
+    if placeholders {
+        return Ok(sops::Decryption::Placeholder);
+    }
+    let fail = |message: String| Error::Sops {
+        file: file.path.clone(),
+        stack: stack.name.clone(),
+        message,
+    };
+    match credentials.sops_age_key() {
+        None => Ok(sops::Decryption::Unavailable(
+            "the host configuration sets no sops.ageKeyFile (the age identity to decrypt it with)"
+                .to_owned(),
+        )),
+        Some(Err(e)) => Err(fail(e.to_string())),
+        Some(Ok(text)) => sops::AgeIdentity::parse(&text)
+            .map(sops::Decryption::Key)
+            .map_err(|m| fail(format!("sops.ageKeyFile {m}"))),
+    }
 }
 
 /// A convenient result alias for this module.

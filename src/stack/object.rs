@@ -20,6 +20,11 @@ pub const STACK_LABEL: &str = "driftless.dev/stack";
 /// `driftless-no-secrets-in-git`) tell them from Secrets committed to Git. Manifests may not set it.
 pub const HOST_SECRET_LABEL: &str = "driftless.dev/host-secret";
 
+/// Label of the Secrets and ConfigMaps whose data driftless decrypted from a SOPS file, so that
+/// policies (`driftless-no-secrets-in-git`) accept them and diffs mask their data. Manifests in
+/// clear may not set it.
+pub const SOPS_LABEL: &str = "driftless.dev/sops-encrypted";
+
 /// The identity of a Kubernetes object: group, kind, namespace and name (the version is not part
 /// of it: `apps/v1` and `apps/v1beta1` name the same object).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,9 +54,20 @@ fn is_builtin_group(group: &str) -> bool {
     !group.contains('.') || group.ends_with(".k8s.io")
 }
 
-/// A Secret's data, kept out of the object until the moment it is sent; never printed.
+/// A Secret's data (or a SOPS-decrypted ConfigMap's), kept out of the object until the moment
+/// it is sent; never printed.
 #[derive(Clone, Default)]
-pub struct SecretData(pub BTreeMap<String, SecretSlice<u8>>);
+pub struct SecretData(pub BTreeMap<String, SecretSlice<u8>>, pub DataForm);
+
+/// How the data goes back into the object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataForm {
+    /// A Secret's `data`: base64.
+    #[default]
+    Base64,
+    /// A ConfigMap's `data`: UTF-8 text.
+    Text,
+}
 
 impl fmt::Debug for SecretData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,7 +81,12 @@ impl SecretData {
         self.0
             .iter()
             .map(|(k, v)| {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(v.expose_secret());
+                let encoded = match self.1 {
+                    DataForm::Base64 => {
+                        base64::engine::general_purpose::STANDARD.encode(v.expose_secret())
+                    }
+                    DataForm::Text => String::from_utf8_lossy(v.expose_secret()).into_owned(),
+                };
                 (k.clone(), Value::String(encoded))
             })
             .collect()
@@ -149,11 +170,15 @@ pub fn is_namespaced(
 }
 
 /// Checks an object's identity, defaults its namespace, labels it, and splits off Secret data.
+/// `decrypted`: the object holds values decrypted from a SOPS file (see `sops::check_placement`):
+/// it gets `SOPS_LABEL`, and a ConfigMap's data is held apart like a Secret's. Other objects may
+/// not carry the label.
 pub(super) fn finish_object(
     stack: &LoadedStack,
     mut object: Value,
     place: Place,
     crd_scopes: &BTreeMap<(String, String), bool>,
+    decrypted: bool,
 ) -> Result<DesiredObject> {
     let invalid = |message: String| Error::InvalidObject {
         place: place.clone(),
@@ -270,8 +295,21 @@ pub(super) fn finish_object(
         )));
     }
 
+    if decrypted {
+        labels.insert(SOPS_LABEL.into(), "true".into());
+    } else if labels.contains_key(SOPS_LABEL) {
+        return Err(invalid(format!(
+            "{kind}/{name}: label {SOPS_LABEL} is reserved for objects decrypted from SOPS files"
+        )));
+    }
+
     let secret_data = if group.is_empty() && kind == "Secret" {
         Some(take_secret_data(map).map_err(|field| invalid(format!("Secret/{name}: {field}")))?)
+    } else if group.is_empty() && kind == "ConfigMap" && decrypted {
+        Some(
+            take_config_map_data(map)
+                .map_err(|field| invalid(format!("ConfigMap/{name}: {field}")))?,
+        )
     } else {
         None
     };
@@ -319,7 +357,24 @@ fn take_secret_data(map: &mut Map<String, Value>) -> std::result::Result<SecretD
             out.insert(k, SecretSlice::from(s.into_bytes()));
         }
     }
-    Ok(SecretData(out))
+    Ok(SecretData(out, DataForm::Base64))
+}
+
+/// Moves a SOPS-decrypted ConfigMap's `data` out into wrapped bytes (text values).
+fn take_config_map_data(map: &mut Map<String, Value>) -> std::result::Result<SecretData, String> {
+    let mut out = BTreeMap::new();
+    if let Some(data) = map.remove("data") {
+        let Value::Object(data) = data else {
+            return Err("`data` must be a mapping".to_owned());
+        };
+        for (k, v) in data {
+            let Value::String(s) = v else {
+                return Err(format!("data.{k} must be a string"));
+            };
+            out.insert(k, SecretSlice::from(s.into_bytes()));
+        }
+    }
+    Ok(SecretData(out, DataForm::Text))
 }
 
 /// Keys of a Secret's data, for messages and masked diffs.

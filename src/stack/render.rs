@@ -11,10 +11,11 @@ use serde_json::{Map, Value};
 use super::load::{HostSecrets, LoadedStack};
 use super::model::{API_VERSION, HookSpec, OverlayFile, PatchSpec, SourceFile, StackSpec};
 pub use super::object::{
-    DesiredObject, HOST_SECRET_LABEL, ObjectKey, STACK_LABEL, SecretData, is_namespaced,
-    secret_keys,
+    DataForm, DesiredObject, HOST_SECRET_LABEL, ObjectKey, SOPS_LABEL, STACK_LABEL, SecretData,
+    is_namespaced, secret_keys,
 };
 use super::object::{crd_scopes, finish_object};
+use super::sops::Decryption;
 use super::{Error, Place, Result, vars};
 
 /// A stack's definition and its rendered objects, in file order.
@@ -51,16 +52,28 @@ pub fn render(stacks: &[LoadedStack], secrets: &HostSecrets) -> Result<Vec<Rende
     render_with(stacks, secrets, None)
 }
 
-/// `render`, parsing through `cache` (the daemon's: see `yaml::ParseCache`).
+/// `render`, parsing through `cache` (the daemon's: see `yaml::ParseCache`). SOPS files cannot
+/// be decrypted (see `render_decrypting`).
 pub fn render_with(
     stacks: &[LoadedStack],
     secrets: &HostSecrets,
     cache: Option<&ParseCache>,
 ) -> Result<Vec<RenderedStack>> {
+    let none = Decryption::Unavailable("no age identity was given".to_owned());
+    render_decrypting(stacks, secrets, &none, cache)
+}
+
+/// `render_with`, decrypting SOPS-encrypted manifests as `decryption` says.
+pub fn render_decrypting(
+    stacks: &[LoadedStack],
+    secrets: &HostSecrets,
+    decryption: &Decryption,
+    cache: Option<&ParseCache>,
+) -> Result<Vec<RenderedStack>> {
     let mut rendered = Vec::with_capacity(stacks.len());
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for stack in stacks {
-        let r = render_stack(stack, secrets, cache)?;
+        let r = render_stack(stack, secrets, decryption, cache)?;
         for o in r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job)) {
             if let Some(other) = seen.insert(o.key.clone(), o.place.clone()) {
                 return Err(Error::DuplicateObject {
@@ -100,12 +113,24 @@ pub fn stack_vars(stack: &LoadedStack) -> BTreeMap<String, String> {
 fn render_stack(
     stack: &LoadedStack,
     secrets: &HostSecrets,
+    decryption: &Decryption,
     cache: Option<&ParseCache>,
 ) -> Result<RenderedStack> {
     let vars = stack_vars(stack);
     let mut objects: Vec<Value> = Vec::new();
     let mut places: Vec<Place> = Vec::new();
+    // Per object: whether it holds values decrypted from a SOPS file.
+    let mut decrypted: Vec<bool> = Vec::new();
     for file in &stack.manifests {
+        if super::sops::is_sops(&file.text) {
+            for (doc, value, holds) in decrypt_file(stack, file, decryption)? {
+                let before = objects.len();
+                push_objects(stack, file, doc, value, &mut objects, &mut places)?;
+                decrypted.resize(before, false);
+                decrypted.resize(objects.len(), holds);
+            }
+            continue;
+        }
         for (doc, value) in parse_file(stack, file, &vars, cache)? {
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
@@ -119,6 +144,15 @@ fn render_stack(
     let mut patches: Vec<(&SourceFile, usize, PatchSpec)> = Vec::new();
     for (_, files) in &stack.overlays {
         for file in files {
+            if super::sops::is_sops(&file.text) {
+                return Err(Error::Sops {
+                    file: file.path.clone(),
+                    stack: stack.name.clone(),
+                    message:
+                        "SOPS files are decrypted among a stack's manifests only, not in overlays"
+                            .to_owned(),
+                });
+            }
             for (doc, value) in parse_file(stack, file, &vars, cache)? {
                 if value.get("kind").and_then(Value::as_str) == Some("Overlay")
                     && value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION)
@@ -148,10 +182,11 @@ fn render_stack(
     }
 
     let crd_scopes = crd_scopes(&objects);
+    decrypted.resize(objects.len(), false);
     let mut out: Vec<DesiredObject> = Vec::with_capacity(objects.len());
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
-    for (object, place) in objects.into_iter().zip(places) {
-        let desired = finish_object(stack, object, place, &crd_scopes)?;
+    for ((object, place), holds) in objects.into_iter().zip(places).zip(decrypted) {
+        let desired = finish_object(stack, object, place, &crd_scopes, holds)?;
         if let Some(other) = seen.insert(desired.key.clone(), desired.place.clone()) {
             return Err(Error::DuplicateObject {
                 place: desired.place,
@@ -215,7 +250,7 @@ fn render_hook(
         file: file.path.clone(),
         document: doc,
     };
-    let mut job = finish_object(stack, value, place, crd_scopes)?;
+    let mut job = finish_object(stack, value, place, crd_scopes, false)?;
     let hash = {
         use sha2::{Digest, Sha256};
         // serde_json maps are sorted: the serialisation is canonical. Serialising a Value
@@ -246,6 +281,35 @@ fn render_hook(
         job,
         hash,
     })
+}
+
+/// The documents of a SOPS file, decrypted (no `${VAR}` substitution: the MAC covers the text as
+/// encrypted), each with whether it holds decrypted data. A file that does not decrypt fails the
+/// stack's load, naming the file and the reason, never a value.
+fn decrypt_file(
+    stack: &LoadedStack,
+    file: &SourceFile,
+    decryption: &Decryption,
+) -> Result<Vec<(usize, Value, bool)>> {
+    let fail = |message: String| Error::Sops {
+        file: file.path.clone(),
+        stack: stack.name.clone(),
+        message,
+    };
+    let json = file.path.extension().is_some_and(|e| e == "json");
+    let docs = match decryption {
+        Decryption::Key(identity) => super::sops::decrypt(&file.text, json, identity),
+        Decryption::Placeholder => super::sops::placeholder(&file.text, json),
+        Decryption::Unavailable(why) => Err(format!("a SOPS-encrypted file, and {why}")),
+    }
+    .map_err(fail)?;
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, d) in docs.into_iter().enumerate() {
+        let holds = super::sops::check_placement(&d.value, &d.encrypted)
+            .map_err(|m| fail(format!("document {}: {m}", i + 1)))?;
+        out.push((i + 1, d.value, holds));
+    }
+    Ok(out)
 }
 
 fn parse_file(

@@ -182,7 +182,9 @@ pub(super) fn encode(inventory: &Inventory) -> Result<ConfigMap> {
     } else {
         use base64::Engine as _;
         use std::io::Write as _;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        // Level 6, not `fast()`: with the zlib-rs backend (which rPGP enables) level 1 is a
+        // quick strategy that left a 10,000-object record over the ConfigMap's 1 MiB.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let bytes = gz
             .write_all(text.as_bytes())
             .and_then(|()| gz.finish())
