@@ -262,3 +262,23 @@ pub async fn fetch_with(
     }
     Ok((out, partial))
 }
+/// Every object of a kind in all namespaces, page by page (500 a page): `each` sees each page's
+/// objects. For cluster-wide scans that are not about managed objects (the images workloads
+/// use, for ImageCleanup's protection).
+pub async fn for_each_in_cluster(
+    client: &Client,
+    resource: &ApiResource,
+    mut each: impl FnMut(&DynamicObject),
+) -> std::result::Result<(), kube::Error> {
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), resource);
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let list = api.list(&params).await?;
+        list.items.iter().for_each(&mut each);
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(()),
+        }
+    }
+}
+

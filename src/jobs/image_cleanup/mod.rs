@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 use crate::jobs::model::Job;
@@ -180,27 +180,17 @@ pub async fn protections(job: &Job, spec: &Spec, inputs: &Inputs<'_>) -> Result<
             .ok_or_else(|| cluster("no cluster connection".to_owned()))?;
         for (group, version, kind) in WORKLOAD_KINDS {
             let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-            let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &ar);
-            let mut params = ListParams::default().limit(500);
-            loop {
-                let list = api
-                    .list(&params)
-                    .await
-                    .map_err(|e| cluster(format!("listing {kind}s: {e}")))?;
-                for o in &list.items {
-                    let who = format!(
-                        "{kind} {}/{}",
-                        o.metadata.namespace.as_deref().unwrap_or(""),
-                        o.metadata.name.as_deref().unwrap_or("")
-                    );
-                    let value = serde_json::to_value(o).unwrap_or(Value::Null);
-                    refs::collect(&value, &who, &spec.hosts, &mut uses);
-                }
-                match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                    Some(c) => params = params.continue_token(&c),
-                    None => break,
-                }
-            }
+            crate::cluster::live::for_each_in_cluster(client, &ar, |o| {
+                let who = format!(
+                    "{kind} {}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or(""),
+                    o.metadata.name.as_deref().unwrap_or("")
+                );
+                let value = serde_json::to_value(o).unwrap_or(Value::Null);
+                refs::collect(&value, &who, &spec.hosts, &mut uses);
+            })
+            .await
+            .map_err(|e| cluster(format!("listing {kind}s: {e}")))?;
         }
     }
     Ok(uses)
