@@ -344,7 +344,7 @@ fn credentials_of(config: &HostConfig, source: &SourceArgs) -> driftless::creden
 }
 
 /// What one revision declares.
-struct Desired {
+struct LoadedRevision {
     stacks: Vec<RenderedStack>,
     /// The Git revision (none for a local path).
     revision: Option<String>,
@@ -364,7 +364,7 @@ fn load_desired(
     config: &HostConfig,
     source: &SourceArgs,
     offline: bool,
-) -> anyhow::Result<Desired> {
+) -> anyhow::Result<LoadedRevision> {
     let credentials = credentials_of(config, source);
     // A directory has no signatures: say so when the configured source would check them.
     if source.path.is_some()
@@ -408,7 +408,7 @@ fn load_desired(
             );
         }
     }
-    Ok(Desired {
+    Ok(LoadedRevision {
         stacks: loaded.stacks,
         revision: checkout.revision.map(|r| r.sha),
         jobs: loaded.jobs,
