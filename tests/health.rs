@@ -8,7 +8,7 @@ mod support;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{LocalRepo, TestEnv, kubectl, text, unique_name};
+use support::{Repo, TestEnv, kubectl, text, unique_name};
 
 /// A CRD of `group` with a status subresource: `Widget` (a declared check) and `Gadget` (none).
 fn crds(group: &str) -> String {
@@ -27,8 +27,8 @@ fn crds(group: &str) -> String {
 
 /// A repository: `crds` (the CRDs), `a` (one custom resource of `kind`), `b` (a ConfigMap,
 /// depending on `a`), and a root `health/` check for Widgets.
-fn repo(kind: &str, wait: &str) -> (LocalRepo, String, String) {
-    let r = LocalRepo::new("health", "");
+fn repo(kind: &str, wait: &str) -> (Repo, String, String) {
+    let r = Repo::new("health", "");
     let group = format!("{}.example.com", r.id);
     let ns = unique_name("health-ns");
     let stack = |name: &str, deps: &str| {
@@ -59,7 +59,7 @@ fn repo(kind: &str, wait: &str) -> (LocalRepo, String, String) {
     (r, group, ns)
 }
 
-fn sync(r: &LocalRepo) -> Child {
+fn sync(r: &Repo) -> Child {
     let env = TestEnv::get();
     Command::new(env!("CARGO_BIN_EXE_driftless"))
         .arg("--config")

@@ -9,21 +9,21 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use support::{LocalRepo, TestEnv, driftless, kubectl, text, unique_name};
+use support::{Repo, TestEnv, driftless, kubectl, text, unique_name};
 
 const SENTINEL: &str = "HOST-TOKEN-SENTINEL-7f3a";
 
 /// A repository with one stack whose Secret comes from host file `file`, and a host
 /// configuration whose Git token, webhook secret and status token live in the credentials
 /// directory.
-fn repo_naming(file: &str) -> (LocalRepo, tempfile::TempDir, String) {
+fn repo_naming(file: &str) -> (Repo, tempfile::TempDir, String) {
     let creds = tempfile::tempdir().expect("creds");
     for name in ["git-token", "status-token", "hook-secret"] {
         std::fs::write(creds.path().join(name), format!("{SENTINEL}-{name}")).expect("write");
     }
     std::fs::write(creds.path().join("app-password"), "app").expect("write");
     let ns = unique_name("hostile-creds");
-    let r = LocalRepo::new(
+    let r = Repo::new(
         "hcreds",
         &format!(
             "credentialsDir: {}\ndaemon:\n  statusTokenFile: status-token\n  webhooks: {{github: {{secretFile: hook-secret}}}}\n",

@@ -15,11 +15,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Api;
 use proptest::prelude::*;
-use support::{LocalRepo, TestEnv, driftless, text};
+use support::{Repo, TestEnv, driftless, text};
 
 const STACK: &str = "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec: {namespace: ID}\n";
 
-fn good_stack(repo: &LocalRepo) {
+fn good_stack(repo: &Repo) {
     repo.write("stack/app/stack.yaml", STACK);
     repo.write(
         "stack/app/manifests.yaml",
@@ -29,7 +29,7 @@ fn good_stack(repo: &LocalRepo) {
 
 #[test]
 fn validate_reports_a_symlink_loop_as_a_load_error() {
-    let repo = LocalRepo::new("loop", "");
+    let repo = Repo::new("loop", "");
     good_stack(&repo);
     for i in 0..10 {
         symlink(".", repo.path().join(format!("stack/app/loop{i}"))).unwrap();
@@ -53,7 +53,7 @@ fn validate_reports_a_symlink_loop_as_a_load_error() {
 
 #[tokio::test]
 async fn sync_of_a_revision_with_a_symlink_loop_applies_nothing() {
-    let repo = LocalRepo::new("loop", "");
+    let repo = Repo::new("loop", "");
     good_stack(&repo);
     // A second stack, fine itself, beside the broken one: nothing of either is applied.
     repo.write(

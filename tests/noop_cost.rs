@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::Value;
-use support::{LocalRepo, TestEnv, driftless, kubectl, run_ok, text, unique_name};
+use support::{Repo, TestEnv, driftless, kubectl, run_ok, text, unique_name};
 
 /// One test of this binary at a time: the request counters are shared.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -222,14 +222,14 @@ async fn dry_runs(client: &kube::Client) -> BTreeMap<&'static str, u64> {
 /// A stack of a Deployment scaled by its controller, an HPA and a ResourceQuota (each with a
 /// label and an annotation of its own), in namespace `ns`.
 struct Churn {
-    repo: LocalRepo,
+    repo: Repo,
     ns: String,
     stack: String,
 }
 
 impl Churn {
     fn new() -> Churn {
-        let repo = LocalRepo::new("churn", "");
+        let repo = Repo::new("churn", "");
         repo.write(
             "stack/app/stack.yaml",
             "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: s-ID}\nspec: {namespace: ns-ID}\n",

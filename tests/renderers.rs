@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 use std::path::Path;
 
-use support::{LocalRepo, TestEnv, driftless, driftless_with, text};
+use support::{Repo, TestEnv, driftless, driftless_with, text};
 
-fn sync(repo: &LocalRepo) -> std::process::Output {
+fn sync(repo: &Repo) -> std::process::Output {
     driftless(&repo.config, &["sync"])
 }
 
@@ -29,8 +29,8 @@ fn data(cm: &ConfigMap, key: &str) -> String {
 }
 
 /// A chart stack: values.yaml, then values-local.yaml in the local profile, then an overlay.
-fn chart_repo() -> LocalRepo {
-    let repo = LocalRepo::new("hm", "profile: local\n");
+fn chart_repo() -> Repo {
+    let repo = Repo::new("hm", "profile: local\n");
     repo.write(
         "stack/web/stack.yaml",
         "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  helm:\n    chart: chart\n    valuesFiles: [chart/values.yaml]\n  profiles:\n    local:\n      helm: {valuesFiles: [values-local.yaml]}\n      overlays: [overlays/local]\n",
@@ -171,7 +171,7 @@ async fn a_failing_render_applies_and_prunes_nothing() {
 
 #[tokio::test]
 async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
-    let repo = LocalRepo::new("kz", "profile: local\n");
+    let repo = Repo::new("kz", "profile: local\n");
     let id = repo.id.clone();
     repo.write(
         "stack/app/stack.yaml",
@@ -229,7 +229,7 @@ async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
 /// nothing applied, and the error names the kustomization file, the field and the entry.
 #[tokio::test]
 async fn remote_kustomize_references_are_refused_and_nothing_is_applied() {
-    let repo = LocalRepo::new("kzr", "");
+    let repo = Repo::new("kzr", "");
     let id = repo.id.clone();
     repo.write(
         "stack/app/stack.yaml",
@@ -353,7 +353,7 @@ fn renderers_run_with_a_minimal_environment() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let repo = LocalRepo::new(
+    let repo = Repo::new(
         "env",
         &format!("renderers: {{helm: {}}}\n", script.display()),
     );
