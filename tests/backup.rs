@@ -52,17 +52,36 @@ impl Setup {
 
     /// Writes the host configuration with these `jobs:` settings.
     fn host_config(&self, pg_bin_dir: &str, local_root: &Path) {
+        self.host_config_with(pg_bin_dir, local_root, "");
+    }
+
+    /// Writes the host configuration with these `jobs:` settings and `extra` lines.
+    fn host_config_with(&self, pg_bin_dir: &str, local_root: &Path, extra: &str) {
         std::fs::create_dir_all(self.path().join("etc")).unwrap();
         std::fs::write(
             self.config(),
             format!(
-                "stateDir: {}\ncredentialsDir: {}\njobs: {{postgresBinDir: {pg_bin_dir}, localBackupRoot: {}}}\n",
+                "stateDir: {}\ncredentialsDir: {}\njobs: {{postgresBinDir: {pg_bin_dir}, localBackupRoot: {}}}\n{extra}",
                 self.path().join("state").display(),
                 self.path().join("credentials").display(),
                 local_root.display()
             ),
         )
         .unwrap();
+    }
+
+    /// The host configuration with `encryption:` set to `yaml` (a flow mapping).
+    fn encryption(&self, yaml: &str) {
+        let env = TestEnv::get();
+        self.host_config_with(
+            env.var("PG_BINDIR"),
+            &self.local(),
+            &format!("encryption: {yaml}\n"),
+        );
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.path().join("credentials")
     }
 
     fn config(&self) -> PathBuf {
@@ -1633,4 +1652,556 @@ fn bin_dir_in_a_job_fails_validate_and_says_what_to_do() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A new age identity made by the stock `age-keygen` in `dir/name`; returns its public key.
+fn age_keygen(dir: &Path, name: &str) -> String {
+    let file = dir.join(name);
+    let _ = std::fs::remove_file(&file);
+    run_ok(Command::new("age-keygen").arg("-o").arg(&file));
+    run_ok(Command::new("age-keygen").arg("-y").arg(&file))
+        .trim()
+        .to_owned()
+}
+
+/// The secret key line of an identity file.
+fn secret_key(file: &Path) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_owned()
+}
+
+/// `age --decrypt -i IDENTITY -o OUT FILE` with the stock `age` program.
+fn stock_age_decrypt(identity: &Path, file: &Path, out: &Path) -> Output {
+    Command::new("age")
+        .arg("--decrypt")
+        .arg("-i")
+        .arg(identity)
+        .arg("-o")
+        .arg(out)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex(&Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test]
+async fn encrypted_backups_restore_equal_and_their_files_open_only_with_the_identity() {
+    let env = TestEnv::get();
+    let db = env.database("bk_enc");
+    seed(&db);
+    let before = fingerprint(&db);
+    let bucket = env.bucket("bk-enc-src").await;
+    let src = minio(&bucket);
+    let sentinel = "plaintext-sentinel-c0ffee";
+    for i in 0..20 {
+        src.put(
+            &ObjPath::from(format!("data/o-{i:02}.txt")),
+            PutPayload::from(format!("{sentinel} {i} ").repeat(50 * (i + 1)).into_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    // More than one 8 MiB part and many 64 KiB age chunks.
+    let big: Vec<u8> = (0..9 * 1024 * 1024 + 17)
+        .map(|n: u32| n.wrapping_mul(2654435761).to_le_bytes()[1])
+        .collect();
+    src.put(&ObjPath::from("data/big.bin"), PutPayload::from(big))
+        .await
+        .unwrap();
+    let original = contents(&src, "data").await;
+    let backups = env.bucket("bk-enc-dst").await;
+
+    let s = Setup::new();
+    let local = s.local();
+    let host_key = age_keygen(&s.credentials(), "backup-identity");
+    // A second recipient: the offline recovery key, kept away from the ops host.
+    let keys = tempfile::tempdir().unwrap();
+    let offline = age_keygen(keys.path(), "offline.txt");
+    age_keygen(keys.path(), "stranger.txt");
+    s.encryption("{identityFile: backup-identity, required: true}");
+    let extra =
+        format!("  restoreDrill: true\n  encryption: {{ageRecipients: [{host_key}, {offline}]}}\n");
+    s.jobs(&format!(
+        "{}{}",
+        job(
+            "pg-enc",
+            &pg_source(&db, ", globals: true"),
+            &format!("local: {{path: {}}}", local.display()),
+            &extra
+        ),
+        job(
+            "bucket-enc",
+            &format!(
+                "s3: {{endpoint: \"{}\", bucket: {bucket}, prefix: data, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+                env.var("MINIO_ENDPOINT")
+            ),
+            &s3_dest(&backups, "enc"),
+            &extra
+        ),
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // PostgreSQL to a directory: verified, drilled (decrypted with the host's identity).
+    let (doc, ok) = s.run_job("pg-enc");
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    assert_eq!(doc["report"]["drill"]["detail"]["rows"], 20_500, "{doc:#}");
+    assert_eq!(doc["report"]["backup"]["encrypted"], true, "{doc:#}");
+    let id = doc["report"]["backup"]["id"].as_str().unwrap().to_owned();
+    let dir = local.join(format!("pg-enc/{id}"));
+    let m = manifest_of(&local, "pg-enc", &id);
+    assert_eq!(m["encryption"]["format"], "age");
+    assert_eq!(m["encryption"]["recipients"], json!([host_key, offline]));
+    let mut stored: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            "driftless-run.json",
+            "dump.pgcustom.age",
+            "globals.sql.age",
+            "manifest.json"
+        ],
+        "only ciphertext is stored"
+    );
+    let dump = &m["files"][0];
+    assert_eq!(dump["name"], "dump.pgcustom");
+    // The manifest: the stored file's size and sha256, and the plaintext's.
+    let cipher = std::fs::read(dir.join("dump.pgcustom.age")).unwrap();
+    assert!(cipher.starts_with(b"age-encryption.org/v1\n"));
+    assert_eq!(dump["sha256"], hex(&Sha256::digest(&cipher)));
+    assert_eq!(dump["bytes"], cipher.len() as u64);
+    assert!(dump["plaintext"]["bytes"].as_u64().unwrap() > 10_000);
+    assert_ne!(dump["plaintext"]["sha256"], dump["sha256"]);
+    let globals = std::fs::read(dir.join("globals.sql.age")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&globals).contains("CREATE ROLE"),
+        "the globals are not readable"
+    );
+
+    // The stock age program opens it with the host's identity and with the offline key (the
+    // documented restore without driftless), and not with any other key.
+    let plain = keys.path().join("dump.pgcustom");
+    for identity in [
+        s.credentials().join("backup-identity"),
+        keys.path().join("offline.txt"),
+    ] {
+        let out = stock_age_decrypt(&identity, &dir.join("dump.pgcustom.age"), &plain);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            sha256_file(&plain),
+            dump["plaintext"]["sha256"].as_str().unwrap()
+        );
+        assert!(std::fs::read(&plain).unwrap().starts_with(b"PGDMP"));
+    }
+    let refused = keys.path().join("refused");
+    let out = stock_age_decrypt(
+        &keys.path().join("stranger.txt"),
+        &dir.join("dump.pgcustom.age"),
+        &refused,
+    );
+    assert!(!out.status.success(), "a stranger's key does not open it");
+    assert!(!refused.exists() || std::fs::read(&refused).unwrap().is_empty());
+    let by_hand = format!("{db}_by_hand");
+    psql("postgres", &format!("CREATE DATABASE {by_hand}"));
+    run_ok(
+        env.pg_command("pg_restore")
+            .args(["--single-transaction", "--exit-on-error", "-d", &by_hand])
+            .arg(&plain),
+    );
+    assert_eq!(
+        fingerprint(&by_hand),
+        before,
+        "restored by hand from age's output"
+    );
+    drop_db(&by_hand);
+
+    // driftless restores it: decrypted, both digests checked, equal.
+    drop_db(&db);
+    let out = s.driftless(&["backup", "restore", "pg-enc", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&db), before);
+    let scratch = s.path().join("state/backup-scratch");
+    assert!(
+        walk(&scratch).is_empty(),
+        "no decrypted dump is left: {:?}",
+        walk(&scratch)
+    );
+    let listed = s.driftless(&["backup", "list", "pg-enc"]);
+    assert!(stderr(&listed).contains("encrypted"), "{}", stderr(&listed));
+
+    // A bucket to MinIO: every stored object is an age file, none readable. Run with trace
+    // logs: the plaintext (sentinel) appears in no log line and no report.
+    let out = s
+        .command(&["jobs", "run", "bucket-enc", "-o", "json"])
+        .env("DRIFTLESS_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        !run_text.contains(sentinel),
+        "plaintext in the run's output or logs"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
+    let bid = doc["report"]["backup"]["id"].as_str().unwrap().to_owned();
+    let stored = minio(&backups);
+    let prefix = format!("enc/bucket-enc/{bid}/objects");
+    let objects = contents(&stored, &prefix).await;
+    assert_eq!(objects.len(), original.len());
+    for (key, _) in &objects {
+        assert!(key.ends_with(".age"), "{key}");
+        let body = stored
+            .get(&ObjPath::from(format!("{prefix}/{key}")))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(body.starts_with(b"age-encryption.org/v1\n"), "{key}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains(sentinel),
+            "{key} is not readable"
+        );
+    }
+    // Restored into a new bucket: byte-identical to the source.
+    let target = env.bucket("bk-enc-restore").await;
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "bucket-enc",
+        "latest",
+        "--bucket",
+        &target,
+        "--prefix",
+        "copy",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    same(&contents(&minio(&target), "copy").await, &original);
+    // One object by hand with the stock program.
+    let one = keys.path().join("o-03.txt.age");
+    let body = stored
+        .get(&ObjPath::from(format!("{prefix}/o-03.txt.age")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(&one, &body).unwrap();
+    let out = stock_age_decrypt(
+        &keys.path().join("offline.txt"),
+        &one,
+        &keys.path().join("o-03.txt"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(keys.path().join("o-03.txt")).unwrap(),
+        format!("{sentinel} 3 ").repeat(200)
+    );
+
+    // No plaintext anywhere driftless writes: not in the destination bucket (objects,
+    // manifest, run marker), not in the state directory (run records, status), not in the
+    // local backups.
+    for (key, _) in contents(&stored, "enc").await {
+        let body = stored
+            .get(&ObjPath::from(format!("enc/{key}")))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&body).contains(sentinel),
+            "enc/{key} holds plaintext"
+        );
+    }
+    for file in walk(s.path().join("state").as_path())
+        .into_iter()
+        .chain(walk(&local))
+    {
+        let body = std::fs::read(&file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&body).contains(sentinel),
+            "{} holds plaintext",
+            file.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_identity_fails_clearly_and_changes_nothing() {
+    let env = TestEnv::get();
+    let db = env.database("bk_wrongkey");
+    seed(&db);
+    let before = fingerprint(&db);
+    let bucket = env.bucket("bk-wk").await;
+    for i in 0..3 {
+        minio(&bucket)
+            .put(
+                &ObjPath::from(format!("d/o-{i}")),
+                PutPayload::from(format!("object {i}").into_bytes()),
+            )
+            .await
+            .unwrap();
+    }
+    let s = Setup::new();
+    let local = s.local();
+    let host_key = age_keygen(&s.credentials(), "backup-identity");
+    s.encryption("{identityFile: backup-identity}");
+    let extra = format!("  encryption: {{ageRecipients: [{host_key}]}}\n");
+    let dest = format!("local: {{path: {}}}", local.display());
+    s.jobs(&format!(
+        "{}{}",
+        job("pg-enc", &pg_source(&db, ""), &dest, &extra),
+        job(
+            "bucket-enc",
+            &format!(
+                "s3: {{endpoint: \"{}\", bucket: {bucket}, prefix: d, accessKeyFile: s3-access, secretKeyFile: s3-secret}}",
+                env.var("MINIO_ENDPOINT")
+            ),
+            &dest,
+            &extra
+        ),
+    ));
+    for name in ["pg-enc", "bucket-enc"] {
+        let (doc, ok) = s.run_job(name);
+        assert!(ok, "{doc:#}");
+    }
+    let kept = std::fs::read(s.credentials().join("backup-identity")).unwrap();
+
+    // The host's identity is replaced by another key.
+    let other = age_keygen(&s.credentials(), "backup-identity");
+    let copy = format!("{db}_wk");
+    let out = s.driftless(&["backup", "restore", "pg-enc", "latest", "--database", &copy]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("is none of them")
+            && text.contains(&host_key)
+            && text.contains(&other)
+            && text.contains("nothing was changed"),
+        "{text}"
+    );
+    assert!(databases_like(&copy).is_empty(), "no database was created");
+    // An S3 restore with --force would delete extra objects first: nothing is deleted.
+    let target = env.bucket("bk-wk-target").await;
+    minio(&target)
+        .put(
+            &ObjPath::from("copy/extra.txt"),
+            PutPayload::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+    let out = s.driftless(&[
+        "backup",
+        "restore",
+        "bucket-enc",
+        "latest",
+        "--bucket",
+        &target,
+        "--prefix",
+        "copy",
+        "--force",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is none of them"), "{}", stderr(&out));
+    assert_eq!(
+        contents(&minio(&target), "copy").await,
+        [("extra.txt".to_owned(), hex(&Sha256::digest(b"x")))]
+    );
+    // A run (backup, verify, drill) with it is refused before anything is written or removed.
+    let (doc, ok) = s.run_job("pg-enc");
+    assert!(!ok);
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not among the job's recipients") && message.contains(&other),
+        "{message}"
+    );
+    let listed = s.list("pg-enc");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed:#}");
+    assert!(listed["incomplete"].as_array().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(local.join("pg-enc")).unwrap().count(), 1);
+
+    // No identity at all: each says what to set.
+    s.encryption("{}");
+    let (doc, ok) = s.run_job("pg-enc");
+    assert!(!ok);
+    assert!(
+        doc["run"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("set encryption.identityFile"),
+        "{doc:#}"
+    );
+    let out = s.driftless(&["backup", "restore", "pg-enc", "latest", "--database", &copy]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("set encryption.identityFile"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The right identity again: restores.
+    std::fs::write(s.credentials().join("backup-identity"), kept).unwrap();
+    s.encryption("{identityFile: backup-identity}");
+    let out = s.driftless(&["backup", "restore", "pg-enc", "latest", "--database", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&copy), before);
+    drop_db(&copy);
+}
+
+#[tokio::test]
+async fn the_host_decides_encryption_and_its_identity_never_leaves_it() {
+    let env = TestEnv::get();
+    let db = env.database("bk_hostenc");
+    psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let s = Setup::new();
+    let local = s.local();
+    let host_key = age_keygen(&s.credentials(), "backup-identity");
+    let secret = secret_key(&s.credentials().join("backup-identity"));
+    let keys = tempfile::tempdir().unwrap();
+    let stranger = age_keygen(keys.path(), "stranger.txt");
+    let dest = format!("local: {{path: {}}}", local.display());
+
+    // The host requires encryption: a commit that drops it (or sets it to null) is refused
+    // before anything is written.
+    s.encryption("{identityFile: backup-identity, required: true}");
+    for extra in ["", "  encryption: null\n"] {
+        s.jobs(&job("pg", &pg_source(&db, ""), &dest, extra));
+        let (doc, ok) = s.run_job("pg");
+        assert!(!ok, "{doc:#}");
+        assert!(
+            doc["run"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("requires encrypted backups (encryption.required)"),
+            "{doc:#}"
+        );
+        assert!(
+            walk(&local).is_empty(),
+            "nothing written: {:?}",
+            walk(&local)
+        );
+    }
+
+    // The host pins the recipients: a commit adding its own key is refused, naming it.
+    s.encryption(&format!(
+        "{{identityFile: backup-identity, allowedRecipients: [{host_key}]}}"
+    ));
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &dest,
+        &format!("  encryption: {{ageRecipients: [{host_key}, {stranger}]}}\n"),
+    ));
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok);
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&stranger) && message.contains("encryption.allowedRecipients"),
+        "{message}"
+    );
+    assert!(walk(&local).is_empty());
+
+    // A commit cannot read the identity: not as a job's credential file, not into a Secret.
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, "").replace("passwordFile: pg-password", "passwordFile: backup-identity"),
+        &dest,
+        &format!("  encryption: {{ageRecipients: [{host_key}]}}\n"),
+    ));
+    let (doc, ok) = s.run_job("pg");
+    assert!(!ok);
+    let message = doc["run"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the host configuration uses itself (encryption.identityFile)"),
+        "{message}"
+    );
+    let stack_file = s.path().join("stack/app/stack.yaml");
+    let stack = std::fs::read_to_string(&stack_file).unwrap();
+    std::fs::write(
+        &stack_file,
+        stack.replace(
+            "spec: {namespace: app}",
+            "spec: {namespace: app, secrets: [{name: leak, fromFiles: {key: backup-identity}}]}",
+        ),
+    )
+    .unwrap();
+    let out = s.driftless(&["validate"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("encryption.identityFile") && !stderr(&out).contains(&secret),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&stack_file, stack).unwrap();
+
+    // A private key in a job is refused by validate, and never echoed.
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &dest,
+        &format!("  encryption: {{ageRecipients: [{secret}]}}\n"),
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is an age secret key") && !stderr(&out).contains(&secret[16..]),
+        "{}",
+        stderr(&out)
+    );
+
+    // The identity appears in no log line, report, run record or backup file.
+    s.jobs(&job(
+        "pg",
+        &pg_source(&db, ""),
+        &dest,
+        &format!("  restoreDrill: true\n  encryption: {{ageRecipients: [{host_key}]}}\n"),
+    ));
+    let out = s
+        .command(&["jobs", "run", "pg", "-o", "json"])
+        .env("DRIFTLESS_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored = s
+        .command(&[
+            "backup",
+            "restore",
+            "pg",
+            "latest",
+            "--database",
+            &format!("{db}_h"),
+        ])
+        .env("DRIFTLESS_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    drop_db(&format!("{db}_h"));
+    let key_body = &secret["AGE-SECRET-KEY-1".len()..];
+    for text in [stderr(&out), stderr(&restored)] {
+        assert!(!text.contains(key_body), "the identity was logged");
+    }
+    for file in walk(s.path().join("state").as_path())
+        .into_iter()
+        .chain(walk(&local))
+    {
+        let body = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).to_uppercase();
+        assert!(
+            !body.contains(key_body),
+            "{} holds the identity",
+            file.display()
+        );
+    }
 }
