@@ -2205,3 +2205,272 @@ async fn the_host_decides_encryption_and_its_identity_never_leaves_it() {
         );
     }
 }
+
+/// A registry of this test's own on `storage` (the shared one must not be stopped); its
+/// address is the one it logs once bound.
+struct PrivateRegistry {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRegistry {
+    async fn start(config_dir: &Path, storage: &Path) -> PrivateRegistry {
+        use std::io::BufRead;
+        let config = config_dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:0\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(TestEnv::get().var("REGISTRY_BIN"))
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("the registry ended before it listened: {seen:#?}");
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split('"').next().unwrap().to_owned();
+            }
+            seen.push(line);
+        };
+        // Keep draining its log (a full pipe would block it).
+        std::thread::spawn(move || for _ in lines {});
+        let url = format!("http://{addr}");
+        eventually("registry up", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                reqwest::get(format!("{url}/v2/"))
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        PrivateRegistry { child, url }
+    }
+
+    /// The manifest digest `repo:tag` resolves to, and whether each of its blobs is served.
+    async fn image(&self, repo: &str, tag: &str) -> Option<(String, bool)> {
+        let http = support::registry::http();
+        let resp = http
+            .get(format!("{}/v2/{repo}/manifests/{tag}", self.url))
+            .header("accept", support::registry::OCI_MANIFEST)
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.bytes().await.ok()?;
+        let m: Value = serde_json::from_slice(&body).ok()?;
+        let mut digests = vec![m["config"]["digest"].as_str()?.to_owned()];
+        for l in m["layers"].as_array()? {
+            digests.push(l["digest"].as_str()?.to_owned());
+        }
+        let mut all = true;
+        for d in digests {
+            let blob = http
+                .get(format!("{}/v2/{repo}/blobs/{d}", self.url))
+                .send()
+                .await
+                .ok()?;
+            all &= blob.status().is_success()
+                && support::registry::sha256_digest(&blob.bytes().await.ok()?) == d;
+        }
+        Some((support::registry::sha256_digest(&body), all))
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The registry's pod as the bundled stack runs it (Deployment pods have generated names, so
+/// the job finds it through the Service): a KWOK pod whose execs run in the environment's exec
+/// directory.
+async fn registry_pod(ns: &support::TestNamespace) -> String {
+    let pod_name = support::unique_name("docker-registry");
+    let pods: Api<Pod> = Api::namespaced(ns.client(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "labels": {"app": "docker-registry"}},
+        "spec": {"nodeSelector": {"type": "kwok"},
+            "containers": [{"name": "registry", "image": "registry.invalid/registry:2.8.3", "ports": [{"containerPort": 5000}]}]}
+    }))
+    .unwrap();
+    pods.patch(
+        &pod_name,
+        &PatchParams::apply("driftless-test"),
+        &Patch::Apply(&pod),
+    )
+    .await
+    .unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(ns.client(), &ns.name);
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "docker-registry"},
+        "spec": {"selector": {"app": "docker-registry"}, "ports": [{"name": "http", "port": 5000}]}
+    }))
+    .unwrap();
+    services
+        .patch(
+            "docker-registry",
+            &PatchParams::apply("driftless-test"),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .unwrap();
+    eventually("registry pod ready", Duration::from_secs(60), || async {
+        let p = pods.get(&pod_name).await.ok()?;
+        let s = p.status?;
+        (s.phase.as_deref() == Some("Running")
+            && s.conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
+    pod_name
+}
+
+/// The bundled `registry-data` job (stack/ducklake/storage/jobs.yaml) as shipped, encrypted,
+/// against a real registry's storage: the archive holds the registry's files, retention keeps
+/// the newest of the day, and the documented restore (`age --decrypt … | kubectl exec -i …
+/// tar xf -`) brings every image back after the storage was lost.
+#[tokio::test]
+async fn the_bundled_registry_backup_restores_the_registrys_images() {
+    let env = TestEnv::get();
+    let ns = env.namespace("bk-reg").await;
+    let pod = registry_pod(&ns).await;
+    // KWOK runs the pod's execs in <run dir>/exec: the registry's storage lives there under a
+    // name of this test's own (the pod's /var/lib/registry).
+    let exec_dir = Path::new(env.var("DRIFTLESS_TESTENV_RUN")).join("exec");
+    let root = support::unique_name("registry-root");
+    let storage = exec_dir.join(&root).join("var/lib/registry");
+    let s = Setup::new();
+    let registry = PrivateRegistry::start(s.path(), &storage).await;
+    let images = [
+        ("ducklake/backend", "v1.0.2"),
+        ("ducklake/backend", "dev"),
+        ("floe/dagster-user-code", "1.4.0"),
+    ];
+    let mut pushed = Vec::new();
+    for (i, (repo, tag)) in images.iter().enumerate() {
+        let (digest, _) = support::registry::push_image(
+            &registry.url,
+            repo,
+            tag,
+            "2026-01-01T00:00:00Z",
+            &format!("salt-{i}"),
+        )
+        .await;
+        pushed.push(digest);
+    }
+
+    // The job as shipped; only what differs on the test cluster changes: the namespace, the
+    // pod's path (relative to KWOK's exec directory) and the backup directory.
+    let bundled = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("stack/ducklake/storage/jobs.yaml"),
+    )
+    .unwrap();
+    let shipped = bundled
+        .split("\n---\n")
+        .find(|d| d.contains("name: registry-data"))
+        .expect("stack/ducklake/storage/jobs.yaml has the registry-data job");
+    for expected in [
+        "service: docker-registry",
+        "container: registry",
+        "copyOut: [/var/lib/registry]",
+        "namespace: storage",
+    ] {
+        assert!(shipped.contains(expected), "{expected}: {shipped}");
+    }
+    let local = s.local();
+    let host_key = age_keygen(&s.credentials(), "backup-identity");
+    s.encryption("{identityFile: backup-identity, required: true}");
+    s.jobs(&format!(
+        "{}\n  encryption: {{ageRecipients: [{host_key}]}}\n",
+        shipped
+            .trim_end()
+            .replace("namespace: storage", &format!("namespace: {}", ns.name))
+            .replace(
+                "copyOut: [/var/lib/registry]",
+                &format!("copyOut: [{root}/var/lib/registry]")
+            )
+            .replace("${BACKUP_DIR}", &local.display().to_string())
+    ));
+    let out = s.driftless(&["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (doc, ok) = s.run_job("registry-data");
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["report"]["backup"]["encrypted"], true, "{doc:#}");
+    let first = doc["report"]["backup"]["id"].as_str().unwrap().to_owned();
+    let m = manifest_of(&local, "registry-data", &first);
+    assert_eq!(m["details"]["pod"], format!("{}/{pod}", ns.name), "{m:#}");
+    let stored = local.join(format!("registry-data/{first}/files.tar.age"));
+    assert!(
+        std::fs::read(&stored)
+            .unwrap()
+            .starts_with(b"age-encryption.org/v1\n")
+    );
+
+    // A second run the same day: retention (keepDaily) keeps the newest only.
+    let (doc, ok) = s.run_job("registry-data");
+    assert!(ok, "{doc:#}");
+    let second = doc["report"]["backup"]["id"].as_str().unwrap().to_owned();
+    let kept = ids(&s.list("registry-data"));
+    if first[..8] == second[..8] {
+        assert_eq!(
+            kept,
+            std::slice::from_ref(&second),
+            "keepDaily keeps the day's newest"
+        );
+    } else {
+        assert!(kept.contains(&second), "{kept:?}");
+    }
+
+    // Disaster: the registry's storage is lost.
+    drop(registry);
+    std::fs::remove_dir_all(exec_dir.join(&root)).unwrap();
+
+    // The documented restore: decrypt with the stock `age` and unpack in the registry's pod.
+    // (In the pod, `tar xf - -C /` puts var/lib/registry back; KWOK's exec directory stands
+    // for the pod's root here, which is where `tar xf -` runs.)
+    let archive = local.join(format!("registry-data/{second}/files.tar.age"));
+    let restore = format!(
+        "age --decrypt -i {} {} | {} exec -i -n {} {pod} -c registry -- tar xf -",
+        s.credentials().join("backup-identity").display(),
+        archive.display(),
+        env.var("KUBECTL"),
+        ns.name
+    );
+    run_ok(
+        Command::new("bash")
+            .args(["-o", "pipefail", "-c", &restore])
+            .env("KUBECONFIG", env.var("KUBECONFIG")),
+    );
+    let registry = PrivateRegistry::start(s.path(), &storage).await;
+    for ((repo, tag), digest) in images.iter().zip(&pushed) {
+        assert_eq!(
+            registry.image(repo, tag).await,
+            Some((digest.clone(), true)),
+            "{repo}:{tag} is back, every blob intact"
+        );
+    }
+    drop(registry);
+    std::fs::remove_dir_all(exec_dir.join(&root)).unwrap();
+}
