@@ -2381,7 +2381,8 @@ async fn the_bundled_registry_backup_restores_the_registrys_images() {
     }
 
     // The job as shipped; only what differs on the test cluster changes: the namespace, the
-    // pod's path (relative to KWOK's exec directory) and the backup directory.
+    // pod's path (relative to KWOK's exec directory), the backup directory and the recipient
+    // (the prod profile's variable; here this test's host key).
     let bundled = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("stack/ducklake/storage/jobs.yaml"),
     )
@@ -2395,6 +2396,7 @@ async fn the_bundled_registry_backup_restores_the_registrys_images() {
         "container: registry",
         "copyOut: [/var/lib/registry]",
         "namespace: storage",
+        "encryption: ${BACKUP_ENCRYPTION}",
     ] {
         assert!(shipped.contains(expected), "{expected}: {shipped}");
     }
@@ -2402,9 +2404,13 @@ async fn the_bundled_registry_backup_restores_the_registrys_images() {
     let host_key = age_keygen(&s.credentials(), "backup-identity");
     s.encryption("{identityFile: backup-identity, required: true}");
     s.jobs(&format!(
-        "{}\n  encryption: {{ageRecipients: [{host_key}]}}\n",
+        "{}\n",
         shipped
             .trim_end()
+            .replace(
+                "${BACKUP_ENCRYPTION}",
+                &format!("{{ageRecipients: [{host_key}]}}")
+            )
             .replace("namespace: storage", &format!("namespace: {}", ns.name))
             .replace(
                 "copyOut: [/var/lib/registry]",

@@ -548,3 +548,58 @@ fn floe_stacks_sync_to_healthy_with_the_polaris_hook_and_converge() {
     );
     converged(&config, &FLOE);
 }
+
+/// Every bundled Backup job encrypts in `prod` (to the recipients the profile names) and not in
+/// `local` (a development host has no identity).
+#[test]
+fn bundled_backups_are_encrypted_in_prod() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for profile in ["local", "prod"] {
+        let env = TestEnv::get();
+        let renderers = driftless::stack::Renderers {
+            helm: env.var("HELM").into(),
+            kubectl: env.var("KUBECTL").into(),
+            ..Default::default()
+        };
+        let stacks = driftless::stack::load::load_repo_with(
+            root,
+            Some(profile),
+            driftless::stack::load::LoadLimits::default(),
+            &renderers,
+        )
+        .unwrap();
+        let jobs = driftless::jobs::model::load_jobs(&stacks).unwrap();
+        let backups: BTreeSet<(String, Option<Vec<String>>)> = jobs
+            .iter()
+            .filter_map(|j| {
+                let spec = j.backup()?;
+                Some((
+                    j.name.clone(),
+                    spec.encryption.as_ref().map(|e| e.age_recipients.clone()),
+                ))
+            })
+            .collect();
+        let names: Vec<&str> = backups.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ducklake-data",
+                "ducklake-postgres",
+                "lambda-cassandra-snapshot",
+                "lambda-spark-data",
+                "registry-data"
+            ],
+            "{profile}"
+        );
+        for (name, recipients) in &backups {
+            match profile {
+                "prod" => assert_eq!(
+                    recipients.as_ref().map(Vec::len),
+                    Some(2),
+                    "{name}: the host's and the offline key"
+                ),
+                _ => assert_eq!(recipients, &None, "{name}"),
+            }
+        }
+    }
+}
