@@ -81,12 +81,20 @@ fn credentials(dir: &Path) -> PathBuf {
 /// A host configuration on the working tree with the local profile. A fixed instance name: a
 /// rerun against the same cluster converges instead of colliding.
 fn config(dir: &Path) -> PathBuf {
-    let creds = credentials(dir);
-    let config = dir.join("driftless.yaml");
+    config_for(dir, "local")
+}
+
+/// `config` with `profile` (the same instance: switching profiles updates the same objects).
+fn config_for(dir: &Path, profile: &str) -> PathBuf {
+    let creds = dir.join("creds");
+    if !creds.exists() {
+        credentials(dir);
+    }
+    let config = dir.join(format!("driftless-{profile}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "instance: bundled-stack-test\nsource: {{path: {}}}\nprofile: local\ncredentialsDir: {}\n",
+            "instance: bundled-stack-test\nsource: {{path: {}}}\nprofile: {profile}\ncredentialsDir: {}\n",
             env!("CARGO_MANIFEST_DIR"),
             creds.display()
         ),
@@ -282,6 +290,125 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
     );
 
     converged(&config, &DUCKLAKE);
+
+    // Promoted to `prod` (seed 002: autoscaling): the HorizontalPodAutoscaler owns the
+    // backend's replica count (driftless no longer applies one) and keeps it at its minimum of
+    // 3 without metrics; a disruption budget keeps 2; the registry loses its node port.
+    // The documented handover first (stack/README.md "Production"): the replica count gets a
+    // second owner, so it stays at 3 when driftless stops applying it.
+    let env = TestEnv::get();
+    let handover = format!(
+        "printf '%s\\n' 'apiVersion: apps/v1' 'kind: Deployment' 'metadata: {{name: ducklake-backend, namespace: ducklake}}' 'spec: {{replicas: 3}}' | {} --kubeconfig {} apply --server-side --field-manager=handover-to-hpa --validate=false -f -",
+        env.var("KUBECTL"),
+        env.var("KUBECONFIG")
+    );
+    support::run_ok(Command::new("bash").args(["-o", "pipefail", "-c", &handover]));
+    let prod = config_for(dir.path(), "prod");
+    sync_to_healthy(&prod, &DUCKLAKE);
+    assert_eq!(
+        get(&[
+            "hpa",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.scaleTargetRef.kind}/{.spec.scaleTargetRef.name} {.spec.minReplicas}-{.spec.maxReplicas}"
+        ]),
+        "Deployment/ducklake-backend 3-6"
+    );
+    assert_eq!(
+        get(&[
+            "pdb",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.minAvailable} {.spec.selector.matchLabels.app}"
+        ]),
+        "2 ducklake-backend"
+    );
+    let deploy: serde_json::Value = serde_json::from_str(&get(&[
+        "deploy",
+        "ducklake-backend",
+        "-n",
+        "ducklake",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let managers = deploy["metadata"]["managedFields"].as_array().unwrap();
+    let owns_replicas = |m: &serde_json::Value| m["fieldsV1"]["f:spec"].get("f:replicas").is_some();
+    assert!(
+        managers
+            .iter()
+            .any(|m| m["manager"] == "handover-to-hpa" && owns_replicas(m)),
+        "the handover kept the replica count: {managers:#?}"
+    );
+    let ours = managers
+        .iter()
+        .filter(|m| m["manager"] == "driftless")
+        .collect::<Vec<_>>();
+    assert!(!ours.is_empty(), "{deploy:#}");
+    for m in ours {
+        assert!(
+            !owns_replicas(m),
+            "driftless does not own the replica count in prod: {m:#}"
+        );
+    }
+    wait_until("the HPA holds 3 ready backends", || {
+        get(&[
+            "deploy",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.replicas} {.status.readyReplicas}",
+        ]) == "3 3"
+    });
+    assert_eq!(
+        get(&[
+            "svc",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.type}"
+        ]),
+        "ClusterIP",
+        "prod: no node port"
+    );
+    converged(&prod, &DUCKLAKE);
+
+    // Back to `local` (the state the other tests and the demo expect): the autoscaler and the
+    // budget are pruned, the replica count is driftless's again.
+    sync_to_healthy(&config, &DUCKLAKE);
+    assert!(
+        kubectl_fails(&["get", "hpa", "ducklake-backend", "-n", "ducklake"]),
+        "the HPA is pruned"
+    );
+    converged(&config, &DUCKLAKE);
+}
+
+/// Polls `check` until it holds (fails the test after two minutes).
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Whether `kubectl ARGS` fails (e.g. the object is not there).
+fn kubectl_fails(args: &[&str]) -> bool {
+    let env = TestEnv::get();
+    !Command::new(env.var("KUBECTL"))
+        .args(args)
+        .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 /// `tests/env/standin-operator.py` while it lives: it writes the status Strimzi and the Spark
