@@ -55,6 +55,11 @@ pub struct HostConfig {
     /// What scheduled jobs may run and write on this host.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Backup encryption: the age identity file (in the credentials directory) verification,
+    /// drills and restores decrypt with; whether every Backup job must encrypt; which
+    /// recipients jobs may name.
+    #[serde(default)]
+    pub encryption: crate::jobs::backup::crypt::HostRules,
     /// The file this configuration was read from (none: defaults, no file).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -438,6 +443,31 @@ impl HostConfig {
                 });
             }
         }
+        if let Some(f) = &config.encryption.identity_file
+            && crate::credentials::plain_name(f).is_none()
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "encryption.identityFile {f:?} must be a plain file name in the credentials directory (no directory part, no '..', not absolute)"
+                ),
+            });
+        }
+        for (i, r) in config
+            .encryption
+            .allowed_recipients
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            // Never echoed: a secret key pasted here by mistake must not reach a log.
+            if let Err(e) = crate::jobs::backup::crypt::parse_recipient(r) {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!("encryption.allowedRecipients[{i}] {e}"),
+                });
+            }
+        }
         if let Some(src) = &config.source {
             if src.path.is_some() == src.git.is_some() {
                 return Err(Error::Invalid {
@@ -531,6 +561,9 @@ impl HostConfig {
         add("sops.ageKeyFile", &self.sops.age_key_file);
         let d = &self.daemon;
         add("daemon.statusTokenFile", &d.status_token_file);
+        // The backup identity decrypts every encrypted backup: no stack may copy it into a
+        // Secret, no job may send it anywhere.
+        add("encryption.identityFile", &self.encryption.identity_file);
         for (provider, hook) in [
             ("github", &d.webhooks.github),
             ("gitlab", &d.webhooks.gitlab),

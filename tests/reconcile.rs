@@ -467,11 +467,7 @@ async fn secret_values_never_reach_output_or_logs() {
     f.write("stack/app/00-namespace.yaml", NAMESPACE);
     f.write("stack/app/git-secret.yaml", &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: from-git}}\nstringData: {{token: {SENTINEL}-git}}\n"));
     f.commit("secrets");
-    std::fs::write(
-        f.creds().join("db-password"),
-        format!("{SENTINEL}-host"),
-    )
-    .unwrap();
+    std::fs::write(f.creds().join("db-password"), format!("{SENTINEL}-host")).unwrap();
     let mut outputs = Vec::new();
     for args in [
         vec!["diff"],
@@ -499,11 +495,7 @@ async fn secret_values_never_reach_output_or_logs() {
         format!("{SENTINEL}-host").into_bytes()
     );
     // A changed value shows as changed, masked.
-    std::fs::write(
-        f.creds().join("db-password"),
-        format!("{SENTINEL}-rotated"),
-    )
-    .unwrap();
+    std::fs::write(f.creds().join("db-password"), format!("{SENTINEL}-rotated")).unwrap();
     let changed = f.driftless(&["--log-level", "trace", "diff"]);
     expect_exit(&changed, 1, "rotated secret is a change");
     assert!(

@@ -281,4 +281,3 @@ pub async fn for_each_in_cluster(
         }
     }
 }
-

@@ -24,6 +24,9 @@ pub struct HostSettings {
     pub local_backup_root: Option<PathBuf>,
     /// Configuration directories: `/etc/driftless` and the host configuration file's own.
     pub config_dirs: Vec<PathBuf>,
+    /// `encryption:`: the identity Backup jobs decrypt with, whether they must encrypt, and
+    /// which recipients they may name.
+    pub encryption: crate::jobs::backup::crypt::HostRules,
 }
 
 impl HostSettings {
@@ -41,6 +44,7 @@ impl HostSettings {
             postgres_bin_dir: config.jobs.postgres_bin_dir.clone(),
             local_backup_root: config.jobs.local_backup_root.clone(),
             config_dirs,
+            encryption: config.encryption.clone(),
         }
     }
 }

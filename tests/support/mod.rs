@@ -277,7 +277,10 @@ impl Repo {
     /// Commits everything (a Git repository only).
     pub fn commit(&self, message: &str) {
         git(self.path(), &["add", "-A"]);
-        git(self.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+        git(
+            self.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
     }
 
     /// Back to the last commit: uncommitted edits and new files are dropped.
@@ -377,6 +380,11 @@ pub fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Lower-case hexadecimal of `bytes` (digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs a command, panics with its output unless it exits 0; returns standard output.

@@ -85,12 +85,17 @@ pub async fn execute(
                         }
                         for b in j.backups.iter().rev() {
                             out.push_str(&format!(
-                                "  {}  {:>10}  {} files  {}s  {}{}\n",
+                                "  {}  {:>10}  {} files  {}s  {}{}{}\n",
                                 b.id,
                                 super::human_bytes(b.bytes),
                                 b.files,
                                 (b.finished_at - b.started_at).num_seconds(),
                                 b.source,
+                                if b.encryption.is_some() {
+                                    "  encrypted"
+                                } else {
+                                    ""
+                                },
                                 match b.drill.as_ref().map(|d| d.status) {
                                     Some(DrillStatus::Passed) => "  (drill passed)",
                                     Some(DrillStatus::Failed) =>
@@ -178,6 +183,9 @@ pub struct ListedBackup {
     pub verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillRecord>,
+    /// The recipients its files are encrypted to (none: not encrypted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::crypt::EncryptionRecord>,
 }
 
 /// Lists the backups of a Backup job (complete ones, oldest first).
@@ -211,6 +219,7 @@ pub async fn list(job: &Job, spec: &Spec, inputs: &Inputs<'_>) -> Result<JobBack
                 revision: m.revision.clone(),
                 verified: m.verified(),
                 drill: m.drill.clone(),
+                encryption: m.encryption.clone(),
             })
             .collect(),
         incomplete: listing.incomplete,
@@ -274,6 +283,11 @@ pub async fn restore(
         id: manifest.id.clone(),
         error: Box::new(error),
     };
+    // An encrypted backup: the host's identity must open it, checked before the target is
+    // touched (a wrong identity changes nothing).
+    let store = inputs
+        .reading(store, &manifest)
+        .map_err(|e| fail(BackupError::Crypt(e)))?;
     let detail = match &spec.source {
         Source::Postgres(pg) => {
             let conn = inputs.postgres(pg).await.map_err(|e| fail(e.into()))?;
@@ -315,9 +329,18 @@ pub async fn restore(
                 .map_err(|e| fail(e.into()))?
         }
         Source::Exec(_) => {
+            let stored = |name: &str| {
+                let file = manifest
+                    .files
+                    .iter()
+                    .find(|f| f.name == name)
+                    .map(|f| f.stored_name())
+                    .unwrap_or_else(|| name.to_owned());
+                store::join(&manifest.id, &file)
+            };
             return Err(fail(BackupError::ExecByHand {
-                stdout: store::join(&manifest.id, exec::STDOUT),
-                files: store::join(&manifest.id, exec::FILES_TAR),
+                stdout: stored(exec::STDOUT),
+                files: stored(exec::FILES_TAR),
                 store: store.name().to_owned(),
             }));
         }

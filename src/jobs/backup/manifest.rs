@@ -1,6 +1,7 @@
 //! What a backup is made of: its files with their sizes and sha256 ([`FileEntry`]), the run
 //! marker written first ([`RunMarker`]: which host and instance started it, when), the manifest
-//! that completes it ([`Manifest`], written last, with the restore drill's verdict), its id, and
+//! that completes it ([`Manifest`], written last, with the restore drill's verdict and, for an
+//! encrypted backup, its recipients and every file's plaintext size and sha256), its id, and
 //! what a destination holds for one job ([`Listing`]). Pure data; `catalog` reads and writes
 //! them.
 
@@ -50,10 +51,42 @@ pub struct DrillRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FileEntry {
-    /// Relative to the backup (`dump.pgcustom`, `objects/<key>`).
+    /// Relative to the backup (`dump.pgcustom`, `objects/<key>`): what the file holds. An
+    /// encrypted file is stored as `<name>.age` ([`FileEntry::stored_name`]).
     pub name: String,
+    /// Size and sha256 of the stored file (the ciphertext, when encrypted).
     pub bytes: u64,
     pub sha256: String,
+    /// When the file is encrypted: size and sha256 of what it decrypts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<Digest>,
+}
+
+/// A size and a sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Digest {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl FileEntry {
+    /// The name of the stored file, relative to the backup: `<name>.age` when encrypted.
+    pub fn stored_name(&self) -> String {
+        if self.plaintext.is_some() {
+            format!("{}{}", self.name, super::crypt::SUFFIX)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// Size and sha256 of the content: the plaintext's when encrypted, else the stored file's.
+    pub fn content(&self) -> Digest {
+        self.plaintext.clone().unwrap_or_else(|| Digest {
+            bytes: self.bytes,
+            sha256: self.sha256.clone(),
+        })
+    }
 }
 
 /// The record that completes a backup: what it holds and where it came from.
@@ -84,6 +117,9 @@ pub struct Manifest {
     /// The restore drill's verdict (none: the job does not drill).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillRecord>,
+    /// How its files are encrypted (none: they are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::crypt::EncryptionRecord>,
 }
 
 impl Manifest {

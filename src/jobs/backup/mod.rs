@@ -15,10 +15,16 @@
 //! run is bounded by the job's `timeout`. A local destination is checked against the host's
 //! rules (`destination`) before anything is read or written there.
 //!
+//! With `spec.encryption`, every file is encrypted with age in the stream to the job's
+//! recipients and read back decrypted with the host's identity (`crypt`); the host's rules
+//! (`encryption:` in the host configuration: required, allowed recipients, the identity, which
+//! must be one of the recipients) are checked before anything is read or written.
+//!
 //! `command` serves `driftless backup list|restore`; `report` is what a run reports.
 
 pub mod catalog;
 pub mod command;
+pub mod crypt;
 pub mod destination;
 pub mod exec;
 pub mod manifest;
@@ -38,6 +44,7 @@ use tracing::{info, warn};
 
 use crate::jobs::host::HostSettings;
 use crate::jobs::model::Job;
+use crypt::Crypt;
 use destination::LocalRules;
 use manifest::{DrillRecord, DrillStatus, FileEntry, Manifest, RunMarker};
 use report::LeftIncomplete;
@@ -108,6 +115,12 @@ pub enum Error {
     },
     #[error("writing the manifest: {0}")]
     ManifestWrite(#[source] store::Error),
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
+    #[error("Backup {job}: encryption: {error}")]
+    Encryption { job: String, error: crypt::Error },
+    #[error("encryption: {0}")]
+    /// Not a `#[source]`: the message already holds it.
+    Crypt(crypt::Error),
 }
 
 /// What a run may use.
@@ -149,6 +162,49 @@ impl Inputs<'_> {
         .await
     }
 
+    /// The encryption of a job's new backups, after the host's rules (`encryption:` in the host
+    /// configuration): none for a job without `spec.encryption` (refused when the host requires
+    /// encryption); else its recipients and the host's identity, which must be one of them.
+    pub fn crypt_for(&self, spec: &Spec) -> Result<Option<Crypt>, crypt::Error> {
+        let rules = &self.host.encryption;
+        let Some(e) = &spec.encryption else {
+            return if rules.required {
+                Err(crypt::Error::Required)
+            } else {
+                Ok(None)
+            };
+        };
+        let identity = self
+            .identity()?
+            .ok_or(crypt::Error::IdentityNotConfigured)?;
+        Crypt::for_job(&e.age_recipients, identity, rules).map(Some)
+    }
+
+    /// The host's identity, when the host configuration names one.
+    pub fn identity(&self) -> Result<Option<crypt::Identity>, crypt::Error> {
+        self.host
+            .encryption
+            .identity_file
+            .as_deref()
+            .map(|f| crypt::Identity::read(self.credentials, f))
+            .transpose()
+    }
+
+    /// Opens a job's backups for reading `manifest`: decrypting with the host's identity when
+    /// it is encrypted, after checking that the identity is one of its recipients (before
+    /// anything is read or changed).
+    pub fn reading(&self, store: Store, manifest: &Manifest) -> Result<Store, crypt::Error> {
+        let Some(record) = &manifest.encryption else {
+            return Ok(store);
+        };
+        let identity = self
+            .identity()?
+            .ok_or(crypt::Error::IdentityNotConfigured)?;
+        let crypt = Crypt::reading(identity);
+        crypt.check_opens(&manifest.id, record)?;
+        Ok(store.with_crypt(std::sync::Arc::new(crypt)))
+    }
+
     async fn postgres(&self, pg: &spec::Postgres) -> Result<postgres::Connection, postgres::Error> {
         postgres::Connection::open(
             pg,
@@ -183,7 +239,7 @@ fn describe_source(s: &Source) -> String {
             ),
             None => format!("s3://{}/{}", l.bucket, l.clean_prefix()),
         },
-        Source::Exec(e) => format!("exec in pod {}/{}", e.namespace, e.pod),
+        Source::Exec(e) => format!("exec in {}", e.target()),
     }
 }
 
@@ -203,10 +259,21 @@ pub async fn run(
         job: job.name.clone(),
         error,
     };
-    let store = inputs
+    // The host's rules first: a job that may not run as written changes nothing.
+    let crypt = inputs
+        .crypt_for(spec)
+        .map_err(|error| Error::Encryption {
+            job: job.name.clone(),
+            error,
+        })?
+        .map(std::sync::Arc::new);
+    let mut store = inputs
         .open(&spec.destination, &job.name)
         .await
         .map_err(dest_err)?;
+    if let Some(c) = &crypt {
+        store = store.with_crypt(c.clone());
+    }
     let listing = catalog::listing(&store).await.map_err(dest_err)?;
     let now = Utc::now();
     let mut report = Report {
@@ -306,6 +373,7 @@ pub async fn run(
             at: finished,
             detail: serde_json::Value::Null,
         }),
+        encryption: crypt.as_ref().and_then(|c| c.record()),
     };
     if let Err(e) = catalog::write_manifest(&store, &manifest).await {
         let _ = catalog::remove(&store, &id).await;
@@ -317,6 +385,7 @@ pub async fn run(
         files: manifest.files.len(),
         bytes: manifest.bytes(),
         duration_ms: (finished - started).num_milliseconds().max(0) as u64,
+        encrypted: manifest.encryption.is_some(),
     });
     info!(job = %job.name, id, bytes = manifest.bytes(), "backup complete");
 

@@ -17,6 +17,8 @@ pub struct Made {
     pub files: usize,
     pub bytes: u64,
     pub duration_ms: u64,
+    /// Whether its files are encrypted (age).
+    pub encrypted: bool,
 }
 
 /// An incomplete backup a run did not remove.
@@ -89,10 +91,11 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = match (&self.backup, self.dry_run) {
             (Some(b), _) => format!(
-                "backup {} complete: {} files, {}",
+                "backup {} complete: {} files, {}{}",
                 b.id,
                 b.files,
-                human_bytes(b.bytes)
+                human_bytes(b.bytes),
+                if b.encrypted { ", encrypted" } else { "" }
             ),
             (None, true) => "dry run: no backup taken".to_owned(),
             (None, false) => "no backup taken".to_owned(),

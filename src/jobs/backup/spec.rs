@@ -20,13 +20,16 @@
 //!   maxAge: 26h                        # older newest complete backup: daemon status degraded
 //!   restoreDrill: true                 # restore the new backup into a scratch target and compare
 //!   timeout: 6h                        # a run is cut short after this (default 6h)
+//!   encryption:                        # every file encrypted with age to these public keys
+//!     ageRecipients: [age1…]
 //! ```
 //!
 //! Nothing here names a host program or lets the repository pick a host path the host
 //! configuration does not bound: the PostgreSQL tools come from `jobs.postgresBinDir` (a
 //! `binDir` here is refused), a local destination must lie under `jobs.localBackupRoot` (checked
 //! when the destination is opened, `destination`), and `host` is a network address, never a
-//! socket directory.
+//! socket directory. Encryption names public keys only (a secret key is refused, never echoed);
+//! the identity and whether encryption is required are the host's (`crypt::HostRules`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -93,6 +96,8 @@ pub enum Problem {
     NotAHost(String),
     #[error("{0:?} looks like a connection string: name the database only")]
     ConnectionString(String),
+    #[error("{0}")]
+    Recipient(#[from] super::crypt::BadRecipient),
 }
 
 /// A credential file named with a directory part, `..` or an absolute path.
@@ -136,6 +141,15 @@ struct Raw {
     restore_drill: bool,
     #[serde(default)]
     timeout: Option<String>,
+    /// `null` (or absent): not encrypted.
+    #[serde(default)]
+    encryption: Option<RawEncryption>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawEncryption {
+    age_recipients: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,7 +187,10 @@ struct RawPostgres {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawExec {
     namespace: String,
-    pod: String,
+    #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
     #[serde(default)]
     container: Option<String>,
     #[serde(default)]
@@ -283,7 +300,10 @@ pub struct Postgres {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec {
     pub namespace: String,
-    pub pod: String,
+    /// The pod, or (exactly one of the two) a service whose first running, ready pod is used:
+    /// a Deployment's pods have generated names.
+    pub pod: Option<String>,
+    pub service: Option<String>,
     pub container: Option<String>,
     /// Run first; its standard output is the backup's `stdout` (may be empty with `copy_out`).
     pub command: Vec<String>,
@@ -331,6 +351,29 @@ pub struct Spec {
     /// Longest a run may take; a run still going then is cut short and fails. This host's
     /// incomplete backups older than this are removed by later runs.
     pub timeout: Duration,
+    /// Encrypt every file with age (none: not encrypted).
+    pub encryption: Option<Encryption>,
+}
+
+/// `spec.encryption`: the recipients (public keys) every file of a backup is encrypted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// Checked X25519 public keys (`age1…`), at least one.
+    pub age_recipients: Vec<String>,
+}
+
+impl Exec {
+    /// The pod, or the service whose pod it runs in, as messages name it.
+    pub fn target(&self) -> String {
+        match (&self.pod, &self.service) {
+            (Some(p), _) => format!("pod {}/{p}", self.namespace),
+            (None, s) => format!(
+                "a pod of service {}/{}",
+                self.namespace,
+                s.as_deref().unwrap_or("")
+            ),
+        }
+    }
 }
 
 /// A run's timeout when the job sets none.
@@ -412,6 +455,23 @@ pub fn parse(
             Problem::Duration("must be longer than 0s".to_owned()),
         ));
     }
+    let encryption = match raw.encryption {
+        None => None,
+        Some(e) => {
+            if e.age_recipients.is_empty() {
+                return Err(at.fail("spec.encryption.ageRecipients", Problem::Empty));
+            }
+            let mut keys = Vec::new();
+            for (i, r) in e.age_recipients.iter().enumerate() {
+                let key = super::crypt::parse_recipient(r)
+                    .map_err(|p| at.fail(format!("spec.encryption.ageRecipients[{i}]"), p))?;
+                keys.push(key.to_string());
+            }
+            Some(Encryption {
+                age_recipients: keys,
+            })
+        }
+    };
     Ok(Spec {
         source,
         destination,
@@ -420,6 +480,7 @@ pub fn parse(
         max_age,
         restore_drill: raw.restore_drill,
         timeout,
+        encryption,
     })
 }
 
@@ -474,6 +535,9 @@ fn exec(at: &Origin<'_>, e: RawExec) -> Result<Exec, Error> {
     if e.command.is_empty() && e.copy_out.is_empty() {
         return Err(at.fail("spec.source.exec", Problem::NothingToRun));
     }
+    if e.pod.is_some() == e.service.is_some() {
+        return Err(at.fail("spec.source.exec", Problem::ExactlyOne("pod, service")));
+    }
     if let Some(bad) = e
         .copy_out
         .iter()
@@ -484,6 +548,7 @@ fn exec(at: &Origin<'_>, e: RawExec) -> Result<Exec, Error> {
     Ok(Exec {
         namespace: e.namespace,
         pod: e.pod,
+        service: e.service,
         container: e.container,
         command: e.command,
         copy_out: e.copy_out,
@@ -714,6 +779,82 @@ mod tests {
                 .timeout,
             DEFAULT_TIMEOUT
         );
+    }
+
+    #[test]
+    fn encryption_names_public_keys_only_and_never_echoes_a_secret_one() {
+        let key = age::x25519::Identity::generate();
+        let public = key.to_public().to_string();
+        let secret = secrecy::ExposeSecret::expose_secret(&key.to_string()).to_owned();
+        let with = |encryption: serde_json::Value| {
+            parse(&job(json!({
+                "schedule": "@daily",
+                "source": {"postgres": {"database": "a", "username": "u"}},
+                "destination": {"local": {"path": "/b"}},
+                "retention": {"keepLast": 1},
+                "encryption": encryption,
+            })))
+        };
+        let s = with(json!({"ageRecipients": [format!(" {public} ")]})).unwrap();
+        assert_eq!(
+            s.encryption.unwrap().age_recipients,
+            std::slice::from_ref(&public)
+        );
+        // `null` (a profile's variable): not encrypted.
+        assert_eq!(with(json!(null)).unwrap().encryption, None);
+        for (value, want) in [
+            (
+                json!({"ageRecipients": [public.clone(), secret.clone()]}),
+                "spec.encryption.ageRecipients[1]: is an age secret key",
+            ),
+            (
+                json!({"ageRecipients": ["ssh-ed25519 AAAAC3"]}),
+                "spec.encryption.ageRecipients[0]: is not an age X25519 recipient",
+            ),
+            (
+                json!({"ageRecipients": []}),
+                "spec.encryption.ageRecipients: empty",
+            ),
+            (
+                json!({"ageRecipients": [public.clone()], "identityFile": "k"}),
+                "unknown field",
+            ),
+        ] {
+            let err = with(value).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} (want {want})");
+            assert!(
+                !err.contains(&secret[16..]),
+                "the secret key is not echoed: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_exec_source_names_a_pod_or_a_service() {
+        let with = |exec: serde_json::Value| {
+            parse(&job(json!({
+                "schedule": "@daily",
+                "source": {"exec": exec},
+                "destination": {"local": {"path": "/b"}},
+                "retention": {"keepLast": 1},
+            })))
+        };
+        let s = with(json!({"namespace": "storage", "service": "docker-registry", "copyOut": ["/var/lib/registry"]}))
+            .unwrap();
+        let Source::Exec(e) = &s.source else {
+            panic!("{:?}", s.source)
+        };
+        assert_eq!(e.target(), "a pod of service storage/docker-registry");
+        for exec in [
+            json!({"namespace": "n", "copyOut": ["/x"]}),
+            json!({"namespace": "n", "pod": "p", "service": "s", "copyOut": ["/x"]}),
+        ] {
+            let err = with(exec).unwrap_err().to_string();
+            assert!(
+                err.contains("spec.source.exec: name exactly one of pod, service"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

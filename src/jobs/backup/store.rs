@@ -8,6 +8,11 @@
 //! without one is incomplete, never listed as good, never counted by retention, and removed by
 //! the next run ([`Store::remove`] deletes the manifest first, so a removal cut short leaves an
 //! incomplete backup, never a complete one with files missing).
+//!
+//! A store of backups may carry a [`Crypt`]: then every file written is encrypted with age in the
+//! stream (stored as `<name>.age`; the entry records the stored file's and the plaintext's size
+//! and sha256), and every encrypted file read back ([`Store::read_entry`]) is decrypted with the
+//! host's identity, both digests checked.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +23,15 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::crypt::{self, Crypt};
 use super::destination::LocalRules;
 use super::manifest::FileEntry;
 use super::spec::{Destination, S3Location};
+
+mod stream;
+pub use stream::{Sink, Upload};
 
 /// Size of one multipart part (S3's minimum except for the last part).
 pub const PART: usize = 8 * 1024 * 1024;
@@ -79,6 +88,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{store}: {path}: {source}")]
+    Crypt {
+        store: String,
+        path: String,
+        #[source]
+        source: crypt::Error,
+    },
+    #[error("{store}: {path}: cannot decrypt: {problem}")]
+    Decrypt {
+        store: String,
+        path: String,
+        problem: String,
+    },
+    #[error(
+        "{store}: {path} is encrypted and the host configuration names no identity (set encryption.identityFile)"
+    )]
+    NoIdentity { store: String, path: String },
+    #[error(
+        "{store}: {path} decrypts to {got_bytes} bytes sha256 {got}, the manifest says {want_bytes} bytes sha256 {want}"
+    )]
+    ContentMismatch {
+        store: String,
+        path: String,
+        want: String,
+        want_bytes: u64,
+        got: String,
+        got_bytes: u64,
+    },
     #[error(
         "{store}: {path} changed after upload: wrote {wrote_bytes} bytes sha256 {wrote}, read back {read_bytes} bytes sha256 {read}"
     )]
@@ -105,6 +142,8 @@ pub struct Store {
     name: String,
     /// The port-forward an S3 location is reached through, open while any clone lives.
     _forward: Option<Arc<super::pod::Forward>>,
+    /// Encryption of what is written and decryption of what is read (a store of backups).
+    crypt: Option<Arc<Crypt>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,6 +193,7 @@ impl Store {
                     local: Some(dir.join(job)),
                     name,
                     _forward: None,
+                    crypt: None,
                 })
             }
             Destination::S3(s) => {
@@ -170,6 +210,7 @@ impl Store {
                     root,
                     local: None,
                     _forward: forward,
+                    crypt: None,
                 })
             }
         }
@@ -190,7 +231,19 @@ impl Store {
             root,
             local: None,
             _forward: forward,
+            crypt: None,
         })
+    }
+
+    /// The same store, encrypting what it writes and decrypting what it reads with `crypt`.
+    pub fn with_crypt(mut self, crypt: Arc<Crypt>) -> Store {
+        self.crypt = Some(crypt);
+        self
+    }
+
+    /// Whether files written here are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.crypt.as_ref().is_some_and(|c| c.encrypts())
     }
 
     /// How messages name it.
@@ -241,9 +294,22 @@ impl Store {
         }
     }
 
-    /// Starts a streamed upload of `dir/name`; its entry is named `name`.
+    /// Starts a streamed upload of `dir/name`; its entry is named `name`. In a store that
+    /// encrypts, the bytes are encrypted as they pass and stored as `dir/name.age`.
     pub async fn writer(&self, dir: &str, name: &str) -> Result<Upload> {
-        let path = self.path(&join(dir, name))?;
+        let encrypting = match self.crypt.as_ref().filter(|c| c.encrypts()) {
+            Some(c) => Some(c.start().map_err(|source| Error::Crypt {
+                store: self.name.clone(),
+                path: join(dir, name),
+                source,
+            })?),
+            None => None,
+        };
+        let stored = match encrypting {
+            Some(_) => format!("{name}{}", crypt::SUFFIX),
+            None => name.to_owned(),
+        };
+        let path = self.path(&join(dir, &stored))?;
         let upload = self
             .inner
             .put_multipart(&path)
@@ -256,6 +322,7 @@ impl Store {
             parts: WriteMultipart::new_with_chunk_size(upload, PART),
             hash: Sha256::new(),
             bytes: 0,
+            encrypting: encrypting.map(|e| (e, Sha256::new(), 0)),
         })
     }
 
@@ -294,82 +361,6 @@ impl Store {
             .put(&path, PutPayload::from_bytes(data))
             .await
             .map_err(|e| self.object_error("writing", &path, e))?;
-        Ok(())
-    }
-
-    /// Reads `rel` completely into `out` (when given); returns its size and sha256.
-    pub async fn read_into(
-        &self,
-        rel: &str,
-        mut out: Option<&mut (dyn AsyncWrite + Unpin + Send)>,
-    ) -> Result<(u64, String)> {
-        let path = self.path(rel)?;
-        let got = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?;
-        let mut stream = got.into_stream();
-        let mut hash = Sha256::new();
-        let mut bytes = 0u64;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?
-        {
-            hash.update(&chunk);
-            bytes += chunk.len() as u64;
-            if let Some(w) = out.as_mut() {
-                w.write_all(&chunk).await.map_err(|source| Error::Io {
-                    store: self.name.clone(),
-                    path: path.to_string(),
-                    source,
-                })?;
-            }
-        }
-        if let Some(w) = out.as_mut() {
-            w.flush().await.map_err(|source| Error::Io {
-                store: self.name.clone(),
-                path: path.to_string(),
-                source,
-            })?;
-        }
-        Ok((bytes, crate::cluster::apply::hex(&hash.finalize())))
-    }
-
-    /// Streams `rel` into an upload (bounded memory: the upload's backpressure applies).
-    pub async fn stream_into(&self, rel: &str, up: &mut Upload) -> Result<()> {
-        let path = self.path(rel)?;
-        let got = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?;
-        let mut stream = got.into_stream();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?
-        {
-            up.write(&chunk).await?;
-        }
-        Ok(())
-    }
-
-    /// Reads `rel` back and checks it against what was written.
-    pub async fn verify(&self, entry: &FileEntry, prefix: &str) -> Result<()> {
-        let rel = join(prefix, &entry.name);
-        let (bytes, sha256) = self.read_into(&rel, None).await?;
-        if bytes != entry.bytes || sha256 != entry.sha256 {
-            return Err(Error::Mismatch {
-                store: self.name.clone(),
-                path: rel,
-                wrote: entry.sha256.clone(),
-                wrote_bytes: entry.bytes,
-                read: sha256,
-                read_bytes: bytes,
-            });
-        }
         Ok(())
     }
 
@@ -510,54 +501,4 @@ async fn s3(
         source,
     })?;
     Ok((Arc::new(store), forward))
-}
-
-/// A file being uploaded: bytes in, hashed as they pass.
-pub struct Upload {
-    store: Store,
-    name: String,
-    path: ObjPath,
-    parts: WriteMultipart,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl Upload {
-    /// Appends bytes, waiting while too many parts are in flight (backpressure).
-    pub async fn write(&mut self, buf: &[u8]) -> Result<()> {
-        self.parts
-            .wait_for_capacity(PARTS_IN_FLIGHT)
-            .await
-            .map_err(|e| self.store.object_error("uploading", &self.path, e))?;
-        self.hash.update(buf);
-        self.bytes += buf.len() as u64;
-        self.parts.write(buf);
-        Ok(())
-    }
-
-    /// Completes the upload; the object becomes visible now.
-    pub async fn finish(self) -> Result<FileEntry> {
-        let Upload {
-            store,
-            name,
-            path,
-            parts,
-            hash,
-            bytes,
-        } = self;
-        parts
-            .finish()
-            .await
-            .map_err(|e| store.object_error("completing upload of", &path, e))?;
-        Ok(FileEntry {
-            name,
-            bytes,
-            sha256: crate::cluster::apply::hex(&hash.finalize()),
-        })
-    }
-
-    /// Gives the upload up (its parts are discarded where the store allows).
-    pub async fn abort(self) {
-        let _ = self.parts.abort().await;
-    }
 }

@@ -5,12 +5,11 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
 use super::{Connection, DUMP, Error, GLOBALS, Result, check_name, globals, tail};
 use crate::jobs::backup::manifest::{FileEntry, Manifest};
-use crate::jobs::backup::store::{self, Store};
+use crate::jobs::backup::store::{Sink, Store};
 
 const USER_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
@@ -131,30 +130,28 @@ pub(super) async fn restore_dump(
         rand::random::<u32>()
     ));
     let result = async {
-        let mut f = tokio::fs::File::create(&file)
+        // Readable by this user only: an encrypted backup's dump is decrypted into it.
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
             .await
             .map_err(|source| Error::Io {
                 what: file.display().to_string(),
                 source,
             })?;
-        let (bytes, sha256) = store
-            .read_into(&store::join(&manifest.id, DUMP), Some(&mut f))
+        // Checked against the manifest (both digests of an encrypted dump) before pg_restore
+        // sees it.
+        store
+            .read_entry(&manifest.id, entry, Sink::Write(&mut f))
             .await?;
         f.sync_all().await.map_err(|source| Error::Io {
             what: file.display().to_string(),
             source,
         })?;
         drop(f);
-        if bytes != entry.bytes || sha256 != entry.sha256 {
-            return Err(Error::from(store::Error::Mismatch {
-                store: store.name().to_owned(),
-                path: store::join(&manifest.id, DUMP),
-                wrote: entry.sha256.clone(),
-                wrote_bytes: entry.bytes,
-                read: sha256,
-                read_bytes: bytes,
-            }));
-        }
+        let bytes = entry.content().bytes;
         let mut cmd = conn.command("pg_restore");
         cmd.args(["--single-transaction", "--exit-on-error", "-d", database]);
         if clean {
@@ -192,19 +189,9 @@ pub async fn apply_globals(
     id: &str,
     entry: &FileEntry,
 ) -> Result<serde_json::Value> {
-    let rel = store::join(id, GLOBALS);
-    let text = store.get_small(&rel).await?;
-    let sha256 = crate::cluster::apply::hex(&sha2::Sha256::digest(&text));
-    if text.len() as u64 != entry.bytes || sha256 != entry.sha256 {
-        return Err(Error::from(store::Error::Mismatch {
-            store: store.name().to_owned(),
-            path: rel,
-            wrote: entry.sha256.clone(),
-            wrote_bytes: entry.bytes,
-            read: sha256,
-            read_bytes: text.len() as u64,
-        }));
-    }
+    // Checked against the manifest (decrypted when encrypted) before psql sees it.
+    let mut text: Vec<u8> = Vec::new();
+    store.read_entry(id, entry, Sink::Write(&mut text)).await?;
     let existing: Vec<String> = conn
         .query("postgres", "SELECT rolname FROM pg_roles")
         .await?
