@@ -542,17 +542,7 @@ async fn old_checkouts_are_removed_and_the_applied_one_is_kept() {
     d.wait_notify("READY=1", Duration::from_secs(60));
     let cms: Api<ConfigMap> = Api::namespaced(client, &format!("ns-{}", d.id));
     let checkouts = d.dir.path().join("state/git/checkouts");
-    let first = String::from_utf8(
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(d.repo.path())
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let first = git(d.repo.path(), &["rev-parse", "HEAD"]).trim().to_owned();
     assert!(
         checkouts.join(&first).is_dir(),
         "the first revision is checked out"
@@ -573,17 +563,7 @@ async fn old_checkouts_are_removed_and_the_applied_one_is_kept() {
         })
         .await;
     }
-    let head = String::from_utf8(
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(d.repo.path())
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let head = git(d.repo.path(), &["rev-parse", "HEAD"]).trim().to_owned();
     // The removal follows the reconcile that applied the last commit.
     let names = support::eventually("old checkouts removed", Duration::from_secs(20), || async {
         let names: Vec<String> = std::fs::read_dir(&checkouts)
@@ -700,94 +680,6 @@ async fn status_writes_wake_nothing_and_foreign_edits_are_still_reverted() {
     assert_eq!(churn_dry_runs(&client).await, dry_runs);
 
     // Another manager's edits: each reverted by a drift-triggered reconcile.
-    let rounds: [(&str, Vec<Vec<&str>>); 4] = [
-        (
-            "spec",
-            vec![
-                vec![
-                    "patch",
-                    "hpa",
-                    "web",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"spec":{"maxReplicas":7}}"#,
-                ],
-                vec![
-                    "patch",
-                    "resourcequota",
-                    "q",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"spec":{"hard":{"pods":"20"}}}"#,
-                ],
-                vec![
-                    "set",
-                    "image",
-                    "deployment/web",
-                    "web=registry.invalid/web:2",
-                ],
-            ],
-        ),
-        (
-            "label",
-            vec![vec![
-                "label",
-                "hpa/web",
-                "resourcequota/q",
-                "deployment/web",
-                "tier=tampered",
-                "--overwrite",
-            ]],
-        ),
-        (
-            "annotation",
-            vec![vec![
-                "annotate",
-                "hpa/web",
-                "resourcequota/q",
-                "deployment/web",
-                "note=tampered",
-                "--overwrite",
-            ]],
-        ),
-        (
-            "through the status subresource",
-            vec![
-                vec![
-                    "patch",
-                    "hpa",
-                    "web",
-                    "--subresource=status",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"metadata":{"labels":{"tier":"tampered"}}}"#,
-                ],
-                vec![
-                    "patch",
-                    "resourcequota",
-                    "q",
-                    "--subresource=status",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"metadata":{"annotations":{"note":"tampered"}}}"#,
-                ],
-                vec![
-                    "patch",
-                    "deployment",
-                    "web",
-                    "--subresource=status",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"metadata":{"annotations":{"note":"tampered"}}}"#,
-                ],
-            ],
-        ),
-    ];
     let as_applied = || {
         let hpa = get_json(ns, "hpa/web");
         let quota = get_json(ns, "resourcequota/q");
@@ -801,7 +693,7 @@ async fn status_writes_wake_nothing_and_foreign_edits_are_still_reverted() {
                     && o["metadata"]["annotations"]["note"] == "x"
             })
     };
-    for (what, edits) in rounds {
+    for (what, edits, _) in support::churn::foreign_edits() {
         let status = d.status().await;
         for edit in &edits {
             let mut args = vec!["-n", ns];
