@@ -60,7 +60,8 @@ pub struct StackOutcome {
 }
 
 impl StackOutcome {
-    fn new(stack: &str) -> StackOutcome {
+    /// An outcome of `stack` with nothing planned or done yet.
+    pub fn new(stack: &str) -> StackOutcome {
         StackOutcome {
             stack: stack.to_owned(),
             plan: None,
