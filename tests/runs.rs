@@ -124,6 +124,7 @@ async fn a_webhook_names_its_run_which_is_waited_for_and_survives_a_restart() {
         .unwrap_or_else(|| panic!("{run}"));
     assert_eq!(secret["action"], "create");
     assert!(run["startedAt"].is_string() && run["finishedAt"].is_string());
+    assert!(stack["durationMs"].is_u64(), "{run}");
     assert!(
         run["phasesMs"].as_array().is_some_and(|p| !p.is_empty()),
         "{run}"
@@ -194,6 +195,41 @@ async fn a_webhook_names_its_run_which_is_waited_for_and_survives_a_restart() {
         "{listed}"
     );
     assert!(!d.log().contains(SENTINEL));
+}
+
+#[tokio::test]
+async fn a_corrupt_runs_file_is_moved_aside_and_the_daemon_runs() {
+    let setup = Setup::new(
+        &Options {
+            daemon: "  statusTokenFile: token\n",
+            credentials: &[("token", TOKEN)],
+            token: Some(TOKEN),
+            ..Options::default()
+        },
+        |_, state| {
+            std::fs::create_dir_all(state).unwrap();
+            std::fs::write(state.join("runs.json"), b"{\"runs\": [{\"id\": ").unwrap();
+        },
+    );
+    let state = setup.state();
+    let d = setup.start();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    assert!(state.join("runs.corrupt").exists(), "kept for inspection");
+    let listed = get_json(&d, "/api/v1/runs?limit=5").await;
+    let first = &listed["runs"][0];
+    let run = finished(&d, first["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert!(
+        run["triggers"]
+            .as_array()
+            .unwrap()
+            .contains(&"start".into())
+    );
+    // The history is written anew.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(file["runs"][0]["id"], run["id"]);
+    assert!(d.log().contains("runs history"), "the problem is logged");
 }
 
 /// `driftless trigger` as CI runs it: endpoint and token file on the command line.

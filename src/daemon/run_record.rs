@@ -91,6 +91,7 @@ fn unchanged_since(s: &StackStatus) -> StackRun {
         policy: Vec::new(),
         prune_refused: None,
         unhealthy: Vec::new(),
+        duration_ms: None,
     }
 }
 

@@ -135,6 +135,10 @@ pub struct StackRun {
     /// Objects not healthy at the end of the wait.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unhealthy: Vec<String>,
+    /// Wall time of the stack's reconcile (observe, plan, check, apply, prune, health wait,
+    /// hooks), ms; absent when it was not reconciled in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -268,6 +272,7 @@ pub fn stack_runs(report: &Report, plan_only: &[String], skipped: &[String]) -> 
                 policy: Vec::new(),
                 prune_refused: None,
                 unhealthy: Vec::new(),
+                duration_ms: None,
             });
         }
     }
@@ -343,6 +348,7 @@ fn stack_run(o: &StackOutcome, plan_only: bool, budget: &mut usize) -> StackRun 
         policy,
         prune_refused,
         unhealthy: o.unhealthy.iter().map(|u| u.object.clone()).collect(),
+        duration_ms: (o.duration_ms > 0).then_some(o.duration_ms),
     }
 }
 

@@ -41,7 +41,8 @@ fn report(stacks: Vec<StackOutcome>) -> Report {
 
 #[test]
 fn stack_states_follow_the_outcome() {
-    let applied = outcome("applied", &[Action::Create, Action::Unchanged], "+a\n");
+    let mut applied = outcome("applied", &[Action::Create, Action::Unchanged], "+a\n");
+    applied.duration_ms = 42;
     let unchanged = outcome("unchanged", &[Action::Unchanged], "");
     let planned = outcome("planned", &[Action::Update], "-a\n+b\n");
     let mut failed = outcome("failed", &[Action::Update], "");
@@ -92,6 +93,8 @@ fn stack_states_follow_the_outcome() {
         Some("would prune 3 of 4 objects")
     );
     assert_eq!(runs[5].unhealthy, ["Deployment/ns/web"]);
+    assert_eq!(runs[0].duration_ms, Some(42));
+    assert_eq!(runs[6].duration_ms, None, "not reconciled");
 }
 
 #[test]
@@ -141,6 +144,7 @@ fn finished(revision: &str, stacks: &[(&str, StackRunState)]) -> Run {
             policy: Vec::new(),
             prune_refused: None,
             unhealthy: Vec::new(),
+            duration_ms: None,
         })
         .collect();
     run
