@@ -83,7 +83,7 @@ impl Store {
         let path = state_dir.join(RUNS_FILE);
         let mut store = Store::in_memory(limits);
         let mut warning = None;
-        // Twice the bound leaves room for pretty-printing; anything larger is not ours to read.
+        // The file is written compact within the bound; twice it is not ours to read.
         let too_large = std::fs::metadata(&path)
             .map(|m| m.len() > (limits.max_bytes as u64).saturating_mul(2) + 4096)
             .unwrap_or(false);
@@ -170,8 +170,13 @@ impl Store {
             runs: inner.finished.iter().map(|(r, _)| r.clone()).collect(),
         };
         drop(inner);
+        // Compact, so the file's size is the bound the history keeps (and `open` checks).
         if let Some(path) = &self.path
-            && let Err(e) = crate::state::write_json(path, &file)
+            && let Err(e) = serde_json::to_vec(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    crate::state::write_bytes(path, &bytes).map_err(|e| e.to_string())
+                })
         {
             tracing::warn!("runs history: {e}");
         }
