@@ -62,6 +62,19 @@ pub enum OutputFormat {
     Json,
 }
 
+/// How `diff` prints its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DiffFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON document.
+    Json,
+    /// A pull-request comment: per stack the counts, each change in a collapsible block,
+    /// policy findings and prune gates called out, cut to 60,000 characters.
+    Markdown,
+}
+
 /// Cluster connection options, named as kubectl names them.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ClusterArgs {
@@ -107,7 +120,7 @@ pub enum Command {
         #[arg(long)]
         prune_removed_stacks: bool,
         #[arg(long, short, value_enum, default_value_t)]
-        output: OutputFormat,
+        output: DiffFormat,
     },
     /// Apply the desired state: ordered server-side apply, prune, wait for health.
     Sync {
@@ -149,6 +162,31 @@ pub enum Command {
         endpoint: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
+    },
+    /// Ask the running daemon for a run, for CI (`POST /api/v1/sync`; needs the status token).
+    /// With --wait: exit 0 once a run applied the revision (or a descendant) and the stacks are
+    /// healthy, 2 when it failed or was refused (the reason is printed) or the wait timed out.
+    Trigger {
+        /// Base URL of the daemon's HTTP endpoint (default: from the host configuration's
+        /// `daemon.listen`, else http://127.0.0.1:9427).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// File holding the status token (default: the host configuration's
+        /// `daemon.statusTokenFile`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The commit to wait for (a run must apply it or a descendant of it).
+        #[arg(long, value_name = "SHA")]
+        revision: Option<String>,
+        /// Only these stacks must be healthy (repeatable; default: every stack of the run).
+        #[arg(long = "stack", value_name = "NAME")]
+        stacks: Vec<String>,
+        /// Wait for the outcome and print progress.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 90s, 10m).
+        #[arg(long, default_value = "10m", value_parser = crate::stack::model::duration_text::parse)]
+        timeout: std::time::Duration,
     },
     /// Scheduled jobs declared in Git (ImageCleanup, Backup).
     Jobs {
@@ -311,6 +349,7 @@ impl Command {
             Command::Sync { .. } => "sync",
             Command::Validate { .. } => "validate",
             Command::Status { .. } => "status",
+            Command::Trigger { .. } => "trigger",
             Command::Jobs {
                 command: JobsCommand::List { .. },
             } => "jobs list",

@@ -23,6 +23,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod repo_walk;
 pub mod revision;
+pub mod runs;
 pub mod server;
 pub mod source;
 pub mod stack;

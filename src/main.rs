@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use driftless::cli::{
-    Cli, ClusterArgs, Command, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, OutputFormat, SourceArgs,
+    Cli, ClusterArgs, Command, DiffFormat, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, OutputFormat,
+    SourceArgs,
 };
 use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
@@ -113,7 +114,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let report =
                 runtime()?.block_on(reconcile_with(&config, &cluster, &stacks, &options))?;
-            print_report(&report, output, true);
+            match output {
+                DiffFormat::Human => print_report(&report, OutputFormat::Human, true),
+                DiffFormat::Json => print_report(&report, OutputFormat::Json, true),
+                DiffFormat::Markdown => emit(&driftless::runs::markdown::render(
+                    &report,
+                    driftless::runs::markdown::DEFAULT_LIMIT,
+                )),
+            }
             Ok(if report.failed() {
                 EXIT_ERROR
             } else if report.has_changes() {
@@ -167,6 +175,58 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { endpoint, output } => {
             let config = HostConfig::load(&config_path, false)?;
             runtime()?.block_on(print_status(&config, endpoint.as_deref(), output))
+        }
+        Command::Trigger {
+            endpoint,
+            token_file,
+            revision,
+            stacks,
+            wait,
+            timeout,
+        } => {
+            // CI may have no host configuration: with both flags given, none is read.
+            let config = match (&endpoint, &token_file) {
+                (Some(_), Some(_)) => None,
+                _ => Some(HostConfig::load(&config_path, false)?),
+            };
+            let base = endpoint_base(config.as_ref(), endpoint.as_deref())?;
+            let token = match (&token_file, &config) {
+                (Some(file), _) => read_token(file)?,
+                (None, Some(c)) => match &c.daemon.status_token_file {
+                    Some(file) => driftless::credentials::Credentials::from_config(c)
+                        .host_text("daemon.statusTokenFile", file)?,
+                    None => bail!(
+                        "POST /api/v1/sync needs the status token: pass --token-file or set daemon.statusTokenFile"
+                    ),
+                },
+                (None, None) => bail!("--token-file is required"),
+            };
+            let request = driftless::runs::client::Request {
+                base,
+                token,
+                revision,
+                stacks,
+                wait,
+                timeout,
+            };
+            let outcome = runtime()?
+                .block_on(driftless::runs::client::trigger(&request, &mut |line| {
+                    eprintln!("{line}")
+                }))?;
+            Ok(match outcome {
+                driftless::runs::client::Outcome::Triggered { run } => {
+                    emit(&format!("{run}\n"));
+                    EXIT_OK
+                }
+                driftless::runs::client::Outcome::Done(run) => {
+                    emit(&format!("{}\n", driftless::runs::client::describe(&run)));
+                    EXIT_OK
+                }
+                driftless::runs::client::Outcome::Failed { run, reason } => {
+                    eprintln!("run {run} failed: {reason}");
+                    EXIT_ERROR
+                }
+            })
         }
         Command::Jobs {
             command: driftless::cli::JobsCommand::List { source, output },
@@ -457,22 +517,7 @@ async fn print_status(
     output: OutputFormat,
 ) -> anyhow::Result<u8> {
     use driftless::daemon::status::{DaemonState, Status};
-    let base = match endpoint {
-        Some(e) => e.trim_end_matches('/').to_owned(),
-        // `listen: …:0`: the daemon picked a port and wrote it into the state directory.
-        None if config.daemon.listen.port() == 0 => {
-            let file = config.state_dir().join(driftless::daemon::LISTEN_FILE);
-            let addr = std::fs::read_to_string(&file).with_context(|| {
-                format!(
-                    "daemon.listen {} lets the daemon pick a port, and {} names none (is `driftless run` running?)",
-                    config.daemon.listen,
-                    file.display()
-                )
-            })?;
-            format!("http://{}", addr.trim())
-        }
-        None => format!("http://{}", config.daemon.listen),
-    };
+    let base = endpoint_base(Some(config), endpoint)?;
     let url = format!("{base}/api/v1/status");
     let mut request = reqwest::Client::new()
         .get(&url)
@@ -526,6 +571,38 @@ async fn print_status(
     } else {
         EXIT_ERROR
     })
+}
+
+/// The daemon's base URL: `endpoint` when given, else from the host configuration's
+/// `daemon.listen` (port 0: the address the daemon wrote into its state directory).
+fn endpoint_base(config: Option<&HostConfig>, endpoint: Option<&str>) -> anyhow::Result<String> {
+    Ok(match (endpoint, config) {
+        (Some(e), _) => e.trim_end_matches('/').to_owned(),
+        (None, Some(config)) if config.daemon.listen.port() == 0 => {
+            let file = config.state_dir().join(driftless::daemon::LISTEN_FILE);
+            let addr = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "daemon.listen {} lets the daemon pick a port, and {} names none (is `driftless run` running?)",
+                    config.daemon.listen,
+                    file.display()
+                )
+            })?;
+            format!("http://{}", addr.trim())
+        }
+        (None, Some(config)) => format!("http://{}", config.daemon.listen),
+        (None, None) => "http://127.0.0.1:9427".to_owned(),
+    })
+}
+
+/// A token file given on the command line: its first line, never printed.
+fn read_token(file: &std::path::Path) -> anyhow::Result<secrecy::SecretString> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--token-file {}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("--token-file {}: the file is empty", file.display());
+    }
+    Ok(secrecy::SecretString::from(token))
 }
 
 /// Writes to standard output; a closed pipe (`driftless diff | head`) is not an error.

@@ -91,6 +91,24 @@ pub fn remove_old_checkouts(
     }
 }
 
+/// Whether the configured Git source's commit `newer` is `wanted` or a descendant of it (from
+/// the mirror, nothing fetched); `None` without a Git source.
+pub fn contains(
+    source: Option<&SourceConfig>,
+    credentials: &Credentials,
+    state_dir: &Path,
+    newer: &str,
+    wanted: &str,
+) -> Result<Option<bool>> {
+    match source.and_then(|s| s.git.as_ref()) {
+        Some(git) if source.is_some_and(|s| s.path.is_none()) => Ok(Some(
+            crate::source::GitSource::from_config(git, credentials, state_dir)?
+                .contains(newer, wanted)?,
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// How to load a revision.
 pub struct LoadOptions<'a> {
     /// The profile whose overlays and variables apply.

@@ -5,8 +5,9 @@
 //!
 //! This file is the loop and one run; around it: `trigger` (what wakes the loop), `revision`
 //! (the newest and the last good revision), `mode` (quiet, incremental or full: a pure
-//! decision), `backoff`, `record` (the status fold), `endpoint` (binding and reloading the HTTP
-//! endpoint), `jobs` (the scheduler task), `status`, `metrics` and `sd_notify`.
+//! decision), `backoff`, `record` (the status fold), `run_record` (each run into the run store),
+//! `endpoint` (binding and reloading the HTTP endpoint), `jobs` (the scheduler task), `status`,
+//! `metrics` and `sd_notify`.
 
 pub mod backoff;
 pub mod endpoint;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod mode;
 pub mod record;
 pub mod revision;
+pub mod run_record;
 pub mod sd_notify;
 pub mod status;
 pub mod trigger;
@@ -29,6 +31,7 @@ use tokio::sync::{Notify, RwLock};
 use tracing::{error, info, warn};
 
 use crate::config::HostConfig;
+use crate::reconcile::Report;
 use backoff::Backoffs;
 use metrics::{Metrics, labels};
 use mode::{LastFull, Mode};
@@ -57,6 +60,8 @@ pub struct Shared {
     pub self_ref: std::sync::Weak<Shared>,
     pub status: Arc<RwLock<Status>>,
     pub metrics: Arc<Metrics>,
+    /// Every run: queued, running and the persisted history.
+    pub runs: Arc<crate::runs::store::Store>,
     pub triggers: Triggers,
     /// The jobs of the last good revision, for the scheduler task.
     pub jobs: RwLock<Option<jobs::JobsState>>,
@@ -84,10 +89,17 @@ fn server_state(
         Arc::clone(&shared.status),
         Arc::clone(&shared.metrics),
         settings,
-        Arc::new(move |provider| {
-            if let Some(shared) = weak.upgrade() {
-                shared.triggers.request(Trigger::Webhook(provider));
-            }
+        Arc::clone(&shared.runs),
+        Arc::new(move |request| {
+            let shared = weak.upgrade()?;
+            Some(match request {
+                crate::server::RunRequest::Webhook { provider, revision } => shared
+                    .triggers
+                    .request_revision(Trigger::Webhook(provider), revision.as_deref()),
+                crate::server::RunRequest::Sync { revision } => shared
+                    .triggers
+                    .request_revision(Trigger::Api, revision.as_deref()),
+            })
         }),
     )
 }
@@ -102,6 +114,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         )));
     }
     let settings = crate::server::EndpointConfig::from_config(&config)?;
+    let (runs, warning) =
+        crate::runs::store::Store::open(&config.state_dir(), crate::runs::store::Limits::default());
+    if let Some(w) = warning {
+        warn!("{w}");
+    }
+    let runs = Arc::new(runs);
     let shared = Arc::new_cyclic(|self_ref| Shared {
         self_ref: self_ref.clone(),
         status: Arc::new(RwLock::new(Status {
@@ -111,7 +129,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             ..Status::default()
         })),
         metrics: Arc::new(Metrics::default()),
-        triggers: Triggers::default(),
+        triggers: Triggers::new(Arc::clone(&runs)),
+        runs,
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
@@ -172,10 +191,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         };
         let started = Utc::now();
         let t0 = Instant::now();
+        let run_id = shared.runs.start(&trigger.to_string(), started);
         // A stop request ends the reconcile at its next await: inventory-first writes make that
         // safe, and the rest of the plan runs again next start.
         let outcome = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                run_record::interrupted(&shared);
+                break;
+            }
             o = reconcile_once(&config, &shared, &mut state, trigger) => o,
         };
         let elapsed = t0.elapsed();
@@ -203,7 +226,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                 duration_ms: elapsed.as_millis() as u64,
                 ok: outcome,
                 mode: state.mode,
-                phases_ms: std::mem::take(&mut state.phases.done),
+                phases_ms: state.phases.done.clone(),
             });
             if st.applied_revision.is_some() {
                 st.state = if outcome {
@@ -223,6 +246,19 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             ));
             persist(&config.state_dir(), &st);
         }
+        run_record::finish(
+            &config,
+            &shared,
+            run_record::Ended {
+                id: run_id,
+                ok: outcome,
+                elapsed,
+                mode: state.mode,
+                phases: std::mem::take(&mut state.phases.done),
+                stacks: std::mem::take(&mut state.stack_runs),
+            },
+        )
+        .await;
         if !ready_sent && state.revisions.last_good.is_some() {
             sd_notify::send("READY=1");
             ready_sent = true;
@@ -324,6 +360,8 @@ struct LoopState {
     /// How the last reconcile ran.
     mode: Mode,
     phases: Phases,
+    /// The stacks of the current run, for its record.
+    stack_runs: Vec<crate::runs::StackRun>,
 }
 
 impl LoopState {
@@ -419,6 +457,7 @@ async fn reconcile_once(
 ) -> bool {
     let credentials = crate::credentials::Credentials::from_config(config);
     state.phases.start();
+    state.stack_runs.clear();
     let next = {
         let LoopState {
             revisions,
@@ -509,6 +548,14 @@ async fn reconcile_once(
             .collect()
     };
     if !in_backoff.is_empty() && only.is_empty() {
+        state.stack_runs = crate::runs::stack_runs(
+            &Report {
+                stacks: Vec::new(),
+                resources: Vec::new(),
+            },
+            &[],
+            &in_backoff,
+        );
         return false;
     }
     let current_sha = revision_sha.clone().unwrap_or_default();
@@ -558,6 +605,7 @@ async fn reconcile_once(
             Instant::now(),
         )
     };
+    state.stack_runs = crate::runs::stack_runs(&report, &plan_only, &in_backoff);
     for stack in folded.applied {
         state.applied_sha.insert(stack, current_sha.clone());
     }

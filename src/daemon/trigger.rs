@@ -14,17 +14,20 @@ use super::Shared;
 use super::sd_notify;
 use crate::config::HostConfig;
 use crate::reconcile::Report;
+use crate::runs::store::Store;
 use crate::server::hooks::Provider;
 use crate::stack::RenderedStack;
 
-/// Why a run happens; in the status as `start`, `poll`, `webhook <provider>`, `SIGHUP`,
-/// `config reload`, `file change`, `drift` or `retry`.
+/// Why a run happens; in the status as `start`, `poll`, `webhook <provider>`, `api` (`POST
+/// /api/v1/sync`), `SIGHUP`, `config reload`, `file change`, `drift` or `retry`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Trigger {
     Start,
     Poll,
     Webhook(Provider),
+    /// `POST /api/v1/sync`: CI asked for a run.
+    Api,
     Sighup,
     ConfigReload,
     FileChange,
@@ -52,6 +55,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Start => f.write_str("start"),
             Trigger::Poll => f.write_str("poll"),
             Trigger::Webhook(p) => write!(f, "webhook {}", p.name()),
+            Trigger::Api => f.write_str("api"),
             Trigger::Sighup => f.write_str("SIGHUP"),
             Trigger::ConfigReload => f.write_str("config reload"),
             Trigger::FileChange => f.write_str("file change"),
@@ -74,6 +78,7 @@ impl TryFrom<String> for Trigger {
         Ok(match text.as_str() {
             "start" => Trigger::Start,
             "poll" => Trigger::Poll,
+            "api" => Trigger::Api,
             "SIGHUP" => Trigger::Sighup,
             "config reload" => Trigger::ConfigReload,
             "file change" => Trigger::FileChange,
@@ -87,29 +92,44 @@ impl TryFrom<String> for Trigger {
     }
 }
 
-/// The loop's wake-up call: notifications while a run goes coalesce into one more run.
+/// The loop's wake-up call: notifications while a run goes coalesce into one more run, which
+/// every one of them names (the queued run of `runs`).
 pub struct Triggers {
     notify: Notify,
     /// Why the next run happens (the last request wins; for status only).
     last: Mutex<Trigger>,
+    runs: Arc<Store>,
 }
 
 impl Default for Triggers {
     fn default() -> Self {
-        Triggers {
-            notify: Notify::new(),
-            last: Mutex::new(Trigger::Start),
-        }
+        Triggers::new(Arc::new(Store::default()))
     }
 }
 
 impl Triggers {
-    /// Asks for a run; many requests before the loop wakes give one run.
-    pub fn request(&self, trigger: Trigger) {
+    /// Triggers that queue their runs in `runs`.
+    pub fn new(runs: Arc<Store>) -> Triggers {
+        Triggers {
+            notify: Notify::new(),
+            last: Mutex::new(Trigger::Start),
+            runs,
+        }
+    }
+
+    /// Asks for a run; many requests before the loop starts it give one run. Returns its id.
+    pub fn request(&self, trigger: Trigger) -> String {
+        self.request_revision(trigger, None)
+    }
+
+    /// [`Triggers::request`] by a caller that wants `revision` applied (recorded in the run).
+    pub fn request_revision(&self, trigger: Trigger, revision: Option<&str>) -> String {
+        let id = self.runs.enqueue(&trigger.to_string(), revision);
         if let Ok(mut last) = self.last.lock() {
             *last = trigger;
         }
         self.notify.notify_one();
+        id
     }
 
     /// The most recent request.
@@ -341,6 +361,7 @@ mod tests {
             (Trigger::Poll, "poll"),
             (Trigger::Webhook(Provider::Github), "webhook github"),
             (Trigger::Webhook(Provider::Generic), "webhook generic"),
+            (Trigger::Api, "api"),
             (Trigger::Sighup, "SIGHUP"),
             (Trigger::ConfigReload, "config reload"),
             (Trigger::FileChange, "file change"),
@@ -360,6 +381,7 @@ mod tests {
             Trigger::Start,
             Trigger::Poll,
             Trigger::Webhook(Provider::Gitlab),
+            Trigger::Api,
             Trigger::Sighup,
             Trigger::ConfigReload,
             Trigger::FileChange,
@@ -378,10 +400,14 @@ mod tests {
     #[tokio::test]
     async fn the_last_request_names_the_run() {
         let t = Triggers::default();
-        t.request(Trigger::Drift);
-        t.request(Trigger::Webhook(Provider::Gitea));
+        let a = t.request(Trigger::Drift);
+        let b = t.request_revision(Trigger::Webhook(Provider::Gitea), Some("abcdef1"));
+        assert_eq!(a, b, "coalesced requests share the queued run");
         t.requested().await;
         // Idle loop, not a bursty kind: runs at once with the latest reason.
         assert_eq!(t.coalesce(None).await, Trigger::Webhook(Provider::Gitea));
+        let run = t.runs.get(&a).unwrap();
+        assert_eq!(run.triggers, ["drift", "webhook gitea"]);
+        assert_eq!(run.wanted[0].revision, "abcdef1");
     }
 }

@@ -57,10 +57,15 @@ pub struct StackOutcome {
     /// Set when a stack that left the revision is kept as it is, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept: Option<String>,
+    /// Wall time of the stack's reconcile (observe to hooks), ms; for run records, not in the
+    /// command line's JSON.
+    #[serde(skip)]
+    pub duration_ms: u64,
 }
 
 impl StackOutcome {
-    fn new(stack: &str) -> StackOutcome {
+    /// An outcome of `stack` with nothing planned or done yet.
+    pub fn new(stack: &str) -> StackOutcome {
         StackOutcome {
             stack: stack.to_owned(),
             plan: None,
@@ -72,6 +77,7 @@ impl StackOutcome {
             policy: Vec::new(),
             hooks: Vec::new(),
             kept: None,
+            duration_ms: 0,
         }
     }
 
@@ -203,7 +209,9 @@ pub async fn reconcile(
             policy_index: &policy_index,
             options,
         };
-        let outcome = ctx.run(revision.of(&stack.name), &mut kinds).await;
+        let started = std::time::Instant::now();
+        let mut outcome = ctx.run(revision.of(&stack.name), &mut kinds).await;
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
         if outcome.error.is_some() || !outcome.unhealthy.is_empty() {
             failed_stacks.insert(stack.name.clone());
         }

@@ -1,8 +1,10 @@
 //! The HTTP endpoint (axum routes on hyper connections): `/healthz`, `/readyz`, `/metrics`,
-//! `/api/v1/status`, `/` (status page) and `POST /hooks/{github,gitlab,gitea,generic}`.
-//! Webhooks answer 202 at once and only wake the daemon's loop. With a token configured, every
-//! route but `/healthz` and the (signed) webhooks needs it; `connections` cuts slow and idle
-//! connections and caps how many are held.
+//! `/api/v1/status`, `/` (status page), `POST /hooks/{github,gitlab,gitea,generic}` and the
+//! runs API (`runs`: `GET /api/v1/runs`, `GET /api/v1/runs/{id}[?wait=]`, `POST
+//! /api/v1/sync`). Webhooks answer 202 at once with the run they queued and only wake the
+//! daemon's loop. With a token configured, every route but `/healthz` and the (signed) webhooks
+//! needs it; `POST /api/v1/sync` needs it always. `connections` cuts slow and idle connections
+//! and caps how many are held.
 //!
 //! The server sees a narrow [`State`] of its own — the status document, the metrics, its
 //! settings and a handle that wakes the loop — never the daemon's loop state, so it can be
@@ -12,6 +14,7 @@ pub mod auth;
 pub mod connections;
 pub mod hooks;
 pub mod page;
+pub mod runs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,8 +134,21 @@ impl EndpointConfig {
     }
 }
 
-/// Wakes the daemon's loop for an authentic push that concerns what it follows.
-pub type Wake = Arc<dyn Fn(Provider) + Send + Sync>;
+/// What a caller asks of the daemon's loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunRequest {
+    /// An authentic push that concerns what the daemon follows; `revision` is the pushed sha.
+    Webhook {
+        provider: Provider,
+        revision: Option<String>,
+    },
+    /// `POST /api/v1/sync`, wanting `revision` when given.
+    Sync { revision: Option<String> },
+}
+
+/// Wakes the daemon's loop; returns the id of the run that will serve the request (`None` when
+/// the daemon is stopping).
+pub type Wake = Arc<dyn Fn(RunRequest) -> Option<String> + Send + Sync>;
 
 /// Webhooks handled at once (each holds up to the body limit in memory).
 pub const WEBHOOK_CONCURRENCY: usize = 16;
@@ -148,7 +164,11 @@ pub struct State {
     pub status: Arc<RwLock<Status>>,
     pub metrics: Arc<Metrics>,
     pub endpoint: RwLock<EndpointConfig>,
+    /// The daemon's runs (read by the runs API).
+    pub runs: Arc<crate::runs::store::Store>,
     wake: Wake,
+    /// Long-polls of `GET /api/v1/runs/{id}?wait=` at once.
+    waiters: Semaphore,
     /// Webhooks being handled (body read, checked): bounds their memory.
     webhook_slots: Semaphore,
     webhook_wait: Duration,
@@ -159,13 +179,16 @@ impl State {
         status: Arc<RwLock<Status>>,
         metrics: Arc<Metrics>,
         endpoint: EndpointConfig,
+        runs: Arc<crate::runs::store::Store>,
         wake: Wake,
     ) -> State {
         State {
             status,
             metrics,
             endpoint: RwLock::new(endpoint),
+            runs,
             wake,
+            waiters: Semaphore::new(runs::MAX_WAITERS),
             webhook_slots: Semaphore::new(WEBHOOK_CONCURRENCY),
             webhook_wait: WEBHOOK_WAIT,
         }
@@ -195,12 +218,16 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/status", get(status_json))
         .route("/", get(status_page))
         .route("/hooks/{provider}", post(webhook))
-        // The webhook handler reads its body itself, under the limit configured now.
+        .route("/api/v1/runs", get(runs::list))
+        .route("/api/v1/sync", post(runs::sync))
+        // The webhook and sync handlers read their bodies themselves, under their limits.
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Added after the timeout layer: a long-poll has its own bound (`runs::MAX_WAIT`).
+        .route("/api/v1/runs/{id}", get(runs::get))
         .with_state(state)
 }
 
@@ -225,14 +252,14 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap) -> Re
 
 /// Whether the request may read readiness, status and metrics: always without a token
 /// configured, else only with `Authorization: Bearer <token>`.
-async fn authorized(state: &State, headers: &HeaderMap) -> bool {
+pub(crate) async fn authorized(state: &State, headers: &HeaderMap) -> bool {
     match &state.endpoint.read().await.status_token {
         Some(token) => auth::bearer_matches(headers, token),
         None => true,
     }
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -341,7 +368,7 @@ async fn webhook(
         Ok(Some(push)) => push,
         Ok(None) => {
             count("ignored");
-            return (StatusCode::ACCEPTED, "not a push event: ignored\n").into_response();
+            return ignored(name, "not a push event");
         }
         Err(e) => {
             count("invalid");
@@ -363,16 +390,46 @@ async fn webhook(
     drop(endpoint);
     if !concerns {
         count("ignored");
-        return (
-            StatusCode::ACCEPTED,
-            "push for another repository or ref: ignored\n",
-        )
-            .into_response();
+        return ignored(name, "push for another repository or ref");
     }
+    let revision = push
+        .after
+        .filter(|r| crate::runs::valid_revision(r))
+        .map(|r| r.to_ascii_lowercase());
+    let Some(run) = (state.wake)(RunRequest::Webhook {
+        provider,
+        revision: revision.clone(),
+    }) else {
+        count("busy");
+        return stopping();
+    };
     count("accepted");
-    info!(provider = %name, reference = ?push.reference, "webhook: sync requested");
-    (state.wake)(provider);
-    (StatusCode::ACCEPTED, "sync requested\n").into_response()
+    info!(provider = %name, reference = ?push.reference, %run, "webhook: run requested");
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"run": run, "revision": revision})),
+    )
+        .into_response()
+}
+
+/// 202 `{"ignored": why}`, logged at info.
+fn ignored(provider: &str, why: &str) -> Response {
+    info!(provider, "webhook ignored: {why}");
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "ignored": why })),
+    )
+        .into_response()
+}
+
+/// 503 while the daemon stops.
+pub(crate) fn stopping() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "5")],
+        "the daemon is stopping\n",
+    )
+        .into_response()
 }
 
 fn too_large() -> Response {
@@ -385,7 +442,7 @@ fn too_large() -> Response {
 
 /// The whole body, or 413 once it passes `limit` bytes (400 if the client broke off), with the
 /// outcome to count.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, (&'static str, Response)> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, (&'static str, Response)> {
     use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();

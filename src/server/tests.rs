@@ -31,11 +31,23 @@ fn state(token: Option<&str>) -> (Arc<State>, Arc<Mutex<Vec<Provider>>>) {
         state: DaemonState::Ready,
         ..Status::default()
     };
+    let runs = Arc::new(crate::runs::store::Store::default());
+    let queue = Arc::clone(&runs);
     let state = State::new(
         Arc::new(RwLock::new(status)),
         Arc::new(Metrics::default()),
         endpoint,
-        Arc::new(move |p| sink.lock().unwrap().push(p)),
+        runs,
+        Arc::new(move |request| {
+            let (trigger, revision) = match &request {
+                RunRequest::Webhook { provider, revision } => {
+                    sink.lock().unwrap().push(*provider);
+                    (format!("webhook {}", provider.name()), revision.clone())
+                }
+                RunRequest::Sync { revision } => ("api".to_owned(), revision.clone()),
+            };
+            Some(queue.enqueue(&trigger, revision.as_deref()))
+        }),
     );
     (Arc::new(state), woken)
 }
@@ -82,9 +94,18 @@ async fn with_a_token_only_healthz_and_signed_webhooks_are_open() {
         }
     }
     assert_eq!(send(&s, get("/healthz", None)).await.0, StatusCode::OK);
-    let (code, _) = send(&s, push(GITHUB_PUSH.as_bytes(), WEBHOOK_SECRET)).await;
+    let (code, body) = send(&s, push(GITHUB_PUSH.as_bytes(), WEBHOOK_SECRET)).await;
     assert_eq!(code, StatusCode::ACCEPTED);
     assert_eq!(*woken.lock().unwrap(), [Provider::Github]);
+    // The answer names the queued run and the pushed revision.
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run = answer["run"].as_str().unwrap();
+    let queued = s.runs.get(run).unwrap();
+    assert_eq!(queued.triggers, ["webhook github"]);
+    assert_eq!(
+        answer["revision"].as_str(),
+        queued.wanted.first().map(|w| w.revision.as_str())
+    );
 }
 
 #[tokio::test]
@@ -176,4 +197,113 @@ async fn webhooks_in_flight_are_capped() {
             .render()
             .contains("driftless_webhook_requests_total{provider=\"github\",outcome=\"busy\"} 1")
     );
+}
+
+fn sync_request(body: &str, token: Option<&str>) -> Request<Body> {
+    let mut r = Request::post("/api/v1/sync").header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    r.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn sync_needs_the_token_even_where_status_is_open() {
+    // No token configured: status is open on loopback, sync is closed.
+    let (open, _) = state(None);
+    let (code, body) = send(&open, sync_request("{}", None)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("daemon.statusTokenFile"), "{body}");
+    assert!(open.runs.list(10).is_empty(), "nothing queued");
+
+    let (s, _) = state(Some(TOKEN));
+    for token in [None, Some("wrong-token-of-enough-bytes")] {
+        assert_eq!(
+            send(&s, sync_request("{}", token)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(s.runs.list(10).is_empty());
+    for (bad, why) in [
+        (r#"{"revision": "main"}"#, "revision"),
+        (r#"{"revision": "abc"}"#, "revision"),
+        (r#"{"stacks": ["../etc"]}"#, "stacks"),
+        (r#"{"other": 1}"#, "unknown field"),
+        ("[", "the body must be"),
+    ] {
+        let (code, body) = send(&s, sync_request(bad, Some(TOKEN))).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let (code, body) = send(
+        &s,
+        sync_request(
+            r#"{"revision": "ABCDEF1234567", "stacks": ["web"]}"#,
+            Some(TOKEN),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["revision"], "abcdef1234567");
+    // An empty body asks for a run too; before the loop starts it, both share it.
+    let (code, again) = send(&s, sync_request("", Some(TOKEN))).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["run"], answer["run"]);
+    assert_eq!(again["revision"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn runs_are_listed_and_waited_for_within_bounds() {
+    let (s, _) = state(Some(TOKEN));
+    let id = (s.wake)(RunRequest::Sync { revision: None }).unwrap();
+    for path in ["/api/v1/runs", &format!("/api/v1/runs/{id}")] {
+        assert_eq!(send(&s, get(path, None)).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let (code, body) = send(&s, get("/api/v1/runs?limit=5", Some(TOKEN))).await;
+    assert_eq!(code, StatusCode::OK);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["runs"][0]["id"], id.as_str());
+    assert_eq!(listed["runs"][0]["state"], "queued");
+    for (path, code) in [
+        ("/api/v1/runs/nope-1".to_owned(), StatusCode::NOT_FOUND),
+        ("/api/v1/runs/..%2Fx".to_owned(), StatusCode::NOT_FOUND),
+        (
+            format!("/api/v1/runs/{id}?wait=soon"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/v1/runs/{id}?wait={}", "9".repeat(40)),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(send(&s, get(&path, Some(TOKEN))).await.0, code, "{path}");
+    }
+    // A waiter returns when the run ends.
+    let waiter = {
+        let (s, id) = (Arc::clone(&s), id.clone());
+        tokio::spawn(async move {
+            send(&s, get(&format!("/api/v1/runs/{id}?wait=60s"), Some(TOKEN))).await
+        })
+    };
+    s.runs.start("api", chrono::Utc::now());
+    s.runs
+        .finish(|r| r.state = crate::runs::RunState::Succeeded);
+    let (code, body) = waiter.await.unwrap();
+    assert_eq!(code, StatusCode::OK);
+    let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(run["state"], "succeeded");
+    // Waiters beyond the cap are turned away at once.
+    let next = (s.wake)(RunRequest::Sync { revision: None }).unwrap();
+    let held: Vec<_> = (0..runs::MAX_WAITERS)
+        .map(|_| s.waiters.try_acquire().unwrap())
+        .collect();
+    let (code, body) = send(
+        &s,
+        get(&format!("/api/v1/runs/{next}?wait=10m"), Some(TOKEN)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    drop(held);
 }

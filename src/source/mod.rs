@@ -493,6 +493,30 @@ impl GitSource {
         })
     }
 
+    /// Whether commit `newer` is `wanted` or a descendant of it, in the mirror as last fetched
+    /// (nothing is fetched). `wanted` is hexadecimal (full or abbreviated); one the mirror does
+    /// not hold is not contained.
+    pub fn contains(&self, newer: &str, wanted: &str) -> Result<bool> {
+        if !wanted.bytes().all(|b| b.is_ascii_hexdigit()) || wanted.len() < 4 {
+            return Ok(false);
+        }
+        let repo = Repository::open_bare(self.dir.join("mirror.git"))
+            .map_err(|e| self.git_err("open mirror", e))?;
+        let commit = |rev: &str| {
+            repo.revparse_single(rev)
+                .and_then(|o| o.peel_to_commit())
+                .map(|c| c.id())
+        };
+        let newer = commit(newer).map_err(|e| self.git_err("find commit", e))?;
+        let Ok(wanted) = commit(wanted) else {
+            return Ok(false);
+        };
+        Ok(newer == wanted
+            || repo
+                .graph_descendant_of(newer, wanted)
+                .map_err(|e| self.git_err("compare commits", e))?)
+    }
+
     fn checkouts(&self) -> PathBuf {
         self.dir.join("checkouts")
     }

@@ -327,6 +327,25 @@ impl Daemon {
         );
     }
 
+    /// Stops the daemon (SIGTERM, then its exit) and starts it again on the same repository,
+    /// configuration and state directory.
+    pub fn restart(mut self) -> Daemon {
+        super::run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let _ = self.child.wait();
+        let config = self.config();
+        // The old socket's reader thread may still hold it; the new daemon gets a new one.
+        let _ = std::fs::remove_file(self.dir.path().join("notify.sock"));
+        let setup = Setup {
+            repo: std::mem::replace(&mut self.repo, tempfile::tempdir().unwrap()),
+            dir: std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()),
+            id: self.id.clone(),
+            config,
+            token: self.token.clone(),
+        };
+        drop(self);
+        setup.start()
+    }
+
     pub fn push_payload(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
             "ref": "refs/heads/main",
