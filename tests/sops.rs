@@ -301,6 +301,25 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
         .text()
         .await
         .unwrap();
+    // Every run the daemon recorded, with its (masked) diffs.
+    let listed: serde_json::Value = reqwest::get(format!("{base}/api/v1/runs?limit=200"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut runs = listed.to_string();
+    for run in listed["runs"].as_array().unwrap() {
+        let id = run["id"].as_str().unwrap();
+        let one = reqwest::get(format!("{base}/api/v1/runs/{id}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        runs.push_str(&one);
+    }
+    assert!(runs.contains("\"changes\""), "the runs were read: {runs}");
     let _ = child.kill();
     let _ = child.wait();
 
@@ -310,6 +329,8 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
     assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
     let diff_text = text(&diff);
     assert!(diff_text.contains("masked"), "{diff_text}");
+    let markdown = text(&support::driftless(&config, &["diff", "-o", "markdown"]));
+    assert!(markdown.contains("<details>"), "{markdown}");
     let sync = support::driftless(&config, &["sync"]);
     let sync_text = text(&sync);
     assert!(sync.status.success(), "{sync_text}");
@@ -326,6 +347,8 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
             ("metrics", &metrics),
             ("log", &log_text),
             ("diff", &diff_text),
+            ("markdown diff", &markdown),
+            ("runs", &runs),
             ("sync", &sync_text),
         ] {
             assert!(
