@@ -516,55 +516,19 @@ async fn print_status(
     endpoint: Option<&str>,
     output: OutputFormat,
 ) -> anyhow::Result<u8> {
-    use driftless::daemon::status::{DaemonState, Status};
+    use driftless::daemon::status::DaemonState;
     let base = endpoint_base(Some(config), endpoint)?;
-    let url = format!("{base}/api/v1/status");
-    let mut request = reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10));
-    if let Some(file) = &config.daemon.status_token_file {
-        let token = driftless::credentials::Credentials::from_config(config)
-            .host_text("daemon.statusTokenFile", file)?;
-        request = request.bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
-    }
-    let response = request.send().await.with_context(|| {
-        format!("cannot reach the daemon at {url} (is `driftless run` running?)")
-    })?;
-    if !response.status().is_success() {
-        bail!("{url}: {}", response.status());
-    }
-    let status: Status = response
-        .json()
-        .await
-        .with_context(|| format!("{url}: unreadable status"))?;
+    let token = match &config.daemon.status_token_file {
+        Some(file) => Some(
+            driftless::credentials::Credentials::from_config(config)
+                .host_text("daemon.statusTokenFile", file)?,
+        ),
+        None => None,
+    };
+    let status = driftless::runs::client::status(&base, token.as_ref()).await?;
     match output {
         OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&status)?)),
-        OutputFormat::Human => {
-            let mut t = format!(
-                "driftless {}: {:?}\nsource: {}\n",
-                status.instance, status.state, status.source
-            );
-            if let Some(r) = &status.applied_revision {
-                t.push_str(&format!("revision: {} {}\n", r.sha, r.subject));
-            }
-            for e in &status.errors {
-                t.push_str(&format!("error: {e}\n"));
-            }
-            for s in &status.stacks {
-                t.push_str(&format!(
-                    "stack {}: {} ({} objects, {} drifted){}\n",
-                    s.name,
-                    s.state,
-                    s.managed_objects,
-                    s.drifted,
-                    s.error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-            emit(&t);
-        }
+        OutputFormat::Human => emit(&driftless::output::status_text(&status)),
     }
     Ok(if status.state == DaemonState::Ready {
         EXIT_OK

@@ -241,3 +241,31 @@ impl Validation<'_> {
         text
     }
 }
+/// `driftless status` for people: the daemon's state, source, revision, errors and stacks.
+pub fn status_text(status: &crate::daemon::status::Status) -> String {
+    let mut t = format!(
+        "driftless {}: {:?}\nsource: {}\n",
+        status.instance, status.state, status.source
+    );
+    if let Some(r) = &status.applied_revision {
+        let _ = writeln!(t, "revision: {} {}", r.sha, r.subject);
+    }
+    for e in &status.errors {
+        let _ = writeln!(t, "error: {e}");
+    }
+    for s in &status.stacks {
+        let _ = writeln!(
+            t,
+            "stack {}: {} ({} objects, {} drifted){}",
+            s.name,
+            s.state,
+            s.managed_objects,
+            s.drifted,
+            s.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    t
+}

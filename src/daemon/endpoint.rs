@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::{Shared, Trigger};
 use crate::config::HostConfig;
 use crate::server::{EndpointConfig, Error, State};
 
@@ -100,4 +101,29 @@ pub fn raise_open_files_limit() -> Option<u64> {
         }
     }
     Some(limit.rlim_cur)
+}
+
+/// The endpoint's view of the daemon: its status and metrics, and webhooks that wake the loop.
+pub(super) fn server_state(
+    shared: &Arc<Shared>,
+    settings: crate::server::EndpointConfig,
+) -> crate::server::State {
+    let weak = Arc::downgrade(shared);
+    crate::server::State::new(
+        Arc::clone(&shared.status),
+        Arc::clone(&shared.metrics),
+        settings,
+        Arc::clone(&shared.runs),
+        Arc::new(move |request| {
+            let shared = weak.upgrade()?;
+            Some(match request {
+                crate::server::RunRequest::Webhook { provider, revision } => shared
+                    .triggers
+                    .request_revision(Trigger::Webhook(provider), revision.as_deref()),
+                crate::server::RunRequest::Sync { revision } => shared
+                    .triggers
+                    .request_revision(Trigger::Api, revision.as_deref()),
+            })
+        }),
+    )
 }

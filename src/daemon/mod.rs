@@ -79,31 +79,6 @@ fn target(config: &HostConfig) -> crate::cluster::Target {
     }
 }
 
-/// The endpoint's view of the daemon: its status and metrics, and webhooks that wake the loop.
-fn server_state(
-    shared: &Arc<Shared>,
-    settings: crate::server::EndpointConfig,
-) -> crate::server::State {
-    let weak = Arc::downgrade(shared);
-    crate::server::State::new(
-        Arc::clone(&shared.status),
-        Arc::clone(&shared.metrics),
-        settings,
-        Arc::clone(&shared.runs),
-        Arc::new(move |request| {
-            let shared = weak.upgrade()?;
-            Some(match request {
-                crate::server::RunRequest::Webhook { provider, revision } => shared
-                    .triggers
-                    .request_revision(Trigger::Webhook(provider), revision.as_deref()),
-                crate::server::RunRequest::Sync { revision } => shared
-                    .triggers
-                    .request_revision(Trigger::Api, revision.as_deref()),
-            })
-        }),
-    )
-}
-
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     let mut config = HostConfig::load(&config_path, true)?;
@@ -145,7 +120,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         );
     }
     let mut server =
-        endpoint::Endpoint::start(&config, Arc::new(server_state(&shared, settings))).await?;
+        endpoint::Endpoint::start(&config, Arc::new(endpoint::server_state(&shared, settings)))
+            .await?;
 
     let reload = Arc::new(Notify::new());
     trigger::spawn_signal_handlers(shared.clone(), reload.clone());
@@ -411,35 +387,6 @@ fn reconcile_options(
     }
 }
 
-/// Removes the Git checkouts no longer needed, keeping the revision just reconciled (the one the
-/// daemon falls back to) and the few newest. A failure is logged: it costs disk, not safety.
-async fn remove_old_checkouts(
-    config: &HostConfig,
-    credentials: &crate::credentials::Credentials,
-    applied: Option<String>,
-) {
-    let (source, creds, state_dir) = (
-        config.source.clone(),
-        credentials.clone(),
-        config.state_dir(),
-    );
-    let removed = tokio::task::spawn_blocking(move || {
-        crate::revision::remove_old_checkouts(
-            source.as_ref(),
-            &creds,
-            &state_dir,
-            applied.as_deref(),
-        )
-    })
-    .await;
-    match removed {
-        Ok(Ok(names)) if !names.is_empty() => info!(removed = ?names, "removed old checkouts"),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => warn!("removing old checkouts: {e}"),
-        Err(e) => warn!("removing old checkouts: task failed: {e}"),
-    }
-}
-
 /// Marks the daemon degraded by problems outside any one stack.
 async fn degrade(shared: &Shared, errors: Vec<String>) {
     let mut st = shared.status.write().await;
@@ -610,7 +557,7 @@ async fn reconcile_once(
         state.applied_sha.insert(stack, current_sha.clone());
     }
     state.phases.mark("record");
-    remove_old_checkouts(config, &credentials, revision_sha.clone()).await;
+    revision::remove_old_checkouts(config, &credentials, revision_sha.clone()).await;
     if folded.ok
         && let Some(sha) = revision_sha
     {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Shared;
 use super::backoff::Backoffs;
@@ -268,6 +268,35 @@ impl Revisions {
             desired: Some(Desired::Fresh(Arc::new(loaded.stacks))),
             errors,
         }
+    }
+}
+
+/// Removes the Git checkouts no longer needed, keeping the revision just reconciled (the one the
+/// daemon falls back to) and the few newest. A failure is logged: it costs disk, not safety.
+pub(super) async fn remove_old_checkouts(
+    config: &HostConfig,
+    credentials: &crate::credentials::Credentials,
+    applied: Option<String>,
+) {
+    let (source, creds, state_dir) = (
+        config.source.clone(),
+        credentials.clone(),
+        config.state_dir(),
+    );
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::revision::remove_old_checkouts(
+            source.as_ref(),
+            &creds,
+            &state_dir,
+            applied.as_deref(),
+        )
+    })
+    .await;
+    match removed {
+        Ok(Ok(names)) if !names.is_empty() => info!(removed = ?names, "removed old checkouts"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!("removing old checkouts: {e}"),
+        Err(e) => warn!("removing old checkouts: task failed: {e}"),
     }
 }
 

@@ -189,6 +189,26 @@ async fn get_run(
     read(&url, response).await
 }
 
+/// `GET /api/v1/status` of the daemon at `base` (`driftless status`), with the token when one
+/// is configured.
+pub async fn status(
+    base: &str,
+    token: Option<&SecretString>,
+) -> Result<crate::daemon::status::Status, Error> {
+    let url = format!("{base}/api/v1/status");
+    let mut get = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        get = get.bearer_auth(token.expose_secret());
+    }
+    let response = get.send().await.map_err(|e| Error::Unreachable {
+        url: url.clone(),
+        message: e.to_string(),
+    })?;
+    read(&url, response).await
+}
+
 async fn read<T: serde::de::DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
