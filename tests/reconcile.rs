@@ -34,7 +34,7 @@ impl Fixture {
         std::fs::write(
             &config,
             format!(
-                "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n",
+                "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\nleases: {{renewInterval: 1s, duration: 3s}}\n",
                 repo.path().display(),
                 state.path().display(),
                 creds.path().display()
@@ -509,8 +509,16 @@ async fn a_crash_after_the_inventory_write_orphans_nothing() {
             .map(|d| d.is_none())
             .unwrap_or(true)
     );
+    // The aborted sync still holds the stack's lease until it expires: a plain sync is refused
+    // naming it, `--wait-lease` waits for it.
+    let refused = f.driftless(&["sync"]);
+    assert!(
+        text(&refused).contains("which holds its lease"),
+        "{}",
+        text(&refused)
+    );
     // The next sync converges; a commit that removes an object then prunes it (it is tracked).
-    expect_exit(&f.driftless(&["sync"]), 0, "recovery sync");
+    expect_exit(&f.driftless(&["sync", "--wait-lease"]), 0, "recovery sync");
     assert!(
         Api::<Deployment>::namespaced(client.clone(), &f.ns())
             .get("web")
