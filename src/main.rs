@@ -449,6 +449,14 @@ async fn sync_with_leases(
     if options.dry_run {
         return Ok(reconcile::reconcile(&client, stacks, &options).await?);
     }
+    // Unknown stacks are refused before any Lease is taken for them.
+    if let Some(name) = options
+        .only
+        .iter()
+        .find(|n| !stacks.iter().any(|s| &s.name == *n))
+    {
+        return Err(reconcile::Error::UnknownStack(name.clone()).into());
+    }
     let names: Vec<String> = if options.only.is_empty() {
         stacks.iter().map(|s| s.name.clone()).collect()
     } else {

@@ -11,6 +11,9 @@ use super::{Coordinator, Fence, Settings};
 use crate::cluster::{Error, Result};
 use crate::plan::lease::Standing;
 
+/// Rounds a sync tries to take a free Lease before giving up (without `--wait-lease`).
+const RACES: u32 = 3;
+
 /// The Leases a CLI `sync` holds while it runs: renewed by a task of their own.
 pub struct SyncLeases {
     fence: Fence,
@@ -36,6 +39,8 @@ impl SyncLeases {
         let renew = settings.renew;
         let mut coordinator = Coordinator::new(client, instance, settings, fence.clone(), false);
         let mut waiting_logged = false;
+        // A free Lease another taker won between the read and the write: tried again.
+        let mut races = 0;
         loop {
             let tick = coordinator.tick(Some(&all)).await;
             let held_elsewhere = stacks.iter().find_map(|s| match tick.standings.get(s) {
@@ -55,14 +60,14 @@ impl SyncLeases {
                         waiting_logged = true;
                     }
                 }
-                (None, Some(stack)) if !wait => {
+                (None, Some(stack)) if !wait && races >= RACES => {
                     coordinator.release_all().await;
                     return Err(fence.check(stack).err().unwrap_or(Error::LeaseLost {
                         stack: stack.clone(),
                         holder: "nobody".to_owned(),
                     }));
                 }
-                (None, Some(_)) => {}
+                (None, Some(_)) => races += 1,
             }
             tokio::time::sleep(renew).await;
         }
