@@ -144,6 +144,10 @@ pub enum Command {
         /// Do not wait for the applied objects to become healthy.
         #[arg(long)]
         no_wait: bool,
+        /// When a daemon (or another sync) holds a stack's lease, wait for it instead of
+        /// refusing.
+        #[arg(long)]
+        wait_lease: bool,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },

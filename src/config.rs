@@ -60,6 +60,9 @@ pub struct HostConfig {
     /// recipients jobs may name.
     #[serde(default)]
     pub encryption: crate::jobs::backup::crypt::HostRules,
+    /// How the Leases that serialise writers of a stack are held (see `cluster::lease`).
+    #[serde(default)]
+    pub leases: LeasesConfig,
     /// The file this configuration was read from (none: defaults, no file).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -86,6 +89,61 @@ pub struct JobsConfig {
     /// a local destination is refused.
     #[serde(default)]
     pub local_backup_root: Option<PathBuf>,
+}
+
+/// `leases:`: how a daemon (or a CLI `sync`) holds the Lease of each stack it writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeasesConfig {
+    /// Time between renewals (default 5s).
+    #[serde(
+        default = "default_lease_renew",
+        with = "crate::stack::model::duration_text"
+    )]
+    pub renew_interval: std::time::Duration,
+    /// How long a Lease lasts unrenewed before another daemon may take it (default 15s); at
+    /// least twice `renewInterval`, at most 300s.
+    #[serde(
+        default = "default_lease_duration",
+        with = "crate::stack::model::duration_text"
+    )]
+    pub duration: std::time::Duration,
+    /// This process's holder identity (default: the host name and a random suffix per
+    /// process). Two processes must never share one.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        LeasesConfig {
+            renew_interval: default_lease_renew(),
+            duration: default_lease_duration(),
+            identity: None,
+        }
+    }
+}
+
+fn default_lease_renew() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+fn default_lease_duration() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
+}
+
+impl LeasesConfig {
+    /// The settings of this process's Leases (its identity drawn now unless configured).
+    pub fn settings(&self) -> crate::cluster::lease::Settings {
+        crate::cluster::lease::Settings {
+            renew: self.renew_interval,
+            duration: self.duration,
+            identity: self
+                .identity
+                .clone()
+                .unwrap_or_else(crate::cluster::lease::default_identity),
+        }
+    }
 }
 
 /// Host commands by name.
@@ -394,6 +452,35 @@ impl HostConfig {
                 ),
             });
         }
+        let leases = &config.leases;
+        if leases.renew_interval.is_zero()
+            || leases.duration < leases.renew_interval * 2
+            || leases.duration > crate::plan::lease::MAX_DURATION
+            || leases.duration.subsec_nanos() != 0
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "leases: duration ({:?}) must be whole seconds, at least twice renewInterval ({:?}) and at most {}s",
+                    leases.duration,
+                    leases.renew_interval,
+                    crate::plan::lease::MAX_DURATION.as_secs()
+                ),
+            });
+        }
+        if let Some(id) = &leases.identity
+            && (id.is_empty()
+                || id.len() > crate::plan::lease::MAX_HOLDER_LEN
+                || !id.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "leases.identity must be 1 to {} printable ASCII characters without spaces",
+                    crate::plan::lease::MAX_HOLDER_LEN
+                ),
+            });
+        }
         let protected = crate::plan::recreate::PROTECTED.map(|(_, kind)| kind);
         if let Some(kind) = config
             .prune
@@ -601,5 +688,38 @@ impl HostConfig {
         self.credentials_dir
             .clone()
             .or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("driftless.yaml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            HostConfig::load(&path, true)
+        };
+        let defaults = load("instance: a\n").unwrap().leases;
+        assert_eq!(defaults.renew_interval, std::time::Duration::from_secs(5));
+        assert_eq!(defaults.duration, std::time::Duration::from_secs(15));
+        assert!(defaults.identity.is_none());
+        let ok = load("leases: {renewInterval: 500ms, duration: 6s, identity: ops-1}\n").unwrap();
+        assert_eq!(ok.leases.settings().identity, "ops-1");
+        for bad in [
+            "leases: {renewInterval: 10s, duration: 15s}\n",
+            "leases: {renewInterval: 0s}\n",
+            "leases: {duration: 1h}\n",
+            "leases: {duration: 15500ms}\n",
+            "leases: {identity: ''}\n",
+            "leases: {identity: 'a b'}\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
+        // Without a configured identity each process draws its own.
+        assert_ne!(defaults.settings().identity, defaults.settings().identity);
     }
 }

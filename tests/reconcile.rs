@@ -11,6 +11,9 @@ use kube::Api;
 use std::process::Output;
 use support::{Repo, TestEnv, kubectl, unique_name};
 
+/// Short leases: a test of a crashed `sync` waits out the lease its process left.
+const LEASES: &str = "leases: {renewInterval: 1s, duration: 3s}\n";
+
 #[track_caller]
 fn expect_exit(o: &Output, code: i32, what: &str) {
     assert_eq!(
@@ -73,7 +76,7 @@ fn base_stack(f: &Repo) {
 async fn commit_sequence_converges_without_perpetual_diffs() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     let ns = f.ns();
 
     // 1. Create.
@@ -218,7 +221,7 @@ async fn commit_sequence_converges_without_perpetual_diffs() {
 async fn drift_is_shown_and_reverted_and_conflicts_are_named() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     let ns = f.ns();
     base_stack(&f);
     f.commit("create");
@@ -294,7 +297,7 @@ async fn drift_is_shown_and_reverted_and_conflicts_are_named() {
 async fn crd_and_its_custom_resources_apply_in_one_sync() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     let group = format!("{}.example.driftless.dev", f.id);
     f.write("stack/app/stack.yaml", STACK);
     f.write("stack/app/00-namespace.yaml", NAMESPACE);
@@ -347,7 +350,7 @@ spec:
 async fn mass_prune_is_refused_and_nothing_is_pruned() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     base_stack(&f);
     f.commit("create");
     expect_exit(&f.driftless(&["sync", "--no-wait"]), 0, "first sync");
@@ -395,7 +398,7 @@ async fn mass_prune_is_refused_and_nothing_is_pruned() {
 async fn a_crash_after_the_inventory_write_orphans_nothing() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     base_stack(&f);
     f.commit("create");
     let out = driftless_with(
@@ -437,8 +440,16 @@ async fn a_crash_after_the_inventory_write_orphans_nothing() {
             .map(|d| d.is_none())
             .unwrap_or(true)
     );
+    // The aborted sync still holds the stack's lease until it expires: a plain sync is refused
+    // naming it, `--wait-lease` waits for it.
+    let refused = f.driftless(&["sync"]);
+    assert!(
+        text(&refused).contains("which holds its lease"),
+        "{}",
+        text(&refused)
+    );
     // The next sync converges; a commit that removes an object then prunes it (it is tracked).
-    expect_exit(&f.driftless(&["sync"]), 0, "recovery sync");
+    expect_exit(&f.driftless(&["sync", "--wait-lease"]), 0, "recovery sync");
     assert!(
         Api::<Deployment>::namespaced(client.clone(), &f.ns())
             .get("web")
@@ -459,7 +470,7 @@ async fn secret_values_never_reach_output_or_logs() {
     const SENTINEL: &str = "s3ntinel-9f8e7d";
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     f.write(
         "stack/app/stack.yaml",
         &format!("{STACK}  secrets:\n  - name: db-credentials\n    fromFiles: {{password: db-password}}\n"),
@@ -523,7 +534,7 @@ async fn secret_values_never_reach_output_or_logs() {
 async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     base_stack(&f);
     f.commit("good");
     expect_exit(&f.driftless(&["sync", "--no-wait"]), 0, "good sync");
@@ -722,7 +733,7 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
 async fn immutable_field_changes_fail_clearly_or_recreate_when_opted_in() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Repo::git("t", "");
+    let f = Repo::git("t", LEASES);
     let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {v: '1'}\n";
     f.write("stack/app/stack.yaml", STACK);
     f.write("stack/app/00-namespace.yaml", NAMESPACE);

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod discovery;
 pub mod health;
 pub mod inventory;
+pub mod lease;
 pub mod live;
 pub mod wait;
 pub mod watch;
@@ -65,6 +66,12 @@ pub enum Error {
         action: &'static str,
         reason: String,
     },
+    #[error("lease for stack {stack} lost to {holder}: nothing more of it is written")]
+    LeaseLost { stack: String, holder: String },
+    #[error(
+        "stack {stack} is being written by {holder}, which holds its lease: try again later, or pass --wait-lease to wait for it"
+    )]
+    LeaseHeld { stack: String, holder: String },
     #[error("CRD {name} did not become Established within {seconds}s")]
     CrdNotEstablished { name: String, seconds: u64 },
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Shared;
 use super::metrics::labels;
@@ -43,6 +43,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// Runs until aborted.
 pub async fn scheduler(shared: Arc<Shared>) {
+    // Jobs run only on the holder of their stack: nothing is decided (missed runs included)
+    // before this daemon took its first share of the stacks.
+    let _ = shared.leases_started.clone().wait_for(|s| *s).await;
     let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut last_tick: Option<DateTime<Utc>> = None;
     let mut known: BTreeSet<String> = BTreeSet::new();
@@ -100,6 +103,11 @@ pub async fn scheduler(shared: Arc<Shared>) {
                     let Some(job) = state.jobs.iter().find(|j| j.name == due.job).cloned() else {
                         continue;
                     };
+                    // Only the daemon holding the stack's Lease runs its jobs.
+                    if !shared.fence.holds(&job.stack) {
+                        debug!(job = %job.name, stack = %job.stack, "not run here: another daemon holds stack {}", job.stack);
+                        continue;
+                    }
                     if let Ok(mut r) = running.lock() {
                         r.insert(job.name.clone());
                     }

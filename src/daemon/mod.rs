@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod endpoint;
 pub mod jobs;
+pub mod leases;
 pub mod metrics;
 pub mod mode;
 pub mod record;
@@ -69,6 +70,10 @@ pub struct Shared {
     pub jobs_changed: Notify,
     /// A drift watch saw a managed object change since the last full reconcile.
     pub drift_pending: std::sync::atomic::AtomicBool,
+    /// The stacks whose Leases this daemon holds (jobs run only for those).
+    pub fence: crate::cluster::lease::Fence,
+    /// True once the lease task's first round of takes is done.
+    pub leases_started: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The cluster the host configuration names.
@@ -95,6 +100,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         warn!("{w}");
     }
     let runs = Arc::new(runs);
+    let lease_settings = config.leases.settings();
+    let fence = crate::cluster::lease::Fence::new(&lease_settings);
+    let (leases_started_tx, leases_started) = tokio::sync::watch::channel(false);
     let shared = Arc::new_cyclic(|self_ref| Shared {
         self_ref: self_ref.clone(),
         status: Arc::new(RwLock::new(Status {
@@ -109,6 +117,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
+        fence: fence.clone(),
+        leases_started,
     });
     let max_connections = settings.max_connections;
     if let Some(files) = endpoint::raise_open_files_limit()
@@ -129,8 +139,18 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     trigger::spawn_watchdog();
     let poll = trigger::spawn_poller(shared.clone(), config.daemon.poll_interval);
     let scheduler = tokio::spawn(jobs::scheduler(shared.clone()));
+    let lease_task = leases::LeaseTask::spawn(
+        shared.clone(),
+        target(&config),
+        config.instance(),
+        lease_settings,
+        fence.clone(),
+        leases_started_tx,
+    );
 
     let mut state = LoopState {
+        fence: Some(fence),
+        wanted: lease_task.wanted(),
         secret_hash_key: crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir()),
         ..LoopState::default()
     };
@@ -220,6 +240,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                     .unwrap_or("none"),
                 st.stacks.len()
             ));
+            leases::record_holders(&mut st, &shared.fence);
             persist(&config.state_dir(), &st);
         }
         run_record::finish(
@@ -249,6 +270,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     poll.abort();
     // A job run in progress is cut short at its next await; its record says `interrupted`.
     scheduler.abort();
+    // Released Leases let the other daemons take the stacks at once.
+    lease_task.stop(Duration::from_secs(5)).await;
     server.stop(&config.state_dir());
     state.watches.stop();
     let st = shared.status.read().await;
@@ -335,6 +358,11 @@ struct LoopState {
     last_full: Option<FullRun>,
     /// How the last reconcile ran.
     mode: Mode,
+    /// The Leases held (see `leases`) and the stacks the lease task is to hold.
+    fence: Option<crate::cluster::lease::Fence>,
+    wanted: leases::Wanted,
+    /// Stacks that left the revision, whose Lease the last run did not hold.
+    awaiting_lease: Vec<String>,
     phases: Phases,
     /// The stacks of the current run, for its record.
     stack_runs: Vec<crate::runs::StackRun>,
@@ -383,6 +411,7 @@ fn reconcile_options(
         source: crate::reconcile::source_id(None, config.source.as_ref()),
         prune_removed_stacks,
         allow_recreate: config.prune.allow_recreate.clone(),
+        fence: state.fence.clone(),
         ..crate::reconcile::Options::default()
     }
 }
@@ -473,6 +502,14 @@ async fn reconcile_once(
             return false;
         }
     };
+    let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
+    wanted.extend(state.awaiting_lease.iter().cloned());
+    state.wanted.set(wanted);
+    // Stacks are taken one renewal after start (daemons started together see each other).
+    state
+        .wanted
+        .started(config.leases.renew_interval * 3 + crate::cluster::REQUEST_TIMEOUT)
+        .await;
     let incremental = state.mode == Mode::Incremental;
     let full_at = state.last_full.take().map(|f| f.at).filter(|_| incremental);
 
@@ -499,6 +536,7 @@ async fn reconcile_once(
             &Report {
                 stacks: Vec::new(),
                 resources: Vec::new(),
+                awaiting_lease: Vec::new(),
             },
             &[],
             &in_backoff,
@@ -538,6 +576,7 @@ async fn reconcile_once(
         }
     };
     state.phases.mark("cluster");
+    state.awaiting_lease = report.awaiting_lease.clone();
     state
         .watches
         .ensure(&watch_client, shared, &report, &stacks);

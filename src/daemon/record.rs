@@ -112,6 +112,7 @@ pub fn fold(
             error: None,
             retry_at: None,
             consecutive_failures: 0,
+            holder: None,
         });
         s.managed_objects = *objects;
         let stack_labels = labels(&[("stack", name)]);

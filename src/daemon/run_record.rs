@@ -159,6 +159,7 @@ mod tests {
             error: None,
             retry_at: None,
             consecutive_failures: 0,
+            holder: None,
         };
         for (state, want) in [
             (StackState::Synced, StackRunState::Unchanged),

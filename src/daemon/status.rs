@@ -26,6 +26,9 @@ pub enum DaemonState {
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub instance: String,
+    /// This daemon's Lease holder identity (`leases.identity`, else host name and a suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub state: DaemonState,
     pub started_at: Option<DateTime<Utc>>,
     /// The source: a Git URL and ref, or a local path.
@@ -124,6 +127,10 @@ pub struct StackStatus {
     /// With repeated failures: when the stack is tried again.
     pub retry_at: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
+    /// Who holds the stack's Lease, as last seen (this daemon's identity when it is this one;
+    /// none when nobody does). Only the holder writes the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// Where one stack stands; serialized as the lowercase name.

@@ -33,6 +33,8 @@ pub enum Trigger {
     FileChange,
     Drift,
     Retry,
+    /// This daemon took the Lease of a stack (at start, or when its holder went).
+    Lease,
 }
 
 impl Trigger {
@@ -61,6 +63,7 @@ impl std::fmt::Display for Trigger {
             Trigger::FileChange => f.write_str("file change"),
             Trigger::Drift => f.write_str("drift"),
             Trigger::Retry => f.write_str("retry"),
+            Trigger::Lease => f.write_str("lease taken"),
         }
     }
 }
@@ -84,6 +87,7 @@ impl TryFrom<String> for Trigger {
             "file change" => Trigger::FileChange,
             "drift" => Trigger::Drift,
             "retry" => Trigger::Retry,
+            "lease taken" => Trigger::Lease,
             other => match other.strip_prefix("webhook ").and_then(Provider::from_name) {
                 Some(p) => Trigger::Webhook(p),
                 None => return Err(format!("unknown trigger {other:?}")),
@@ -367,6 +371,7 @@ mod tests {
             (Trigger::FileChange, "file change"),
             (Trigger::Drift, "drift"),
             (Trigger::Retry, "retry"),
+            (Trigger::Lease, "lease taken"),
         ] {
             let json = serde_json::to_string(&trigger).unwrap();
             assert_eq!(json, format!("\"{text}\""));

@@ -225,7 +225,8 @@ pub fn required_access(objects: &[(ServedKind, Option<String>)]) -> Vec<Access> 
             Some(SYSTEM_NAMESPACE.to_owned()),
         ));
     }
-    for verb in ["get", "create", "update"] {
+    // Leases: listed and renewed every renewal, taken with create or a conditional update.
+    for verb in ["get", "list", "create", "update"] {
         wanted.insert((
             verb.to_owned(),
             "coordination.k8s.io".to_owned(),
@@ -301,8 +302,9 @@ mod tests {
         assert!(!has("get", "customresourcedefinitions", Some("ignored")));
         assert!(has("update", "configmaps", Some(SYSTEM_NAMESPACE)));
         assert!(has("create", "leases", Some(SYSTEM_NAMESPACE)));
-        // Duplicates collapse: 5 verbs x 3 places + 6 configmap verbs + 3 lease verbs.
-        assert_eq!(need.len(), 15 + 6 + 3);
+        assert!(has("list", "leases", Some(SYSTEM_NAMESPACE)));
+        // Duplicates collapse: 5 verbs x 3 places + 6 configmap verbs + 4 lease verbs.
+        assert_eq!(need.len(), 15 + 6 + 4);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! results of server-side-apply dry-runs) and the stack's inventory, the ordered list of creates,
 //! updates and prunes, with a diff for each. Pure: it decides, `cluster` carries out.
 
+pub mod lease;
 pub mod normalize;
 pub mod order;
 pub mod ownership;

@@ -65,6 +65,7 @@ pub(super) async fn execute(
         }
     }
     if grew {
+        ctx.options.fenced(name)?;
         inventory::write(ctx.client, &mut record).await?;
         failpoint("after-inventory-write");
     }
@@ -89,6 +90,7 @@ pub(super) async fn execute(
             || c.key.kind == "CustomResourceDefinition"
             || outcome.recreate.contains(&c.key.to_string())
     };
+    super::pausepoint("before-apply");
     let mut i = 0;
     while i < pending.len() {
         let change = pending[i];
@@ -96,6 +98,7 @@ pub(super) async fn execute(
             i += 1;
             continue;
         };
+        ctx.options.fenced(name)?;
         if solo(change) {
             if b.resolved.is_none() {
                 // A custom resource of a CRD applied earlier in this sync.
@@ -152,6 +155,7 @@ pub(super) async fn execute(
         }
         if let Some(e) = first_error {
             // What was applied is recorded, so the next run does not dry-run it again.
+            ctx.options.fenced(name)?;
             inventory::write(ctx.client, &mut record).await?;
             return Err(e);
         }
@@ -161,13 +165,23 @@ pub(super) async fn execute(
     // Unchanged objects keep their records. A reconcile that changed nothing writes nothing.
     let inv = ctx.inventory;
     if record.entries != inv.entries || record.owner != inv.owner || record.source != inv.source {
+        ctx.options.fenced(name)?;
         inventory::write(ctx.client, &mut record).await?;
         lap.log("wrote the inventory");
     }
     outcome.applied = true;
 
     let owner = ctx.options.owner(name);
-    let kept = prune::prune(ctx.client, kinds, &mut record, stack_plan, owner, "").await?;
+    let kept = prune::prune(
+        ctx.client,
+        kinds,
+        &mut record,
+        stack_plan,
+        owner,
+        "",
+        ctx.options,
+    )
+    .await?;
     if let Some(plan) = outcome.plan.as_mut() {
         for (key, reason) in kept {
             plan.keep_instead(&key, reason);
@@ -180,6 +194,7 @@ pub(super) async fn execute(
         .entries
         .retain(|k, _| !plan::prune::handed_over(k, &own, &ctx.revision.desired_keys));
     if record.entries.len() != before {
+        ctx.options.fenced(name)?;
         inventory::write(ctx.client, &mut record).await?;
     }
 
@@ -189,6 +204,7 @@ pub(super) async fn execute(
     // Post-sync hooks: after the stack is healthy (or applied, with --no-wait), before its
     // dependents, which a failed hook holds back like an unhealthy stack.
     if !ctx.stack.post_sync.is_empty() || !record.hooks.is_empty() {
+        ctx.options.fenced(name)?;
         let post_sync = crate::sync_hooks::run_post_sync(
             ctx.client,
             kinds,

@@ -110,6 +110,10 @@ pub struct Report {
     /// Every managed kind, resolved (for drift watches; reads as its `ApiResource`).
     #[serde(skip)]
     pub resources: Vec<crate::cluster::discovery::Resolved>,
+    /// Stacks that left the revision whose Lease this process does not hold (left to their
+    /// holder, or to take and remove in a later run).
+    #[serde(skip)]
+    pub awaiting_lease: Vec<String>,
 }
 
 impl Report {
@@ -170,8 +174,13 @@ pub async fn reconcile(
 
     let mut outcomes: Vec<StackOutcome> = Vec::new();
     let mut failed_stacks: BTreeSet<String> = BTreeSet::new();
+    let mut awaiting_lease: Vec<String> = Vec::new();
     for stack in stacks {
         if !options.only.is_empty() && !options.only.contains(&stack.name) {
+            continue;
+        }
+        // Another process holds this stack's Lease: it is that one's to write.
+        if !options.holds(&stack.name) {
             continue;
         }
         if let Some(dep) = stack
@@ -224,9 +233,10 @@ pub async fn reconcile(
             .values()
             .filter(|inv| !in_revision(&inv.stack))
             .collect();
-        outcomes.extend(
-            prune::removed_stacks(client, &kinds, &removed, &revision.desired_keys, options).await,
-        );
+        let (removed_outcomes, unleased) =
+            prune::removed_stacks(client, &kinds, &removed, &revision.desired_keys, options).await;
+        outcomes.extend(removed_outcomes);
+        awaiting_lease.extend(unleased);
         for (stack, error) in unreadable.iter().filter(|(s, _)| !in_revision(s)) {
             outcomes.push(StackOutcome::failed(stack, error.clone()));
         }
@@ -234,6 +244,7 @@ pub async fn reconcile(
     Ok(Report {
         stacks: outcomes,
         resources: revision.resources(),
+        awaiting_lease,
     })
 }
 
@@ -360,5 +371,25 @@ fn failpoint(name: &str) {
     if std::env::var("DRIFTLESS_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
+    }
+}
+
+/// Pause-test hook: `DRIFTLESS_PAUSEPOINT=<name>:<file>` stops the whole process (SIGSTOP) at
+/// that point when `file` exists, once (the file is removed first), the way a paused VM or a
+/// long GC would; tests prove that a writer resumed after its Lease expired writes nothing.
+/// Unset in normal operation.
+fn pausepoint(name: &str) {
+    let Ok(setting) = std::env::var("DRIFTLESS_PAUSEPOINT") else {
+        return;
+    };
+    if let Some((point, file)) = setting.split_once(':')
+        && point == name
+        && std::fs::remove_file(file).is_ok()
+    {
+        eprintln!("pausepoint {name}: stopping");
+        // SAFETY: raise only sends a signal to this process; no memory is involved.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
     }
 }

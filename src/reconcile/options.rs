@@ -47,6 +47,10 @@ pub struct Options {
     /// Protected kinds (`plan::recreate::PROTECTED`) that `driftless.dev/recreate` may delete
     /// and create again: the host configuration's `prune.allowRecreate`.
     pub allow_recreate: Vec<String>,
+    /// The Leases this process holds (`cluster::lease`): a stack whose Lease is not held is
+    /// skipped, and every write batch of a stack checks it first (a lost Lease stops the
+    /// stack's run). `None`: no Leases (diff, dry runs, tests of the stages).
+    pub fence: Option<crate::cluster::lease::Fence>,
 }
 
 impl Default for Options {
@@ -67,12 +71,27 @@ impl Default for Options {
             source: None,
             prune_removed_stacks: false,
             allow_recreate: Vec::new(),
+            fence: None,
         }
     }
 }
 
 impl Options {
     /// The owner of `stack` in this run: the stack of this instance.
+    /// `Ok` when this run may write `stack` now: a dry run writes nothing, and without Leases
+    /// there is nothing to check; else its Lease must still be held.
+    pub(super) fn fenced(&self, stack: &str) -> Result<(), crate::cluster::Error> {
+        match &self.fence {
+            Some(fence) if !self.dry_run => fence.check(stack),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this run may touch `stack` at all (its Lease is held, or there are none).
+    pub(super) fn holds(&self, stack: &str) -> bool {
+        self.dry_run || self.fence.as_ref().is_none_or(|f| f.holds(stack))
+    }
+
     pub(super) fn owner<'a>(&'a self, stack: &'a str) -> crate::plan::Owner<'a> {
         crate::plan::Owner {
             stack,

@@ -67,12 +67,15 @@ pub(super) async fn prune(
     plan: &StackPlan,
     owner: Owner<'_>,
     why: &str,
+    options: &Options,
 ) -> Result<Vec<(ObjectKey, String)>, ClusterError> {
     let mut kept = Vec::new();
     for change in plan.changes.iter().filter(|c| c.action == Action::Prune) {
         let Some(entry) = record.entries.get(&change.key).cloned() else {
             continue;
         };
+        // Checked before each delete: a Lease lost mid-prune stops it here.
+        options.fenced(owner.stack)?;
         let what = change.key.to_string();
         if let (Some(resolved), Some(live)) = (
             kinds.resolve(&entry.api_version, &entry.kind),
@@ -92,6 +95,7 @@ pub(super) async fn prune(
             }
         }
         record.entries.remove(&change.key);
+        options.fenced(owner.stack)?;
         inventory::write(client, record).await?;
     }
     Ok(kept)
@@ -101,14 +105,17 @@ pub(super) async fn prune(
 /// have). Each is handed over (all its objects belong to other stacks now: the record goes),
 /// removed (when this run may: `plan::prune::removal`) or kept and reported. The removed ones
 /// pass the mass-prune gate together, then their objects are pruned and their records removed.
+/// A stack to hand over or remove whose Lease this process does not hold is left alone and
+/// returned apart (its holder, or a later run that takes the Lease, does it).
 pub(super) async fn removed_stacks(
     client: &Client,
     kinds: &Kinds,
     removed: &[&Inventory],
     desired: &BTreeSet<ObjectKey>,
     options: &Options,
-) -> Vec<StackOutcome> {
+) -> (Vec<StackOutcome>, Vec<String>) {
     let mut outcomes = Vec::new();
+    let mut unleased = Vec::new();
     // The stacks being removed, and their plans.
     let mut going: Vec<&Inventory> = Vec::new();
     let mut plans: Vec<StackPlan> = Vec::new();
@@ -122,6 +129,10 @@ pub(super) async fn removed_stacks(
             options.prune_removed_stacks,
         );
         let owner = options.owner(&inv.stack);
+        if !matches!(decision, Removal::Keep(_)) && !options.holds(&inv.stack) {
+            unleased.push(inv.stack.clone());
+            continue;
+        }
         match decision {
             Removal::Keep(why) => {
                 info!(stack = %inv.stack, "stack no longer in the revision, kept: {why}");
@@ -136,7 +147,11 @@ pub(super) async fn removed_stacks(
                     PruneSettings::default(),
                 ));
                 if !options.dry_run {
-                    match inventory::delete(client, inv).await {
+                    let deleted = match options.fenced(&inv.stack) {
+                        Ok(()) => inventory::delete(client, inv).await,
+                        Err(e) => Err(e),
+                    };
+                    match deleted {
                         Ok(()) => outcome.applied = true,
                         Err(e) => outcome.error = Some(e.to_string()),
                     }
@@ -175,7 +190,7 @@ pub(super) async fn removed_stacks(
     for (inv, plan) in going.into_iter().zip(plans) {
         outcomes.push(remove_stack(client, kinds, inv, plan, options).await);
     }
-    outcomes
+    (outcomes, unleased)
 }
 
 /// Carries out the plan of one removed stack: its prunes, then its record goes. What stays is
@@ -199,10 +214,20 @@ async fn remove_stack(
     let mut record = inv.clone();
     let owner = options.owner(&inv.stack);
     let result = async {
-        let kept = prune(client, kinds, &mut record, &plan, owner, " (stack removed)").await?;
+        let kept = prune(
+            client,
+            kinds,
+            &mut record,
+            &plan,
+            owner,
+            " (stack removed)",
+            options,
+        )
+        .await?;
         for (key, reason) in kept {
             plan.keep_instead(&key, reason);
         }
+        options.fenced(&inv.stack)?;
         inventory::delete(client, &record).await
     }
     .await;

@@ -220,6 +220,7 @@ mod tests {
                 ],
             )],
             resources: Vec::new(),
+            awaiting_lease: Vec::new(),
         };
         let md = render(&report, DEFAULT_LIMIT);
         assert!(md.contains("### Stack `web`"), "{md}");
@@ -250,6 +251,7 @@ mod tests {
         let report = Report {
             stacks: vec![outcome("web", changes)],
             resources: Vec::new(),
+            awaiting_lease: Vec::new(),
         };
         let md = render(&report, 20_000);
         assert!(md.len() <= 20_000, "{}", md.len());

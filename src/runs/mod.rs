@@ -260,7 +260,16 @@ pub fn stack_runs(report: &Report, plan_only: &[String], skipped: &[String]) -> 
         .iter()
         .map(|o| stack_run(o, plan_only.contains(&o.stack), &mut budget))
         .collect();
-    for name in skipped {
+    let skipped = skipped
+        .iter()
+        .map(|n| (n, "in backoff after failures: not reconciled in this run"))
+        .chain(report.awaiting_lease.iter().map(|n| {
+            (
+                n,
+                "its lease is held by another process: not written by this one",
+            )
+        }));
+    for (name, why) in skipped {
         if !out.iter().any(|s| &s.name == name) {
             out.push(StackRun {
                 name: name.clone(),
@@ -268,7 +277,7 @@ pub fn stack_runs(report: &Report, plan_only: &[String], skipped: &[String]) -> 
                 counts: Counts::default(),
                 changes: Vec::new(),
                 changes_omitted: 0,
-                error: Some("in backoff after failures: not reconciled in this run".to_owned()),
+                error: Some(why.to_owned()),
                 policy: Vec::new(),
                 prune_refused: None,
                 unhealthy: Vec::new(),

@@ -36,6 +36,7 @@ fn report(stacks: Vec<StackOutcome>) -> Report {
     Report {
         stacks,
         resources: Vec::new(),
+        awaiting_lease: Vec::new(),
     }
 }
 

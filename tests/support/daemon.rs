@@ -136,7 +136,13 @@ pub struct Options<'a> {
     pub credentials: &'a [(&'a str, &'a str)],
     /// The bearer token the helpers send.
     pub token: Option<&'a str>,
+    /// The `leases:` block (short renewals, so that tests need not wait 5 s for a daemon's
+    /// first take).
+    pub leases: &'a str,
 }
+
+/// The test daemons' `leases:` unless a test sets its own.
+pub const TEST_LEASES: &str = "leases: {renewInterval: 500ms, duration: 10s}\n";
 
 impl Default for Options<'_> {
     fn default() -> Self {
@@ -146,6 +152,7 @@ impl Default for Options<'_> {
             daemon: "",
             credentials: &[],
             token: None,
+            leases: TEST_LEASES,
         }
     }
 }
@@ -154,12 +161,13 @@ impl Default for Options<'_> {
 fn config_text(id: &str, repo: &Path, dir: &Path, options: &Options<'_>) -> String {
     format!(
         "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n\
-         daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}",
+         daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}{}",
         repo.display(),
         dir.join("state").display(),
         dir.join("creds").display(),
         options.listen,
         options.daemon,
+        options.leases,
     )
 }
 
@@ -254,9 +262,40 @@ impl Setup {
         }
     }
 
+    /// A second daemon's setup: the same repository and instance, its own state, credentials
+    /// and host configuration (with `options`).
+    pub fn sibling(&self, options: &Options<'_>) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("github-secret"), SECRET).unwrap();
+        let config = dir.path().join("driftless.yaml");
+        let text = config_text(&self.id, self.repo.path(), dir.path(), options);
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            // Unused: commits go to the first setup's repository.
+            repo: tempfile::tempdir().unwrap(),
+            dir,
+            id: self.id.clone(),
+            config,
+            token: options.token.map(str::to_owned),
+        }
+    }
+
     /// Starts the daemon and returns once its endpoint answers: the daemon binds the configured
     /// address (port 0: one of its choosing) and writes it to `<stateDir>/listen`.
     pub fn start(self) -> Daemon {
+        self.spawn().wait()
+    }
+
+    /// Starts the daemon without waiting for it (`Starting::wait` does): several daemons start
+    /// together.
+    pub fn spawn(self) -> Starting {
+        self.spawn_with_env(&[])
+    }
+
+    /// `spawn` with more environment variables (crash- and pause-test hooks).
+    pub fn spawn_with_env(self, env: &[(&str, &str)]) -> Starting {
         let socket_path = self.dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         let notified = Arc::new(Mutex::new(Vec::new()));
@@ -272,11 +311,36 @@ impl Setup {
         let listen_file = self.state().join("listen");
         // A previous daemon of this state directory may have left it behind.
         let _ = std::fs::remove_file(&listen_file);
-        let mut child = self
-            .command()
-            .env("NOTIFY_SOCKET", &socket_path)
-            .spawn()
-            .unwrap();
+        let mut command = self.command();
+        command.env("NOTIFY_SOCKET", &socket_path);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap();
+        Starting {
+            setup: self,
+            child,
+            notified,
+        }
+    }
+}
+
+/// A daemon started, not known to listen yet.
+pub struct Starting {
+    setup: Setup,
+    child: Child,
+    notified: Arc<Mutex<Vec<String>>>,
+}
+
+impl Starting {
+    /// Returns once the daemon's endpoint answers.
+    pub fn wait(self) -> Daemon {
+        let Starting {
+            setup,
+            mut child,
+            notified,
+        } = self;
+        let listen_file = setup.state().join("listen");
         let start = Instant::now();
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&listen_file)
@@ -287,7 +351,7 @@ impl Setup {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "the daemon exited ({status}) before listening; it logged:\n{}",
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                    std::fs::read_to_string(setup.log()).unwrap_or_default()
                 );
             }
             if start.elapsed() > Duration::from_secs(60) {
@@ -300,10 +364,10 @@ impl Setup {
             child,
             base: format!("http://{addr}"),
             notified,
-            repo: self.repo,
-            dir: self.dir,
-            id: self.id,
-            token: self.token,
+            repo: setup.repo,
+            dir: setup.dir,
+            id: setup.id,
+            token: setup.token,
         };
         d.wait_answering("/readyz");
         d

@@ -343,7 +343,7 @@ pub async fn delete(client: &Client, inventory: &Inventory) -> Result<()> {
     }
 }
 
-async fn ensure_namespace(client: &Client) -> Result<()> {
+pub(super) async fn ensure_namespace(client: &Client) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api
         .get_opt(NAMESPACE)
