@@ -29,7 +29,6 @@ use std::time::Instant;
 use driftless::jobs::image_cleanup::retention::RetentionDecision;
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
-use driftless::jobs::schedule::Schedule;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::TestEnv;
@@ -259,18 +258,12 @@ async fn measure(
     if let Some(c) = concurrency {
         spec["concurrency"] = json!(c);
     }
-    let job = Job {
-        name: "bench".into(),
-        kind: "ImageCleanup".into(),
-        stack: "bench".into(),
-        file: "bench/jobs.yaml".into(),
-        schedule: Schedule::parse("@daily", None).unwrap_or_else(|e| panic!("{e}")),
-        starting_deadline: None,
-        spec,
-    };
-    let used = image_cleanup::spec::parse(&job)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .concurrency;
+    let job = Job::from_spec("ImageCleanup", "bench", "bench", "bench/jobs.yaml", spec)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let parsed = job
+        .image_cleanup()
+        .unwrap_or_else(|| panic!("an ImageCleanup"));
+    let used = parsed.concurrency;
     let inputs = Inputs {
         cluster: None,
         desired: &[],
@@ -288,7 +281,7 @@ async fn measure(
     let load = load_average();
     let (registry_before, own_before) = cpu();
     let t = Instant::now();
-    let report = image_cleanup::run(&job, &inputs, true)
+    let report = image_cleanup::run(&job, parsed, &inputs, true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let seconds = t.elapsed().as_secs_f64();

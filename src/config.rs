@@ -52,11 +52,25 @@ pub struct HostConfig {
     /// Which credential files stacks and jobs may read (see `credentials`).
     #[serde(default)]
     pub credentials: crate::credentials::CredentialsConfig,
+    /// What scheduled jobs may run and write on this host.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Backup encryption: the age identity file (in the credentials directory) verification,
+    /// drills and restores decrypt with; whether every Backup job must encrypt; which
+    /// recipients jobs may name.
+    #[serde(default)]
+    pub encryption: crate::jobs::backup::crypt::HostRules,
+    /// The file this configuration was read from (none: defaults, no file).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+    /// SOPS decryption (see `SopsConfig`).
+    #[serde(default)]
+    pub sops: SopsConfig,
 }
 
-/// `jobs:`: what jobs declared in Git may use on this host, named here and referred to by name.
+/// `jobs:`: the host programs and host paths scheduled jobs use. The stack repository never
+/// names these (a commit must not choose what the ops host runs or where it writes); a job
+/// refers to a program by name.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JobsConfig {
@@ -64,6 +78,14 @@ pub struct JobsConfig {
     /// `garbageCollect.command`). A repository can only choose among these.
     #[serde(default)]
     pub commands: HostCommands,
+    /// Directory of `pg_dump`, `pg_restore`, `pg_dumpall` and `psql` for Backup jobs (default:
+    /// found on `PATH`). Use the server's major version or newer.
+    #[serde(default)]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// Directory under which Backup jobs' local destinations must lie. Unset: a Backup job with
+    /// a local destination is refused.
+    #[serde(default)]
+    pub local_backup_root: Option<PathBuf>,
 }
 
 /// Host commands by name.
@@ -152,6 +174,10 @@ pub struct DaemonConfig {
     /// Webhook secrets per provider: file names in the credentials directory.
     #[serde(default)]
     pub webhooks: WebhookConfig,
+    /// Most connections the HTTP endpoint holds at once (default 1024); at the cap the oldest
+    /// connection without a request in progress is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for DaemonConfig {
@@ -162,8 +188,13 @@ impl Default for DaemonConfig {
             status_token_file: None,
             webhook_body_limit: default_body_limit(),
             webhooks: WebhookConfig::default(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -227,6 +258,45 @@ pub struct GitConfig {
     pub commit: Option<String>,
     #[serde(default)]
     pub auth: GitAuth,
+    /// Signature verification: a revision that does not verify is never applied.
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// `source.git.verify`: which signatures a revision needs, and the keys allowed to make them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyConfig {
+    pub mode: VerifyMode,
+    /// SSH allowed-signers file (`ssh-keygen -Y verify` format): a plain name in the credentials
+    /// directory, or an absolute path (public keys are not secrets).
+    #[serde(default)]
+    pub allowed_signers_file: Option<PathBuf>,
+    /// Armored OpenPGP public keys, named like `allowedSignersFile`.
+    #[serde(default)]
+    pub openpgp_keys_file: Option<PathBuf>,
+}
+
+/// What must be signed (Flux's `HEAD`, `Tag`, `TagAndHEAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VerifyMode {
+    /// The commit the followed ref points to.
+    Head,
+    /// The annotated tag the source follows (`source.git.tag`).
+    Tag,
+    /// Both the tag and the commit it points to.
+    TagAndHead,
+}
+
+/// `sops:`: decryption of SOPS-encrypted manifests on the ops host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SopsConfig {
+    /// The age identity (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them): a plain name in
+    /// the credentials directory.
+    #[serde(default)]
+    pub age_key_file: Option<String>,
 }
 
 /// Git credentials: file names in the credentials directory.
@@ -303,7 +373,8 @@ impl HostConfig {
                 });
             }
         };
-        let config: HostConfig = crate::yaml::parse_one(path, &text)?;
+        let mut config: HostConfig = crate::yaml::parse_one(path, &text)?;
+        config.file = Some(path.to_owned());
         if let Some(instance) = &config.instance
             && !crate::stack::load::is_dns_label(instance)
         {
@@ -356,6 +427,47 @@ impl HostConfig {
                 });
             }
         }
+        for (field, dir) in [
+            ("jobs.postgresBinDir", &config.jobs.postgres_bin_dir),
+            ("jobs.localBackupRoot", &config.jobs.local_backup_root),
+        ] {
+            if let Some(d) = dir
+                && (!d.is_absolute() || d.parent().is_none())
+            {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "{field} {} must be an absolute directory other than /",
+                        d.display()
+                    ),
+                });
+            }
+        }
+        if let Some(f) = &config.encryption.identity_file
+            && crate::credentials::plain_name(f).is_none()
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "encryption.identityFile {f:?} must be a plain file name in the credentials directory (no directory part, no '..', not absolute)"
+                ),
+            });
+        }
+        for (i, r) in config
+            .encryption
+            .allowed_recipients
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            // Never echoed: a secret key pasted here by mistake must not reach a log.
+            if let Err(e) = crate::jobs::backup::crypt::parse_recipient(r) {
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!("encryption.allowedRecipients[{i}] {e}"),
+                });
+            }
+        }
         if let Some(src) = &config.source {
             if src.path.is_some() == src.git.is_some() {
                 return Err(Error::Invalid {
@@ -373,6 +485,39 @@ impl HostConfig {
                         path: path.to_owned(),
                         message: "source.git: give at most one of `branch`, `tag`, `commit`"
                             .to_owned(),
+                    });
+                }
+                let reference = crate::source::GitRef::of(git);
+                if let Some(v) = &git.verify {
+                    if v.allowed_signers_file.is_none() && v.openpgp_keys_file.is_none() {
+                        return Err(Error::Invalid {
+                            path: path.to_owned(),
+                            message: "source.git.verify: give allowedSignersFile, openpgpKeysFile or both".to_owned(),
+                        });
+                    }
+                    if v.mode != VerifyMode::Head && git.tag.is_none() {
+                        return Err(Error::Invalid {
+                            path: path.to_owned(),
+                            message: "source.git.verify.mode tag and tagAndHead need source.git.tag (a branch or commit has no tag to verify)".to_owned(),
+                        });
+                    }
+                }
+                if !reference.is_valid() {
+                    return Err(Error::Invalid {
+                        path: path.to_owned(),
+                        message: format!(
+                            "source.git: {reference} is not a valid Git ref (a branch or tag name \
+                             as git accepts it, a commit as a full sha)"
+                        ),
+                    });
+                }
+                // Credentials in the URL, unknown schemes, a token for plain http: refused here,
+                // before anything is read or sent. The message never shows user information.
+                let secret_auth = git.auth.token_file.is_some() || git.auth.password_file.is_some();
+                if let Err(e) = crate::source::check_url(&git.url, secret_auth) {
+                    return Err(Error::Invalid {
+                        path: path.to_owned(),
+                        message: format!("source.git.url: {e}"),
                     });
                 }
             }
@@ -413,8 +558,12 @@ impl HostConfig {
             add("source.git.auth.passwordFile", &a.password_file);
             add("source.git.auth.sshKeyFile", &a.ssh_key_file);
         }
+        add("sops.ageKeyFile", &self.sops.age_key_file);
         let d = &self.daemon;
         add("daemon.statusTokenFile", &d.status_token_file);
+        // The backup identity decrypts every encrypted backup: no stack may copy it into a
+        // Secret, no job may send it anywhere.
+        add("encryption.identityFile", &self.encryption.identity_file);
         for (provider, hook) in [
             ("github", &d.webhooks.github),
             ("gitlab", &d.webhooks.gitlab),

@@ -91,6 +91,8 @@ pub struct Credentials {
     /// File name → the host configuration field that uses it.
     reserved: BTreeMap<String, String>,
     allow: Option<Vec<String>>,
+    /// `sops.ageKeyFile` of the host configuration: the age identity SOPS files decrypt with.
+    sops_age_key: Option<String>,
 }
 
 impl Credentials {
@@ -121,6 +123,7 @@ impl Credentials {
             dir,
             reserved,
             allow: config.credentials.allow.clone(),
+            sops_age_key: config.sops.age_key_file.clone(),
         }
     }
 
@@ -131,6 +134,22 @@ impl Credentials {
             dir,
             ..Credentials::default()
         }
+    }
+
+    /// Reads the age identity of `sops.ageKeyFile` (`None` when the host configuration sets
+    /// none). A host file: stacks and jobs may not read it (it is reserved).
+    pub fn sops_age_key(&self) -> Option<Result<SecretString>> {
+        let file = self.sops_age_key.as_deref()?;
+        Some(self.host_text("sops.ageKeyFile", file))
+    }
+
+    /// These credentials with `sops.ageKeyFile` set to `file` (commands and tests that build
+    /// credentials without a host configuration).
+    pub fn with_sops_age_key(mut self, file: &str) -> Credentials {
+        self.sops_age_key = Some(file.to_owned());
+        self.reserved
+            .insert(file.to_owned(), "sops.ageKeyFile".to_owned());
+        self
     }
 
     /// The credentials directory, if one is set.
@@ -377,16 +396,24 @@ mod tests {
             ("status-token", "STATUS-SENTINEL"),
             ("hook-secret", "HOOK-SENTINEL"),
             ("kubeconfig", "KUBE-SENTINEL"),
+            ("age-key", "AGE-SENTINEL"),
             ("minio-password", "pw\n"),
         ]);
         let config = host_config(&format!(
             "source: {{git: {{url: 'https://example.invalid/r.git', auth: {{tokenFile: git-token}}}}}}\n\
              cluster: {{kubeconfig: {}/kubeconfig}}\n\
+             sops: {{ageKeyFile: age-key}}\n\
              daemon: {{statusTokenFile: status-token, webhooks: {{github: {{secretFile: hook-secret}}}}}}\n",
             d.path().display()
         ));
         let creds = Credentials::from_config_with_dir(&config, Some(d.path().to_owned()));
-        for file in ["git-token", "status-token", "hook-secret", "kubeconfig"] {
+        for file in [
+            "git-token",
+            "status-token",
+            "hook-secret",
+            "kubeconfig",
+            "age-key",
+        ] {
             let err = creds
                 .repository_secret("spec.secrets[0].fromFiles.X", file)
                 .expect_err(file);

@@ -21,6 +21,8 @@ pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod registry;
+pub mod repo_walk;
+pub mod revision;
 pub mod server;
 pub mod source;
 pub mod stack;

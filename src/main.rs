@@ -1,7 +1,6 @@
 //! The `driftless` binary: parses the command line, sets up logging and dispatches.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -11,7 +10,8 @@ use driftless::cli::{
 };
 use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
-use driftless::stack::{self, RenderedStack};
+use driftless::revision;
+use driftless::stack::RenderedStack;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +56,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
             let findings = d.policies.check_offline(&d.stacks);
-            print_validation(&d.stacks, &d.jobs, d.secrets_checked, &findings, output);
+            print_validation(
+                &driftless::output::Validation {
+                    stacks: &d.stacks,
+                    jobs: &d.jobs,
+                    health: &d.health_checks.summaries(),
+                    secrets_checked: d.secrets_checked,
+                    findings: &findings,
+                },
+                output,
+            );
             let denied = findings.iter().flat_map(|(_, f)| f).any(|f| f.denies());
             Ok(if denied { EXIT_ERROR } else { EXIT_OK })
         }
@@ -89,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let options = reconcile::Options {
                 dry_run: true,
                 policies: Some(std::sync::Arc::new(d.policies)),
+                health_checks: Some(std::sync::Arc::new(d.health_checks)),
                 only: source.stacks.clone(),
                 instance: config.instance(),
                 secret_hash_key: driftless::cluster::apply::SecretHashKey::load_or_create(
@@ -128,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let options = reconcile::Options {
                 dry_run,
                 policies: Some(std::sync::Arc::new(d.policies)),
+                health_checks: Some(std::sync::Arc::new(d.health_checks)),
                 force_prune: prune,
                 allow_mass_prune: allow_mass_prune || config.prune.allow_mass_prune,
                 max_prune_share: config.prune.max_share,
@@ -162,15 +173,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let config = HostConfig::load(&config_path, false)?;
             let d = load_desired(&config, &source, true)?;
+            let last = last_runs(&d.jobs, &config.state_dir());
+            let now = chrono::Utc::now();
             match output {
                 OutputFormat::Json => emit(&format!(
                     "{:#}\n",
-                    jobs_json(&d.jobs, Some(&config.state_dir()))
+                    driftless::output::jobs_json(&d.jobs, &last, now)
                 )),
                 OutputFormat::Human if d.jobs.is_empty() => {
                     emit("no jobs declared (stack/<name>/jobs.yaml)\n")
                 }
-                OutputFormat::Human => emit(&jobs_text(&d.jobs, Some(&config.state_dir()))),
+                OutputFormat::Human => emit(&driftless::output::jobs_text(&d.jobs, &last, now)),
             }
             Ok(EXIT_OK)
         }
@@ -215,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     commands: &config.jobs.commands,
                     strict,
                     revision: d.revision.clone(),
+                    host: &driftless::jobs::host::HostSettings::from_config(&config),
                 };
                 driftless::jobs::runner::run(
                     job,
@@ -262,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     client.as_ref(),
                     &credentials,
                     &state_dir,
+                    &driftless::jobs::host::HostSettings::from_config(&config),
                 )
                 .await
             })?;
@@ -329,7 +344,7 @@ fn credentials_of(config: &HostConfig, source: &SourceArgs) -> driftless::creden
 }
 
 /// What one revision declares.
-struct Desired {
+struct LoadedRevision {
     stacks: Vec<RenderedStack>,
     /// The Git revision (none for a local path).
     revision: Option<String>,
@@ -339,61 +354,67 @@ struct Desired {
     secrets_checked: bool,
     /// `policies/` of the revision, compiled.
     policies: driftless::policy::PolicySet,
+    /// `health/` checks of the revision, compiled.
+    health_checks: driftless::health_checks::HealthChecks,
 }
 
 /// Loads and renders the stacks, jobs and policies of `--path` or the configured source (a Git
-/// source is fetched into the state directory first).
+/// source is fetched into the state directory first), through the one `revision` module.
 fn load_desired(
     config: &HostConfig,
     source: &SourceArgs,
     offline: bool,
-) -> anyhow::Result<Desired> {
+) -> anyhow::Result<LoadedRevision> {
     let credentials = credentials_of(config, source);
-    let mut revision = None;
-    let root: PathBuf = match (&source.path, config.source.as_ref()) {
-        (Some(p), _) => p.clone(),
-        (None, Some(src)) => match (&src.path, &src.git) {
-            (Some(p), _) => p.clone(),
-            (None, Some(git)) => {
-                let source = driftless::source::GitSource::from_config(
-                    git,
-                    &credentials,
-                    &config.state_dir(),
-                )?;
-                let fetched = source.fetch(None)?;
-                tracing::info!(sha = %fetched.revision.sha, subject = %fetched.revision.subject, "revision");
-                revision = Some(fetched.revision.sha.clone());
-                fetched.checkout
-            }
-            (None, None) => bail!("source: give `path` or `git` in the host configuration"),
-        },
-        (None, None) => {
-            bail!("no source: pass --path DIR, or set `source` in the host configuration")
-        }
-    };
-    let profile = source.profile.as_deref().or(config.profile.as_deref());
-    // Every stack is rendered even with --stack: the others' objects must be known so that
-    // nothing they own looks prunable; reconcile then acts on the named stacks only.
-    let loaded = stack::load_repo_with(
-        &root,
-        profile,
-        stack::LoadLimits::default(),
-        &config.renderers.renderers(),
+    // A directory has no signatures: say so when the configured source would check them.
+    if source.path.is_some()
+        && config
+            .source
+            .as_ref()
+            .and_then(|s| s.git.as_ref())
+            .is_some_and(|g| g.verify.is_some())
+    {
+        eprintln!(
+            "driftless: nothing was verified (--path): source.git.verify applies to the configured Git source only"
+        );
+    }
+    let checkout = revision::checkout(
+        config.source.as_ref(),
+        source.path.as_deref(),
+        &credentials,
+        &config.state_dir(),
+        None,
     )?;
-    let jobs = driftless::jobs::model::load_jobs(&loaded)?;
-    let (stacks, secrets_checked) = stack::render_loaded(&loaded, &credentials, offline)?;
+    if let Some(r) = &checkout.revision {
+        tracing::info!(sha = %r.sha, subject = %r.subject, "revision");
+    }
+    let renderers = config.renderers.renderers();
+    let loaded = revision::load(
+        &checkout.root,
+        &revision::LoadOptions {
+            profile: source.profile.as_deref().or(config.profile.as_deref()),
+            credentials: &credentials,
+            renderers: &renderers,
+            placeholders: offline,
+            cache: None,
+        },
+    )?;
+    // Every stack is rendered even with --stack; reconcile then acts on the named stacks only.
     for name in &source.stacks {
-        if !stacks.iter().any(|s| &s.name == name) {
-            bail!("--stack {name}: no such stack (have: {})", names(&stacks));
+        if !loaded.stacks.iter().any(|s| &s.name == name) {
+            bail!(
+                "--stack {name}: no such stack (have: {})",
+                names(&loaded.stacks)
+            );
         }
     }
-    let policies = driftless::policy::load_policies(&root, &stacks)?;
-    Ok(Desired {
-        stacks,
-        revision,
-        jobs,
-        secrets_checked,
-        policies,
+    Ok(LoadedRevision {
+        stacks: loaded.stacks,
+        revision: checkout.revision.map(|r| r.sha),
+        jobs: loaded.jobs,
+        secrets_checked: loaded.secrets_checked,
+        policies: loaded.policies,
+        health_checks: loaded.health_checks,
     })
 }
 
@@ -438,6 +459,18 @@ async fn print_status(
     use driftless::daemon::status::{DaemonState, Status};
     let base = match endpoint {
         Some(e) => e.trim_end_matches('/').to_owned(),
+        // `listen: …:0`: the daemon picked a port and wrote it into the state directory.
+        None if config.daemon.listen.port() == 0 => {
+            let file = config.state_dir().join(driftless::daemon::LISTEN_FILE);
+            let addr = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "daemon.listen {} lets the daemon pick a port, and {} names none (is `driftless run` running?)",
+                    config.daemon.listen,
+                    file.display()
+                )
+            })?;
+            format!("http://{}", addr.trim())
+        }
         None => format!("http://{}", config.daemon.listen),
     };
     let url = format!("{base}/api/v1/status");
@@ -522,124 +555,29 @@ fn print_report(report: &Report, output: OutputFormat, show_diffs: bool) {
     }
 }
 
-/// The last recorded run of a job (from the state directory), if any.
-fn last_run(
-    state_dir: Option<&std::path::Path>,
-    job: &str,
-) -> Option<driftless::jobs::runs::RunRecord> {
-    state_dir.and_then(|d| driftless::jobs::runs::load(d, job).0.runs.pop())
-}
-
-fn jobs_json(
+/// The last recorded run of each job (from the state directory).
+fn last_runs(
     jobs: &[driftless::jobs::model::Job],
-    state_dir: Option<&std::path::Path>,
-) -> serde_json::Value {
-    let now = chrono::Utc::now();
-    serde_json::Value::Array(
-        jobs.iter()
-            .map(|j| {
-                serde_json::json!({
-                    "name": j.name, "kind": j.kind, "stack": j.stack,
-                    "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
-                    "nextRun": j.schedule.next_after(now),
-                    "lastRun": last_run(state_dir, &j.name),
-                })
-            })
-            .collect(),
-    )
-}
-
-fn jobs_text(jobs: &[driftless::jobs::model::Job], state_dir: Option<&std::path::Path>) -> String {
-    let now = chrono::Utc::now();
+    state_dir: &std::path::Path,
+) -> driftless::output::LastRuns {
     jobs.iter()
-        .map(|j| {
-            let last = match last_run(state_dir, &j.name) {
-                Some(r) => format!(
-                    "; last run {} {}{}: {}",
-                    r.started_at.format("%Y-%m-%d %H:%M UTC"),
-                    r.outcome.as_str(),
-                    if r.dry_run { " (dry run)" } else { "" },
-                    r.message.unwrap_or_default()
-                ),
-                None => String::new(),
-            };
-            format!(
-                "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
-                j.name,
-                j.kind,
-                j.stack,
-                j.schedule.expression(),
-                j.schedule.time_zone().name(),
-                j.schedule
-                    .next_after(now)
-                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                    .unwrap_or_else(|| "never".to_owned())
-            )
+        .filter_map(|j| {
+            let last = driftless::jobs::runs::load(state_dir, &j.name)
+                .0
+                .runs
+                .pop()?;
+            Some((j.name.clone(), last))
         })
         .collect()
 }
 
-fn print_validation(
-    stacks: &[RenderedStack],
-    jobs: &[driftless::jobs::model::Job],
-    secrets_checked: bool,
-    findings: &[(String, Vec<driftless::policy::Finding>)],
-    output: OutputFormat,
-) {
-    let objects: usize = stacks.iter().map(|s| s.objects.len()).sum();
-    let of = |stack: &str| -> Vec<&driftless::policy::Finding> {
-        findings
-            .iter()
-            .filter(|(s, _)| s == stack)
-            .flat_map(|(_, f)| f)
-            .collect()
-    };
-    let denials = findings
-        .iter()
-        .flat_map(|(_, f)| f)
-        .filter(|f| f.denies())
-        .count();
+fn print_validation(v: &driftless::output::Validation<'_>, output: OutputFormat) {
     match output {
-        OutputFormat::Json => {
-            let value = serde_json::json!({
-                "valid": denials == 0,
-                "hostSecretsChecked": secrets_checked,
-                "stacks": stacks.iter().map(|s| serde_json::json!({
-                    "name": s.name,
-                    "dependsOn": s.spec.depends_on,
-                    "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
-                    "policy": of(&s.name),
-                })).collect::<Vec<_>>(),
-                "jobs": jobs_json(jobs, None),
-            });
-            emit(&format!("{value:#}\n"));
-        }
-        OutputFormat::Human => {
-            let mut text = String::new();
-            for s in stacks {
-                text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
-                for f in of(&s.name) {
-                    text.push_str(&format!("  {f}\n"));
-                }
-            }
-            text.push_str(&jobs_text(jobs, None));
-            if denials > 0 {
-                text.push_str(&format!(
-                    "invalid: {denials} policy denials (fix the objects named above)\n"
-                ));
-            } else {
-                text.push_str(&format!(
-                    "valid: {} stacks, {objects} objects, {} jobs\n",
-                    stacks.len(),
-                    jobs.len()
-                ));
-            }
-            if !secrets_checked {
-                text.push_str(
-                    "note: host secret files not checked (no credentials directory given)\n",
-                );
-            }
-            emit(&text);
-        }
+        OutputFormat::Json => emit(&format!(
+            "{:#}
+",
+            v.json()
+        )),
+        OutputFormat::Human => emit(&v.text()),
     }
 }

@@ -2,8 +2,19 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::jobs::model::Job;
+use crate::jobs::runs::RunRecord;
 use crate::plan::Action;
+use crate::policy::Finding;
 use crate::reconcile::Report;
+use crate::stack::RenderedStack;
+
+/// The last recorded run of each job, by job name.
+pub type LastRuns = BTreeMap<String, RunRecord>;
 
 /// Renders a report for people. `colour` adds ANSI colours to diff lines.
 pub fn human(report: &Report, colour: bool, show_diffs: bool) -> String {
@@ -94,4 +105,139 @@ fn paint(line: &str, colour: bool) -> String {
         return line.to_owned();
     };
     format!("\x1b[{code}m{line}\x1b[0m")
+}
+
+/// The declared jobs with their schedules, next runs and last recorded runs (`jobs list -o json`,
+/// `validate -o json`).
+pub fn jobs_json(jobs: &[Job], last: &LastRuns, now: DateTime<Utc>) -> serde_json::Value {
+    serde_json::Value::Array(
+        jobs.iter()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.name, "kind": j.kind(), "stack": j.stack,
+                    "schedule": j.schedule.expression(), "timeZone": j.schedule.time_zone().name(),
+                    "nextRun": j.schedule.next_after(now),
+                    "lastRun": last.get(&j.name),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The declared jobs for people, one line each.
+pub fn jobs_text(jobs: &[Job], last: &LastRuns, now: DateTime<Utc>) -> String {
+    jobs.iter()
+        .map(|j| {
+            let last = match last.get(&j.name) {
+                Some(r) => format!(
+                    "; last run {} {}{}: {}",
+                    r.started_at.format("%Y-%m-%d %H:%M UTC"),
+                    r.outcome.as_str(),
+                    if r.dry_run { " (dry run)" } else { "" },
+                    r.message.as_deref().unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            format!(
+                "job {} ({}, stack {}): {:?} {}, next run {}{last}\n",
+                j.name,
+                j.kind(),
+                j.stack,
+                j.schedule.expression(),
+                j.schedule.time_zone().name(),
+                j.schedule
+                    .next_after(now)
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_else(|| "never".to_owned())
+            )
+        })
+        .collect()
+}
+
+/// What `validate` found: the stacks, jobs, health checks and policy findings of a revision.
+pub struct Validation<'a> {
+    pub stacks: &'a [RenderedStack],
+    pub jobs: &'a [Job],
+    pub health: &'a [crate::health_checks::Summary],
+    /// Whether host secret files were read.
+    pub secrets_checked: bool,
+    /// Policy findings by stack.
+    pub findings: &'a [(String, Vec<Finding>)],
+}
+
+impl Validation<'_> {
+    fn of(&self, stack: &str) -> Vec<&Finding> {
+        self.findings
+            .iter()
+            .filter(|(s, _)| s == stack)
+            .flat_map(|(_, f)| f)
+            .collect()
+    }
+
+    fn denials(&self) -> usize {
+        self.findings
+            .iter()
+            .flat_map(|(_, f)| f)
+            .filter(|f| f.denies())
+            .count()
+    }
+
+    /// `validate -o json`.
+    pub fn json(&self) -> serde_json::Value {
+        let denials = self.denials();
+        serde_json::json!({
+            "valid": denials == 0,
+            "hostSecretsChecked": self.secrets_checked,
+            "stacks": self.stacks.iter().map(|s| serde_json::json!({
+                "name": s.name,
+                "dependsOn": s.spec.depends_on,
+                "objects": s.objects.iter().map(|o| o.key.to_string()).collect::<Vec<_>>(),
+                "policy": self.of(&s.name),
+            })).collect::<Vec<_>>(),
+            "jobs": jobs_json(self.jobs, &LastRuns::new(), Utc::now()),
+            "healthChecks": self.health,
+        })
+    }
+
+    /// `validate` for people.
+    pub fn text(&self) -> String {
+        let objects: usize = self.stacks.iter().map(|s| s.objects.len()).sum();
+        let denials = self.denials();
+        let mut text = String::new();
+        for s in self.stacks {
+            text.push_str(&format!("stack {}: {} objects\n", s.name, s.objects.len()));
+            for f in self.of(&s.name) {
+                text.push_str(&format!("  {f}\n"));
+            }
+        }
+        text.push_str(&jobs_text(self.jobs, &LastRuns::new(), Utc::now()));
+        for h in self.health {
+            text.push_str(&format!(
+                "health check {} {} ({}{}): current: {}\n",
+                h.api_version,
+                h.kind,
+                h.file.display(),
+                h.stack
+                    .as_deref()
+                    .map(|s| format!(", stack {s} only"))
+                    .unwrap_or_default(),
+                h.current
+            ));
+        }
+        if denials > 0 {
+            text.push_str(&format!(
+                "invalid: {denials} policy denials (fix the objects named above)\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "valid: {} stacks, {objects} objects, {} jobs\n",
+                self.stacks.len(),
+                self.jobs.len()
+            ));
+        }
+        if !self.secrets_checked {
+            text.push_str("note: host secret files not checked (no credentials directory given)\n");
+        }
+        text
+    }
 }

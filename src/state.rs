@@ -19,6 +19,15 @@ pub struct Error {
 /// Writes `value` as JSON to `path` atomically: readers see the old or the new file, never a
 /// torn one, even across a crash or power loss.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_bytes(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically, as `write_json` does.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let fail = |message: String| Error {
         path: path.to_owned(),
         message,
@@ -26,12 +35,11 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| fail(e.to_string()))?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename is durable only once the directory entry is.

@@ -46,6 +46,15 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Value>, Error> {
         .map_err(|e| to_error(file, &e))
 }
 
+/// Parses every document of `text` into `T` (`null` documents included), with the same YAML
+/// rules as `parse_documents` (used by `stack::sops`, which needs keys in file order).
+pub fn parse_documents_as<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<Vec<T>, Error> {
+    serde_saphyr::from_multiple_with_options::<T>(text, options()).map_err(|e| to_error(file, &e))
+}
+
 /// Documents parsed before, by the SHA-256 of their text, kept as compact JSON: the daemon renders
 /// every new revision whole, and most of its files are as they were. A hit costs a JSON parse,
 /// several times cheaper than YAML (which is ~85 % of rendering). Only texts seen in the current

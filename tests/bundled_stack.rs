@@ -7,7 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use support::{driftless, kubectl, text};
+use std::process::Command;
+
+use support::{TestEnv, driftless, kubectl, text};
 
 const DUCKLAKE: [&str; 4] = [
     "ducklake-base",
@@ -79,12 +81,20 @@ fn credentials(dir: &Path) -> PathBuf {
 /// A host configuration on the working tree with the local profile. A fixed instance name: a
 /// rerun against the same cluster converges instead of colliding.
 fn config(dir: &Path) -> PathBuf {
-    let creds = credentials(dir);
-    let config = dir.join("driftless.yaml");
+    config_for(dir, "local")
+}
+
+/// `config` with `profile` (the same instance: switching profiles updates the same objects).
+fn config_for(dir: &Path, profile: &str) -> PathBuf {
+    let creds = dir.join("creds");
+    if !creds.exists() {
+        credentials(dir);
+    }
+    let config = dir.join(format!("driftless-{profile}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "instance: bundled-stack-test\nsource: {{path: {}}}\nprofile: local\ncredentialsDir: {}\n",
+            "instance: bundled-stack-test\nsource: {{path: {}}}\nprofile: {profile}\ncredentialsDir: {}\n",
             env!("CARGO_MANIFEST_DIR"),
             creds.display()
         ),
@@ -95,7 +105,12 @@ fn config(dir: &Path) -> PathBuf {
 
 /// `driftless <command> --stack S…` for `stacks`.
 fn on_stacks(config: &Path, command: &str, stacks: &[&str]) -> std::process::Output {
-    let mut args = vec![command];
+    on_stacks_with(config, &[command], stacks)
+}
+
+/// `on_stacks` with more arguments after the command.
+fn on_stacks_with(config: &Path, command: &[&str], stacks: &[&str]) -> std::process::Output {
+    let mut args = command.to_vec();
     for s in stacks {
         args.extend(["--stack", s]);
     }
@@ -104,7 +119,12 @@ fn on_stacks(config: &Path, command: &str, stacks: &[&str]) -> std::process::Out
 
 /// Syncs `stacks`, asserts each was applied and none is unhealthy.
 fn sync_to_healthy(config: &Path, stacks: &[&str]) {
-    let out = on_stacks(config, "sync", stacks);
+    sync_to_healthy_with(config, &["sync"], stacks)
+}
+
+/// `sync_to_healthy` with `command` (`sync` and its flags).
+fn sync_to_healthy_with(config: &Path, command: &[&str], stacks: &[&str]) {
+    let out = on_stacks_with(config, command, stacks);
     assert!(out.status.success(), "sync: {}", text(&out));
     for stack in stacks {
         assert!(
@@ -148,7 +168,9 @@ fn get(args: &[&str]) -> String {
 fn ducklake_stacks_sync_to_healthy_and_converge() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    sync_to_healthy(&config, &DUCKLAKE);
+    // A run of this test cut short may have left the `prod` objects (below): removing them is
+    // a mass prune.
+    sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &DUCKLAKE);
 
     // The registry: its claim bound, ClusterIP in the base, node port 30500 from the local overlay.
     assert_eq!(
@@ -280,13 +302,188 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
     );
 
     converged(&config, &DUCKLAKE);
+
+    // Promoted to `prod` (seed 002: autoscaling): the HorizontalPodAutoscaler owns the
+    // backend's replica count (driftless no longer applies one) and keeps it at its minimum of
+    // 3 without metrics; a disruption budget keeps 2; the registry loses its node port.
+    // The documented handover first (stack/README.md "Production"): the replica count gets a
+    // second owner, so it stays at 3 when driftless stops applying it.
+    let env = TestEnv::get();
+    let handover = format!(
+        "printf '%s\\n' 'apiVersion: apps/v1' 'kind: Deployment' 'metadata: {{name: ducklake-backend, namespace: ducklake}}' 'spec: {{replicas: 3}}' | {} --kubeconfig {} apply --server-side --field-manager=handover-to-hpa --validate=false -f -",
+        env.var("KUBECTL"),
+        env.var("KUBECONFIG")
+    );
+    support::run_ok(Command::new("bash").args(["-o", "pipefail", "-c", &handover]));
+    let prod = config_for(dir.path(), "prod");
+    sync_to_healthy(&prod, &DUCKLAKE);
+    assert_eq!(
+        get(&[
+            "hpa",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.scaleTargetRef.kind}/{.spec.scaleTargetRef.name} {.spec.minReplicas}-{.spec.maxReplicas}"
+        ]),
+        "Deployment/ducklake-backend 3-6"
+    );
+    assert_eq!(
+        get(&[
+            "pdb",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.minAvailable} {.spec.selector.matchLabels.app}"
+        ]),
+        "2 ducklake-backend"
+    );
+    let deploy: serde_json::Value = serde_json::from_str(&get(&[
+        "deploy",
+        "ducklake-backend",
+        "-n",
+        "ducklake",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let managers = deploy["metadata"]["managedFields"].as_array().unwrap();
+    let owns_replicas = |m: &serde_json::Value| m["fieldsV1"]["f:spec"].get("f:replicas").is_some();
+    assert!(
+        managers
+            .iter()
+            .any(|m| m["manager"] == "handover-to-hpa" && owns_replicas(m)),
+        "the handover kept the replica count: {managers:#?}"
+    );
+    let ours = managers
+        .iter()
+        .filter(|m| m["manager"] == "driftless")
+        .collect::<Vec<_>>();
+    assert!(!ours.is_empty(), "{deploy:#}");
+    for m in ours {
+        assert!(
+            !owns_replicas(m),
+            "driftless does not own the replica count in prod: {m:#}"
+        );
+    }
+    wait_until("the HPA holds 3 ready backends", || {
+        get(&[
+            "deploy",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.replicas} {.status.readyReplicas}",
+        ]) == "3 3"
+    });
+    assert_eq!(
+        get(&[
+            "svc",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.type}"
+        ]),
+        "ClusterIP",
+        "prod: no node port"
+    );
+    converged(&prod, &DUCKLAKE);
+
+    // Back to `local` (the state the other tests and the demo expect): the autoscaler, the
+    // budget and the network policies are pruned, the replica count is driftless's again. That
+    // is most of ducklake-app's objects, so the mass-prune gate asks first.
+    let out = on_stacks(&config, "sync", &DUCKLAKE);
+    assert!(
+        text(&out).contains("HorizontalPodAutoscaler/ducklake/ducklake-backend (mass-prune gate)"),
+        "{}",
+        text(&out)
+    );
+    sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &DUCKLAKE);
+    assert!(
+        kubectl_fails(&["get", "networkpolicy", "default-deny", "-n", "storage"]),
+        "the network policies are pruned"
+    );
+    assert!(
+        kubectl_fails(&["get", "hpa", "ducklake-backend", "-n", "ducklake"]),
+        "the HPA is pruned"
+    );
+    converged(&config, &DUCKLAKE);
+}
+
+/// Polls `check` until it holds (fails the test after two minutes).
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Whether `kubectl ARGS` fails (e.g. the object is not there).
+fn kubectl_fails(args: &[&str]) -> bool {
+    let env = TestEnv::get();
+    !Command::new(env.var("KUBECTL"))
+        .args(args)
+        .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// `tests/env/standin-operator.py` while it lives: it writes the status Strimzi and the Spark
+/// operator would write, so that the declared health checks of `health/operators.yaml` decide.
+struct StandInOperator(std::process::Child);
+
+impl StandInOperator {
+    fn start() -> StandInOperator {
+        let env = TestEnv::get();
+        let child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/env/standin-operator.py"
+            ))
+            .args([
+                "--kubectl",
+                env.var("KUBECTL"),
+                "--kubeconfig",
+                env.var("KUBECONFIG"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the stand-in operator");
+        StandInOperator(child)
+    }
+}
+
+impl Drop for StandInOperator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
 fn lambda_stacks_sync_to_healthy_and_converge() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
+    let _operator = StandInOperator::start();
     sync_to_healthy(&config, &LAMBDA);
+    // The declared checks decided: the stand-in operator's status is on every custom resource.
+    assert_eq!(
+        get(&[
+            "kafka",
+            "kafka-cluster",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={.status.conditions[0].reason}"
+        ]),
+        "StandIn"
+    );
 
     // The operators stand-in: its CRDs established before the custom resources were applied.
     for crd in [
@@ -500,4 +697,345 @@ fn floe_stacks_sync_to_healthy_with_the_polaris_hook_and_converge() {
         text(&out)
     );
     converged(&config, &FLOE);
+}
+
+/// Every bundled Backup job encrypts in `prod` (to the recipients the profile names) and not in
+/// `local` (a development host has no identity).
+#[test]
+fn bundled_backups_are_encrypted_in_prod() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for profile in ["local", "prod"] {
+        let env = TestEnv::get();
+        let renderers = driftless::stack::Renderers {
+            helm: env.var("HELM").into(),
+            kubectl: env.var("KUBECTL").into(),
+            ..Default::default()
+        };
+        let stacks = driftless::stack::load::load_repo_with(
+            root,
+            Some(profile),
+            driftless::stack::load::LoadLimits::default(),
+            &renderers,
+        )
+        .unwrap();
+        let jobs = driftless::jobs::model::load_jobs(&stacks).unwrap();
+        let backups: BTreeSet<(String, Option<Vec<String>>)> = jobs
+            .iter()
+            .filter_map(|j| {
+                let spec = j.backup()?;
+                Some((
+                    j.name.clone(),
+                    spec.encryption.as_ref().map(|e| e.age_recipients.clone()),
+                ))
+            })
+            .collect();
+        let names: Vec<&str> = backups.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ducklake-data",
+                "ducklake-postgres",
+                "lambda-cassandra-snapshot",
+                "lambda-spark-data",
+                "registry-data"
+            ],
+            "{profile}"
+        );
+        for (name, recipients) in &backups {
+            match profile {
+                "prod" => assert_eq!(
+                    recipients.as_ref().map(Vec::len),
+                    Some(2),
+                    "{name}: the host's and the offline key"
+                ),
+                _ => assert_eq!(recipients, &None, "{name}"),
+            }
+        }
+    }
+}
+
+/// A pod as network policies see it: its namespace and labels (`None` stands for an address
+/// outside the pod network: a node, the API server, the internet).
+#[derive(Clone, Debug)]
+struct Peer {
+    ns: String,
+    labels: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `matchLabels` of a label selector against `labels` (the bundled policies use no
+/// `matchExpressions`; a policy that did would fail this test rather than be misread).
+fn selects(
+    selector: &serde_json::Value,
+    labels: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "matchExpressions: extend the test"
+    );
+    selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Whether a rule's peer (`from`/`to` entry of a policy in `policy_ns`) names `peer`.
+fn peer_matches(entry: &serde_json::Value, policy_ns: &str, peer: Option<&Peer>) -> bool {
+    if entry.get("ipBlock").is_some() {
+        return peer.is_none();
+    }
+    let Some(p) = peer else { return false };
+    let ns_ok = match entry.get("namespaceSelector") {
+        Some(sel) => {
+            let mut ns_labels = serde_json::Map::new();
+            ns_labels.insert("kubernetes.io/metadata.name".into(), p.ns.clone().into());
+            selects(sel, &ns_labels)
+        }
+        None => p.ns == policy_ns,
+    };
+    ns_ok
+        && entry
+            .get("podSelector")
+            .is_none_or(|sel| selects(sel, &p.labels))
+}
+
+fn port_matches(ports: Option<&serde_json::Value>, port: u16, proto: &str) -> bool {
+    ports
+        .and_then(|p| p.as_array())
+        .filter(|p| !p.is_empty())
+        .is_none_or(|ports| {
+            ports.iter().any(|p| {
+                p["protocol"].as_str().unwrap_or("TCP") == proto
+                    && p.get("port").is_none_or(|n| {
+                        n.as_u64()
+                            .unwrap_or_else(|| panic!("named port {n}: extend the test"))
+                            == u64::from(port)
+                    })
+            })
+        })
+}
+
+/// Whether `policies` let `subject` send (`egress`) to or receive (`!egress`) from `other`.
+fn side_allows(
+    policies: &[(String, serde_json::Value)],
+    subject: &Peer,
+    other: Option<&Peer>,
+    port: u16,
+    proto: &str,
+    egress: bool,
+) -> bool {
+    let (kind, rules_key, peers_key) = if egress {
+        ("Egress", "egress", "to")
+    } else {
+        ("Ingress", "ingress", "from")
+    };
+    let applicable: Vec<&(String, serde_json::Value)> = policies
+        .iter()
+        .filter(|(ns, p)| {
+            *ns == subject.ns
+                && selects(&p["spec"]["podSelector"], &subject.labels)
+                && p["spec"]["policyTypes"]
+                    .as_array()
+                    .expect("the bundled policies name their policyTypes")
+                    .iter()
+                    .any(|t| t == kind)
+        })
+        .collect();
+    applicable.is_empty()
+        || applicable.iter().any(|(ns, p)| {
+            p["spec"][rules_key].as_array().is_some_and(|rules| {
+                rules.iter().any(|r| {
+                    let peers_ok = r[peers_key]
+                        .as_array()
+                        .filter(|a| !a.is_empty())
+                        .is_none_or(|a| a.iter().any(|e| peer_matches(e, ns, other)));
+                    peers_ok && port_matches(r.get("ports"), port, proto)
+                })
+            })
+        })
+}
+
+/// The `prod` network policies of the DuckLake namespaces allow exactly the flows of
+/// stack/README.md "Network policies": each listed flow passes both its egress and its ingress
+/// side, and flows nobody needs are denied by the namespaces' default-deny.
+#[test]
+fn ducklake_network_policies_allow_the_documented_flows_only() {
+    let env = TestEnv::get();
+    let renderers = driftless::stack::Renderers {
+        helm: env.var("HELM").into(),
+        kubectl: env.var("KUBECTL").into(),
+        ..Default::default()
+    };
+    let (stacks, _) = driftless::stack::load_and_render(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some("prod"),
+        &driftless::credentials::Credentials::in_dir(None),
+        true,
+        &renderers,
+    )
+    .unwrap();
+    let mut policies = Vec::new();
+    let mut pods: Vec<Peer> = Vec::new();
+    for o in stacks
+        .iter()
+        .filter(|s| s.name.starts_with("ducklake-"))
+        .flat_map(|s| &s.objects)
+    {
+        let ns = o.key.namespace.clone().unwrap_or_default();
+        match o.key.kind.as_str() {
+            "NetworkPolicy" => policies.push((ns, o.object.clone())),
+            "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => pods.push(Peer {
+                ns,
+                labels: o.object["spec"]["template"]["metadata"]["labels"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
+            _ => {}
+        }
+    }
+    let pod = |ns: &str, app: &str| -> Peer {
+        pods.iter()
+            .find(|p| p.ns == ns && p.labels.get("app").and_then(|a| a.as_str()) == Some(app))
+            .unwrap_or_else(|| panic!("no pod {ns}/{app} in the prod render"))
+            .clone()
+    };
+    let outside = |ns: &str, key: &str, value: &str| {
+        let mut labels = serde_json::Map::new();
+        labels.insert(key.into(), value.into());
+        Peer {
+            ns: ns.into(),
+            labels,
+        }
+    };
+    let flow = |from: Option<&Peer>, to: Option<&Peer>, port: u16, proto: &str| {
+        from.is_none_or(|f| side_allows(&policies, f, to, port, proto, true))
+            && to.is_none_or(|t| side_allows(&policies, t, from, port, proto, false))
+    };
+    let backend = pod("ducklake", "ducklake-backend");
+    let postgres = pod("storage", "postgres");
+    let minio = pod("storage", "minio");
+    let buckets = pod("storage", "minio-buckets");
+    let registry = pod("storage", "docker-registry");
+    let loki = pod("logging", "loki");
+    let promtail = pod("logging", "promtail");
+    let ingress = outside("ingress-nginx", "app.kubernetes.io/name", "ingress-nginx");
+    let dns = outside("kube-system", "k8s-app", "kube-dns");
+
+    // stack/README.md "Network policies", row by row.
+    let allowed = [
+        (
+            "backend → postgres",
+            Some(&backend),
+            Some(&postgres),
+            5432,
+            "TCP",
+        ),
+        ("backend → minio", Some(&backend), Some(&minio), 9000, "TCP"),
+        (
+            "bucket Job → minio",
+            Some(&buckets),
+            Some(&minio),
+            9000,
+            "TCP",
+        ),
+        ("promtail → loki", Some(&promtail), Some(&loki), 3100, "TCP"),
+        ("promtail → API server", Some(&promtail), None, 6443, "TCP"),
+        (
+            "promtail → API server (443)",
+            Some(&promtail),
+            None,
+            443,
+            "TCP",
+        ),
+        (
+            "ingress controller → backend",
+            Some(&ingress),
+            Some(&backend),
+            8000,
+            "TCP",
+        ),
+        ("nodes → registry", None, Some(&registry), 5000, "TCP"),
+    ];
+    for (what, from, to, port, proto) in allowed {
+        assert!(flow(from, to, port, proto), "{what} must be allowed");
+    }
+    for p in &pods {
+        assert!(
+            flow(Some(p), Some(&dns), 53, "UDP") && flow(Some(p), Some(&dns), 53, "TCP"),
+            "{p:?} resolves names"
+        );
+    }
+    let denied = [
+        ("backend → loki", Some(&backend), Some(&loki), 3100, "TCP"),
+        (
+            "backend → registry",
+            Some(&backend),
+            Some(&registry),
+            5000,
+            "TCP",
+        ),
+        ("backend → internet", Some(&backend), None, 443, "TCP"),
+        (
+            "promtail → postgres",
+            Some(&promtail),
+            Some(&postgres),
+            5432,
+            "TCP",
+        ),
+        (
+            "minio → postgres",
+            Some(&minio),
+            Some(&postgres),
+            5432,
+            "TCP",
+        ),
+        (
+            "bucket Job → postgres",
+            Some(&buckets),
+            Some(&postgres),
+            5432,
+            "TCP",
+        ),
+        ("registry → internet", Some(&registry), None, 443, "TCP"),
+        (
+            "ingress controller → postgres",
+            Some(&ingress),
+            Some(&postgres),
+            5432,
+            "TCP",
+        ),
+        (
+            "ingress controller → loki",
+            Some(&ingress),
+            Some(&loki),
+            3100,
+            "TCP",
+        ),
+        ("nodes → postgres", None, Some(&postgres), 5432, "TCP"),
+        (
+            "backend → postgres on another port",
+            Some(&backend),
+            Some(&postgres),
+            5433,
+            "TCP",
+        ),
+        (
+            "promtail → loki over gRPC",
+            Some(&promtail),
+            Some(&loki),
+            9096,
+            "TCP",
+        ),
+    ];
+    for (what, from, to, port, proto) in denied {
+        assert!(!flow(from, to, port, proto), "{what} must be denied");
+    }
+    // Every DuckLake namespace denies by default, both ways.
+    for ns in ["storage", "logging", "ducklake"] {
+        assert!(
+            policies.iter().any(|(n, p)| n == ns
+                && p["spec"]["podSelector"] == serde_json::json!({})
+                && p["spec"]["policyTypes"] == serde_json::json!(["Ingress", "Egress"])),
+            "{ns} has a default-deny policy"
+        );
+    }
 }

@@ -63,7 +63,9 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     let resp = d.github(&big, SECRET).await;
     assert_eq!(resp.status(), 413);
 
-    // A burst of 500 valid webhooks gives at most 2 reconciles.
+    // A burst of 500 valid webhooks coalesces: one run at its leading edge, at most one per
+    // 2 s (the longest a burst may delay a run) while it goes on, and one after it; on a quiet
+    // host the 500 arrive within 2 s, so at most 2.
     let payload = d.push_payload();
     let mut tasks = Vec::new();
     let start = Instant::now();
@@ -79,10 +81,15 @@ async fn webhooks_trigger_coalesced_syncs_and_the_notify_protocol_is_spoken() {
     }
     // Timings are the benchmarks' business; this one is only reported.
     println!("500 webhooks answered in {:?}", start.elapsed());
+    let burst = start.elapsed();
     let after_burst = d.settle(Duration::from_millis(700)).await;
+    // The coalescing rule: a run starts after 100 ms without a trigger (or 2 s into a burst), so
+    // a burst of length B starts at most B / 100 ms runs, plus the one before and after it,
+    // however slowly a loaded host delivers the webhooks. 500 webhooks, a handful of runs.
+    let allowed = 2 + (burst.as_millis() / 100) as u64;
     assert!(
-        after_burst - after_push <= 2,
-        "500 webhooks gave {} reconciles",
+        after_burst - after_push <= allowed,
+        "500 webhooks in {burst:?} gave {} reconciles (at most {allowed})",
         after_burst - after_push
     );
     let metrics = d.metrics().await;
@@ -408,4 +415,342 @@ async fn new_revisions_are_incremental_and_drift_is_still_corrected() {
         .then_some(())
     })
     .await;
+}
+
+/// `listen: 127.0.0.1:0`: the daemon binds a port of its choosing before anyone asks, names it
+/// in its log and in `<stateDir>/listen`, and `driftless status` finds it there; the file goes
+/// at a clean stop.
+#[tokio::test]
+async fn a_daemon_on_a_port_of_its_choosing_is_found_by_status() {
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let listen_file = d.dir.path().join("state/listen");
+    let addr = std::fs::read_to_string(&listen_file).unwrap();
+    assert_eq!(d.base, format!("http://{}", addr.trim()));
+    assert!(!addr.trim().ends_with(":0"), "{addr}");
+    let log = std::fs::read_to_string(d.dir.path().join("daemon.log")).unwrap_or_default();
+    if std::env::var_os("DRIFTLESS_TEST_DAEMON_LOG").is_none() {
+        assert!(log.contains(addr.trim()), "the log names {addr}: {log}");
+    }
+    let config = d.dir.path().join("driftless.yaml");
+    let out = support::driftless(&config, &["status", "--output", "json"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "ready", "{status}");
+    let mut d = d;
+    run_ok(Command::new("kill").args(["-TERM", &d.child.id().to_string()]));
+    let code = d.child.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    assert!(
+        !listen_file.exists(),
+        "the listen file is removed at a clean stop"
+    );
+    let out = support::driftless(&config, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("names none (is `driftless run` running?)"),
+        "{}",
+        support::text(&out)
+    );
+}
+
+/// The followed branch is renamed on the remote: the status and a metric say it is missing,
+/// the daemon is degraded, the last good revision stays applied and nothing is pruned; once the
+/// branch is back the daemon recovers by itself.
+#[tokio::test]
+async fn a_branch_gone_from_the_remote_is_reported_and_nothing_is_pruned() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &format!("ns-{}", d.id));
+    let ready = d.status().await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(ready.get("missingRef").is_none(), "{ready}");
+
+    // On the renamed branch, a new commit: not followed, never applied.
+    git(d.repo.path(), &["branch", "-m", "main", "renamed"]);
+    write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "second"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let status = support::eventually(
+        "the missing branch reported",
+        Duration::from_secs(30),
+        || async {
+            let st = d.status().await;
+            (st["state"] == "degraded" && st["missingRef"].is_string()).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(status["missingRef"], "branch main", "{status}");
+    let errors = status["errors"].to_string();
+    assert!(
+        errors.contains("branch main not found on the remote")
+            && errors.contains("keeping the last good revision"),
+        "{status}"
+    );
+    assert_eq!(status["appliedRevision"]["subject"], "first", "{status}");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("driftless_source_ref_missing 1"),
+        "{metrics}"
+    );
+    // More runs while the branch is missing (a retry and another webhook): the last good
+    // revision is reconciled, nothing of it pruned.
+    let seen = d.next_run(&status).await;
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let again = d.next_run(&seen).await;
+    assert_eq!(again["state"], "degraded", "{again}");
+    assert_eq!(again["missingRef"], "branch main", "{again}");
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "one",
+        "the last good revision stays applied"
+    );
+    let page = d.page().await;
+    assert!(
+        page.contains("branch main not found on the remote"),
+        "{page}"
+    );
+
+    // The branch is back (with the commit made meanwhile): applied, and ready again.
+    git(d.repo.path(), &["branch", "-m", "renamed", "main"]);
+    assert_eq!(d.github(&d.push_payload(), SECRET).await.status(), 202);
+    let recovered = support::eventually("recovered", Duration::from_secs(60), || async {
+        let st = d.status().await;
+        (st["state"] == "ready" && st["appliedRevision"]["subject"] == "second").then_some(st)
+    })
+    .await;
+    assert!(recovered.get("missingRef").is_none(), "{recovered}");
+    assert!(
+        d.metrics().await.contains("driftless_source_ref_missing 0"),
+        "the metric is back to 0"
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["value"],
+        "two"
+    );
+}
+
+/// A checkout per fetched revision would fill the disk of a host that follows a busy branch:
+/// after each reconcile the daemon keeps the applied revision and the few newest, nothing else.
+#[tokio::test]
+async fn old_checkouts_are_removed_and_the_applied_one_is_kept() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let d = start_daemon();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let cms: Api<ConfigMap> = Api::namespaced(client, &format!("ns-{}", d.id));
+    let checkouts = d.dir.path().join("state/git/checkouts");
+    let first = git(d.repo.path(), &["rev-parse", "HEAD"]).trim().to_owned();
+    assert!(
+        checkouts.join(&first).is_dir(),
+        "the first revision is checked out"
+    );
+    for n in 0..5 {
+        let value = format!("v{n}");
+        write_stack(d.repo.path(), &d.id, &value);
+        git(d.repo.path(), &["commit", "-qam", &value]);
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        support::eventually("the commit applied", Duration::from_secs(20), || async {
+            let got = cms.get("settings").await.ok()?.data?.get("value").cloned();
+            (got.as_deref() == Some(value.as_str())).then_some(())
+        })
+        .await;
+    }
+    let head = git(d.repo.path(), &["rev-parse", "HEAD"]).trim().to_owned();
+    // The removal follows the reconcile that applied the last commit.
+    let names = support::eventually("old checkouts removed", Duration::from_secs(20), || async {
+        let names: Vec<String> = std::fs::read_dir(&checkouts)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        (!names.contains(&first)).then_some(names)
+    })
+    .await;
+    assert!(
+        names.contains(&head),
+        "the applied revision is kept: {names:?}"
+    );
+    assert!(
+        names.len() <= 4,
+        "the applied one and the 3 newest at most: {names:?}"
+    );
+}
+
+/// Dry-run requests (status subresources excluded) to HPAs and ResourceQuotas, server-wide: no
+/// other test uses these kinds, so the counts are this test's.
+async fn churn_dry_runs(client: &kube::Client) -> u64 {
+    support::apiserver_requests(client)
+        .await
+        .iter()
+        .filter(|s| !s.label("dry_run").is_empty() && s.label("subresource").is_empty())
+        .filter(|s| ["horizontalpodautoscalers", "resourcequotas"].contains(&s.label("resource")))
+        .map(|s| s.value as u64)
+        .sum()
+}
+
+fn get_json(ns: &str, what: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl(&["-n", ns, "get", what, "-o", "json"])).unwrap()
+}
+
+/// The quota's count of ConfigMaps in use, as its controller last wrote it.
+fn configmaps_used(ns: &str) -> u64 {
+    get_json(ns, "resourcequota/q")["status"]["used"]["configmaps"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The number of ConfigMaps in `ns`, once the quota's status counts them all.
+async fn counted_configmaps(ns: &str) -> u64 {
+    support::eventually(
+        "the quota's usage counted",
+        Duration::from_secs(30),
+        || async {
+            let n = get_json(ns, "configmaps")["items"]
+                .as_array()
+                .map_or(0, |i| i.len() as u64);
+            (configmaps_used(ns) == n).then_some(n)
+        },
+    )
+    .await
+}
+
+/// Controllers writing status — an HPA, a ResourceQuota, a Deployment scaled by its controller —
+/// wake no drift watch and cost no dry-run, while another manager's edits of their spec, labels
+/// and annotations (also through the status subresource) are still reverted within seconds.
+#[tokio::test]
+async fn status_writes_wake_nothing_and_foreign_edits_are_still_reverted() {
+    let client = TestEnv::get().kube_client().await;
+    let d = start_daemon_prepared("", |repo, _| {
+        std::fs::write(
+            repo.join("stack/app/churn.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: {tier: web}, annotations: {note: x}}\n\
+             spec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: registry.invalid/web:1}]}\n---\n\
+             apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web, labels: {tier: web}, annotations: {note: x}}\n\
+             spec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 3\n\
+             ---\napiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q, labels: {tier: web}, annotations: {note: x}}\n\
+             spec: {hard: {pods: '10', configmaps: '10'}}\n",
+        )
+        .unwrap();
+    });
+    d.wait_notify("READY=1", Duration::from_secs(90));
+    let ns = format!("ns-{}", d.id);
+    let ns = ns.as_str();
+    support::eventually("the HPA's status", Duration::from_secs(90), || async {
+        get_json(ns, "hpa/web")["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // Status rewritten by the controllers: quota usage (a ConfigMap created), the Deployment's
+    // pod replaced. Neither wakes a watch, and nothing is dry-run.
+    let reconciles = d.settle(Duration::from_secs(2)).await;
+    let dry_runs = churn_dry_runs(&client).await;
+    let pod = get_json(ns, "pods")["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("the Deployment's pod")
+        .to_owned();
+    let used = counted_configmaps(ns).await;
+    kubectl(&["-n", ns, "create", "configmap", "extra"]);
+    kubectl(&["-n", ns, "delete", "pod", &pod, "--wait=false"]);
+    support::eventually("status rewritten", Duration::from_secs(60), || async {
+        let used = configmaps_used(ns) == used + 1;
+        let replaced = get_json(ns, "pods")["items"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["metadata"]["name"] != pod.as_str() && p["status"]["phase"] == "Running")
+        });
+        let available = get_json(ns, "deployment/web")["status"]["availableReplicas"] == 1;
+        (used && replaced && available).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.settle(Duration::from_secs(3)).await,
+        reconciles,
+        "status writes triggered a reconcile"
+    );
+    assert_eq!(churn_dry_runs(&client).await, dry_runs);
+
+    // Another manager's edits: each reverted by a drift-triggered reconcile.
+    let as_applied = || {
+        let hpa = get_json(ns, "hpa/web");
+        let quota = get_json(ns, "resourcequota/q");
+        let deployment = get_json(ns, "deployment/web");
+        hpa["spec"]["maxReplicas"] == 3
+            && quota["spec"]["hard"]["pods"] == "10"
+            && deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                == "registry.invalid/web:1"
+            && [&hpa, &quota, &deployment].iter().all(|o| {
+                o["metadata"]["labels"]["tier"] == "web"
+                    && o["metadata"]["annotations"]["note"] == "x"
+            })
+    };
+    for (what, edits, _) in support::churn::foreign_edits() {
+        let status = d.status().await;
+        for edit in &edits {
+            let mut args = vec!["-n", ns];
+            args.extend(edit);
+            kubectl(&args);
+        }
+        // (The daemon may have reverted them already: no assertion that they took. The
+        // noop_cost test shows `diff` finding each.)
+        support::eventually(
+            &format!("the {what} edits reverted"),
+            Duration::from_secs(20),
+            || async { as_applied().then_some(()) },
+        )
+        .await;
+        let status = d.next_run(&status).await;
+        assert_eq!(
+            status["lastReconcile"]["trigger"], "drift",
+            "{what}: {status}"
+        );
+    }
+
+    // A full reconcile (woken by one edit) after the quota's status moved again: the quota and
+    // the HPA are not dry-run.
+    d.settle(Duration::from_secs(2)).await;
+    let used = counted_configmaps(ns).await;
+    kubectl(&["-n", ns, "create", "configmap", "extra-2"]);
+    support::eventually("quota usage rewritten", Duration::from_secs(30), || async {
+        (configmaps_used(ns) == used + 1).then_some(())
+    })
+    .await;
+    let dry_runs = churn_dry_runs(&client).await;
+    let status = d.status().await;
+    kubectl(&[
+        "-n",
+        ns,
+        "annotate",
+        "deployment/web",
+        "note=tampered",
+        "--overwrite",
+    ]);
+    support::eventually("the edit reverted", Duration::from_secs(20), || async {
+        as_applied().then_some(())
+    })
+    .await;
+    let status = d.next_run(&status).await;
+    assert_eq!(status["lastReconcile"]["mode"], "full", "{status}");
+    d.settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        churn_dry_runs(&client).await,
+        dry_runs,
+        "HPA or ResourceQuota dry-run by a reconcile that did not need it"
+    );
+    // Its pod leaves the shared nodes, once the daemon no longer restores it (a failed test
+    // leaves it for inspection).
+    let stack = format!("inventory-d-{}", d.id);
+    let ns = ns.to_owned();
+    drop(d);
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    kubectl(&["-n", "driftless-system", "delete", "configmap", &stack]);
 }

@@ -8,7 +8,7 @@ mod support;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use support::{LocalRepo, TestEnv, driftless, text};
+use support::{Repo, TestEnv, driftless, text};
 
 fn stack_file(hooks: &str) -> String {
     format!(
@@ -33,7 +33,7 @@ async fn job_uid(jobs: &Api<Job>) -> Option<String> {
 async fn post_sync_hooks_run_once_per_definition_and_hold_back_dependents() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let r = LocalRepo::new("hk", "");
+    let r = Repo::new("hk", "");
     let id = r.id.clone();
     r.write(
         "stack/app/stack.yaml",
@@ -243,7 +243,7 @@ async fn post_sync_hooks_run_once_per_definition_and_hold_back_dependents() {
 
 #[tokio::test]
 async fn a_hook_file_must_hold_one_job() {
-    let r = LocalRepo::new("hk", "");
+    let r = Repo::new("hk", "");
     r.write(
         "stack/app/stack.yaml",
         &stack_file("  hooks:\n    postSync:\n    - {file: hooks/init.yaml}\n"),

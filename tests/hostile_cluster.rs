@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{LocalRepo, TestEnv, driftless, text, unique_name};
+use support::{Repo, TestEnv, driftless, text, unique_name};
 
 const SYSTEM: &str = "driftless-system";
 
@@ -124,7 +124,7 @@ async fn a_forged_record_of_a_removed_stack_deletes_nothing_it_names() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     write_stack(
         r.path(),
         "app",
@@ -165,7 +165,7 @@ async fn a_forged_entry_never_deletes_another_instances_object() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let other = LocalRepo::new("hc", "");
+    let other = Repo::new("hc", "");
     write_stack(
         other.path(),
         "theirs",
@@ -178,7 +178,7 @@ async fn a_forged_entry_never_deletes_another_instances_object() {
         0,
         "the other instance's sync",
     );
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let stack = format!("app-{}", r.id);
     write_stack(r.path(), "app", &stack, &ns.name, &["a", "b", "c", "d"]);
     expect_exit(&driftless(&r.config, &["sync"]), 0, "first sync");
@@ -217,7 +217,7 @@ async fn a_forged_hook_record_never_deletes_a_foreign_job() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let stack = format!("app-{}", r.id);
     write_stack(r.path(), "app", &stack, &ns.name, &["settings"]);
     expect_exit(&driftless(&r.config, &["sync"]), 0, "first sync");
@@ -258,7 +258,7 @@ async fn recreate_spares_protected_kinds_and_foreign_objects() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let pvc = |mode: &str| {
         format!(
             "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, annotations: {{driftless.dev/recreate: 'true'}}}}\nspec: {{accessModes: [{mode}], resources: {{requests: {{storage: 1Gi}}}}}}\n"
@@ -327,7 +327,7 @@ async fn a_sync_of_another_directory_keeps_the_stacks_of_this_source() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let (one, two, three) = (
         format!("one-{}", r.id),
         format!("two-{}", r.id),
@@ -399,7 +399,7 @@ async fn the_mass_prune_gate_counts_every_stack_that_leaves() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     for name in ["a", "b", "c"] {
         write_stack(
             r.path(),
@@ -437,7 +437,7 @@ async fn malformed_and_oversized_records_fail_their_stack_safely() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let (good, bombed) = (format!("good-{}", r.id), format!("bombed-{}", r.id));
     write_stack(r.path(), "good", &good, &ns.name, &["good"]);
     write_stack(
@@ -518,7 +518,7 @@ async fn concurrent_syncs_of_one_stack_lose_no_record_entry() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let stack = format!("shared-{}", r.id);
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
     for (i, dir) in dirs.iter().enumerate() {
@@ -552,7 +552,7 @@ async fn concurrent_syncs_of_different_stacks_keep_both_records() {
     let client = env.kube_client().await;
     let ns = env.namespace("hc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let r = LocalRepo::new("hc", "");
+    let r = Repo::new("hc", "");
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
     let stacks: Vec<String> = (0..2).map(|i| format!("s{i}-{}", r.id)).collect();
     for round in 0..2 {

@@ -16,7 +16,6 @@ use futures::StreamExt;
 use driftless::config::HostCommands;
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
-use driftless::jobs::schedule::Schedule;
 use driftless::registry::{Client, Credentials};
 use serde_json::{Value, json};
 use support::registry::{
@@ -49,15 +48,11 @@ async fn exists(client: &Client, repo: &str, digest: &str) -> bool {
 }
 
 fn job(name: &str, spec: Value) -> Job {
-    Job {
-        name: name.to_owned(),
-        kind: "ImageCleanup".to_owned(),
-        stack: "test".to_owned(),
-        file: "stack/test/jobs.yaml".into(),
-        schedule: Schedule::parse("@daily", None).unwrap(),
-        starting_deadline: None,
-        spec,
-    }
+    Job::from_spec("ImageCleanup", name, "test", "stack/test/jobs.yaml", spec).unwrap()
+}
+
+fn spec(job: &Job) -> &image_cleanup::spec::Spec {
+    job.image_cleanup().unwrap()
 }
 
 /// A credentials directory with the auth registry's username and password.
@@ -438,7 +433,9 @@ async fn pagination_over_a_thousand_tags_and_tag_only_deletion() {
         commands: &HostCommands::new(),
         strict: false,
     };
-    let report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     assert!(report.ok(), "{}", report.text());
     let r = report
         .repositories
@@ -483,18 +480,18 @@ async fn a_tag_moved_after_planning_is_not_lost() {
             "protect": {"cluster": false, "desired": false},
             "rules": [{"repositories": repo, "keepLast": 1}]}),
     );
-    let spec = image_cleanup::spec::parse(&job).unwrap();
+    let spec = spec(&job);
     let client = Arc::new(
         image_cleanup::client_for(
             &job,
-            &spec,
+            spec,
             &driftless::credentials::Credentials::in_dir(Some(creds.clone())),
         )
         .unwrap(),
     );
     let mut report = image_cleanup::plan(
         &job,
-        &spec,
+        spec,
         &client,
         &BTreeMap::new(),
         dir.path(),
@@ -524,7 +521,7 @@ async fn a_tag_moved_after_planning_is_not_lost() {
     let (new1, _) = push_image(&push, &repo, "build-1", "2025-04-01T00:00:00Z", "1b").await;
     put_manifest_copy(&push, &repo, "build-2", "hotfix").await;
     report.deletes = true;
-    image_cleanup::execute(&spec, &client, &mut report).await;
+    image_cleanup::execute(spec, &client, &mut report).await;
     let registry = client.as_ref();
     assert!(
         exists(registry, &repo, &new1).await,
@@ -639,7 +636,9 @@ async fn one_failing_repository_does_not_stop_the_others() {
         commands: &HostCommands::new(),
         strict: false,
     };
-    let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let mut report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     report.repositories.retain(|r| r.repository.starts_with(&p));
     assert!(!report.ok());
     let broken_report = report
@@ -1189,7 +1188,9 @@ async fn referrers_the_api_lists_go_with_their_subject_and_a_false_listing_chang
         commands: &HostCommands::new(),
         strict: false,
     };
-    let mut report = image_cleanup::run(&job, &inputs, false).await.unwrap();
+    let mut report = image_cleanup::run(&job, spec(&job), &inputs, false)
+        .await
+        .unwrap();
     // Only this test's repository: others on the shared registry may change under the scan.
     report.repositories.retain(|r| r.repository == repo);
     let text = report.text();

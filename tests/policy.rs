@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use driftless::policy::{self, Document, PolicySet, fixtures};
 use serde_json::{Value, json};
-use support::{TestEnv, TestNamespace, eventually, unique_name};
+use support::{TestEnv, TestNamespace, eventually, kubectl_cmd, unique_name};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -52,14 +52,6 @@ fn shipped_policies_pass_their_fixtures_and_the_bundled_stacks() {
             assert_eq!(stack["policy"], json!([]), "{profile}: {stack}");
         }
     }
-}
-
-/// A kubectl command of the test cluster.
-fn kubectl_cmd() -> Command {
-    let env = TestEnv::get();
-    let mut cmd = Command::new(env.var("KUBECTL"));
-    cmd.arg("--kubeconfig").arg(env.var("KUBECONFIG"));
-    cmd
 }
 
 fn kubectl_stdin(args: &[&str], input: &Value) -> Output {

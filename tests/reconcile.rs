@@ -8,80 +8,8 @@ use support::{driftless_with, text};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
-use std::path::PathBuf;
 use std::process::Output;
-use support::{TestEnv, git, kubectl, unique_name};
-
-/// A git repository of stacks, a host configuration pointing at it, and the binary.
-struct Fixture {
-    repo: tempfile::TempDir,
-    /// Holds the host configuration and the Git mirror; removed with the fixture.
-    _state: tempfile::TempDir,
-    creds: tempfile::TempDir,
-    config: PathBuf,
-    /// Unique suffix: stack and namespace names carry it so tests never share objects.
-    id: String,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let repo = tempfile::tempdir().expect("repo dir");
-        let state = tempfile::tempdir().expect("state dir");
-        let creds = tempfile::tempdir().expect("creds dir");
-        git(repo.path(), &["init", "-q", "-b", "main"]);
-        let id = unique_name("t");
-        let config = state.path().join("driftless.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n",
-                repo.path().display(),
-                state.path().display(),
-                creds.path().display()
-            ),
-        )
-        .expect("write config");
-        Fixture {
-            repo,
-            _state: state,
-            creds,
-            config,
-            id,
-        }
-    }
-
-    fn write(&self, path: &str, text: &str) {
-        let p = self.repo.path().join(path);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text.replace("ID", &self.id)).expect("write");
-    }
-
-    fn remove(&self, path: &str) {
-        std::fs::remove_file(self.repo.path().join(path)).expect("remove");
-    }
-
-    fn commit(&self, message: &str) {
-        git(self.repo.path(), &["add", "-A"]);
-        git(
-            self.repo.path(),
-            &["commit", "-q", "--allow-empty", "-m", message],
-        );
-    }
-
-    /// Back to the last commit: uncommitted edits and new files are dropped.
-    fn reset(&self) {
-        git(self.repo.path(), &["reset", "-q", "--hard", "HEAD"]);
-        git(self.repo.path(), &["clean", "-qfdx"]);
-    }
-
-    fn driftless(&self, args: &[&str]) -> Output {
-        driftless_with(&self.config, args, &[])
-    }
-
-    fn ns(&self) -> String {
-        format!("ns-{}", self.id)
-    }
-}
+use support::{Repo, TestEnv, kubectl, unique_name};
 
 #[track_caller]
 fn expect_exit(o: &Output, code: i32, what: &str) {
@@ -130,7 +58,7 @@ spec:
       containers: [{name: db, image: registry.invalid/db:1}]
 ";
 
-fn base_stack(f: &Fixture) {
+fn base_stack(f: &Repo) {
     f.write("stack/app/stack.yaml", STACK);
     f.write("stack/app/00-namespace.yaml", NAMESPACE);
     f.write("stack/app/10-config.yaml", CONFIGMAP);
@@ -145,7 +73,7 @@ fn base_stack(f: &Fixture) {
 async fn commit_sequence_converges_without_perpetual_diffs() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     let ns = f.ns();
 
     // 1. Create.
@@ -290,7 +218,7 @@ async fn commit_sequence_converges_without_perpetual_diffs() {
 async fn drift_is_shown_and_reverted_and_conflicts_are_named() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     let ns = f.ns();
     base_stack(&f);
     f.commit("create");
@@ -366,7 +294,7 @@ async fn drift_is_shown_and_reverted_and_conflicts_are_named() {
 async fn crd_and_its_custom_resources_apply_in_one_sync() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     let group = format!("{}.example.driftless.dev", f.id);
     f.write("stack/app/stack.yaml", STACK);
     f.write("stack/app/00-namespace.yaml", NAMESPACE);
@@ -419,7 +347,7 @@ spec:
 async fn mass_prune_is_refused_and_nothing_is_pruned() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     base_stack(&f);
     f.commit("create");
     expect_exit(&f.driftless(&["sync", "--no-wait"]), 0, "first sync");
@@ -467,7 +395,7 @@ async fn mass_prune_is_refused_and_nothing_is_pruned() {
 async fn a_crash_after_the_inventory_write_orphans_nothing() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     base_stack(&f);
     f.commit("create");
     let out = driftless_with(
@@ -531,7 +459,7 @@ async fn secret_values_never_reach_output_or_logs() {
     const SENTINEL: &str = "s3ntinel-9f8e7d";
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     f.write(
         "stack/app/stack.yaml",
         &format!("{STACK}  secrets:\n  - name: db-credentials\n    fromFiles: {{password: db-password}}\n"),
@@ -539,11 +467,7 @@ async fn secret_values_never_reach_output_or_logs() {
     f.write("stack/app/00-namespace.yaml", NAMESPACE);
     f.write("stack/app/git-secret.yaml", &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: from-git}}\nstringData: {{token: {SENTINEL}-git}}\n"));
     f.commit("secrets");
-    std::fs::write(
-        f.creds.path().join("db-password"),
-        format!("{SENTINEL}-host"),
-    )
-    .unwrap();
+    std::fs::write(f.creds().join("db-password"), format!("{SENTINEL}-host")).unwrap();
     let mut outputs = Vec::new();
     for args in [
         vec!["diff"],
@@ -571,11 +495,7 @@ async fn secret_values_never_reach_output_or_logs() {
         format!("{SENTINEL}-host").into_bytes()
     );
     // A changed value shows as changed, masked.
-    std::fs::write(
-        f.creds.path().join("db-password"),
-        format!("{SENTINEL}-rotated"),
-    )
-    .unwrap();
+    std::fs::write(f.creds().join("db-password"), format!("{SENTINEL}-rotated")).unwrap();
     let changed = f.driftless(&["--log-level", "trace", "diff"]);
     expect_exit(&changed, 1, "rotated secret is a change");
     assert!(
@@ -603,7 +523,7 @@ async fn secret_values_never_reach_output_or_logs() {
 async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     base_stack(&f);
     f.commit("good");
     expect_exit(&f.driftless(&["sync", "--no-wait"]), 0, "good sync");
@@ -748,7 +668,7 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
         f.reset();
         match what {
             "symlink escapes" => {
-                std::os::unix::fs::symlink("/etc/hostname", f.repo.path().join(path)).unwrap()
+                std::os::unix::fs::symlink("/etc/hostname", f.path().join(path)).unwrap()
             }
             "empty render" => {
                 for p in [
@@ -774,8 +694,8 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
             format!(
                 "instance: {}\nsource: {{path: {}}}\nprofile: p\ncredentialsDir: {}\n",
                 f.id,
-                f.repo.path().display(),
-                f.creds.path().display()
+                f.path().display(),
+                f.creds().display()
             ),
         )
         .unwrap();
@@ -802,7 +722,7 @@ async fn bad_input_exits_2_names_the_place_and_changes_nothing() {
 async fn immutable_field_changes_fail_clearly_or_recreate_when_opted_in() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let f = Fixture::new();
+    let f = Repo::git("t", "");
     let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {v: '1'}\n";
     f.write("stack/app/stack.yaml", STACK);
     f.write("stack/app/00-namespace.yaml", NAMESPACE);

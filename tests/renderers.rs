@@ -7,9 +7,11 @@ mod support;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
-use support::{LocalRepo, TestEnv, driftless, driftless_with, text};
+use std::path::Path;
 
-fn sync(repo: &LocalRepo) -> std::process::Output {
+use support::{Repo, TestEnv, driftless, driftless_with, text};
+
+fn sync(repo: &Repo) -> std::process::Output {
     driftless(&repo.config, &["sync"])
 }
 
@@ -27,8 +29,8 @@ fn data(cm: &ConfigMap, key: &str) -> String {
 }
 
 /// A chart stack: values.yaml, then values-local.yaml in the local profile, then an overlay.
-fn chart_repo() -> LocalRepo {
-    let repo = LocalRepo::new("hm", "profile: local\n");
+fn chart_repo() -> Repo {
+    let repo = Repo::new("hm", "profile: local\n");
     repo.write(
         "stack/web/stack.yaml",
         "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  helm:\n    chart: chart\n    valuesFiles: [chart/values.yaml]\n  profiles:\n    local:\n      helm: {valuesFiles: [values-local.yaml]}\n      overlays: [overlays/local]\n",
@@ -169,7 +171,7 @@ async fn a_failing_render_applies_and_prunes_nothing() {
 
 #[tokio::test]
 async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
-    let repo = LocalRepo::new("kz", "profile: local\n");
+    let repo = Repo::new("kz", "profile: local\n");
     let id = repo.id.clone();
     repo.write(
         "stack/app/stack.yaml",
@@ -221,4 +223,219 @@ async fn kustomize_stack_uses_the_profile_directory_and_fails_safely() {
         config_map(&id, "settings").await.is_some(),
         "nothing pruned after a failed render"
     );
+}
+
+/// Remote bases and files are refused before `kubectl kustomize` runs: nothing is fetched,
+/// nothing applied, and the error names the kustomization file, the field and the entry.
+#[tokio::test]
+async fn remote_kustomize_references_are_refused_and_nothing_is_applied() {
+    let repo = Repo::new("kzr", "");
+    let id = repo.id.clone();
+    repo.write(
+        "stack/app/stack.yaml",
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  kustomize: {path: overlay}\n",
+    );
+    repo.write(
+        "stack/app/base/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [namespace.yaml, settings.yaml]\n",
+    );
+    repo.write(
+        "stack/app/base/namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ID}\n",
+    );
+    repo.write(
+        "stack/app/base/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: ID}\n",
+    );
+    for (entry, field) in [
+        (
+            "https://raw.githubusercontent.com/kubernetes/website/main/content/en/examples/application/nginx-app.yaml",
+            "resources[1]",
+        ),
+        (
+            "github.com/kubernetes-sigs/kustomize//examples/helloWorld?ref=v3.3.1",
+            "resources[1]",
+        ),
+    ] {
+        repo.write(
+            "stack/app/overlay/kustomization.yaml",
+            &format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base, '{entry}']\n"
+            ),
+        );
+        let out = sync(&repo);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let t = text(&out);
+        assert!(
+            t.contains(&format!(
+                "stack/app/overlay/kustomization.yaml: {field} {entry:?}"
+            )) && t.contains("remote")
+                && t.contains("spec.kustomize"),
+            "{t}"
+        );
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(TestEnv::get().kube_client().await);
+        assert!(ns.get_opt(&id).await.unwrap().is_none(), "nothing applied");
+    }
+    // The same directory with local references only renders and applies.
+    repo.write(
+        "stack/app/overlay/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\n",
+    );
+    let out = sync(&repo);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(config_map(&id, "settings").await.is_some());
+}
+
+/// A chart whose directory holds a symlink out of the repository is refused before Helm runs:
+/// Helm follows it, and `.Files.Get` would put the host's file into a ConfigMap.
+#[tokio::test]
+async fn a_chart_symlink_out_of_the_repository_is_refused_before_helm_runs() {
+    let repo = chart_repo();
+    let id = repo.id.clone();
+    repo.write(
+        "stack/web/chart/templates/leak.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: leak}\ndata:\n  passwd: {{ .Files.Get \"files/passwd\" | quote }}\n",
+    );
+    std::fs::create_dir_all(repo.path().join("stack/web/chart/files")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        repo.path().join("stack/web/chart/files/passwd"),
+    )
+    .unwrap();
+    let out = sync(&repo);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("stack/web/stack.yaml: spec.helm.chart of stack")
+            && t.contains("stack/web/chart/files/passwd: symlink leads outside the repository"),
+        "{t}"
+    );
+    assert!(!t.contains("root:x:0"), "{t}");
+    assert!(config_map(&id, "leak").await.is_none(), "nothing applied");
+    assert!(config_map(&id, &format!("{id}-settings")).await.is_none());
+
+    // A link to /etc itself, and one hidden in a dot-directory, likewise.
+    std::fs::remove_file(repo.path().join("stack/web/chart/files/passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", repo.path().join("stack/web/chart/files/etc")).unwrap();
+    let t = text(&driftless(&repo.config, &["validate"]));
+    assert!(
+        t.contains("stack/web/chart/files/etc: symlink leads outside"),
+        "{t}"
+    );
+    std::fs::remove_file(repo.path().join("stack/web/chart/files/etc")).unwrap();
+    std::fs::create_dir_all(repo.path().join("stack/web/chart/.git")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", repo.path().join("stack/web/chart/.git/x")).unwrap();
+    let t = text(&driftless(&repo.config, &["validate"]));
+    assert!(
+        t.contains("stack/web/chart/.git/x: symlink leads outside"),
+        "{t}"
+    );
+}
+
+/// A renderer sees none of driftless' environment but `PATH`, and an empty private `HOME`.
+/// Neither helm nor kubectl can print their environment into a render (Helm has no `env`
+/// function; Kustomize reads no variables), so a renderer program configured through
+/// `renderers.helm` records what it was given: observation injection, with driftless itself
+/// unchanged.
+#[test]
+fn renderers_run_with_a_minimal_environment() {
+    let tools = tempfile::tempdir().unwrap();
+    let seen = tools.path().join("seen");
+    let script = tools.path().join("helm");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > '{seen}.env'\nls -A \"$HOME\" > '{seen}.home'\nprintf -- '---\\n# Source: web/templates/a.yaml\\napiVersion: v1\\nkind: ConfigMap\\nmetadata: {{name: a}}\\n'\n",
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = Repo::new(
+        "env",
+        &format!("renderers: {{helm: {}}}\n", script.display()),
+    );
+    repo.write(
+        "stack/web/stack.yaml",
+        "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: ID}\nspec:\n  namespace: ID\n  helm: {chart: chart}\n",
+    );
+    repo.write(
+        "stack/web/chart/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    );
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join(".netrc"), "machine example.com password x").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(&repo.config)
+        .arg("validate")
+        .env("DRIFTLESS_TEST_SENTINEL", "s3ntinel-in-driftless-env")
+        .env("AWS_SECRET_ACCESS_KEY", "s3ntinel-aws")
+        .env("HTTPS_PROXY", "http://proxy.invalid:3128")
+        .env("http_proxy", "http://proxy.invalid:3128")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("HOME", home.path())
+        .output()
+        .expect("run driftless");
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(seen.with_extension("env")).unwrap();
+    assert!(!env.contains("s3ntinel"), "{env}");
+    for var in ["HTTPS_PROXY=", "http_proxy=", "KUBECONFIG=", "DRIFTLESS_"] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(var)),
+            "{var} passed: {env}"
+        );
+    }
+    let path = std::env::var("PATH").unwrap();
+    assert!(env.lines().any(|l| l == format!("PATH={path}")), "{env}");
+    let renderer_home = env
+        .lines()
+        .find_map(|l| l.strip_prefix("HOME="))
+        .expect("HOME set");
+    assert_ne!(Path::new(renderer_home), home.path());
+    assert!(
+        env.lines()
+            .any(|l| l == format!("HELM_CACHE_HOME={renderer_home}/.cache/helm")),
+        "{env}"
+    );
+    let listing = std::fs::read_to_string(seen.with_extension("home")).unwrap();
+    assert_eq!(listing, "", "HOME was empty");
+    assert!(
+        !Path::new(renderer_home).exists(),
+        "and is removed afterwards"
+    );
+}
+
+/// Helm resolves a `values.schema.json` `$ref` against `file:///` and loads it: a relative one
+/// reads any file of the host, and its content comes back in Helm's error message. Refused before
+/// Helm runs; the host file's content appears nowhere.
+#[test]
+fn a_chart_schema_reference_to_a_host_file_is_refused_before_helm_runs() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        r#"{"type": "string", "const": "S3NTINEL-host-file"}"#,
+    )
+    .unwrap();
+    let repo = chart_repo();
+    let reference = secret.to_str().unwrap().trim_start_matches('/');
+    repo.write(
+        "stack/web/chart/values.schema.json",
+        &format!(
+            r#"{{"type": "object", "properties": {{"greeting": {{"$ref": "{reference}"}}}}}}"#
+        ),
+    );
+    let out = driftless(&repo.config, &["validate"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!(
+            "stack/web/chart/values.schema.json: /properties/greeting/$ref {reference:?}: Helm would load it"
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("S3NTINEL"), "{t}");
 }

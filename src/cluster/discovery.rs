@@ -15,11 +15,26 @@ pub struct Kinds {
     by_version: HashMap<String, HashMap<String, Resolved>>,
 }
 
-/// How to reach one kind.
+/// How to reach one kind, and what the server said about it.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub resource: ApiResource,
     pub namespaced: bool,
+    /// Whether the kind has a status subresource (`<plural>/status` in discovery): then status
+    /// is written through it by a controller — an object without one has not been looked at yet
+    /// (`health`) — and `metadata.generation` moves only for changes outside metadata and status
+    /// (see `plan::signature`).
+    pub status_subresource: bool,
+}
+
+/// A resolved kind is used where its `ApiResource` is (the drift watches, the daemon's list
+/// of watched kinds): its fields read through.
+impl std::ops::Deref for Resolved {
+    type Target = ApiResource;
+
+    fn deref(&self) -> &ApiResource {
+        &self.resource
+    }
 }
 
 impl Resolved {
@@ -57,9 +72,14 @@ impl Kinds {
                 let kinds = by_version.entry(api_version).or_default();
                 for (resource, caps) in group.versioned_resources(version) {
                     // The first resource of a kind, as kube's `resolve_gvk` picks it.
+                    let status_subresource = caps
+                        .subresources
+                        .iter()
+                        .any(|(sub, _)| sub.plural.rsplit('/').next() == Some("status"));
                     kinds.entry(resource.kind.clone()).or_insert(Resolved {
                         resource,
                         namespaced: caps.scope == Scope::Namespaced,
+                        status_subresource,
                     });
                 }
             }

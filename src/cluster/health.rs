@@ -38,8 +38,39 @@ fn condition_is(v: &Value, type_: &str, status: &str) -> bool {
         == Some(status)
 }
 
-/// Health of a live object by the rules of its kind.
+/// What decides health beyond a kind's built-in rules: the revision's declared checks (for the
+/// objects of one stack).
+#[derive(Clone, Copy)]
+pub struct Declared<'a> {
+    pub checks: &'a crate::health_checks::HealthChecks,
+    pub stack: &'a str,
+}
+
+/// Health of one live object: a declared check for its `apiVersion`/`kind` decides when there
+/// is one; otherwise the rules of its kind, where a kind with a `status` subresource is in
+/// progress until its controller has written a status for the current generation.
+pub fn health_of_object(
+    declared: Option<Declared<'_>>,
+    api_version: &str,
+    group: &str,
+    kind: &str,
+    status_subresource: bool,
+    live: &Value,
+) -> HealthStatus {
+    if let Some(d) = declared
+        && let Some(check) = d.checks.find(d.stack, api_version, kind)
+    {
+        return d.checks.evaluate(check, live);
+    }
+    rules(group, kind, status_subresource, live)
+}
+
+/// Health of a live object by the rules of its kind (a kind without a status subresource).
 pub fn health_of(group: &str, kind: &str, live: &Value) -> HealthStatus {
+    rules(group, kind, false, live)
+}
+
+fn rules(group: &str, kind: &str, status_subresource: bool, live: &Value) -> HealthStatus {
     use HealthStatus::*;
     let generation = int(live, "/metadata/generation");
     let observed = int(live, "/status/observedGeneration");
@@ -135,6 +166,31 @@ pub fn health_of(group: &str, kind: &str, live: &Value) -> HealthStatus {
             }
         }
         _ => {
+            // A controller writes the status of such a kind: until it has, for this generation,
+            // nothing is known (a fresh custom resource is not healthy just for existing).
+            if status_subresource {
+                if live.get("status").is_none_or(Value::is_null) {
+                    return Progressing(
+                        "no status yet: its controller has not looked at it".to_owned(),
+                    );
+                }
+                if let Some(generation) = generation {
+                    let behind = live
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| {
+                            Some((c.get("type")?.as_str()?, int(c, "/observedGeneration")?))
+                        })
+                        .find(|(_, observed)| *observed < generation);
+                    if let Some((type_, observed)) = behind {
+                        return Progressing(format!(
+                            "condition {type_} is of generation {observed}, the object is at {generation}"
+                        ));
+                    }
+                }
+            }
             // Generic: a Ready condition decides when there is one.
             match condition(live, "Ready")
                 .and_then(|c| c.get("status"))
@@ -168,14 +224,20 @@ pub async fn wait_healthy(
     stack: &str,
     objects: &[Watched],
     timeout: Duration,
+    checks: Option<&crate::health_checks::HealthChecks>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<(ObjectKey, HealthStatus)>> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(100);
-    // Kinds that have no state to wait for are healthy once applied: not read at all.
+    let declared = checks.map(|checks| Declared { checks, stack });
+    // Kinds that have no state to wait for are healthy once applied: not read at all (unless
+    // the revision declares a check for them).
     let resolved: Vec<(&Watched, super::discovery::Resolved)> = objects
         .iter()
-        .filter(|w| !always_healthy(&w.key.group, &w.key.kind))
+        .filter(|w| {
+            !always_healthy(&w.key.group, &w.key.kind)
+                || checks.is_some_and(|c| c.find(stack, &w.api_version, &w.key.kind).is_some())
+        })
         .filter_map(|w| Some((w, kinds.resolve(&w.api_version, &w.key.kind)?)))
         .collect();
     let mut waiting: Vec<usize> = (0..resolved.len()).collect();
@@ -190,6 +252,7 @@ pub async fn wait_healthy(
                     resource: &r.resource,
                     namespace: r.namespace_for(w.key.namespace.as_deref()),
                     recorded: true,
+                    status_subresource: r.status_subresource,
                 }
             })
             .collect();
@@ -197,9 +260,16 @@ pub async fn wait_healthy(
         let mut pending = Vec::new();
         let mut still = Vec::new();
         for &i in &waiting {
-            let w = resolved[i].0;
+            let (w, r) = &resolved[i];
             let status = match live.remove(&w.key).flatten() {
-                Some(live) => health_of(&w.key.group, &w.key.kind, &live),
+                Some(live) => health_of_object(
+                    declared,
+                    &w.api_version,
+                    &w.key.group,
+                    &w.key.kind,
+                    r.status_subresource,
+                    &live,
+                ),
                 None => HealthStatus::Progressing("does not exist".to_owned()),
             };
             if status != HealthStatus::Healthy {
@@ -325,6 +395,62 @@ mod tests {
                 "{kind}: {live}"
             );
         }
+        // A kind with a status subresource: nothing before its controller has looked.
+        let custom = [
+            (
+                json!({"metadata": {"generation": 1}}),
+                false,
+                "no status yet",
+            ),
+            (
+                json!({"metadata": {"generation": 1}, "status": null}),
+                false,
+                "no status yet",
+            ),
+            (
+                json!({"metadata": {"generation": 1}, "status": {}}),
+                true,
+                "",
+            ),
+            (
+                json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 1}}),
+                false,
+                "latest generation",
+            ),
+            (
+                json!({"metadata": {"generation": 2}, "status": {"conditions": [
+                    {"type": "Ready", "status": "True", "observedGeneration": 1}]}}),
+                false,
+                "condition Ready is of generation 1",
+            ),
+            (
+                json!({"metadata": {"generation": 2}, "status": {"conditions": [
+                    {"type": "Ready", "status": "True", "observedGeneration": 2}]}}),
+                true,
+                "",
+            ),
+        ];
+        for (live, healthy, message) in custom {
+            let got =
+                health_of_object(None, "example.com/v1", "example.com", "Widget", true, &live);
+            assert_eq!(got == Healthy, healthy, "{live}: {got:?}");
+            if let Progressing(m) = &got {
+                assert!(m.contains(message), "{live}: {m}");
+            }
+        }
+        // A CRD without a status subresource: a status-less object is healthy (no Ready
+        // condition says otherwise), as before.
+        assert_eq!(
+            health_of_object(
+                None,
+                "example.com/v1",
+                "example.com",
+                "Widget",
+                false,
+                &json!({"metadata": {"generation": 1}})
+            ),
+            Healthy
+        );
         let failed = health_of(
             "batch",
             "Job",

@@ -5,7 +5,7 @@
 //! GET otherwise. Absence is only concluded from an unfiltered read, never from a
 //! label-selected one. Requests run with bounded concurrency.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 use kube::Client;
@@ -16,8 +16,8 @@ use super::apply::{api_for, redact_secret};
 use super::{Error, Result};
 use crate::stack::render::{ObjectKey, STACK_LABEL};
 
-/// Concurrent reads.
-const CONCURRENCY: usize = 8;
+/// Concurrent reads: the metadata LISTs of a stack of up to 16 kinds go out at once.
+const CONCURRENCY: usize = 16;
 /// From this many objects of one kind in one namespace on, a LIST replaces the GETs.
 const LIST_THRESHOLD: usize = 3;
 
@@ -29,9 +29,13 @@ pub struct Want<'a> {
     pub namespace: Option<&'a str>,
     /// Whether the stack's inventory records it (so it should carry the stack label).
     pub recorded: bool,
+    /// Whether its kind has a status subresource (for its `plan::signature`).
+    pub status_subresource: bool,
 }
 
 type Found = HashMap<(Option<String>, String), Value>;
+/// Objects read as metadata only, with their signatures (`plan::signature`).
+pub type Signatures = HashMap<ObjectKey, String>;
 /// Live states of some objects (`None`: absent).
 type States = Vec<(ObjectKey, Option<Value>)>;
 
@@ -99,19 +103,29 @@ async fn list(
 }
 
 /// Lists the metadata (`PartialObjectMetadata`) of `resource` everywhere, label-selected, every
-/// page: what tells whether an object is still as driftless applied it, at a fraction of the size.
-async fn list_metadata(client: &Client, resource: &ApiResource, selector: &str) -> Result<Found> {
+/// page: what tells whether an object is still as driftless applied it (its signature, taken
+/// before `managedFields` are dropped), at a fraction of the size. The second map holds each
+/// item's signature.
+async fn list_metadata(
+    client: &Client,
+    resource: &ApiResource,
+    selector: &str,
+    status_subresource: bool,
+) -> Result<(Found, HashMap<(Option<String>, String), String>)> {
     let api: kube::Api<PartialObjectMeta<DynamicObject>> =
         kube::Api::all_with(client.clone(), resource);
     let params = ListParams::default().limit(500).labels(selector);
     let mut out = Found::new();
+    let mut signatures = HashMap::new();
     list_pages(&api, params, &resource.plural, |mut item| {
+        let signature = crate::plan::signature::of(&item.metadata, status_subresource);
         item.metadata.managed_fields = None;
         let key = (
             item.metadata.namespace.clone(),
             item.metadata.name.clone().unwrap_or_default(),
         );
         let metadata = serde_json::to_value(&item.metadata).unwrap_or(Value::Null);
+        signatures.insert(key.clone(), signature);
         out.insert(
             key,
             serde_json::json!({
@@ -122,7 +136,7 @@ async fn list_metadata(client: &Client, resource: &ApiResource, selector: &str) 
         );
     })
     .await?;
-    Ok(out)
+    Ok((out, signatures))
 }
 
 /// A listed item as a GET would return it: list items carry no `apiVersion`/`kind`.
@@ -149,55 +163,58 @@ pub async fn fetch(
 }
 
 /// `fetch`; with `metadata_only`, recorded objects found by the label-selected LISTs come as
-/// `apiVersion`, `kind` and `metadata` only, and their keys are returned in the set (read the
-/// whole object with a GET where more is needed).
+/// `apiVersion`, `kind` and `metadata` (without `managedFields`) only, and are returned in the
+/// second map with their signatures (read the whole object with a GET where more is needed).
 pub async fn fetch_with(
     client: &Client,
     stack: &str,
     wants: &[Want<'_>],
     metadata_only: bool,
-) -> Result<(HashMap<ObjectKey, Option<Value>>, HashSet<ObjectKey>)> {
+) -> Result<(HashMap<ObjectKey, Option<Value>>, Signatures)> {
     let mut out: HashMap<ObjectKey, Option<Value>> = HashMap::new();
-    let mut partial: HashSet<ObjectKey> = HashSet::new();
+    let mut partial = Signatures::new();
     // 1. Recorded objects: one label-selected LIST per kind, cluster-wide.
-    let mut by_resource: BTreeMap<String, &ApiResource> = BTreeMap::new();
+    let mut by_resource: BTreeMap<String, (&ApiResource, bool)> = BTreeMap::new();
     for w in wants.iter().filter(|w| w.recorded) {
-        by_resource.insert(resource_id(w.resource), w.resource);
+        by_resource.insert(resource_id(w.resource), (w.resource, w.status_subresource));
     }
     let selector = format!("{STACK_LABEL}={stack}");
     let lists: Vec<_> = by_resource
         .iter()
-        .map(|(id, r)| {
+        .map(|(id, (r, status_subresource))| {
             let selector = selector.as_str();
             async move {
                 let found = if metadata_only {
-                    list_metadata(client, r, selector).await
+                    list_metadata(client, r, selector, *status_subresource).await
                 } else {
-                    list(client, r, None, Some(selector)).await
+                    list(client, r, None, Some(selector))
+                        .await
+                        .map(|f| (f, HashMap::new()))
                 };
                 (id.clone(), found)
             }
         })
         .collect();
-    let listed: Vec<(String, Result<Found>)> = futures::stream::iter(lists)
+    type Listed = (Found, HashMap<(Option<String>, String), String>);
+    let listed: Vec<(String, Result<Listed>)> = futures::stream::iter(lists)
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
-    let mut labelled: HashMap<String, Found> = HashMap::new();
+    let mut labelled: HashMap<String, Listed> = HashMap::new();
     for (id, found) in listed {
         labelled.insert(id, found?);
     }
     let mut rest: Vec<&Want<'_>> = Vec::new();
     for w in wants {
         let hit = w.recorded.then(|| {
-            labelled
-                .get_mut(&resource_id(w.resource))
-                .and_then(|f| f.remove(&(w.namespace.map(str::to_owned), w.key.name.clone())))
+            let (found, signatures) = labelled.get_mut(&resource_id(w.resource))?;
+            let at = (w.namespace.map(str::to_owned), w.key.name.clone());
+            Some((found.remove(&at)?, signatures.remove(&at)))
         });
         match hit.flatten() {
-            Some(v) => {
-                if metadata_only {
-                    partial.insert(w.key.clone());
+            Some((v, signature)) => {
+                if let Some(signature) = signature {
+                    partial.insert(w.key.clone(), signature);
                 }
                 out.insert(w.key.clone(), Some(v));
             }
@@ -244,4 +261,23 @@ pub async fn fetch_with(
         out.extend(r?);
     }
     Ok((out, partial))
+}
+/// Every object of a kind in all namespaces, page by page (500 a page): `each` sees each page's
+/// objects. For cluster-wide scans that are not about managed objects (the images workloads
+/// use, for ImageCleanup's protection).
+pub async fn for_each_in_cluster(
+    client: &Client,
+    resource: &ApiResource,
+    mut each: impl FnMut(&DynamicObject),
+) -> std::result::Result<(), kube::Error> {
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), resource);
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let list = api.list(&params).await?;
+        list.items.iter().for_each(&mut each);
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(()),
+        }
+    }
 }

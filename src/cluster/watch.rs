@@ -1,19 +1,23 @@
 //! Watch-fed drift detection: one watch per kind driftless manages (objects labelled
-//! `driftless.dev/stack`, all namespaces). Only a small signature per object is kept — its
-//! generation, or its resourceVersion for kinds without one — never the object, so memory stays
-//! flat. A change after the initial list, made by another field manager than driftless, is
-//! reported to the daemon, which reconciles at once instead of waiting for the next poll.
+//! `driftless.dev/stack`, all namespaces). Only a small signature per object is kept — the one
+//! the inventory records, `plan::signature`, which status writes do not move — never the object,
+//! so memory stays flat. A change after the initial list that moves the signature, made by
+//! another field manager than driftless, is reported to the daemon, which reconciles at once
+//! instead of waiting for the next poll. Controllers writing status (HPAs, quotas, scaled
+//! Deployments) trigger nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
+use super::discovery::Resolved;
+use crate::plan::signature;
 use crate::stack::render::STACK_LABEL;
 
 /// Called with (stack, object) when a managed object changed or disappeared.
@@ -23,7 +27,7 @@ pub type OnDrift = Arc<dyn Fn(&str, &str) + Send + Sync>;
 /// stacks sharing the cluster are none of our business). Abort the handles to stop them.
 pub fn spawn(
     client: &Client,
-    resources: &[ApiResource],
+    resources: &[Resolved],
     stacks: &[String],
     on_drift: OnDrift,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -33,8 +37,12 @@ pub fn spawn(
         .map(|ar| {
             // Metadata only (`PartialObjectMetadata`): the signature and the field managers are
             // all a watch needs, at a fraction of the objects' size on the wire and in memory.
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), ar);
-            let kind = ar.kind.clone();
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(client.clone(), &ar.resource);
+            let kind = Kind {
+                name: ar.kind.clone(),
+                status_subresource: ar.status_subresource,
+            };
             let on_drift = on_drift.clone();
             let selector = selector.clone();
             tokio::spawn(async move { watch_one(api, kind, selector, on_drift).await })
@@ -42,30 +50,21 @@ pub fn spawn(
         .collect()
 }
 
-/// Whether the newest write recorded in `managedFields` came from another manager than
-/// driftless: our own applies must not look like drift. Timestamps have one-second
-/// resolution, so a foreign write in the same second as ours counts as foreign.
-fn changed_by_others(o: &impl ResourceExt) -> bool {
-    let fields = o.managed_fields();
-    let Some(newest) = fields.iter().filter_map(|m| m.time.as_ref()).max() else {
-        return true;
-    };
-    fields
-        .iter()
-        .filter(|m| m.time.as_ref() == Some(newest))
-        .any(|m| m.manager.as_deref() != Some(super::FIELD_MANAGER))
+/// The kind one watch follows.
+struct Kind {
+    name: String,
+    status_subresource: bool,
 }
 
-fn signature(o: &impl ResourceExt) -> String {
-    match o.meta().generation {
-        Some(g) => format!("g{g}"),
-        None => format!("r{}", o.resource_version().unwrap_or_default()),
+impl Kind {
+    fn signature(&self, o: &impl ResourceExt) -> String {
+        signature::of(o.meta(), self.status_subresource)
     }
 }
 
 async fn watch_one(
     api: Api<PartialObjectMeta<DynamicObject>>,
-    kind: String,
+    kind: Kind,
     selector: String,
     on_drift: OnDrift,
 ) {
@@ -90,7 +89,7 @@ async fn watch_one(
             }
             Ok(Event::InitApply(o)) => {
                 let key = (o.namespace(), o.name_any());
-                let sig = signature(&o);
+                let sig = kind.signature(&o);
                 if let Some(before) = &before_relist {
                     gap_changed |= before.get(&key) != Some(&sig);
                 }
@@ -101,8 +100,8 @@ async fn watch_one(
                 if let Some(before) = before_relist.take() {
                     gap_changed |= before.keys().any(|k| !seen.contains_key(k));
                     if gap_changed {
-                        debug!(kind = %kind, "managed objects changed while the watch was down");
-                        on_drift("", &format!("{kind} (relisted)"));
+                        debug!(kind = %kind.name, "managed objects changed while the watch was down");
+                        on_drift("", &format!("{} (relisted)", kind.name));
                     }
                 }
                 listed = true;
@@ -111,7 +110,7 @@ async fn watch_one(
             Ok(Event::Apply(o)) => (o, false),
             Ok(Event::Delete(o)) => (o, true),
             Err(e) => {
-                warn!(kind = %kind, "watch interrupted (retrying with backoff): {e}");
+                warn!(kind = %kind.name, "watch interrupted (retrying with backoff): {e}");
                 continue;
             }
         };
@@ -119,9 +118,9 @@ async fn watch_one(
         let changed = if deleted {
             seen.remove(&key).is_some()
         } else {
-            let sig = signature(&object);
+            let sig = kind.signature(&object);
             seen.insert(key.clone(), sig.clone()).as_ref() != Some(&sig)
-                && changed_by_others(&object)
+                && signature::changed_by_others(&object.metadata, super::FIELD_MANAGER)
         };
         if changed && listed {
             let stack = object
@@ -130,8 +129,8 @@ async fn watch_one(
                 .cloned()
                 .unwrap_or_default();
             let name = match &key.0 {
-                Some(ns) => format!("{kind}/{ns}/{}", key.1),
-                None => format!("{kind}/{}", key.1),
+                Some(ns) => format!("{}/{ns}/{}", kind.name, key.1),
+                None => format!("{}/{}", kind.name, key.1),
             };
             debug!(stack = %stack, object = %name, deleted, "managed object changed");
             on_drift(&stack, &name);

@@ -6,7 +6,7 @@
 //! or in `driftless jobs run`) is still going is skipped and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,38 +20,6 @@ use crate::jobs::model::Job;
 use crate::jobs::runner;
 use crate::jobs::runs::{self, Outcome};
 use crate::jobs::scheduler::{self, Decision, Due};
-use crate::stack::RenderedStack;
-
-/// A revision that does not load: its stacks or its jobs.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Stack(#[from] crate::stack::Error),
-    #[error(transparent)]
-    Jobs(#[from] crate::jobs::model::Error),
-}
-
-/// Loads and renders a revision's stacks and its jobs (blocking: file reads).
-pub fn load(
-    root: &Path,
-    profile: Option<&str>,
-    credentials: &crate::credentials::Credentials,
-    renderers: &crate::stack::Renderers,
-    cache: Option<&crate::yaml::ParseCache>,
-) -> Result<(Vec<RenderedStack>, Vec<Job>), LoadError> {
-    let mut lap = crate::logging::Lap::start("revision");
-    let loaded = crate::stack::load_repo_with(
-        root,
-        profile,
-        crate::stack::LoadLimits::default(),
-        renderers,
-    )?;
-    let jobs = crate::jobs::model::load_jobs(&loaded)?;
-    lap.log("read the stacks and jobs");
-    let (stacks, _) = crate::stack::render_loaded_with(&loaded, credentials, false, cache)?;
-    lap.log("rendered the stacks");
-    Ok((stacks, jobs))
-}
 
 /// What the scheduler runs, from the last good revision and the current configuration.
 #[derive(Clone)]
@@ -66,6 +34,8 @@ pub struct JobsState {
     pub target: crate::cluster::Target,
     /// Programs jobs may run (host configuration `jobs.commands`).
     pub commands: crate::config::HostCommands,
+    /// The host configuration's settings for jobs (programs, writable paths, host name).
+    pub host: crate::jobs::host::HostSettings,
 }
 
 /// Longest sleep between looks at the clock (a suspended host or a clock step is noticed).
@@ -190,6 +160,7 @@ async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
         commands: &state.commands,
         strict: false,
         revision: state.revision.clone(),
+        host: &state.host,
     };
     match runner::run(job, &ctx, due.cause, Some(due.scheduled_for), false).await {
         Ok(finished) => {
@@ -246,7 +217,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
         .iter()
         .map(|j| {
             let (history, _) = runs::load(&state.state_dir, &j.name);
-            let backup = (j.kind == "Backup").then(|| crate::jobs::backup::freshness(j, &history));
+            let backup = crate::jobs::backup::freshness(j, &history);
             if let Some(t) = backup.and_then(|b| b.newest) {
                 shared
                     .metrics
@@ -256,7 +227,7 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
             }
             JobStatus {
                 name: j.name.clone(),
-                kind: j.kind.clone(),
+                kind: j.kind().to_owned(),
                 stack: j.stack.clone(),
                 schedule: j.schedule.expression().to_owned(),
                 time_zone: j.schedule.time_zone().name().to_owned(),

@@ -25,6 +25,15 @@ pub struct Metrics {
     pub job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     pub job_figures: Family<Labels, Gauge>,
     pub backup_last_complete: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while the followed branch or tag does not exist on the remote.
+    pub source_ref_missing: Gauge,
+    pub http_connections: Gauge,
+    pub http_connections_limit: Gauge,
+    pub http_connections_evicted: Counter,
+    pub http_connections_refused: Counter,
+    /// 1 for the revision `source.git.verify` refused last (commit, signer, reason); empty
+    /// once a revision verifies.
+    pub source_unverified: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -43,6 +52,12 @@ impl Default for Metrics {
             job_last_success: Family::default(),
             job_figures: Family::default(),
             backup_last_complete: Family::default(),
+            source_ref_missing: Gauge::default(),
+            http_connections: Gauge::default(),
+            http_connections_limit: Gauge::default(),
+            http_connections_evicted: Counter::default(),
+            http_connections_refused: Counter::default(),
+            source_unverified: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +114,36 @@ impl Default for Metrics {
             "backup_last_complete_timestamp_seconds",
             "Unix time (start) of the newest complete backup of a Backup job",
             m.backup_last_complete.clone(),
+        );
+        registry.register(
+            "source_ref_missing",
+            "1 while the followed branch or tag does not exist on the remote (the last good revision stays applied)",
+            m.source_ref_missing.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Connections the HTTP endpoint holds",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_limit",
+            "Most connections the HTTP endpoint holds at once (daemon.maxConnections)",
+            m.http_connections_limit.clone(),
+        );
+        registry.register(
+            "http_connections_evicted",
+            "Idle connections closed to make room at the cap",
+            m.http_connections_evicted.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections refused at the cap because every open one had a request in progress",
+            m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "source_unverified_revision",
+            "The revision refused by source.git.verify: its commit, signer and reason (1 while it is the newest)",
+            m.source_unverified.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::mode::Mode;
+use super::trigger::Trigger;
 use crate::source::Revision;
 
 /// The daemon's overall state.
@@ -37,9 +39,29 @@ pub struct Status {
     pub stacks: Vec<StackStatus>,
     /// Problems outside any one stack (source unreachable, revision fails to render, cluster down).
     pub errors: Vec<String>,
+    /// The followed ref (`branch main`, `tag v1.2`) when the remote no longer has it: the
+    /// daemon is degraded and the last good revision stays applied (nothing is pruned for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_ref: Option<String>,
     /// Scheduled jobs of the applied revision and their last runs.
     #[serde(default)]
     pub jobs: Vec<JobStatus>,
+    /// The newest revision refused by `source.git.verify` (cleared when one verifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<UnverifiedRevision>,
+}
+
+/// A revision not applied because its signature did not verify.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnverifiedRevision {
+    /// The commit the followed ref points to.
+    pub sha: String,
+    /// What was checked: `commit <sha>` or `tag <name> (<sha>)`.
+    pub object: String,
+    /// The signer as far as the signature names it.
+    pub signer: Option<String>,
+    pub reason: String,
 }
 
 /// One scheduled job.
@@ -68,14 +90,15 @@ pub struct JobStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileSummary {
-    pub trigger: String,
+    /// What asked for the run (`start`, `poll`, `webhook github`, `drift`, ...).
+    pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
     pub duration_ms: u64,
     pub ok: bool,
     /// `quiet` (same revision, watches quiet: nothing asked of the cluster), `incremental` (a
     /// new revision: only the objects whose desired state changed), or `full`.
     #[serde(default)]
-    pub mode: String,
+    pub mode: Mode,
     /// Wall time of each phase in milliseconds, in order: `fetch` (Git), `render` (load, render
     /// and the policies of a new revision), `cluster` (plan, apply, prune, wait, hooks),
     /// `record` (status, inventories of stacks that left, watches).
@@ -88,8 +111,7 @@ pub struct ReconcileSummary {
 #[serde(rename_all = "camelCase")]
 pub struct StackStatus {
     pub name: String,
-    /// `synced`, `failed`, `unhealthy`, `skipped`, `backoff`.
-    pub state: String,
+    pub state: StackState,
     /// When the stack last changed something in the cluster.
     pub last_change: Option<DateTime<Utc>>,
     pub last_sync: Option<DateTime<Utc>>,
@@ -102,6 +124,44 @@ pub struct StackStatus {
     /// With repeated failures: when the stack is tried again.
     pub retry_at: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
+}
+
+/// Where one stack stands; serialized as the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackState {
+    /// In the revision, not reconciled yet.
+    Pending,
+    /// Applied and healthy.
+    Synced,
+    /// Live objects differ from the revision and are left so (`selfHeal: false`).
+    Drifted,
+    /// Its reconcile failed (see `error`), or it was skipped because a dependency failed.
+    Failed,
+    /// Applied, but objects were not healthy at the end of the wait.
+    Unhealthy,
+    /// Waiting out its backoff after failures (see `retryAt`).
+    Backoff,
+}
+
+impl StackState {
+    /// The name the status document and the page use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackState::Pending => "pending",
+            StackState::Synced => "synced",
+            StackState::Drifted => "drifted",
+            StackState::Failed => "failed",
+            StackState::Unhealthy => "unhealthy",
+            StackState::Backoff => "backoff",
+        }
+    }
+}
+
+impl std::fmt::Display for StackState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counts of the last plan.

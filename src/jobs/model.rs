@@ -12,17 +12,21 @@
 //!   ...                         # the kind's own fields
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::schedule::Schedule;
+use super::{backup, image_cleanup};
 use crate::stack::LoadedStack;
 use crate::stack::model::API_VERSION;
 
 /// The job kinds driftless knows.
 pub const KINDS: &[&str] = &["ImageCleanup", "Backup"];
+
+/// The fields of `spec` every kind has; read here, so a kind's parser sees only its own.
+const COMMON_FIELDS: &[&str] = &["schedule", "timeZone", "startingDeadline"];
 
 /// Errors in a jobs file, naming the file and the job.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +49,9 @@ pub enum Error {
     #[error(transparent)]
     Vars(#[from] Box<crate::stack::Error>),
     #[error(transparent)]
-    ImageCleanup(#[from] super::image_cleanup::spec::Error),
+    ImageCleanup(#[from] image_cleanup::spec::Error),
     #[error(transparent)]
-    Backup(#[from] super::backup::spec::Error),
+    Backup(#[from] backup::spec::Error),
     #[error("{file}: job name {name:?} is also used in {other}")]
     Duplicate {
         file: PathBuf,
@@ -60,14 +64,82 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
-    pub kind: String,
     /// The stack whose `jobs.yaml` declares it.
     pub stack: String,
     pub file: PathBuf,
     pub schedule: Schedule,
     pub starting_deadline: Option<Duration>,
-    /// The whole `spec`, for the kind's own runner to read.
-    pub spec: Value,
+    /// The kind's own fields, parsed and checked once when the job is loaded.
+    pub spec: JobSpec,
+}
+
+/// A job's kind with its parsed spec.
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    ImageCleanup(Box<image_cleanup::spec::Spec>),
+    Backup(Box<backup::spec::Spec>),
+}
+
+impl JobSpec {
+    /// The kind as `jobs.yaml` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::ImageCleanup(_) => "ImageCleanup",
+            JobSpec::Backup(_) => "Backup",
+        }
+    }
+}
+
+impl Job {
+    /// The kind as `jobs.yaml` names it.
+    pub fn kind(&self) -> &'static str {
+        self.spec.kind()
+    }
+
+    /// The ImageCleanup spec, when the job is an ImageCleanup.
+    pub fn image_cleanup(&self) -> Option<&image_cleanup::spec::Spec> {
+        match &self.spec {
+            JobSpec::ImageCleanup(s) => Some(s),
+            JobSpec::Backup(_) => None,
+        }
+    }
+
+    /// The Backup spec, when the job is a Backup.
+    pub fn backup(&self) -> Option<&backup::spec::Spec> {
+        match &self.spec {
+            JobSpec::Backup(s) => Some(s),
+            JobSpec::ImageCleanup(_) => None,
+        }
+    }
+
+    /// A job as a `jobs.yaml` document of `kind` named `name` with this `spec` would declare it
+    /// (tests and benchmarks build jobs without a stack repository).
+    pub fn from_spec(
+        kind: &str,
+        name: &str,
+        stack: &str,
+        file: impl AsRef<Path>,
+        spec: Value,
+    ) -> Result<Job, Error> {
+        let doc = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        parse_job(stack, file.as_ref(), 1, &doc)
+    }
+}
+
+/// `spec` without the fields every kind shares: what a kind's parser reads.
+pub fn kind_fields(spec: &Value) -> Value {
+    let mut own = spec.clone();
+    if let Value::Object(map) = &mut own {
+        for field in COMMON_FIELDS {
+            map.remove(*field);
+        }
+    }
+    own
 }
 
 /// Reads every stack's `jobs.yaml`. Job names are unique across stacks.
@@ -88,13 +160,6 @@ pub fn load_jobs(stacks: &[LoadedStack]) -> Result<Vec<Job>, Error> {
             .enumerate()
         {
             let job = parse_job(&stack.name, &file.path, i + 1, &doc)?;
-            // The kind's own fields are checked here, so `validate` catches their mistakes.
-            if job.kind == "ImageCleanup" {
-                super::image_cleanup::spec::parse(&job)?;
-            }
-            if job.kind == "Backup" {
-                super::backup::spec::parse(&job)?;
-            }
             if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
                 return Err(Error::Duplicate {
                     file: file.path.clone(),
@@ -108,12 +173,9 @@ pub fn load_jobs(stacks: &[LoadedStack]) -> Result<Vec<Job>, Error> {
     Ok(jobs)
 }
 
-fn parse_job(
-    stack: &str,
-    file: &std::path::Path,
-    document: usize,
-    doc: &Value,
-) -> Result<Job, Error> {
+/// One document: the fields every job has, then the kind's own (so `validate` catches their
+/// mistakes).
+fn parse_job(stack: &str, file: &Path, document: usize, doc: &Value) -> Result<Job, Error> {
     let invalid = |message: String| Error::Invalid {
         file: file.to_owned(),
         document,
@@ -152,13 +214,31 @@ fn parse_job(
         ),
         None => None,
     };
+    let own = kind_fields(doc.get("spec").unwrap_or(&Value::Null));
+    let spec = match kind {
+        "ImageCleanup" => {
+            JobSpec::ImageCleanup(Box::new(image_cleanup::spec::parse(file, name, &own)?))
+        }
+        "Backup" => JobSpec::Backup(Box::new(backup::spec::parse(
+            file,
+            name,
+            schedule.time_zone(),
+            &own,
+        )?)),
+        // `KINDS` was checked above.
+        other => {
+            return Err(invalid(format!(
+                "unknown job kind {other:?} (known: {})",
+                KINDS.join(", ")
+            )));
+        }
+    };
     Ok(Job {
         name: name.to_owned(),
-        kind: kind.to_owned(),
         stack: stack.to_owned(),
         file: file.to_owned(),
         schedule,
         starting_deadline,
-        spec: doc.get("spec").cloned().unwrap_or(Value::Null),
+        spec,
     })
 }

@@ -303,7 +303,8 @@ impl Field {
     /// The field with names replaced by numbers. croner would replace names anywhere in the
     /// expression (`MON` in the month field becoming January), so names are resolved here, per
     /// field, and any other word is refused.
-    fn translate(&self, text: &str) -> Result<String, String> {
+    /// `expr` is the whole expression, for the error.
+    fn translate(&self, expr: &str, text: &str) -> Result<String, Error> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(c) = rest.chars().next() {
@@ -312,7 +313,16 @@ impl Field {
                     .find(|c: char| !c.is_ascii_alphabetic())
                     .unwrap_or(rest.len());
                 let (word, tail) = rest.split_at(len);
-                out.push_str(&self.translate_word(word, out.ends_with('-'))?);
+                let number = self
+                    .translate_word(word, out.ends_with('-'))
+                    .ok_or_else(|| Error::InvalidField {
+                        expression: expr.to_owned(),
+                        field: self.name,
+                        value: text.to_owned(),
+                        reason: format!("unknown name {word:?}"),
+                        allowed: self.allowed,
+                    })?;
+                out.push_str(&number);
                 rest = tail;
             } else {
                 out.push(c);
@@ -322,7 +332,8 @@ impl Field {
         Ok(out)
     }
 
-    fn translate_word(&self, word: &str, ends_range: bool) -> Result<String, String> {
+    /// The number (or croner letter) a name stands for; none for an unknown name.
+    fn translate_word(&self, word: &str, ends_range: bool) -> Option<String> {
         let upper = word.to_ascii_uppercase();
         if let Some(index) = self.names.iter().position(|name| *name == upper) {
             // `FRI-SUN` must read as 5-7: a range cannot run from 5 down to 0.
@@ -331,12 +342,12 @@ impl Field {
             } else {
                 self.first + index
             };
-            return Ok(number.to_string());
+            return Some(number.to_string());
         }
         if !self.letters.is_empty() && upper.chars().all(|c| self.letters.contains(c)) {
-            return Ok(upper);
+            return Some(upper);
         }
-        Err(format!("unknown name {word:?}"))
+        None
     }
 }
 
@@ -396,13 +407,7 @@ fn normalize(expr: &str, specs: &[Field], written: &[&str]) -> Result<Vec<String
         .iter()
         .zip(written)
         .map(|(spec, text)| {
-            let translated = spec.translate(text).map_err(|reason| Error::InvalidField {
-                expression: expr.to_owned(),
-                field: spec.name,
-                value: (*text).to_owned(),
-                reason,
-                allowed: spec.allowed,
-            })?;
+            let translated = spec.translate(expr, text)?;
             let is_day_field = spec.name == DAY_OF_MONTH.name || spec.name == DAY_OF_WEEK.name;
             Ok(if is_day_field && translated == "*/1" {
                 "*".to_owned()

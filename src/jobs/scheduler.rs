@@ -107,14 +107,16 @@ mod tests {
     use chrono::TimeZone;
 
     fn job(name: &str, expr: &str, deadline_secs: Option<u64>) -> Job {
+        let spec = serde_json::json!({
+            "schedule": "@daily",
+            "source": {"postgres": {"database": "app", "username": "app"}},
+            "destination": {"local": {"path": "/b"}},
+            "retention": {"keepLast": 1},
+        });
         Job {
-            name: name.into(),
-            kind: "Backup".into(),
-            stack: "s".into(),
-            file: "stack/s/jobs.yaml".into(),
             schedule: Schedule::parse(expr, None).unwrap(),
             starting_deadline: deadline_secs.map(std::time::Duration::from_secs),
-            spec: serde_json::Value::Null,
+            ..Job::from_spec("Backup", name, "s", "stack/s/jobs.yaml", spec).unwrap()
         }
     }
 

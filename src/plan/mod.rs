@@ -7,6 +7,7 @@ pub mod order;
 pub mod ownership;
 pub mod prune;
 pub mod recreate;
+pub mod signature;
 pub mod unchanged;
 
 pub use ownership::Owner;
@@ -187,7 +188,8 @@ fn plan_object(o: &Observation) -> PlannedChange {
         (Some(live), Some(after)) => {
             let (mut before_v, mut after_v) =
                 (normalize::normalize(live), normalize::normalize(after));
-            if normalize::is_secret(&after_v) {
+            // Either side: a ConfigMap leaving a SOPS file keeps its decrypted values live.
+            if normalize::is_secret(&after_v) || normalize::is_secret(&before_v) {
                 normalize::mask_secret_pair(Some(&mut before_v), Some(&mut after_v));
             }
             if before_v == after_v {

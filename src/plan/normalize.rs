@@ -44,10 +44,17 @@ pub fn normalize(object: &Value) -> Value {
     out
 }
 
-/// Whether `object` is a core/v1 Secret.
+/// Whether `object` holds secret data: a core/v1 Secret, or an object whose data driftless
+/// decrypted from a SOPS file (a ConfigMap labelled `driftless.dev/sops-encrypted`).
 pub fn is_secret(object: &Value) -> bool {
-    object.get("kind").and_then(Value::as_str) == Some("Secret")
-        && object.get("apiVersion").and_then(Value::as_str) == Some("v1")
+    let core = object.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    let kind = object.get("kind").and_then(Value::as_str);
+    let sops = object
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(crate::stack::render::SOPS_LABEL))
+        .and_then(Value::as_str)
+        == Some("true");
+    core && (kind == Some("Secret") || (kind == Some("ConfigMap") && sops))
 }
 
 /// Masks the values of `before` and `after` (two versions of one Secret) so that no value is

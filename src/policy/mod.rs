@@ -14,6 +14,7 @@ mod library;
 mod load;
 mod matching;
 pub mod model;
+mod request;
 pub mod resources;
 
 use std::collections::BTreeMap;
@@ -24,9 +25,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use eval::{RevisionIndex, Subject};
-pub use load::{POLICY_DIR, load_dir, load_policies, load_with_stacks, stack_policy_dir};
+pub use eval::Subject;
+pub use load::{
+    POLICY_DIR, PolicyFile, load_dir, load_policies, load_with_stacks, policy_files,
+    revision_policy_files, stack_policy_dir,
+};
 use model::{BindingSpec, ValidationAction};
+pub use request::RevisionIndex;
 
 /// Everything that can be wrong with `policies/`, each naming the file and object to fix.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Yaml(#[from] crate::yaml::Error),
+    /// A walk or read of the repository refused (loop, depth, count, size, boundary, name).
+    #[error(transparent)]
+    Walk(#[from] crate::repo_walk::Error),
+    #[error("cannot find the stacks and their policies: {0}")]
+    Stacks(#[from] Box<crate::stack::Error>),
     #[error("{file} (document {document}): {message}")]
     Invalid {
         file: PathBuf,

@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::api::ApiResource;
-
 use super::Error;
 use crate::cluster::Error as ClusterError;
 use crate::cluster::discovery::{Kinds, Resolved};
@@ -85,9 +83,9 @@ impl<'a> BoundRevision<'a> {
             .unwrap_or_default()
     }
 
-    /// The API resources of every managed kind, each once (for drift watches).
-    pub fn resources(&self) -> Vec<ApiResource> {
-        let mut resources: Vec<ApiResource> = Vec::new();
+    /// Every managed kind, each once (for drift watches).
+    pub fn resources(&self) -> Vec<Resolved> {
+        let mut resources: Vec<Resolved> = Vec::new();
         for r in self
             .stacks
             .values()
@@ -98,7 +96,7 @@ impl<'a> BoundRevision<'a> {
                 .iter()
                 .any(|x| x.group == r.resource.group && x.kind == r.resource.kind)
             {
-                resources.push(r.resource.clone());
+                resources.push(r.clone());
             }
         }
         resources

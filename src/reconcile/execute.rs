@@ -10,6 +10,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::bind::Bound;
+use super::observe::Renewal;
 use super::{StackContext, StackOutcome, Unhealthy, failpoint, in_flight, prune};
 use crate::cluster::Error as ClusterError;
 use crate::cluster::apply::{self, Conflict};
@@ -19,20 +20,22 @@ use crate::cluster::inventory::{self, Entry, Inventory};
 use crate::cluster::wait;
 use crate::logging::Lap;
 use crate::plan::ownership::{self, Role};
-use crate::plan::{self, Action, PlannedChange, StackPlan};
+use crate::plan::{self, Action, PlannedChange, StackPlan, signature, unchanged};
 use crate::stack::ObjectKey;
 
 /// Applies in flight at once within one apply-order group.
 const APPLY_CONCURRENCY: usize = 16;
 
 /// Carries out `stack_plan`. `wait_for` are the objects whose health is awaited (all but the
-/// ones the incremental skip left unread).
+/// ones the incremental skip left unread); `renewals` what the records of objects found
+/// unchanged may take (`observe::Renewal`).
 pub(super) async fn execute(
     ctx: &StackContext<'_>,
     objects: &[Bound<'_>],
     wait_for: &[&Bound<'_>],
     kinds: &mut Kinds,
     stack_plan: &StackPlan,
+    renewals: &std::collections::HashMap<ObjectKey, Renewal>,
     outcome: &mut StackOutcome,
 ) -> Result<(), ClusterError> {
     let name = &ctx.stack.name;
@@ -65,6 +68,7 @@ pub(super) async fn execute(
         inventory::write(ctx.client, &mut record).await?;
         failpoint("after-inventory-write");
     }
+    renew_confirmed(ctx, &mut record, objects, stack_plan, renewals);
     let mut progress = Progress {
         done: 0,
         total: stack_plan
@@ -103,7 +107,8 @@ pub(super) async fn execute(
                 recreate_delete(ctx, &api, &change.key).await?;
             }
             let applied = apply::apply(&api, b.desired, how).await?;
-            progress.applied(ctx, &mut record, change, b, applied);
+            let status = resolved.status_subresource;
+            progress.applied(ctx, &mut record, change, b, status, applied);
             if change.key.kind == "CustomResourceDefinition" {
                 wait::established(ctx.client, &change.key.name).await?;
                 *kinds = Kinds::discover(ctx.client).await?;
@@ -134,7 +139,11 @@ pub(super) async fn execute(
         let mut first_error = None;
         for (change, result) in batch.iter().zip(results) {
             match (result, by_key.get(&change.key)) {
-                (Ok(applied), Some(b)) => progress.applied(ctx, &mut record, change, b, applied),
+                (Ok(applied), Some(b)) => {
+                    // Resolved when applied: a signature without the flag would not match.
+                    let status = b.resolve(kinds).is_ok_and(|r| r.status_subresource);
+                    progress.applied(ctx, &mut record, change, b, status, applied);
+                }
                 (Err(e), _) => {
                     first_error.get_or_insert(e);
                 }
@@ -241,12 +250,21 @@ async fn wait_healthy(
         .collect();
     let timeout = ctx.stack.spec.wait.timeout;
     let mut last = 0;
-    let pending = health::wait_healthy(ctx.client, kinds, name, &watched, timeout, |ok, all| {
-        if ok != last {
-            info!(stack = %name, "healthy {ok}/{all}");
-            last = ok;
-        }
-    })
+    let checks = ctx.options.health_checks.as_deref();
+    let pending = health::wait_healthy(
+        ctx.client,
+        kinds,
+        name,
+        &watched,
+        timeout,
+        checks,
+        |ok, all| {
+            if ok != last {
+                info!(stack = %name, "healthy {ok}/{all}");
+                last = ok;
+            }
+        },
+    )
     .await?;
     lap.log("waited for health");
     outcome.unhealthy = pending
@@ -274,13 +292,15 @@ struct Progress {
 }
 
 impl Progress {
-    /// Logs one applied object and records its hash, resourceVersion and generation.
+    /// Logs one applied object and records its hash, resourceVersion, generation and signature
+    /// (`status_subresource`: as discovery says of its kind).
     fn applied(
         &mut self,
         ctx: &StackContext<'_>,
         record: &mut Inventory,
         change: &PlannedChange,
         b: &Bound<'_>,
+        status_subresource: bool,
         (applied, conflicts): (Value, Vec<Conflict>),
     ) {
         self.done += 1;
@@ -300,6 +320,42 @@ impl Progress {
             entry.generation = applied
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64);
+            entry.signature = signature::of_object(&applied, status_subresource);
+        }
+    }
+}
+
+/// Renews the record of each object the plan found unchanged after a dry-run that confirmed
+/// the live object is exactly what an apply would leave (`plan::unchanged::confirmed`), or
+/// whose older record vouched for it exactly: it is recorded as if just applied, with its
+/// signature, so the next reconcile needs no dry-run for it.
+fn renew_confirmed(
+    ctx: &StackContext<'_>,
+    record: &mut Inventory,
+    objects: &[Bound<'_>],
+    stack_plan: &StackPlan,
+    renewals: &std::collections::HashMap<ObjectKey, Renewal>,
+) {
+    let actions: BTreeMap<&ObjectKey, Action> = stack_plan
+        .changes
+        .iter()
+        .map(|c| (&c.key, c.action))
+        .collect();
+    for b in objects {
+        let key = &b.desired.key;
+        let (Some(renewal), Some(&action)) = (renewals.get(key), actions.get(key)) else {
+            continue;
+        };
+        if !unchanged::confirmed(action, Some(&renewal.live), renewal.would_be.as_deref()) {
+            continue;
+        }
+        if let Some(entry) = record.entries.get_mut(key) {
+            let hash_key = ctx.options.secret_hash_key.as_ref();
+            entry.api_version = b.desired.api_version.clone();
+            entry.hash = apply::applied_hash(b.desired, hash_key, &ctx.options.instance);
+            entry.resource_version = renewal.resource_version.clone();
+            entry.generation = renewal.generation;
+            entry.signature = Some(renewal.live.clone());
         }
     }
 }

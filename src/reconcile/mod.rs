@@ -101,9 +101,9 @@ pub struct Unhealthy {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub stacks: Vec<StackOutcome>,
-    /// The API resources of every managed kind (for drift watches).
+    /// Every managed kind, resolved (for drift watches; reads as its `ApiResource`).
     #[serde(skip)]
-    pub resources: Vec<kube::api::ApiResource>,
+    pub resources: Vec<crate::cluster::discovery::Resolved>,
 }
 
 impl Report {
@@ -143,14 +143,18 @@ pub async fn reconcile(
         }
     }
     let mut lap = Lap::start("reconcile");
-    let mut kinds = Kinds::discover(client).await?;
-    lap.log("discovery");
+    // Independent reads, together.
+    let (kinds, listed) = futures::join!(
+        Kinds::discover(client),
+        inventory::list(client, &options.instance)
+    );
+    let mut kinds = kinds?;
+    lap.log("discovery and the inventories");
     // Every object must be servable before anything is written: an unknown kind aborts here.
     let revision = BoundRevision::bind(&kinds, stacks)?;
     let policy_index = crate::policy::RevisionIndex::of_stacks(stacks);
     lap.log("bound the objects to their API resources");
-    let listed = inventory::list(client, &options.instance).await?;
-    lap.log("read the inventories");
+    let listed = listed?;
     let (foreign, unreadable) = (listed.foreign, listed.unreadable);
     let inventories: BTreeMap<String, Inventory> = listed
         .own
@@ -315,7 +319,16 @@ impl StackContext<'_> {
             .filter(|(_, skipped)| !**skipped)
             .map(|(b, _)| b)
             .collect();
-        execute::execute(self, objects, &wait_for, kinds, &stack_plan, outcome).await
+        execute::execute(
+            self,
+            objects,
+            &wait_for,
+            kinds,
+            &stack_plan,
+            &observed.renewals,
+            outcome,
+        )
+        .await
     }
 }
 

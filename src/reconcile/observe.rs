@@ -4,7 +4,7 @@
 //! dry-run is decided by `plan::unchanged`; whether a refused change is recreated by
 //! `plan::recreate`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 use tracing::warn;
@@ -15,7 +15,7 @@ use crate::cluster::Error as ClusterError;
 use crate::cluster::{apply, live};
 use crate::logging::Lap;
 use crate::plan::Observation;
-use crate::plan::{recreate, unchanged};
+use crate::plan::{recreate, signature, unchanged};
 use crate::stack::ObjectKey;
 
 /// Dry-runs in flight at once while observing a stack.
@@ -35,6 +35,20 @@ pub(super) struct Observed {
     pub partial: HashSet<ObjectKey>,
     /// Per object, in the stack's order: skipped unread (the incremental skip).
     pub skipped: Vec<bool>,
+    /// Objects whose record may be renewed with their live signature if the plan finds them
+    /// unchanged (`plan::unchanged::confirmed`): those dry-run after their signature was read,
+    /// and those an older version's record vouches for exactly (`plan::unchanged::adopt`).
+    pub renewals: HashMap<ObjectKey, Renewal>,
+}
+
+/// What the record of one object may take.
+pub(super) struct Renewal {
+    /// From the metadata-only LIST.
+    pub live: String,
+    /// Of the dry-run's result (of the live object when no dry-run was needed).
+    pub would_be: Option<String>,
+    pub resource_version: Option<String>,
+    pub generation: Option<i64>,
 }
 
 /// What observing one object found.
@@ -43,6 +57,7 @@ struct One {
     takeover: Option<Takeover>,
     recreate: bool,
     refused: Option<String>,
+    renewal: Option<Renewal>,
 }
 
 /// Observes every object of the stack.
@@ -83,14 +98,34 @@ pub(super) async fn observe(
                 // a LIST of every object of the stack of that kind.
                 recorded: !ctx.options.incremental
                     && ctx.inventory.entries.contains_key(&b.desired.key),
+                status_subresource: r.status_subresource,
             })
         })
         .collect();
     lap.log("found the objects unchanged in Git");
+    // Namespaces the stack never applied (a first sync) are looked up first: nothing is read in
+    // one that does not exist (a LIST or GET there could only find nothing).
+    let (first, rest): (Vec<live::Want<'_>>, Vec<live::Want<'_>>) =
+        wants.into_iter().partition(|w| {
+            w.key.kind == "Namespace"
+                && w.key.group.is_empty()
+                && !ctx.inventory.entries.contains_key(w.key)
+        });
+    let (mut live_state, _) = live::fetch_with(ctx.client, &ctx.stack.name, &first, true).await?;
+    let absent: BTreeSet<&str> = live_state
+        .iter()
+        .filter(|(_, live)| live.is_none())
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let (nowhere, rest): (Vec<live::Want<'_>>, Vec<live::Want<'_>>) = rest
+        .into_iter()
+        .partition(|w| w.namespace.is_some_and(|n| absent.contains(n)));
+    let nowhere: Vec<ObjectKey> = nowhere.into_iter().map(|w| w.key.clone()).collect();
     // Metadata is enough to know an object is still as driftless applied it; the whole object
     // is read (GET) only for those that need a dry-run.
-    let (mut live_state, partial) =
-        live::fetch_with(ctx.client, &ctx.stack.name, &wants, true).await?;
+    let (found, signatures) = live::fetch_with(ctx.client, &ctx.stack.name, &rest, true).await?;
+    live_state.extend(found);
+    live_state.extend(nowhere.into_iter().map(|k| (k, None)));
     lap.log("read the live objects");
     // Namespaces this sync creates: what goes into them cannot exist yet, and a dry-run there
     // would only be refused (and cost the API server a namespace lookup).
@@ -112,13 +147,12 @@ pub(super) async fn observe(
             .namespace
             .as_ref()
             .is_some_and(|n| new_namespaces.contains(n));
-        let partial = partial.contains(&b.desired.key);
         pending.push(observe_one(
             ctx,
             b,
             hash.as_deref(),
             live,
-            partial,
+            signatures.get(&b.desired.key).map(String::as_str),
             in_new_namespace,
         ));
     }
@@ -129,8 +163,9 @@ pub(super) async fn observe(
         takeovers: Vec::new(),
         recreate: Vec::new(),
         refused: Vec::new(),
-        partial,
+        partial: signatures.keys().cloned().collect(),
         skipped,
+        renewals: HashMap::new(),
     };
     for (b, skipped) in objects.iter().zip(&observed.skipped) {
         let one = if *skipped {
@@ -147,6 +182,11 @@ pub(super) async fn observe(
             observed.recreate.push(one.observation.key.to_string());
         }
         observed.refused.extend(one.refused);
+        if let Some(renewal) = one.renewal {
+            observed
+                .renewals
+                .insert(one.observation.key.clone(), renewal);
+        }
         observed.observations.push(one.observation);
     }
     Ok(observed)
@@ -159,6 +199,7 @@ impl One {
             takeover: None,
             recreate: false,
             refused: None,
+            renewal: None,
         }
     }
 }
@@ -174,15 +215,16 @@ fn unread(b: &Bound<'_>, live: Option<Value>) -> Observation {
 }
 
 /// One object's observation: unchanged since driftless applied it (no request), or its dry-run
-/// result.
+/// result. `live_signature` is set when `live` was read as metadata only.
 async fn observe_one(
     ctx: &StackContext<'_>,
     b: &Bound<'_>,
     hash: Option<&str>,
     live: Option<Value>,
-    partial: bool,
+    live_signature: Option<&str>,
     in_new_namespace: bool,
 ) -> Result<One, ClusterError> {
+    let partial = live_signature.is_some();
     let key = &b.desired.key;
     let resolved = b.resolved.as_ref().filter(|_| !in_new_namespace);
     let Some(resolved) = resolved else {
@@ -197,11 +239,33 @@ async fn observe_one(
     let instance = &ctx.options.instance;
     let unchanged = ctx.inventory.entries.get(key).is_some_and(|e| {
         live.as_ref().is_some_and(|l| {
-            unchanged::unchanged_since_apply(&e.last_apply(), hash, l, &b.desired.object, instance)
+            unchanged::unchanged_since_apply(
+                &e.last_apply(),
+                hash,
+                l,
+                live_signature,
+                &b.desired.object,
+                instance,
+            )
         })
     });
     if unchanged {
-        return Ok(One::unchanged(unread(b, live)));
+        // A record of an older version vouched for by the exact resourceVersion: the signature
+        // the apply would have recorded is the live one.
+        let adopted = ctx.inventory.entries.get(key).and_then(|e| {
+            let live = live.as_ref()?;
+            let signature = live_signature.filter(|_| unchanged::adopt(&e.last_apply(), live))?;
+            Some(Renewal {
+                live: signature.to_owned(),
+                would_be: Some(signature.to_owned()),
+                resource_version: e.resource_version.clone(),
+                generation: live.pointer("/metadata/generation").and_then(Value::as_i64),
+            })
+        });
+        return Ok(One {
+            renewal: adopted,
+            ..One::unchanged(unread(b, live))
+        });
     }
     // Read as metadata only: the whole object is needed for the diff. The read and the
     // dry-run are independent, so they go out together.
@@ -228,8 +292,18 @@ async fn observe_one(
     let mut takeover = None;
     let mut recreate = false;
     let mut refused = None;
+    let mut renewal = None;
     let would_be = match dry_run {
         Ok((v, conflicts)) => {
+            renewal = live_signature.map(|live| Renewal {
+                live: live.to_owned(),
+                would_be: signature::of_object(&v, resolved.status_subresource),
+                resource_version: v
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                generation: v.pointer("/metadata/generation").and_then(Value::as_i64),
+            });
             if !conflicts.is_empty() {
                 takeover = Some(Takeover {
                     object: key.to_string(),
@@ -283,6 +357,7 @@ async fn observe_one(
         takeover,
         recreate,
         refused,
+        renewal,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Options {
     pub secret_hash_key: Option<apply::SecretHashKey>,
     /// The revision's policies: a Deny finding blocks its stack (nothing of it is applied).
     pub policies: Option<std::sync::Arc<crate::policy::PolicySet>>,
+    /// The revision's declared health checks (`health/`), used in the health wait.
+    pub health_checks: Option<std::sync::Arc<crate::health_checks::HealthChecks>>,
     /// Trust the inventory for objects whose desired state did not change since driftless
     /// applied them: no read, dry-run, policy check or health wait for those. Only for the
     /// daemon, while its drift watches run and have seen nothing since the last full reconcile
@@ -60,6 +62,7 @@ impl Default for Options {
             plan_only: Vec::new(),
             secret_hash_key: None,
             policies: None,
+            health_checks: None,
             incremental: false,
             source: None,
             prune_removed_stacks: false,

@@ -76,7 +76,7 @@ th{{background:#f6f8fa}}
             .map(|r| format!(
                 "{} ({}, {} ms, {})",
                 time(Some(r.started_at)),
-                escape(&r.trigger),
+                escape(&r.trigger.to_string()),
                 r.duration_ms,
                 if r.ok {
                     "ok"
@@ -103,8 +103,8 @@ th{{background:#f6f8fa}}
             h,
             "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
             escape(&s.name),
-            escape(&s.state),
-            escape(&s.state),
+            escape(s.state.as_str()),
+            escape(s.state.as_str()),
             s.managed_objects,
             s.drifted,
             s.last_plan.create,

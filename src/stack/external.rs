@@ -1,7 +1,12 @@
 //! External renderers: `helm template` for a stack's local chart and `kubectl kustomize` for a
 //! Kustomize directory. The only part of rendering that runs programs: their output becomes
-//! source files of the stack, which then go through the same parsing, checks and plan as plain
-//! manifests (`render`).
+//! source files of the stack (`chart`, `kustomize`), which then go through the same parsing,
+//! checks and plan as plain manifests (`render`).
+//!
+//! A renderer runs with a minimal environment: nothing of driftless' own environment passes
+//! (no credentials, tokens, proxy settings or `KUBECONFIG`) but `PATH` — the host's, which named
+//! the program and holds no secret — and `HOME`, the XDG directories and Helm's cache,
+//! configuration and data directories, all in a fresh empty directory removed afterwards.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -9,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::load::SourceFile;
 use super::{Error, Result};
 
 /// Which programs render charts and Kustomize directories, and how long they may take.
@@ -79,15 +83,19 @@ pub fn run(inv: &Invocation<'_>, timeout: Duration) -> Result<String> {
         command: command_line(),
         message,
     };
-    // Helm keeps caches and configuration in $HOME; a render needs none of it and the service
-    // may not write there (ProtectHome): point them at an empty, private place.
-    let scratch = std::env::temp_dir().join(format!("driftless-render-{}", std::process::id()));
-    let mut child = Command::new(inv.program)
+    // A private (0700), empty home for this run alone, removed when `scratch` drops.
+    let scratch = tempfile::Builder::new()
+        .prefix("driftless-render-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot create its scratch directory: {e}")))?;
+    let mut command = Command::new(inv.program);
+    command.env_clear();
+    for (name, value) in minimal_env(scratch.path()) {
+        command.env(name, value);
+    }
+    let mut child = command
         .args(&inv.args)
         .current_dir(inv.cwd)
-        .env("HELM_CACHE_HOME", scratch.join("cache"))
-        .env("HELM_CONFIG_HOME", scratch.join("config"))
-        .env("HELM_DATA_HOME", scratch.join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -125,7 +133,7 @@ pub fn run(inv: &Invocation<'_>, timeout: Duration) -> Result<String> {
             }
         }
     };
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let Some(status) = status else {
         // The readers are left to finish on their own: a child the renderer started may still
         // hold the pipes open.
@@ -184,73 +192,28 @@ fn tail(bytes: &[u8], lines: usize) -> String {
     }
 }
 
-/// Splits `helm template` output into one source file per template (`# Source: chart/x.yaml`
-/// comments), named by the template's path below `chart_dir` so that errors point at it.
-pub fn split_helm_output(chart_dir: &Path, output: &str) -> Vec<SourceFile> {
-    let mut files: Vec<SourceFile> = Vec::new();
-    for chunk in split_documents(output) {
-        if chunk.trim().is_empty() {
-            continue;
-        }
-        let source = chunk
-            .lines()
-            .find_map(|l| l.strip_prefix("# Source: "))
-            .map(|s| {
-                // `<chart name>/templates/x.yaml`: the chart's own directory name may differ.
-                let rest = s.trim().split_once('/').map_or(s.trim(), |(_, rest)| rest);
-                chart_dir.join(rest)
-            })
-            .unwrap_or_else(|| chart_dir.to_owned());
-        match files.last_mut() {
-            Some(last) if last.path == source => {
-                last.text.push_str("---\n");
-                last.text.push_str(chunk);
-            }
-            _ => files.push(SourceFile {
-                path: source,
-                text: chunk.to_owned(),
-            }),
-        }
+/// The whole environment of a renderer: the host's `PATH`, and `HOME`, the XDG base directories
+/// and Helm's directories inside the empty directory `home`.
+fn minimal_env(home: &Path) -> Vec<(&'static str, OsString)> {
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        ("HOME", home.into()),
+        ("XDG_CONFIG_HOME", home.join(".config").into()),
+        ("XDG_CACHE_HOME", home.join(".cache").into()),
+        ("XDG_DATA_HOME", home.join(".local/share").into()),
+        ("XDG_STATE_HOME", home.join(".local/state").into()),
+        ("HELM_CONFIG_HOME", home.join(".config/helm").into()),
+        ("HELM_CACHE_HOME", home.join(".cache/helm").into()),
+        ("HELM_DATA_HOME", home.join(".local/share/helm").into()),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        env.push(("PATH", path));
     }
-    files
-}
-
-/// Splits a YAML stream at `---` lines, keeping each document's text.
-fn split_documents(text: &str) -> Vec<&str> {
-    let mut docs = Vec::new();
-    let mut start = 0;
-    let mut pos = 0;
-    for line in text.split_inclusive('\n') {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") {
-            docs.push(&text[start..pos]);
-            start = pos + line.len();
-        }
-        pos += line.len();
-    }
-    docs.push(&text[start..]);
-    docs
+    env
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn helm_output_is_split_by_template() {
-        let out = "---\n# Source: floe/templates/a.yaml\nkind: A\n---\n# Source: floe/templates/a.yaml\nkind: A2\n---\n# Source: floe/charts/sub/templates/b.yaml\nkind: B\n";
-        let files = split_helm_output(Path::new("stack/floe/chart"), out);
-        let names: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
-        assert_eq!(
-            names,
-            [
-                "stack/floe/chart/templates/a.yaml",
-                "stack/floe/chart/charts/sub/templates/b.yaml"
-            ]
-        );
-        assert!(files[0].text.contains("kind: A\n---\n"));
-        assert!(files[0].text.contains("kind: A2"));
-    }
 
     #[test]
     fn a_missing_program_is_named_with_advice() {
@@ -296,5 +259,76 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(3));
         inv.args = vec!["-c".into(), "printf 'kind: A\\n'".into()];
         assert_eq!(run(&inv, Duration::from_secs(5)).unwrap(), "kind: A\n");
+    }
+
+    #[test]
+    fn renderers_see_a_minimal_environment_and_an_empty_home() {
+        // The test process has CARGO_* and more in its environment: none of it may pass.
+        assert!(std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("CARGO")));
+        let inv = Invocation {
+            stack: "web",
+            file: Path::new("stack/web/stack.yaml"),
+            field: "spec.helm",
+            program: Path::new("/bin/sh"),
+            args: vec![
+                "-c".into(),
+                "env; ls -A \"$HOME\" | wc -l; test -d \"$HOME\" && echo home-is-a-directory"
+                    .into(),
+            ],
+            cwd: Path::new("/"),
+            install_hint: "",
+        };
+        let out = run(&inv, Duration::from_secs(5)).unwrap();
+        let allowed = [
+            "PATH",
+            "HOME",
+            "TMPDIR",
+            "XDG_CONFIG_HOME",
+            "XDG_CACHE_HOME",
+            "XDG_DATA_HOME",
+            "XDG_STATE_HOME",
+            "HELM_CACHE_HOME",
+            "HELM_CONFIG_HOME",
+            "HELM_DATA_HOME",
+            // Set by the shell itself.
+            "PWD",
+            "OLDPWD",
+            "SHLVL",
+            "_",
+        ];
+        let mut vars = std::collections::BTreeMap::new();
+        for line in out.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                assert!(allowed.contains(&k), "{k} passed to the renderer: {out}");
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        assert_eq!(
+            vars.get("PATH").map(|p| p.as_str()),
+            std::env::var("PATH").ok().as_deref(),
+            "PATH is the host's"
+        );
+        let home = vars.get("HOME").expect("HOME is set");
+        assert_ne!(
+            Some(home.as_str()),
+            std::env::var("HOME").ok().as_deref(),
+            "HOME is not the host's"
+        );
+        assert!(
+            out.contains("\n0\nhome-is-a-directory"),
+            "HOME is empty: {out}"
+        );
+        for (k, v) in &vars {
+            if k.starts_with("XDG_") || k.starts_with("HELM_") || k == "TMPDIR" {
+                assert!(v.starts_with(home.as_str()), "{k}={v} outside HOME {home}");
+            }
+        }
+        assert!(
+            !Path::new(home).exists(),
+            "the scratch HOME is removed after the run"
+        );
+        // Each run has its own.
+        let again = run(&inv, Duration::from_secs(5)).unwrap();
+        assert!(!again.contains(&format!("HOME={home}\n")), "{again}");
     }
 }

@@ -1,39 +1,54 @@
-//! Reading a checkout: the stack definitions and the text of every file a render needs, with the
-//! repository boundary enforced (no symlink or `..` may lead outside it) and size limits.
-//! This is the stack module's only I/O; rendering works on what this returns.
+//! Reading a checkout: the stack definitions and the text of every file a render needs. Every
+//! walk and read goes through `repo_walk` (the repository boundary — no symlink or `..` may lead
+//! outside it —, loops, depth, entry and size limits). This and the renderers (`chart`,
+//! `kustomize`) are the stack module's only I/O; rendering works on what this returns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretSlice;
 
-use super::external::{self, Renderers};
-use super::model::{API_VERSION, StackFile};
-use super::{Error, Result};
+use super::external::Renderers;
+use super::model::SourceFile;
+use super::model::{API_VERSION, StackFile, StackSpec};
+use super::{Error, Result, chart, kustomize};
+use crate::repo_walk::{self, Kind, Repo, Step, Walk};
 
 /// Bounds on what a checkout may make driftless read.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadLimits {
-    /// Largest manifest file accepted, in bytes.
+    /// Largest file accepted, in bytes.
     pub max_file_bytes: u64,
     /// Most manifest files in one stack.
     pub max_files_per_stack: usize,
+    /// Deepest directory level below the start of any walk (a stack's manifest directory, an
+    /// overlay, a chart, `policies/`).
+    pub max_depth: usize,
+    /// Most directory entries one walk reads; ten times as many in one load.
+    pub max_entries: usize,
 }
 
 impl Default for LoadLimits {
     fn default() -> Self {
         LoadLimits {
-            max_file_bytes: 4 * 1024 * 1024,
+            max_file_bytes: repo_walk::MAX_FILE_BYTES,
             max_files_per_stack: 10_000,
+            max_depth: repo_walk::MAX_DEPTH,
+            max_entries: repo_walk::MAX_ENTRIES,
         }
     }
 }
 
-/// A file's text and its path relative to the repository root.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub text: String,
+impl LoadLimits {
+    /// The walker's limits for one load.
+    pub fn walk(&self) -> repo_walk::Limits {
+        repo_walk::Limits {
+            max_depth: self.max_depth,
+            max_entries: self.max_entries,
+            max_total_entries: self.max_entries.saturating_mul(10),
+            max_file_bytes: self.max_file_bytes,
+        }
+    }
 }
 
 /// One stack as read from the checkout: its definition and the raw files it renders from.
@@ -84,20 +99,15 @@ pub fn load_repo_with(
     limits: LoadLimits,
     renderers: &Renderers,
 ) -> Result<Vec<LoadedStack>> {
-    let root = root.canonicalize().map_err(|source| Error::Io {
-        path: root.to_owned(),
-        message: "cannot open the repository".to_owned(),
-        source,
-    })?;
-    let stacks_dir = root.join("stack");
-    let mut entries = Vec::new();
-    find_stack_dirs(&root, &stacks_dir, 0, &mut entries)?;
-    if entries.is_empty() {
+    let repo = Repo::open(root, limits.walk())?;
+    let stacks_dir = repo.root().join("stack");
+    let dirs = find_stack_dirs(&repo, &stacks_dir)?;
+    if dirs.is_empty() {
         return Err(Error::NoStacks { path: stacks_dir });
     }
     let mut stacks: Vec<LoadedStack> = Vec::new();
-    for dir in entries {
-        let stack = load_stack(&root, &dir, profile, limits, renderers)?;
+    for dir in dirs {
+        let stack = load_stack(&repo, &dir, profile, limits, renderers)?;
         if let Some(other) = stacks.iter().find(|s| s.name == stack.name) {
             return Err(Error::DuplicateStack {
                 file: stack.file,
@@ -111,70 +121,116 @@ pub fn load_repo_with(
 }
 
 /// The name and `stack.yaml` (relative to `root`) of every stack, found as `load_repo` finds
-/// them but without loading or rendering anything else: what `driftless policy test` needs to
-/// find stack-local policies. A repository without `stack/` has none.
+/// them but without loading or rendering anything else: what `driftless policy test` and the
+/// daemon's policy digest need to find stack-local policies. A repository without `stack/` has
+/// none.
 pub fn stack_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let stacks_dir = root.join("stack");
-    if !stacks_dir.is_dir() {
+    let repo = Repo::open(root, LoadLimits::default().walk())?;
+    let stacks_dir = repo.root().join("stack");
+    if std::fs::symlink_metadata(&stacks_dir).is_err() {
         return Ok(Vec::new());
     }
-    let mut dirs = Vec::new();
-    find_stack_dirs(root, &stacks_dir, 0, &mut dirs)?;
     let mut out = Vec::new();
-    for dir in dirs {
+    for dir in find_stack_dirs(&repo, &stacks_dir)? {
         let file_abs = dir.join(STACK_FILE);
-        let file = relative(root, &file_abs);
-        let text = read_text(root, &file_abs, LoadLimits::default())?;
+        let file = repo.relative(&file_abs);
+        let text = repo.read_text(&file_abs)?;
         let def: StackFile = crate::yaml::parse_one(&file, &text)?;
         out.push((def.metadata.name, file));
     }
     Ok(out)
 }
 
+/// The declared health checks of a checkout: `health/` at its root (every stack) and beside each
+/// stack's `stack.yaml` (`stacks`: name and `stack.yaml` relative to `root`), compiled. Files
+/// are read through the bounded walk; a broken file is an error naming it.
+pub fn load_health_checks<'a>(
+    root: &Path,
+    stacks: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> Result<crate::health_checks::HealthChecks> {
+    let repo = Repo::open(root, LoadLimits::default().walk())?;
+    let dir = crate::health_checks::DIR;
+    let mut sources = Vec::new();
+    let mut read = |at: PathBuf, stack: Option<&str>| -> Result<()> {
+        if std::fs::symlink_metadata(&at).is_err() {
+            return Ok(());
+        }
+        let how = Walk {
+            follow_symlinks: true,
+            include_hidden: false,
+        };
+        repo.walk(&at, how, |e| {
+            match e.kind {
+                Kind::Dir => return Ok::<_, Error>(Step::Enter),
+                Kind::Other => return Ok(Step::Skip),
+                Kind::File => {}
+            }
+            if [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| e.name.ends_with(ext))
+            {
+                sources.push(crate::health_checks::Source {
+                    path: repo.relative(e.path),
+                    text: repo.read_text(e.path)?,
+                    stack: stack.map(str::to_owned),
+                });
+            }
+            Ok(Step::Skip)
+        })
+    };
+    read(repo.root().join(dir), None)?;
+    for (name, file) in stacks {
+        let stack_dir = repo
+            .root()
+            .join(file)
+            .parent()
+            .map_or_else(|| repo.root().to_owned(), Path::to_owned);
+        read(stack_dir.join(dir), Some(name))?;
+    }
+    Ok(crate::health_checks::HealthChecks::compile(&sources)?)
+}
+
 /// Deepest directory level below `stack/` searched for `stack.yaml` files.
 const MAX_STACK_DEPTH: usize = 6;
 
-/// Every directory below `dir` (itself excluded, hidden ones skipped) that holds a `stack.yaml`,
-/// in sorted path order: stacks may be grouped (`stack/ducklake/storage/stack.yaml`) and a
-/// stack's directory may hold further stacks, which are never part of its manifests.
-fn find_stack_dirs(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
-    if depth >= MAX_STACK_DEPTH {
-        return Ok(());
-    }
-    for entry in read_dir_sorted(dir)? {
-        let hidden = entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
-        // Symlinked directories are not followed here: a stack is where its file really is.
-        let is_dir = std::fs::symlink_metadata(&entry)
-            .map(|m| m.is_dir())
-            .map_err(|source| Error::Io {
-                path: relative(root, &entry),
-                message: "cannot stat".to_owned(),
-                source,
-            })?;
-        if hidden || !is_dir {
-            continue;
+/// Every directory below `dir` (itself excluded, hidden ones skipped, at most `MAX_STACK_DEPTH`
+/// levels down) that holds a `stack.yaml`, canonical, in sorted path order: stacks may be
+/// grouped (`stack/ducklake/storage/stack.yaml`) and a stack's directory may hold further
+/// stacks, which are never part of its manifests. Symlinked directories are not followed here:
+/// a stack is where its file really is.
+fn find_stack_dirs(repo: &Repo, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    repo.walk(dir, Walk::default(), |e| {
+        if e.kind != Kind::Dir {
+            return Ok::<_, Error>(Step::Skip);
         }
-        if entry.join(STACK_FILE).is_file() {
-            out.push(entry.clone());
+        if exists(&e.real.join(STACK_FILE)) {
+            out.push(e.real.to_owned());
         }
-        find_stack_dirs(root, &entry, depth + 1, out)?;
-    }
-    Ok(())
+        Ok(if e.depth < MAX_STACK_DEPTH {
+            Step::Enter
+        } else {
+            Step::Skip
+        })
+    })?;
+    Ok(out)
+}
+
+/// Whether there is an entry at `path` (a broken symlink too: reading it then names it).
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 fn load_stack(
-    root: &Path,
+    repo: &Repo,
     dir: &Path,
     profile: Option<&str>,
     limits: LoadLimits,
     renderers: &Renderers,
 ) -> Result<LoadedStack> {
     let file_abs = dir.join(STACK_FILE);
-    let file = relative(root, &file_abs);
-    let text = read_text(root, &file_abs, limits)?;
+    let file = repo.relative(&file_abs);
+    let text = repo.read_text(&file_abs)?;
     let def: StackFile = crate::yaml::parse_one(&file, &text)?;
     let bad = |message: String| Error::StackFile {
         file: file.clone(),
@@ -193,7 +249,7 @@ fn load_stack(
         )));
     }
     let spec = def.spec;
-
+    check_sources(&spec, &bad)?;
     let profile_spec = match (profile, spec.profiles.is_empty()) {
         (_, true) | (None, _) => None,
         (Some(p), false) => Some(spec.profiles.get(p).ok_or_else(|| Error::UnknownProfile {
@@ -202,28 +258,131 @@ fn load_stack(
             defined: spec.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
         })?),
     };
+    let inside = |rel: &str, field: &str| inside(repo, dir, rel, &file, field);
 
     // Overlay directories of every profile stay out of the base manifests.
     let mut excluded: Vec<PathBuf> = Vec::new();
     for p in spec.profiles.values() {
         for o in &p.overlays {
-            excluded.push(inside(root, dir, o, &file, "spec.profiles[].overlays")?);
+            excluded.push(inside(o, "spec.profiles[].overlays")?);
         }
     }
     // Hook files are Jobs run at points of the sync, not objects of the stack.
     let mut post_sync = Vec::new();
     for (i, hook) in spec.hooks.post_sync.iter().enumerate() {
         let field = format!("spec.hooks.postSync[{i}].file");
-        let path = inside(root, dir, &hook.file, &file, &field)?;
+        let path = inside(&hook.file, &field)?;
         if !path.is_file() {
             return Err(bad(format!("{field}: {:?} is not a file", hook.file)));
         }
         excluded.push(path.clone());
         post_sync.push(SourceFile {
-            path: relative(root, &path),
-            text: read_text(root, &path, limits)?,
+            path: repo.relative(&path),
+            text: repo.read_text(&path)?,
         });
     }
+    let mut manifests = Vec::new();
+    let mut rendered = Vec::new();
+    if let Some(helm) = &spec.helm {
+        let chart = inside(&helm.chart, "spec.helm.chart")?;
+        if !chart.join("Chart.yaml").is_file() {
+            return Err(bad(format!(
+                "spec.helm.chart: {:?} holds no Chart.yaml",
+                helm.chart
+            )));
+        }
+        let profile_values = profile_spec
+            .and_then(|p| p.helm.as_ref())
+            .map(|h| h.values_files.as_slice())
+            .unwrap_or_default();
+        let mut values = Vec::new();
+        for (i, v) in helm.values_files.iter().chain(profile_values).enumerate() {
+            let field = if i < helm.values_files.len() {
+                "spec.helm.valuesFiles"
+            } else {
+                "spec.profiles[].helm.valuesFiles"
+            };
+            let path = inside(v, field)?;
+            if !path.is_file() {
+                return Err(bad(format!("{field}: {v:?} is not a file")));
+            }
+            values.push(path);
+        }
+        let release = helm.release_name.clone().unwrap_or_else(|| name.clone());
+        let job = chart::ChartRender {
+            stack: &name,
+            file: &file,
+            chart: &chart,
+            release: &release,
+            namespace: spec.namespace.as_deref(),
+            values: &values,
+        };
+        rendered = chart::render(repo, &job, renderers)?;
+    } else if let Some(kustomize) = &spec.kustomize {
+        let chosen = profile_spec
+            .and_then(|p| p.kustomize.as_ref())
+            .unwrap_or(kustomize);
+        let field = if std::ptr::eq(chosen, kustomize) {
+            "spec.kustomize.path"
+        } else {
+            "spec.profiles[].kustomize.path"
+        };
+        let kdir = inside(&chosen.path, field)?;
+        rendered = kustomize::render(repo, &name, &file, field, &chosen.path, &kdir, renderers)?;
+    } else {
+        let manifest_dir = inside(spec.path.as_deref().unwrap_or("."), "spec.path")?;
+        let collect = Collect {
+            repo,
+            stack_dir: dir,
+            excluded: &excluded,
+            limits,
+            stack: &name,
+        };
+        collect.yaml(&manifest_dir, &mut manifests)?;
+    }
+
+    let mut overlays = Vec::new();
+    let selected = profile_spec.and(profile.map(str::to_owned));
+    if let Some(p) = profile_spec {
+        for o in &p.overlays {
+            let odir = inside(o, "spec.profiles[].overlays")?;
+            let collect = Collect {
+                repo,
+                stack_dir: dir,
+                excluded: &[],
+                limits,
+                stack: &name,
+            };
+            let mut files = Vec::new();
+            collect.yaml(&odir, &mut files)?;
+            overlays.push((o.clone(), files));
+        }
+    }
+    let jobs_path = dir.join(JOBS_FILE);
+    let jobs = if exists(&jobs_path) {
+        Some(SourceFile {
+            path: repo.relative(&jobs_path),
+            text: repo.read_text(&jobs_path)?,
+        })
+    } else {
+        None
+    };
+    Ok(LoadedStack {
+        name,
+        file,
+        spec,
+        manifests,
+        rendered,
+        overlays,
+        profile: selected,
+        jobs,
+        post_sync,
+    })
+}
+
+/// At most one of `spec.path`, `spec.helm` and `spec.kustomize`; profiles override only the one
+/// the stack has.
+fn check_sources(spec: &StackSpec, bad: &impl Fn(String) -> Error) -> Result<()> {
     let sources = [
         spec.path.is_some(),
         spec.helm.is_some(),
@@ -246,140 +405,11 @@ fn load_stack(
             )));
         }
     }
-    let mut manifests = Vec::new();
-    let mut rendered = Vec::new();
-    if let Some(helm) = &spec.helm {
-        let chart = inside(root, dir, &helm.chart, &file, "spec.helm.chart")?;
-        if !chart.join("Chart.yaml").is_file() {
-            return Err(bad(format!(
-                "spec.helm.chart: {:?} holds no Chart.yaml",
-                helm.chart
-            )));
-        }
-        let release = helm.release_name.clone().unwrap_or_else(|| name.clone());
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "template".into(),
-            release.into(),
-            relative(root, &chart).into(),
-            "--include-crds".into(),
-            "--skip-tests".into(),
-        ];
-        if let Some(ns) = &spec.namespace {
-            args.extend(["--namespace".into(), ns.into()]);
-        }
-        let profile_values = profile_spec
-            .and_then(|p| p.helm.as_ref())
-            .map(|h| h.values_files.as_slice())
-            .unwrap_or_default();
-        for (i, v) in helm.values_files.iter().chain(profile_values).enumerate() {
-            let field = if i < helm.values_files.len() {
-                "spec.helm.valuesFiles"
-            } else {
-                "spec.profiles[].helm.valuesFiles"
-            };
-            let path = inside(root, dir, v, &file, field)?;
-            if !path.is_file() {
-                return Err(bad(format!("{field}: {v:?} is not a file")));
-            }
-            args.extend(["--values".into(), relative(root, &path).into()]);
-        }
-        let output = external::run(
-            &external::Invocation {
-                stack: &name,
-                file: &file,
-                field: "spec.helm",
-                program: &renderers.helm,
-                args,
-                cwd: root,
-                install_hint: "install Helm (3 or 4), or set renderers.helm in the host configuration (or $DRIFTLESS_HELM)",
-            },
-            renderers.timeout,
-        )?;
-        rendered = external::split_helm_output(&relative(root, &chart), &output);
-    } else if let Some(kustomize) = &spec.kustomize {
-        let chosen = profile_spec
-            .and_then(|p| p.kustomize.as_ref())
-            .unwrap_or(kustomize);
-        let field = if std::ptr::eq(chosen, kustomize) {
-            "spec.kustomize.path"
-        } else {
-            "spec.profiles[].kustomize.path"
-        };
-        let kdir = inside(root, dir, &chosen.path, &file, field)?;
-        let has_kustomization = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
-            .iter()
-            .any(|k| kdir.join(k).is_file());
-        if !has_kustomization {
-            return Err(bad(format!(
-                "{field}: {:?} holds no kustomization.yaml",
-                chosen.path
-            )));
-        }
-        let rel = relative(root, &kdir);
-        let output = external::run(
-            &external::Invocation {
-                stack: &name,
-                file: &file,
-                field: "spec.kustomize",
-                program: &renderers.kubectl,
-                args: vec!["kustomize".into(), rel.clone().into()],
-                cwd: root,
-                install_hint: "install kubectl, or set renderers.kubectl in the host configuration (or $DRIFTLESS_KUBECTL)",
-            },
-            renderers.timeout,
-        )?;
-        rendered.push(SourceFile {
-            path: rel,
-            text: output,
-        });
-    } else {
-        let path = spec.path.as_deref().unwrap_or(".");
-        let manifest_dir = inside(root, dir, path, &file, "spec.path")?;
-        collect_yaml(
-            root,
-            &manifest_dir,
-            dir,
-            &excluded,
-            limits,
-            &name,
-            &mut manifests,
-        )?;
-    }
-
-    let mut overlays = Vec::new();
-    let selected = profile_spec.and(profile.map(str::to_owned));
-    if let Some(p) = profile_spec {
-        for o in &p.overlays {
-            let odir = inside(root, dir, o, &file, "spec.profiles[].overlays")?;
-            let mut files = Vec::new();
-            collect_yaml(root, &odir, dir, &[], limits, &name, &mut files)?;
-            overlays.push((o.clone(), files));
-        }
-    }
-    let jobs_path = dir.join(JOBS_FILE);
-    let jobs = if jobs_path.is_file() {
-        Some(SourceFile {
-            path: relative(root, &jobs_path),
-            text: read_text(root, &jobs_path, limits)?,
-        })
-    } else {
-        None
-    };
-    Ok(LoadedStack {
-        name,
-        file,
-        spec,
-        manifests,
-        rendered,
-        overlays,
-        profile: selected,
-        jobs,
-        post_sync,
-    })
+    Ok(())
 }
 
 /// Resolves `rel` (from a stack file) against `dir`; it must exist and stay in the repository.
-fn inside(root: &Path, dir: &Path, rel: &str, file: &Path, field: &str) -> Result<PathBuf> {
+fn inside(repo: &Repo, dir: &Path, rel: &str, file: &Path, field: &str) -> Result<PathBuf> {
     let rel_path = Path::new(rel);
     if rel_path.is_absolute() {
         return Err(Error::StackFile {
@@ -389,134 +419,69 @@ fn inside(root: &Path, dir: &Path, rel: &str, file: &Path, field: &str) -> Resul
     }
     let joined = dir.join(rel_path);
     let resolved = joined.canonicalize().map_err(|source| Error::Io {
-        path: relative(root, &joined),
+        path: repo.relative(&joined),
         message: format!("{field} of {} does not exist", file.display()),
         source,
     })?;
-    if !resolved.starts_with(root) {
-        return Err(Error::OutsideRepository {
-            path: relative(root, &joined),
-            root: root.to_owned(),
-            reason: "path leads outside the repository",
-        });
-    }
+    repo.check_inside(&joined, &resolved, "path leads outside the repository")?;
     Ok(resolved)
 }
 
-/// Collects `*.yaml`/`*.yml`/`*.json` below `dir` in sorted path order, skipping hidden entries,
-/// excluded directories and files, nested stacks, and the stack's own `stack.yaml` and `jobs.yaml`.
-fn collect_yaml(
-    root: &Path,
-    dir: &Path,
-    stack_dir: &Path,
-    excluded: &[PathBuf],
+/// What one stack's manifest or overlay walk skips and how much it may read.
+struct Collect<'a> {
+    repo: &'a Repo,
+    /// The stack's directory, canonical.
+    stack_dir: &'a Path,
+    /// Directories and files (canonical) that are not manifests: overlays, hooks.
+    excluded: &'a [PathBuf],
     limits: LoadLimits,
-    stack: &str,
-    out: &mut Vec<SourceFile>,
-) -> Result<()> {
-    for entry in read_dir_sorted(dir)? {
-        let name = entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with('.') {
-            continue;
-        }
-        let meta = std::fs::symlink_metadata(&entry).map_err(|source| Error::Io {
-            path: relative(root, &entry),
-            message: "cannot stat".to_owned(),
-            source,
-        })?;
-        let real = if meta.file_type().is_symlink() {
-            let target = entry.canonicalize().map_err(|source| Error::Io {
-                path: relative(root, &entry),
-                message: "broken symlink".to_owned(),
-                source,
-            })?;
-            if !target.starts_with(root) {
-                return Err(Error::OutsideRepository {
-                    path: relative(root, &entry),
-                    root: root.to_owned(),
-                    reason: "symlink leads outside the repository",
+    stack: &'a str,
+}
+
+impl Collect<'_> {
+    /// Collects `*.yaml`/`*.yml`/`*.json` below `dir` in sorted path order, skipping hidden
+    /// entries, excluded directories and files, nested stacks, the stack's own `policies/`,
+    /// `stack.yaml` and `jobs.yaml`. Symlinks are followed inside the repository.
+    fn yaml(&self, dir: &Path, out: &mut Vec<SourceFile>) -> Result<()> {
+        let how = Walk {
+            follow_symlinks: true,
+            include_hidden: false,
+        };
+        let in_stack_dir = |p: &Path| p.parent() == Some(self.stack_dir);
+        self.repo.walk(dir, how, |e| {
+            if e.kind == Kind::Dir {
+                // `policies/` beside stack.yaml holds the stack's own admission policies, and
+                // `health/` its declared health checks.
+                let own_policies = in_stack_dir(e.path)
+                    && (e.name == POLICIES_DIR || e.name == crate::health_checks::DIR);
+                let nested_stack = e.real != self.stack_dir && exists(&e.real.join(STACK_FILE));
+                let skip =
+                    own_policies || nested_stack || self.excluded.iter().any(|x| x == e.real);
+                return Ok(if skip { Step::Skip } else { Step::Enter });
+            }
+            let is_manifest = [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| e.name.ends_with(ext));
+            let own_file = in_stack_dir(e.path) && (e.name == STACK_FILE || e.name == JOBS_FILE);
+            if !is_manifest || own_file || self.excluded.iter().any(|x| x == e.real) {
+                return Ok(Step::Skip);
+            }
+            if out.len() >= self.limits.max_files_per_stack {
+                return Err(Error::TooManyFiles {
+                    path: self.repo.relative(dir),
+                    stack: self.stack.to_owned(),
+                    limit: self.limits.max_files_per_stack,
                 });
             }
-            target
-        } else {
-            entry.clone()
-        };
-        if real.is_dir() {
-            // `policies/` beside stack.yaml holds the stack's own admission policies.
-            let own_policies = entry.parent() == Some(stack_dir) && name == POLICIES_DIR;
-            if own_policies
-                || excluded.contains(&real)
-                || (real != stack_dir && real.join(STACK_FILE).is_file())
-            {
-                continue;
-            }
-            collect_yaml(root, &real, stack_dir, excluded, limits, stack, out)?;
-            continue;
-        }
-        let is_manifest =
-            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
-        let own_file =
-            entry.parent() == Some(stack_dir) && (name == STACK_FILE || name == JOBS_FILE);
-        if !is_manifest || own_file || excluded.contains(&real) {
-            continue;
-        }
-        if out.len() >= limits.max_files_per_stack {
-            return Err(Error::TooManyFiles {
-                path: relative(root, dir),
-                stack: stack.to_owned(),
-                limit: limits.max_files_per_stack,
+            // A FIFO or device named like a manifest is refused here, never opened.
+            let text = self.repo.read_text(e.path)?;
+            out.push(SourceFile {
+                path: self.repo.relative(e.path),
+                text,
             });
-        }
-        let text = read_text(root, &real, limits)?;
-        out.push(SourceFile {
-            path: relative(root, &entry),
-            text,
-        });
+            Ok(Step::Skip)
+        })
     }
-    Ok(())
-}
-
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let io = |source| Error::Io {
-        path: dir.to_owned(),
-        message: "cannot read directory".to_owned(),
-        source,
-    };
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(io)?;
-    entries.sort();
-    Ok(entries)
-}
-
-fn read_text(root: &Path, path: &Path, limits: LoadLimits) -> Result<String> {
-    let rel = relative(root, path);
-    let io = |source| Error::Io {
-        path: rel.clone(),
-        message: "cannot read".to_owned(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > limits.max_file_bytes {
-        return Err(Error::FileTooLarge {
-            path: rel,
-            size,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    String::from_utf8(bytes).map_err(|_| Error::NotText { path: rel })
-}
-
-fn relative(root: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(root)
-        .map(Path::to_owned)
-        .unwrap_or_else(|_| path.to_owned())
 }
 
 /// Reads the host files every stack's `spec.secrets` names, through the repository's reader of

@@ -1,11 +1,16 @@
-//! Stacks: loading a checkout (`load`, the only part that reads files) and rendering it into the
-//! desired objects of each stack (`render`, `order`: pure).
+//! Stacks: loading a checkout (`load`, reading through `repo_walk`; `chart` and `kustomize`
+//! check a renderer's inputs and run it through `external`) and rendering it into the desired
+//! objects of each stack (`render`, `object`, `order`, `vars`: pure).
 
+pub mod chart;
 pub mod external;
+pub mod kustomize;
 pub mod load;
 pub mod model;
+pub mod object;
 pub mod order;
 pub mod render;
+pub mod sops;
 pub mod stored;
 pub mod vars;
 
@@ -14,9 +19,10 @@ use std::path::PathBuf;
 
 pub use external::Renderers;
 pub use load::{
-    HostSecrets, LoadLimits, LoadedStack, SourceFile, load_repo, load_repo_with,
+    HostSecrets, LoadLimits, LoadedStack, load_health_checks, load_repo, load_repo_with,
     placeholder_host_secrets, read_host_secrets,
 };
+pub use model::SourceFile;
 pub use render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, render};
 pub use stored::StoredRevision;
 
@@ -25,6 +31,47 @@ pub use stored::StoredRevision;
 pub enum Error {
     #[error("{0}")]
     Yaml(#[from] crate::yaml::Error),
+    /// A walk or read of the repository refused (loop, depth, count, size, boundary, name).
+    #[error(transparent)]
+    Walk(#[from] crate::repo_walk::Error),
+    /// A declared health check that does not load (see `health_checks`).
+    #[error(transparent)]
+    HealthChecks(#[from] crate::health_checks::Error),
+    #[error("{file}: {field} of stack {stack}: {error}")]
+    RendererInput {
+        file: PathBuf,
+        stack: String,
+        field: &'static str,
+        error: crate::repo_walk::Error,
+    },
+    #[error("{file}: {field} {entry:?}: {problem} (stack {stack}, spec.kustomize of {stack_file})")]
+    KustomizeReference {
+        file: PathBuf,
+        field: String,
+        entry: String,
+        problem: String,
+        stack: String,
+        stack_file: PathBuf,
+    },
+    #[error(
+        "{file}: dependencies[{index}] {name:?} comes from the chart repository {repository:?} and the chart's charts/ does not hold it: helm template runs offline; vendor it (`helm dependency build`) and commit charts/ (stack {stack}, spec.helm)"
+    )]
+    ChartDependency {
+        file: PathBuf,
+        stack: String,
+        index: usize,
+        name: String,
+        repository: String,
+    },
+    #[error(
+        "{file}: {pointer} {reference:?}: Helm would load it (a URL, or a file of the host: references resolve against file:///); renders are offline and read only the repository: keep the schema self-contained (`#/…` references) (stack {stack}, spec.helm)"
+    )]
+    ChartSchemaReference {
+        file: PathBuf,
+        pointer: String,
+        reference: String,
+        stack: String,
+    },
     #[error("{path}: {message}")]
     Io {
         path: PathBuf,
@@ -42,28 +89,12 @@ pub enum Error {
         name: String,
         other: PathBuf,
     },
-    #[error("{path}: {reason} (the repository root is {root})")]
-    OutsideRepository {
-        path: PathBuf,
-        root: PathBuf,
-        reason: &'static str,
-    },
-    #[error(
-        "{path}: file is {size} bytes, over the limit of {limit} bytes (split it or raise the limit)"
-    )]
-    FileTooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
     #[error("{path}: more than {limit} manifest files in stack {stack}")]
     TooManyFiles {
         path: PathBuf,
         stack: String,
         limit: usize,
     },
-    #[error("{path}: not UTF-8 text")]
-    NotText { path: PathBuf },
     #[error("stack {stack}: no profile {profile:?} (defined: {defined})")]
     UnknownProfile {
         stack: String,
@@ -154,6 +185,14 @@ pub enum Error {
     },
     #[error("dependsOn cycle: {cycle}")]
     DependencyCycle { cycle: String },
+    /// A SOPS-encrypted manifest that does not decrypt or holds decrypted values where they
+    /// would be shown. The message never holds a value.
+    #[error("{file}: stack {stack}: SOPS: {message}")]
+    Sops {
+        file: PathBuf,
+        stack: String,
+        message: String,
+    },
 }
 
 /// Loads and renders every stack of the checkout at `root` for `profile`. Host secrets are read
@@ -192,7 +231,49 @@ pub fn render_loaded_with(
     } else {
         (read_host_secrets(loaded, credentials)?, true)
     };
-    Ok((render::render_with(loaded, &secrets, cache)?, checked))
+    let decryption = sops_decryption(loaded, credentials, !checked)?;
+    Ok((
+        render::render_decrypting(loaded, &secrets, &decryption, cache)?,
+        checked,
+    ))
+}
+
+/// How SOPS files are read: with the age identity of `sops.ageKeyFile` (read only when a stack
+/// has a SOPS file), as placeholders for offline validation without credentials.
+fn sops_decryption(
+    loaded: &[LoadedStack],
+    credentials: &crate::credentials::Credentials,
+    placeholders: bool,
+) -> Result<sops::Decryption> {
+    let first = loaded.iter().find_map(|s| {
+        s.manifests
+            .iter()
+            .find(|f| sops::is_sops(&f.text))
+            .map(|f| (s, f))
+    });
+    let Some((stack, file)) = first else {
+        return Ok(sops::Decryption::Unavailable(
+            "no SOPS file was expected".to_owned(),
+        ));
+    };
+    if placeholders {
+        return Ok(sops::Decryption::Placeholder);
+    }
+    let fail = |message: String| Error::Sops {
+        file: file.path.clone(),
+        stack: stack.name.clone(),
+        message,
+    };
+    match credentials.sops_age_key() {
+        None => Ok(sops::Decryption::Unavailable(
+            "the host configuration sets no sops.ageKeyFile (the age identity to decrypt it with)"
+                .to_owned(),
+        )),
+        Some(Err(e)) => Err(fail(e.to_string())),
+        Some(Ok(text)) => sops::AgeIdentity::parse(&text)
+            .map(sops::Decryption::Key)
+            .map_err(|m| fail(format!("sops.ageKeyFile {m}"))),
+    }
 }
 
 /// A convenient result alias for this module.
@@ -219,5 +300,7 @@ impl fmt::Display for Place {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

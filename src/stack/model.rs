@@ -1,9 +1,18 @@
-//! The `Stack` and `Overlay` kinds as they are written in a stack repository (DESIGN.md §2).
+//! The `Stack` and `Overlay` kinds as they are written in a stack repository (DESIGN.md §2), and
+//! `SourceFile`, the text of a file they render from.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// A file's text and its path relative to the repository root: a manifest, an overlay, a hook,
+/// `jobs.yaml`, or one template of a renderer's output.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: std::path::PathBuf,
+    pub text: String,
+}
 
 /// API version of driftless' own kinds.
 pub const API_VERSION: &str = "driftless.dev/v1alpha1";

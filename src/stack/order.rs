@@ -1,37 +1,34 @@
 //! Stack order from `dependsOn`: dependencies first, ties by name, cycles refused with the cycle
-//! spelled out.
+//! spelled out. Works on names alone, so any list of stacks can be put in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::render::RenderedStack;
 use super::{Error, Result};
 
-/// Returns `stacks` so that every stack comes after the stacks it depends on.
-pub fn by_dependencies(stacks: Vec<RenderedStack>) -> Result<Vec<RenderedStack>> {
-    let names: BTreeSet<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
-    for s in &stacks {
-        if let Some(missing) = s
-            .spec
-            .depends_on
-            .iter()
-            .find(|d| !names.contains(d.as_str()))
-        {
+/// The positions of `stacks` (name, `dependsOn`) in an order where every stack comes after the
+/// stacks it depends on. A dependency on a stack not in the list, or a cycle, is an error.
+pub fn by_dependencies(stacks: &[(&str, &[String])]) -> Result<Vec<usize>> {
+    let names: BTreeSet<&str> = stacks.iter().map(|(name, _)| *name).collect();
+    for (name, depends_on) in stacks {
+        if let Some(missing) = depends_on.iter().find(|d| !names.contains(d.as_str())) {
             return Err(Error::UnknownDependency {
-                stack: s.name.clone(),
+                stack: (*name).to_owned(),
                 missing: missing.clone(),
             });
         }
     }
     let deps: BTreeMap<String, Vec<String>> = stacks
         .iter()
-        .map(|s| (s.name.clone(), s.spec.depends_on.clone()))
+        .map(|(name, depends_on)| ((*name).to_owned(), depends_on.to_vec()))
         .collect();
-    let order = topological(&deps)?;
-    let mut by_name: BTreeMap<String, RenderedStack> =
-        stacks.into_iter().map(|s| (s.name.clone(), s)).collect();
-    Ok(order
-        .into_iter()
-        .filter_map(|n| by_name.remove(&n))
+    let position: BTreeMap<&str, usize> = stacks
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, i))
+        .collect();
+    Ok(topological(&deps)?
+        .iter()
+        .filter_map(|n| position.get(n.as_str()).copied())
         .collect())
 }
 

@@ -1,89 +1,22 @@
 //! Rendering: loaded stack files + profile + host secrets → the desired objects of each stack.
 //! Pure: no I/O, so every rule here is tested with in-memory fixtures.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeMap;
 
 use crate::yaml::ParseCache;
 use base64::Engine;
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
-use super::load::{HostSecrets, LoadedStack, SourceFile};
-use super::model::{API_VERSION, HookSpec, OverlayFile, PatchSpec, StackSpec};
+use super::load::{HostSecrets, LoadedStack};
+use super::model::{API_VERSION, HookSpec, OverlayFile, PatchSpec, SourceFile, StackSpec};
+pub use super::object::{
+    DataForm, DesiredObject, HOST_SECRET_LABEL, ObjectKey, SOPS_LABEL, STACK_LABEL, SecretData,
+    is_namespaced, secret_keys,
+};
+use super::object::{crd_scopes, finish_object};
+use super::sops::Decryption;
 use super::{Error, Place, Result, vars};
-
-/// Label every managed object carries: the name of its stack.
-pub const STACK_LABEL: &str = "driftless.dev/stack";
-
-/// Label of the Secrets driftless makes from host files (`spec.secrets`), so that policies (and
-/// `driftless-no-secrets-in-git`) tell them from Secrets committed to Git. Manifests may not set it.
-pub const HOST_SECRET_LABEL: &str = "driftless.dev/host-secret";
-
-/// The identity of a Kubernetes object: group, kind, namespace and name (the version is not part
-/// of it: `apps/v1` and `apps/v1beta1` name the same object).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub group: String,
-    pub kind: String,
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects; the group is added for
-    /// kinds outside the core and well-known groups only when it disambiguates (`Kind.group`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.kind)?;
-        if !self.group.is_empty() && !is_builtin_group(&self.group) {
-            write!(f, ".{}", self.group)?;
-        }
-        match &self.namespace {
-            Some(ns) => write!(f, "/{ns}/{}", self.name),
-            None => write!(f, "/{}", self.name),
-        }
-    }
-}
-
-fn is_builtin_group(group: &str) -> bool {
-    !group.contains('.') || group.ends_with(".k8s.io")
-}
-
-/// A Secret's data, kept out of the object until the moment it is sent; never printed.
-#[derive(Clone, Default)]
-pub struct SecretData(pub BTreeMap<String, SecretSlice<u8>>);
-
-impl fmt::Debug for SecretData {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
-impl SecretData {
-    /// The `data` map as the API server takes it (base64 values). Only for the request body.
-    pub fn to_api_data(&self) -> Map<String, Value> {
-        self.0
-            .iter()
-            .map(|(k, v)| {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(v.expose_secret());
-                (k.clone(), Value::String(encoded))
-            })
-            .collect()
-    }
-}
-
-/// One object of the desired state.
-#[derive(Debug, Clone)]
-pub struct DesiredObject {
-    pub key: ObjectKey,
-    /// `apiVersion` as written (`apps/v1`).
-    pub api_version: String,
-    /// The object to apply. For a Secret, `data` and `stringData` are removed: see `secret_data`.
-    pub object: Value,
-    /// A Secret's data, held apart so that nothing that prints objects can print it.
-    pub secret_data: Option<SecretData>,
-    pub place: Place,
-}
 
 /// A stack's definition and its rendered objects, in file order.
 #[derive(Debug, Clone)]
@@ -119,16 +52,28 @@ pub fn render(stacks: &[LoadedStack], secrets: &HostSecrets) -> Result<Vec<Rende
     render_with(stacks, secrets, None)
 }
 
-/// `render`, parsing through `cache` (the daemon's: see `yaml::ParseCache`).
+/// `render`, parsing through `cache` (the daemon's: see `yaml::ParseCache`). SOPS files cannot
+/// be decrypted (see `render_decrypting`).
 pub fn render_with(
     stacks: &[LoadedStack],
     secrets: &HostSecrets,
     cache: Option<&ParseCache>,
 ) -> Result<Vec<RenderedStack>> {
+    let none = Decryption::Unavailable("no age identity was given".to_owned());
+    render_decrypting(stacks, secrets, &none, cache)
+}
+
+/// `render_with`, decrypting SOPS-encrypted manifests as `decryption` says.
+pub fn render_decrypting(
+    stacks: &[LoadedStack],
+    secrets: &HostSecrets,
+    decryption: &Decryption,
+    cache: Option<&ParseCache>,
+) -> Result<Vec<RenderedStack>> {
     let mut rendered = Vec::with_capacity(stacks.len());
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for stack in stacks {
-        let r = render_stack(stack, secrets, cache)?;
+        let r = render_stack(stack, secrets, decryption, cache)?;
         for o in r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job)) {
             if let Some(other) = seen.insert(o.key.clone(), o.place.clone()) {
                 return Err(Error::DuplicateObject {
@@ -140,7 +85,16 @@ pub fn render_with(
         }
         rendered.push(r);
     }
-    super::order::by_dependencies(rendered)
+    let names: Vec<(&str, &[String])> = rendered
+        .iter()
+        .map(|s| (s.name.as_str(), s.spec.depends_on.as_slice()))
+        .collect();
+    let order = super::order::by_dependencies(&names)?;
+    let mut slots: Vec<Option<RenderedStack>> = rendered.into_iter().map(Some).collect();
+    Ok(order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect())
 }
 
 /// A stack's variables for its selected profile (the profile's own override the stack's).
@@ -159,12 +113,24 @@ pub fn stack_vars(stack: &LoadedStack) -> BTreeMap<String, String> {
 fn render_stack(
     stack: &LoadedStack,
     secrets: &HostSecrets,
+    decryption: &Decryption,
     cache: Option<&ParseCache>,
 ) -> Result<RenderedStack> {
     let vars = stack_vars(stack);
     let mut objects: Vec<Value> = Vec::new();
     let mut places: Vec<Place> = Vec::new();
+    // Per object: whether it holds values decrypted from a SOPS file.
+    let mut decrypted: Vec<bool> = Vec::new();
     for file in &stack.manifests {
+        if super::sops::is_sops(&file.text) {
+            for (doc, value, holds) in decrypt_file(stack, file, decryption)? {
+                let before = objects.len();
+                push_objects(stack, file, doc, value, &mut objects, &mut places)?;
+                decrypted.resize(before, false);
+                decrypted.resize(objects.len(), holds);
+            }
+            continue;
+        }
         for (doc, value) in parse_file(stack, file, &vars, cache)? {
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
@@ -178,6 +144,15 @@ fn render_stack(
     let mut patches: Vec<(&SourceFile, usize, PatchSpec)> = Vec::new();
     for (_, files) in &stack.overlays {
         for file in files {
+            if super::sops::is_sops(&file.text) {
+                return Err(Error::Sops {
+                    file: file.path.clone(),
+                    stack: stack.name.clone(),
+                    message:
+                        "SOPS files are decrypted among a stack's manifests only, not in overlays"
+                            .to_owned(),
+                });
+            }
             for (doc, value) in parse_file(stack, file, &vars, cache)? {
                 if value.get("kind").and_then(Value::as_str) == Some("Overlay")
                     && value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION)
@@ -207,10 +182,11 @@ fn render_stack(
     }
 
     let crd_scopes = crd_scopes(&objects);
+    decrypted.resize(objects.len(), false);
     let mut out: Vec<DesiredObject> = Vec::with_capacity(objects.len());
     let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
-    for (object, place) in objects.into_iter().zip(places) {
-        let desired = finish_object(stack, object, place, &crd_scopes)?;
+    for ((object, place), holds) in objects.into_iter().zip(places).zip(decrypted) {
+        let desired = finish_object(stack, object, place, &crd_scopes, holds)?;
         if let Some(other) = seen.insert(desired.key.clone(), desired.place.clone()) {
             return Err(Error::DuplicateObject {
                 place: desired.place,
@@ -274,7 +250,7 @@ fn render_hook(
         file: file.path.clone(),
         document: doc,
     };
-    let mut job = finish_object(stack, value, place, crd_scopes)?;
+    let mut job = finish_object(stack, value, place, crd_scopes, false)?;
     let hash = {
         use sha2::{Digest, Sha256};
         // serde_json maps are sorted: the serialisation is canonical. Serialising a Value
@@ -305,6 +281,35 @@ fn render_hook(
         job,
         hash,
     })
+}
+
+/// The documents of a SOPS file, decrypted (no `${VAR}` substitution: the MAC covers the text as
+/// encrypted), each with whether it holds decrypted data. A file that does not decrypt fails the
+/// stack's load, naming the file and the reason, never a value.
+fn decrypt_file(
+    stack: &LoadedStack,
+    file: &SourceFile,
+    decryption: &Decryption,
+) -> Result<Vec<(usize, Value, bool)>> {
+    let fail = |message: String| Error::Sops {
+        file: file.path.clone(),
+        stack: stack.name.clone(),
+        message,
+    };
+    let json = file.path.extension().is_some_and(|e| e == "json");
+    let docs = match decryption {
+        Decryption::Key(identity) => super::sops::decrypt(&file.text, json, identity),
+        Decryption::Placeholder => super::sops::placeholder(&file.text, json),
+        Decryption::Unavailable(why) => Err(format!("a SOPS-encrypted file, and {why}")),
+    }
+    .map_err(fail)?;
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, d) in docs.into_iter().enumerate() {
+        let holds = super::sops::check_placement(&d.value, &d.encrypted)
+            .map_err(|m| fail(format!("document {}: {m}", i + 1)))?;
+        out.push((i + 1, d.value, holds));
+    }
+    Ok(out)
 }
 
 fn parse_file(
@@ -484,246 +489,4 @@ fn host_secret_object(
         "type": spec.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
         "data": data,
     }))
-}
-
-/// Scope of the kinds the revision's own CRDs define: (group, kind) → namespaced?
-fn crd_scopes(objects: &[Value]) -> BTreeMap<(String, String), bool> {
-    objects
-        .iter()
-        .filter(|o| o.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
-        .filter_map(|o| {
-            let group = o.pointer("/spec/group")?.as_str()?.to_owned();
-            let kind = o.pointer("/spec/names/kind")?.as_str()?.to_owned();
-            let namespaced = o.pointer("/spec/scope").and_then(Value::as_str) != Some("Cluster");
-            Some(((group, kind), namespaced))
-        })
-        .collect()
-}
-
-/// Cluster-scoped kinds of Kubernetes itself. Kinds not listed (and not defined by a CRD of the
-/// revision) are taken as namespaced here; the cluster layer corrects that from discovery.
-const CLUSTER_SCOPED: &[(&str, &str)] = &[
-    ("", "Namespace"),
-    ("", "Node"),
-    ("", "PersistentVolume"),
-    ("rbac.authorization.k8s.io", "ClusterRole"),
-    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
-    ("apiextensions.k8s.io", "CustomResourceDefinition"),
-    ("apiregistration.k8s.io", "APIService"),
-    ("storage.k8s.io", "StorageClass"),
-    ("storage.k8s.io", "CSIDriver"),
-    ("storage.k8s.io", "CSINode"),
-    ("storage.k8s.io", "VolumeAttachment"),
-    ("scheduling.k8s.io", "PriorityClass"),
-    ("node.k8s.io", "RuntimeClass"),
-    ("networking.k8s.io", "IngressClass"),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingWebhookConfiguration",
-    ),
-    (
-        "admissionregistration.k8s.io",
-        "MutatingWebhookConfiguration",
-    ),
-    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicyBinding",
-    ),
-    ("certificates.k8s.io", "CertificateSigningRequest"),
-    ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
-    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
-];
-
-/// Whether `group`/`kind` is namespaced, as far as the revision alone can tell.
-pub fn is_namespaced(
-    group: &str,
-    kind: &str,
-    crd_scopes: &BTreeMap<(String, String), bool>,
-) -> bool {
-    if let Some(namespaced) = crd_scopes.get(&(group.to_owned(), kind.to_owned())) {
-        return *namespaced;
-    }
-    !CLUSTER_SCOPED
-        .iter()
-        .any(|(g, k)| *g == group && *k == kind)
-}
-
-/// Checks an object's identity, defaults its namespace, labels it, and splits off Secret data.
-fn finish_object(
-    stack: &LoadedStack,
-    mut object: Value,
-    place: Place,
-    crd_scopes: &BTreeMap<(String, String), bool>,
-) -> Result<DesiredObject> {
-    let invalid = |message: String| Error::InvalidObject {
-        place: place.clone(),
-        message,
-    };
-    let Value::Object(map) = &mut object else {
-        return Err(invalid(
-            "document is not a mapping (expected a Kubernetes object)".to_owned(),
-        ));
-    };
-    let api_version = match map.get("apiVersion") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(invalid(
-                "`apiVersion` must be a non-empty string".to_owned(),
-            ));
-        }
-        None => return Err(invalid("missing `apiVersion`".to_owned())),
-    };
-    let kind = match map.get("kind") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(invalid("`kind` must be a non-empty string".to_owned())),
-        None => return Err(invalid("missing `kind`".to_owned())),
-    };
-    if api_version == API_VERSION {
-        return Err(invalid(format!(
-            "{kind} is a driftless kind; it belongs in stack.yaml, jobs.yaml or an overlay, not among the manifests"
-        )));
-    }
-    let group = match api_version.split_once('/') {
-        Some((g, _)) => g.to_owned(),
-        None => String::new(),
-    };
-    let metadata = match map
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()))
-    {
-        Value::Object(m) => m,
-        _ => return Err(invalid(format!("{kind}: `metadata` must be a mapping"))),
-    };
-    if metadata.contains_key("generateName") && !metadata.contains_key("name") {
-        return Err(invalid(format!(
-            "{kind}: metadata.generateName is not supported (a GitOps object needs a stable metadata.name)"
-        )));
-    }
-    let name = match metadata.get("name") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(invalid(format!(
-                "{kind}: metadata.name must be a non-empty string"
-            )));
-        }
-        None => return Err(invalid(format!("{kind}: missing metadata.name"))),
-    };
-    if name.len() > 253 || name.contains('/') || name == "." || name == ".." {
-        return Err(invalid(format!(
-            "{kind}: metadata.name {name:?} is not a valid object name"
-        )));
-    }
-    let namespaced = is_namespaced(&group, &kind, crd_scopes);
-    let namespace = if namespaced {
-        match metadata.get("namespace") {
-            Some(Value::String(ns)) if !ns.is_empty() => Some(ns.clone()),
-            Some(Value::String(_)) | None => match &stack.spec.namespace {
-                Some(ns) => {
-                    metadata.insert("namespace".into(), ns.clone().into());
-                    Some(ns.clone())
-                }
-                None => {
-                    return Err(invalid(format!(
-                        "{kind}/{name}: namespaced object without metadata.namespace, and stack {} sets no spec.namespace",
-                        stack.name
-                    )));
-                }
-            },
-            Some(_) => {
-                return Err(invalid(format!(
-                    "{kind}/{name}: metadata.namespace must be a string"
-                )));
-            }
-        }
-    } else {
-        // Cluster-scoped: a namespace would be ignored by the server; drop it so diffs are clean.
-        metadata.remove("namespace");
-        None
-    };
-    if let Some(ns) = &namespace
-        && !super::load::is_dns_label(ns)
-    {
-        return Err(invalid(format!(
-            "{kind}/{name}: namespace {ns:?} is not a valid namespace name"
-        )));
-    }
-    let labels = metadata
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(labels) = labels else {
-        return Err(invalid(format!(
-            "{kind}/{name}: metadata.labels must be a mapping"
-        )));
-    };
-    if let Some(existing) = labels.get(STACK_LABEL).and_then(Value::as_str)
-        && existing != stack.name
-    {
-        return Err(invalid(format!(
-            "{kind}/{name}: label {STACK_LABEL}={existing} names another stack than {}",
-            stack.name
-        )));
-    }
-    labels.insert(STACK_LABEL.into(), stack.name.clone().into());
-    if labels.contains_key(HOST_SECRET_LABEL) && place.file != stack.file {
-        return Err(invalid(format!(
-            "{kind}/{name}: label {HOST_SECRET_LABEL} is reserved for Secrets driftless makes from host files (spec.secrets)"
-        )));
-    }
-
-    let secret_data = if group.is_empty() && kind == "Secret" {
-        Some(take_secret_data(map).map_err(|field| invalid(format!("Secret/{name}: {field}")))?)
-    } else {
-        None
-    };
-    Ok(DesiredObject {
-        key: ObjectKey {
-            group,
-            kind,
-            namespace,
-            name,
-        },
-        api_version,
-        object,
-        secret_data,
-        place,
-    })
-}
-
-/// Moves `data` (base64) and `stringData` out of a Secret into wrapped bytes. The error names
-/// the field and key only, never a value.
-fn take_secret_data(map: &mut Map<String, Value>) -> std::result::Result<SecretData, String> {
-    let mut out = BTreeMap::new();
-    if let Some(data) = map.remove("data") {
-        let Value::Object(data) = data else {
-            return Err("`data` must be a mapping".to_owned());
-        };
-        for (k, v) in data {
-            let Value::String(s) = v else {
-                return Err(format!("data.{k} must be a base64 string"));
-            };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|_| format!("data.{k} is not valid base64"))?;
-            out.insert(k, SecretSlice::from(bytes));
-        }
-    }
-    if let Some(data) = map.remove("stringData") {
-        let Value::Object(data) = data else {
-            return Err("`stringData` must be a mapping".to_owned());
-        };
-        // As the API server does: stringData wins over data for the same key.
-        for (k, v) in data {
-            let Value::String(s) = v else {
-                return Err(format!("stringData.{k} must be a string"));
-            };
-            out.insert(k, SecretSlice::from(s.into_bytes()));
-        }
-    }
-    Ok(SecretData(out))
-}
-
-/// Keys of a Secret's data, for messages and masked diffs.
-pub fn secret_keys(data: &SecretData) -> BTreeSet<&str> {
-    data.0.keys().map(String::as_str).collect()
 }

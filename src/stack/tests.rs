@@ -305,10 +305,7 @@ fn jobs_files_are_read_and_checked() {
     ]);
     let loaded = load_repo(repo.path(), None, LoadLimits::default()).unwrap();
     let jobs = crate::jobs::model::load_jobs(&loaded).unwrap();
-    let names: Vec<(&str, &str)> = jobs
-        .iter()
-        .map(|j| (j.name.as_str(), j.kind.as_str()))
-        .collect();
+    let names: Vec<(&str, &str)> = jobs.iter().map(|j| (j.name.as_str(), j.kind())).collect();
     assert_eq!(names, [("pg", "Backup"), ("registry", "ImageCleanup")]);
     assert_eq!(
         jobs[0].starting_deadline,

@@ -118,8 +118,13 @@ build_helm() {
         "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
 }
 
+build_sops() {
+    build_go_tool sops "$SOPS_VERSION" github.com/getsops/sops/v3 github.com/getsops/sops/v3/cmd/sops sops \
+        "-X github.com/getsops/sops/v3/version.Version=${SOPS_VERSION#v}"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio helm kubernetes)
+[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio helm sops kubernetes)
 for c in "${components[@]}"; do
     "build_$c"
 done

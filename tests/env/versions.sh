@@ -9,3 +9,5 @@ REGISTRY_VERSION=v3.1.2
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 # Helm renders the chart stacks (`spec.helm`) in tests and the demo.
 HELM_VERSION=v4.3.1
+# sops produces the SOPS-encrypted fixtures of tests/sops.rs at test time (age recipients).
+SOPS_VERSION=v3.13.3

@@ -5,6 +5,7 @@
 //! it, under `CI=true` and everywhere else: an integration test never passes without its servers.
 #![allow(dead_code)] // Each test crate uses a different part of this module.
 
+pub mod churn;
 pub mod daemon;
 pub mod registry;
 
@@ -207,36 +208,59 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:x}{n}", rand::random::<u32>())
 }
 
-/// A stack repository in a temporary directory, read as a working tree (`source: {path}`), with
-/// a host configuration of its own instance (`id`) and state directory. `ID` in written files
-/// becomes the id.
-pub struct LocalRepo {
+/// A stack repository in a temporary directory with a host configuration of its own instance
+/// (`id`), state directory and credentials directory: the one builder integration tests use.
+/// `ID` in written files becomes the id. `Repo::new` is read as a working tree
+/// (`source: {path}`); `Repo::git` is a Git repository the configuration follows (`main`).
+pub struct Repo {
     dir: tempfile::TempDir,
     pub config: PathBuf,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
+    creds: tempfile::TempDir,
     pub id: String,
 }
 
-impl LocalRepo {
-    /// `extra` is appended to the host configuration (e.g. `profile: local\n`).
-    pub fn new(prefix: &str, extra: &str) -> LocalRepo {
+impl Repo {
+    /// A working tree; `extra` is appended to the host configuration (e.g. `profile: local\n`).
+    pub fn new(prefix: &str, extra: &str) -> Repo {
+        Repo::make(prefix, extra, false)
+    }
+
+    /// A Git repository on branch `main` (commit with `commit`), followed through `file://`,
+    /// with a credentials directory (`creds`).
+    pub fn git(prefix: &str, extra: &str) -> Repo {
+        Repo::make(prefix, extra, true)
+    }
+
+    fn make(prefix: &str, extra: &str, git_source: bool) -> Repo {
         let dir = tempfile::tempdir().expect("repo dir");
         let state = tempfile::tempdir().expect("state dir");
+        let creds = tempfile::tempdir().expect("credentials dir");
         let id = unique_name(prefix);
         let config = state.path().join("driftless.yaml");
+        let source = if git_source {
+            git(dir.path(), &["init", "-q", "-b", "main"]);
+            format!(
+                "source:\n  git: {{url: 'file://{}', branch: main}}\ncredentialsDir: {}\n",
+                dir.path().display(),
+                creds.path().display()
+            )
+        } else {
+            format!("source: {{path: {}}}\n", dir.path().display())
+        };
         std::fs::write(
             &config,
             format!(
-                "instance: {id}\nsource: {{path: {}}}\nstateDir: {}\n{extra}",
-                dir.path().display(),
+                "instance: {id}\n{source}stateDir: {}\n{extra}",
                 state.path().display()
             ),
         )
         .expect("config");
-        LocalRepo {
+        Repo {
             dir,
             config,
-            _state: state,
+            state,
+            creds,
             id,
         }
     }
@@ -247,8 +271,47 @@ impl LocalRepo {
         std::fs::write(p, body.replace("ID", &self.id)).expect("write");
     }
 
+    pub fn remove(&self, path: &str) {
+        std::fs::remove_file(self.dir.path().join(path)).expect("remove");
+    }
+
+    /// Commits everything (a Git repository only).
+    pub fn commit(&self, message: &str) {
+        git(self.path(), &["add", "-A"]);
+        git(
+            self.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+    }
+
+    /// Back to the last commit: uncommitted edits and new files are dropped.
+    pub fn reset(&self) {
+        git(self.path(), &["reset", "-q", "--hard", "HEAD"]);
+        git(self.path(), &["clean", "-qfdx"]);
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// The credentials directory (named in the configuration of a Git repository).
+    pub fn creds(&self) -> &Path {
+        self.creds.path()
+    }
+
+    /// The namespace `ns-ID`.
+    pub fn ns(&self) -> String {
+        format!("ns-{}", self.id)
+    }
+
+    /// Runs the binary with this configuration.
+    pub fn driftless(&self, args: &[&str]) -> std::process::Output {
+        driftless_with(&self.config, args, &[])
     }
 }
 
@@ -320,6 +383,11 @@ pub fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// Lower-case hexadecimal of `bytes` (digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Runs a command, panics with its output unless it exits 0; returns standard output.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
@@ -335,15 +403,17 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A kubectl command of the test cluster.
+pub fn kubectl_cmd() -> Command {
+    let env = TestEnv::get();
+    let mut cmd = Command::new(env.var("KUBECTL"));
+    cmd.arg("--kubeconfig").arg(env.var("KUBECONFIG"));
+    cmd
+}
+
 /// Runs the kubectl built with the test cluster against it; panics on failure.
 pub fn kubectl(args: &[&str]) -> String {
-    let env = TestEnv::get();
-    run_ok(
-        Command::new(env.var("KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(env.var("KUBECONFIG"))
-            .args(args),
-    )
+    run_ok(kubectl_cmd().args(args))
 }
 
 /// Runs git in `dir` with a fixed author; panics on failure; returns trimmed standard output.

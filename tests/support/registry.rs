@@ -16,11 +16,7 @@ pub fn http() -> reqwest::Client {
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", super::hex(&Sha256::digest(bytes)))
 }
 
 /// Monolithic blob upload (POST then PUT with the digest), as `docker push` does for small blobs.

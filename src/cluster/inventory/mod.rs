@@ -53,6 +53,11 @@ pub struct Entry {
     /// The object's generation right after that apply (for kinds that have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The object's signature (`plan::signature`) right after that apply, or when a dry-run
+    /// confirmed it since. Records of older versions have none (and are compared by
+    /// resourceVersion or generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Entry {
@@ -72,6 +77,7 @@ impl Entry {
             hash: self.hash.as_deref(),
             resource_version: self.resource_version.as_deref(),
             generation: self.generation,
+            signature: self.signature.as_deref(),
         }
     }
 
@@ -86,6 +92,7 @@ impl Entry {
             hash: None,
             resource_version: None,
             generation: None,
+            signature: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Exec sources: a command run in a pod through the API server (e.g. `nodetool snapshot`); its
+//! Exec sources: a command run in a pod (named, or a service's first running, ready pod, resolved
+//! once per run) through the API server (e.g. `nodetool snapshot`); its
 //! standard output is the backup's `stdout` file, its exit status must be success, and the tail
 //! of its standard error is kept in the manifest. Then, optionally, files copied out of the
 //! container (`copyOut`): `tar cf - PATHS` run through exec, as `kubectl cp` does, streamed into
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::manifest::FileEntry;
 use super::pod;
 use super::spec::Exec;
-use super::store::{self, FileEntry, Store};
+use super::store::{self, Store};
 
 /// Errors of an exec source, naming the pod.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +28,7 @@ pub enum Error {
         message: String,
         stderr: String,
     },
-    #[error("exec in pod {pod}: no end within {timeout:?} (spec.source.exec.timeout)")]
+    #[error("exec in {pod}: no end within {timeout:?} (spec.source.exec.timeout)")]
     Timeout { pod: String, timeout: Duration },
 }
 
@@ -42,15 +44,26 @@ pub async fn capture(
     store: &Store,
     id: &str,
 ) -> Result<(Vec<FileEntry>, serde_json::Value), Error> {
-    let pod_name = format!("{}/{}", e.namespace, e.pod);
     let work = async {
+        let client = cluster.ok_or_else(|| pod::Error::NoCluster { what: e.target() })?;
+        let pod = pod::resolve(
+            client,
+            &super::spec::PodTarget {
+                namespace: e.namespace.clone(),
+                pod: e.pod.clone(),
+                service: e.service.clone(),
+                port: 0,
+            },
+        )
+        .await?;
         let mut files = Vec::new();
         let mut details = serde_json::json!({
-            "pod": pod_name,
+            "pod": format!("{}/{pod}", e.namespace),
             "container": e.container,
+            "encrypted": store.encrypts(),
         });
         if !e.command.is_empty() {
-            let (entry, end) = run_into(cluster, e, &e.command, store, id, STDOUT).await?;
+            let (entry, end) = run_into(cluster, e, &pod, &e.command, store, id, STDOUT).await?;
             files.push(entry);
             details["command"] = serde_json::json!(e.command);
             details["exit"] = serde_json::json!(end.message);
@@ -60,7 +73,7 @@ pub async fn capture(
             // What `kubectl cp` runs; only after the command succeeded (a snapshot to copy).
             let mut tar = vec!["tar".to_owned(), "cf".to_owned(), "-".to_owned()];
             tar.extend(e.copy_out.iter().cloned());
-            let (entry, end) = run_into(cluster, e, &tar, store, id, FILES_TAR).await?;
+            let (entry, end) = run_into(cluster, e, &pod, &tar, store, id, FILES_TAR).await?;
             files.push(entry);
             details["copyOut"] = serde_json::json!({
                 "paths": e.copy_out,
@@ -73,7 +86,7 @@ pub async fn capture(
     tokio::time::timeout(e.timeout, work)
         .await
         .map_err(|_| Error::Timeout {
-            pod: pod_name.clone(),
+            pod: e.target(),
             timeout: e.timeout,
         })?
 }
@@ -83,20 +96,15 @@ pub async fn capture(
 async fn run_into(
     cluster: Option<&kube::Client>,
     e: &Exec,
+    pod: &str,
     command: &[String],
     store: &Store,
     id: &str,
     name: &str,
 ) -> Result<(FileEntry, pod::ExecEnd), Error> {
-    let pod_name = format!("{}/{}", e.namespace, e.pod);
-    let mut running = pod::exec(
-        cluster,
-        &e.namespace,
-        &e.pod,
-        e.container.as_deref(),
-        command,
-    )
-    .await?;
+    let pod_name = format!("{}/{pod}", e.namespace);
+    let mut running =
+        pod::exec(cluster, &e.namespace, pod, e.container.as_deref(), command).await?;
     let mut upload = store.writer(id, name).await?;
     let streamed: Result<(), Error> = async {
         if let Some(mut out) = running.stdout() {

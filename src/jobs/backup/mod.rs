@@ -1,64 +1,126 @@
-//! The `Backup` job: backups that restore.
+//! The `Backup` job: backups that restore, and that cannot destroy what they protect.
 //!
-//! A run (1) lists the destination and removes incomplete backups (files without a manifest:
-//! a run that failed or was killed); (2) takes a backup under a new id — `postgres` (`pg_dump
-//! -Fc`, verified by `pg_restore -f /dev/null` reading the same bytes), `s3` (a bucket/prefix
-//! mirrored object by object) or `exec` (a command's output in a pod) — streaming every file
-//! with its sha256 and reading it back; (3) writes the manifest last, which makes the backup
-//! complete; (4) optionally drills a restore into a scratch target; (5) applies retention
-//! (`retention::decide`, pure) to the complete backups. A failed step fails the run and skips
-//! retention, so earlier backups stay untouched; the failed backup's files are removed (and, if
-//! the process died, by the next run).
+//! A run (1) lists the destination and removes the incomplete backups (files without a
+//! manifest) that this host's and instance's runs left and that are older than the job's
+//! timeout — never another host's, which may still be writing (`catalog::cleanup`); (2) writes
+//! its run marker and takes a backup under a new id — `postgres` (`pg_dump -Fc`, verified by
+//! `pg_restore -f /dev/null` reading the same bytes), `s3` (a bucket/prefix mirrored object by
+//! object) or `exec` (a command's output in a pod) — streaming every file with its sha256 and
+//! reading it back; (3) writes the manifest last, which makes the backup complete; (4) with
+//! `restoreDrill`, restores it into a scratch target and records the verdict in the manifest (a
+//! failed drill fails the run and leaves the backup unverified); (5) applies retention
+//! (`retention::decide`, pure), which never removes a verified backup to keep an unverified one.
+//! A step that fails before the manifest fails the run and skips retention; the failed
+//! backup's files are removed (and, if the process died, by a later run of this host). The whole
+//! run is bounded by the job's `timeout`. A local destination is checked against the host's
+//! rules (`destination`) before anything is read or written there.
 //!
-//! `list` and `restore` serve `driftless backup list|restore`.
+//! With `spec.encryption`, every file is encrypted with age in the stream to the job's
+//! recipients and read back decrypted with the host's identity (`crypt`); the host's rules
+//! (`encryption:` in the host configuration: required, allowed recipients, the identity, which
+//! must be one of the recipients) are checked before anything is read or written.
+//!
+//! `command` serves `driftless backup list|restore`; `report` is what a run reports.
 
+pub mod catalog;
 pub mod command;
+pub mod crypt;
+pub mod destination;
 pub mod exec;
-pub mod globals;
+pub mod manifest;
 pub mod pod;
 pub mod postgres;
+pub mod report;
 pub mod retention;
 pub mod s3;
 pub mod spec;
 pub mod store;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tracing::{info, warn};
 
+use crate::jobs::host::HostSettings;
 use crate::jobs::model::Job;
-use retention::{Candidate, RetentionDecision};
-use spec::{Source, Spec};
-use store::{Manifest, Store};
+use crypt::Crypt;
+use destination::LocalRules;
+use manifest::{DrillRecord, DrillStatus, FileEntry, Manifest, RunMarker};
+use report::LeftIncomplete;
+pub use report::{Freshness, Made, NEWEST_FIGURE, Report, freshness, human_bytes};
+use retention::Candidate;
+use spec::{Destination, Source, Spec};
+use store::Store;
 
-/// Errors that stop a run before it backs anything up, or a list/restore.
+/// Errors of a run's steps, a list or a restore; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Spec(#[from] spec::Error),
-    #[error("Backup {job}: destination: {source}")]
-    Destination {
-        job: String,
-        #[source]
-        source: store::Error,
-    },
-    #[error("Backup {job}: source: {source}")]
-    Source {
-        job: String,
-        #[source]
-        source: store::Error,
-    },
+    /// `error` is not a `#[source]`: the message already holds it (errors are printed with
+    /// their chain).
+    #[error("Backup {job}: destination: {error}")]
+    Destination { job: String, error: store::Error },
     #[error("Backup {job}: no complete backup {id} (see `driftless backup list {job}`)")]
     NoSuchBackup { job: String, id: String },
-    #[error("Backup {job}: restore of backup {id}: {message}")]
+    #[error(
+        "Backup {job}: no verified complete backup for `latest` (a backup whose restore drill failed is restored by its id; see `driftless backup list {job}`)"
+    )]
+    NoVerifiedBackup { job: String },
+    #[error("the run took longer than spec.timeout ({}s) and was cut short", .timeout.as_secs())]
+    Timeout { timeout: Duration },
+    #[error("writing the run marker: {0}")]
+    Marker(#[source] store::Error),
+    /// `error` is not a `#[source]`: the message already holds it (errors are printed with
+    /// their chain).
+    #[error("Backup {job}: restore of backup {id}: {error}")]
     Restore {
         job: String,
         id: String,
-        message: String,
+        error: Box<Error>,
     },
+    #[error("postgres {database}: {source}")]
+    PostgresConnect {
+        database: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("postgres {database} at {server}: {source}")]
+    PostgresDump {
+        database: String,
+        server: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+    #[error("source: {0}")]
+    S3Source(#[source] store::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    S3(#[from] s3::Error),
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
+    #[error("exec backups have no automatic restore")]
+    ExecNoDrill,
+    #[error("--globals applies to PostgreSQL backups only")]
+    GlobalsNotPostgres,
+    #[error(
+        "exec backups are restored by hand: the command's output is {stdout} and copied-out files are {files} in {store}"
+    )]
+    ExecByHand {
+        stdout: String,
+        files: String,
+        store: String,
+    },
+    #[error("writing the manifest: {0}")]
+    ManifestWrite(#[source] store::Error),
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
+    #[error("Backup {job}: encryption: {error}")]
+    Encryption { job: String, error: crypt::Error },
+    #[error("encryption: {0}")]
+    /// Not a `#[source]`: the message already holds it.
+    Crypt(crypt::Error),
 }
 
 /// What a run may use.
@@ -67,155 +129,91 @@ pub struct Inputs<'a> {
     pub credentials: &'a crate::credentials::Credentials,
     pub state_dir: &'a Path,
     pub revision: Option<String>,
+    /// The host's programs, writable paths and names.
+    pub host: &'a HostSettings,
 }
 
-/// The backup a run made.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Made {
-    pub id: String,
-    pub files: usize,
-    pub bytes: u64,
-    pub duration_ms: u64,
-}
-
-/// The whole report of one run.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub job: String,
-    pub source: String,
-    pub destination: String,
-    pub dry_run: bool,
-    /// Incomplete backups removed before the new one was taken.
-    pub cleaned: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backup: Option<Made>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drill: Option<serde_json::Value>,
-    /// Retention over the complete backups (after the new one), newest first.
-    pub retention: Vec<RetentionDecision>,
-    pub removed: Vec<String>,
-    /// The newest complete backup's time.
-    pub newest_complete: Option<DateTime<Utc>>,
-    pub complete_backups: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-}
-
-impl Report {
-    /// Whether the run succeeded as a whole.
-    pub fn ok(&self) -> bool {
-        self.errors.is_empty()
+impl Inputs<'_> {
+    /// What a local destination must stay clear of: the state, configuration and credentials
+    /// directories, and everything outside `jobs.localBackupRoot`.
+    pub fn local_rules(&self) -> LocalRules {
+        let mut protected = vec![("state directory", self.state_dir.to_owned())];
+        for d in &self.host.config_dirs {
+            protected.push(("configuration directory", d.clone()));
+        }
+        if let Some(d) = self.credentials.dir() {
+            protected.push(("credentials directory", d.to_owned()));
+        }
+        LocalRules {
+            root: self.host.local_backup_root.clone(),
+            protected,
+        }
     }
 
-    /// Figures for the run record and metrics (`newestCompleteTimestamp` is Unix seconds).
-    pub fn figures(&self) -> BTreeMap<String, u64> {
-        let mut f: BTreeMap<String, u64> = [
-            ("cleanedIncomplete", self.cleaned.len() as u64),
-            ("removed", self.removed.len() as u64),
-            (
-                "kept",
-                self.retention.iter().filter(|d| d.keep).count() as u64,
-            ),
-            ("completeBackups", self.complete_backups as u64),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        if let Some(b) = &self.backup {
-            f.insert("bytes".into(), b.bytes);
-            f.insert("files".into(), b.files as u64);
-            f.insert("backupMs".into(), b.duration_ms);
-        }
-        if let Some(t) = self.newest_complete {
-            f.insert(NEWEST_FIGURE.into(), t.timestamp().max(0) as u64);
-        }
-        f
+    /// Opens `job`'s part of a destination (a local one after the host's checks).
+    pub async fn open(&self, dest: &Destination, job: &str) -> Result<Store, store::Error> {
+        Store::open(
+            dest,
+            job,
+            self.credentials,
+            self.cluster,
+            &self.local_rules(),
+        )
+        .await
     }
 
-    /// One line for logs and the run record.
-    pub fn summary(&self) -> String {
-        let mut s = match (&self.backup, self.dry_run) {
-            (Some(b), _) => format!(
-                "backup {} complete: {} files, {}",
-                b.id,
-                b.files,
-                human_bytes(b.bytes)
-            ),
-            (None, true) => "dry run: no backup taken".to_owned(),
-            (None, false) => "no backup taken".to_owned(),
+    /// The encryption of a job's new backups, after the host's rules (`encryption:` in the host
+    /// configuration): none for a job without `spec.encryption` (refused when the host requires
+    /// encryption); else its recipients and the host's identity, which must be one of them.
+    pub fn crypt_for(&self, spec: &Spec) -> Result<Option<Crypt>, crypt::Error> {
+        let rules = &self.host.encryption;
+        let Some(e) = &spec.encryption else {
+            return if rules.required {
+                Err(crypt::Error::Required)
+            } else {
+                Ok(None)
+            };
         };
-        if !self.removed.is_empty() {
-            s.push_str(&format!(
-                "; {} {} by retention",
-                if self.dry_run {
-                    "would remove"
-                } else {
-                    "removed"
-                },
-                self.removed.len()
-            ));
-        }
-        if !self.cleaned.is_empty() {
-            s.push_str(&format!(
-                "; {} incomplete backups {}",
-                self.cleaned.len(),
-                if self.dry_run {
-                    "to clean up"
-                } else {
-                    "cleaned up"
-                }
-            ));
-        }
-        s.push_str(&format!("; {} complete backups", self.complete_backups));
-        if let Some(e) = self.errors.first() {
-            s.push_str(&format!("; error: {e}"));
-        }
-        s
+        let identity = self
+            .identity()?
+            .ok_or(crypt::Error::IdentityNotConfigured)?;
+        Crypt::for_job(&e.age_recipients, identity, rules).map(Some)
     }
 
-    /// The human report.
-    pub fn text(&self) -> String {
-        let mut out = format!(
-            "Backup {} of {} to {}\n{}\n",
-            self.job,
-            self.source,
-            self.destination,
-            self.summary()
-        );
-        for e in &self.errors {
-            out.push_str(&format!("error: {e}\n"));
-        }
-        if let Some(d) = &self.drill {
-            out.push_str(&format!("restore drill: {d}\n"));
-        }
-        for id in &self.cleaned {
-            out.push_str(&format!("  cleaned  {id} (incomplete: no manifest)\n"));
-        }
-        for d in &self.retention {
-            let reasons: Vec<&str> = d.reasons.iter().map(|r| r.as_str()).collect();
-            out.push_str(&format!(
-                "  {}  {}  {}\n",
-                if d.keep { "keep  " } else { "remove" },
-                d.id,
-                if d.keep {
-                    reasons.join(", ")
-                } else {
-                    String::new()
-                }
-            ));
-        }
-        out
+    /// The host's identity, when the host configuration names one.
+    pub fn identity(&self) -> Result<Option<crypt::Identity>, crypt::Error> {
+        self.host
+            .encryption
+            .identity_file
+            .as_deref()
+            .map(|f| crypt::Identity::read(self.credentials, f))
+            .transpose()
     }
-}
 
-/// The run-record figure holding the newest complete backup's Unix time.
-pub const NEWEST_FIGURE: &str = "newestCompleteTimestamp";
+    /// Opens a job's backups for reading `manifest`: decrypting with the host's identity when
+    /// it is encrypted, after checking that the identity is one of its recipients (before
+    /// anything is read or changed).
+    pub fn reading(&self, store: Store, manifest: &Manifest) -> Result<Store, crypt::Error> {
+        let Some(record) = &manifest.encryption else {
+            return Ok(store);
+        };
+        let identity = self
+            .identity()?
+            .ok_or(crypt::Error::IdentityNotConfigured)?;
+        let crypt = Crypt::reading(identity);
+        crypt.check_opens(&manifest.id, record)?;
+        Ok(store.with_crypt(std::sync::Arc::new(crypt)))
+    }
 
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    crate::jobs::image_cleanup::human_bytes(n)
+    async fn postgres(&self, pg: &spec::Postgres) -> Result<postgres::Connection, postgres::Error> {
+        postgres::Connection::open(
+            pg,
+            self.cluster,
+            self.credentials,
+            self.host.postgres_bin_dir.as_deref(),
+        )
+        .await
+    }
 }
 
 fn describe_source(s: &Source) -> String {
@@ -241,7 +239,7 @@ fn describe_source(s: &Source) -> String {
             ),
             None => format!("s3://{}/{}", l.bucket, l.clean_prefix()),
         },
-        Source::Exec(e) => format!("exec in pod {}/{}", e.namespace, e.pod),
+        Source::Exec(e) => format!("exec in {}", e.target()),
     }
 }
 
@@ -249,44 +247,72 @@ fn scratch_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("backup-scratch")
 }
 
-/// Runs the job. With `dry_run`, lists and decides retention but takes, cleans and removes
+/// Runs the job. With `dry_run`, lists, decides the cleanup and retention, and changes
 /// nothing.
-pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
-    let spec = spec::parse(job)?;
-    let dest_err = |source| Error::Destination {
+pub async fn run(
+    job: &Job,
+    spec: &Spec,
+    inputs: &Inputs<'_>,
+    dry_run: bool,
+) -> Result<Report, Error> {
+    let dest_err = |error| Error::Destination {
         job: job.name.clone(),
-        source,
+        error,
     };
-    let store = Store::open(
-        &spec.destination,
-        &job.name,
-        inputs.credentials,
-        inputs.cluster,
-    )
-    .await
-    .map_err(dest_err)?;
-    let listing = store.backups().await.map_err(dest_err)?;
+    // The host's rules first: a job that may not run as written changes nothing.
+    let crypt = inputs
+        .crypt_for(spec)
+        .map_err(|error| Error::Encryption {
+            job: job.name.clone(),
+            error,
+        })?
+        .map(std::sync::Arc::new);
+    let mut store = inputs
+        .open(&spec.destination, &job.name)
+        .await
+        .map_err(dest_err)?;
+    if let Some(c) = &crypt {
+        store = store.with_crypt(c.clone());
+    }
+    let listing = catalog::listing(&store).await.map_err(dest_err)?;
+    let now = Utc::now();
     let mut report = Report {
         job: job.name.clone(),
         source: describe_source(&spec.source),
         destination: store.name().to_owned(),
         dry_run,
-        cleaned: listing.incomplete.clone(),
+        cleaned: Vec::new(),
+        incomplete_left: Vec::new(),
         backup: None,
         drill: None,
         retention: Vec::new(),
         removed: Vec::new(),
-        newest_complete: None,
+        newest_complete: newest_verified(&listing.complete),
         complete_backups: listing.complete.len(),
         errors: Vec::new(),
     };
+    for i in &listing.incomplete {
+        match catalog::cleanup(
+            i,
+            &inputs.host.host,
+            &inputs.host.instance,
+            spec.timeout,
+            now,
+        ) {
+            catalog::Cleanup::Remove => report.cleaned.push(i.id.clone()),
+            other => report.incomplete_left.push(LeftIncomplete {
+                id: i.id.clone(),
+                reason: other.to_string(),
+            }),
+        }
+    }
     if dry_run {
-        apply_retention(&spec, &store, listing.complete, &mut report, false).await;
+        apply_retention(spec, &store, listing.complete, &mut report, false).await;
         return Ok(report);
     }
-    for id in &listing.incomplete {
-        info!(job = %job.name, id, "removing incomplete backup");
-        if let Err(e) = store.remove(id).await {
+    for id in &report.cleaned {
+        info!(job = %job.name, id, "removing an incomplete backup of this host");
+        if let Err(e) = catalog::remove(&store, id).await {
             report
                 .errors
                 .push(format!("removing incomplete backup {id}: {e}"));
@@ -294,23 +320,39 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
     }
 
     let started = Utc::now();
-    let id = store::new_id(started);
+    let id = manifest::new_id(started);
     info!(job = %job.name, id, source = %report.source, "backup started");
-    let taken = take(&spec, inputs, &store, &id).await;
+    // Bounds the whole run: a later run of this host treats this run's files as abandoned only
+    // once they are older than the timeout.
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let marker = RunMarker {
+        format: 1,
+        host: inputs.host.host.clone(),
+        instance: inputs.host.instance.clone(),
+        pid: std::process::id(),
+        started_at: started,
+    };
+    let taken = match catalog::write_marker(&store, &id, &marker).await {
+        Err(e) => Err(Error::Marker(e)),
+        Ok(()) => tokio::time::timeout_at(deadline, take(spec, inputs, &store, &id))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                timeout: spec.timeout,
+            })),
+    };
     let (files, details) = match taken {
         Ok(x) => x,
-        Err(message) => {
-            // Nothing of this run may look like a backup; the next run retries the removal.
-            if let Err(e) = store.remove(&id).await {
+        Err(e) => {
+            // Nothing of this run may look like a backup; a later run retries the removal.
+            if let Err(e) = catalog::remove(&store, &id).await {
                 warn!(job = %job.name, id, "removing the failed backup's files: {e}");
             }
-            report.errors.insert(0, message);
-            report.newest_complete = listing.complete.iter().map(|m| m.started_at).max();
+            report.errors.insert(0, e.to_string());
             return Ok(report);
         }
     };
     let finished = Utc::now();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: 1,
         job: job.name.clone(),
         id: id.clone(),
@@ -322,22 +364,20 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
         files,
         details,
         driftless_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: Some(inputs.host.host.clone()),
+        instance: Some(inputs.host.instance.clone()),
+        // Unverified until the drill passes: a run that dies during the drill leaves a backup
+        // retention never prefers to a verified one.
+        drill: spec.restore_drill.then_some(DrillRecord {
+            status: DrillStatus::Pending,
+            at: finished,
+            detail: serde_json::Value::Null,
+        }),
+        encryption: crypt.as_ref().and_then(|c| c.record()),
     };
-    let text = match serde_json::to_vec_pretty(&manifest) {
-        Ok(t) => t,
-        Err(e) => {
-            report.errors.insert(0, format!("manifest: {e}"));
-            return Ok(report);
-        }
-    };
-    if let Err(e) = store
-        .put_small(&store::join(&id, store::MANIFEST), text.into())
-        .await
-    {
-        let _ = store.remove(&id).await;
-        report
-            .errors
-            .insert(0, format!("writing the manifest: {e}"));
+    if let Err(e) = catalog::write_manifest(&store, &manifest).await {
+        let _ = catalog::remove(&store, &id).await;
+        report.errors.insert(0, Error::ManifestWrite(e).to_string());
         return Ok(report);
     }
     report.backup = Some(Made {
@@ -345,23 +385,63 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
         files: manifest.files.len(),
         bytes: manifest.bytes(),
         duration_ms: (finished - started).num_milliseconds().max(0) as u64,
+        encrypted: manifest.encryption.is_some(),
     });
     info!(job = %job.name, id, bytes = manifest.bytes(), "backup complete");
 
     if spec.restore_drill {
-        match drill(&spec, inputs, &store, &manifest).await {
-            Ok(v) => report.drill = Some(serde_json::json!({"ok": true, "detail": v})),
-            Err(message) => {
-                report.drill = Some(serde_json::json!({"ok": false, "error": message}));
-                report.errors.push(format!("restore drill: {message}"));
+        let drilled = tokio::time::timeout_at(deadline, drill(spec, inputs, &store, &manifest))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                timeout: spec.timeout,
+            }));
+        let record = match drilled {
+            Ok(detail) => {
+                report.drill = Some(serde_json::json!({"ok": true, "detail": detail}));
+                DrillRecord {
+                    status: DrillStatus::Passed,
+                    at: Utc::now(),
+                    detail,
+                }
             }
+            Err(e) => {
+                let message = e.to_string();
+                report.drill = Some(serde_json::json!({"ok": false, "error": message}));
+                report.errors.push(format!(
+                    "restore drill: {message} (backup {id} is kept, marked unverified in its manifest)"
+                ));
+                DrillRecord {
+                    status: DrillStatus::Failed,
+                    at: Utc::now(),
+                    detail: serde_json::json!({ "error": message }),
+                }
+            }
+        };
+        let pending = manifest.drill.replace(record);
+        if let Err(e) = catalog::write_manifest(&store, &manifest).await {
+            // The stored manifest still says pending: unverified, and retention decides so.
+            report
+                .errors
+                .push(format!("recording the restore drill in the manifest: {e}"));
+            manifest.drill = pending;
         }
     }
 
+    // Retention runs after a failed drill too: it never removes a verified backup to keep an
+    // unverified one, and without it repeated failures would pile unverified backups up.
     let mut complete = listing.complete;
     complete.push(manifest);
-    apply_retention(&spec, &store, complete, &mut report, true).await;
+    apply_retention(spec, &store, complete, &mut report, true).await;
     Ok(report)
+}
+
+/// The newest complete, verified backup's time.
+fn newest_verified(complete: &[Manifest]) -> Option<chrono::DateTime<Utc>> {
+    complete
+        .iter()
+        .filter(|m| m.verified())
+        .map(|m| m.started_at)
+        .max()
 }
 
 /// Decides retention and (when `remove`) removes what it does not keep.
@@ -377,15 +457,20 @@ async fn apply_retention(
         .map(|m| Candidate {
             id: m.id.clone(),
             time: m.started_at,
+            verified: m.verified(),
         })
         .collect();
     let decisions = retention::decide(&candidates, &spec.retention, spec.time_zone);
-    report.newest_complete = decisions.first().map(|d| d.time);
+    report.newest_complete = decisions
+        .iter()
+        .filter(|d| d.verified)
+        .map(|d| d.time)
+        .max();
     report.complete_backups = decisions.len();
     for d in decisions.iter().filter(|d| !d.keep) {
         report.removed.push(d.id.clone());
         if remove {
-            if let Err(e) = store.remove(&d.id).await {
+            if let Err(e) = catalog::remove(store, &d.id).await {
                 report
                     .errors
                     .push(format!("retention: removing {}: {e}", d.id));
@@ -397,30 +482,36 @@ async fn apply_retention(
     report.retention = decisions;
 }
 
-/// Takes the backup's files; the error is the run's message.
+/// Takes the backup's files.
 async fn take(
     spec: &Spec,
     inputs: &Inputs<'_>,
     store: &Store,
     id: &str,
-) -> Result<(Vec<store::FileEntry>, serde_json::Value), String> {
+) -> Result<(Vec<FileEntry>, serde_json::Value), Error> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
+            let conn = inputs
+                .postgres(pg)
                 .await
-                .map_err(|e| format!("postgres {}: {e}", pg.database))?;
-            postgres::dump(&conn, pg, store, id)
+                .map_err(|source| Error::PostgresConnect {
+                    database: pg.database.clone(),
+                    source,
+                })?;
+            postgres::dump::dump(&conn, pg, store, id)
                 .await
-                .map_err(|e| format!("postgres {} at {}: {e}", pg.database, conn.described))
+                .map_err(|source| Error::PostgresDump {
+                    database: pg.database.clone(),
+                    server: conn.described.clone(),
+                    source,
+                })
         }
         Source::S3(loc) => {
             let source =
                 Store::s3_location(loc, "spec.source.s3", inputs.credentials, inputs.cluster)
                     .await
-                    .map_err(|e| format!("source: {e}"))?;
-            let files = s3::mirror(&source, store, id)
-                .await
-                .map_err(|e| e.to_string())?;
+                    .map_err(Error::S3Source)?;
+            let files = s3::mirror(&source, store, id).await?;
             let details = serde_json::json!({
                 "bucket": loc.bucket,
                 "prefix": loc.clean_prefix(),
@@ -429,9 +520,7 @@ async fn take(
             });
             Ok((files, details))
         }
-        Source::Exec(e) => exec::capture(inputs.cluster, e, store, id)
-            .await
-            .map_err(|e| e.to_string()),
+        Source::Exec(e) => Ok(exec::capture(inputs.cluster, e, store, id).await?),
     }
 }
 
@@ -440,254 +529,34 @@ async fn drill(
     inputs: &Inputs<'_>,
     store: &Store,
     manifest: &Manifest,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, Error> {
     match &spec.source {
         Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
-                .await
-                .map_err(|e| e.to_string())?;
-            postgres::drill(&conn, pg, store, manifest, &scratch_dir(inputs.state_dir))
-                .await
-                .map_err(|e| e.to_string())
+            let conn = inputs.postgres(pg).await?;
+            let owner = postgres::drill::DrillOwner {
+                job: &manifest.job,
+                instance: &inputs.host.instance,
+                host: &inputs.host.host,
+            };
+            Ok(postgres::drill::drill(
+                &conn,
+                pg,
+                store,
+                manifest,
+                &scratch_dir(inputs.state_dir),
+                &owner,
+            )
+            .await?)
         }
         Source::S3(_) => {
             // Beside the job's backups at the destination: `<job>.drill` (job names are DNS
             // labels, so no job's backups live there), emptied before and after.
-            let scratch = Store::open(
-                &spec.destination,
-                &format!("{}.drill", manifest.job),
-                inputs.credentials,
-                inputs.cluster,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            s3::drill(store, manifest, &scratch)
-                .await
-                .map_err(|e| e.to_string())
+            let scratch = inputs
+                .open(&spec.destination, &format!("{}.drill", manifest.job))
+                .await?;
+            Ok(s3::drill(store, manifest, &scratch).await?)
         }
-        Source::Exec(_) => Err("exec backups have no automatic restore".to_owned()),
-    }
-}
-
-/// One job's complete and incomplete backups.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobBackups {
-    pub job: String,
-    pub destination: String,
-    pub backups: Vec<ListedBackup>,
-    /// Ids of incomplete backups (removed by the next run).
-    pub incomplete: Vec<String>,
-}
-
-/// One complete backup, as `backup list` shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListedBackup {
-    pub id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub source: String,
-    pub files: usize,
-    pub bytes: u64,
-    pub revision: Option<String>,
-}
-
-/// Lists the backups of a Backup job (complete ones, oldest first).
-pub async fn list(
-    job: &Job,
-    credentials: &crate::credentials::Credentials,
-    cluster: Option<&kube::Client>,
-) -> Result<JobBackups, Error> {
-    let spec = spec::parse(job)?;
-    let store = Store::open(&spec.destination, &job.name, credentials, cluster)
-        .await
-        .map_err(|source| Error::Destination {
-            job: job.name.clone(),
-            source,
-        })?;
-    let listing = store.backups().await.map_err(|source| Error::Destination {
-        job: job.name.clone(),
-        source,
-    })?;
-    Ok(JobBackups {
-        job: job.name.clone(),
-        destination: store.name().to_owned(),
-        backups: listing
-            .complete
-            .iter()
-            .map(|m| ListedBackup {
-                id: m.id.clone(),
-                started_at: m.started_at,
-                finished_at: m.finished_at,
-                source: m.source.clone(),
-                files: m.files.len(),
-                bytes: m.bytes(),
-                revision: m.revision.clone(),
-            })
-            .collect(),
-        incomplete: listing.incomplete,
-    })
-}
-
-/// Where a restore goes; unset fields default to the job's source.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreTarget {
-    /// PostgreSQL: the database to restore into.
-    pub database: Option<String>,
-    /// S3: the bucket and prefix to restore into.
-    pub bucket: Option<String>,
-    pub prefix: Option<String>,
-    /// Restore over a non-empty target.
-    pub force: bool,
-    /// PostgreSQL: also apply the backup's globals (roles), creating missing roles only.
-    pub globals: bool,
-}
-
-/// Restores backup `id` (or `latest`) of a job; returns what was restored where.
-pub async fn restore(
-    job: &Job,
-    id: &str,
-    target: &RestoreTarget,
-    inputs: &Inputs<'_>,
-) -> Result<serde_json::Value, Error> {
-    let spec = spec::parse(job)?;
-    let dest_err = |source| Error::Destination {
-        job: job.name.clone(),
-        source,
-    };
-    let store = Store::open(
-        &spec.destination,
-        &job.name,
-        inputs.credentials,
-        inputs.cluster,
-    )
-    .await
-    .map_err(dest_err)?;
-    let listing = store.backups().await.map_err(dest_err)?;
-    let manifest = if id == "latest" {
-        listing.complete.last()
-    } else {
-        listing.complete.iter().find(|m| m.id == id)
-    }
-    .cloned()
-    .ok_or_else(|| Error::NoSuchBackup {
-        job: job.name.clone(),
-        id: id.to_owned(),
-    })?;
-    let fail = |message: String| Error::Restore {
-        job: job.name.clone(),
-        id: manifest.id.clone(),
-        message,
-    };
-    let detail = match &spec.source {
-        Source::Postgres(pg) => {
-            let conn = postgres::Connection::open(pg, inputs.cluster, inputs.credentials)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let database = target
-                .database
-                .clone()
-                .unwrap_or_else(|| pg.database.clone());
-            postgres::restore(
-                &conn,
-                &store,
-                &manifest,
-                &database,
-                postgres::RestoreOptions {
-                    force: target.force,
-                    globals: target.globals,
-                },
-                &scratch_dir(inputs.state_dir),
-            )
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        }
-        Source::S3(_) | Source::Exec(_) if target.globals => {
-            return Err(fail(
-                "--globals applies to PostgreSQL backups only".to_owned(),
-            ));
-        }
-        Source::S3(loc) => {
-            let mut to = loc.clone();
-            if let Some(b) = &target.bucket {
-                to.bucket = b.clone();
-            }
-            if let Some(p) = &target.prefix {
-                to.prefix = p.clone();
-            }
-            let target_store =
-                Store::s3_location(&to, "spec.source.s3", inputs.credentials, inputs.cluster)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-            s3::restore(&store, &manifest, &target_store, target.force)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-        }
-        Source::Exec(_) => {
-            return Err(fail(format!(
-                "exec backups are restored by hand: the command's output is {} and copied-out files are {} in {}",
-                store::join(&manifest.id, exec::STDOUT),
-                store::join(&manifest.id, exec::FILES_TAR),
-                store.name()
-            )));
-        }
-    };
-    Ok(serde_json::json!({"job": job.name, "id": manifest.id, "restored": detail}))
-}
-
-/// The newest complete backup recorded by a job's runs (from its run records' figures), and the
-/// job's `maxAge`: what the daemon's status and metrics need without listing the destination.
-pub fn freshness(job: &Job, history: &crate::jobs::runs::History) -> Freshness {
-    let newest = history
-        .runs
-        .iter()
-        .rev()
-        .find_map(|r| r.figures.get(NEWEST_FIGURE))
-        .and_then(|t| DateTime::<Utc>::from_timestamp(*t as i64, 0));
-    let max_age = spec::parse(job).ok().and_then(|s| s.max_age);
-    Freshness { newest, max_age }
-}
-
-/// See [`freshness`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Freshness {
-    pub newest: Option<DateTime<Utc>>,
-    pub max_age: Option<std::time::Duration>,
-}
-
-impl Freshness {
-    /// Why the job's backups are too old at `now` (none when fresh or without `maxAge`). A job
-    /// with no complete backup is overdue once `maxAge` has passed since `since` (when the
-    /// daemon first saw it).
-    pub fn overdue(&self, now: DateTime<Utc>, since: Option<DateTime<Utc>>) -> Option<String> {
-        let max = chrono::Duration::from_std(self.max_age?).ok()?;
-        match self.newest {
-            Some(t) if now - t > max => Some(format!(
-                "newest complete backup {} is older than maxAge {}",
-                t.to_rfc3339(),
-                humantime(self.max_age?)
-            )),
-            Some(_) => None,
-            None => match since {
-                Some(s) if now - s > max => Some(format!(
-                    "no complete backup within maxAge {}",
-                    humantime(self.max_age?)
-                )),
-                _ => None,
-            },
-        }
-    }
-}
-
-fn humantime(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
+        Source::Exec(_) => Err(Error::ExecNoDrill),
     }
 }
 
@@ -697,41 +566,9 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn freshness_degrades_after_max_age() {
-        let now = Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap();
-        let f = Freshness {
-            newest: Some(now - chrono::Duration::hours(30)),
-            max_age: Some(std::time::Duration::from_secs(26 * 3600)),
-        };
-        assert!(
-            f.overdue(now, None)
-                .unwrap()
-                .contains("older than maxAge 26h")
-        );
-        let fresh = Freshness {
-            newest: Some(now - chrono::Duration::hours(2)),
-            ..f
-        };
-        assert_eq!(fresh.overdue(now, None), None);
-        let never = Freshness { newest: None, ..f };
-        assert_eq!(
-            never.overdue(now, Some(now - chrono::Duration::hours(1))),
-            None
-        );
-        assert!(
-            never
-                .overdue(now, Some(now - chrono::Duration::hours(27)))
-                .unwrap()
-                .contains("no complete backup")
-        );
-        let unbounded = Freshness { max_age: None, ..f };
-        assert_eq!(unbounded.overdue(now, None), None);
-    }
-
-    #[test]
     fn ids_sort_by_time() {
-        let a = store::new_id(Utc.with_ymd_and_hms(2026, 3, 2, 3, 0, 0).unwrap());
-        let b = store::new_id(
+        let a = manifest::new_id(Utc.with_ymd_and_hms(2026, 3, 2, 3, 0, 0).unwrap());
+        let b = manifest::new_id(
             Utc.with_ymd_and_hms(2026, 3, 2, 3, 0, 0).unwrap() + chrono::Duration::milliseconds(5),
         );
         assert_eq!(a, "20260302T030000.000Z");

@@ -18,8 +18,16 @@ use super::spec::PodTarget;
 pub enum Error {
     #[error("no cluster connection (needed to reach {what})")]
     NoCluster { what: String },
-    #[error("{what}: {message}")]
-    Cluster { what: String, message: String },
+    #[error("{what}: {source}")]
+    Cluster {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{service}: has no selector: name a pod instead")]
+    NoSelector { service: String },
+    #[error("{service}: no running, ready pod matches {labels}")]
+    NoReadyPod { service: String, labels: String },
     #[error("local listener for the port-forward: {0}")]
     Listen(#[source] std::io::Error),
 }
@@ -47,19 +55,21 @@ pub async fn resolve(client: &kube::Client, t: &PodTarget) -> Result<String> {
     }
     let service = t.service.clone().unwrap_or_default();
     let what = format!("service {}/{service}", t.namespace);
-    let fail = |message: String| Error::Cluster {
+    let fail = |source: kube::Error| Error::Cluster {
         what: what.clone(),
-        message,
+        source,
     };
     let svc = Api::<Service>::namespaced(client.clone(), &t.namespace)
         .get(&service)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail)?;
     let selector = svc
         .spec
         .and_then(|s| s.selector)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| fail("has no selector: name a pod instead".to_owned()))?;
+        .ok_or_else(|| Error::NoSelector {
+            service: what.clone(),
+        })?;
     let labels = selector
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -68,7 +78,7 @@ pub async fn resolve(client: &kube::Client, t: &PodTarget) -> Result<String> {
     let pods = Api::<Pod>::namespaced(client.clone(), &t.namespace)
         .list(&ListParams::default().labels(&labels))
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail)?;
     let ready = |p: &Pod| {
         p.status.as_ref().is_some_and(|s| {
             s.phase.as_deref() == Some("Running")
@@ -84,10 +94,10 @@ pub async fn resolve(client: &kube::Client, t: &PodTarget) -> Result<String> {
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     names.sort();
-    names
-        .into_iter()
-        .next()
-        .ok_or_else(|| fail(format!("no running, ready pod matches {labels}")))
+    names.into_iter().next().ok_or(Error::NoReadyPod {
+        service: what,
+        labels,
+    })
 }
 
 /// Opens a local port whose connections are forwarded, each through its own port-forward
@@ -110,7 +120,7 @@ pub async fn forward(client: Option<&kube::Client>, t: &PodTarget) -> Result<For
         .await
         .map_err(|e| Error::Cluster {
             what: format!("port-forward to pod {}/{pod}:{}", t.namespace, t.port),
-            message: e.to_string(),
+            source: e,
         })?;
     drop(probe);
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -185,10 +195,7 @@ pub async fn exec(
     let mut attached = Api::<Pod>::namespaced(client.clone(), namespace)
         .exec(pod, command.to_vec(), &params)
         .await
-        .map_err(|e| Error::Cluster {
-            what,
-            message: e.to_string(),
-        })?;
+        .map_err(|source| Error::Cluster { what, source })?;
     let stderr = attached.stderr().map(|mut r| {
         tokio::spawn(async move {
             let mut tail = Vec::new();

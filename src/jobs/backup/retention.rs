@@ -12,6 +12,13 @@
 //! Rules are combined: a backup is kept when any rule keeps it, and every reason is reported.
 //! Whatever the policy, the newest backup is kept. Only complete backups (with a manifest) are
 //! ever given to `decide`: an incomplete or failed run never counts towards any rule.
+//!
+//! **Verified first.** A backup whose restore drill failed or did not finish is *unverified*.
+//! The policy is applied to the verified backups alone, so an unverified backup never takes the
+//! place of a verified one (with `keepLast: 1`, a failed drill cannot cost the last backup known
+//! to restore). Unverified backups newer than the newest verified one are decided by the same
+//! policy among themselves (the newest of them is kept: it may be the most recent data);
+//! unverified backups older than the newest verified one are removed.
 
 use std::time::Duration;
 
@@ -87,6 +94,8 @@ pub struct Candidate {
     pub id: String,
     /// When the backup was taken (its start).
     pub time: DateTime<Utc>,
+    /// Whether it counts as restorable (see `Manifest::verified`).
+    pub verified: bool,
 }
 
 /// Why a backup is kept.
@@ -124,13 +133,41 @@ impl KeepReason {
 pub struct RetentionDecision {
     pub id: String,
     pub time: DateTime<Utc>,
+    pub verified: bool,
     pub keep: bool,
     pub reasons: Vec<KeepReason>,
 }
 
 /// Decides every backup, newest first. Ties in time are broken by id (the larger is newer).
+/// The policy applies to the verified backups; unverified ones never displace them (see the
+/// module documentation).
 pub fn decide(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<RetentionDecision> {
-    let mut sorted: Vec<&Candidate> = backups.iter().collect();
+    // Newer first: by time, ties by id (the larger is newer).
+    let newer = |a: &Candidate, b: &Candidate| (a.time, &a.id) > (b.time, &b.id);
+    let (verified, unverified): (Vec<&Candidate>, Vec<&Candidate>) =
+        backups.iter().partition(|c| c.verified);
+    let newest_verified = verified
+        .iter()
+        .copied()
+        .reduce(|a, b| if newer(b, a) { b } else { a });
+    let (fresh, stale): (Vec<&Candidate>, Vec<&Candidate>) = unverified
+        .into_iter()
+        .partition(|c| newest_verified.is_none_or(|v| newer(c, v)));
+    let mut out = decide_group(verified, policy, tz);
+    out.extend(decide_group(fresh, policy, tz));
+    out.extend(stale.into_iter().map(|c| RetentionDecision {
+        id: c.id.clone(),
+        time: c.time,
+        verified: false,
+        keep: false,
+        reasons: Vec::new(),
+    }));
+    out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    out
+}
+
+/// restic's `forget` over one group of backups.
+fn decide_group(mut sorted: Vec<&Candidate>, policy: &Policy, tz: Tz) -> Vec<RetentionDecision> {
     sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
     let newest = sorted.first().map(|c| c.time);
 
@@ -187,6 +224,7 @@ pub fn decide(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<RetentionDe
         out.push(RetentionDecision {
             id: c.id.clone(),
             time: c.time,
+            verified: c.verified,
             keep: !reasons.is_empty(),
             reasons,
         });
@@ -210,6 +248,7 @@ mod tests {
             .map(|t| Candidate {
                 id: t.format("%Y%m%dT%H%M%SZ").to_string(),
                 time: *t,
+                verified: true,
             })
             .collect()
     }
@@ -339,6 +378,7 @@ mod tests {
                     .map(|c| RetentionDecision {
                         id: c.id,
                         time: c.time,
+                        verified: true,
                         keep: true,
                         reasons: vec![],
                     })
@@ -419,6 +459,86 @@ mod tests {
         // A removed backup has no reason; a kept one has at least one.
         assert!(decisions.iter().all(|d| d.keep != d.reasons.is_empty()));
         assert_eq!(decisions[0].reasons[0], KeepReason::Newest);
+    }
+
+    #[test]
+    fn an_unverified_backup_never_displaces_a_verified_one() {
+        let day = |d: u32| at(2026, 3, d, 3, 0);
+        let c = |d: u32, verified: bool| Candidate {
+            id: format!("d{d:02}"),
+            time: day(d),
+            verified,
+        };
+        let last1 = Policy::new(Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        // The case: keepLast 1, the newest backup's drill failed.
+        let d = decide(&[c(1, true), c(2, false)], &last1, Tz::UTC);
+        assert_eq!(kept(&d), ["d01", "d02"], "{d:?}");
+        assert_eq!(d[0].id, "d02");
+        assert!(!d[0].verified && d[0].reasons == [KeepReason::Newest, KeepReason::Last]);
+        // Drills keep failing: the unverified ones replace each other, never the verified one.
+        let d = decide(&[c(1, true), c(2, false), c(3, false)], &last1, Tz::UTC);
+        assert_eq!(kept(&d), ["d01", "d03"]);
+        // A drill passes again: the unverified ones before it go, keepLast applies as usual.
+        let d = decide(
+            &[c(1, true), c(2, false), c(3, false), c(4, true)],
+            &last1,
+            Tz::UTC,
+        );
+        assert_eq!(kept(&d), ["d04"]);
+        // Never verified at all: the policy among the unverified ones (newest kept).
+        let d = decide(&[c(1, false), c(2, false)], &last1, Tz::UTC);
+        assert_eq!(kept(&d), ["d02"]);
+    }
+
+    /// Whatever the mix, the verified backups' decisions are exactly what the policy decides for
+    /// them alone: an unverified backup never changes whether a verified one is kept.
+    #[test]
+    fn verified_decisions_ignore_the_unverified_ones() {
+        let policy = Policy::new(Policy {
+            keep_last: Some(2),
+            keep_daily: Some(3),
+            keep_within: Some(Duration::from_secs(36 * 3600)),
+            ..Default::default()
+        })
+        .unwrap();
+        let start = at(2026, 1, 1, 0, 0);
+        for seed in 0u64..200 {
+            let mut x = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut next = || {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                x >> 33
+            };
+            let n = 1 + next() % 12;
+            let all: Vec<Candidate> = (0..n)
+                .map(|i| Candidate {
+                    id: format!("b{i:02}"),
+                    time: start + chrono::Duration::hours((i * 9 + next() % 5) as i64),
+                    verified: next() % 3 != 0,
+                })
+                .collect();
+            let only_verified: Vec<Candidate> =
+                all.iter().filter(|c| c.verified).cloned().collect();
+            let mixed = decide(&all, &policy, Tz::UTC);
+            let alone = decide(&only_verified, &policy, Tz::UTC);
+            let verified_kept: Vec<String> = kept(
+                &mixed
+                    .iter()
+                    .filter(|d| d.verified)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(verified_kept, kept(&alone), "seed {seed}: {all:?}");
+            // The newest backup of all is always kept.
+            assert!(mixed[0].keep, "seed {seed}");
+        }
     }
 
     #[test]

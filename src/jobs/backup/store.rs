@@ -8,28 +8,35 @@
 //! without one is incomplete, never listed as good, never counted by retention, and removed by
 //! the next run ([`Store::remove`] deletes the manifest first, so a removal cut short leaves an
 //! incomplete backup, never a complete one with files missing).
+//!
+//! A store of backups may carry a [`Crypt`]: then every file written is encrypted with age in the
+//! stream (stored as `<name>.age`; the entry records the stored file's and the plaintext's size
+//! and sha256), and every encrypted file read back ([`Store::read_entry`]) is decrypted with the
+//! host's identity, both digests checked.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::crypt::{self, Crypt};
+use super::destination::LocalRules;
+use super::manifest::FileEntry;
 use super::spec::{Destination, S3Location};
+
+mod stream;
+pub use stream::{Sink, Upload};
 
 /// Size of one multipart part (S3's minimum except for the last part).
 pub const PART: usize = 8 * 1024 * 1024;
 /// Parts uploaded concurrently per file: memory per file stays below `(PARTS_IN_FLIGHT + 1) × PART`.
 pub const PARTS_IN_FLIGHT: usize = 3;
-/// The name of the file that completes a backup.
-pub const MANIFEST: &str = "manifest.json";
 
 /// Errors of the destination (or an S3 source), naming the object.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Credentials(#[from] crate::credentials::Error),
+    /// Not a `#[source]`: the message already holds it (errors are printed with their chain).
+    #[error("local destination refused: {0}")]
+    Refused(super::destination::Refused),
     #[error("{field}: {source}")]
     Forward {
         field: String,
@@ -78,6 +88,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{store}: {path}: {source}")]
+    Crypt {
+        store: String,
+        path: String,
+        #[source]
+        source: crypt::Error,
+    },
+    #[error("{store}: {path}: cannot decrypt: {problem}")]
+    Decrypt {
+        store: String,
+        path: String,
+        problem: String,
+    },
+    #[error(
+        "{store}: {path} is encrypted and the host configuration names no identity (set encryption.identityFile)"
+    )]
+    NoIdentity { store: String, path: String },
+    #[error(
+        "{store}: {path} decrypts to {got_bytes} bytes sha256 {got}, the manifest says {want_bytes} bytes sha256 {want}"
+    )]
+    ContentMismatch {
+        store: String,
+        path: String,
+        want: String,
+        want_bytes: u64,
+        got: String,
+        got_bytes: u64,
+    },
     #[error(
         "{store}: {path} changed after upload: wrote {wrote_bytes} bytes sha256 {wrote}, read back {read_bytes} bytes sha256 {read}"
     )]
@@ -93,69 +131,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One file of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileEntry {
-    /// Relative to the backup (`dump.pgcustom`, `objects/<key>`).
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// The record that completes a backup: what it holds and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub format: u32,
-    pub job: String,
-    pub id: String,
-    /// `postgres`, `s3`, `exec`.
-    pub source_kind: String,
-    /// Where the data came from, without credentials.
-    pub source: String,
-    /// The Git revision of the job definition.
-    pub revision: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub files: Vec<FileEntry>,
-    /// Source-specific facts (server version, exit status, verification).
-    #[serde(default)]
-    pub details: serde_json::Value,
-    pub driftless_version: String,
-}
-
-impl Manifest {
-    pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
-    }
-}
-
-/// A backup id: the start time, UTC, to the millisecond (`20260301T030000.123Z`); sorts by time.
-pub fn new_id(started: DateTime<Utc>) -> String {
-    started.format("%Y%m%dT%H%M%S%.3fZ").to_string()
-}
-
-/// What a destination holds for one job.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// Complete backups (with a readable manifest), oldest first.
-    pub complete: Vec<Manifest>,
-    /// Ids with files but no (readable) manifest.
-    pub incomplete: Vec<String>,
-}
-
 /// An object store and a root prefix in it.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: String,
-    /// For a local directory: its path (to remove what object_store cannot list, such as the
-    /// staging files of an upload cut short).
+    /// For a local directory: the job's directory (to remove what object_store cannot list,
+    /// such as the staging files of an upload cut short).
     local: Option<PathBuf>,
     name: String,
     /// The port-forward an S3 location is reached through, open while any clone lives.
     _forward: Option<Arc<super::pod::Forward>>,
+    /// Encryption of what is written and decryption of what is read (a store of backups).
+    crypt: Option<Arc<Crypt>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -174,22 +162,26 @@ pub fn read_secret(
 }
 
 impl Store {
-    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one).
+    /// Opens a job's part of a destination (an S3 one through its port-forward, if it has one;
+    /// a local one only when `rules` allow it, at its resolved path).
     pub async fn open(
         dest: &Destination,
         job: &str,
         credentials: &crate::credentials::Credentials,
         cluster: Option<&kube::Client>,
+        rules: &LocalRules,
     ) -> Result<Store> {
         match dest {
             Destination::Local(l) => {
-                std::fs::create_dir_all(&l.path).map_err(|source| Error::Io {
+                let dir =
+                    super::destination::check_local(&l.path, job, rules).map_err(Error::Refused)?;
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     store: l.path.display().to_string(),
                     path: String::new(),
                     source,
                 })?;
                 let name = format!("{}/{job}", l.path.display());
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&l.path)
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|source| Error::Open {
                         store: name.clone(),
                         source,
@@ -198,9 +190,10 @@ impl Store {
                 Ok(Store {
                     inner: Arc::new(fs),
                     root: job.to_owned(),
-                    local: Some(l.path.join(job)),
+                    local: Some(dir.join(job)),
                     name,
                     _forward: None,
+                    crypt: None,
                 })
             }
             Destination::S3(s) => {
@@ -217,6 +210,7 @@ impl Store {
                     root,
                     local: None,
                     _forward: forward,
+                    crypt: None,
                 })
             }
         }
@@ -237,12 +231,30 @@ impl Store {
             root,
             local: None,
             _forward: forward,
+            crypt: None,
         })
+    }
+
+    /// The same store, encrypting what it writes and decrypting what it reads with `crypt`.
+    pub fn with_crypt(mut self, crypt: Arc<Crypt>) -> Store {
+        self.crypt = Some(crypt);
+        self
+    }
+
+    /// Whether files written here are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.crypt.as_ref().is_some_and(|c| c.encrypts())
     }
 
     /// How messages name it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// For a local directory: the directory the store's root is (object_store does not list
+    /// staging files of an upload cut short; `catalog` looks there itself).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
     }
 
     fn path(&self, rel: &str) -> Result<ObjPath> {
@@ -282,9 +294,22 @@ impl Store {
         }
     }
 
-    /// Starts a streamed upload of `dir/name`; its entry is named `name`.
+    /// Starts a streamed upload of `dir/name`; its entry is named `name`. In a store that
+    /// encrypts, the bytes are encrypted as they pass and stored as `dir/name.age`.
     pub async fn writer(&self, dir: &str, name: &str) -> Result<Upload> {
-        let path = self.path(&join(dir, name))?;
+        let encrypting = match self.crypt.as_ref().filter(|c| c.encrypts()) {
+            Some(c) => Some(c.start().map_err(|source| Error::Crypt {
+                store: self.name.clone(),
+                path: join(dir, name),
+                source,
+            })?),
+            None => None,
+        };
+        let stored = match encrypting {
+            Some(_) => format!("{name}{}", crypt::SUFFIX),
+            None => name.to_owned(),
+        };
+        let path = self.path(&join(dir, &stored))?;
         let upload = self
             .inner
             .put_multipart(&path)
@@ -297,6 +322,7 @@ impl Store {
             parts: WriteMultipart::new_with_chunk_size(upload, PART),
             hash: Sha256::new(),
             bytes: 0,
+            encrypting: encrypting.map(|e| (e, Sha256::new(), 0)),
         })
     }
 
@@ -335,82 +361,6 @@ impl Store {
             .put(&path, PutPayload::from_bytes(data))
             .await
             .map_err(|e| self.object_error("writing", &path, e))?;
-        Ok(())
-    }
-
-    /// Reads `rel` completely into `out` (when given); returns its size and sha256.
-    pub async fn read_into(
-        &self,
-        rel: &str,
-        mut out: Option<&mut (dyn AsyncWrite + Unpin + Send)>,
-    ) -> Result<(u64, String)> {
-        let path = self.path(rel)?;
-        let got = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?;
-        let mut stream = got.into_stream();
-        let mut hash = Sha256::new();
-        let mut bytes = 0u64;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?
-        {
-            hash.update(&chunk);
-            bytes += chunk.len() as u64;
-            if let Some(w) = out.as_mut() {
-                w.write_all(&chunk).await.map_err(|source| Error::Io {
-                    store: self.name.clone(),
-                    path: path.to_string(),
-                    source,
-                })?;
-            }
-        }
-        if let Some(w) = out.as_mut() {
-            w.flush().await.map_err(|source| Error::Io {
-                store: self.name.clone(),
-                path: path.to_string(),
-                source,
-            })?;
-        }
-        Ok((bytes, crate::cluster::apply::hex(&hash.finalize())))
-    }
-
-    /// Streams `rel` into an upload (bounded memory: the upload's backpressure applies).
-    pub async fn stream_into(&self, rel: &str, up: &mut Upload) -> Result<()> {
-        let path = self.path(rel)?;
-        let got = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?;
-        let mut stream = got.into_stream();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.object_error("reading", &path, e))?
-        {
-            up.write(&chunk).await?;
-        }
-        Ok(())
-    }
-
-    /// Reads `rel` back and checks it against what was written.
-    pub async fn verify(&self, entry: &FileEntry, prefix: &str) -> Result<()> {
-        let rel = join(prefix, &entry.name);
-        let (bytes, sha256) = self.read_into(&rel, None).await?;
-        if bytes != entry.bytes || sha256 != entry.sha256 {
-            return Err(Error::Mismatch {
-                store: self.name.clone(),
-                path: rel,
-                wrote: entry.sha256.clone(),
-                wrote_bytes: entry.bytes,
-                read: sha256,
-                read_bytes: bytes,
-            });
-        }
         Ok(())
     }
 
@@ -454,84 +404,6 @@ impl Store {
             })?;
         out.sort();
         Ok(out)
-    }
-
-    /// Complete and incomplete backups of the job.
-    pub async fn backups(&self) -> Result<Listing> {
-        let mut ids: Vec<String> = Vec::new();
-        let mut with_manifest: Vec<String> = Vec::new();
-        for (key, _) in self.list("").await? {
-            let Some((id, rest)) = key.split_once('/') else {
-                continue;
-            };
-            if ids.last().map(String::as_str) != Some(id) {
-                ids.push(id.to_owned());
-            }
-            if rest == MANIFEST {
-                with_manifest.push(id.to_owned());
-            }
-        }
-        // Local directories can hold only staging files of an upload cut short: object_store
-        // does not list them, so look at the directories themselves.
-        if let Some(dir) = &self.local
-            && let Ok(entries) = std::fs::read_dir(dir)
-        {
-            for e in entries.flatten() {
-                if let Some(name) = e.file_name().to_str()
-                    && e.path().is_dir()
-                    && !ids.iter().any(|i| i == name)
-                {
-                    ids.push(name.to_owned());
-                }
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        let mut listing = Listing::default();
-        for id in ids {
-            if !with_manifest.contains(&id) {
-                listing.incomplete.push(id);
-                continue;
-            }
-            let text = self.get_small(&join(&id, MANIFEST)).await?;
-            match serde_json::from_slice::<Manifest>(&text) {
-                Ok(m) if m.id == id => listing.complete.push(m),
-                _ => listing.incomplete.push(id),
-            }
-        }
-        Ok(listing)
-    }
-
-    /// The manifest of one backup.
-    pub async fn manifest(&self, id: &str) -> Result<Manifest> {
-        let rel = join(id, MANIFEST);
-        let text = self.get_small(&rel).await?;
-        serde_json::from_slice(&text).map_err(|e| Error::Invalid {
-            store: self.name.clone(),
-            path: rel,
-            message: format!("not a backup manifest: {e}"),
-        })
-    }
-
-    /// Removes every object of backup `id`, the manifest first.
-    pub async fn remove(&self, id: &str) -> Result<()> {
-        let manifest = self.path(&join(id, MANIFEST))?;
-        match self.inner.delete(&manifest).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.object_error("deleting", &manifest, e)),
-        }
-        self.remove_prefix(id).await?;
-        if let Some(dir) = &self.local {
-            let d = dir.join(id);
-            if d.exists() {
-                std::fs::remove_dir_all(&d).map_err(|source| Error::Io {
-                    store: self.name.clone(),
-                    path: d.display().to_string(),
-                    source,
-                })?;
-            }
-        }
-        Ok(())
     }
 
     /// Deletes one object (gone already is fine).
@@ -629,54 +501,4 @@ async fn s3(
         source,
     })?;
     Ok((Arc::new(store), forward))
-}
-
-/// A file being uploaded: bytes in, hashed as they pass.
-pub struct Upload {
-    store: Store,
-    name: String,
-    path: ObjPath,
-    parts: WriteMultipart,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl Upload {
-    /// Appends bytes, waiting while too many parts are in flight (backpressure).
-    pub async fn write(&mut self, buf: &[u8]) -> Result<()> {
-        self.parts
-            .wait_for_capacity(PARTS_IN_FLIGHT)
-            .await
-            .map_err(|e| self.store.object_error("uploading", &self.path, e))?;
-        self.hash.update(buf);
-        self.bytes += buf.len() as u64;
-        self.parts.write(buf);
-        Ok(())
-    }
-
-    /// Completes the upload; the object becomes visible now.
-    pub async fn finish(self) -> Result<FileEntry> {
-        let Upload {
-            store,
-            name,
-            path,
-            parts,
-            hash,
-            bytes,
-        } = self;
-        parts
-            .finish()
-            .await
-            .map_err(|e| store.object_error("completing upload of", &path, e))?;
-        Ok(FileEntry {
-            name,
-            bytes,
-            sha256: crate::cluster::apply::hex(&hash.finalize()),
-        })
-    }
-
-    /// Gives the upload up (its parts are discarded where the store allows).
-    pub async fn abort(self) {
-        let _ = self.parts.abort().await;
-    }
 }

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 use crate::jobs::model::Job;
@@ -77,8 +77,12 @@ pub struct Inputs<'a> {
 }
 
 /// Runs the job: plans, and deletes when `spec.mode` is `enforce` and `dry_run` is false.
-pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report, Error> {
-    let spec = spec::parse(job)?;
+pub async fn run(
+    job: &Job,
+    spec: &Spec,
+    inputs: &Inputs<'_>,
+    dry_run: bool,
+) -> Result<Report, Error> {
     // A command the host does not define fails the run before anything is deleted.
     let gc = match &spec.garbage_collect {
         Some(gc) => Some(
@@ -91,13 +95,13 @@ pub async fn run(job: &Job, inputs: &Inputs<'_>, dry_run: bool) -> Result<Report
         ),
         None => None,
     };
-    let client = Arc::new(client_for(job, &spec, inputs.credentials)?);
-    let uses = protections(job, &spec, inputs).await?;
-    let mut report = plan(job, &spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
+    let client = Arc::new(client_for(job, spec, inputs.credentials)?);
+    let uses = protections(job, spec, inputs).await?;
+    let mut report = plan(job, spec, &client, &uses, inputs.state_dir, Utc::now()).await?;
     report.strict = inputs.strict;
     if spec.mode == Mode::Enforce && !dry_run {
         report.deletes = true;
-        execute(&spec, &client, &mut report).await;
+        execute(spec, &client, &mut report).await;
         if let Some((name, command)) = gc
             && (report.totals.deleted > 0 || report.totals.untagged > 0)
         {
@@ -176,27 +180,17 @@ pub async fn protections(job: &Job, spec: &Spec, inputs: &Inputs<'_>) -> Result<
             .ok_or_else(|| cluster("no cluster connection".to_owned()))?;
         for (group, version, kind) in WORKLOAD_KINDS {
             let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-            let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &ar);
-            let mut params = ListParams::default().limit(500);
-            loop {
-                let list = api
-                    .list(&params)
-                    .await
-                    .map_err(|e| cluster(format!("listing {kind}s: {e}")))?;
-                for o in &list.items {
-                    let who = format!(
-                        "{kind} {}/{}",
-                        o.metadata.namespace.as_deref().unwrap_or(""),
-                        o.metadata.name.as_deref().unwrap_or("")
-                    );
-                    let value = serde_json::to_value(o).unwrap_or(Value::Null);
-                    refs::collect(&value, &who, &spec.hosts, &mut uses);
-                }
-                match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                    Some(c) => params = params.continue_token(&c),
-                    None => break,
-                }
-            }
+            crate::cluster::live::for_each_in_cluster(client, &ar, |o| {
+                let who = format!(
+                    "{kind} {}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or(""),
+                    o.metadata.name.as_deref().unwrap_or("")
+                );
+                let value = serde_json::to_value(o).unwrap_or(Value::Null);
+                refs::collect(&value, &who, &spec.hosts, &mut uses);
+            })
+            .await
+            .map_err(|e| cluster(format!("listing {kind}s: {e}")))?;
         }
     }
     Ok(uses)

@@ -25,12 +25,11 @@
 //! A program to run on the ops host is never named here: a command list is refused, and a
 //! command name is resolved against the host configuration when the job runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::retention::{Rule, Untagged};
-use crate::jobs::model::Job;
 
 /// A spec that cannot be used, naming the file, job and field.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +52,6 @@ pub enum Mode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Raw {
-    schedule: String,
-    #[serde(default)]
-    time_zone: Option<String>,
-    #[serde(default)]
-    starting_deadline: Option<String>,
     #[serde(default)]
     mode: Mode,
     registry: RawRegistry,
@@ -160,16 +154,15 @@ fn default_concurrency() -> usize {
     8
 }
 
-/// Parses and checks a job's spec.
-pub fn parse(job: &Job) -> Result<Spec, Error> {
+/// Parses and checks the kind's own fields of job `job` in `file` (`jobs::model` reads the
+/// fields every kind has).
+pub fn parse(file: &Path, job: &str, spec: &serde_json::Value) -> Result<Spec, Error> {
     let fail = |message: String| Error {
-        file: job.file.clone(),
-        job: job.name.clone(),
+        file: file.to_owned(),
+        job: job.to_owned(),
         message,
     };
-    let raw: Raw =
-        serde_json::from_value(job.spec.clone()).map_err(|e| fail(format!("spec: {e}")))?;
-    let _ = (&raw.schedule, &raw.time_zone, &raw.starting_deadline); // read by jobs::model
+    let raw: Raw = serde_json::from_value(spec.clone()).map_err(|e| fail(format!("spec: {e}")))?;
     let url = raw.registry.url.trim_end_matches('/').to_owned();
     let own_host = url
         .strip_prefix("https://")
@@ -336,20 +329,15 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::schedule::Schedule;
     use serde_json::json;
     use std::time::Duration;
 
-    fn job(spec: serde_json::Value) -> Job {
-        Job {
-            name: "cleanup".into(),
-            kind: "ImageCleanup".into(),
-            stack: "s".into(),
-            file: "stack/s/jobs.yaml".into(),
-            schedule: Schedule::parse("@daily", None).unwrap(),
-            starting_deadline: None,
-            spec,
-        }
+    fn job(spec: serde_json::Value) -> serde_json::Value {
+        crate::jobs::model::kind_fields(&spec)
+    }
+
+    fn parse(spec: &serde_json::Value) -> Result<Spec, Error> {
+        super::parse(Path::new("stack/s/jobs.yaml"), "cleanup", spec)
     }
 
     #[test]

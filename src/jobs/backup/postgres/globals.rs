@@ -1,14 +1,6 @@
 //! PostgreSQL globals (`pg_dumpall --globals-only`: roles, memberships, tablespaces) restored
 //! with `backup restore --globals`: roles the server lacks are created, existing ones are left
-//! exactly as they are. The plan is pure ([`globals_plan`]); [`apply`] runs it with psql.
-
-use std::process::Stdio;
-
-use sha2::Digest;
-use tokio::io::AsyncWriteExt;
-
-use super::postgres::{Connection, Error, GLOBALS, Result, tail};
-use super::store::{self, FileEntry, Store};
+//! exactly as they are. Pure: [`globals_plan`] decides the SQL; `restore` runs it with psql.
 
 /// What applying a `globals.sql` does: the SQL to run and the roles it creates or leaves alone.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -84,75 +76,6 @@ fn role_name(rest: &str) -> Option<String> {
             .collect();
         (!name.is_empty()).then_some(name)
     }
-}
-
-/// Applies the backup's globals: reads `globals.sql` (checked against the manifest), leaves out
-/// existing roles and tablespaces, and runs the rest with psql in one transaction, stopping at
-/// the first error. The SQL (password hashes) goes to psql's standard input only.
-pub async fn apply(
-    conn: &Connection,
-    store: &Store,
-    id: &str,
-    entry: &FileEntry,
-) -> Result<serde_json::Value> {
-    let rel = store::join(id, GLOBALS);
-    let text = store.get_small(&rel).await?;
-    let sha256 = crate::cluster::apply::hex(&sha2::Sha256::digest(&text));
-    if text.len() as u64 != entry.bytes || sha256 != entry.sha256 {
-        return Err(Error::from(store::Error::Mismatch {
-            store: store.name().to_owned(),
-            path: rel,
-            wrote: entry.sha256.clone(),
-            wrote_bytes: entry.bytes,
-            read: sha256,
-            read_bytes: text.len() as u64,
-        }));
-    }
-    let existing: Vec<String> = conn
-        .query("postgres", "SELECT rolname FROM pg_roles")
-        .await?
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let plan = globals_plan(&String::from_utf8_lossy(&text), &existing);
-    let mut cmd = conn.command("psql");
-    cmd.args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--single-transaction",
-        "-d",
-        "postgres",
-        "-f",
-        "-",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = conn.spawn("psql", &mut cmd)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(plan.sql.as_bytes())
-            .await
-            .map_err(|e| Error::Io(format!("psql (globals): {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| Error::Io(format!("psql (globals): {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Failed {
-            program: "psql",
-            status: out.status.to_string(),
-            stderr: tail(&out.stderr),
-        });
-    }
-    Ok(serde_json::json!({
-        "created": plan.created,
-        "existing": plan.existing,
-        "skippedTablespaceLines": plan.skipped_tablespace_lines,
-    }))
 }
 
 #[cfg(test)]

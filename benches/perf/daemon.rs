@@ -1,0 +1,183 @@
+//! The daemon on a git repository of the mix: its first sync, memory, reconciles of an unchanged
+//! revision, webhook → one object's change applied.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::measure::{Samples, counts, delta, median};
+use crate::support::{self, unique_name};
+use crate::{clean_up, mix};
+
+/// The daemon on a git repository of `n` objects.
+pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
+    use support::daemon::{SECRET, start_daemon_prepared};
+    let prefix = unique_name("bdd");
+    let t = Instant::now();
+    let d = start_daemon_prepared("", |repo, _| {
+        mix::generate(repo, &prefix, n, 0, mix::Mix::Daemon)
+    });
+    // The endpoint answers once the daemon has bound it.
+    while reqwest::get(format!("{}/api/v1/status", d.base))
+        .await
+        .is_err()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the daemon's endpoint did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let st = d.status().await;
+        if st["state"] == "ready" {
+            break;
+        }
+        if let Some(e) = st["errors"].as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e.as_str().is_some_and(|e| e.contains("does not load")))
+        }) {
+            panic!("the daemon cannot load the benchmark stack: {e}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1200),
+            "no first sync within 20 min: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first_sync = t.elapsed();
+    let rss_kib = || {
+        std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let rss_synced = rss_kib();
+    println!(
+        "daemon, {n} objects: first sync (webhook-free start to READY) {:.1} s, resident memory {:.1} MiB",
+        first_sync.as_secs_f64(),
+        rss_synced as f64 / 1024.0
+    );
+    // Reconciles of the unchanged revision, each triggered by a webhook.
+    let started = |st: &Value| {
+        st["lastReconcile"]["startedAt"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut quiet = Samples::default();
+    for _ in 0..rounds {
+        let before_status = started(&d.status().await);
+        let before = counts(client).await;
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        let mut status = d.status().await;
+        while started(&status) == before_status {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = counts(client).await;
+        let ms = status["lastReconcile"]["durationMs"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        quiet.times.push(ms / 1000.0);
+        quiet.requests.push(delta(&before, &after));
+    }
+    println!(
+        "daemon, {n} objects: reconcile of an unchanged revision: median {:.1} ms, {:.0} requests (all verbs) to the benchmark's resources",
+        quiet.median_ms(),
+        quiet.median_requests()
+    );
+    // Webhook → one object's change applied.
+    let mut latency = Vec::new();
+    let (namespace, name) = mix::first_configmap(&prefix);
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &namespace);
+    for round in 0..rounds {
+        // The first ConfigMap is the generator's first "changed" one.
+        let want = if round % 2 == 0 {
+            "changed"
+        } else {
+            "original"
+        };
+        mix::generate(
+            d.repo.path(),
+            &prefix,
+            n,
+            usize::from(round % 2 == 0),
+            mix::Mix::Daemon,
+        );
+        support::git(
+            d.repo.path(),
+            &["commit", "-qam", &format!("round {round}")],
+        );
+        let before_run = started(&d.status().await);
+        let t = Instant::now();
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        loop {
+            let value = cms
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("value").cloned());
+            if value.as_deref() == Some(want) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "change not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        latency.push(t.elapsed().as_secs_f64());
+        // Where the time went (the daemon's own account of the run that applied it).
+        let mut status = d.status().await;
+        while started(&status) == before_run || status["lastReconcile"]["mode"] == "quiet" {
+            if t.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        println!(
+            "  change {round}: {:.0} ms to applied; the run ({}): {} ms, phases {}",
+            latency[round] * 1000.0,
+            status["lastReconcile"]["mode"],
+            status["lastReconcile"]["durationMs"],
+            status["lastReconcile"]["phasesMs"]
+        );
+    }
+    let rss_applied = rss_kib();
+    // Idle again: the last reconcile has finished (health wait, inventory write, trim).
+    d.settle(Duration::from_secs(2)).await;
+    let rss_after = rss_kib();
+    println!(
+        "daemon, {n} objects: webhook -> change applied (one object): median {:.0} ms (of {:?} ms); resident memory at the last change {:.1} MiB, idle after it {:.1} MiB",
+        median(&latency) * 1000.0,
+        latency
+            .iter()
+            .map(|l| (l * 1000.0) as u64)
+            .collect::<Vec<_>>(),
+        rss_applied as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
+    clean_up(&prefix, n);
+    json!({"n": n, "work": "daemon", "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
+        "residentMiB": rss_synced as f64 / 1024.0, "residentAtChangeMiB": rss_applied as f64 / 1024.0,
+        "residentAfterMiB": rss_after as f64 / 1024.0,
+        "unchangedReconcile": quiet.json(),
+        "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
+        "webhookToAppliedMedianMs": median(&latency) * 1000.0})
+}
