@@ -32,7 +32,9 @@ use driftless::jobs::model::Job;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::TestEnv;
-use support::registry::{OCI_MANIFEST, PrivateRegistry, cpu_seconds, http, push_blob, put_manifest};
+use support::registry::{
+    OCI_MANIFEST, PrivateRegistry, cpu_seconds, http, push_blob, put_manifest,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -86,7 +88,12 @@ fn args() -> Option<Args> {
         None => vec![None],
         Some(list) => list
             .split(',')
-            .map(|c| Some(c.parse().unwrap_or_else(|e| panic!("--concurrency {c}: {e}"))))
+            .map(|c| {
+                Some(
+                    c.parse()
+                        .unwrap_or_else(|e| panic!("--concurrency {c}: {e}")),
+                )
+            })
             .collect(),
     };
     Some(Args {
@@ -177,10 +184,7 @@ async fn push(base: &str, layout: Layout, repositories: usize, tags: usize) {
             async move { push_blob(&http(), &base, &format!("bench/app-{r}"), &layer).await }
         })
         .collect();
-    let layer_digest: Vec<String> = futures::stream::iter(layers)
-        .buffered(32)
-        .collect()
-        .await;
+    let layer_digest: Vec<String> = futures::stream::iter(layers).buffered(32).collect().await;
     let pushes: Vec<_> = (0..repositories)
         .flat_map(|r| (0..per_repo(r)).map(move |n| (r, n)))
         .map(|(r, n)| {
@@ -274,7 +278,8 @@ async fn measure(
     };
     let cpu = || {
         (
-            cpu_seconds(registry.pid).unwrap_or_else(|| panic!("registry pid {} gone", registry.pid)),
+            cpu_seconds(registry.pid)
+                .unwrap_or_else(|| panic!("registry pid {} gone", registry.pid)),
             cpu_seconds(std::process::id()).unwrap_or_default(),
         )
     };
