@@ -392,27 +392,13 @@ impl Client {
         };
         let (claimed, media_type) = (header("docker-content-digest"), header("content-type"));
         let bytes = read_limited(&url, resp, MANIFEST_MAX_BYTES).await?;
-        let bad = |message: String| Error::Body {
-            url: url.clone(),
-            message,
-        };
-        let expected = match claimed {
-            Some(d) if !is_digest(&d) => {
-                return Err(bad("malformed Docker-Content-Digest header".to_owned()));
-            }
-            Some(d) => d,
-            None if is_digest(reference) => reference.to_owned(),
-            None => digest_of("sha256", &bytes).unwrap_or_default(),
-        };
-        let algorithm = expected.split_once(':').map_or("", |(a, _)| a);
-        if digest_of(algorithm, &bytes).as_deref() != Some(expected.as_str()) {
-            return Err(bad(format!(
-                "the manifest does not match its digest {expected}"
-            )));
-        }
-        if is_digest(reference) && reference != expected {
-            return Err(bad(format!("asked for {reference}, got {expected}")));
-        }
+        let expected =
+            manifest_digest(reference, claimed.as_deref(), &bytes).map_err(|message| {
+                Error::Body {
+                    url: url.clone(),
+                    message,
+                }
+            })?;
         Ok(Some(Manifest {
             digest: expected,
             media_type: media_type.unwrap_or_default(),
@@ -594,6 +580,40 @@ pub fn index_children(manifest: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The digest of a manifest read by `reference` (pure): always computed from the exact `bytes`
+/// received. A `Docker-Content-Digest` header (`claimed`) names the algorithm and must equal the
+/// computed digest; without one, a digest reference does, else sha256. A manifest read by digest
+/// must be that digest. Any disagreement is an error: nothing is decided (or deleted) from it.
+pub fn manifest_digest(
+    reference: &str,
+    claimed: Option<&str>,
+    bytes: &[u8],
+) -> Result<String, String> {
+    let algorithm = match claimed {
+        Some(d) if !is_digest(d) => {
+            return Err("malformed Docker-Content-Digest header".to_owned());
+        }
+        Some(d) => d,
+        None if is_digest(reference) => reference,
+        None => "sha256:",
+    }
+    .split_once(':')
+    .map_or("", |(a, _)| a);
+    let computed = digest_of(algorithm, bytes)
+        .ok_or_else(|| format!("unsupported digest algorithm {algorithm:?}"))?;
+    if let Some(d) = claimed
+        && d != computed
+    {
+        return Err(format!(
+            "the manifest's content is {computed}, the Docker-Content-Digest header says {d}"
+        ));
+    }
+    if is_digest(reference) && reference != computed {
+        return Err(format!("asked for {reference}, got {computed}"));
+    }
+    Ok(computed)
+}
+
 /// `<algorithm>:<hex>` of `bytes` for sha256 and sha512; `None` for another algorithm.
 pub fn digest_of(algorithm: &str, bytes: &[u8]) -> Option<String> {
     use sha2::Digest;
@@ -706,6 +726,45 @@ fn parse_challenge(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_digests_come_from_the_bytes() {
+        let body = br#"{"schemaVersion":2}"#;
+        let sha256 = digest_of("sha256", body).unwrap();
+        let sha512 = digest_of("sha512", body).unwrap();
+        let other = digest_of("sha256", b"other").unwrap();
+        // No header: computed (sha256, or the reference's algorithm).
+        assert_eq!(manifest_digest("v1", None, body), Ok(sha256.clone()));
+        assert_eq!(manifest_digest(&sha512, None, body), Ok(sha512.clone()));
+        // A header that agrees names the algorithm.
+        assert_eq!(
+            manifest_digest("v1", Some(&sha256), body),
+            Ok(sha256.clone())
+        );
+        assert_eq!(
+            manifest_digest("v1", Some(&sha512), body),
+            Ok(sha512.clone())
+        );
+        assert_eq!(
+            manifest_digest(&sha256, Some(&sha256), body),
+            Ok(sha256.clone())
+        );
+        // A header that disagrees, a malformed header, another digest than asked for,
+        // an unsupported algorithm: errors.
+        for (reference, claimed) in [
+            ("v1", Some(other.as_str())),
+            (sha256.as_str(), Some(other.as_str())),
+            ("v1", Some("sha256:abc")),
+            ("v1", Some("md5:0123")),
+            (other.as_str(), None),
+            (other.as_str(), Some(sha256.as_str())),
+        ] {
+            assert!(
+                manifest_digest(reference, claimed, body).is_err(),
+                "{reference} {claimed:?}"
+            );
+        }
+    }
 
     #[test]
     fn link_and_challenge_parsing() {
