@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::Error;
 use super::accessory::{self, Subject};
+use super::known::{self, FACTS, Known, KnownMap, known_path};
 use super::refs::{Reference, Uses};
 use super::report::{ImageFacts, RepoReport, Report, Totals};
 use super::retention::{self, Decided, Image, RetentionDecision, Rule};
@@ -32,42 +32,9 @@ use super::spec::Spec;
 use crate::jobs::model::Job;
 use crate::registry::{self, Client};
 
-/// The version of the facts below: entries written by an older driftless lack some (the
-/// manifest's `subject`) and are completed once.
-const FACTS: u8 = 2;
-
 /// Digests one repository's referrer discovery may add: a bound against a registry that lists
 /// referrers without end.
 const MAX_DISCOVERED: usize = 10_000;
-
-/// What driftless remembers of a digest (immutable facts, so valid forever) between runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Known {
-    first_seen: DateTime<Utc>,
-    created: Option<DateTime<Utc>>,
-    #[serde(default)]
-    children: Vec<String>,
-    /// The blobs (config and layers) with their sizes.
-    #[serde(default)]
-    blobs: Vec<(String, u64)>,
-    /// The digest this manifest names as its OCI 1.1 `subject`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    subject: Option<Subject>,
-    #[serde(default)]
-    facts: u8,
-    /// The image config whose build date has not been read, because no rule of the repository
-    /// used age when the digest was first seen: read once one does (`created` is then set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    undated_config: Option<String>,
-}
-
-/// `<repository>@<digest>` → facts.
-type KnownMap = BTreeMap<String, Known>;
-
-fn known_path(state_dir: &Path, job: &str) -> std::path::PathBuf {
-    state_dir.join("jobs").join(format!("{job}.digests.json"))
-}
 
 /// What every repository's planning shares.
 struct Shared<'a> {
@@ -135,14 +102,7 @@ pub async fn plan(
             source,
         })?;
     let known_file = known_path(state_dir, &job.name);
-    let known: KnownMap = match crate::state::read_json(&known_file) {
-        crate::state::Loaded::Ok(k) => k,
-        crate::state::Loaded::Missing => KnownMap::new(),
-        crate::state::Loaded::Corrupt(problem) => {
-            warn!("{problem}; image ages fall back to this run");
-            KnownMap::new()
-        }
-    };
+    let known = known::load(&known_file);
     let permits = Semaphore::new(spec.concurrency);
     let shared = Shared {
         client,
