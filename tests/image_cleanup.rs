@@ -19,8 +19,8 @@ use driftless::jobs::model::Job;
 use driftless::registry::{Client, Credentials};
 use serde_json::{Value, json};
 use support::registry::{
-    OCI_INDEX, OCI_MANIFEST, accessory_tag, push_blob, push_cosign_signature, push_image,
-    push_referrer, push_referrers_index, put_manifest, sha256_digest,
+    OCI_INDEX, OCI_MANIFEST, PrivateRegistry, accessory_tag, push_blob, push_cosign_signature,
+    push_image, push_referrer, push_referrers_index, put_manifest, sha256_digest,
 };
 use support::{TestEnv, kubectl, unique_name};
 
@@ -1210,4 +1210,56 @@ async fn referrers_the_api_lists_go_with_their_subject_and_a_false_listing_chang
         "{text}"
     );
     assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+/// Planning reads each tag's manifest once (one `GET` gives digest and content) and reads no
+/// image config when no rule uses age: on a registry of its own (so the catalog holds only this
+/// test's repositories) a dry run of 3 repositories × 7 tags sends exactly one catalog request,
+/// one tag list per repository and one manifest `GET` per tag, on the first run and on a repeat.
+#[tokio::test]
+async fn planning_sends_one_manifest_request_per_tag_and_no_config_reads_without_age_rules() {
+    let env = TestEnv::get();
+    let registry = PrivateRegistry::start(env.var("REGISTRY_BIN")).await;
+    let (repos, tags_per_repo) = (3, 7);
+    for r in 0..repos {
+        for t in 0..tags_per_repo {
+            push_image(
+                &registry.url,
+                &format!("counted/r{r}"),
+                &format!("v{t}"),
+                "2025-01-01T00:00:00Z",
+                &format!("{r}-{t}"),
+            )
+            .await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        "counted",
+        json!({"schedule": "@daily", "registry": {"url": registry.url},
+            "protect": {"cluster": false, "desired": false},
+            "rules": [{"repositories": "counted/*", "keepTags": "v\\d+"}]}),
+    );
+    let inputs = Inputs {
+        cluster: None,
+        desired: &[],
+        credentials: &driftless::credentials::Credentials::default(),
+        state_dir: dir.path(),
+        commands: &HostCommands::new(),
+        strict: false,
+    };
+    for run in ["first", "repeat"] {
+        let report = image_cleanup::run(&job, spec(&job), &inputs, true)
+            .await
+            .unwrap();
+        assert!(report.ok(), "{run}: {}", report.text());
+        assert_eq!(report.totals.tags, (repos * tags_per_repo) as u64, "{run}");
+        assert_eq!(report.totals.to_delete, 0, "{run}");
+        assert_eq!(
+            report.totals.requests,
+            (1 + repos + repos * tags_per_repo) as u64,
+            "{run}: {}",
+            report.summary()
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! Docker Registry HTTP API v2 client (distribution v3): catalog and tag listing with pagination,
 //! manifest resolution that never mistakes an index for one of its children, manifest and config
 //! reads, the OCI 1.1 referrers API (bounded: its answer is untrusted), deletion by digest.
-//! Retries 5xx and 429 with backoff. Digests it reads from a registry are checked before they go
-//! into a URL. The only module that talks to a registry.
+//! Retries 5xx and 429 with backoff; connections are kept alive and reused. Digests it reads
+//! from a registry are checked before they go into a URL, and every manifest and config it reads
+//! is bounded in size and checked against its digest (so facts read once can be kept by digest).
+//! The only module that talks to a registry.
 
 use std::time::Duration;
 
@@ -25,6 +27,12 @@ pub const MANIFEST_TYPES: [&str; 4] = [
 /// a referrer never seen is never deleted).
 pub const REFERRERS_MAX_BYTES: usize = 4 << 20;
 pub const REFERRERS_MAX: usize = 1000;
+
+/// Bound on a manifest (the OCI distribution specification asks registries to accept 4 MiB).
+pub const MANIFEST_MAX_BYTES: usize = 4 << 20;
+
+/// Bound on an image config blob read for its build date.
+pub const CONFIG_MAX_BYTES: usize = 8 << 20;
 
 /// Errors talking to a registry, naming the request.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,24 @@ pub enum TagDeletion {
 pub struct Resolved {
     pub digest: String,
     pub media_type: String,
+}
+
+/// A manifest as read with `GET`: its digest (checked against the bytes) and content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl Manifest {
+    /// The manifest's JSON.
+    pub fn json(&self) -> Result<Value, Error> {
+        serde_json::from_slice(&self.bytes).map_err(|e| Error::Body {
+            url: self.digest.clone(),
+            message: format!("manifest: {e}"),
+        })
+    }
 }
 
 /// One referrer as the referrers API lists it (claims only: the referrer's own manifest says
@@ -342,14 +368,54 @@ impl Client {
         }))
     }
 
-    /// A manifest's JSON (index or image manifest).
-    pub async fn manifest(&self, repository: &str, reference: &str) -> Result<Value, Error> {
+    /// Reads a manifest by tag or digest with one `GET`, every manifest type accepted: its digest
+    /// (the `Docker-Content-Digest` header, or the bytes' sha256 without one) and content; `None`
+    /// if absent. The body is bounded (`MANIFEST_MAX_BYTES`) and must hash to the digest, and a
+    /// manifest read by digest must be that digest: a registry cannot make driftless keep facts
+    /// under a digest they do not belong to.
+    pub async fn fetch_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Manifest>, Error> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
-        let resp = check(&url, self.send(Method::GET, &url, accept_all()).await?).await?;
-        resp.json().await.map_err(|e| Error::Body {
-            url,
-            message: e.to_string(),
-        })
+        let resp = self.send(Method::GET, &url, accept_all()).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(&url, resp).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (claimed, media_type) = (header("docker-content-digest"), header("content-type"));
+        let bytes = read_limited(&url, resp, MANIFEST_MAX_BYTES).await?;
+        let expected =
+            manifest_digest(reference, claimed.as_deref(), &bytes).map_err(|message| {
+                Error::Body {
+                    url: url.clone(),
+                    message,
+                }
+            })?;
+        Ok(Some(Manifest {
+            digest: expected,
+            media_type: media_type.unwrap_or_default(),
+            bytes: bytes.into(),
+        }))
+    }
+
+    /// A manifest's JSON (index or image manifest), read and checked as `fetch_manifest` does.
+    pub async fn manifest(&self, repository: &str, reference: &str) -> Result<Value, Error> {
+        match self.fetch_manifest(repository, reference).await? {
+            Some(m) => m.json(),
+            None => Err(Error::Status {
+                url: format!("{}/v2/{repository}/manifests/{reference}", self.base),
+                status: 404,
+                detail: String::new(),
+            }),
+        }
     }
 
     /// The `created` time of an image manifest's config blob, if it has one.
@@ -358,12 +424,33 @@ impl Client {
         repository: &str,
         manifest: &Value,
     ) -> Result<Option<String>, Error> {
-        let Some(digest) = manifest.pointer("/config/digest").and_then(Value::as_str) else {
+        match manifest.pointer("/config/digest").and_then(Value::as_str) {
+            Some(digest) => self.config_created(repository, digest).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The `created` time in the config blob `digest` (bounded by `CONFIG_MAX_BYTES`, checked
+    /// against its digest). A malformed digest is never put into a URL: no date.
+    pub async fn config_created(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<String>, Error> {
+        if !is_digest(digest) {
             return Ok(None);
-        };
+        }
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
         let resp = check(&url, self.send(Method::GET, &url, HeaderMap::new()).await?).await?;
-        let config: Value = resp.json().await.map_err(|e| Error::Body {
+        let bytes = read_limited(&url, resp, CONFIG_MAX_BYTES).await?;
+        let algorithm = digest.split_once(':').map_or("", |(a, _)| a);
+        if digest_of(algorithm, &bytes).as_deref() != Some(digest) {
+            return Err(Error::Body {
+                url,
+                message: "the config blob does not match its digest".to_owned(),
+            });
+        }
+        let config: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Body {
             url,
             message: e.to_string(),
         })?;
@@ -493,6 +580,52 @@ pub fn index_children(manifest: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The digest of a manifest read by `reference` (pure): always computed from the exact `bytes`
+/// received. A `Docker-Content-Digest` header (`claimed`) names the algorithm and must equal the
+/// computed digest; without one, a digest reference does, else sha256. A manifest read by digest
+/// must be that digest. Any disagreement is an error: nothing is decided (or deleted) from it.
+pub fn manifest_digest(
+    reference: &str,
+    claimed: Option<&str>,
+    bytes: &[u8],
+) -> Result<String, String> {
+    let algorithm = match claimed {
+        Some(d) if !is_digest(d) => {
+            return Err("malformed Docker-Content-Digest header".to_owned());
+        }
+        Some(d) => d,
+        None if is_digest(reference) => reference,
+        None => "sha256:",
+    }
+    .split_once(':')
+    .map_or("", |(a, _)| a);
+    let computed = digest_of(algorithm, bytes)
+        .ok_or_else(|| format!("unsupported digest algorithm {algorithm:?}"))?;
+    if let Some(d) = claimed
+        && d != computed
+    {
+        return Err(format!(
+            "the manifest's content is {computed}, the Docker-Content-Digest header says {d}"
+        ));
+    }
+    if is_digest(reference) && reference != computed {
+        return Err(format!("asked for {reference}, got {computed}"));
+    }
+    Ok(computed)
+}
+
+/// `<algorithm>:<hex>` of `bytes` for sha256 and sha512; `None` for another algorithm.
+pub fn digest_of(algorithm: &str, bytes: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    let hash: Vec<u8> = match algorithm {
+        "sha256" => sha2::Sha256::digest(bytes).to_vec(),
+        "sha512" => sha2::Sha512::digest(bytes).to_vec(),
+        _ => return None,
+    };
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{algorithm}:{hex}"))
+}
+
 /// A response body of at most `limit` bytes (a larger one is an error, read no further).
 async fn read_limited(
     url: &str,
@@ -593,6 +726,45 @@ fn parse_challenge(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_digests_come_from_the_bytes() {
+        let body = br#"{"schemaVersion":2}"#;
+        let sha256 = digest_of("sha256", body).unwrap();
+        let sha512 = digest_of("sha512", body).unwrap();
+        let other = digest_of("sha256", b"other").unwrap();
+        // No header: computed (sha256, or the reference's algorithm).
+        assert_eq!(manifest_digest("v1", None, body), Ok(sha256.clone()));
+        assert_eq!(manifest_digest(&sha512, None, body), Ok(sha512.clone()));
+        // A header that agrees names the algorithm.
+        assert_eq!(
+            manifest_digest("v1", Some(&sha256), body),
+            Ok(sha256.clone())
+        );
+        assert_eq!(
+            manifest_digest("v1", Some(&sha512), body),
+            Ok(sha512.clone())
+        );
+        assert_eq!(
+            manifest_digest(&sha256, Some(&sha256), body),
+            Ok(sha256.clone())
+        );
+        // A header that disagrees, a malformed header, another digest than asked for,
+        // an unsupported algorithm: errors.
+        for (reference, claimed) in [
+            ("v1", Some(other.as_str())),
+            (sha256.as_str(), Some(other.as_str())),
+            ("v1", Some("sha256:abc")),
+            ("v1", Some("md5:0123")),
+            (other.as_str(), None),
+            (other.as_str(), Some(sha256.as_str())),
+        ] {
+            assert!(
+                manifest_digest(reference, claimed, body).is_err(),
+                "{reference} {claimed:?}"
+            );
+        }
+    }
 
     #[test]
     fn link_and_challenge_parsing() {

@@ -185,3 +185,125 @@ pub async fn push_referrers_index(
     put_manifest(base, repo, &accessory_tag(subject, ""), OCI_INDEX, &body).await;
     sha256_digest(&body)
 }
+
+/// A registry process of one test or benchmark's own (`REGISTRY_BIN` of the environment), with
+/// its own storage directory, listening on a loopback port the kernel chose (read back from
+/// `/proc`, so no port is picked before it is bound). Stopped and removed on drop. Use it for
+/// work that would disturb the shared registry (garbage collection, tens of thousands of tags
+/// that every other test's catalog scan would then walk).
+pub struct PrivateRegistry {
+    pub url: String,
+    /// Its configuration file (for `registry garbage-collect`).
+    pub config: std::path::PathBuf,
+    pub pid: u32,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRegistry {
+    /// Starts `bin serve` with deletes enabled (the shared registry's settings) and waits until
+    /// `/v2/` answers.
+    pub async fn start(bin: &str) -> PrivateRegistry {
+        let dir = tempfile::tempdir().expect("tempdir for the registry");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  maintenance:\n    uploadpurging: {{enabled: false}}\nhttp:\n  addr: 127.0.0.1:0\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("write registry config");
+        let child = std::process::Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let pid = child.id();
+        let port = super::eventually(
+            "the private registry listens",
+            std::time::Duration::from_secs(30),
+            || async move { listening_port(pid) },
+        )
+        .await;
+        let url = format!("http://127.0.0.1:{port}");
+        super::eventually(
+            "the private registry answers /v2/",
+            std::time::Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    reqwest::get(format!("{url}/v2/"))
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        PrivateRegistry {
+            url,
+            config,
+            pid,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The loopback TCP port process `pid` listens on (its first listening socket), from
+/// `/proc/<pid>/fd` and `/proc/<pid>/net/tcp`.
+fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local_address is f[1] ("0100007F:1F90"), st f[3] (0A: LISTEN), inode f[9].
+        if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+            u16::from_str_radix(f[1].split_once(':')?.1, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds, from `/proc/<pid>/stat`;
+/// `None` when the process is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: state is the first,
+    // utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless told otherwise).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}

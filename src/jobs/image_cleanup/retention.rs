@@ -203,6 +203,16 @@ pub fn glob_matches(pattern: &str, repository: &str) -> bool {
     go(&p, &r)
 }
 
+/// Whether any rule covering `repository` decides by image age (`keepLast` ranks by age,
+/// `keepYoungerThan` compares it): only then are the build dates of its images needed. Without
+/// such a rule no decision depends on age (`keepTags`, `untagged`, protection and links do not).
+pub fn uses_age(rules: &[Rule], repository: &str) -> bool {
+    rules.iter().any(|r| {
+        (r.keep_last.is_some() || r.keep_younger_than.is_some())
+            && glob_matches(&r.repositories, repository)
+    })
+}
+
 fn segment_matches(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
@@ -630,6 +640,64 @@ mod tests {
             ("ducklake/backend", "ducklake/backend-old", false),
         ] {
             assert_eq!(glob_matches(p, r), want, "{p} vs {r}");
+        }
+    }
+
+    /// Planning reads build dates only where `uses_age` says a rule needs them: every other
+    /// rule decides exactly the same without them.
+    #[test]
+    fn only_keep_last_and_keep_younger_than_need_ages() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
+        let mut index = image("idx", &["multi"], day(1));
+        index.children = vec!["child-a".into()];
+        let sig = Image {
+            subjects: vec![Subject {
+                digest: "d2".into(),
+                kind: AccessoryKind::Signature,
+            }],
+            ..image("sig", &["sha256-d2.sig"], day(9))
+        };
+        let images = vec![
+            image("d1", &["1.0.0"], day(1)),
+            image("d2", &["dev-1", "1.0.1"], day(2)),
+            image("d3", &["dev-2"], day(19)),
+            image("d4", &[], day(20)),
+            index,
+            image("child-a", &[], day(1)),
+            sig,
+        ];
+        let undated: Vec<Image> = images
+            .iter()
+            .cloned()
+            .map(|i| Image { created: None, ..i })
+            .collect();
+        let in_use = used(&["d3"]);
+        let pattern = Some(r"\d+\.\d+\.\d+");
+        for (rules, uses) in [
+            (vec![rule(None, pattern, None, Untagged::Keep)], false),
+            (vec![rule(None, pattern, None, Untagged::Delete)], false),
+            (vec![rule(Some(2), None, None, Untagged::Keep)], true),
+            (vec![rule(None, None, Some(7), Untagged::Keep)], true),
+            (vec![], false),
+            (
+                vec![
+                    rule(None, pattern, None, Untagged::Keep),
+                    Rule {
+                        repositories: "other/**".into(),
+                        ..rule(Some(1), None, None, Untagged::Keep)
+                    },
+                ],
+                false,
+            ),
+        ] {
+            assert_eq!(uses_age(&rules, "ducklake/backend"), uses, "{rules:?}");
+            if !uses {
+                assert_eq!(
+                    decide("ducklake/backend", &images, &rules, &in_use, now),
+                    decide("ducklake/backend", &undated, &rules, &in_use, now),
+                    "{rules:?}"
+                );
+            }
         }
     }
 

@@ -1,22 +1,30 @@
-//! Planning: scans the registry (every repository, every tag resolved to its digest, each
-//! digest's immutable facts read once and cached in the state directory), decides every digest
-//! with the pure `retention::decide`, and asks the referrers API (where the registry serves it)
-//! for the referrers of what the plan deletes, so they go with their subject. Deletes nothing.
+//! Planning: scans the registry (every repository, every tag read with one `GET` of its
+//! manifest, which gives both the digest and the content; each digest's immutable facts kept by
+//! digest in the state directory; an image's config read for its build date only where a rule
+//! of its repository uses age), decides every digest with the pure `retention::decide`, and asks
+//! the referrers API (where the registry serves it) for the referrers of what the plan deletes,
+//! so they go with their subject. Deletes nothing.
+//!
+//! Requests: one tag list per repository and one manifest `GET` per tag, plus, for digests not
+//! seen before, the config of each image whose age a rule uses (read once per config digest in a
+//! run: the same image in several repositories is read once) and the manifests of index children
+//! not read yet. At most `spec.concurrency` requests are in flight, over all repositories
+//! together, on kept-alive connections.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::Error;
 use super::accessory::{self, Subject};
+use super::known::{self, FACTS, Known, KnownMap, known_path};
 use super::refs::{Reference, Uses};
 use super::report::{ImageFacts, RepoReport, Report, Totals};
 use super::retention::{self, Decided, Image, RetentionDecision, Rule};
@@ -24,49 +32,57 @@ use super::spec::Spec;
 use crate::jobs::model::Job;
 use crate::registry::{self, Client};
 
-/// The version of the facts below: entries written by an older driftless lack some (the
-/// manifest's `subject`) and are completed once.
-const FACTS: u8 = 2;
-
 /// Digests one repository's referrer discovery may add: a bound against a registry that lists
 /// referrers without end.
 const MAX_DISCOVERED: usize = 10_000;
-
-/// What driftless remembers of a digest (immutable facts, so valid forever) between runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Known {
-    first_seen: DateTime<Utc>,
-    created: Option<DateTime<Utc>>,
-    #[serde(default)]
-    children: Vec<String>,
-    /// The blobs (config and layers) with their sizes.
-    #[serde(default)]
-    blobs: Vec<(String, u64)>,
-    /// The digest this manifest names as its OCI 1.1 `subject`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    subject: Option<Subject>,
-    #[serde(default)]
-    facts: u8,
-}
-
-/// `<repository>@<digest>` → facts.
-type KnownMap = BTreeMap<String, Known>;
-
-fn known_path(state_dir: &Path, job: &str) -> std::path::PathBuf {
-    state_dir.join("jobs").join(format!("{job}.digests.json"))
-}
 
 /// What every repository's planning shares.
 struct Shared<'a> {
     client: &'a Client,
     known: &'a KnownMap,
+    /// Requests in flight, over all repositories.
     permits: &'a Semaphore,
+    concurrency: usize,
     rules: &'a [Rule],
     now: DateTime<Utc>,
     /// Set at the registry's first 404 to a referrers request: it does not serve the API, and
     /// referrers are found through the tag schema only.
     no_referrers_api: AtomicBool,
+    /// Build dates read in this run, by config digest (checked against the blob's content, so
+    /// the same config in another repository has the same date).
+    dates: Mutex<BTreeMap<String, Option<DateTime<Utc>>>>,
+}
+
+impl Shared<'_> {
+    /// Runs one request once a permit is free.
+    async fn limited<T>(&self, request: impl std::future::Future<Output = T>) -> T {
+        // The semaphore is never closed: acquire cannot fail (a failure would only lift the
+        // bound for this request).
+        let _permit = self.permits.acquire().await;
+        request.await
+    }
+
+    /// The build date in config `digest` (read once per run); a missing or epoch date
+    /// (reproducible builds) is no date.
+    async fn build_date(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<DateTime<Utc>>, registry::Error> {
+        if let Some(date) = self.dates.lock().ok().and_then(|d| d.get(digest).copied()) {
+            return Ok(date);
+        }
+        let date = self
+            .limited(self.client.config_created(repo, digest))
+            .await?
+            .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
+            .map(|c| c.with_timezone(&Utc))
+            .filter(|c| c.timestamp() > 86_400);
+        if let Ok(mut dates) = self.dates.lock() {
+            dates.insert(digest.to_owned(), date);
+        }
+        Ok(date)
+    }
 }
 
 /// Scans the registry and decides every digest; deletes nothing.
@@ -86,22 +102,17 @@ pub async fn plan(
             source,
         })?;
     let known_file = known_path(state_dir, &job.name);
-    let known: KnownMap = match crate::state::read_json(&known_file) {
-        crate::state::Loaded::Ok(k) => k,
-        crate::state::Loaded::Missing => KnownMap::new(),
-        crate::state::Loaded::Corrupt(problem) => {
-            warn!("{problem}; image ages fall back to this run");
-            KnownMap::new()
-        }
-    };
+    let known = known::load(&known_file);
     let permits = Semaphore::new(spec.concurrency);
     let shared = Shared {
         client,
         known: &known,
         permits: &permits,
+        concurrency: spec.concurrency,
         rules: &spec.rules,
         now,
         no_referrers_api: AtomicBool::new(false),
+        dates: Mutex::new(BTreeMap::new()),
     };
     info!(job = %job.name, repositories = repositories.len(), "scanning registry");
     // The futures are collected first: a lazily mapped iterator inside the stream would make
@@ -177,7 +188,8 @@ async fn plan_repository(
     repo: &str,
     uses: &[(Reference, String)],
 ) -> Result<(RepoReport, KnownMap), registry::Error> {
-    let (tag_map, mut seen) = scan_repository(shared, repo).await?;
+    let dated = retention::uses_age(shared.rules, repo);
+    let (tag_map, mut seen) = scan_repository(shared, repo, dated).await?;
     let in_use = in_use(uses, &tag_map);
     let decide = |seen: &KnownMap| {
         let images = images_of(repo, seen, &tag_map);
@@ -201,10 +213,9 @@ async fn plan_repository(
             if discovered >= MAX_DISCOVERED {
                 break;
             }
-            let listed = {
-                let _p = shared.permits.acquire().await;
-                shared.client.referrers(repo, &subject).await?
-            };
+            let listed = shared
+                .limited(shared.client.referrers(repo, &subject))
+                .await?;
             let Some(listed) = listed else {
                 info!(
                     "the registry does not serve the referrers API: referrers are found through the referrers tag schema"
@@ -222,8 +233,9 @@ async fn plan_repository(
                 }
                 // A listed digest that cannot be read is left alone (never seen, never deleted)
                 // rather than failing the repository.
-                let facts = match facts_of(shared, repo, &r.digest).await {
-                    Ok(f) => f,
+                let facts = match facts_of(shared, repo, &r.digest, None, dated).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
                     Err(e) => {
                         warn!(repository = %repo, subject = %subject, referrer = %r.digest, "a listed referrer cannot be read, left alone: {e}");
                         continue;
@@ -238,7 +250,7 @@ async fn plan_repository(
                 }
                 let children = facts.children.clone();
                 seen.insert(key, facts);
-                describe_all(shared, repo, children, &mut seen).await?;
+                describe_all(shared, repo, children, BTreeMap::new(), dated, &mut seen).await?;
                 discovered += 1;
             }
         }
@@ -344,107 +356,166 @@ fn tally(report: &mut Report, known: &KnownMap) {
     report.totals = t;
 }
 
-/// One repository: its tags resolved, and every digest's facts (from `known` or the registry).
+/// One repository: its tags resolved (one manifest `GET` each), and every digest's facts (from
+/// `known` or the manifests just read; configs only when `dated`).
 async fn scan_repository(
     shared: &Shared<'_>,
     repo: &str,
+    dated: bool,
 ) -> Result<(BTreeMap<String, String>, KnownMap), registry::Error> {
     let client = shared.client;
-    let permits = shared.permits;
-    let tags = {
-        let _p = permits.acquire().await;
-        // A repository deleted since the catalog listed it has nothing left to decide.
-        match client.tags(repo, 1000).await {
-            Err(e) if e.is_not_found() => Vec::new(),
-            tags => tags?,
-        }
+    // A repository deleted since the catalog listed it has nothing left to decide.
+    let tags = match shared.limited(client.tags(repo, 1000)).await {
+        Err(e) if e.is_not_found() => Vec::new(),
+        tags => tags?,
     };
-    let lookups: Vec<_> = tags
+    let reads: Vec<_> = tags
         .iter()
         .map(|tag| async move {
-            let _p = permits.acquire().await;
-            Ok::<_, registry::Error>(
-                client
-                    .resolve(repo, tag)
-                    .await?
-                    .map(|r| (tag.clone(), r.digest)),
-            )
+            let manifest = shared.limited(client.fetch_manifest(repo, tag)).await?;
+            Ok::<_, registry::Error>((tag.clone(), manifest))
         })
         .collect();
-    let resolved: Vec<Result<Option<(String, String)>, registry::Error>> =
-        futures::stream::iter(lookups)
-            .buffer_unordered(64)
+    let read: Vec<Result<(String, Option<registry::Manifest>), registry::Error>> =
+        futures::stream::iter(reads)
+            .buffer_unordered(shared.concurrency)
             .collect()
             .await;
     let mut tag_map = BTreeMap::new();
-    for r in resolved {
-        // A tag deleted since the listing resolves to nothing: it is simply gone.
-        if let Some((tag, digest)) = r? {
-            tag_map.insert(tag, digest);
+    // The manifests of digests whose facts are not known yet, for `describe_all`.
+    let mut bodies = BTreeMap::new();
+    for r in read {
+        // A tag deleted since the listing reads as nothing: it is simply gone.
+        let (tag, Some(manifest)) = r? else {
+            continue;
+        };
+        tag_map.insert(tag, manifest.digest.clone());
+        if !shared.complete(repo, &manifest.digest, dated) {
+            bodies.insert(manifest.digest.clone(), manifest);
         }
     }
-    let mut queue: Vec<String> = tag_map.values().cloned().collect();
+    let tagged: BTreeSet<&str> = tag_map.values().map(String::as_str).collect();
+    let mut queue: Vec<String> = tagged.iter().map(|d| (*d).to_owned()).collect();
     // Digests seen before that lost their tags: still there (untagged), or gone.
     let prefix = format!("{repo}@");
-    for (k, _) in shared
+    let untagged: Vec<_> = shared
         .known
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))
-    {
-        let digest = &k[prefix.len()..];
-        if !tag_map.values().any(|d| d == digest) {
-            let _p = permits.acquire().await;
-            if client.resolve(repo, digest).await?.is_some() {
-                queue.push(digest.to_owned());
-            }
-        }
+        .map(|(k, _)| &k[prefix.len()..])
+        .filter(|d| !tagged.contains(d))
+        .map(|digest| async move {
+            let found = shared.limited(client.resolve(repo, digest)).await?;
+            Ok::<_, registry::Error>(found.map(|_| digest.to_owned()))
+        })
+        .collect();
+    let untagged: Vec<Result<Option<String>, registry::Error>> = futures::stream::iter(untagged)
+        .buffer_unordered(shared.concurrency)
+        .collect()
+        .await;
+    for d in untagged {
+        queue.extend(d?);
     }
     let mut seen = KnownMap::new();
-    describe_all(shared, repo, queue, &mut seen).await?;
+    describe_all(shared, repo, queue, bodies, dated, &mut seen).await?;
     Ok((tag_map, seen))
 }
 
-/// Adds the facts of `queue`'s digests and of their children, transitively, to `seen`. A digest
-/// deleted since it was listed (its manifest or config answers 404) is left out: not decided,
-/// so never deleted by this run.
+/// Adds the facts of `queue`'s digests and of their children, transitively, to `seen`, reading
+/// each level in parallel; `bodies` are manifests already read. A digest deleted since it was
+/// listed (its manifest or config answers 404) is left out: not decided, so never deleted by
+/// this run.
 async fn describe_all(
     shared: &Shared<'_>,
     repo: &str,
     mut queue: Vec<String>,
+    mut bodies: BTreeMap<String, registry::Manifest>,
+    dated: bool,
     seen: &mut KnownMap,
 ) -> Result<(), registry::Error> {
-    while let Some(digest) = queue.pop() {
-        let key = format!("{repo}@{digest}");
-        if seen.contains_key(&key) {
-            continue;
+    loop {
+        queue.sort();
+        queue.dedup();
+        queue.retain(|d| !seen.contains_key(&format!("{repo}@{d}")));
+        if queue.is_empty() {
+            return Ok(());
         }
-        let facts = match facts_of(shared, repo, &digest).await {
-            Err(e) if e.is_not_found() => continue,
-            facts => facts?,
-        };
-        queue.extend(facts.children.iter().cloned());
-        seen.insert(key, facts);
+        let level: Vec<_> = queue
+            .drain(..)
+            .map(|digest| {
+                let body = bodies.remove(&digest);
+                async move {
+                    let facts = facts_of(shared, repo, &digest, body, dated).await;
+                    (digest, facts)
+                }
+            })
+            .collect();
+        let described: Vec<(String, Result<Option<Known>, registry::Error>)> =
+            futures::stream::iter(level)
+                .buffer_unordered(shared.concurrency)
+                .collect()
+                .await;
+        for (digest, facts) in described {
+            let facts = match facts {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            queue.extend(facts.children.iter().cloned());
+            seen.insert(format!("{repo}@{digest}"), facts);
+        }
     }
-    Ok(())
 }
 
-/// A digest's facts: remembered, completed (an entry of an older driftless: one manifest read),
-/// or read from the registry.
-async fn facts_of(shared: &Shared<'_>, repo: &str, digest: &str) -> Result<Known, registry::Error> {
-    let key = format!("{repo}@{digest}");
-    let _p = shared.permits.acquire().await;
-    match shared.known.get(&key) {
-        Some(k) if k.facts >= FACTS => Ok(k.clone()),
-        Some(old) => {
-            let manifest = shared.client.manifest(repo, digest).await?;
-            Ok(Known {
-                subject: accessory::manifest_subject(&manifest),
-                facts: FACTS,
-                ..old.clone()
-            })
-        }
-        None => describe(shared.client, repo, digest, shared.now).await,
+impl Shared<'_> {
+    /// Whether `known` holds every fact this run needs of `digest` (no read needed).
+    fn complete(&self, repo: &str, digest: &str, dated: bool) -> bool {
+        self.known
+            .get(&format!("{repo}@{digest}"))
+            .is_some_and(|k| k.facts >= FACTS && (!dated || k.undated_config.is_none()))
     }
+}
+
+/// A digest's facts: remembered, completed (an entry of an older driftless: its manifest; an
+/// entry without a build date where a rule now uses age: its config), or read from `body` (the
+/// manifest as its tag was read) or the registry. `None`: the manifest is gone.
+async fn facts_of(
+    shared: &Shared<'_>,
+    repo: &str,
+    digest: &str,
+    body: Option<registry::Manifest>,
+    dated: bool,
+) -> Result<Option<Known>, registry::Error> {
+    let known = shared.known.get(&format!("{repo}@{digest}"));
+    let mut facts = match known {
+        Some(k) if k.facts >= FACTS => k.clone(),
+        _ => {
+            let manifest = match body {
+                Some(m) => m,
+                None => match shared
+                    .limited(shared.client.fetch_manifest(repo, digest))
+                    .await?
+                {
+                    Some(m) => m,
+                    None => return Ok(None),
+                },
+            };
+            let manifest = manifest.json()?;
+            match known {
+                Some(old) => Known {
+                    subject: accessory::manifest_subject(&manifest),
+                    facts: FACTS,
+                    ..old.clone()
+                },
+                None => describe(&manifest, shared.now),
+            }
+        }
+    };
+    if dated && let Some(config) = facts.undated_config.take() {
+        facts.created = shared.build_date(repo, &config).await?;
+    }
+    Ok(Some(facts))
 }
 
 /// The images of one repository for the decision: tags from `tag_map`, facts from `seen`, links
@@ -470,7 +541,11 @@ fn images_of(repo: &str, seen: &KnownMap, tag_map: &BTreeMap<String, String>) ->
             Image {
                 digest,
                 tags,
-                created: k.created.or(Some(k.first_seen)),
+                // Not read (no rule uses age here): unknown, not "first seen".
+                created: match k.undated_config {
+                    Some(_) => None,
+                    None => k.created.or(Some(k.first_seen)),
+                },
                 children: k.children.clone(),
                 subjects,
             }
@@ -496,16 +571,11 @@ fn images_of(repo: &str, seen: &KnownMap, tag_map: &BTreeMap<String, String>) ->
     images
 }
 
-/// Reads a manifest's immutable facts. Image age comes from the config's `created`; a missing or
+/// A manifest's immutable facts (pure). Image age comes from the config's `created`, read
+/// separately (`undated_config` names the config) and only where a rule uses age; a missing or
 /// epoch date (reproducible builds) falls back to when driftless first saw the digest.
-async fn describe(
-    client: &Client,
-    repo: &str,
-    digest: &str,
-    now: DateTime<Utc>,
-) -> Result<Known, registry::Error> {
-    let manifest = client.manifest(repo, digest).await?;
-    let children = registry::index_children(&manifest);
+fn describe(manifest: &Value, now: DateTime<Utc>) -> Known {
+    let children = registry::index_children(manifest);
     // Only an image's config has a build date; an artifact's config (a signature bundle's, an
     // SBOM's empty one) need not even be JSON.
     let image_config = match manifest
@@ -518,16 +588,11 @@ async fn describe(
                 || t == "application/vnd.docker.container.image.v1+json"
         }
     };
-    let created = if children.is_empty() && image_config {
-        client
-            .created(repo, &manifest)
-            .await?
-            .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
-            .map(|c| c.with_timezone(&Utc))
-            .filter(|c| c.timestamp() > 86_400)
-    } else {
-        None
-    };
+    let undated_config = manifest
+        .pointer("/config/digest")
+        .and_then(Value::as_str)
+        .filter(|_| children.is_empty() && image_config)
+        .map(str::to_owned);
     let mut blobs = Vec::new();
     let config = manifest.get("config").into_iter();
     let layers = manifest
@@ -543,14 +608,15 @@ async fn describe(
             blobs.push((d.to_owned(), s));
         }
     }
-    Ok(Known {
+    Known {
         first_seen: now,
-        created,
+        created: None,
         children,
         blobs,
-        subject: accessory::manifest_subject(&manifest),
+        subject: accessory::manifest_subject(manifest),
         facts: FACTS,
-    })
+        undated_config,
+    }
 }
 
 #[cfg(test)]
