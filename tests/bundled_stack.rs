@@ -853,11 +853,9 @@ fn side_allows(
         })
 }
 
-/// The `prod` network policies of the DuckLake namespaces allow exactly the flows of
-/// stack/README.md "Network policies": each listed flow passes both its egress and its ingress
-/// side, and flows nobody needs are denied by the namespaces' default-deny.
-#[test]
-fn ducklake_network_policies_allow_the_documented_flows_only() {
+/// The `prod` render of the stacks named `prefix*`: their NetworkPolicies (with namespace) and
+/// their pods (workload templates; the SparkApplication's driver and executor labels).
+fn prod_policies_and_pods(prefix: &str) -> (Vec<(String, serde_json::Value)>, Vec<Peer>) {
     let env = TestEnv::get();
     let renderers = driftless::stack::Renderers {
         helm: env.var("HELM").into(),
@@ -876,22 +874,37 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
     let mut pods: Vec<Peer> = Vec::new();
     for o in stacks
         .iter()
-        .filter(|s| s.name.starts_with("ducklake-"))
+        .filter(|s| s.name.starts_with(prefix))
         .flat_map(|s| &s.objects)
     {
         let ns = o.key.namespace.clone().unwrap_or_default();
+        let labels = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
         match o.key.kind.as_str() {
             "NetworkPolicy" => policies.push((ns, o.object.clone())),
             "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => pods.push(Peer {
                 ns,
-                labels: o.object["spec"]["template"]["metadata"]["labels"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
+                labels: labels(&o.object["spec"]["template"]["metadata"]["labels"]),
             }),
+            "SparkApplication" => {
+                for role in ["driver", "executor"] {
+                    pods.push(Peer {
+                        ns: ns.clone(),
+                        labels: labels(&o.object["spec"][role]["labels"]),
+                    });
+                }
+            }
             _ => {}
         }
     }
+    (policies, pods)
+}
+
+/// The `prod` network policies of the DuckLake namespaces allow exactly the flows of
+/// stack/README.md "Network policies": each listed flow passes both its egress and its ingress
+/// side, and flows nobody needs are denied by the namespaces' default-deny.
+#[test]
+fn ducklake_network_policies_allow_the_documented_flows_only() {
+    let (policies, pods) = prod_policies_and_pods("ducklake-");
     let pod = |ns: &str, app: &str| -> Peer {
         pods.iter()
             .find(|p| p.ns == ns && p.labels.get("app").and_then(|a| a.as_str()) == Some(app))
@@ -1038,4 +1051,171 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
             "{ns} has a default-deny policy"
         );
     }
+}
+
+/// The `prod` network policies of the Lambda namespaces (`kafka`, `minio`, `spark`; Cassandra's
+/// pods in `default`) allow exactly the flows of stack/README.md "Network policies (Lambda)".
+#[test]
+fn lambda_network_policies_allow_the_documented_flows_only() {
+    let (policies, pods) = prod_policies_and_pods("lambda-");
+    let pod = |ns: &str, key: &str, value: &str| -> Peer {
+        pods.iter()
+            .find(|p| p.ns == ns && p.labels.get(key).and_then(|a| a.as_str()) == Some(value))
+            .unwrap_or_else(|| panic!("no pod {ns}/{key}={value} in the prod render"))
+            .clone()
+    };
+    let outside = |ns: &str, labels: &[(&str, &str)]| Peer {
+        ns: ns.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).into()))
+            .collect(),
+    };
+    let flow = |from: Option<&Peer>, to: Option<&Peer>, port: u16, proto: &str| {
+        from.is_none_or(|f| side_allows(&policies, f, to, port, proto, true))
+            && to.is_none_or(|t| side_allows(&policies, t, from, port, proto, false))
+    };
+    let driver = pod("spark", "spark-role", "driver");
+    let executor = pod("spark", "spark-role", "executor");
+    let minio = pod("minio", "app", "minio");
+    let layout = pod("minio", "app", "minio-layout");
+    let cassandra = pod("default", "app", "cassandra");
+    let schema = pod("default", "app", "cassandra-schema");
+    // Strimzi's pods, as the operator labels them (it creates them, not driftless).
+    let broker = outside(
+        "kafka",
+        &[
+            ("strimzi.io/cluster", "kafka-cluster"),
+            ("strimzi.io/name", "kafka-cluster-kafka"),
+        ],
+    );
+    let entity_operator = outside(
+        "kafka",
+        &[
+            ("strimzi.io/cluster", "kafka-cluster"),
+            ("strimzi.io/name", "kafka-cluster-entity-operator"),
+        ],
+    );
+    let strimzi = outside("strimzi", &[("name", "strimzi-cluster-operator")]);
+    let client = outside("serving", &[("cassandra-client", "true")]);
+    let stranger = outside("default", &[("app", "other")]);
+    let dns = outside("kube-system", &[("k8s-app", "kube-dns")]);
+
+    // stack/README.md "Network policies (Lambda)", row by row.
+    let mut allowed = vec![
+        ("layout Job → minio", Some(&layout), Some(&minio), 9000),
+        ("broker → broker", Some(&broker), Some(&broker), 9091),
+        (
+            "broker → broker (KRaft)",
+            Some(&broker),
+            Some(&broker),
+            9090,
+        ),
+        (
+            "entity operator → broker",
+            Some(&entity_operator),
+            Some(&broker),
+            9091,
+        ),
+        (
+            "entity operator → API server",
+            Some(&entity_operator),
+            None,
+            6443,
+        ),
+        (
+            "entity operator → API server (443)",
+            Some(&entity_operator),
+            None,
+            443,
+        ),
+        ("driver → API server", Some(&driver), None, 6443),
+        ("driver → API server (443)", Some(&driver), None, 443),
+        ("driver → executor", Some(&driver), Some(&executor), 7079),
+        ("executor → driver", Some(&executor), Some(&driver), 7078),
+        (
+            "schema Job → cassandra",
+            Some(&schema),
+            Some(&cassandra),
+            9042,
+        ),
+        ("client → cassandra", Some(&client), Some(&cassandra), 9042),
+    ];
+    for p in [9090, 9091, 8443] {
+        allowed.push((
+            "cluster operator → broker",
+            Some(&strimzi),
+            Some(&broker),
+            p,
+        ));
+    }
+    for spark in [&driver, &executor] {
+        allowed.push(("spark → minio", Some(spark), Some(&minio), 9000));
+        for p in [9092, 9093] {
+            allowed.push(("spark → broker", Some(spark), Some(&broker), p));
+        }
+    }
+    for (what, from, to, port) in allowed {
+        assert!(
+            flow(from, to, port, "TCP"),
+            "{what} ({port}) must be allowed"
+        );
+    }
+    for p in pods.iter().chain([&broker, &entity_operator]) {
+        assert!(
+            flow(Some(p), Some(&dns), 53, "UDP") && flow(Some(p), Some(&dns), 53, "TCP"),
+            "{p:?} resolves names"
+        );
+    }
+    let denied = [
+        ("executor → internet", Some(&executor), None, 443),
+        ("driver → internet (HTTP)", Some(&driver), None, 80),
+        ("executor → API server", Some(&executor), None, 6443),
+        ("spark → cassandra", Some(&executor), Some(&cassandra), 9042),
+        ("spark → minio console", Some(&executor), Some(&minio), 9001),
+        ("broker → API server", Some(&broker), None, 6443),
+        ("broker → minio", Some(&broker), Some(&minio), 9000),
+        ("layout Job → broker", Some(&layout), Some(&broker), 9092),
+        ("minio → internet", Some(&minio), None, 443),
+        ("nodes → minio", None, Some(&minio), 9000),
+        ("nodes → broker", None, Some(&broker), 9092),
+        (
+            "cluster operator → broker client port",
+            Some(&strimzi),
+            Some(&broker),
+            9092,
+        ),
+        (
+            "another pod in default → cassandra",
+            Some(&stranger),
+            Some(&cassandra),
+            9042,
+        ),
+        (
+            "schema Job → cassandra on another port",
+            Some(&schema),
+            Some(&cassandra),
+            7000,
+        ),
+        ("cassandra → internet", Some(&cassandra), None, 443),
+        ("client → minio", Some(&client), Some(&minio), 9000),
+    ];
+    for (what, from, to, port) in denied {
+        assert!(!flow(from, to, port, "TCP"), "{what} must be denied");
+    }
+    for ns in ["kafka", "minio", "spark"] {
+        assert!(
+            policies.iter().any(|(n, p)| n == ns
+                && p["spec"]["podSelector"] == serde_json::json!({})
+                && p["spec"]["policyTypes"] == serde_json::json!(["Ingress", "Egress"])),
+            "{ns} has a default-deny policy"
+        );
+    }
+    // `default` is shared with other workloads: no namespace-wide policy there.
+    assert!(
+        !policies
+            .iter()
+            .any(|(n, p)| n == "default" && p["spec"]["podSelector"] == serde_json::json!({})),
+        "no default-deny over the shared namespace default"
+    );
 }
