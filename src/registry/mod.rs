@@ -6,6 +6,8 @@
 //! is bounded in size and checked against its digest (so facts read once can be kept by digest).
 //! The only module that talks to a registry.
 
+mod wire;
+
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, LINK, WWW_AUTHENTICATE};
@@ -13,6 +15,9 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use wire::{digest_of, index_children, is_digest, manifest_digest};
+use wire::{next_link, parse_challenge};
 
 /// The manifest media types driftless accepts, all at once: with only some of them a registry may
 /// answer an index request with one child's manifest, and the digest would be the child's.
@@ -126,23 +131,6 @@ pub struct Referrers {
     pub referrers: Vec<Referrer>,
     /// More than `REFERRERS_MAX` were listed; the rest are left out.
     pub truncated: bool,
-}
-
-/// Whether `text` is a digest driftless puts in a URL: `sha256:` and 64 lowercase hex digits,
-/// or `sha512:` and 128. Anything else (`../`, `%2f`, uppercase) is refused, so a manifest or a
-/// referrers response cannot steer a request (a DELETE) to another path.
-pub fn is_digest(text: &str) -> bool {
-    let hex_of = |len: usize, hex: &str| {
-        hex.len() == len
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    match text.split_once(':') {
-        Some(("sha256", hex)) => hex_of(64, hex),
-        Some(("sha512", hex)) => hex_of(128, hex),
-        _ => false,
-    }
 }
 
 impl Client {
@@ -565,67 +553,6 @@ impl Client {
     }
 }
 
-/// The children of an index (their digests), empty for an image manifest. Malformed digests are
-/// left out (they could not be children in the registry anyway).
-pub fn index_children(manifest: &Value) -> Vec<String> {
-    manifest
-        .get("manifests")
-        .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|c| c.get("digest")?.as_str().filter(|d| is_digest(d)))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The digest of a manifest read by `reference` (pure): always computed from the exact `bytes`
-/// received. A `Docker-Content-Digest` header (`claimed`) names the algorithm and must equal the
-/// computed digest; without one, a digest reference does, else sha256. A manifest read by digest
-/// must be that digest. Any disagreement is an error: nothing is decided (or deleted) from it.
-pub fn manifest_digest(
-    reference: &str,
-    claimed: Option<&str>,
-    bytes: &[u8],
-) -> Result<String, String> {
-    let algorithm = match claimed {
-        Some(d) if !is_digest(d) => {
-            return Err("malformed Docker-Content-Digest header".to_owned());
-        }
-        Some(d) => d,
-        None if is_digest(reference) => reference,
-        None => "sha256:",
-    }
-    .split_once(':')
-    .map_or("", |(a, _)| a);
-    let computed = digest_of(algorithm, bytes)
-        .ok_or_else(|| format!("unsupported digest algorithm {algorithm:?}"))?;
-    if let Some(d) = claimed
-        && d != computed
-    {
-        return Err(format!(
-            "the manifest's content is {computed}, the Docker-Content-Digest header says {d}"
-        ));
-    }
-    if is_digest(reference) && reference != computed {
-        return Err(format!("asked for {reference}, got {computed}"));
-    }
-    Ok(computed)
-}
-
-/// `<algorithm>:<hex>` of `bytes` for sha256 and sha512; `None` for another algorithm.
-pub fn digest_of(algorithm: &str, bytes: &[u8]) -> Option<String> {
-    use sha2::Digest;
-    let hash: Vec<u8> = match algorithm {
-        "sha256" => sha2::Sha256::digest(bytes).to_vec(),
-        "sha512" => sha2::Sha512::digest(bytes).to_vec(),
-        _ => return None,
-    };
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("{algorithm}:{hex}"))
-}
-
 /// A response body of at most `limit` bytes (a larger one is an error, read no further).
 async fn read_limited(
     url: &str,
@@ -680,47 +607,6 @@ async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest::Response, 
         status,
         detail,
     })
-}
-
-/// The target of `Link: </v2/_catalog?last=x&n=2>; rel="next"`.
-fn next_link(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        params.contains("rel=\"next\"").then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned()
-        })
-    })
-}
-
-/// `realm="https://auth",service="registry",scope="repository:a:pull"` → pairs.
-fn parse_challenge(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = text.trim();
-    while let Some((key, after)) = rest.split_once('=') {
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.split_once('"') {
-                Some((v, r)) => (v.to_owned(), r),
-                None => (quoted.to_owned(), ""),
-            }
-        } else {
-            match after.split_once(',') {
-                Some((v, r)) => (v.trim().to_owned(), r),
-                None => (after.trim().to_owned(), ""),
-            }
-        };
-        out.push((key, value));
-        rest = remaining.trim_start_matches(',').trim();
-    }
-    out
 }
 
 #[cfg(test)]
