@@ -165,9 +165,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 allow_recreate: config.prune.allow_recreate.clone(),
                 fence: None,
             };
-            let report = runtime()?.block_on(sync_with_leases(
-                &config, &cluster, &stacks, options, wait_lease,
-            ))?;
+            // Takes the Leases of the stacks it writes (refusing, or with --wait-lease waiting,
+            // when a daemon holds one), reconciles, gives them back. A dry run takes none.
+            let report = runtime()?.block_on(async {
+                let client =
+                    driftless::cluster::connect(&cluster_target(&config, &cluster)).await?;
+                let settings = config.leases.settings();
+                anyhow::Ok(
+                    reconcile::reconcile_leased(&client, &stacks, options, settings, wait_lease)
+                        .await?,
+                )
+            })?;
             print_report(&report, output, dry_run);
             Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
         }
@@ -510,61 +518,6 @@ async fn reconcile_with(
 ) -> anyhow::Result<Report> {
     let client = driftless::cluster::connect(&cluster_target(config, cluster)).await?;
     Ok(reconcile::reconcile(&client, stacks, options).await?)
-}
-
-/// `sync`: takes the Leases of the stacks it writes (refusing, or with `--wait-lease`
-/// waiting, when a daemon holds one), reconciles, gives them back. A dry run takes none.
-async fn sync_with_leases(
-    config: &HostConfig,
-    cluster: &ClusterArgs,
-    stacks: &[RenderedStack],
-    mut options: reconcile::Options,
-    wait_lease: bool,
-) -> anyhow::Result<Report> {
-    let client = driftless::cluster::connect(&cluster_target(config, cluster)).await?;
-    if options.dry_run {
-        return Ok(reconcile::reconcile(&client, stacks, &options).await?);
-    }
-    // Unknown stacks are refused before any Lease is taken for them.
-    if let Some(name) = options
-        .only
-        .iter()
-        .find(|n| !stacks.iter().any(|s| &s.name == *n))
-    {
-        return Err(reconcile::Error::UnknownStack(name.clone()).into());
-    }
-    let names: Vec<String> = if options.only.is_empty() {
-        stacks.iter().map(|s| s.name.clone()).collect()
-    } else {
-        options.only.clone()
-    };
-    // Stacks of this source that left the revision are written too (removed or handed over)
-    // when their Leases are free.
-    let mut optional = Vec::new();
-    if options.only.is_empty() {
-        let listed = driftless::cluster::inventory::list(&client, &options.instance).await?;
-        for inv in listed.own {
-            if !names.contains(&inv.stack)
-                && inv.source == options.source
-                && driftless::stack::load::is_dns_label(&inv.stack)
-            {
-                optional.push(inv.stack);
-            }
-        }
-    }
-    let leases = driftless::cluster::lease::SyncLeases::take(
-        client.clone(),
-        &options.instance,
-        config.leases.settings(),
-        &names,
-        &optional,
-        wait_lease,
-    )
-    .await?;
-    options.fence = Some(leases.fence());
-    let report = reconcile::reconcile(&client, stacks, &options).await;
-    leases.release().await;
-    Ok(report?)
 }
 
 /// Asks the daemon for its status (`/api/v1/status`) and prints it. Exit 0 when ready, 2 when

@@ -6,9 +6,12 @@
 mod bind;
 mod check;
 mod execute;
+mod leased;
 mod observe;
 mod options;
 mod prune;
+
+pub use leased::reconcile_leased;
 
 pub use options::{Options, source_id};
 
