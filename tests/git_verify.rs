@@ -530,13 +530,12 @@ async fn daemon_applies_only_verified_revisions() {
     .unwrap();
     let pgp_keys = dir.path().join("openpgp-keys.asc");
     std::fs::write(&pgp_keys, pgp.public_key()).unwrap();
-    let port = support::daemon::free_port();
     let config = dir.path().join("driftless.yaml");
     std::fs::write(
         &config,
         format!(
             "instance: {id}\nsource:\n  git:\n    url: 'file://{}'\n    branch: main\n    verify: {{mode: head, allowedSignersFile: allowed_signers, openpgpKeysFile: {}}}\n\
-             stateDir: {}\ncredentialsDir: {}\ndaemon:\n  listen: 127.0.0.1:{port}\n  pollInterval: 1s\n",
+             stateDir: {}\ncredentialsDir: {}\ndaemon:\n  listen: 127.0.0.1:0\n  pollInterval: 1s\n",
             repo.path().display(),
             pgp_keys.display(),
             dir.path().join("state").display(),
@@ -566,7 +565,7 @@ async fn daemon_applies_only_verified_revisions() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = support::daemon::wait_listening(&dir.path().join("state"), &mut child);
     let ns = format!("ns-{id}");
     let value = || {
         let out = Command::new(env.var("KUBECTL"))
@@ -869,12 +868,9 @@ fn diff_and_sync_from_the_configured_source_obey_verify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_runs_obey_verify() {
     let env = TestEnv::get();
-    let port = support::daemon::free_port();
     let v = Verified::new(
         "vfyhook",
-        &format!(
-            "daemon:\n  listen: 127.0.0.1:{port}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n"
-        ),
+        "daemon:\n  listen: 127.0.0.1:0\n  pollInterval: 1h\n  webhooks: {github: {secretFile: github-secret}}\n",
     );
     std::fs::write(
         v.dir.path().join("creds/github-secret"),
@@ -893,21 +889,23 @@ async fn webhook_runs_obey_verify() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = support::daemon::wait_listening(&v.dir.path().join("state"), &mut child);
     let status = || async {
         let r = reqwest::get(format!("{base}/api/v1/status")).await.ok()?;
         r.json::<serde_json::Value>().await.ok()
     };
+    // The status names a revision once it loaded; its objects are applied by the run after.
     eventually(
         "the first revision applied",
         Duration::from_secs(60),
         || async {
             let st = status().await?;
-            (st["appliedRevision"]["sha"] == first.as_str()).then_some(())
+            (st["appliedRevision"]["sha"] == first.as_str()
+                && v.value().as_deref() == Some("first"))
+            .then_some(())
         },
     )
     .await;
-    assert_eq!(v.value().as_deref(), Some("first"));
     let body = serde_json::to_vec(&serde_json::json!({
         "ref": "refs/heads/main",
         "after": "0000000000000000000000000000000000000000",
@@ -936,12 +934,13 @@ async fn webhook_runs_obey_verify() {
         Duration::from_secs(60),
         || async {
             let st = status().await?;
-            (st["appliedRevision"]["sha"] == signed.as_str() && st.get("unverified").is_none())
-                .then_some(())
+            (st["appliedRevision"]["sha"] == signed.as_str()
+                && st.get("unverified").is_none()
+                && v.value().as_deref() == Some("second"))
+            .then_some(())
         },
     )
     .await;
-    assert_eq!(v.value().as_deref(), Some("second"));
     let _ = child.kill();
     let _ = child.wait();
 }

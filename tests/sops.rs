@@ -186,14 +186,13 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "sops stack"]);
 
-    let port = support::daemon::free_port();
     let state = dir.path().join("state");
     let config = dir.path().join("driftless.yaml");
     std::fs::write(
         &config,
         format!(
             "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n\
-             sops: {{ageKeyFile: age.key}}\ndaemon:\n  listen: 127.0.0.1:{port}\n  pollInterval: 1s\n",
+             sops: {{ageKeyFile: age.key}}\ndaemon:\n  listen: 127.0.0.1:0\n  pollInterval: 1s\n",
             repo.path().display(),
             state.display(),
             creds.display()
@@ -213,7 +212,7 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = support::daemon::wait_listening(&state, &mut child);
 
     // Converges: the decrypted values are in the cluster.
     eventually(
@@ -320,8 +319,9 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
         runs.push_str(&one);
     }
     assert!(runs.contains("\"changes\""), "the runs were read: {runs}");
-    let _ = child.kill();
-    let _ = child.wait();
+    // A clean stop gives the stack's Lease back, so the CLI's sync below may take it.
+    support::run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "a clean stop");
 
     // The CLI against the same source: a diff back to the first values, then a sync.
     git(repo.path(), &["revert", "--no-edit", "HEAD"]);

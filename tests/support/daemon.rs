@@ -77,12 +77,37 @@ impl Drop for Daemon {
 
 /// A port that was free a moment ago. Racy (another process may take it before it is bound):
 /// only for servers that cannot bind port 0 and report the port they got.
+/// A port free a moment ago, for a server that cannot bind port 0 and report it (the registry a
+/// test starts). A daemon binds port 0 instead: see `wait_listening`.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The endpoint of a daemon started with `listen: 127.0.0.1:0`: waits until it has bound and
+/// written `<state_dir>/listen` (removed beforehand by the caller, or fresh), and returns
+/// `http://<address>`. Panics if `child` exits first or nothing is written within 60 s.
+pub fn wait_listening(state_dir: &Path, child: &mut Child) -> String {
+    let listen_file = state_dir.join("listen");
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&listen_file)
+            && text.ends_with('\n')
+        {
+            return format!("http://{}", text.trim());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}) before listening");
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the daemon did not listen within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn write_stack(repo: &Path, id: &str, value: &str) {
