@@ -554,17 +554,19 @@ async fn daemon_applies_only_verified_revisions() {
         git(repo.path(), &["rev-parse", "HEAD"])
     };
     commit_value("ssh", &Sign::Ssh(&allowed));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("KUBECONFIG", env.var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = support::daemon::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = support::daemon::wait_listening(&dir.path().join("state"), &mut child);
     let ns = format!("ns-{id}");
     let value = || {
@@ -878,17 +880,19 @@ async fn webhook_runs_obey_verify() {
     )
     .unwrap();
     let first = v.commit("first", true);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(&v.config)
-        .arg("run")
-        .env("KUBECONFIG", env.var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = support::daemon::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .arg("--config")
+            .arg(&v.config)
+            .arg("run")
+            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = support::daemon::wait_listening(&v.dir.path().join("state"), &mut child);
     let status = || async {
         let r = reqwest::get(format!("{base}/api/v1/status")).await.ok()?;

@@ -200,18 +200,20 @@ async fn sops_secret_and_configmap_converge_and_never_show() {
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("KUBECONFIG", env.var("KUBECONFIG"))
-        .env("DRIFTLESS_LOG", "debug")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::fs::File::create(dir.path().join("daemon.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = support::daemon::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env("DRIFTLESS_LOG", "debug")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::fs::File::create(dir.path().join("daemon.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let base = support::daemon::wait_listening(&state, &mut child);
 
     // Converges: the decrypted values are in the cluster.

@@ -77,6 +77,30 @@ impl Drop for Daemon {
 
 /// A port that was free a moment ago. Racy (another process may take it before it is bound):
 /// only for servers that cannot bind port 0 and report the port they got.
+/// A child process killed when dropped: a test that panics leaves no daemon behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port free a moment ago, for a server that cannot bind port 0 and report it (the registry a
 /// test starts). A daemon binds port 0 instead: see `wait_listening`.
 pub fn free_port() -> u16 {
