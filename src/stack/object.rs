@@ -327,53 +327,51 @@ pub(super) fn finish_object(
     })
 }
 
+/// Moves the string values of `map[field]` into `out`, converted by `convert` (which gets the
+/// key). The error names the field and key only, never a value.
+fn take_strings(
+    map: &mut Map<String, Value>,
+    field: &str,
+    expected: &str,
+    out: &mut BTreeMap<String, SecretSlice<u8>>,
+    convert: impl Fn(&str, String) -> std::result::Result<Vec<u8>, String>,
+) -> std::result::Result<(), String> {
+    let Some(data) = map.remove(field) else {
+        return Ok(());
+    };
+    let Value::Object(data) = data else {
+        return Err(format!("`{field}` must be a mapping"));
+    };
+    for (k, v) in data {
+        let Value::String(s) = v else {
+            return Err(format!("{field}.{k} must be {expected}"));
+        };
+        let bytes = convert(&k, s)?;
+        out.insert(k, SecretSlice::from(bytes));
+    }
+    Ok(())
+}
+
 /// Moves `data` (base64) and `stringData` out of a Secret into wrapped bytes. The error names
 /// the field and key only, never a value.
 fn take_secret_data(map: &mut Map<String, Value>) -> std::result::Result<SecretData, String> {
     let mut out = BTreeMap::new();
-    if let Some(data) = map.remove("data") {
-        let Value::Object(data) = data else {
-            return Err("`data` must be a mapping".to_owned());
-        };
-        for (k, v) in data {
-            let Value::String(s) = v else {
-                return Err(format!("data.{k} must be a base64 string"));
-            };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|_| format!("data.{k} is not valid base64"))?;
-            out.insert(k, SecretSlice::from(bytes));
-        }
-    }
-    if let Some(data) = map.remove("stringData") {
-        let Value::Object(data) = data else {
-            return Err("`stringData` must be a mapping".to_owned());
-        };
-        // As the API server does: stringData wins over data for the same key.
-        for (k, v) in data {
-            let Value::String(s) = v else {
-                return Err(format!("stringData.{k} must be a string"));
-            };
-            out.insert(k, SecretSlice::from(s.into_bytes()));
-        }
-    }
+    take_strings(map, "data", "a base64 string", &mut out, |k, s| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| format!("data.{k} is not valid base64"))
+    })?;
+    // As the API server does: stringData wins over data for the same key.
+    take_strings(map, "stringData", "a string", &mut out, |_, s| {
+        Ok(s.into_bytes())
+    })?;
     Ok(SecretData(out, DataForm::Base64))
 }
 
 /// Moves a SOPS-decrypted ConfigMap's `data` out into wrapped bytes (text values).
 fn take_config_map_data(map: &mut Map<String, Value>) -> std::result::Result<SecretData, String> {
     let mut out = BTreeMap::new();
-    if let Some(data) = map.remove("data") {
-        let Value::Object(data) = data else {
-            return Err("`data` must be a mapping".to_owned());
-        };
-        for (k, v) in data {
-            let Value::String(s) = v else {
-                return Err(format!("data.{k} must be a string"));
-            };
-            out.insert(k, SecretSlice::from(s.into_bytes()));
-        }
-    }
+    take_strings(map, "data", "a string", &mut out, |_, s| Ok(s.into_bytes()))?;
     Ok(SecretData(out, DataForm::Text))
 }
 
