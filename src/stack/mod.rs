@@ -187,11 +187,21 @@ pub enum Error {
     DependencyCycle { cycle: String },
     /// A SOPS-encrypted manifest that does not decrypt or holds decrypted values where they
     /// would be shown. The message never holds a value.
-    #[error("{file}: stack {stack}: SOPS: {message}")]
+    #[error("{file}: stack {stack}: SOPS: {}{error}", document.map(|d| format!("document {d}: ")).unwrap_or_default())]
     Sops {
         file: PathBuf,
         stack: String,
-        message: String,
+        /// 1-based, when the error is about one document's content.
+        document: Option<usize>,
+        #[source]
+        error: sops::Error,
+    },
+    /// The age identity (`sops.ageKeyFile`) cannot be read or parsed.
+    #[error("{file}: stack {stack}: SOPS: sops.ageKeyFile {error}")]
+    SopsKey {
+        file: PathBuf,
+        stack: String,
+        error: String,
     },
 }
 
@@ -259,10 +269,10 @@ fn sops_decryption(
     if placeholders {
         return Ok(sops::Decryption::Placeholder);
     }
-    let fail = |message: String| Error::Sops {
+    let fail = |error: String| Error::SopsKey {
         file: file.path.clone(),
         stack: stack.name.clone(),
-        message,
+        error,
     };
     match credentials.sops_age_key() {
         None => Ok(sops::Decryption::Unavailable(
@@ -272,7 +282,7 @@ fn sops_decryption(
         Some(Err(e)) => Err(fail(e.to_string())),
         Some(Ok(text)) => sops::AgeIdentity::parse(&text)
             .map(sops::Decryption::Key)
-            .map_err(|m| fail(format!("sops.ageKeyFile {m}"))),
+            .map_err(|e| fail(e.to_string())),
     }
 }
 

@@ -148,9 +148,8 @@ fn render_stack(
                 return Err(Error::Sops {
                     file: file.path.clone(),
                     stack: stack.name.clone(),
-                    message:
-                        "SOPS files are decrypted among a stack's manifests only, not in overlays"
-                            .to_owned(),
+                    document: None,
+                    error: super::sops::Error::InOverlay,
                 });
             }
             for (doc, value) in parse_file(stack, file, &vars, cache)? {
@@ -291,22 +290,23 @@ fn decrypt_file(
     file: &SourceFile,
     decryption: &Decryption,
 ) -> Result<Vec<(usize, Value, bool)>> {
-    let fail = |message: String| Error::Sops {
+    let fail = |document: Option<usize>, error: super::sops::Error| Error::Sops {
         file: file.path.clone(),
         stack: stack.name.clone(),
-        message,
+        document,
+        error,
     };
     let json = file.path.extension().is_some_and(|e| e == "json");
     let docs = match decryption {
         Decryption::Key(identity) => super::sops::decrypt(&file.text, json, identity),
         Decryption::Placeholder => super::sops::placeholder(&file.text, json),
-        Decryption::Unavailable(why) => Err(format!("a SOPS-encrypted file, and {why}")),
+        Decryption::Unavailable(why) => Err(super::sops::Error::Unavailable(why.clone())),
     }
-    .map_err(fail)?;
+    .map_err(|e| fail(None, e))?;
     let mut out = Vec::with_capacity(docs.len());
     for (i, d) in docs.into_iter().enumerate() {
         let holds = super::sops::check_placement(&d.value, &d.encrypted)
-            .map_err(|m| fail(format!("document {}: {m}", i + 1)))?;
+            .map_err(|e| fail(Some(i + 1), e))?;
         out.push((i + 1, d.value, holds));
     }
     Ok(out)
