@@ -158,7 +158,10 @@ pub async fn run_post_sync(
                 }
                 Err(reason) => {
                     warn!(stack, job = %what, "hook no longer declared; its Job is kept: {reason}");
-                    done.kept.push(KeptObject { key: job, reason });
+                    done.kept.push(KeptObject {
+                        key: job,
+                        reason: reason.to_string(),
+                    });
                 }
             }
         }

@@ -11,8 +11,23 @@ use crate::stack::render::{HOOK_LABEL, STACK_LABEL};
 /// Annotation driftless writes on every object it applies: the instance that manages it.
 pub const INSTANCE_ANNOTATION: &str = "driftless.dev/instance";
 
-/// Why an object is not deleted: it is not this stack's of this instance.
-pub const NOT_MANAGED: &str = "not managed by this instance";
+/// Why an object is not deleted: it is not this stack's of this instance. Every message starts
+/// with "not managed by this instance".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotManaged {
+    #[error("not managed by this instance: no label {label}")]
+    NoLabel { label: &'static str },
+    #[error("not managed by this instance: label {label} is {value:?}")]
+    OtherStack { label: &'static str, value: String },
+    #[error("not managed by this instance: no annotation {INSTANCE_ANNOTATION}")]
+    NoInstance,
+    #[error("not managed by this instance: annotation {INSTANCE_ANNOTATION} is {0:?}")]
+    OtherInstance(String),
+    #[error("not managed by this instance: the object read has no name or uid")]
+    NoIdentity,
+    #[error("not managed by this instance: it was not found")]
+    NotFound,
+}
 
 /// The stack of one driftless instance: who may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +74,8 @@ impl Deletable {
 }
 
 /// Checks `live` against `owner`: a `Deletable` when its label (per `role`) names the stack and
-/// its `driftless.dev/instance` annotation the instance; otherwise why it is kept, starting
-/// with `NOT_MANAGED`.
-pub fn check(live: &Value, owner: Owner<'_>, role: Role) -> Result<Deletable, String> {
+/// its `driftless.dev/instance` annotation the instance; otherwise why it is kept.
+pub fn check(live: &Value, owner: Owner<'_>, role: Role) -> Result<Deletable, NotManaged> {
     let label = role.label();
     let text = |path: &str, key: &str| {
         live.pointer(path)
@@ -70,15 +84,19 @@ pub fn check(live: &Value, owner: Owner<'_>, role: Role) -> Result<Deletable, St
     };
     let stack = text("/metadata/labels", label);
     let instance = text("/metadata/annotations", INSTANCE_ANNOTATION);
-    let problem = match (stack, instance) {
-        (None, _) => format!("no label {label}"),
-        (Some(s), _) if s != owner.stack => format!("label {label} is {s:?}"),
-        (_, None) => format!("no annotation {INSTANCE_ANNOTATION}"),
-        (_, Some(i)) if i != owner.instance => format!("annotation {INSTANCE_ANNOTATION} is {i:?}"),
-        _ => String::new(),
-    };
-    if !problem.is_empty() {
-        return Err(format!("{NOT_MANAGED}: {problem}"));
+    match (stack, instance) {
+        (None, _) => return Err(NotManaged::NoLabel { label }),
+        (Some(s), _) if s != owner.stack => {
+            return Err(NotManaged::OtherStack {
+                label,
+                value: s.to_owned(),
+            });
+        }
+        (_, None) => return Err(NotManaged::NoInstance),
+        (_, Some(i)) if i != owner.instance => {
+            return Err(NotManaged::OtherInstance(i.to_owned()));
+        }
+        _ => {}
     }
     let name = text("/metadata", "name").unwrap_or_default();
     match text("/metadata", "uid") {
@@ -86,7 +104,7 @@ pub fn check(live: &Value, owner: Owner<'_>, role: Role) -> Result<Deletable, St
             name: name.to_owned(),
             uid: uid.to_owned(),
         }),
-        _ => Err(format!("{NOT_MANAGED}: the object read has no name or uid")),
+        _ => Err(NotManaged::NoIdentity),
     }
 }
 
@@ -172,8 +190,10 @@ mod tests {
             match (check(&live, owner, role), want) {
                 (Ok(d), Ok(())) => assert_eq!((d.name(), d.uid()), ("web", "u-1"), "{what}"),
                 (Err(reason), Err(part)) => {
+                    let reason = reason.to_string();
                     assert!(
-                        reason.starts_with(NOT_MANAGED) && reason.contains(part),
+                        reason.starts_with("not managed by this instance: ")
+                            && reason.contains(part),
                         "{what}: {reason}"
                     )
                 }

@@ -80,7 +80,7 @@ pub(super) fn keep_reason(
     }
     let live = c.live.as_ref()?;
     if let Err(reason) = ownership::check(live, owner, Role::Object) {
-        return Some(reason);
+        return Some(reason.to_string());
     }
     let annotation = live
         .pointer("/metadata/annotations")

@@ -67,7 +67,7 @@ pub fn decide(
     }
     let checked = match live {
         Some(live) => ownership::check(live, owner, Role::Object).map(|_| ()),
-        None => Err(format!("{}: it was not found", ownership::NOT_MANAGED)),
+        None => Err(ownership::NotManaged::NotFound),
     };
     match checked {
         Ok(()) => Recreate::Yes,

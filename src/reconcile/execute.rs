@@ -238,7 +238,7 @@ async fn recreate_delete(
         ownership::check(&live, owner, Role::Object).map_err(|reason| ClusterError::Refused {
             object: what.clone(),
             action: "delete to recreate",
-            reason,
+            reason: reason.to_string(),
         })?;
     if apply::delete(api, &target, &what).await? {
         wait::gone(api, &key.name, &what, "for recreation").await?;

@@ -85,7 +85,7 @@ pub(super) async fn prune(
                 Ok(target) => target,
                 Err(reason) => {
                     warn!(stack = %owner.stack, object = %what, "not pruned: {reason}");
-                    kept.push((change.key.clone(), reason));
+                    kept.push((change.key.clone(), reason.to_string()));
                     continue;
                 }
             };

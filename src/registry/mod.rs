@@ -381,11 +381,9 @@ impl Client {
         let (claimed, media_type) = (header("docker-content-digest"), header("content-type"));
         let bytes = read_limited(&url, resp, MANIFEST_MAX_BYTES).await?;
         let expected =
-            manifest_digest(reference, claimed.as_deref(), &bytes).map_err(|message| {
-                Error::Body {
-                    url: url.clone(),
-                    message,
-                }
+            manifest_digest(reference, claimed.as_deref(), &bytes).map_err(|e| Error::Body {
+                url: url.clone(),
+                message: e.to_string(),
             })?;
         Ok(Some(Manifest {
             digest: expected,

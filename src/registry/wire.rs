@@ -39,33 +39,48 @@ pub fn index_children(manifest: &Value) -> Vec<String> {
 /// The digest of a manifest read by `reference` (pure): always computed from the exact `bytes`
 /// received. A `Docker-Content-Digest` header (`claimed`) names the algorithm and must equal the
 /// computed digest; without one, a digest reference does, else sha256. A manifest read by digest
+/// Why a manifest's bytes are not taken: nothing is decided (or deleted) from them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("malformed Docker-Content-Digest header")]
+    MalformedHeader,
+    #[error("unsupported digest algorithm {0:?}")]
+    Algorithm(String),
+    #[error("the manifest's content is {computed}, the Docker-Content-Digest header says {header}")]
+    HeaderDisagrees { computed: String, header: String },
+    #[error("asked for {asked}, got {computed}")]
+    NotAsked { asked: String, computed: String },
+}
+
 /// must be that digest. Any disagreement is an error: nothing is decided (or deleted) from it.
 pub fn manifest_digest(
     reference: &str,
     claimed: Option<&str>,
     bytes: &[u8],
-) -> Result<String, String> {
+) -> Result<String, DigestError> {
     let algorithm = match claimed {
-        Some(d) if !is_digest(d) => {
-            return Err("malformed Docker-Content-Digest header".to_owned());
-        }
+        Some(d) if !is_digest(d) => return Err(DigestError::MalformedHeader),
         Some(d) => d,
         None if is_digest(reference) => reference,
         None => "sha256:",
     }
     .split_once(':')
     .map_or("", |(a, _)| a);
-    let computed = digest_of(algorithm, bytes)
-        .ok_or_else(|| format!("unsupported digest algorithm {algorithm:?}"))?;
+    let computed =
+        digest_of(algorithm, bytes).ok_or_else(|| DigestError::Algorithm(algorithm.to_owned()))?;
     if let Some(d) = claimed
         && d != computed
     {
-        return Err(format!(
-            "the manifest's content is {computed}, the Docker-Content-Digest header says {d}"
-        ));
+        return Err(DigestError::HeaderDisagrees {
+            computed,
+            header: d.to_owned(),
+        });
     }
     if is_digest(reference) && reference != computed {
-        return Err(format!("asked for {reference}, got {computed}"));
+        return Err(DigestError::NotAsked {
+            asked: reference.to_owned(),
+            computed,
+        });
     }
     Ok(computed)
 }

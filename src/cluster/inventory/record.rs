@@ -98,10 +98,10 @@ pub(super) fn decode(name: &str, cm: &ConfigMap, limit: u64) -> Result<Inventory
     if !text.is_empty() {
         let stored: Stored = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
         for e in &stored.objects {
-            check_entry(e).map_err(&unreadable)?;
+            check_entry(e).map_err(|f| unreadable(f.to_string()))?;
         }
         for key in stored.hooks.keys() {
-            check_hook_key(key).map_err(&unreadable)?;
+            check_hook_key(key).map_err(|f| unreadable(f.to_string()))?;
         }
         inventory.source = stored.source;
         inventory.entries = stored.objects.into_iter().map(|e| (e.key(), e)).collect();
@@ -127,7 +127,16 @@ fn is_path_segment(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
-fn check_entry(e: &Entry) -> std::result::Result<(), String> {
+/// What in a stored record cannot be an object's identity (a forged or corrupted record).
+#[derive(Debug, thiserror::Error)]
+enum Forged {
+    #[error("entry {0:?} is not an object's identity")]
+    Entry(String),
+    #[error("hook {0:?} is not a namespace/name")]
+    Hook(String),
+}
+
+fn check_entry(e: &Entry) -> std::result::Result<(), Forged> {
     let group = e.api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let kind_ok = !e.kind.is_empty() && e.kind.chars().all(|c| c.is_ascii_alphanumeric());
     let version_ok = !e.api_version.is_empty() && e.api_version.matches('/').count() <= 1;
@@ -136,18 +145,15 @@ fn check_entry(e: &Entry) -> std::result::Result<(), String> {
         .as_deref()
         .is_none_or(crate::stack::load::is_dns_label);
     if !(kind_ok && version_ok && namespace_ok && is_path_segment(&e.name) && group == e.group) {
-        return Err(format!(
-            "entry {:?} is not an object's identity",
-            format!("{}/{}", e.api_version, e.key())
-        ));
+        return Err(Forged::Entry(format!("{}/{}", e.api_version, e.key())));
     }
     Ok(())
 }
 
-fn check_hook_key(key: &str) -> std::result::Result<(), String> {
+fn check_hook_key(key: &str) -> std::result::Result<(), Forged> {
     match key.split_once('/') {
         Some((ns, name)) if crate::stack::load::is_dns_label(ns) && is_path_segment(name) => Ok(()),
-        _ => Err(format!("hook {key:?} is not a namespace/name")),
+        _ => Err(Forged::Hook(key.to_owned())),
     }
 }
 
