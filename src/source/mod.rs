@@ -6,17 +6,19 @@
 //! The followed branch or tag is taken from what the remote advertises in this fetch, never from
 //! the mirror's refs, so a ref deleted on the remote is reported, not silently kept.
 //!
-//! Files: `remote` (what a URL names; refused URLs), `transport` (libgit2 callbacks: host keys,
+//! Files: `git_ref` (branch, tag or commit followed), `remote` (what a URL names; refused URLs), `transport` (libgit2 callbacks: host keys,
 //! credentials, deadline), `known_hosts` (OpenSSH matching), `checkout` (bounded checkouts and
 //! their cleanup), `verify` and `allowed_signers` (commit and tag signatures).
 
 mod allowed_signers;
 mod checkout;
+mod git_ref;
 mod known_hosts;
 mod remote;
 mod transport;
 pub mod verify;
 
+pub use git_ref::GitRef;
 pub use verify::{Refusal, Verifier};
 
 use std::path::{Path, PathBuf};
@@ -158,66 +160,6 @@ impl Default for FetchLimits {
             max_blob_bytes: crate::stack::LoadLimits::default().max_file_bytes,
             max_entries: 100_000,
             keep_checkouts: 3,
-        }
-    }
-}
-
-/// What to follow on the remote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GitRef {
-    Branch(String),
-    Tag(String),
-    /// A pinned commit (full sha).
-    Commit(String),
-}
-
-impl GitRef {
-    /// The ref a host configuration follows: its tag, commit or branch (default branch `main`).
-    pub fn of(git: &crate::config::GitConfig) -> GitRef {
-        match (&git.branch, &git.tag, &git.commit) {
-            (_, Some(t), _) => GitRef::Tag(t.clone()),
-            (_, _, Some(c)) => GitRef::Commit(c.clone()),
-            (Some(b), _, _) => GitRef::Branch(b.clone()),
-            _ => GitRef::Branch("main".to_owned()),
-        }
-    }
-}
-
-impl GitRef {
-    /// Whether the ref is well formed: a branch or tag name git accepts (`git check-ref-format`:
-    /// no `:`, `*`, `..`, spaces…), a commit as a full sha. Anything else would make a refspec
-    /// of its own.
-    pub fn is_valid(&self) -> bool {
-        match self {
-            GitRef::Branch(name) | GitRef::Tag(name) => valid_ref_name(name),
-            GitRef::Commit(c) => checkout::is_sha(&c.to_ascii_lowercase()),
-        }
-    }
-}
-
-/// `git check-ref-format` for a branch or tag name below `refs/heads/` or `refs/tags/`. Pure
-/// (libgit2's own check would initialise libgit2 whenever the configuration is read).
-fn valid_ref_name(name: &str) -> bool {
-    let forbidden = |c: char| {
-        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    };
-    !name.is_empty()
-        && name != "@"
-        && !name.contains("..")
-        && !name.contains("@{")
-        && !name.ends_with('.')
-        && !name.chars().any(forbidden)
-        && name
-            .split('/')
-            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
-}
-
-impl std::fmt::Display for GitRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GitRef::Branch(b) => write!(f, "branch {b}"),
-            GitRef::Tag(t) => write!(f, "tag {t}"),
-            GitRef::Commit(c) => write!(f, "commit {c}"),
         }
     }
 }
@@ -673,7 +615,7 @@ mod tests {
             "v~1",
         ] {
             assert_eq!(
-                valid_ref_name(name),
+                git_ref::valid_ref_name(name),
                 git2::Reference::is_valid_name(&format!("refs/heads/{name}")),
                 "{name}"
             );

@@ -13,6 +13,7 @@
 pub mod accessory;
 pub mod enforce;
 mod garbage_collect;
+mod images;
 mod known;
 pub mod refs;
 pub mod report;

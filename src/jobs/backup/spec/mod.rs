@@ -37,6 +37,9 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+mod raw;
+use raw::{Raw, RawExec, RawPostgres};
+
 use super::retention::Policy;
 
 /// A spec that cannot be used, naming the file, job and field.
@@ -127,106 +130,6 @@ impl Origin<'_> {
         crate::stack::model::duration_text::parse(text)
             .map_err(|e| self.fail(field, Problem::Duration(e)))
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Raw {
-    source: RawSource,
-    destination: RawDestination,
-    retention: RawRetention,
-    #[serde(default)]
-    max_age: Option<String>,
-    #[serde(default)]
-    restore_drill: bool,
-    #[serde(default)]
-    timeout: Option<String>,
-    /// `null` (or absent): not encrypted.
-    #[serde(default)]
-    encryption: Option<RawEncryption>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawEncryption {
-    age_recipients: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSource {
-    #[serde(default)]
-    postgres: Option<RawPostgres>,
-    #[serde(default)]
-    s3: Option<S3Location>,
-    #[serde(default)]
-    exec: Option<RawExec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPostgres {
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    port_forward: Option<PodTarget>,
-    database: String,
-    username: String,
-    #[serde(default)]
-    password_file: Option<String>,
-    #[serde(default)]
-    globals: bool,
-    /// Refused (the host configuration's `jobs.postgresBinDir` decides); read to say so.
-    #[serde(default)]
-    bin_dir: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawExec {
-    namespace: String,
-    #[serde(default)]
-    pod: Option<String>,
-    #[serde(default)]
-    service: Option<String>,
-    #[serde(default)]
-    container: Option<String>,
-    #[serde(default)]
-    command: Vec<String>,
-    #[serde(default)]
-    copy_out: Vec<String>,
-    #[serde(default)]
-    timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawDestination {
-    #[serde(default)]
-    local: Option<LocalDir>,
-    #[serde(default)]
-    s3: Option<S3Location>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRetention {
-    #[serde(default)]
-    keep_last: Option<u32>,
-    #[serde(default)]
-    keep_hourly: Option<u32>,
-    #[serde(default)]
-    keep_daily: Option<u32>,
-    #[serde(default)]
-    keep_weekly: Option<u32>,
-    #[serde(default)]
-    keep_monthly: Option<u32>,
-    #[serde(default)]
-    keep_yearly: Option<u32>,
-    #[serde(default)]
-    keep_within: Option<String>,
 }
 
 /// A pod (or a service's ready pod) and port reached through the API server.
