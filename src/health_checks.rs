@@ -29,7 +29,14 @@ use cel::{Env, IdedExpr};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cluster::health::HealthStatus;
+/// The health of one object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "message", rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Progressing(String),
+    Failed(String),
+}
 
 /// `apiVersion` of a health-checks file.
 pub const API_VERSION: &str = "driftless.dev/v1alpha1";

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod doctor;
 pub mod health_checks;
+pub mod host;
 pub mod init;
 pub mod jobs;
 pub mod logging;

@@ -4,21 +4,13 @@
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::Result;
 use super::discovery::Kinds;
 use crate::stack::ObjectKey;
 
-/// The health of one object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", content = "message", rename_all = "lowercase")]
-pub enum HealthStatus {
-    Healthy,
-    Progressing(String),
-    Failed(String),
-}
+pub use crate::health_checks::HealthStatus;
 
 fn int(v: &Value, pointer: &str) -> Option<i64> {
     v.pointer(pointer).and_then(Value::as_i64)

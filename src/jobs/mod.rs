@@ -4,6 +4,7 @@
 //! dispatch that runs one job and records it (`runner`).
 
 pub mod backup;
+pub mod common;
 pub mod host;
 pub mod image_cleanup;
 pub mod model;

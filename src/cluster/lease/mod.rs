@@ -55,11 +55,7 @@ impl Settings {
 
 /// A holder identity for this process: `<host>-<8 random hex digits>`.
 pub fn default_identity() -> String {
-    format!(
-        "{}-{:08x}",
-        crate::jobs::host::host_name(),
-        rand::random::<u32>()
-    )
+    format!("{}-{:08x}", crate::host::host_name(), rand::random::<u32>())
 }
 
 /// The Lease of `stack` of `instance` (both DNS labels, so the name is unambiguous).

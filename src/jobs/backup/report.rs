@@ -178,7 +178,7 @@ pub const NEWEST_FIGURE: &str = "newestCompleteTimestamp";
 
 /// `1.5 MiB`.
 pub fn human_bytes(n: u64) -> String {
-    crate::jobs::image_cleanup::human_bytes(n)
+    crate::jobs::common::human_bytes(n)
 }
 
 /// The newest complete backup recorded by a job's runs (from its run records' figures), and the

@@ -205,7 +205,7 @@ pub fn parse(file: &Path, job: &str, spec: &serde_json::Value) -> Result<Spec, E
         ("passwordFile", &raw.registry.password_file),
     ] {
         if let Some(f) = file {
-            crate::jobs::backup::spec::plain_credential(f)
+            crate::jobs::common::plain_credential(f)
                 .map_err(|m| fail(format!("spec.registry.{field}: {m}")))?;
         }
     }

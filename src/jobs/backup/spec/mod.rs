@@ -103,12 +103,7 @@ pub enum Problem {
     Recipient(#[from] super::crypt::BadRecipient),
 }
 
-/// A credential file named with a directory part, `..` or an absolute path.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0:?} must be a plain file name in the credentials directory (no directory part, no '..', not absolute)"
-)]
-pub struct NotPlainName(pub String);
+pub use crate::jobs::common::NotPlainName;
 
 /// The file and job a spec comes from, for errors.
 struct Origin<'a> {
@@ -521,14 +516,7 @@ fn check_s3(at: &Origin<'_>, field: &str, s: &mut S3Location) -> Result<(), Erro
     Ok(())
 }
 
-/// A credential file a job names must be a plain file name in the credentials directory (see
-/// `credentials`): checked when the job is loaded, so `validate` refuses `/etc/...` or `../x`.
-pub(crate) fn plain_credential(file: &str) -> Result<(), NotPlainName> {
-    match crate::credentials::plain_name(file) {
-        Some(_) => Ok(()),
-        None => Err(NotPlainName(file.to_owned())),
-    }
-}
+pub(crate) use crate::jobs::common::plain_credential;
 
 #[cfg(test)]
 mod tests {
