@@ -183,7 +183,7 @@ impl HealthChecks {
     /// the same level are errors naming the file.
     pub fn compile(sources: &[Source]) -> Result<HealthChecks, Error> {
         let env =
-            crate::policy::cel::environment().map_err(|e| Error::Environment(e.to_string()))?;
+            crate::expression::environment().map_err(|e| Error::Environment(e.to_string()))?;
         let mut shared: Vec<HealthCheck> = Vec::new();
         let mut per_stack: BTreeMap<String, Vec<HealthCheck>> = BTreeMap::new();
         for source in sources {
@@ -258,11 +258,11 @@ impl HealthChecks {
 
     /// The health of `live` by `check`.
     pub fn evaluate(&self, check: &HealthCheck, live: &Value) -> HealthStatus {
-        let object = crate::policy::cel::to_val(live);
-        let context = crate::policy::cel::request_context(&self.env, vec![("object", object)]);
+        let object = crate::expression::to_val(live);
+        let context = crate::expression::request_context(&self.env, vec![("object", object)]);
         let mut errors = Vec::new();
         let mut holds = |name: &str, e: &Expression| -> bool {
-            match crate::policy::cel::execute(&e.program, &context) {
+            match crate::expression::execute(&e.program, &context) {
                 Ok(cel::Value::Bool(b)) => b,
                 Ok(other) => {
                     errors.push(format!("{name}: not a bool but {:?}", other.type_of()));
@@ -278,12 +278,10 @@ impl HealthChecks {
             check
                 .message
                 .as_ref()
-                .and_then(
-                    |m| match crate::policy::cel::execute(&m.program, &context) {
-                        Ok(cel::Value::String(s)) if !s.is_empty() => Some(s.to_string()),
-                        _ => None,
-                    },
-                )
+                .and_then(|m| match crate::expression::execute(&m.program, &context) {
+                    Ok(cel::Value::String(s)) if !s.is_empty() => Some(s.to_string()),
+                    _ => None,
+                })
                 .unwrap_or(default)
         };
         if let Some(f) = &check.failed
@@ -387,7 +385,7 @@ fn compile_check(
         ));
     }
     let compile = |field: &'static str, text: &str| -> Result<Expression, Error> {
-        let program = crate::policy::cel::compile(env, text).map_err(|m| invalid(field, m))?;
+        let program = crate::expression::compile(env, text).map_err(|m| invalid(field, m))?;
         let unknown: Vec<String> = root_identifiers(program.expression())
             .into_iter()
             .filter(|n| n != "object")
@@ -403,7 +401,7 @@ fn compile_check(
         }
         Ok(Expression {
             text: text.to_owned(),
-            program: Arc::new(crate::policy::cel::optimize(&program)),
+            program: Arc::new(crate::expression::optimize(&program)),
         })
     };
     let current = compile("current", &raw.current)?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod doctor;
+pub mod expression;
 pub mod health_checks;
 pub mod host;
 pub mod init;

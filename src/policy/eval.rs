@@ -9,12 +9,12 @@ use std::path::Path;
 use ::cel::Value as CelValue;
 use serde_json::Value;
 
-use super::cel::{evaluate, execute, shared, to_val};
 use super::matching::{Attributes, matches};
 use super::model::{FailurePolicy, ParameterNotFoundAction};
 use super::request::{Request, RevisionIndex, Source, pod_template_pointer};
 use super::resources::group_version;
 use super::{Binding, CompiledPolicy, CompiledVariable, Finding, Param, PolicySet};
+use crate::expression::{evaluate, execute, shared, to_val};
 use crate::stack::{ObjectKey, RenderedStack};
 
 /// From this many subjects on, `check` uses several threads.

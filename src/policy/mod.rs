@@ -2,15 +2,13 @@
 //! (CEL) against the desired objects of a revision before anything is applied.
 //!
 //! `load` reads `policies/` (the only I/O of the module); `model` is the admissionregistration
-//! format; `cel` the CEL environment and object conversion; `matching` the API server's
+//! format (CEL itself is `crate::expression`); `matching` the API server's
 //! matchConstraints rules; `eval` the evaluation (match conditions, variables, validations,
 //! params, pod-template autogen); `fixtures` the `driftless policy test` format. Evaluation is
 //! pure: a `PolicySet` and snapshots in, `Finding`s out.
 
-pub mod cel;
 mod eval;
 pub mod fixtures;
-mod library;
 mod load;
 mod matching;
 pub mod model;
@@ -104,7 +102,7 @@ pub struct Document {
 struct Compiled {
     source: String,
     program: ::cel::Program,
-    /// The program's expression as evaluated (`cel::optimize`).
+    /// The program's expression as evaluated (`crate::expression::optimize`).
     tree: ::cel::IdedExpr,
     /// For a variable whose value depends only on the request (not on `params` or other
     /// variables): its slot among the set's request-only expressions. Its value is computed once
@@ -270,7 +268,8 @@ impl PolicySet {
         global: Vec<Document>,
         stacks: Vec<(String, Vec<Document>)>,
     ) -> Result<PolicySet> {
-        let env = cel::environment().map_err(|e| Error::Environment(e.to_string()))?;
+        let env =
+            crate::expression::environment().map_err(|e| Error::Environment(e.to_string()))?;
         let mut set = PolicySet {
             env: Arc::new(env),
             policies: Vec::new(),
@@ -457,8 +456,9 @@ impl PolicySet {
                 field: field.clone(),
                 message,
             };
-            let program = cel::compile(&self.env, source).map_err(expression_error)?;
-            if let Some(unknown) = cel::variable_references(&program)
+            let program =
+                crate::expression::compile(&self.env, source).map_err(expression_error)?;
+            if let Some(unknown) = crate::expression::variable_references(&program)
                 .into_iter()
                 .find(|v| !visible.contains(&v.as_str()))
             {
@@ -483,7 +483,7 @@ impl PolicySet {
                 let request_only = !refs.has_variable("params") && !refs.has_variable("variables");
                 Compiled {
                     source: source.to_owned(),
-                    tree: cel::optimize(&program),
+                    tree: crate::expression::optimize(&program),
                     program,
                     // The slot is assigned by `from_scoped`.
                     shared: request_only.then_some(0),
@@ -590,7 +590,7 @@ fn param(doc: &Document, stack: Option<String>) -> Result<Param> {
         namespace: text("/metadata/namespace").map(str::to_owned),
         name: name.to_owned(),
         labels: model::labels_of(&doc.value),
-        value: cel::to_val(&doc.value),
+        value: crate::expression::to_val(&doc.value),
     })
 }
 

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use ::cel::common::value::Val;
 use serde_json::{Value, json};
 
-use super::cel::{map_val, request_context, string_val, to_val};
 use super::matching::Attributes;
 use super::model::labels_of;
 use super::resources::{crd_plurals, group_version, plural};
+use crate::expression::{map_val, request_context, string_val, to_val};
 use crate::stack::RenderedStack;
 
 /// A variable's value, or why it has none.

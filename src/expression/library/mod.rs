@@ -71,10 +71,10 @@ mod test_support {
 
     /// Evaluates `expr` in the policy environment without variables.
     pub fn eval(expr: &str) -> Result<Value, String> {
-        let env = Arc::new(crate::policy::cel::environment().map_err(|e| e.to_string())?);
-        let program = crate::policy::cel::compile(&env, expr)?;
-        let context = crate::policy::cel::request_context(&env, Vec::new());
-        crate::policy::cel::execute(&crate::policy::cel::optimize(&program), &context)
+        let env = Arc::new(crate::expression::environment().map_err(|e| e.to_string())?);
+        let program = crate::expression::compile(&env, expr)?;
+        let context = crate::expression::request_context(&env, Vec::new());
+        crate::expression::execute(&crate::expression::optimize(&program), &context)
     }
 
     /// Checks a table of expressions that must evaluate to `true`, and of expressions that must

@@ -1,12 +1,15 @@
-//! The CEL environment policies are compiled in, and the conversion of objects into CEL values.
+//! The CEL environment policies and declared health checks are compiled in, and the conversion
+//! of objects into CEL values (a leaf both `policy` and `health_checks` use).
 //!
 //! The environment is the `cel` crate's standard library with optional syntax (`.?`, `orValue`),
 //! its strings and lists extensions (as the API server enables them), and the Kubernetes
-//! libraries of `super::library` (regex, quantity, IP/CIDR, URL, lists). It is built once per
+//! libraries of `library` (regex, quantity, IP/CIDR, URL, lists). It is built once per
 //! `PolicySet`; programs are compiled once per expression.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+mod library;
 
 use cel::common::traits::{
     Adder, Comparer, Container as CelContainer, Indexer, Iterable, Sizer, Zeroer,
@@ -24,7 +27,7 @@ pub fn environment() -> Result<Env, cel::DeclarationError> {
     let mut env = Env::stdlib();
     env.add_extension(cel::extensions::strings)?;
     env.add_extension(cel::extensions::lists)?;
-    super::library::register(&mut env)?;
+    library::register(&mut env)?;
     Ok(env)
 }
 
