@@ -72,6 +72,14 @@ fn credentials(dir: &Path) -> PathBuf {
         ("floe-polaris-client-secret", "floe-polaris-secret"),
         ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
         ("floe-cube-api-secret", "floe-cube-secret"),
+        // The registry's certificate and users (used in prod; stack/README.md "Production").
+        ("registry-tls-crt", "registry-certificate"),
+        ("registry-tls-key", "registry-key"),
+        (
+            "registry-htpasswd",
+            "pusher:$2y$05$notarealhashnotarealhashnotarealhashnotarealhash",
+        ),
+        ("registry-pull-dockerconfig", r#"{"auths": {}}"#),
     ] {
         std::fs::write(creds.join(file), value).unwrap();
     }
@@ -390,17 +398,36 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
         "ClusterIP",
         "prod: no node port"
     );
+    // The registry over HTTPS with htpasswd users (stack/README.md "Production"): both Secrets
+    // from the host files, mounted (tests/bundled_prod.rs runs the rendered configuration).
+    assert_eq!(
+        get(&[
+            "secret",
+            "docker-registry-tls",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.type} {.metadata.labels.driftless\\.dev/host-secret}"
+        ]),
+        "kubernetes.io/tls true"
+    );
+    assert_eq!(
+        get(&[
+            "deploy",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.template.spec.volumes[?(@.name==\"tls\")].secret.secretName} {.spec.template.spec.volumes[?(@.name==\"htpasswd\")].secret.secretName}"
+        ]),
+        "docker-registry-tls docker-registry-htpasswd"
+    );
     converged(&prod, &DUCKLAKE);
 
     // Back to `local` (the state the other tests and the demo expect): the autoscaler, the
-    // budget and the network policies are pruned, the replica count is driftless's again. That
-    // is most of ducklake-app's objects, so the mass-prune gate asks first.
-    let out = on_stacks(&config, "sync", &DUCKLAKE);
-    assert!(
-        text(&out).contains("HorizontalPodAutoscaler/ducklake/ducklake-backend (mass-prune gate)"),
-        "{}",
-        text(&out)
-    );
+    // budget and the network policies are pruned, the replica count is driftless's again, the
+    // registry serves plain HTTP again. That is half of ducklake-app's objects (5 of 10, at the
+    // gate's default share of 50 %): with a stricter `prune.maxShare` the gate would ask first.
     sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &DUCKLAKE);
     assert!(
         kubectl_fails(&["get", "networkpolicy", "default-deny", "-n", "storage"]),
@@ -409,6 +436,18 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
     assert!(
         kubectl_fails(&["get", "hpa", "ducklake-backend", "-n", "ducklake"]),
         "the HPA is pruned"
+    );
+    assert_eq!(
+        get(&[
+            "deploy",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].readinessProbe.httpGet.path}"
+        ]),
+        "/v2/",
+        "local: HTTP probes again"
     );
     converged(&config, &DUCKLAKE);
 }
@@ -1219,3 +1258,4 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
         "no default-deny over the shared namespace default"
     );
 }
+

@@ -1,0 +1,352 @@
+//! The production rows of the bundled stacks' `prod` profile (stack/README.md "Production"):
+//! each renders as described there, and where a real server can show the setting works (the
+//! registry's TLS and htpasswd authentication), it is run with the rendered configuration.
+//! `bundled_stack.rs` syncs the DuckLake `prod` profile to the test cluster and validates both
+//! profiles with the shipped policies.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use support::TestEnv;
+
+/// The stacks of `profile`, rendered offline (host secrets as placeholders).
+fn render(profile: &str) -> Vec<driftless::stack::RenderedStack> {
+    let env = TestEnv::get();
+    let renderers = driftless::stack::Renderers {
+        helm: env.var("HELM").into(),
+        kubectl: env.var("KUBECTL").into(),
+        ..Default::default()
+    };
+    driftless::stack::load_and_render(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some(profile),
+        &driftless::credentials::Credentials::in_dir(None),
+        true,
+        &renderers,
+    )
+    .unwrap()
+    .0
+}
+
+/// The object `kind` `ns/name` of `stacks` (panics naming it when absent).
+fn object(stacks: &[driftless::stack::RenderedStack], kind: &str, ns: &str, name: &str) -> Value {
+    find(stacks, kind, ns, name).unwrap_or_else(|| panic!("no {kind} {ns}/{name} in the render"))
+}
+
+fn find(
+    stacks: &[driftless::stack::RenderedStack],
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Option<Value> {
+    stacks
+        .iter()
+        .flat_map(|s| &s.objects)
+        .find(|o| {
+            o.key.kind == kind
+                && o.key.namespace.as_deref().unwrap_or("") == ns
+                && o.key.name == name
+        })
+        .map(|o| o.object.clone())
+}
+
+/// The loaded jobs of `profile`.
+fn jobs(profile: &str) -> Vec<driftless::jobs::model::Job> {
+    let env = TestEnv::get();
+    let renderers = driftless::stack::Renderers {
+        helm: env.var("HELM").into(),
+        kubectl: env.var("KUBECTL").into(),
+        ..Default::default()
+    };
+    let stacks = driftless::stack::load::load_repo_with(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some(profile),
+        driftless::stack::load::LoadLimits::default(),
+        &renderers,
+    )
+    .unwrap();
+    driftless::jobs::model::load_jobs(&stacks).unwrap()
+}
+
+/// The single YAML document `text`, as JSON.
+fn yaml(text: &str) -> Value {
+    let mut docs = driftless::yaml::parse_documents(Path::new("config.yml"), text).unwrap();
+    assert_eq!(docs.len(), 1, "{text}");
+    docs.remove(0)
+}
+
+/// The container `name` of a workload's pod template.
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}: {workload:#}"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    support::run_ok(cmd)
+}
+
+/// A CA and a server certificate for `names` signed by it, written with openssl into `dir`:
+/// `ca.crt`, `tls.crt`, `tls.key`.
+fn certificate(dir: &Path, names: &[&str]) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+        "-subj",
+        "/CN=bundled-prod-test-ca",
+        "-days",
+        "1",
+    ]));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("tls.key"),
+        "-out",
+        &p("tls.csr"),
+        "-subj",
+        "/CN=docker-registry",
+    ]));
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join("ext"),
+        format!("subjectAltName={}\n", sans.join(",")),
+    )
+    .unwrap();
+    run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p("tls.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("tls.crt"),
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext"),
+    ]));
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `curl` over the Unix socket `sock` to `url`; the HTTP status code (000: no HTTP answer) and
+/// the response headers.
+fn curl(sock: &Path, url: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+        .arg("--unix-socket")
+        .arg(sock)
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = stdout
+        .get(stdout.len().saturating_sub(3)..)
+        .unwrap_or("")
+        .to_owned();
+    (code, stdout)
+}
+
+/// Seed 000 items 6-7: in `prod` the registry serves HTTPS only, with the certificate of the
+/// Secret `docker-registry-tls`, and answers only users of the htpasswd file of
+/// `docker-registry-htpasswd` (both from host files); `local` keeps plain HTTP without
+/// authentication. The rendered `prod` config.yml is run by a real registry (the test
+/// environment's binary): anonymous and wrong-password requests get 401, a user of the htpasswd
+/// file 200, plain HTTP is refused, and the certificate verifies against its CA under the
+/// Service's name. The cleanup job logs in with host files in `prod` only.
+#[test]
+fn registry_in_prod_serves_https_to_htpasswd_users_only() {
+    let prod = render("prod");
+    let local = render("local");
+    let config = |stacks: &[driftless::stack::RenderedStack]| {
+        let cm = object(stacks, "ConfigMap", "storage", "docker-registry-config");
+        cm["data"]["config.yml"].as_str().unwrap().to_owned()
+    };
+    let (prod_text, local_text) = (config(&prod), config(&local));
+    let mut prod_config = yaml(&prod_text);
+    let local_config = yaml(&local_text);
+    assert_eq!(
+        prod_config["http"]["tls"],
+        json!({"certificate": "/etc/docker/registry-tls/tls.crt", "key": "/etc/docker/registry-tls/tls.key"})
+    );
+    assert_eq!(
+        prod_config["auth"],
+        json!({"htpasswd": {"realm": "ducklake-registry", "path": "/etc/docker/registry-auth/htpasswd"}})
+    );
+    assert!(local_config.get("auth").is_none() && local_config["http"].get("tls").is_none());
+    // Nothing else differs: the prod overlay restates the base's file (change both together).
+    prod_config["http"].as_object_mut().unwrap().remove("tls");
+    prod_config.as_object_mut().unwrap().remove("auth");
+    assert_eq!(
+        prod_config, local_config,
+        "prod config.yml = base + tls + auth"
+    );
+
+    // The pod mounts both Secrets read-only where config.yml names them; TCP probes (a 401 is
+    // a live registry).
+    let deploy = object(&prod, "Deployment", "storage", "docker-registry");
+    let c = container(&deploy, "registry");
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let volumes = deploy["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    for (path, secret) in [
+        ("/etc/docker/registry-tls", "docker-registry-tls"),
+        ("/etc/docker/registry-auth", "docker-registry-htpasswd"),
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("{path} mounted: {c:#}"));
+        assert_eq!(m["readOnly"], true);
+        let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+        assert_eq!(v["secret"]["secretName"], secret);
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["tcpSocket"]["port"], "https", "{probe}");
+        assert!(c[probe].get("httpGet").is_none(), "{probe}");
+    }
+    assert!(c.get("env").is_none(), "settings in config.yml, not env");
+    let svc = object(&prod, "Service", "storage", "docker-registry");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
+    let local_deploy = object(&local, "Deployment", "storage", "docker-registry");
+    assert_eq!(
+        container(&local_deploy, "registry")["readinessProbe"]["httpGet"]["path"],
+        "/v2/"
+    );
+    // The backend pulls with the registry's credentials in prod.
+    let backend = object(&prod, "Deployment", "ducklake", "ducklake-backend");
+    assert_eq!(
+        backend["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "ducklake-registry-pull"}])
+    );
+    let local_backend = object(&local, "Deployment", "ducklake", "ducklake-backend");
+    assert!(
+        local_backend["spec"]["template"]["spec"]
+            .get("imagePullSecrets")
+            .is_none()
+    );
+    // The cleanup job logs in with host files in prod, not in local.
+    for (profile, want) in [
+        (
+            "prod",
+            Some(("registry-cleanup-username", "registry-cleanup-password")),
+        ),
+        ("local", None),
+    ] {
+        let jobs = jobs(profile);
+        let spec = jobs
+            .iter()
+            .find(|j| j.name == "registry-cleanup")
+            .and_then(|j| j.image_cleanup())
+            .expect("registry-cleanup");
+        assert_eq!(
+            spec.username_file
+                .as_deref()
+                .zip(spec.password_file.as_deref()),
+            want,
+            "{profile}"
+        );
+    }
+
+    // The rendered prod config.yml, run by a real registry: the in-pod paths point at this
+    // test's files, and it listens on a Unix socket (no port to pick).
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let service = "docker-registry.storage.svc.cluster.local";
+    certificate(d, &[service, "docker-registry.storage.svc"]);
+    std::fs::create_dir(d.join("data")).unwrap();
+    let htpasswd = run_ok(Command::new("htpasswd").args(["-Bbn", "pusher", "pusher-password"]));
+    std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
+    let dir_text = d.to_str().unwrap();
+    let text = prod_text
+        .replace("/etc/docker/registry-tls/", &format!("{dir_text}/"))
+        .replace("/etc/docker/registry-auth/", &format!("{dir_text}/"))
+        .replace("/var/lib/registry", &format!("{dir_text}/data"));
+    std::fs::write(d.join("config.yml"), text).unwrap();
+    let sock = d.join("sock");
+    let log = std::fs::File::create(d.join("log")).unwrap();
+    let _registry = Child(
+        Command::new(env.var("REGISTRY_BIN"))
+            .args(["serve", d.join("config.yml").to_str().unwrap()])
+            .env("REGISTRY_HTTP_NET", "unix")
+            .env("REGISTRY_HTTP_ADDR", &sock)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the test environment's registry"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not listen: {}",
+            std::fs::read_to_string(d.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!("https://{service}:5000/v2/");
+    let ca = d.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let (code, headers) = curl(&sock, &url, &["--cacert", ca]);
+    assert_eq!(code, "401", "anonymous: {headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"ducklake-registry\""),
+        "{headers}"
+    );
+    let (code, _) = curl(&sock, &url, &["--cacert", ca, "-u", "pusher:wrong"]);
+    assert_eq!(code, "401", "wrong password");
+    let (code, headers) = curl(
+        &sock,
+        &url,
+        &["--cacert", ca, "-u", "pusher:pusher-password"],
+    );
+    assert_eq!(code, "200", "a user of the htpasswd file: {headers}");
+    // The certificate is checked (curl's default): without the CA the handshake fails.
+    let (code, _) = curl(&sock, &url, &["-u", "pusher:pusher-password"]);
+    assert_eq!(code, "000", "an untrusted certificate is refused");
+    // Plain HTTP gets no registry answer.
+    let (code, _) = curl(
+        &sock,
+        &format!("http://{service}:5000/v2/"),
+        &["-u", "pusher:pusher-password"],
+    );
+    assert_eq!(code, "400", "plain HTTP to the HTTPS port");
+}
