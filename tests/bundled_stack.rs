@@ -893,7 +893,8 @@ fn side_allows(
 }
 
 /// The `prod` render of the stacks named `prefix*`: their NetworkPolicies (with namespace) and
-/// their pods (workload templates; the SparkApplication's driver and executor labels).
+/// their pods (workload templates, sync hooks' Jobs; the SparkApplication's driver and executor
+/// labels).
 fn prod_policies_and_pods(prefix: &str) -> (Vec<(String, serde_json::Value)>, Vec<Peer>) {
     let env = TestEnv::get();
     let renderers = driftless::stack::Renderers {
@@ -934,6 +935,20 @@ fn prod_policies_and_pods(prefix: &str) -> (Vec<(String, serde_json::Value)>, Ve
             }
             _ => {}
         }
+    }
+    // Sync hooks' Jobs run in the stacks' namespaces under the same policies.
+    for h in stacks
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .flat_map(|s| &s.post_sync)
+    {
+        pods.push(Peer {
+            ns: h.job.key.namespace.clone().unwrap_or_default(),
+            labels: h.job.object["spec"]["template"]["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        });
     }
     (policies, pods)
 }
@@ -1259,3 +1274,191 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     );
 }
 
+/// The `prod` network policies of namespace `floe` (the policies templates of the charts, on in
+/// `values.yaml` only, and the observability layer's `kustomize/prod`) allow exactly the flows
+/// of stack/README.md "Network policies (floe)"; the `local` render has none.
+#[test]
+fn floe_network_policies_allow_the_documented_flows_only() {
+    let (policies, pods) = prod_policies_and_pods("floe-");
+    let pod = |app: &str| -> Peer {
+        pods.iter()
+            .find(|p| p.ns == "floe" && p.labels.get("app").and_then(|a| a.as_str()) == Some(app))
+            .unwrap_or_else(|| panic!("no pod floe/{app} in the prod render"))
+            .clone()
+    };
+    let flow = |from: Option<&Peer>, to: Option<&Peer>, port: u16| {
+        from.is_none_or(|f| side_allows(&policies, f, to, port, "TCP", true))
+            && to.is_none_or(|t| side_allows(&policies, t, from, port, "TCP", false))
+    };
+    let postgres = pod("floe-postgres");
+    let minio = pod("floe-minio");
+    let polaris = pod("floe-polaris");
+    let hook = pod("floe-polaris-init");
+    let dagster = [
+        pod("floe-dagster-webserver"),
+        pod("floe-dagster-daemon"),
+        pod("floe-dagster-user-code"),
+    ];
+    let user_code = pod("floe-dagster-user-code");
+    let cube = [pod("floe-cube-api"), pod("floe-cube-refresh-worker")];
+    let router = pod("floe-cube-store-router");
+    let worker = pod("floe-cube-store-worker");
+    let jaeger = pod("floe-jaeger");
+    let marquez = pod("floe-marquez");
+    let dns = Peer {
+        ns: "kube-system".into(),
+        labels: [("k8s-app".to_string(), "kube-dns".into())]
+            .into_iter()
+            .collect(),
+    };
+    let ingress = Peer {
+        ns: "ingress-nginx".into(),
+        labels: [("app.kubernetes.io/name".to_string(), "ingress-nginx".into())]
+            .into_iter()
+            .collect(),
+    };
+    let stranger = Peer {
+        ns: "other".into(),
+        labels: [("app".to_string(), "floe-dagster-webserver".into())]
+            .into_iter()
+            .collect(),
+    };
+
+    // stack/README.md "Network policies (floe)", row by row.
+    let mut allowed: Vec<(&str, &Peer, &Peer, u16)> = vec![
+        (
+            "dagster webserver → user code",
+            &dagster[0],
+            &user_code,
+            3030,
+        ),
+        ("dagster daemon → user code", &dagster[1], &user_code, 3030),
+        ("marquez → postgres", &marquez, &postgres, 5432),
+        ("polaris → minio", &polaris, &minio, 9000),
+        ("hook → minio", &hook, &minio, 9000),
+        ("hook → polaris", &hook, &polaris, 8181),
+        ("router → worker", &router, &worker, 10001),
+        ("worker → router metastore", &worker, &router, 9999),
+        ("router → minio", &router, &minio, 9000),
+        ("worker → minio", &worker, &minio, 9000),
+    ];
+    for d in &dagster {
+        allowed.extend([
+            ("dagster → postgres", d, &postgres, 5432),
+            ("dagster → polaris", d, &polaris, 8181),
+            ("dagster → minio", d, &minio, 9000),
+            ("dagster → jaeger (OTLP gRPC)", d, &jaeger, 4317),
+            ("dagster → jaeger (OTLP HTTP)", d, &jaeger, 4318),
+            ("dagster → marquez", d, &marquez, 5000),
+        ]);
+    }
+    for c in &cube {
+        allowed.extend([
+            ("cube → polaris", c, &polaris, 8181),
+            ("cube → minio", c, &minio, 9000),
+            ("cube → cube store router", c, &router, 3030),
+            ("cube → jaeger (OTLP gRPC)", c, &jaeger, 4317),
+            ("cube → jaeger (OTLP HTTP)", c, &jaeger, 4318),
+        ]);
+    }
+    for (what, from, to, port) in &allowed {
+        assert!(
+            flow(Some(from), Some(to), *port),
+            "{what} ({port}) must be allowed"
+        );
+    }
+    for p in &pods {
+        assert!(
+            side_allows(&policies, p, Some(&dns), 53, "UDP", true)
+                && side_allows(&policies, p, Some(&dns), 53, "TCP", true),
+            "{p:?} resolves names"
+        );
+    }
+    let denied: Vec<(&str, Option<&Peer>, Option<&Peer>, u16)> = vec![
+        ("cube → postgres", Some(&cube[0]), Some(&postgres), 5432),
+        (
+            "cube → cube store worker",
+            Some(&cube[0]),
+            Some(&worker),
+            10001,
+        ),
+        ("cube → user code", Some(&cube[0]), Some(&user_code), 3030),
+        (
+            "user code → user code's clients",
+            Some(&user_code),
+            Some(&dagster[0]),
+            3000,
+        ),
+        ("polaris → postgres", Some(&polaris), Some(&postgres), 5432),
+        ("hook → postgres", Some(&hook), Some(&postgres), 5432),
+        ("marquez → minio", Some(&marquez), Some(&minio), 9000),
+        ("jaeger → postgres", Some(&jaeger), Some(&postgres), 5432),
+        (
+            "dagster → minio console",
+            Some(&dagster[0]),
+            Some(&minio),
+            9001,
+        ),
+        (
+            "dagster → polaris management",
+            Some(&dagster[0]),
+            Some(&polaris),
+            8182,
+        ),
+        ("router → polaris", Some(&router), Some(&polaris), 8181),
+        ("dagster → internet", Some(&dagster[2]), None, 443),
+        ("cube → internet", Some(&cube[0]), None, 443),
+        ("minio → internet", Some(&minio), None, 443),
+        ("nodes → minio", None, Some(&minio), 9000),
+        ("nodes → postgres", None, Some(&postgres), 5432),
+        (
+            "ingress controller → dagster webserver",
+            Some(&ingress),
+            Some(&dagster[0]),
+            3000,
+        ),
+        (
+            "a pod of another namespace → postgres",
+            Some(&stranger),
+            Some(&postgres),
+            5432,
+        ),
+        (
+            "a pod of another namespace → jaeger",
+            Some(&stranger),
+            Some(&jaeger),
+            4317,
+        ),
+    ];
+    for (what, from, to, port) in denied {
+        assert!(!flow(from, to, port), "{what} must be denied");
+    }
+    assert!(
+        policies.iter().any(|(n, p)| n == "floe"
+            && p["spec"]["podSelector"] == serde_json::json!({})
+            && p["spec"]["policyTypes"] == serde_json::json!(["Ingress", "Egress"])),
+        "floe has a default-deny policy"
+    );
+    // `local` (values-local.yaml, kustomize/local): no network policies.
+    let env = TestEnv::get();
+    let renderers = driftless::stack::Renderers {
+        helm: env.var("HELM").into(),
+        kubectl: env.var("KUBECTL").into(),
+        ..Default::default()
+    };
+    let (local, _) = driftless::stack::load_and_render(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some("local"),
+        &driftless::credentials::Credentials::in_dir(None),
+        true,
+        &renderers,
+    )
+    .unwrap();
+    let local_policies = local
+        .iter()
+        .filter(|s| s.name.starts_with("floe-"))
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.key.kind == "NetworkPolicy")
+        .count();
+    assert_eq!(local_policies, 0, "no network policies in local");
+}
