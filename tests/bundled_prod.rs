@@ -350,3 +350,189 @@ fn registry_in_prod_serves_https_to_htpasswd_users_only() {
     );
     assert_eq!(code, "400", "plain HTTP to the HTTPS port");
 }
+
+/// The host files a stack's Secret `name` is made of (`spec.secrets`), key → file.
+fn secret_files(
+    stacks: &[driftless::stack::RenderedStack],
+    stack: &str,
+    name: &str,
+) -> Vec<(String, String)> {
+    let s = stacks.iter().find(|s| s.name == stack).unwrap();
+    let secret = s
+        .spec
+        .secrets
+        .iter()
+        .find(|x| x.name == name)
+        .unwrap_or_else(|| panic!("{stack} has no secret {name}"));
+    secret
+        .from_files
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Seed 004 ("MinIO IAM policies instead of root credentials"): Spark and the backup each have
+/// a MinIO user of their own, made by the `minio-users` Job with a policy each: Spark reads and
+/// writes objects of `spark-data` only, the backup only lists and reads them; neither holds the
+/// root credentials, which only MinIO and the two setup Jobs read.
+#[test]
+fn lambda_minio_consumers_have_their_own_users_with_least_privilege() {
+    for profile in ["local", "prod"] {
+        let stacks = render(profile);
+        // Spark's S3A credentials: its own user's files.
+        assert_eq!(
+            secret_files(&stacks, "lambda-spark", "spark-minio-credentials"),
+            [
+                (
+                    "AWS_ACCESS_KEY_ID".to_owned(),
+                    "lambda-minio-spark-user".to_owned()
+                ),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    "lambda-minio-spark-password".to_owned()
+                )
+            ],
+            "{profile}"
+        );
+        let consumers = secret_files(&stacks, "lambda-minio", "minio-consumers");
+        assert_eq!(
+            consumers
+                .iter()
+                .map(|(_, f)| f.as_str())
+                .collect::<std::collections::BTreeSet<_>>(),
+            [
+                "lambda-minio-backup-password",
+                "lambda-minio-backup-user",
+                "lambda-minio-spark-password",
+                "lambda-minio-spark-user"
+            ]
+            .into_iter()
+            .collect(),
+        );
+        // Who reads the root credentials: MinIO and the Jobs that set it up, nobody else.
+        let mut root_readers = Vec::new();
+        for s in &stacks {
+            for o in &s.objects {
+                if o.object.to_string().contains("\"minio-credentials\"")
+                    && o.key.namespace.as_deref() == Some("minio")
+                    && o.key.kind != "Secret"
+                {
+                    root_readers.push(format!("{}/{}", o.key.kind, o.key.name));
+                }
+            }
+            for sec in &s.spec.secrets {
+                for file in sec.from_files.values() {
+                    assert!(
+                        !file.starts_with("lambda-minio-root") || sec.name == "minio-credentials",
+                        "{}: {} reads {file}",
+                        s.name,
+                        sec.name
+                    );
+                }
+            }
+        }
+        root_readers.sort();
+        assert_eq!(
+            root_readers,
+            ["Deployment/minio", "Job/minio-layout", "Job/minio-users"],
+            "{profile}"
+        );
+        // The Job makes both users with their policies, from the policies ConfigMap.
+        let job = object(&stacks, "Job", "minio", "minio-users");
+        let script = container(&job, "mc")["args"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for line in [
+            "consumer \"$SPARK_USER\" \"$SPARK_PASSWORD\" spark-data-readwrite",
+            "consumer \"$BACKUP_USER\" \"$BACKUP_PASSWORD\" spark-data-readonly",
+            "mc admin policy create minio \"$3\" \"/policies/$3.json\"",
+            "mc admin policy attach minio \"$3\" --user \"$1\"",
+        ] {
+            assert!(script.contains(line), "{line}: {script}");
+        }
+        let policies = object(&stacks, "ConfigMap", "minio", "minio-policies");
+        let policy = |name: &str| -> Vec<(Vec<String>, Vec<String>)> {
+            let doc: Value =
+                serde_json::from_str(policies["data"][name].as_str().unwrap()).unwrap();
+            doc["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|st| {
+                    assert_eq!(st["Effect"], "Allow");
+                    let strings = |v: &Value| -> Vec<String> {
+                        v.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_str().unwrap().to_owned())
+                            .collect()
+                    };
+                    (strings(&st["Action"]), strings(&st["Resource"]))
+                })
+                .collect()
+        };
+        for (name, object_actions) in [
+            (
+                "spark-data-readwrite.json",
+                vec![
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                ],
+            ),
+            ("spark-data-readonly.json", vec!["s3:GetObject"]),
+        ] {
+            for (actions, resources) in policy(name) {
+                for r in &resources {
+                    assert!(
+                        r == "arn:aws:s3:::spark-data" || r == "arn:aws:s3:::spark-data/*",
+                        "{name}: only spark-data: {r}"
+                    );
+                }
+                for a in &actions {
+                    assert!(!a.contains('*'), "{name}: no wildcard action: {a}");
+                    assert!(!a.starts_with("admin:"), "{name}: {a}");
+                    if resources == ["arn:aws:s3:::spark-data/*"] {
+                        assert!(object_actions.contains(&a.as_str()), "{name}: {a}");
+                    } else {
+                        assert!(
+                            [
+                                "s3:GetBucketLocation",
+                                "s3:ListBucket",
+                                "s3:ListBucketMultipartUploads"
+                            ]
+                            .contains(&a.as_str()),
+                            "{name}: bucket action {a}"
+                        );
+                    }
+                }
+            }
+        }
+        let readonly: Vec<String> = policy("spark-data-readonly.json")
+            .into_iter()
+            .flat_map(|(a, _)| a)
+            .collect();
+        assert_eq!(
+            readonly,
+            ["s3:GetBucketLocation", "s3:ListBucket", "s3:GetObject"],
+            "the backup only lists and reads"
+        );
+    }
+    // The backup job reads with the backup user's files (every profile).
+    let jobs = jobs("prod");
+    let backup = jobs
+        .iter()
+        .find(|j| j.name == "lambda-spark-data")
+        .and_then(|j| j.backup())
+        .unwrap();
+    let source = serde_json::to_string(&format!("{:?}", backup.source)).unwrap();
+    assert!(
+        source.contains("lambda-minio-backup-user")
+            && source.contains("lambda-minio-backup-password")
+            && !source.contains("lambda-minio-root"),
+        "{source}"
+    );
+}

@@ -68,6 +68,10 @@ fn credentials(dir: &Path) -> PathBuf {
         ("floe-postgres-password", "floe-pg-password"),
         ("floe-minio-user", "floe"),
         ("floe-minio-password", "floe-minio-password"),
+        ("lambda-minio-spark-user", "spark"),
+        ("lambda-minio-spark-password", "spark-demo-password"),
+        ("lambda-minio-backup-user", "lambda-backup"),
+        ("lambda-minio-backup-password", "backup-demo-password"),
         ("floe-polaris-client-id", "root"),
         ("floe-polaris-client-secret", "floe-polaris-secret"),
         ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
@@ -1133,6 +1137,7 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     let executor = pod("spark", "spark-role", "executor");
     let minio = pod("minio", "app", "minio");
     let layout = pod("minio", "app", "minio-layout");
+    let users = pod("minio", "app", "minio-users");
     let cassandra = pod("default", "app", "cassandra");
     let schema = pod("default", "app", "cassandra-schema");
     // Strimzi's pods, as the operator labels them (it creates them, not driftless).
@@ -1158,6 +1163,7 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     // stack/README.md "Network policies (Lambda)", row by row.
     let mut allowed = vec![
         ("layout Job → minio", Some(&layout), Some(&minio), 9000),
+        ("users Job → minio", Some(&users), Some(&minio), 9000),
         ("broker → broker", Some(&broker), Some(&broker), 9091),
         (
             "broker → broker (KRaft)",
