@@ -536,3 +536,109 @@ fn lambda_minio_consumers_have_their_own_users_with_least_privilege() {
         "{source}"
     );
 }
+
+/// Seed 004 ("Cassandra authentication"): Cassandra runs with `PasswordAuthenticator` and
+/// `CassandraAuthorizer`; the setup Job replaces the default superuser `cassandra` by
+/// `platform_admin` (host file) and makes one role per kind of client, limited to the keyspace.
+#[test]
+fn lambda_cassandra_requires_passwords_and_replaces_the_default_superuser() {
+    for profile in ["local", "prod"] {
+        let stacks = render(profile);
+        let sts = object(&stacks, "StatefulSet", "default", "cassandra");
+        let init = &sts["spec"]["template"]["spec"]["initContainers"][0];
+        let script = init["args"][0].as_str().unwrap();
+        for line in [
+            "cp -a /etc/cassandra/. /config/",
+            "-e 's/^authenticator:.*/authenticator: PasswordAuthenticator/'",
+            "-e 's/^authorizer:.*/authorizer: CassandraAuthorizer/' /config/cassandra.yaml",
+            // The init container fails when cassandra.yaml had no such line to replace.
+            "grep -qx 'authenticator: PasswordAuthenticator' /config/cassandra.yaml",
+            "grep -qx 'authorizer: CassandraAuthorizer' /config/cassandra.yaml",
+        ] {
+            assert!(script.contains(line), "{profile}: {line}: {script}");
+        }
+        assert_eq!(
+            init["volumeMounts"][0]["mountPath"], "/config",
+            "{profile}: edits the copy Cassandra reads"
+        );
+        assert_eq!(
+            secret_files(&stacks, "lambda-cassandra", "cassandra-credentials"),
+            [
+                (
+                    "ADMIN_PASSWORD".to_owned(),
+                    "cassandra-admin-password".to_owned()
+                ),
+                (
+                    "READER_PASSWORD".to_owned(),
+                    "cassandra-reader-password".to_owned()
+                ),
+                (
+                    "WRITER_PASSWORD".to_owned(),
+                    "cassandra-writer-password".to_owned()
+                ),
+            ]
+        );
+        let job = object(&stacks, "Job", "default", "cassandra-schema-auth");
+        let c = container(&job, "cqlsh");
+        let script = c["args"][0].as_str().unwrap();
+        // In order: our superuser made by the default one (first start only), the default one
+        // disabled, the keyspace, the clients' roles.
+        let order = [
+            "until as_admin -e \"$probe\"",
+            "cql -u cassandra -p cassandra -e \"CREATE ROLE IF NOT EXISTS platform_admin WITH SUPERUSER = true AND LOGIN = true AND PASSWORD = $(lit \"$ADMIN_PASSWORD\")\"",
+            "as_admin -e \"ALTER ROLE cassandra WITH SUPERUSER = false AND LOGIN = false\"",
+            "as_admin -f /schema/schema.cql",
+            "role education_writer \"$WRITER_PASSWORD\" CREATE SELECT MODIFY",
+            "role education_reader \"$READER_PASSWORD\" SELECT",
+        ];
+        let mut at = 0;
+        for step in order {
+            let found = script[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{profile}: {step} after byte {at}: {script}"));
+            at += found + step.len();
+        }
+        assert!(
+            script.contains("GRANT $permission ON KEYSPACE education_platform TO $name"),
+            "{script}"
+        );
+        assert_eq!(
+            script.matches("-u cassandra -p cassandra").count(),
+            2,
+            "the default login only probed and used once to make ours: {script}"
+        );
+        // Passwords come from the Secret, never literally.
+        for e in c["env"].as_array().unwrap() {
+            if e["name"].as_str().unwrap().ends_with("_PASSWORD") {
+                assert_eq!(
+                    e["valueFrom"]["secretKeyRef"]["name"], "cassandra-credentials",
+                    "{e}"
+                );
+            }
+        }
+        // The pod keeps the label the network policies name.
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["app"],
+            "cassandra-schema"
+        );
+    }
+    // The CQL string literal of the script doubles quotes: a password with a quote cannot end
+    // the literal (run with the shell the image has).
+    let stacks = render("prod");
+    let job = object(&stacks, "Job", "default", "cassandra-schema-auth");
+    let script = container(&job, "cqlsh")["args"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lit = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("lit()"))
+        .unwrap();
+    let out = run_ok(Command::new("sh").args([
+        "-ec",
+        &format!("{lit}\nlit \"$1\"", lit = lit.trim()),
+        "sh",
+        "it's' OR '1'='1",
+    ]));
+    assert_eq!(out.trim_end(), "'it''s'' OR ''1''=''1'");
+}

@@ -72,6 +72,9 @@ fn credentials(dir: &Path) -> PathBuf {
         ("lambda-minio-spark-password", "spark-demo-password"),
         ("lambda-minio-backup-user", "lambda-backup"),
         ("lambda-minio-backup-password", "backup-demo-password"),
+        ("cassandra-admin-password", "cassandra-admin-demo"),
+        ("cassandra-writer-password", "cassandra-writer-demo"),
+        ("cassandra-reader-password", "cassandra-reader-demo"),
         ("floe-polaris-client-id", "root"),
         ("floe-polaris-client-secret", "floe-polaris-secret"),
         ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
@@ -618,7 +621,7 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
     assert_eq!(
         get(&[
             "job",
-            "cassandra-schema",
+            "cassandra-schema-auth",
             "-n",
             "default",
             "-o",
