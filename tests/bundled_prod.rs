@@ -642,3 +642,257 @@ fn lambda_cassandra_requires_passwords_and_replaces_the_default_superuser() {
     ]));
     assert_eq!(out.trim_end(), "'it''s'' OR ''1''=''1'");
 }
+
+/// The env of a SparkApplication role (`driver`/`executor`) as name → value (literal, or
+/// `secret:<name>/<key>`).
+fn spark_env(app: &Value, role: &str) -> std::collections::BTreeMap<String, String> {
+    app["spec"][role]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = match e.get("value") {
+                Some(v) => v.as_str().unwrap().to_owned(),
+                None => {
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    format!(
+                        "secret:{}/{}",
+                        r["name"].as_str().unwrap(),
+                        r["key"].as_str().unwrap()
+                    )
+                }
+            };
+            (e["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The Kafka source options the ingestion script computes from `env` (its own functions, run by
+/// python3; PySpark is not needed for them).
+fn ingestion_kafka_options(
+    stacks: &[driftless::stack::RenderedStack],
+    env: &[(&str, &str)],
+) -> Value {
+    let cm = object(stacks, "ConfigMap", "spark", "spark-ingestion");
+    let script = cm["data"]["ingestion.py"].as_str().unwrap();
+    let start = script.find("def jaas_quoted").expect("jaas_quoted");
+    let end = script.find("for topic, prefix in TOPICS.items()").unwrap();
+    let program = format!(
+        "import json, os\nbootstrap = os.environ['KAFKA_BOOTSTRAP_SERVERS']\n{}\nprint(json.dumps(kafka_options()))\n",
+        &script[start..end]
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Seed 004 ("Kafka SASL/SSL") in `prod`: the only client listener is TLS with SCRAM-SHA-512,
+/// authorization is on, each client has a KafkaUser with the ACLs it needs (Spark reads the six
+/// topics in its own consumer groups; the speed layer reads; the producers write), and Spark
+/// connects with SASL_SSL, its password from a host file and the cluster CA. `local` keeps the
+/// seed's plain listener and no users.
+#[test]
+fn lambda_kafka_in_prod_is_tls_with_scram_and_a_kafka_user_per_client() {
+    let prod = render("prod");
+    let kafka = object(&prod, "Kafka", "kafka", "kafka-cluster");
+    assert_eq!(
+        kafka["spec"]["kafka"]["listeners"],
+        json!([{"name": "tls", "port": 9093, "type": "internal", "tls": true,
+                "authentication": {"type": "scram-sha-512"}}])
+    );
+    assert_eq!(
+        kafka["spec"]["kafka"]["authorization"],
+        json!({"type": "simple"})
+    );
+    assert_eq!(kafka["spec"]["entityOperator"]["userOperator"], json!({}));
+    let topics = [
+        "auth_topic",
+        "assessment_topic",
+        "video_topic",
+        "course_topic",
+        "profile_topic",
+        "notification_topic",
+    ];
+    let acls = |user: &str| -> Vec<(String, String, String, Vec<String>)> {
+        let u = object(&prod, "KafkaUser", "kafka", user);
+        assert_eq!(
+            u["metadata"]["labels"]["strimzi.io/cluster"],
+            "kafka-cluster"
+        );
+        assert_eq!(
+            u["spec"]["authentication"]["type"], "scram-sha-512",
+            "{user}"
+        );
+        assert_eq!(u["spec"]["authorization"]["type"], "simple", "{user}");
+        u["spec"]["authorization"]["acls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let r = &a["resource"];
+                (
+                    r["type"].as_str().unwrap().to_owned(),
+                    r["name"].as_str().unwrap().to_owned(),
+                    r["patternType"].as_str().unwrap().to_owned(),
+                    a["operations"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|o| o.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let on_topics = |ops: &[&str]| -> Vec<(String, String, String, Vec<String>)> {
+        topics
+            .iter()
+            .map(|t| {
+                (
+                    "topic".to_owned(),
+                    (*t).to_owned(),
+                    "literal".to_owned(),
+                    ops.iter().map(|o| (*o).to_owned()).collect(),
+                )
+            })
+            .collect()
+    };
+    let group = |name: &str| {
+        (
+            "group".to_owned(),
+            name.to_owned(),
+            "prefix".to_owned(),
+            vec!["Read".to_owned()],
+        )
+    };
+    let mut want = on_topics(&["Describe", "Read"]);
+    want.push(group("spark-ingestion"));
+    assert_eq!(acls("spark-ingestion"), want);
+    let mut want = on_topics(&["Describe", "Read"]);
+    want.push(group("speed-layer"));
+    assert_eq!(acls("speed-layer"), want);
+    assert_eq!(acls("event-producers"), on_topics(&["Describe", "Write"]));
+    // Spark's password: the host file, on both sides (the KafkaUser in `kafka`, Spark in `spark`).
+    let spark_user = object(&prod, "KafkaUser", "kafka", "spark-ingestion");
+    assert_eq!(
+        spark_user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "kafka-user-spark-ingestion", "key": "password"})
+    );
+    assert_eq!(
+        secret_files(&prod, "lambda-kafka", "kafka-user-spark-ingestion"),
+        [(
+            "password".to_owned(),
+            "lambda-kafka-spark-password".to_owned()
+        )]
+    );
+    assert_eq!(
+        secret_files(&prod, "lambda-spark", "spark-kafka-credentials"),
+        [(
+            "password".to_owned(),
+            "lambda-kafka-spark-password".to_owned()
+        )]
+    );
+    assert_eq!(
+        secret_files(&prod, "lambda-spark", "kafka-cluster-ca"),
+        [("ca.crt".to_owned(), "lambda-kafka-ca-crt".to_owned())]
+    );
+    // Driver and executors: the TLS listener, the user, the password and the CA.
+    let app = object(&prod, "SparkApplication", "spark", "ingestion");
+    let volume = app["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "kafka-ca")
+        .expect("the CA volume");
+    assert_eq!(volume["secret"]["secretName"], "kafka-cluster-ca");
+    for role in ["driver", "executor"] {
+        let env = spark_env(&app, role);
+        assert_eq!(
+            env["KAFKA_BOOTSTRAP_SERVERS"],
+            "kafka-cluster-kafka-bootstrap.kafka.svc.cluster.local:9093",
+            "{role}"
+        );
+        assert_eq!(env["KAFKA_SASL_USERNAME"], "spark-ingestion", "{role}");
+        assert_eq!(
+            env["KAFKA_SASL_PASSWORD"],
+            "secret:spark-kafka-credentials/password"
+        );
+        assert_eq!(env["KAFKA_CA_FILE"], "/etc/kafka-ca/ca.crt");
+        assert!(
+            app["spec"][role]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "kafka-ca" && m["mountPath"] == "/etc/kafka-ca"),
+            "{role}"
+        );
+    }
+    // What the script makes of that environment: SASL_SSL, SCRAM-SHA-512, the JAAS line with the
+    // password quoted (a hostile password cannot add options), the PEM trust store.
+    let env = spark_env(&app, "driver");
+    let password = "pa\"ss\\word; debug=\"true";
+    let options = ingestion_kafka_options(
+        &prod,
+        &[
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                env["KAFKA_BOOTSTRAP_SERVERS"].as_str(),
+            ),
+            ("KAFKA_SASL_USERNAME", env["KAFKA_SASL_USERNAME"].as_str()),
+            ("KAFKA_SASL_PASSWORD", password),
+            ("KAFKA_CA_FILE", env["KAFKA_CA_FILE"].as_str()),
+        ],
+    );
+    assert_eq!(
+        options,
+        json!({
+            "kafka.bootstrap.servers": "kafka-cluster-kafka-bootstrap.kafka.svc.cluster.local:9093",
+            "groupIdPrefix": "spark-ingestion",
+            "kafka.security.protocol": "SASL_SSL",
+            "kafka.sasl.mechanism": "SCRAM-SHA-512",
+            "kafka.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"spark-ingestion\" password=\"pa\\\"ss\\\\word; debug=\\\"true\";",
+            "kafka.ssl.truststore.type": "PEM",
+            "kafka.ssl.truststore.location": "/etc/kafka-ca/ca.crt",
+        })
+    );
+
+    // `local`: the seed's listeners, no authorization, no users; Spark plain, still in its own
+    // consumer groups.
+    let local = render("local");
+    let kafka = object(&local, "Kafka", "kafka", "kafka-cluster");
+    let names: Vec<&str> = kafka["spec"]["kafka"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plain", "tls", "external"]);
+    assert!(kafka["spec"]["kafka"].get("authorization").is_none());
+    assert!(find(&local, "KafkaUser", "kafka", "spark-ingestion").is_none());
+    let app = object(&local, "SparkApplication", "spark", "ingestion");
+    let env = spark_env(&app, "executor");
+    assert!(!env.contains_key("KAFKA_SASL_USERNAME"));
+    let options = ingestion_kafka_options(
+        &local,
+        &[(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            env["KAFKA_BOOTSTRAP_SERVERS"].as_str(),
+        )],
+    );
+    assert_eq!(
+        options,
+        json!({
+            "kafka.bootstrap.servers": "kafka-cluster-kafka-bootstrap.kafka.svc.cluster.local:9092",
+            "groupIdPrefix": "spark-ingestion",
+        })
+    );
+}

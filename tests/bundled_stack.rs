@@ -75,6 +75,8 @@ fn credentials(dir: &Path) -> PathBuf {
         ("cassandra-admin-password", "cassandra-admin-demo"),
         ("cassandra-writer-password", "cassandra-writer-demo"),
         ("cassandra-reader-password", "cassandra-reader-demo"),
+        ("lambda-kafka-spark-password", "kafka-spark-demo"),
+        ("lambda-kafka-ca-crt", "kafka-cluster-ca"),
         ("floe-polaris-client-id", "root"),
         ("floe-polaris-client-secret", "floe-polaris-secret"),
         ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
@@ -536,6 +538,7 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
         "kafkas.kafka.strimzi.io",
         "kafkanodepools.kafka.strimzi.io",
         "kafkatopics.kafka.strimzi.io",
+        "kafkausers.kafka.strimzi.io",
         "sparkapplications.sparkoperator.k8s.io",
     ] {
         assert_eq!(
@@ -642,6 +645,67 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
         "1 2"
     );
 
+    converged(&config, &LAMBDA);
+
+    // Promoted to `prod` (stack/README.md "Production"): Kafka over TLS with SCRAM and ACLs, a
+    // KafkaUser per client (healthy once the stand-in, as the user operator would, says Ready),
+    // Spark on the TLS listener, the network policies.
+    let prod = config_for(dir.path(), "prod");
+    sync_to_healthy(&prod, &LAMBDA);
+    assert_eq!(
+        get(&[
+            "kafka",
+            "kafka-cluster",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={.spec.kafka.listeners[*].port} {.spec.kafka.listeners[0].authentication.type} {.spec.kafka.authorization.type}"
+        ]),
+        "9093 scram-sha-512 simple"
+    );
+    assert_eq!(
+        get(&[
+            "kafkausers",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[0].type} {end}"
+        ]),
+        "event-producers=Ready spark-ingestion=Ready speed-layer=Ready "
+    );
+    assert_eq!(
+        get(&[
+            "sparkapplication",
+            "ingestion",
+            "-n",
+            "spark",
+            "-o",
+            "jsonpath={.spec.executor.env[0].value}"
+        ]),
+        "kafka-cluster-kafka-bootstrap.kafka.svc.cluster.local:9093"
+    );
+    for ns in ["kafka", "minio", "spark"] {
+        assert_eq!(
+            get(&[
+                "networkpolicy",
+                "default-deny",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.policyTypes}"
+            ]),
+            r#"["Ingress","Egress"]"#,
+            "{ns}"
+        );
+    }
+    converged(&prod, &LAMBDA);
+
+    // Back to `local` (what the other tests and the demo expect): users and policies pruned.
+    sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &LAMBDA);
+    assert!(
+        kubectl_fails(&["get", "kafkauser", "spark-ingestion", "-n", "kafka"]),
+        "the KafkaUsers are pruned"
+    );
     converged(&config, &LAMBDA);
 }
 
@@ -1214,10 +1278,16 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     }
     for spark in [&driver, &executor] {
         allowed.push(("spark → minio", Some(spark), Some(&minio), 9000));
-        for p in [9092, 9093] {
-            allowed.push(("spark → broker", Some(spark), Some(&broker), p));
-        }
+        // The TLS + SCRAM listener only (prod has no plain listener).
+        allowed.push(("spark → broker", Some(spark), Some(&broker), 9093));
     }
+    let kafka_client = outside("serving", &[("kafka-client", "true")]);
+    allowed.push((
+        "kafka client → broker",
+        Some(&kafka_client),
+        Some(&broker),
+        9093,
+    ));
     for (what, from, to, port) in allowed {
         assert!(
             flow(from, to, port, "TCP"),
@@ -1262,6 +1332,24 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
         ),
         ("cassandra → internet", Some(&cassandra), None, 443),
         ("client → minio", Some(&client), Some(&minio), 9000),
+        (
+            "spark → broker plain port",
+            Some(&executor),
+            Some(&broker),
+            9092,
+        ),
+        (
+            "kafka client → broker plain port",
+            Some(&kafka_client),
+            Some(&broker),
+            9092,
+        ),
+        (
+            "cassandra client → broker",
+            Some(&client),
+            Some(&broker),
+            9093,
+        ),
     ];
     for (what, from, to, port) in denied {
         assert!(!flow(from, to, port, "TCP"), "{what} must be denied");
