@@ -896,3 +896,104 @@ fn lambda_kafka_in_prod_is_tls_with_scram_and_a_kafka_user_per_client() {
         })
     );
 }
+
+/// Seeds 000/002 ("TLS termination", "TLS certificates"): in `prod` the registry and the DuckLake
+/// backend are reached from outside over HTTPS through the ingress controller, each with a
+/// certificate from host files; the controller is admitted to the backend by its network
+/// policy; `local` has no Ingress. floe's UIs stay behind port-forwards (stack/README.md).
+#[test]
+fn ingresses_in_prod_terminate_tls_with_certificates_from_host_files() {
+    let prod = render("prod");
+    let ingresses: Vec<(String, String)> = prod
+        .iter()
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.key.kind == "Ingress")
+        .map(|o| {
+            (
+                o.key.namespace.clone().unwrap_or_default(),
+                o.key.name.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ingresses,
+        [
+            ("storage".to_owned(), "docker-registry".to_owned()),
+            ("ducklake".to_owned(), "ducklake-backend".to_owned())
+        ]
+    );
+    for (ns, name, host, secret, service, port, stack, files) in [
+        (
+            "storage",
+            "docker-registry",
+            "registry.ducklake.internal",
+            "docker-registry-tls",
+            "docker-registry",
+            "https",
+            "ducklake-storage",
+            ["registry-tls-crt", "registry-tls-key"],
+        ),
+        (
+            "ducklake",
+            "ducklake-backend",
+            "ducklake.ducklake.internal",
+            "ducklake-backend-tls",
+            "ducklake-backend",
+            "http",
+            "ducklake-app",
+            ["ducklake-tls-crt", "ducklake-tls-key"],
+        ),
+    ] {
+        let ing = object(&prod, "Ingress", ns, name);
+        assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+        assert_eq!(
+            ing["spec"]["tls"],
+            json!([{"hosts": [host], "secretName": secret}]),
+            "{name}"
+        );
+        let rules = ing["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0]["host"], host,
+            "every rule's host has the certificate"
+        );
+        for p in rules[0]["http"]["paths"].as_array().unwrap() {
+            assert_eq!(p["backend"]["service"]["name"], service);
+            assert_eq!(p["backend"]["service"]["port"]["name"], port);
+        }
+        // The Secret: kubernetes.io/tls from the host files.
+        let s = prod.iter().find(|s| s.name == stack).unwrap();
+        let spec = s.spec.secrets.iter().find(|x| x.name == secret).unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(
+            spec.from_files
+                .values()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            files
+        );
+        // The Service port the Ingress names exists.
+        let svc = object(&prod, "Service", ns, service);
+        assert!(
+            svc["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == port),
+            "{svc:#}"
+        );
+    }
+    // The registry's Ingress re-encrypts to the registry (HTTPS only) and streams layers.
+    let ing = object(&prod, "Ingress", "storage", "docker-registry");
+    let a = &ing["metadata"]["annotations"];
+    assert_eq!(a["nginx.ingress.kubernetes.io/backend-protocol"], "HTTPS");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-body-size"], "0");
+    let local = render("local");
+    assert!(
+        !local
+            .iter()
+            .flat_map(|s| &s.objects)
+            .any(|o| o.key.kind == "Ingress"),
+        "no Ingress in local"
+    );
+}

@@ -89,6 +89,8 @@ fn credentials(dir: &Path) -> PathBuf {
             "pusher:$2y$05$notarealhashnotarealhashnotarealhashnotarealhash",
         ),
         ("registry-pull-dockerconfig", r#"{"auths": {}}"#),
+        ("ducklake-tls-crt", "backend-certificate"),
+        ("ducklake-tls-key", "backend-key"),
     ] {
         std::fs::write(creds.join(file), value).unwrap();
     }
@@ -407,6 +409,29 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
         "ClusterIP",
         "prod: no node port"
     );
+    // HTTPS from outside through the ingress controller: the registry and the backend.
+    assert_eq!(
+        get(&[
+            "ingress",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.tls[0].secretName} {.spec.rules[0].host}"
+        ]),
+        "docker-registry-tls registry.ducklake.internal"
+    );
+    assert_eq!(
+        get(&[
+            "ingress",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.tls[0].secretName} {.spec.rules[0].host}"
+        ]),
+        "ducklake-backend-tls ducklake.ducklake.internal"
+    );
     // The registry over HTTPS with htpasswd users (stack/README.md "Production"): both Secrets
     // from the host files, mounted (tests/bundled_prod.rs runs the rendered configuration).
     assert_eq!(
@@ -435,7 +460,7 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
 
     // Back to `local` (the state the other tests and the demo expect): the autoscaler, the
     // budget and the network policies are pruned, the replica count is driftless's again, the
-    // registry serves plain HTTP again. That is half of ducklake-app's objects (5 of 10, at the
+    // registry serves plain HTTP again. That is half of ducklake-app's objects (6 of 12, at the
     // gate's default share of 50 %): with a stricter `prune.maxShare` the gate would ask first.
     sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &DUCKLAKE);
     assert!(
