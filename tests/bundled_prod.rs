@@ -997,3 +997,202 @@ fn ingresses_in_prod_terminate_tls_with_certificates_from_host_files() {
         "no Ingress in local"
     );
 }
+
+/// Whether Python's `re` (the same syntax as RE2 for these expressions) finds `pattern` in
+/// `line`; with `group`, the named group's text.
+fn regex_search(pattern: &str, line: &str, group: Option<&str>) -> Option<String> {
+    let program = "import re, sys\nm = re.search(sys.argv[1], sys.argv[2])\nprint('' if m is None else (m.group(sys.argv[3]) if sys.argv[3] else 'match'))";
+    let out = Command::new("python3")
+        .args(["-c", program, pattern, line, group.unwrap_or("")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Seed 000 ("Loki log retention and alerting rules for critical log events") in `prod`: the
+/// compactor deletes logs older than the retention period, and the ruler evaluates alert rules
+/// on PostgreSQL's FATAL/PANIC lines and the registry's error lines, sending them to
+/// Alertmanager (which the network policy lets Loki reach). The rules select streams by the
+/// labels Promtail sets, and those labels come out of the log lines they are meant for.
+#[test]
+fn loki_in_prod_keeps_logs_for_the_retention_period_and_alerts_on_critical_lines() {
+    let prod = render("prod");
+    let local = render("local");
+    let config = |stacks: &[driftless::stack::RenderedStack]| {
+        let cm = object(stacks, "ConfigMap", "logging", "loki-config");
+        yaml(cm["data"]["loki.yaml"].as_str().unwrap())
+    };
+    let mut prod_config = config(&prod);
+    let local_config = config(&local);
+    let compactor = &prod_config["compactor"];
+    assert_eq!(compactor["retention_enabled"], true);
+    assert_eq!(compactor["shared_store"], "filesystem");
+    assert_eq!(prod_config["limits_config"]["retention_period"], "744h");
+    let ruler = &prod_config["ruler"];
+    assert_eq!(
+        ruler["storage"],
+        json!({"type": "local", "local": {"directory": "/rules"}})
+    );
+    assert_eq!(
+        ruler["alertmanager_url"],
+        "http://alertmanager.monitoring.svc.cluster.local:9093"
+    );
+    assert!(local_config.get("ruler").is_none() && local_config.get("limits_config").is_none());
+    // Nothing else differs from the base's file.
+    let c = prod_config.as_object_mut().unwrap();
+    c.remove("ruler");
+    c.remove("limits_config");
+    let compactor = c["compactor"].as_object_mut().unwrap();
+    for key in [
+        "compaction_interval",
+        "retention_enabled",
+        "retention_delete_delay",
+        "retention_delete_worker_count",
+    ] {
+        assert!(compactor.remove(key).is_some(), "{key}");
+    }
+    assert_eq!(
+        prod_config, local_config,
+        "prod loki.yaml = base + retention + ruler"
+    );
+
+    // The rules, mounted as tenant "fake" (auth_enabled: false) under the ruler's directory.
+    let deploy = object(&prod, "Deployment", "logging", "loki");
+    let c = container(&deploy, "loki");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "rules")
+        .expect("rules mounted");
+    assert_eq!(mount["mountPath"], "/rules/fake");
+    let volume = deploy["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "rules")
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "loki-rules");
+    let rules_cm = object(&prod, "ConfigMap", "logging", "loki-rules");
+    let rules = yaml(rules_cm["data"]["ducklake.yaml"].as_str().unwrap());
+    let rules = rules["groups"][0]["rules"].as_array().unwrap().clone();
+    let rule = |name: &str| -> Value {
+        rules
+            .iter()
+            .find(|r| r["alert"] == name)
+            .unwrap_or_else(|| panic!("rule {name}"))
+            .clone()
+    };
+    let pg = rule("PostgresFatalOrPanic");
+    let expr = pg["expr"].as_str().unwrap();
+    assert!(
+        expr.contains(r#"{namespace="storage", app="postgres", level=~"FATAL|PANIC"}[5m]"#),
+        "{expr}"
+    );
+    assert_eq!(pg["labels"]["severity"], "critical");
+    assert!(
+        pg["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("{{ $labels.pod }}"),
+        "the template's $ survives variable substitution"
+    );
+    let reg = rule("RegistryErrors");
+    let expr = reg["expr"].as_str().unwrap();
+    assert!(
+        expr.contains(r#"{namespace="storage", app="docker-registry"}"#),
+        "{expr}"
+    );
+    let line_regex = expr.split('`').nth(1).expect("a backquoted line filter");
+
+    // Promtail labels what the rules select: `app` from the pod label, and `level` parsed
+    // from PostgreSQL's lines by the regex of its pipeline.
+    let promtail = object(&prod, "ConfigMap", "logging", "promtail-config");
+    let promtail = yaml(promtail["data"]["promtail.yaml"].as_str().unwrap());
+    let job = &promtail["scrape_configs"][0];
+    assert!(
+        job["relabel_configs"].as_array().unwrap().iter().any(|r| {
+            r["source_labels"] == json!(["__meta_kubernetes_pod_label_app"])
+                && r["target_label"] == "app"
+        }),
+        "{job:#}"
+    );
+    let pg_stage = job["pipeline_stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["match"]["selector"] == "{app=\"postgres\"}")
+        .expect("the PostgreSQL stage")
+        .clone();
+    let stages = pg_stage["match"]["stages"].as_array().unwrap();
+    let pg_regex = stages[0]["regex"]["expression"].as_str().unwrap();
+    assert!(
+        stages[1]["labels"]
+            .as_object()
+            .unwrap()
+            .contains_key("level")
+    );
+    for (line, level) in [
+        (
+            "2026-12-06 10:00:00.123 UTC [42] ducklake@ducklake FATAL:  password authentication failed for user \"ducklake\"",
+            "FATAL",
+        ),
+        (
+            "2026-12-06 10:00:01.000 UTC [1] @ PANIC:  could not locate a valid checkpoint record",
+            "PANIC",
+        ),
+        (
+            "2026-12-06 10:00:02.5 UTC [43] LOG:  checkpoint starting: time",
+            "LOG",
+        ),
+    ] {
+        assert_eq!(
+            regex_search(pg_regex, line, Some("level")).as_deref(),
+            Some(level),
+            "{line}"
+        );
+    }
+    // The registry's JSON lines (log.formatter: json) at error level match; info lines do not.
+    for (line, fires) in [
+        (
+            r#"{"err.code":"blob unknown","level":"error","msg":"response completed with error"}"#,
+            true,
+        ),
+        (r#"{"level":"fatal","msg":"configuration error"}"#, true),
+        (
+            r#"{"level":"info","msg":"response completed","http.response.status":200}"#,
+            false,
+        ),
+        (
+            r#"{"level":"warning","msg":"error in a message, not the level"}"#,
+            false,
+        ),
+    ] {
+        assert_eq!(
+            regex_search(line_regex, line, None).is_some(),
+            fires,
+            "{line}"
+        );
+    }
+    let registry = object(&prod, "ConfigMap", "storage", "docker-registry-config");
+    assert!(
+        registry["data"]["config.yml"]
+            .as_str()
+            .unwrap()
+            .contains("formatter: json"),
+        "the registry logs JSON"
+    );
+    // Loki may reach Alertmanager's port in its namespace, nothing else.
+    let policy = object(&prod, "NetworkPolicy", "logging", "loki");
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                "ports": [{"protocol": "TCP", "port": 9093}]}])
+    );
+}

@@ -1082,6 +1082,7 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
     let promtail = pod("logging", "promtail");
     let ingress = outside("ingress-nginx", "app.kubernetes.io/name", "ingress-nginx");
     let dns = outside("kube-system", "k8s-app", "kube-dns");
+    let alertmanager = outside("monitoring", "app.kubernetes.io/name", "alertmanager");
 
     // stack/README.md "Network policies", row by row.
     let allowed = [
@@ -1117,6 +1118,13 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
             "TCP",
         ),
         ("nodes → registry", None, Some(&registry), 5000, "TCP"),
+        (
+            "loki's ruler → alertmanager",
+            Some(&loki),
+            Some(&alertmanager),
+            9093,
+            "TCP",
+        ),
     ];
     for (what, from, to, port, proto) in allowed {
         assert!(flow(from, to, port, proto), "{what} must be allowed");
@@ -1159,6 +1167,21 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
             "TCP",
         ),
         ("registry → internet", Some(&registry), None, 443, "TCP"),
+        ("loki → internet", Some(&loki), None, 443, "TCP"),
+        (
+            "loki → alertmanager's web port",
+            Some(&loki),
+            Some(&alertmanager),
+            9094,
+            "TCP",
+        ),
+        (
+            "promtail → alertmanager",
+            Some(&promtail),
+            Some(&alertmanager),
+            9093,
+            "TCP",
+        ),
         (
             "ingress controller → postgres",
             Some(&ingress),
