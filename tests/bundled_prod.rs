@@ -260,6 +260,25 @@ fn registry_in_prod_serves_https_to_htpasswd_users_only() {
             .get("imagePullSecrets")
             .is_none()
     );
+    // So does floe's user code (its image comes from the same registry).
+    let user_code = object(&prod, "Deployment", "floe", "floe-dagster-user-code");
+    assert_eq!(
+        user_code["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "floe-registry-pull"}])
+    );
+    assert_eq!(
+        secret_files(&prod, "floe-orchestration", "floe-registry-pull"),
+        [(
+            ".dockerconfigjson".to_owned(),
+            "registry-pull-dockerconfig".to_owned()
+        )]
+    );
+    let local_user_code = object(&local, "Deployment", "floe", "floe-dagster-user-code");
+    assert!(
+        local_user_code["spec"]["template"]["spec"]
+            .get("imagePullSecrets")
+            .is_none()
+    );
     // The cleanup job logs in with host files in prod, not in local.
     for (profile, want) in [
         (
