@@ -68,10 +68,29 @@ fn credentials(dir: &Path) -> PathBuf {
         ("floe-postgres-password", "floe-pg-password"),
         ("floe-minio-user", "floe"),
         ("floe-minio-password", "floe-minio-password"),
+        ("lambda-minio-spark-user", "spark"),
+        ("lambda-minio-spark-password", "spark-demo-password"),
+        ("lambda-minio-backup-user", "lambda-backup"),
+        ("lambda-minio-backup-password", "backup-demo-password"),
+        ("cassandra-admin-password", "cassandra-admin-demo"),
+        ("cassandra-writer-password", "cassandra-writer-demo"),
+        ("cassandra-reader-password", "cassandra-reader-demo"),
+        ("lambda-kafka-spark-password", "kafka-spark-demo"),
+        ("lambda-kafka-ca-crt", "kafka-cluster-ca"),
         ("floe-polaris-client-id", "root"),
         ("floe-polaris-client-secret", "floe-polaris-secret"),
         ("floe-polaris-bootstrap", "floe,root,floe-polaris-secret"),
         ("floe-cube-api-secret", "floe-cube-secret"),
+        // The registry's certificate and users (used in prod; stack/README.md "Production").
+        ("registry-tls-crt", "registry-certificate"),
+        ("registry-tls-key", "registry-key"),
+        (
+            "registry-htpasswd",
+            "pusher:$2y$05$notarealhashnotarealhashnotarealhashnotarealhash",
+        ),
+        ("registry-pull-dockerconfig", r#"{"auths": {}}"#),
+        ("ducklake-tls-crt", "backend-certificate"),
+        ("ducklake-tls-key", "backend-key"),
     ] {
         std::fs::write(creds.join(file), value).unwrap();
     }
@@ -390,17 +409,59 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
         "ClusterIP",
         "prod: no node port"
     );
+    // HTTPS from outside through the ingress controller: the registry and the backend.
+    assert_eq!(
+        get(&[
+            "ingress",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.tls[0].secretName} {.spec.rules[0].host}"
+        ]),
+        "docker-registry-tls registry.ducklake.internal"
+    );
+    assert_eq!(
+        get(&[
+            "ingress",
+            "ducklake-backend",
+            "-n",
+            "ducklake",
+            "-o",
+            "jsonpath={.spec.tls[0].secretName} {.spec.rules[0].host}"
+        ]),
+        "ducklake-backend-tls ducklake.ducklake.internal"
+    );
+    // The registry over HTTPS with htpasswd users (stack/README.md "Production"): both Secrets
+    // from the host files, mounted (tests/bundled_prod.rs runs the rendered configuration).
+    assert_eq!(
+        get(&[
+            "secret",
+            "docker-registry-tls",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.type} {.metadata.labels.driftless\\.dev/host-secret}"
+        ]),
+        "kubernetes.io/tls true"
+    );
+    assert_eq!(
+        get(&[
+            "deploy",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.template.spec.volumes[?(@.name==\"tls\")].secret.secretName} {.spec.template.spec.volumes[?(@.name==\"htpasswd\")].secret.secretName}"
+        ]),
+        "docker-registry-tls docker-registry-htpasswd"
+    );
     converged(&prod, &DUCKLAKE);
 
     // Back to `local` (the state the other tests and the demo expect): the autoscaler, the
-    // budget and the network policies are pruned, the replica count is driftless's again. That
-    // is most of ducklake-app's objects, so the mass-prune gate asks first.
-    let out = on_stacks(&config, "sync", &DUCKLAKE);
-    assert!(
-        text(&out).contains("HorizontalPodAutoscaler/ducklake/ducklake-backend (mass-prune gate)"),
-        "{}",
-        text(&out)
-    );
+    // budget and the network policies are pruned, the replica count is driftless's again, the
+    // registry serves plain HTTP again. That is half of ducklake-app's objects (6 of 12, at the
+    // gate's default share of 50 %): with a stricter `prune.maxShare` the gate would ask first.
     sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &DUCKLAKE);
     assert!(
         kubectl_fails(&["get", "networkpolicy", "default-deny", "-n", "storage"]),
@@ -409,6 +470,18 @@ fn ducklake_stacks_sync_to_healthy_and_converge() {
     assert!(
         kubectl_fails(&["get", "hpa", "ducklake-backend", "-n", "ducklake"]),
         "the HPA is pruned"
+    );
+    assert_eq!(
+        get(&[
+            "deploy",
+            "docker-registry",
+            "-n",
+            "storage",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].readinessProbe.httpGet.path}"
+        ]),
+        "/v2/",
+        "local: HTTP probes again"
     );
     converged(&config, &DUCKLAKE);
 }
@@ -490,6 +563,7 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
         "kafkas.kafka.strimzi.io",
         "kafkanodepools.kafka.strimzi.io",
         "kafkatopics.kafka.strimzi.io",
+        "kafkausers.kafka.strimzi.io",
         "sparkapplications.sparkoperator.k8s.io",
     ] {
         assert_eq!(
@@ -575,7 +649,7 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
     assert_eq!(
         get(&[
             "job",
-            "cassandra-schema",
+            "cassandra-schema-auth",
             "-n",
             "default",
             "-o",
@@ -596,6 +670,67 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
         "1 2"
     );
 
+    converged(&config, &LAMBDA);
+
+    // Promoted to `prod` (stack/README.md "Production"): Kafka over TLS with SCRAM and ACLs, a
+    // KafkaUser per client (healthy once the stand-in, as the user operator would, says Ready),
+    // Spark on the TLS listener, the network policies.
+    let prod = config_for(dir.path(), "prod");
+    sync_to_healthy(&prod, &LAMBDA);
+    assert_eq!(
+        get(&[
+            "kafka",
+            "kafka-cluster",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={.spec.kafka.listeners[*].port} {.spec.kafka.listeners[0].authentication.type} {.spec.kafka.authorization.type}"
+        ]),
+        "9093 scram-sha-512 simple"
+    );
+    assert_eq!(
+        get(&[
+            "kafkausers",
+            "-n",
+            "kafka",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[0].type} {end}"
+        ]),
+        "event-producers=Ready spark-ingestion=Ready speed-layer=Ready "
+    );
+    assert_eq!(
+        get(&[
+            "sparkapplication",
+            "ingestion",
+            "-n",
+            "spark",
+            "-o",
+            "jsonpath={.spec.executor.env[0].value}"
+        ]),
+        "kafka-cluster-kafka-bootstrap.kafka.svc.cluster.local:9093"
+    );
+    for ns in ["kafka", "minio", "spark"] {
+        assert_eq!(
+            get(&[
+                "networkpolicy",
+                "default-deny",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.policyTypes}"
+            ]),
+            r#"["Ingress","Egress"]"#,
+            "{ns}"
+        );
+    }
+    converged(&prod, &LAMBDA);
+
+    // Back to `local` (what the other tests and the demo expect): users and policies pruned.
+    sync_to_healthy_with(&config, &["sync", "--allow-mass-prune"], &LAMBDA);
+    assert!(
+        kubectl_fails(&["get", "kafkauser", "spark-ingestion", "-n", "kafka"]),
+        "the KafkaUsers are pruned"
+    );
     converged(&config, &LAMBDA);
 }
 
@@ -854,7 +989,8 @@ fn side_allows(
 }
 
 /// The `prod` render of the stacks named `prefix*`: their NetworkPolicies (with namespace) and
-/// their pods (workload templates; the SparkApplication's driver and executor labels).
+/// their pods (workload templates, sync hooks' Jobs; the SparkApplication's driver and executor
+/// labels).
 fn prod_policies_and_pods(prefix: &str) -> (Vec<(String, serde_json::Value)>, Vec<Peer>) {
     let env = TestEnv::get();
     let renderers = driftless::stack::Renderers {
@@ -896,6 +1032,20 @@ fn prod_policies_and_pods(prefix: &str) -> (Vec<(String, serde_json::Value)>, Ve
             _ => {}
         }
     }
+    // Sync hooks' Jobs run in the stacks' namespaces under the same policies.
+    for h in stacks
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .flat_map(|s| &s.post_sync)
+    {
+        pods.push(Peer {
+            ns: h.job.key.namespace.clone().unwrap_or_default(),
+            labels: h.job.object["spec"]["template"]["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        });
+    }
     (policies, pods)
 }
 
@@ -932,6 +1082,7 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
     let promtail = pod("logging", "promtail");
     let ingress = outside("ingress-nginx", "app.kubernetes.io/name", "ingress-nginx");
     let dns = outside("kube-system", "k8s-app", "kube-dns");
+    let alertmanager = outside("monitoring", "app.kubernetes.io/name", "alertmanager");
 
     // stack/README.md "Network policies", row by row.
     let allowed = [
@@ -967,6 +1118,13 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
             "TCP",
         ),
         ("nodes → registry", None, Some(&registry), 5000, "TCP"),
+        (
+            "loki's ruler → alertmanager",
+            Some(&loki),
+            Some(&alertmanager),
+            9093,
+            "TCP",
+        ),
     ];
     for (what, from, to, port, proto) in allowed {
         assert!(flow(from, to, port, proto), "{what} must be allowed");
@@ -1009,6 +1167,21 @@ fn ducklake_network_policies_allow_the_documented_flows_only() {
             "TCP",
         ),
         ("registry → internet", Some(&registry), None, 443, "TCP"),
+        ("loki → internet", Some(&loki), None, 443, "TCP"),
+        (
+            "loki → alertmanager's web port",
+            Some(&loki),
+            Some(&alertmanager),
+            9094,
+            "TCP",
+        ),
+        (
+            "promtail → alertmanager",
+            Some(&promtail),
+            Some(&alertmanager),
+            9093,
+            "TCP",
+        ),
         (
             "ingress controller → postgres",
             Some(&ingress),
@@ -1079,6 +1252,7 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     let executor = pod("spark", "spark-role", "executor");
     let minio = pod("minio", "app", "minio");
     let layout = pod("minio", "app", "minio-layout");
+    let users = pod("minio", "app", "minio-users");
     let cassandra = pod("default", "app", "cassandra");
     let schema = pod("default", "app", "cassandra-schema");
     // Strimzi's pods, as the operator labels them (it creates them, not driftless).
@@ -1104,6 +1278,7 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     // stack/README.md "Network policies (Lambda)", row by row.
     let mut allowed = vec![
         ("layout Job → minio", Some(&layout), Some(&minio), 9000),
+        ("users Job → minio", Some(&users), Some(&minio), 9000),
         ("broker → broker", Some(&broker), Some(&broker), 9091),
         (
             "broker → broker (KRaft)",
@@ -1151,10 +1326,16 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
     }
     for spark in [&driver, &executor] {
         allowed.push(("spark → minio", Some(spark), Some(&minio), 9000));
-        for p in [9092, 9093] {
-            allowed.push(("spark → broker", Some(spark), Some(&broker), p));
-        }
+        // The TLS + SCRAM listener only (prod has no plain listener).
+        allowed.push(("spark → broker", Some(spark), Some(&broker), 9093));
     }
+    let kafka_client = outside("serving", &[("kafka-client", "true")]);
+    allowed.push((
+        "kafka client → broker",
+        Some(&kafka_client),
+        Some(&broker),
+        9093,
+    ));
     for (what, from, to, port) in allowed {
         assert!(
             flow(from, to, port, "TCP"),
@@ -1199,6 +1380,24 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
         ),
         ("cassandra → internet", Some(&cassandra), None, 443),
         ("client → minio", Some(&client), Some(&minio), 9000),
+        (
+            "spark → broker plain port",
+            Some(&executor),
+            Some(&broker),
+            9092,
+        ),
+        (
+            "kafka client → broker plain port",
+            Some(&kafka_client),
+            Some(&broker),
+            9092,
+        ),
+        (
+            "cassandra client → broker",
+            Some(&client),
+            Some(&broker),
+            9093,
+        ),
     ];
     for (what, from, to, port) in denied {
         assert!(!flow(from, to, port, "TCP"), "{what} must be denied");
@@ -1218,4 +1417,193 @@ fn lambda_network_policies_allow_the_documented_flows_only() {
             .any(|(n, p)| n == "default" && p["spec"]["podSelector"] == serde_json::json!({})),
         "no default-deny over the shared namespace default"
     );
+}
+
+/// The `prod` network policies of namespace `floe` (the policies templates of the charts, on in
+/// `values.yaml` only, and the observability layer's `kustomize/prod`) allow exactly the flows
+/// of stack/README.md "Network policies (floe)"; the `local` render has none.
+#[test]
+fn floe_network_policies_allow_the_documented_flows_only() {
+    let (policies, pods) = prod_policies_and_pods("floe-");
+    let pod = |app: &str| -> Peer {
+        pods.iter()
+            .find(|p| p.ns == "floe" && p.labels.get("app").and_then(|a| a.as_str()) == Some(app))
+            .unwrap_or_else(|| panic!("no pod floe/{app} in the prod render"))
+            .clone()
+    };
+    let flow = |from: Option<&Peer>, to: Option<&Peer>, port: u16| {
+        from.is_none_or(|f| side_allows(&policies, f, to, port, "TCP", true))
+            && to.is_none_or(|t| side_allows(&policies, t, from, port, "TCP", false))
+    };
+    let postgres = pod("floe-postgres");
+    let minio = pod("floe-minio");
+    let polaris = pod("floe-polaris");
+    let hook = pod("floe-polaris-init");
+    let dagster = [
+        pod("floe-dagster-webserver"),
+        pod("floe-dagster-daemon"),
+        pod("floe-dagster-user-code"),
+    ];
+    let user_code = pod("floe-dagster-user-code");
+    let cube = [pod("floe-cube-api"), pod("floe-cube-refresh-worker")];
+    let router = pod("floe-cube-store-router");
+    let worker = pod("floe-cube-store-worker");
+    let jaeger = pod("floe-jaeger");
+    let marquez = pod("floe-marquez");
+    let dns = Peer {
+        ns: "kube-system".into(),
+        labels: [("k8s-app".to_string(), "kube-dns".into())]
+            .into_iter()
+            .collect(),
+    };
+    let ingress = Peer {
+        ns: "ingress-nginx".into(),
+        labels: [("app.kubernetes.io/name".to_string(), "ingress-nginx".into())]
+            .into_iter()
+            .collect(),
+    };
+    let stranger = Peer {
+        ns: "other".into(),
+        labels: [("app".to_string(), "floe-dagster-webserver".into())]
+            .into_iter()
+            .collect(),
+    };
+
+    // stack/README.md "Network policies (floe)", row by row.
+    let mut allowed: Vec<(&str, &Peer, &Peer, u16)> = vec![
+        (
+            "dagster webserver → user code",
+            &dagster[0],
+            &user_code,
+            3030,
+        ),
+        ("dagster daemon → user code", &dagster[1], &user_code, 3030),
+        ("marquez → postgres", &marquez, &postgres, 5432),
+        ("polaris → minio", &polaris, &minio, 9000),
+        ("hook → minio", &hook, &minio, 9000),
+        ("hook → polaris", &hook, &polaris, 8181),
+        ("router → worker", &router, &worker, 10001),
+        ("worker → router metastore", &worker, &router, 9999),
+        ("router → minio", &router, &minio, 9000),
+        ("worker → minio", &worker, &minio, 9000),
+    ];
+    for d in &dagster {
+        allowed.extend([
+            ("dagster → postgres", d, &postgres, 5432),
+            ("dagster → polaris", d, &polaris, 8181),
+            ("dagster → minio", d, &minio, 9000),
+            ("dagster → jaeger (OTLP gRPC)", d, &jaeger, 4317),
+            ("dagster → jaeger (OTLP HTTP)", d, &jaeger, 4318),
+            ("dagster → marquez", d, &marquez, 5000),
+        ]);
+    }
+    for c in &cube {
+        allowed.extend([
+            ("cube → polaris", c, &polaris, 8181),
+            ("cube → minio", c, &minio, 9000),
+            ("cube → cube store router", c, &router, 3030),
+            ("cube → jaeger (OTLP gRPC)", c, &jaeger, 4317),
+            ("cube → jaeger (OTLP HTTP)", c, &jaeger, 4318),
+        ]);
+    }
+    for (what, from, to, port) in &allowed {
+        assert!(
+            flow(Some(from), Some(to), *port),
+            "{what} ({port}) must be allowed"
+        );
+    }
+    for p in &pods {
+        assert!(
+            side_allows(&policies, p, Some(&dns), 53, "UDP", true)
+                && side_allows(&policies, p, Some(&dns), 53, "TCP", true),
+            "{p:?} resolves names"
+        );
+    }
+    let denied: Vec<(&str, Option<&Peer>, Option<&Peer>, u16)> = vec![
+        ("cube → postgres", Some(&cube[0]), Some(&postgres), 5432),
+        (
+            "cube → cube store worker",
+            Some(&cube[0]),
+            Some(&worker),
+            10001,
+        ),
+        ("cube → user code", Some(&cube[0]), Some(&user_code), 3030),
+        (
+            "user code → user code's clients",
+            Some(&user_code),
+            Some(&dagster[0]),
+            3000,
+        ),
+        ("polaris → postgres", Some(&polaris), Some(&postgres), 5432),
+        ("hook → postgres", Some(&hook), Some(&postgres), 5432),
+        ("marquez → minio", Some(&marquez), Some(&minio), 9000),
+        ("jaeger → postgres", Some(&jaeger), Some(&postgres), 5432),
+        (
+            "dagster → minio console",
+            Some(&dagster[0]),
+            Some(&minio),
+            9001,
+        ),
+        (
+            "dagster → polaris management",
+            Some(&dagster[0]),
+            Some(&polaris),
+            8182,
+        ),
+        ("router → polaris", Some(&router), Some(&polaris), 8181),
+        ("dagster → internet", Some(&dagster[2]), None, 443),
+        ("cube → internet", Some(&cube[0]), None, 443),
+        ("minio → internet", Some(&minio), None, 443),
+        ("nodes → minio", None, Some(&minio), 9000),
+        ("nodes → postgres", None, Some(&postgres), 5432),
+        (
+            "ingress controller → dagster webserver",
+            Some(&ingress),
+            Some(&dagster[0]),
+            3000,
+        ),
+        (
+            "a pod of another namespace → postgres",
+            Some(&stranger),
+            Some(&postgres),
+            5432,
+        ),
+        (
+            "a pod of another namespace → jaeger",
+            Some(&stranger),
+            Some(&jaeger),
+            4317,
+        ),
+    ];
+    for (what, from, to, port) in denied {
+        assert!(!flow(from, to, port), "{what} must be denied");
+    }
+    assert!(
+        policies.iter().any(|(n, p)| n == "floe"
+            && p["spec"]["podSelector"] == serde_json::json!({})
+            && p["spec"]["policyTypes"] == serde_json::json!(["Ingress", "Egress"])),
+        "floe has a default-deny policy"
+    );
+    // `local` (values-local.yaml, kustomize/local): no network policies.
+    let env = TestEnv::get();
+    let renderers = driftless::stack::Renderers {
+        helm: env.var("HELM").into(),
+        kubectl: env.var("KUBECTL").into(),
+        ..Default::default()
+    };
+    let (local, _) = driftless::stack::load_and_render(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some("local"),
+        &driftless::credentials::Credentials::in_dir(None),
+        true,
+        &renderers,
+    )
+    .unwrap();
+    let local_policies = local
+        .iter()
+        .filter(|s| s.name.starts_with("floe-"))
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.key.kind == "NetworkPolicy")
+        .count();
+    assert_eq!(local_policies, 0, "no network policies in local");
 }

@@ -3,7 +3,7 @@
 
 The test environment has no real operators (KWOK runs no containers). This writes, through the
 status subresource, what the operators would write once their resources are up: Ready for
-Kafka/KafkaTopic, the node ids of a KafkaNodePool, RUNNING for a SparkApplication, each for the
+Kafka/KafkaTopic/KafkaUser, the node ids of a KafkaNodePool, RUNNING for a SparkApplication, each for the
 object's current generation. Tests and the demo start it beside a sync so that driftless' declared
 health checks (health/operators.yaml) are exercised as they would be against the real operators.
 
@@ -19,6 +19,7 @@ KINDS = [
     "kafkas.kafka.strimzi.io",
     "kafkanodepools.kafka.strimzi.io",
     "kafkatopics.kafka.strimzi.io",
+    "kafkausers.kafka.strimzi.io",
     "sparkapplications.sparkoperator.k8s.io",
 ]
 
