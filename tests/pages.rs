@@ -36,10 +36,22 @@ fn row<'a>(html: &'a str, id: &str) -> &'a str {
 
 #[tokio::test]
 async fn an_operator_walks_from_the_status_to_a_run_a_stack_and_an_object() {
+    let registry = support::TestEnv::get().registry_url().to_owned();
     let d = Setup::new(&Options::default(), |repo, _| {
         std::fs::write(
             repo.join("stack/app/more.yaml"),
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {n: '1'}\n",
+        )
+        .unwrap();
+        // A dry-run ImageCleanup of nothing against the environment's registry: a job with runs
+        // and a report.
+        std::fs::write(
+            repo.join("stack/app/jobs.yaml"),
+            format!(
+                "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: pages-cleanup}}\n\
+                 spec:\n  schedule: \"*/2 * * * * *\"\n  registry: {{url: \"{registry}\"}}\n  \
+                 protect: {{cluster: false, desired: false}}\n  rules: [{{repositories: \"none-such/*\", keepLast: 1}}]\n"
+            ),
         )
         .unwrap();
     })
@@ -153,6 +165,28 @@ async fn an_operator_walks_from_the_status_to_a_run_a_stack_and_an_object() {
         plain.contains("<noscript><meta http-equiv=\"refresh\" content=\"10\"></noscript>"),
         "{plain}"
     );
+
+    // The job, by the stack page's link: its runs and its last report.
+    let job_link = links(&stack_page, "/jobs/")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("the stack links to its job: {stack_page}"));
+    assert_eq!(job_link, "/jobs/pages-cleanup");
+    support::eventually("a finished job run", Duration::from_secs(60), || async {
+        let st = json(&d, "/api/v1/status").await;
+        (st["jobs"][0]["lastRun"]["outcome"] == "succeeded").then_some(())
+    })
+    .await;
+    let job_url = format!("{}{job_link}", d.base);
+    let job_page = dom(&job_url, 1000);
+    assert!(job_page.contains("ImageCleanup"), "{job_page}");
+    assert!(
+        job_page.contains("<table id=\"runs\">")
+            && job_page.contains("<td class=\"succeeded\">succeeded</td>"),
+        "{job_page}"
+    );
+    assert!(job_page.contains("<pre id=\"report\">{"), "{job_page}");
+    screenshot(&job_url, "job.png");
 
     // Every page carries the policy; unknown names are 404 pages.
     let response = d.get(&stack_link).await;
