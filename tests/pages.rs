@@ -79,8 +79,8 @@ async fn an_operator_walks_from_the_status_to_a_run_a_stack_and_an_object() {
     let home = format!("{}/", d.base);
     let page = dom(&home, LIVE_MS);
     assert!(
-        page.contains("data-live=\"ok\""),
-        "the live script ran under the CSP and refreshed the page: {page}"
+        page.contains("data-live=\"ok\"") && page.contains("data-live-swaps=\""),
+        "the live script ran under the CSP, fetched the page and swapped its <main>: {page}"
     );
     assert!(
         page.contains(&format!("href=\"/stacks/{stack}\"")),

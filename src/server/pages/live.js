@@ -8,6 +8,7 @@
   var period = 5000;
   var delay = period;
   var last = null;
+  var swaps = 0;
   function poll() {
     if (document.hidden) {
       setTimeout(poll, period);
@@ -42,6 +43,8 @@
               }
             });
             document.title = doc.title;
+            swaps += 1;
+            root.setAttribute("data-live-swaps", String(swaps));
           }
           last = text;
         }
