@@ -310,3 +310,38 @@ spec: {{policyName: pages-no-bad-value, validationActions: [Deny]}}
         screenshot(&url, name);
     }
 }
+
+#[tokio::test]
+async fn with_a_status_token_every_page_needs_it() {
+    const TOKEN: &str = "pages-status-token-0123456789abcdef";
+    let d = Setup::new(
+        &Options {
+            daemon: "  statusTokenFile: token\n",
+            credentials: &[("token", TOKEN)],
+            token: Some(TOKEN),
+            ..Options::default()
+        },
+        |_, _| {},
+    )
+    .start();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    let runs = json(&d, "/api/v1/runs?limit=1").await;
+    let id = runs["runs"][0]["id"].as_str().unwrap().to_owned();
+    let stack = format!("d-{}", d.id);
+    for path in [
+        "/".to_owned(),
+        "/runs".to_owned(),
+        format!("/runs/{id}"),
+        format!("/stacks/{stack}"),
+        "/jobs/none".to_owned(),
+    ] {
+        let url = format!("{}{path}", d.base);
+        let without = support::daemon::http().get(&url).send().await.unwrap();
+        assert_eq!(without.status(), 401, "{path}");
+        let body = without.text().await.unwrap();
+        assert_eq!(body, "a bearer token is required\n", "{path}: nothing else");
+        let with = d.get(&path).await;
+        let code = with.status().as_u16();
+        assert_eq!(code, if path == "/jobs/none" { 404 } else { 200 }, "{path}");
+    }
+}
