@@ -152,6 +152,33 @@ async fn an_operator_walks_from_the_status_to_a_run_a_stack_and_an_object() {
         entry.contains("updated") && entry.contains(&format!("href=\"/runs/{id}\"")),
         "the change that run made: {entry}"
     );
+    // A live change behind driftless's back: the drift watch's run reverts it, and the object's
+    // entry says so.
+    support::kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        &format!("ns-{}", d.id),
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"value":"tampered"}}"#,
+    ]);
+    let reverted = support::eventually(
+        "the drift reverted on the stack page",
+        Duration::from_secs(30),
+        || async {
+            let html = d.get(&stack_link).await.text().await.ok()?;
+            let entry = row(&html, fragment).to_owned();
+            entry.contains(">reverted<").then_some(entry)
+        },
+    )
+    .await;
+    assert!(
+        reverted.contains("class=\"healthy\">healthy<"),
+        "{reverted}"
+    );
     screenshot(&format!("{}{object_link}", d.base), "object.png");
 
     // Without JavaScript a browser shows the document as served (headless Chromium cannot dump
