@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
+use support::browser::chromium;
 use support::daemon::{
     SECRET, github_push, start_daemon, start_daemon_prepared, start_daemon_with, write_stack,
     write_stack_with,
@@ -270,33 +271,6 @@ async fn an_unreachable_git_remote_keeps_the_last_revision_and_is_reported() {
     .await;
 }
 
-/// Headless Chromium (Debian's `chromium`) as an operator's browser would show the page.
-fn chromium(args: &[&str]) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .expect("chromium is required for this test (scripts/prereqs installs Debian's chromium)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[tokio::test]
 async fn the_status_page_renders_in_headless_chromium() {
     let d = start_daemon();
@@ -305,7 +279,7 @@ async fn the_status_page_renders_in_headless_chromium() {
     let dom = String::from_utf8(chromium(&["--dump-dom", &url]).stdout).unwrap();
     // The browser parsed the document: the state badge, the summary and the stack's row.
     assert!(
-        dom.contains(r#"<span class="badge" id="state">ready</span>"#),
+        dom.contains(r#"<span class="badge ready" id="state">ready</span>"#),
         "{dom}"
     );
     assert!(
@@ -314,8 +288,8 @@ async fn the_status_page_renders_in_headless_chromium() {
     );
     assert!(
         dom.contains(&format!(
-            "<td>d-{}</td><td class=\"synced\">synced</td>",
-            d.id
+            "<td><a href=\"/stacks/d-{}\">d-{}</a></td><td class=\"synced\">synced</td>",
+            d.id, d.id
         )),
         "{dom}"
     );

@@ -129,9 +129,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             max_connections as u64 + OTHER_FILES
         );
     }
-    let mut server =
-        endpoint::Endpoint::start(&config, Arc::new(endpoint::server_state(&shared, settings)))
-            .await?;
+    let mut server = endpoint::Endpoint::start(
+        &config,
+        Arc::new(endpoint::server_state(&shared, settings).with_state_dir(config.state_dir())),
+    )
+    .await?;
 
     let reload = Arc::new(Notify::new());
     trigger::spawn_signal_handlers(shared.clone(), reload.clone());
@@ -592,6 +594,10 @@ async fn reconcile_once(
         )
     };
     state.stack_runs = crate::runs::stack_runs(&report, &plan_only, &in_backoff);
+    let names: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
+    shared
+        .runs
+        .record_objects(&report, &plan_only, &names, Utc::now());
     for stack in folded.applied {
         state.applied_sha.insert(stack, current_sha.clone());
     }

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod markdown;
+pub mod objects;
 pub mod store;
 
 use chrono::{DateTime, Utc};

@@ -58,6 +58,8 @@ pub struct Store {
     limits: Limits,
     /// Bumped when a run finishes (or starts): waiters watch it.
     changed: watch::Sender<u64>,
+    /// Every object of each stack as the last runs saw them (the stack page).
+    objects: super::objects::ObjectIndex,
 }
 
 impl Default for Store {
@@ -74,6 +76,7 @@ impl Store {
             path: None,
             limits,
             changed: watch::channel(0).0,
+            objects: super::objects::ObjectIndex::default(),
         }
     }
 
@@ -182,6 +185,28 @@ impl Store {
         }
         self.changed.send_modify(|n| *n += 1);
         Some(run)
+    }
+
+    /// Folds the running run's reconcile report into the object index; `keep` names the
+    /// revision's stacks (others are dropped).
+    pub fn record_objects(
+        &self,
+        report: &crate::reconcile::Report,
+        plan_only: &[String],
+        keep: &[String],
+        now: DateTime<Utc>,
+    ) {
+        let (id, drift) = match &self.lock().running {
+            Some(r) => (r.id.clone(), r.triggers.iter().any(|t| t == "drift")),
+            None => return,
+        };
+        self.objects
+            .record(report, plan_only, (&id, drift), now, keep);
+    }
+
+    /// The objects of stack `name` as the last runs saw them.
+    pub fn stack_objects(&self, name: &str) -> Option<super::objects::StackObjects> {
+        self.objects.get(name)
     }
 
     /// The run `id`, queued, running or finished.

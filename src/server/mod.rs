@@ -1,5 +1,6 @@
 //! The HTTP endpoint (axum routes on hyper connections): `/healthz`, `/readyz`, `/metrics`,
-//! `/api/v1/status`, `/` (status page), `POST /hooks/{github,gitlab,gitea,generic}` and the
+//! `/api/v1/status`, the pages (`pages`: `/`, `/runs`, `/runs/{id}`, `/stacks/{name}`,
+//! `/jobs/{name}`), `POST /hooks/{github,gitlab,gitea,generic}` and the
 //! runs API (`runs`: `GET /api/v1/runs`, `GET /api/v1/runs/{id}[?wait=]`, `POST
 //! /api/v1/sync`). Webhooks answer 202 at once with the run they queued and only wake the
 //! daemon's loop. With a token configured, every route but `/healthz` and the (signed) webhooks
@@ -13,7 +14,7 @@
 pub mod auth;
 pub mod connections;
 pub mod hooks;
-pub mod page;
+pub mod pages;
 pub mod runs;
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{RwLock, Semaphore};
@@ -166,6 +167,8 @@ pub struct State {
     pub endpoint: RwLock<EndpointConfig>,
     /// The daemon's runs (read by the runs API).
     pub runs: Arc<crate::runs::store::Store>,
+    /// The state directory (job histories and reports for the job pages); none in tests.
+    pub state_dir: Option<std::path::PathBuf>,
     wake: Wake,
     /// Long-polls of `GET /api/v1/runs/{id}?wait=` at once.
     waiters: Semaphore,
@@ -187,11 +190,18 @@ impl State {
             metrics,
             endpoint: RwLock::new(endpoint),
             runs,
+            state_dir: None,
             wake,
             waiters: Semaphore::new(runs::MAX_WAITERS),
             webhook_slots: Semaphore::new(WEBHOOK_CONCURRENCY),
             webhook_wait: WEBHOOK_WAIT,
         }
+    }
+
+    /// `new` reading job histories and reports from `dir`.
+    pub fn with_state_dir(mut self, dir: std::path::PathBuf) -> State {
+        self.state_dir = Some(dir);
+        self
     }
 
     /// `new` with `slots` webhooks at once, waiting `wait` for one (tests).
@@ -216,7 +226,11 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status_json))
-        .route("/", get(status_page))
+        .route("/", get(pages::routes::status_page))
+        .route("/runs", get(pages::routes::runs_page))
+        .route("/runs/{id}", get(pages::routes::run_page))
+        .route("/stacks/{name}", get(pages::routes::stack_page))
+        .route("/jobs/{name}", get(pages::routes::job_page))
         .route("/hooks/{provider}", post(webhook))
         .route("/api/v1/runs", get(runs::list))
         .route("/api/v1/sync", post(runs::sync))
@@ -288,14 +302,6 @@ async fn status_json(axum::extract::State(state): AppState, headers: HeaderMap) 
     }
     let st = state.status.read().await.clone();
     axum::Json(st).into_response()
-}
-
-async fn status_page(axum::extract::State(state): AppState, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers).await {
-        return unauthorized();
-    }
-    let st = state.status.read().await.clone();
-    Html(page::render(&st)).into_response()
 }
 
 async fn webhook(

@@ -177,7 +177,7 @@ pub async fn sync(
 }
 
 /// A stack name as `stack.yaml` allows it (DNS-label-like), bounded.
-fn valid_stack_name(name: &str) -> bool {
+pub(crate) fn valid_stack_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name

@@ -307,3 +307,74 @@ async fn runs_are_listed_and_waited_for_within_bounds() {
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     drop(held);
 }
+
+#[tokio::test]
+async fn pages_follow_the_token_rules_and_unknown_names_are_404_pages() {
+    let (s, _) = state(Some(TOKEN));
+    s.status
+        .write()
+        .await
+        .stacks
+        .push(crate::daemon::status::StackStatus {
+            name: "web".to_owned(),
+            state: crate::daemon::status::StackState::Synced,
+            last_change: None,
+            last_sync: None,
+            managed_objects: 1,
+            drifted: 0,
+            last_plan: Default::default(),
+            error: None,
+            retry_at: None,
+            consecutive_failures: 0,
+            holder: None,
+        });
+    let run = s.runs.enqueue("api", None);
+    let run_page = format!("/runs/{run}");
+    for path in ["/", "/runs", run_page.as_str(), "/stacks/web", "/jobs/x"] {
+        let (code, body) = send(&s, get(path, None)).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(!body.contains("instance-sentinel") && !body.contains("web"));
+    }
+    for path in ["/", "/runs", run_page.as_str(), "/stacks/web"] {
+        let response = router(Arc::clone(&s))
+            .oneshot(get(path, Some(TOKEN)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let h = response.headers();
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], pages::csp(), "{path}");
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    let (_, body) = send(&s, get(&run_page, Some(TOKEN))).await;
+    assert!(body.contains("<span class=\"badge queued\" id=\"state\">queued</span>"));
+    for (path, says) in [
+        (
+            "/runs/20261206T000000Z-ffff",
+            "No run 20261206T000000Z-ffff is kept.",
+        ),
+        ("/runs/..%2Fstatus", "That is not a run id."),
+        (
+            "/runs/%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            "That is not a run id.",
+        ),
+        ("/stacks/nope", "No stack nope in the applied revision."),
+        ("/stacks/%3Cb%3E", "That is not a stack name."),
+        ("/jobs/..", "That is not a job name."),
+        ("/jobs/cleanup", "No job cleanup in the applied revision."),
+    ] {
+        let response = router(Arc::clone(&s))
+            .oneshot(get(path, Some(TOKEN)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            response
+                .headers()
+                .contains_key(header::CONTENT_SECURITY_POLICY)
+        );
+        let (_, body) = send(&s, get(path, Some(TOKEN))).await;
+        assert!(body.contains(says), "{path}: {body}");
+        assert!(!body.contains("<script>alert"), "{body}");
+    }
+}

@@ -5,6 +5,7 @@
 //! it, under `CI=true` and everywhere else: an integration test never passes without its servers.
 #![allow(dead_code)] // Each test crate uses a different part of this module.
 
+pub mod browser;
 pub mod churn;
 pub mod daemon;
 pub mod registry;

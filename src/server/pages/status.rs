@@ -1,61 +1,32 @@
-//! The status page: one server-rendered HTML document an operator reads at a glance. No
-//! JavaScript; it refreshes itself every 10 seconds.
+//! `/`: the status at a glance — the daemon's state, revisions, errors, stacks (linking to
+//! their pages), the last runs (linking to theirs) and the jobs (linking to theirs).
 
 use std::fmt::Write as _;
 
+use super::{class, document, escape, job_href, stack_href, time};
 use crate::daemon::status::{DaemonState, Status};
+use crate::runs::Run;
 
-/// Escapes text for HTML element and attribute content.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Runs listed on the status page (the rest are on `/runs`).
+pub const RECENT_RUNS: usize = 10;
 
-fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| "—".to_owned())
-}
-
-/// Renders the page.
-pub fn render(st: &Status) -> String {
-    let (badge, colour) = match st.state {
-        DaemonState::Ready => ("ready", "#1a7f37"),
-        DaemonState::Degraded => ("degraded", "#cf222e"),
-        DaemonState::Starting => ("starting", "#9a6700"),
+/// Renders the page from the status and the newest runs (newest first).
+pub fn render(st: &Status, recent: &[Run]) -> String {
+    let badge = match st.state {
+        DaemonState::Ready => "ready",
+        DaemonState::Degraded => "degraded",
+        DaemonState::Starting => "starting",
     };
     let mut h = String::new();
-    let _ = write!(
+    let _ = writeln!(
         h,
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
-<title>driftless {instance}: {badge}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}}
-table{{border-collapse:collapse;width:100%;margin:1rem 0}}
-th,td{{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #d0d7de;vertical-align:top}}
-th{{background:#f6f8fa}}
-.badge{{display:inline-block;padding:.1rem .6rem;border-radius:1rem;color:#fff;background:{colour}}}
-.synced{{color:#1a7f37}} .drifted{{color:#9a6700;font-weight:600}} .failed,.unhealthy,.backoff{{color:#cf222e;font-weight:600}}
-.err{{color:#cf222e}} code{{font-size:.9em}}
-</style></head><body>
-<h1>driftless <code>{instance}</code> <span class="badge" id="state">{badge}</span></h1>
-"#,
+        "<h1>driftless <code>{instance}</code> <span class=\"badge {badge}\" id=\"state\">{badge}</span></h1>",
         instance = escape(&st.instance),
     );
     let rev = |r: &Option<crate::source::Revision>| match r {
         Some(r) => format!(
             "<code>{}</code> {} <small>({})</small>",
-            escape(&r.sha[..12.min(r.sha.len())]),
+            escape(&r.sha.chars().take(12).collect::<String>()),
             escape(&r.subject),
             escape(&r.author)
         ),
@@ -101,9 +72,10 @@ th{{background:#f6f8fa}}
     for s in &st.stacks {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td><a href=\"{}\">{}</a></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&stack_href(&s.name, None)),
             escape(&s.name),
-            escape(s.state.as_str()),
+            class(s.state.as_str()),
             escape(s.state.as_str()),
             s.managed_objects,
             s.drifted,
@@ -115,7 +87,9 @@ th{{background:#f6f8fa}}
             s.error.as_deref().map(escape).unwrap_or_default(),
         );
     }
-    h.push_str("</table>\n<h2>Jobs</h2>\n");
+    h.push_str("</table>\n");
+    recent_runs(&mut h, recent);
+    h.push_str("<h2>Jobs</h2>\n");
     if st.jobs.is_empty() {
         h.push_str("<p id=\"jobs\">No scheduled jobs.</p>\n");
     } else {
@@ -158,7 +132,8 @@ th{{background:#f6f8fa}}
             };
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td><code>{}</code> {}</td><td>{}</td><td>{last}</td><td class=\"{class}\">{}</td><td>{summary}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td><code>{}</code> {}</td><td>{}</td><td>{last}</td><td class=\"{class}\">{}</td><td>{summary}</td><td>{}</td></tr>",
+                escape(&job_href(&j.name)),
                 escape(&j.name),
                 escape(&j.kind),
                 escape(&j.schedule),
@@ -170,23 +145,79 @@ th{{background:#f6f8fa}}
         }
         h.push_str("</table>\n");
     }
-    h.push_str("</body></html>\n");
-    h
+    document(&format!("driftless {}: {badge}", st.instance), &h)
+}
+
+/// The "Recent runs" table: the newest runs, each linking to its page.
+fn recent_runs(h: &mut String, recent: &[Run]) {
+    h.push_str("<h2>Recent runs <small><a href=\"/runs\">all runs</a></small></h2>\n");
+    if recent.is_empty() {
+        h.push_str("<p id=\"runs\" class=\"muted\">No runs yet.</p>\n");
+        return;
+    }
+    h.push_str(&super::runs::table(
+        "runs",
+        &recent[..recent.len().min(RECENT_RUNS)],
+    ));
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{HOSTILE, shows_escaped};
     use super::*;
+    use crate::daemon::status::{JobStatus, PlanCounts, StackState, StackStatus};
+
+    fn status(text: &str) -> Status {
+        Status {
+            instance: text.to_owned(),
+            errors: vec![text.to_owned()],
+            stacks: vec![StackStatus {
+                name: "web".to_owned(),
+                state: StackState::Synced,
+                last_change: None,
+                last_sync: None,
+                managed_objects: 2,
+                drifted: 0,
+                last_plan: PlanCounts::default(),
+                error: Some(text.to_owned()),
+                retry_at: None,
+                consecutive_failures: 0,
+                holder: None,
+            }],
+            jobs: vec![JobStatus {
+                name: "cleanup".to_owned(),
+                kind: text.to_owned(),
+                stack: "web".to_owned(),
+                schedule: text.to_owned(),
+                time_zone: "UTC".to_owned(),
+                next_run: None,
+                running: false,
+                last_run: None,
+                last_success: None,
+                last_complete_backup: None,
+                overdue: None,
+            }],
+            ..Status::default()
+        }
+    }
 
     #[test]
-    fn escapes_everything_it_prints() {
-        let st = Status {
-            instance: "<script>".to_owned(),
-            errors: vec!["a & b <c>".to_owned()],
-            ..Status::default()
-        };
-        let page = render(&st);
-        assert!(!page.contains("<script>"), "{page}");
-        assert!(page.contains("&lt;script&gt;") && page.contains("a &amp; b &lt;c&gt;"));
+    fn links_to_every_page_and_escapes_everything_it_prints() {
+        for text in HOSTILE {
+            let runs = vec![super::super::runs::tests::run_with("r-1", text)];
+            let page = render(&status(text), &runs);
+            shows_escaped(&page, text);
+            assert_eq!(page.matches("<script").count(), 1, "{page}");
+            for link in [
+                "href=\"/stacks/web\"",
+                "href=\"/jobs/cleanup\"",
+                "href=\"/runs/r-1\"",
+                "href=\"/runs\"",
+            ] {
+                assert!(page.contains(link), "{link}");
+            }
+            assert!(page.contains("<td class=\"synced\">synced</td>"));
+        }
+        assert!(render(&Status::default(), &[]).contains("No runs yet."));
     }
 }
