@@ -51,6 +51,14 @@ impl Target {
             .is_none_or(|patterns| patterns.iter().any(|p| glob_match(p, name)))
     }
 
+    /// How messages name its cluster: the kubeconfig context, else the current one.
+    pub fn cluster_name(&self) -> String {
+        match &self.cluster.context {
+            Some(c) => format!("(context {c})"),
+            None => "(current context)".to_owned(),
+        }
+    }
+
     /// The patterns of `stacks:` that match none of `names` (a warning: a stack may come later).
     pub fn unmatched<'a>(&'a self, names: &[&str]) -> Vec<&'a str> {
         self.stacks
@@ -200,6 +208,34 @@ pub fn narrow(config: &HostConfig, target: &Target) -> HostConfig {
     };
     c.profile = target.profile.clone();
     c
+}
+
+/// What a command (`diff`, `sync`, `jobs`, `status`) acts on: the configuration narrowed to the
+/// target `--target` names (or the only one), and that target.
+pub fn for_command(
+    config: &HostConfig,
+    wanted: Option<&str>,
+) -> Result<(HostConfig, Target), String> {
+    let target = pick(&of(config), wanted)?;
+    Ok((narrow(config, &target), target))
+}
+
+/// The stacks of a revision the target takes; a `--stack` it does not take is an error.
+pub fn select_stacks(
+    target: &Target,
+    stacks: Vec<crate::stack::RenderedStack>,
+    named: &[String],
+) -> Result<Vec<crate::stack::RenderedStack>, String> {
+    if let Some(n) = named.iter().find(|n| !target.takes(n)) {
+        return Err(format!(
+            "--stack {n}: target {} does not take it (targets[].stacks)",
+            target.name
+        ));
+    }
+    Ok(stacks
+        .into_iter()
+        .filter(|s| target.takes(&s.name))
+        .collect())
 }
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ async fn with_self_heal_off_drift_is_reported_not_reverted() {
     let metrics = d.metrics().await;
     assert!(
         metrics.contains(&format!(
-            "driftless_drifted_objects{{stack=\"d-{}\"}} 1",
+            "driftless_drifted_objects{{target=\"default\",stack=\"d-{}\"}} 1",
             d.id
         )),
         "{metrics}"

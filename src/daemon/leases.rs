@@ -48,11 +48,12 @@ impl Wanted {
     }
 }
 
-/// Writes each stack's holder (as last seen) and this daemon's identity into the status.
-pub fn record_holders(st: &mut super::status::Status, fence: &Fence) {
+/// Writes the holder (as last seen) of each stack of `target` and this daemon's identity into
+/// the status.
+pub fn record_holders(st: &mut super::status::Status, target: &str, fence: &Fence) {
     let holders = fence.holders();
     st.identity = Some(fence.identity());
-    for s in &mut st.stacks {
+    for s in st.stacks.iter_mut().filter(|s| s.target == target) {
         s.holder = holders.get(&s.name).cloned();
     }
 }
@@ -65,11 +66,13 @@ pub struct LeaseTask {
 }
 
 impl LeaseTask {
-    /// Starts the task for `instance` on `target`'s cluster, with `fence` shared with the loop.
+    /// Starts the task for `instance` on the cluster of the target `name`, with `fence` shared
+    /// with the loop.
     /// `started_tx` turns true once the first round of takes is done (see `Wanted::started`;
     /// the jobs scheduler waits for it too).
     pub fn spawn(
         shared: Arc<Shared>,
+        name: String,
         target: crate::cluster::Target,
         instance: String,
         settings: Settings,
@@ -88,7 +91,7 @@ impl LeaseTask {
                 match crate::cluster::connect(&target).await {
                     Ok(c) => break c,
                     Err(e) => {
-                        warn!("leases: {e}");
+                        warn!(target = %name, "leases: {e}");
                         tokio::select! {
                             _ = tokio::time::sleep(renew) => continue,
                             _ = s.notified() => return,
@@ -110,7 +113,11 @@ impl LeaseTask {
                 }
                 let wanted = w.get();
                 let tick = coordinator.tick(wanted.as_deref()).await;
-                record_holders(&mut *shared.status.write().await, &coordinator.fence());
+                record_holders(
+                    &mut *shared.status.write().await,
+                    &name,
+                    &coordinator.fence(),
+                );
                 // The first round's takes are awaited by the first reconcile; later ones wake
                 // the loop.
                 if *started_tx.borrow() && !tick.taken.is_empty() {

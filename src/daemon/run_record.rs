@@ -150,6 +150,7 @@ mod tests {
     fn a_quiet_run_reports_its_stacks_as_the_last_run_left_them() {
         let status = |state| StackStatus {
             name: "web".to_owned(),
+            target: "default".to_owned(),
             state,
             last_change: None,
             last_sync: None,

@@ -94,14 +94,16 @@ th{{background:#f6f8fa}}
         }
         h.push_str("</ul>\n");
     }
+    targets_table(&mut h, st);
     h.push_str(
-        "<h2>Stacks</h2><table id=\"stacks\"><tr><th>Stack</th><th>State</th><th>Objects</th><th>Drifted</th>\
-         <th>Last plan</th><th>Last change</th><th>Last sync</th><th>Error</th></tr>\n",
+        "<h2>Stacks</h2><table id=\"stacks\"><tr><th>Target</th><th>Stack</th><th>State</th><th>Objects</th><th>Drifted</th>\
+         <th>Last plan</th><th>Last change</th><th>Last sync</th><th>Holder</th><th>Error</th></tr>\n",
     );
     for s in &st.stacks {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&s.target),
             escape(&s.name),
             escape(s.state.as_str()),
             escape(s.state.as_str()),
@@ -112,6 +114,10 @@ th{{background:#f6f8fa}}
             s.last_plan.prune,
             time(s.last_change),
             time(s.last_sync),
+            s.holder
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "—".to_owned()),
             s.error.as_deref().map(escape).unwrap_or_default(),
         );
     }
@@ -172,6 +178,33 @@ th{{background:#f6f8fa}}
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// The targets (clusters) and where their last runs left them.
+fn targets_table(h: &mut String, st: &Status) {
+    h.push_str(
+        "<h2>Targets</h2><table id=\"targets\"><tr><th>Target</th><th>Cluster</th><th>Profile</th>\
+         <th>State</th><th>Mode</th><th>Last run</th><th>Errors</th></tr>\n",
+    );
+    for t in &st.targets {
+        let state = format!("{:?}", t.state).to_lowercase();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&t.name),
+            escape(&t.cluster),
+            t.profile
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "—".to_owned()),
+            escape(&state),
+            escape(&state),
+            escape(&format!("{:?}", t.mode).to_lowercase()),
+            time(t.last_run_at),
+            escape(&t.errors.join("; ")),
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 #[cfg(test)]
