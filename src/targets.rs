@@ -51,11 +51,13 @@ impl Target {
             .is_none_or(|patterns| patterns.iter().any(|p| glob_match(p, name)))
     }
 
-    /// How messages name its cluster: the kubeconfig context, else the current one.
+    /// How status and messages name its cluster: the kubeconfig context, else the kubeconfig
+    /// file, else `default kubeconfig`.
     pub fn cluster_name(&self) -> String {
-        match &self.cluster.context {
-            Some(c) => format!("(context {c})"),
-            None => "(current context)".to_owned(),
+        match (&self.cluster.context, &self.cluster.kubeconfig) {
+            (Some(c), _) => format!("context {c}"),
+            (None, Some(k)) => format!("kubeconfig {}", k.display()),
+            (None, None) => "default kubeconfig".to_owned(),
         }
     }
 

@@ -85,49 +85,53 @@ impl LeaseTask {
         };
         let stop = Arc::new(Notify::new());
         let (w, s) = (wanted.clone(), stop.clone());
-        let handle = tokio::spawn(async move {
-            let renew = settings.renew;
-            let client = loop {
-                match crate::cluster::connect(&target).await {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        warn!(target = %name, "leases: {e}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(renew) => continue,
-                            _ = s.notified() => return,
+        let span = tracing::info_span!("leases", target = %name);
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let renew = settings.renew;
+                let client = loop {
+                    match crate::cluster::connect(&target).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            warn!("leases: {e}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(renew) => continue,
+                                _ = s.notified() => return,
+                            }
                         }
                     }
-                }
-            };
-            let mut coordinator = Coordinator::new(client, &instance, settings, fence, true);
-            let mut interval = tokio::time::interval(renew);
-            // After a pause (SIGSTOP, a suspended host) renew once, not once per missed tick.
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = interval.tick() => {}
-                    _ = s.notified() => {
-                        coordinator.release_all().await;
-                        return;
+                };
+                let mut coordinator = Coordinator::new(client, &instance, settings, fence, true);
+                let mut interval = tokio::time::interval(renew);
+                // After a pause (SIGSTOP, a suspended host) renew once, not once per missed tick.
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = s.notified() => {
+                            coordinator.release_all().await;
+                            return;
+                        }
+                    }
+                    let wanted = w.get();
+                    let tick = coordinator.tick(wanted.as_deref()).await;
+                    record_holders(
+                        &mut *shared.status.write().await,
+                        &name,
+                        &coordinator.fence(),
+                    );
+                    // The first round's takes are awaited by the first reconcile; later ones wake
+                    // the loop.
+                    if *started_tx.borrow() && !tick.taken.is_empty() {
+                        shared.triggers.request(Trigger::Lease);
+                    }
+                    if wanted.is_some() && coordinator.may_take() {
+                        started_tx.send_replace(true);
                     }
                 }
-                let wanted = w.get();
-                let tick = coordinator.tick(wanted.as_deref()).await;
-                record_holders(
-                    &mut *shared.status.write().await,
-                    &name,
-                    &coordinator.fence(),
-                );
-                // The first round's takes are awaited by the first reconcile; later ones wake
-                // the loop.
-                if *started_tx.borrow() && !tick.taken.is_empty() {
-                    shared.triggers.request(Trigger::Lease);
-                }
-                if wanted.is_some() && coordinator.may_take() {
-                    started_tx.send_replace(true);
-                }
-            }
-        });
+            },
+            span,
+        ));
         LeaseTask {
             wanted,
             stop,

@@ -117,7 +117,7 @@ pub struct ReconcileSummary {
 #[serde(rename_all = "camelCase")]
 pub struct TargetStatus {
     pub name: String,
-    /// The kubeconfig context (or `current context`) of its cluster.
+    /// Its cluster: `context NAME`, `kubeconfig PATH` or `default kubeconfig`.
     pub cluster: String,
     pub profile: Option<String>,
     /// `ready`, or `degraded` when its cluster cannot be reached or a stack of it fails (see

@@ -157,12 +157,7 @@ impl TargetState {
         {
             let mut st = shared.status.write().await;
             let t = record::target_entry(&mut st, &name);
-            t.cluster = self
-                .target
-                .cluster
-                .context
-                .clone()
-                .unwrap_or_else(|| "current context".to_owned());
+            t.cluster = self.target.cluster_name();
             t.profile = self.target.profile.clone();
             t.last_run_at = Some(Utc::now());
         }
@@ -226,10 +221,17 @@ impl TargetState {
             .into_iter()
             .map(|p| format!("stacks pattern {p:?} matches no stack of the revision"))
             .collect();
-        for w in &warnings {
-            warn!(target = %name, "{w}");
+        {
+            let mut st = shared.status.write().await;
+            let t = record::target_entry(&mut st, &name);
+            // Logged when they change, not at every run.
+            if t.warnings != warnings {
+                for w in &warnings {
+                    warn!(target = %name, "{w}");
+                }
+                t.warnings = warnings;
+            }
         }
-        record::target_entry(&mut *shared.status.write().await, &name).warnings = warnings;
         let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
         wanted.extend(self.awaiting_lease.iter().cloned());
         self.wanted.set(wanted);
