@@ -290,9 +290,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     output,
                 },
         } => {
-            // The job runs against the cluster of the target `--target` names (or the only one).
-            let (config, _) = for_target(&config_path, cluster.target.as_deref())?;
-            let d = load_desired(&config, &source, false)?;
+            // The job runs against the cluster of the target `--target` names, else its own
+            // (`spec.target`, else its stack's): found in the first target's rendering.
+            let all = HostConfig::load(&config_path, false)?;
+            let listed = targets::of(&all);
+            let first = listed.first().map(|t| t.name.clone());
+            let wanted = cluster.target.clone().or(first);
+            let (mut config, _) =
+                targets::for_command(&all, wanted.as_deref()).map_err(anyhow::Error::msg)?;
+            let mut d = load_desired(&config, &source, false)?;
+            if cluster.target.is_none()
+                && let Some(job) = d.jobs.iter().find(|j| j.name == name)
+            {
+                let own = targets::job_target(&listed, &job.stack, job.target.as_deref())
+                    .map_err(|e| anyhow::anyhow!("job {name}: {e}"))?;
+                if Some(&own.name) != wanted.as_ref() {
+                    config = targets::narrow(&all, own);
+                    d = load_desired(&config, &source, false)?;
+                }
+            }
             let Some(job) = d.jobs.iter().find(|j| j.name == name) else {
                 bail!(
                     "no job {name:?} (declared: {})",

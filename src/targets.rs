@@ -212,6 +212,33 @@ pub fn narrow(config: &HostConfig, target: &Target) -> HostConfig {
     c
 }
 
+/// The target whose Lease decides where a job of `stack` runs: the first that takes the stack.
+pub fn stack_target<'a>(targets: &'a [Target], stack: &str) -> Option<&'a Target> {
+    targets.iter().find(|t| t.takes(stack))
+}
+
+/// The target whose cluster a job uses: the one its `spec.target` names, else its stack's.
+pub fn job_target<'a>(
+    targets: &'a [Target],
+    stack: &str,
+    named: Option<&str>,
+) -> Result<&'a Target, String> {
+    match named {
+        Some(n) => targets.iter().find(|t| t.name == n).ok_or_else(|| {
+            format!(
+                "spec.target {n:?} is not a target of this host (targets: {})",
+                targets
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None => stack_target(targets, stack)
+            .ok_or_else(|| format!("no target of this host takes stack {stack}")),
+    }
+}
+
 /// What a command (`diff`, `sync`, `jobs`, `status`) acts on: the configuration narrowed to the
 /// target `--target` names (or the only one), and that target.
 pub fn for_command(
@@ -340,6 +367,21 @@ mod tests {
         assert!(e.contains("no such target"), "{e}");
         let one = of(&config("profile: x\n"));
         assert_eq!(pick(&one, None).expect("one").name, DEFAULT);
+        let c3 = config(
+            "targets:\n- {name: a, stacks: [web]}\n- {name: b, stacks: [web, db]}\n- {name: c}\n",
+        );
+        let t3 = of(&c3);
+        assert_eq!(job_target(&t3, "web", None).expect("web").name, "a");
+        assert_eq!(job_target(&t3, "db", None).expect("db").name, "b");
+        assert_eq!(job_target(&t3, "other", None).expect("other").name, "c");
+        assert_eq!(job_target(&t3, "web", Some("c")).expect("named").name, "c");
+        let e = job_target(&t3, "web", Some("x")).expect_err("unknown");
+        assert!(
+            e.contains("spec.target \"x\"") && e.contains("a, b, c"),
+            "{e}"
+        );
+        let t2 = of(&config("targets:\n- {name: a, stacks: [web]}\n"));
+        assert!(job_target(&t2, "db", None).is_err());
         let narrowed = narrow(&c, &t[1]);
         assert!(narrowed.targets.is_empty());
         assert_eq!(narrowed.profile.as_deref(), Some("prod"));

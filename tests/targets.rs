@@ -47,6 +47,15 @@ fn write_repo(repo: &Path, id: &str, value: &str) {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: only-a}\ndata: {a: x}\n",
         "",
     );
+    // One Backup job in each target's own stack (listed, never run here).
+    for (dir, job) in [("only-a", "backup-a"), ("only-b", "backup-b")] {
+        std::fs::create_dir_all(repo.join("stack").join(dir)).unwrap();
+        std::fs::write(
+            repo.join("stack").join(dir).join("jobs.yaml"),
+            format!("apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {job}-{id}}}\nspec:\n  schedule: '0 3 1 1 *'\n  source: {{postgres: {{database: app, username: app}}}}\n  destination: {{local: {{path: /nonexistent/b}}}}\n  retention: {{keepLast: 1}}\n"),
+        )
+        .unwrap();
+    }
     stack(
         "only-b",
         &format!("t-{id}-b"),
@@ -318,6 +327,16 @@ async fn diff_and_sync_act_on_the_target_they_name() {
         data(&cb, &format!("tns-{id}"), "settings", "profile").await,
         None
     );
+
+    // jobs list --target b: the jobs of b's stacks only.
+    let out = support::driftless(
+        &setup.config,
+        &["jobs", "list", "--target", "b", "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&format!("backup-b-{id}")), "{listed}");
+    assert!(!listed.contains(&format!("backup-a-{id}")), "{listed}");
 
     // sync --target b writes b's cluster only.
     let out = support::driftless(&setup.config, &["sync", "--target", "b"]);

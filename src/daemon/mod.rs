@@ -70,20 +70,11 @@ pub struct Shared {
     pub jobs_changed: Notify,
     /// A drift watch saw a managed object change since the last full reconcile.
     pub drift_pending: std::sync::atomic::AtomicBool,
-    /// The stacks whose Leases this daemon holds on the first target's cluster (jobs run there,
-    /// and only for those).
-    pub fence: crate::cluster::lease::Fence,
+    /// The targets and the Leases this daemon holds on each target's cluster: a job runs only
+    /// where its stack's target's Lease is held, against its own target's cluster.
+    pub targets: Vec<(crate::targets::Target, crate::cluster::lease::Fence)>,
     /// True once the first target's lease task's first round of takes is done.
     pub leases_started: tokio::sync::watch::Receiver<bool>,
-}
-
-/// The cluster of the first target (scheduled jobs run against it).
-fn first_target(config: &HostConfig) -> crate::cluster::Target {
-    crate::targets::of(config)
-        .into_iter()
-        .next()
-        .map(|t| t.cluster)
-        .unwrap_or_default()
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -109,10 +100,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         .iter()
         .map(|_| crate::cluster::lease::Fence::new(&lease_settings))
         .collect();
-    let fence = fences
-        .first()
-        .cloned()
-        .unwrap_or_else(|| crate::cluster::lease::Fence::new(&lease_settings));
     let (leases_started_tx, leases_started) = tokio::sync::watch::channel(false);
     let shared = Arc::new_cyclic(|self_ref| Shared {
         self_ref: self_ref.clone(),
@@ -128,7 +115,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
         drift_pending: std::sync::atomic::AtomicBool::new(false),
-        fence: fence.clone(),
+        targets: targets
+            .iter()
+            .cloned()
+            .zip(fences.iter().cloned())
+            .collect(),
         leases_started,
     });
     let max_connections = settings.max_connections;

@@ -298,7 +298,6 @@ impl Revisions {
             revision: checkout.revision.as_ref().map(|r| r.sha.clone()),
             state_dir: config.state_dir(),
             credentials: credentials.clone(),
-            target: super::first_target(config),
             commands: config.jobs.commands.clone(),
             host: crate::jobs::host::HostSettings::from_config(config),
         });
