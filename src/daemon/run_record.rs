@@ -83,6 +83,7 @@ fn unchanged_since(s: &StackStatus) -> StackRun {
     };
     StackRun {
         name: s.name.clone(),
+        target: Some(s.target.clone()),
         state,
         counts: Counts::default(),
         changes: Vec::new(),

@@ -235,13 +235,6 @@ impl TargetState {
         let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
         wanted.extend(self.awaiting_lease.iter().cloned());
         self.wanted.set(wanted);
-        // Stacks are taken one renewal after start (daemons started together see each other).
-        self.wanted
-            .started(self.config.leases.renew_interval * 3 + crate::cluster::REQUEST_TIMEOUT)
-            .await;
-        let incremental = self.mode == Mode::Incremental;
-        let full_at = self.last_full.take().map(|f| f.at).filter(|_| incremental);
-
         let (client, watch_client) = match self.clients().await {
             Ok(c) => c,
             Err(e) => {
@@ -260,6 +253,13 @@ impl TargetState {
             self.degrade(shared, errors).await;
             return failed();
         }
+        // Stacks are taken one renewal after start (daemons started together see each other).
+        // After the probe: a cluster that does not answer never holds up the run this long.
+        self.wanted
+            .started(self.config.leases.renew_interval * 3 + crate::cluster::REQUEST_TIMEOUT)
+            .await;
+        let incremental = self.mode == Mode::Incremental;
+        let full_at = self.last_full.take().map(|f| f.at).filter(|_| incremental);
         let in_backoff = self.backoffs.in_backoff(Instant::now());
         let only: Vec<String> = if in_backoff.is_empty() {
             Vec::new()
@@ -276,9 +276,13 @@ impl TargetState {
                 resources: Vec::new(),
                 awaiting_lease: Vec::new(),
             };
+            let mut stack_runs = crate::runs::stack_runs(&empty, &[], &in_backoff);
+            for r in &mut stack_runs {
+                r.target = Some(name.clone());
+            }
             return TargetRun {
                 ok: false,
-                stack_runs: crate::runs::stack_runs(&empty, &[], &in_backoff),
+                stack_runs,
             };
         }
         let current_sha = revision_sha.clone().unwrap_or_default();
@@ -346,9 +350,13 @@ impl TargetState {
                 ("outcome", if folded.ok { "ok" } else { "error" }),
             ]))
             .inc();
+        let mut stack_runs = crate::runs::stack_runs(&report, &plan_only, &in_backoff);
+        for r in &mut stack_runs {
+            r.target = Some(name.clone());
+        }
         TargetRun {
             ok: folded.ok,
-            stack_runs: crate::runs::stack_runs(&report, &plan_only, &in_backoff),
+            stack_runs,
         }
     }
 

@@ -222,4 +222,24 @@ mod tests {
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;") && page.contains("a &amp; b &lt;c&gt;"));
     }
+
+    #[test]
+    fn shows_each_target_and_each_stacks_target_and_holder_escaped() {
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "instance": "ops", "state": "degraded", "startedAt": null, "source": "s",
+            "revision": null, "appliedRevision": null, "lastReconcile": null, "errors": [],
+            "targets": [{"name": "b", "cluster": "context <eu>", "profile": "prod",
+                         "state": "degraded", "errors": ["cluster <x> down"], "lastRunAt": null}],
+            "stacks": [{"name": "web", "target": "b", "state": "synced", "lastChange": null,
+                        "lastSync": null, "managedObjects": 1, "drifted": 0,
+                        "lastPlan": {"create": 0, "update": 0, "prune": 0}, "error": null,
+                        "retryAt": null, "consecutiveFailures": 0, "holder": "ops-2 <evil>"}]
+        }))
+        .expect("status");
+        let page = render(&st);
+        assert!(page.contains("<table id=\"targets\">"), "{page}");
+        assert!(page.contains("context &lt;eu&gt;") && page.contains("cluster &lt;x&gt; down"));
+        assert!(page.contains("<td>b</td><td>web</td>"), "{page}");
+        assert!(page.contains("ops-2 &lt;evil&gt;") && !page.contains("<evil>"));
+    }
 }
