@@ -265,6 +265,17 @@ async fn one_daemon_serves_two_clusters_and_a_stopped_one_degrades_only_its_targ
     let errors = st["errors"].to_string();
     assert!(errors.contains("target b: cluster"), "{errors}");
     assert!(!errors.contains("target a"), "{errors}");
+    // `status --target` shows one target and exits by its state.
+    let out = support::driftless(&d.config(), &["status", "--target", "a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    let text = support::text(&out);
+    assert!(
+        text.contains("target a: ready") && !text.contains("target b"),
+        "{text}"
+    );
+    let out = support::driftless(&d.config(), &["status", "--target", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::text(&out));
+    assert!(support::text(&out).contains("target b: degraded"));
 
     // SIGCONT: b catches up without a restart.
     drop(resume);
