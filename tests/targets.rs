@@ -339,6 +339,20 @@ async fn diff_and_sync_act_on_the_target_they_name() {
         None
     );
 
+    // doctor checks each target's cluster.
+    let out = support::driftless(&setup.config, &["doctor", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", support::text(&out)));
+    for t in ["a", "b"] {
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == format!("cluster (target {t})"))
+            .unwrap_or_else(|| panic!("no cluster check of {t}: {report:#}"));
+        assert_eq!(check["verdict"], "ok", "{check:#}");
+    }
+
     // jobs list --target b: the jobs of b's stacks only.
     let out = support::driftless(
         &setup.config,
