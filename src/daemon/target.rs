@@ -147,8 +147,22 @@ impl TargetState {
     }
 
     /// Its part of a run: decide the mode, probe the cluster, reconcile the stacks it takes that
-    /// are not in backoff, fold the outcome into the status. Returns whether all went well.
+    /// are not in backoff, fold the outcome into the status. Every part counts in
+    /// `driftless_reconciles_total{target, outcome}`.
     pub async fn run(&mut self, shared: &Shared, input: &RunInput<'_>) -> TargetRun {
+        let run = self.run_part(shared, input).await;
+        shared
+            .metrics
+            .reconciles
+            .get_or_create(&labels(&[
+                ("target", &self.target.name),
+                ("outcome", if run.ok { "ok" } else { "error" }),
+            ]))
+            .inc();
+        run
+    }
+
+    async fn run_part(&mut self, shared: &Shared, input: &RunInput<'_>) -> TargetRun {
         let mut errors = input.errors.to_vec();
         let name = self.target.name.clone();
         if input.desired.is_fresh() {
@@ -179,12 +193,15 @@ impl TargetState {
             last_full: last_full.as_ref(),
             api_answers: false,
         };
+        let mut probed = None;
         if facts.could_be_quiet()
             && let Some(client) = &self.client
         {
             // One cheap request (not to any managed resource) proves the API server still
             // answers: stopped watches alone would not notice a frozen server.
-            facts.api_answers = answers(client).await.is_ok();
+            let answer = answers(client).await;
+            facts.api_answers = answer.is_ok();
+            probed = Some(answer);
         }
         self.mode = mode::decide(&facts);
         record::target_entry(&mut *shared.status.write().await, &name).mode = self.mode;
@@ -245,9 +262,11 @@ impl TargetState {
             }
         };
         // A cluster that does not answer degrades this target only, within the probe's timeout.
-        if !facts.api_answers
-            && let Err(e) = answers(&client).await
-        {
+        let answer = match probed {
+            Some(a) => a,
+            None => answers(&client).await,
+        };
+        if let Err(e) = answer {
             errors.push(format!("cluster {}: {e}", self.target.cluster_name()));
             self.backoffs.source_failures += 1;
             self.degrade(shared, errors).await;
@@ -342,14 +361,6 @@ impl TargetState {
                 policy_digest,
             });
         }
-        shared
-            .metrics
-            .reconciles
-            .get_or_create(&labels(&[
-                ("target", &name),
-                ("outcome", if folded.ok { "ok" } else { "error" }),
-            ]))
-            .inc();
         let mut stack_runs = crate::runs::stack_runs(&report, &plan_only, &in_backoff);
         for r in &mut stack_runs {
             r.target = Some(name.clone());
