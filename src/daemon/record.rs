@@ -410,4 +410,63 @@ mod tests {
             assert_eq!(s.to_string(), text);
         }
     }
+
+    #[test]
+    fn each_target_folds_its_own_stacks_and_a_failing_one_degrades_the_daemon_only_in_its_name() {
+        let (mut st, m) = (Status::default(), Metrics::default());
+        let (mut ba, mut bb) = (Backoffs::default(), Backoffs::default());
+        let now = Utc::now();
+        let on = |target: &str, results: &[(&str, StackResult)], errors: Vec<String>| Run {
+            target: target.to_owned(),
+            errors,
+            ..run(results)
+        };
+        fold(
+            &mut st,
+            &mut ba,
+            &m,
+            on("a", &[("a", applied(1, 0)), ("b", applied(0, 0))], vec![]),
+            now,
+            Instant::now(),
+        );
+        let f = fold(
+            &mut st,
+            &mut bb,
+            &m,
+            on("b", &[], vec!["cluster down".to_owned()]),
+            now,
+            Instant::now(),
+        );
+        assert!(!f.ok);
+        let of = |t: &str| -> Vec<(String, StackState)> {
+            st.stacks
+                .iter()
+                .filter(|s| s.target == t)
+                .map(|s| (s.name.clone(), s.state))
+                .collect()
+        };
+        assert_eq!(
+            of("a"),
+            [
+                ("a".to_owned(), StackState::Synced),
+                ("b".to_owned(), StackState::Synced)
+            ],
+            "b's fold leaves a's stacks"
+        );
+        assert_eq!(of("b").len(), 2);
+        assert_eq!(st.state, DaemonState::Degraded);
+        assert_eq!(st.errors, ["target b: cluster down"]);
+        let states: Vec<_> = st
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("a", DaemonState::Ready), ("b", DaemonState::Degraded)]
+        );
+        let text = m.render();
+        assert!(text.contains("driftless_managed_objects{target=\"a\",stack=\"a\"} 3"));
+        assert!(text.contains("driftless_managed_objects{target=\"b\",stack=\"b\"} 2"));
+    }
 }
