@@ -105,6 +105,9 @@ async fn inventories(client: &kube::Client, id: &str) -> Vec<String> {
     names
 }
 
+/// Held by each test of this file: one stops the second API server, which the others use.
+static CLUSTER_B: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sends SIGCONT to the second API server when dropped: a failing test never leaves it stopped
 /// for the other tests.
 struct Resume(i32);
@@ -149,6 +152,7 @@ fn target<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_daemon_serves_two_clusters_and_a_stopped_one_degrades_only_its_target() {
+    let _b = CLUSTER_B.lock().await;
     let env = TestEnv::get();
     let (ca, cb) = (env.kube_client().await, env.kube_client_b().await);
     let setup = Setup::new(&Options::default(), |_, _| {});
@@ -302,6 +306,7 @@ async fn one_daemon_serves_two_clusters_and_a_stopped_one_degrades_only_its_targ
 
 #[tokio::test(flavor = "multi_thread")]
 async fn diff_and_sync_act_on_the_target_they_name() {
+    let _b = CLUSTER_B.lock().await;
     let env = TestEnv::get();
     let (ca, cb) = (env.kube_client().await, env.kube_client_b().await);
     let setup = Setup::new(&Options::default(), |_, _| {});
@@ -385,5 +390,48 @@ async fn diff_and_sync_act_on_the_target_they_name() {
     assert!(inventories(&ca, &id).await.is_empty());
     let out = support::driftless(&setup.config, &["diff", "--target", "b"]);
     assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    clean(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_whose_cluster_is_down_at_start_holds_up_nothing_and_catches_up() {
+    let _b = CLUSTER_B.lock().await;
+    let env = TestEnv::get();
+    let (ca, cb) = (env.kube_client().await, env.kube_client_b().await);
+    let setup = Setup::new(&Options::default(), |_, _| {});
+    let id = setup.id.clone();
+    commit(setup.repo.path(), &id, "one");
+    let text = std::fs::read_to_string(&setup.config).unwrap() + &targets(&id);
+    std::fs::write(&setup.config, text).unwrap();
+    let pid = env.apiserver_b_pid();
+    signal(pid, libc::SIGSTOP);
+    let resume = Resume(pid);
+    let d = setup.start();
+    let shared = format!("tns-{id}");
+    eventually(
+        "a converges while b is down",
+        Duration::from_secs(60),
+        || async {
+            (data(&ca, &shared, "settings", "profile").await.as_deref() == Some("local"))
+                .then_some(())
+        },
+    )
+    .await;
+    let st = eventually("target b degraded", Duration::from_secs(90), || async {
+        let st = d.status().await;
+        (target(&st, "b")?["state"] == "degraded").then_some(st)
+    })
+    .await;
+    assert_eq!(target(&st, "a").unwrap()["state"], "ready", "{st:#}");
+    drop(resume);
+    eventually("b catches up", Duration::from_secs(120), || async {
+        (data(&cb, &shared, "settings", "profile").await.as_deref() == Some("remote")).then_some(())
+    })
+    .await;
+    eventually("both ready", Duration::from_secs(60), || async {
+        (d.status().await["state"] == "ready").then_some(())
+    })
+    .await;
+    drop(d);
     clean(&id).await;
 }
