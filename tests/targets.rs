@@ -241,6 +241,10 @@ async fn one_daemon_serves_two_clusters_and_a_stopped_one_degrades_only_its_targ
         )),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("driftless_target_reconcile_duration_seconds_count{target=\"b\"}"),
+        "{metrics}"
+    );
     let page = d.page().await;
     assert!(page.contains("<table id=\"targets\">") && page.contains("remote"));
 

@@ -150,7 +150,13 @@ impl TargetState {
     /// are not in backoff, fold the outcome into the status. Every part counts in
     /// `driftless_reconciles_total{target, outcome}`.
     pub async fn run(&mut self, shared: &Shared, input: &RunInput<'_>) -> TargetRun {
+        let t0 = Instant::now();
         let run = self.run_part(shared, input).await;
+        shared
+            .metrics
+            .target_reconcile_duration
+            .get_or_create(&labels(&[("target", &self.target.name)]))
+            .observe(t0.elapsed().as_secs_f64());
         shared
             .metrics
             .reconciles
