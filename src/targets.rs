@@ -126,6 +126,17 @@ pub fn check(config: &HostConfig) -> Result<(), String> {
                 t.name
             ));
         }
+        // Two targets on one cluster would write (and prune) each other's stacks there under
+        // one Lease holder.
+        if let Some(j) = config.targets[..i]
+            .iter()
+            .position(|o| o.cluster == t.cluster)
+        {
+            return Err(format!(
+                "targets[{i}].cluster: the same kubeconfig and context as targets[{j}] ({}): a cluster is one target's",
+                config.targets[j].name
+            ));
+        }
         for (j, p) in t.stacks.iter().flatten().enumerate() {
             let ok = !p.is_empty()
                 && p.len() <= MAX_PATTERN_LEN
@@ -326,6 +337,11 @@ mod tests {
             ),
             ("targets: [{name: A}]\n", "targets[0].name"),
             ("targets: [{name: a}, {name: a}]\n", "targets[1].name"),
+            ("targets: [{name: a}, {name: b}]\n", "targets[1].cluster"),
+            (
+                "targets: [{name: a, cluster: {context: x}}, {name: b, cluster: {context: x}}]\n",
+                "targets[1].cluster",
+            ),
             (
                 "targets: [{name: a, stacks: ['../x']}]\n",
                 "targets[0].stacks[0]",
@@ -340,7 +356,7 @@ mod tests {
     #[test]
     fn a_target_takes_the_stacks_its_patterns_name() {
         let c = config(
-            "targets:\n- {name: a, profile: local}\n- {name: b, profile: prod, stacks: [web, 'db-*', nothing-*]}\n",
+            "targets:\n- {name: a, profile: local, cluster: {context: a}}\n- {name: b, profile: prod, cluster: {context: b}, stacks: [web, 'db-*', nothing-*]}\n",
         );
         check(&c).expect("valid");
         let t = of(&c);
