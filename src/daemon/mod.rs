@@ -68,8 +68,6 @@ pub struct Shared {
     pub jobs: RwLock<Option<jobs::JobsState>>,
     /// Wakes the scheduler when `jobs` changed.
     pub jobs_changed: Notify,
-    /// A drift watch saw a managed object change since the last full reconcile.
-    pub drift_pending: std::sync::atomic::AtomicBool,
     /// The targets and the Leases this daemon holds on each target's cluster: a job runs only
     /// where its stack's target's Lease is held, against its own target's cluster.
     pub targets: Vec<(crate::targets::Target, crate::cluster::lease::Fence)>,
@@ -114,7 +112,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         runs,
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
-        drift_pending: std::sync::atomic::AtomicBool::new(false),
         targets: targets
             .iter()
             .cloned()
@@ -442,15 +439,11 @@ async fn reconcile_once(
         return false;
     };
     let revision_sha = last_good.sha().map(str::to_owned);
-    let drift = shared
-        .drift_pending
-        .swap(false, std::sync::atomic::Ordering::SeqCst);
     let input = target::RunInput {
         desired: &desired,
         last_good,
         errors: &errors,
         trigger,
-        drift,
         secret_hash_key: secret_hash_key.clone(),
     };
     // Side by side: a target whose cluster hangs holds up only its own part (bounded by the

@@ -67,8 +67,6 @@ pub struct RunInput<'a> {
     /// Why the newest revision is not the desired state (source, load).
     pub errors: &'a [String],
     pub trigger: Trigger,
-    /// A drift watch saw a change since the last run.
-    pub drift: bool,
     pub secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
 }
 
@@ -190,7 +188,7 @@ impl TargetState {
         });
         let mut facts = mode::Facts {
             trigger: input.trigger,
-            drift: input.drift,
+            drift: self.watches.take_drift(),
             watching: self.watches.running(),
             revision_errors: !errors.is_empty(),
             stacks_failing: self.backoffs.any_failing() || self.backoffs.source_failures > 0,
