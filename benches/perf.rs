@@ -10,7 +10,9 @@
 //!
 //! Then the daemon (`--daemon N`, default 5000 objects, 0 to skip): its first sync, resident
 //! memory once synced, the cost of reconciles of an unchanged revision (requests counted the same
-//! way; duration from its status), and webhook → change applied for one object.
+//! way; duration from its status), and webhook → change applied for one object; then one daemon
+//! with two targets (the environment's two clusters, N objects each): first sync, memory and the
+//! requests of an unchanged reconcile in both clusters.
 //!
 //! `cargo bench --bench perf` (the test environment must be up: `tests/env/testenv up`).
 //! Options after `--`: `--sizes 100,1000,5000` `--rounds 3` `--daemon 5000` `--out FILE`.
@@ -217,8 +219,12 @@ fn row(n: usize, work: &str, d: &Samples, k: &Samples, measured: &str) -> String
 
 /// Deletes a round's namespaces and cluster-scoped objects in the background.
 fn clean_up(prefix: &str, n: usize) {
-    let env = TestEnv::get();
-    let (kubectl, kubeconfig) = (env.var("KUBECTL"), env.var("KUBECONFIG"));
+    clean_up_on(TestEnv::get().var("KUBECONFIG"), prefix, n);
+}
+
+/// `clean_up` in the cluster of `kubeconfig`.
+fn clean_up_on(kubeconfig: &str, prefix: &str, n: usize) {
+    let kubectl = TestEnv::get().var("KUBECTL");
     for i in 0..n.div_ceil(100) {
         let _ = Command::new(kubectl)
             .args(["--kubeconfig", kubeconfig, "delete", "namespace"])
@@ -280,27 +286,24 @@ async fn main() {
         kubeconfig: env.var("KUBECONFIG").to_owned(),
         config,
     };
-    // The custom resource's definition exists before either tool runs.
+    // The custom resource's definition exists before either tool runs (in both clusters: the
+    // two-target daemon row applies the mix to the second one too).
     let crd = work.path().join("crd.yaml");
     std::fs::write(&crd, mix::CRD).unwrap();
-    support::run_ok(
-        Command::new(&tools.kubectl)
-            .args([
-                "--kubeconfig",
-                &tools.kubeconfig,
-                "apply",
-                "--server-side",
-                "-f",
-            ])
-            .arg(&crd),
-    );
-    support::run_ok(Command::new(&tools.kubectl).args([
-        "--kubeconfig",
-        &tools.kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "crd/widgets.bench.driftless.dev",
-    ]));
+    for kubeconfig in [env.var("KUBECONFIG"), env.var("KUBECONFIG_B")] {
+        support::run_ok(
+            Command::new(&tools.kubectl)
+                .args(["--kubeconfig", kubeconfig, "apply", "--server-side", "-f"])
+                .arg(&crd),
+        );
+        support::run_ok(Command::new(&tools.kubectl).args([
+            "--kubeconfig",
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.bench.driftless.dev",
+        ]));
+    }
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let servers = Servers::find(env);
@@ -459,6 +462,10 @@ async fn main() {
     let daemon_n: usize = arg("--daemon").and_then(|r| r.parse().ok()).unwrap_or(5000);
     if daemon_n > 0 {
         results.push(daemon::bench_daemon(&client, daemon_n, rounds.max(5)).await);
+        let client_b = env.kube_client_b().await;
+        results.push(
+            daemon::bench_daemon_two_targets(&client, &client_b, daemon_n, rounds.max(5)).await,
+        );
     }
     if let Some(parent) = out_file.parent() {
         std::fs::create_dir_all(parent).unwrap();

@@ -84,6 +84,10 @@ pub struct ClusterArgs {
     /// Kubeconfig context to use (default: its current context).
     #[arg(long)]
     pub context: Option<String>,
+    /// The target (host configuration `targets:`) whose cluster, profile and stacks to use;
+    /// needed when several are configured.
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
 }
 
 /// Selection of what to reconcile.
@@ -164,6 +168,9 @@ pub enum Command {
         /// `daemon.listen`, else http://127.0.0.1:9427).
         #[arg(long)]
         endpoint: Option<String>,
+        /// Only this target's stacks (the exit code is then the target's state).
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -248,6 +255,9 @@ pub enum JobsCommand {
     List {
         #[command(flatten)]
         source: SourceArgs,
+        /// Only jobs of stacks this target takes, rendered with its profile.
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },

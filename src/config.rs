@@ -37,6 +37,10 @@ pub struct HostConfig {
     pub profile: Option<String>,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Several clusters, each with its profile and stacks (see `crate::targets`); `cluster` +
+    /// `profile` are the shorthand for one target named `default`.
+    #[serde(default)]
+    pub targets: Vec<crate::targets::TargetConfig>,
     /// Directory of host secret files (default: systemd's `$CREDENTIALS_DIRECTORY`).
     #[serde(default)]
     pub credentials_dir: Option<PathBuf>,
@@ -377,7 +381,7 @@ pub struct GitAuth {
 }
 
 /// Which cluster: kubectl's kubeconfig and context.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
     #[serde(default)]
@@ -479,6 +483,12 @@ impl HostConfig {
                     "leases.identity must be 1 to {} printable ASCII characters without spaces",
                     crate::plan::lease::MAX_HOLDER_LEN
                 ),
+            });
+        }
+        if let Err(message) = crate::targets::check(&config) {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message,
             });
         }
         let protected = crate::plan::recreate::PROTECTED.map(|(_, kind)| kind);

@@ -31,4 +31,5 @@ pub mod source;
 pub mod stack;
 pub mod state;
 pub mod sync_hooks;
+pub mod targets;
 pub mod yaml;

@@ -13,6 +13,7 @@ use driftless::config::HostConfig;
 use driftless::reconcile::{self, Report};
 use driftless::revision;
 use driftless::stack::RenderedStack;
+use driftless::targets;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -93,9 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             prune_removed_stacks,
             output,
         } => {
-            let config = HostConfig::load(&config_path, false)?;
+            let (config, target) = for_target(&config_path, cluster.target.as_deref())?;
             let d = load_desired(&config, &source, false)?;
-            let stacks = d.stacks;
+            let stacks = targets::select_stacks(&target, d.stacks, &source.stacks)
+                .map_err(anyhow::Error::msg)?;
             let options = reconcile::Options {
                 dry_run: true,
                 policies: Some(std::sync::Arc::new(d.policies)),
@@ -141,9 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             wait_lease,
             output,
         } => {
-            let config = HostConfig::load(&config_path, false)?;
+            let (config, target) = for_target(&config_path, cluster.target.as_deref())?;
             let d = load_desired(&config, &source, false)?;
-            let stacks = d.stacks;
+            let stacks = targets::select_stacks(&target, d.stacks, &source.stacks)
+                .map_err(anyhow::Error::msg)?;
             let options = reconcile::Options {
                 dry_run,
                 policies: Some(std::sync::Arc::new(d.policies)),
@@ -183,9 +186,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             runtime()?.block_on(driftless::daemon::run(config_path))?;
             Ok(EXIT_OK)
         }
-        Command::Status { endpoint, output } => {
+        Command::Status {
+            endpoint,
+            target,
+            output,
+        } => {
             let config = HostConfig::load(&config_path, false)?;
-            runtime()?.block_on(print_status(&config, endpoint.as_deref(), output))
+            if let Some(t) = &target {
+                targets::pick(&targets::of(&config), Some(t)).map_err(anyhow::Error::msg)?;
+            }
+            runtime()?.block_on(print_status(
+                &config,
+                endpoint.as_deref(),
+                target.as_deref(),
+                output,
+            ))
         }
         Command::Trigger {
             endpoint,
@@ -240,10 +255,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Jobs {
-            command: driftless::cli::JobsCommand::List { source, output },
+            command:
+                driftless::cli::JobsCommand::List {
+                    source,
+                    target,
+                    output,
+                },
         } => {
-            let config = HostConfig::load(&config_path, false)?;
-            let d = load_desired(&config, &source, true)?;
+            let (config, target) = for_target(&config_path, target.as_deref())?;
+            let mut d = load_desired(&config, &source, true)?;
+            d.jobs.retain(|j| target.takes(&j.stack));
             let last = last_runs(&d.jobs, &config.state_dir());
             let now = chrono::Utc::now();
             match output {
@@ -269,8 +290,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     output,
                 },
         } => {
-            let config = HostConfig::load(&config_path, false)?;
-            let d = load_desired(&config, &source, false)?;
+            // The job runs against the cluster of the target `--target` names, else its own
+            // (`spec.target`, else its stack's): found in the first target's rendering.
+            let all = HostConfig::load(&config_path, false)?;
+            let listed = targets::of(&all);
+            let first = listed.first().map(|t| t.name.clone());
+            let wanted = cluster.target.clone().or(first);
+            let (mut config, _) =
+                targets::for_command(&all, wanted.as_deref()).map_err(anyhow::Error::msg)?;
+            let mut d = load_desired(&config, &source, false)?;
+            if cluster.target.is_none()
+                && let Some(job) = d.jobs.iter().find(|j| j.name == name)
+            {
+                let own = targets::job_target(&listed, &job.stack, job.target.as_deref())
+                    .map_err(|e| anyhow::anyhow!("job {name}: {e}"))?;
+                if Some(&own.name) != wanted.as_ref() {
+                    config = targets::narrow(&all, own);
+                    d = load_desired(&config, &source, false)?;
+                }
+            }
             let Some(job) = d.jobs.iter().find(|j| j.name == name) else {
                 bail!(
                     "no job {name:?} (declared: {})",
@@ -326,7 +364,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             )
         }
         Command::Backup { command } => {
-            let config = HostConfig::load(&config_path, false)?;
+            let wanted = match &command {
+                driftless::cli::BackupCommand::Restore { cluster, .. }
+                | driftless::cli::BackupCommand::List { cluster, .. } => cluster.target.clone(),
+            };
+            let (config, _) = for_target(&config_path, wanted.as_deref())?;
             let source = command.source().clone();
             let d = load_desired(&config, &source, false)?;
             let credentials = credentials_of(&config, &source);
@@ -522,9 +564,19 @@ async fn reconcile_with(
 
 /// Asks the daemon for its status (`/api/v1/status`) and prints it. Exit 0 when ready, 2 when
 /// degraded, starting or unreachable.
+/// The host configuration narrowed to the target `--target` names (or the only one).
+fn for_target(
+    config_path: &std::path::Path,
+    wanted: Option<&str>,
+) -> anyhow::Result<(HostConfig, targets::Target)> {
+    let config = HostConfig::load(config_path, false)?;
+    targets::for_command(&config, wanted).map_err(anyhow::Error::msg)
+}
+
 async fn print_status(
     config: &HostConfig,
     endpoint: Option<&str>,
+    target: Option<&str>,
     output: OutputFormat,
 ) -> anyhow::Result<u8> {
     use driftless::daemon::status::DaemonState;
@@ -536,7 +588,21 @@ async fn print_status(
         ),
         None => None,
     };
-    let status = driftless::runs::client::status(&base, token.as_ref()).await?;
+    let mut status = driftless::runs::client::status(&base, token.as_ref()).await?;
+    if let Some(t) = target {
+        // Only the target's stacks; its state decides the exit code.
+        status.stacks.retain(|s| s.target == t);
+        status.targets.retain(|x| x.name == t);
+        status.state = status
+            .targets
+            .first()
+            .map_or(DaemonState::Starting, |x| x.state);
+        status.errors = status
+            .targets
+            .iter()
+            .flat_map(|x| x.errors.clone())
+            .collect();
+    }
     match output {
         OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&status)?)),
         OutputFormat::Human => emit(&driftless::output::status_text(&status)),

@@ -253,14 +253,38 @@ pub fn status_text(status: &crate::daemon::status::Status) -> String {
     for e in &status.errors {
         let _ = writeln!(t, "error: {e}");
     }
+    for tg in &status.targets {
+        let _ = writeln!(
+            t,
+            "target {}: {} ({}, profile {}){}",
+            tg.name,
+            format!("{:?}", tg.state).to_lowercase(),
+            tg.cluster,
+            tg.profile.as_deref().unwrap_or("none"),
+            if tg.errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", tg.errors.join("; "))
+            }
+        );
+    }
     for s in &status.stacks {
         let _ = writeln!(
             t,
-            "stack {}: {} ({} objects, {} drifted){}",
+            "stack {}{}: {} ({} objects, {} drifted{}){}",
             s.name,
+            if s.target == crate::targets::DEFAULT {
+                String::new()
+            } else {
+                format!(" (target {})", s.target)
+            },
             s.state,
             s.managed_objects,
             s.drifted,
+            s.holder
+                .as_deref()
+                .map(|h| format!(", held by {h}"))
+                .unwrap_or_default(),
             s.error
                 .as_deref()
                 .map(|e| format!(": {e}"))

@@ -224,6 +224,55 @@ async fn crd_becomes_established_and_accepts_a_custom_resource() {
         .expect("delete CRD");
 }
 
+/// The second control plane (targets tests): its own API server and etcd, its KWOK nodes ready,
+/// and what is written there absent from the first cluster.
+#[tokio::test]
+async fn the_second_control_plane_is_a_cluster_of_its_own() {
+    let env = TestEnv::get();
+    let (a, b) = (env.kube_client().await, env.kube_client_b().await);
+    assert_ne!(env.var("KUBE_APISERVER"), env.var("KUBE_APISERVER_B"));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(b.clone());
+    let want: usize = env.var("KWOK_NODES_B").parse().expect("KWOK_NODES_B");
+    eventually(
+        "the second cluster's KWOK nodes are ready",
+        ROLLOUT,
+        || async {
+            let ready = nodes
+                .list(&ListParams::default().labels("type=kwok"))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|n| {
+                    n.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            (ready >= want).then_some(())
+        },
+    )
+    .await;
+    let name = unique_name("only-b");
+    let cms = |c: &kube::Client| -> Api<k8s_openapi::api::core::v1::ConfigMap> {
+        Api::namespaced(c.clone(), "default")
+    };
+    cms(&b)
+        .create(
+            &Default::default(),
+            &object(json!({"metadata": {"name": name}, "data": {"k": "v"}})),
+        )
+        .await
+        .expect("create on B");
+    assert!(cms(&a).get_opt(&name).await.expect("read A").is_none());
+    cms(&b)
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete on B");
+    assert!(env.apiserver_b_pid() > 1);
+}
+
 #[tokio::test]
 async fn registry_stores_reads_back_and_deletes_a_manifest() {
     let env = TestEnv::get();

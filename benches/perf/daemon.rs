@@ -181,3 +181,104 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
         "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
         "webhookToAppliedMedianMs": median(&latency) * 1000.0})
 }
+
+/// One daemon, two targets (the test environment's two clusters), each taking the same `n`
+/// objects: first sync, resident memory and the requests of a reconcile of an unchanged revision
+/// (both clusters counted), to compare with the one-target figures of `bench_daemon`.
+pub async fn bench_daemon_two_targets(
+    client: &kube::Client,
+    client_b: &kube::Client,
+    n: usize,
+    rounds: usize,
+) -> Value {
+    use support::daemon::{Options, SECRET, Setup};
+    let env = support::TestEnv::get();
+    let prefix = unique_name("bdt");
+    let targets = format!(
+        "targets:\n- name: a\n  cluster: {{kubeconfig: {}}}\n- name: b\n  cluster: {{kubeconfig: {}}}\n",
+        env.var("KUBECONFIG"),
+        env.var("KUBECONFIG_B")
+    );
+    let t = Instant::now();
+    let d = Setup::new(
+        &Options {
+            host: &targets,
+            ..Options::default()
+        },
+        |repo, _| mix::generate(repo, &prefix, n, 0, mix::Mix::Daemon),
+    )
+    .start();
+    loop {
+        let st = d.status().await;
+        if st["state"] == "ready" && st["targets"].as_array().is_some_and(|t| t.len() == 2) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2400),
+            "no first sync of both targets within 40 min: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let first_sync = t.elapsed();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    d.settle(Duration::from_secs(2)).await;
+    let rss_synced = rss();
+    let started = |st: &Value| {
+        st["lastReconcile"]["startedAt"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut quiet = Samples::default();
+    for _ in 0..rounds {
+        let before_status = started(&d.status().await);
+        let (before_a, before_b) = (counts(client).await, counts(client_b).await);
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        let mut status = d.status().await;
+        while started(&status) == before_status {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (after_a, after_b) = (counts(client).await, counts(client_b).await);
+        let mut requests = delta(&before_a, &after_a);
+        for (verb, v) in delta(&before_b, &after_b) {
+            *requests.entry(verb).or_default() += v;
+        }
+        quiet.times.push(
+            status["lastReconcile"]["durationMs"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1000.0,
+        );
+        quiet.requests.push(requests);
+    }
+    println!(
+        "daemon, 2 targets x {n} objects: first sync {:.1} s, resident memory {:.1} MiB; reconcile of an unchanged revision: median {:.1} ms, {:.0} requests (all verbs, both clusters) to the benchmark's resources",
+        first_sync.as_secs_f64(),
+        rss_synced as f64 / 1024.0,
+        quiet.median_ms(),
+        quiet.median_requests()
+    );
+    drop(d);
+    crate::clean_up_on(env.var("KUBECONFIG"), &prefix, n);
+    crate::clean_up_on(env.var("KUBECONFIG_B"), &prefix, n);
+    json!({"n": n, "targets": 2, "work": "daemon-two-targets",
+        "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
+        "residentMiB": rss_synced as f64 / 1024.0,
+        "unchangedReconcile": quiet.json()})
+}

@@ -31,7 +31,6 @@ pub struct JobsState {
     pub revision: Option<String>,
     pub state_dir: PathBuf,
     pub credentials: crate::credentials::Credentials,
-    pub target: crate::cluster::Target,
     /// Programs jobs may run (host configuration `jobs.commands`).
     pub commands: crate::config::HostCommands,
     /// The host configuration's settings for jobs (programs, writable paths, host name).
@@ -103,8 +102,24 @@ pub async fn scheduler(shared: Arc<Shared>) {
                     let Some(job) = state.jobs.iter().find(|j| j.name == due.job).cloned() else {
                         continue;
                     };
-                    // Only the daemon holding the stack's Lease runs its jobs.
-                    if !shared.fence.holds(&job.stack) {
+                    // Only the daemon holding the stack's Lease (on its stack's target) runs
+                    // its jobs.
+                    let targets: Vec<_> = shared.targets.iter().map(|(t, _)| t.clone()).collect();
+                    let cluster = match crate::targets::job_target(
+                        &targets,
+                        &job.stack,
+                        job.target.as_deref(),
+                    ) {
+                        Ok(t) => t.cluster.clone(),
+                        Err(e) => {
+                            skipped(&shared, &due, &e);
+                            continue;
+                        }
+                    };
+                    let holds = crate::targets::stack_target(&targets, &job.stack)
+                        .and_then(|t| shared.targets.iter().find(|(x, _)| x.name == t.name))
+                        .is_some_and(|(_, fence)| fence.holds(&job.stack));
+                    if !holds {
                         debug!(job = %job.name, stack = %job.stack, "not run here: another daemon holds stack {}", job.stack);
                         continue;
                     }
@@ -113,7 +128,7 @@ pub async fn scheduler(shared: Arc<Shared>) {
                     }
                     let (shared, running, state) = (shared.clone(), running.clone(), state.clone());
                     tokio::spawn(async move {
-                        run_one(&shared, &state, &job, &due).await;
+                        run_one(&shared, &state, &cluster, &job, &due).await;
                         if let Ok(mut r) = running.lock() {
                             r.remove(&job.name);
                         }
@@ -146,10 +161,16 @@ fn skipped(shared: &Shared, due: &Due, why: &str) {
         .inc();
 }
 
-async fn run_one(shared: &Shared, state: &JobsState, job: &Job, due: &Due) {
+async fn run_one(
+    shared: &Shared,
+    state: &JobsState,
+    cluster: &crate::cluster::Target,
+    job: &Job,
+    due: &Due,
+) {
     // Protection needs the cluster; connecting per run keeps the task independent of the
     // reconcile loop. A job that needs the cluster fails its run when it is unreachable.
-    let client = crate::cluster::connect_for_jobs(&state.target).await;
+    let client = crate::cluster::connect_for_jobs(cluster).await;
     if let Err(e) = &client {
         warn!(job = %job.name, "cluster: {e}");
     }

@@ -48,11 +48,12 @@ impl Wanted {
     }
 }
 
-/// Writes each stack's holder (as last seen) and this daemon's identity into the status.
-pub fn record_holders(st: &mut super::status::Status, fence: &Fence) {
+/// Writes the holder (as last seen) of each stack of `target` and this daemon's identity into
+/// the status.
+pub fn record_holders(st: &mut super::status::Status, target: &str, fence: &Fence) {
     let holders = fence.holders();
     st.identity = Some(fence.identity());
-    for s in &mut st.stacks {
+    for s in st.stacks.iter_mut().filter(|s| s.target == target) {
         s.holder = holders.get(&s.name).cloned();
     }
 }
@@ -65,11 +66,13 @@ pub struct LeaseTask {
 }
 
 impl LeaseTask {
-    /// Starts the task for `instance` on `target`'s cluster, with `fence` shared with the loop.
+    /// Starts the task for `instance` on the cluster of the target `name`, with `fence` shared
+    /// with the loop.
     /// `started_tx` turns true once the first round of takes is done (see `Wanted::started`;
     /// the jobs scheduler waits for it too).
     pub fn spawn(
         shared: Arc<Shared>,
+        name: String,
         target: crate::cluster::Target,
         instance: String,
         settings: Settings,
@@ -82,45 +85,53 @@ impl LeaseTask {
         };
         let stop = Arc::new(Notify::new());
         let (w, s) = (wanted.clone(), stop.clone());
-        let handle = tokio::spawn(async move {
-            let renew = settings.renew;
-            let client = loop {
-                match crate::cluster::connect(&target).await {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        warn!("leases: {e}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(renew) => continue,
-                            _ = s.notified() => return,
+        let span = tracing::info_span!("leases", target = %name);
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let renew = settings.renew;
+                let client = loop {
+                    match crate::cluster::connect(&target).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            warn!("leases: {e}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(renew) => continue,
+                                _ = s.notified() => return,
+                            }
                         }
                     }
-                }
-            };
-            let mut coordinator = Coordinator::new(client, &instance, settings, fence, true);
-            let mut interval = tokio::time::interval(renew);
-            // After a pause (SIGSTOP, a suspended host) renew once, not once per missed tick.
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = interval.tick() => {}
-                    _ = s.notified() => {
-                        coordinator.release_all().await;
-                        return;
+                };
+                let mut coordinator = Coordinator::new(client, &instance, settings, fence, true);
+                let mut interval = tokio::time::interval(renew);
+                // After a pause (SIGSTOP, a suspended host) renew once, not once per missed tick.
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = s.notified() => {
+                            coordinator.release_all().await;
+                            return;
+                        }
+                    }
+                    let wanted = w.get();
+                    let tick = coordinator.tick(wanted.as_deref()).await;
+                    record_holders(
+                        &mut *shared.status.write().await,
+                        &name,
+                        &coordinator.fence(),
+                    );
+                    // The first round's takes are awaited by the first reconcile; later ones wake
+                    // the loop.
+                    if *started_tx.borrow() && !tick.taken.is_empty() {
+                        shared.triggers.request(Trigger::Lease);
+                    }
+                    if wanted.is_some() && coordinator.may_take() {
+                        started_tx.send_replace(true);
                     }
                 }
-                let wanted = w.get();
-                let tick = coordinator.tick(wanted.as_deref()).await;
-                record_holders(&mut *shared.status.write().await, &coordinator.fence());
-                // The first round's takes are awaited by the first reconcile; later ones wake
-                // the loop.
-                if *started_tx.borrow() && !tick.taken.is_empty() {
-                    shared.triggers.request(Trigger::Lease);
-                }
-                if wanted.is_some() && coordinator.may_take() {
-                    started_tx.send_replace(true);
-                }
-            }
-        });
+            },
+            span,
+        ));
         LeaseTask {
             wanted,
             stop,

@@ -15,6 +15,8 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     registry: Registry,
     pub reconcile_duration: Histogram,
+    /// Duration of each target's part of a run.
+    pub target_reconcile_duration: Family<Labels, Histogram, fn() -> Histogram>,
     pub reconciles: Family<Labels, Counter>,
     pub last_successful_sync: Family<Labels, Gauge<f64, AtomicU64>>,
     pub drifted_objects: Family<Labels, Gauge>,
@@ -42,6 +44,9 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         let m = Metrics {
             reconcile_duration: reconcile_duration.clone(),
+            target_reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.05, 2.0, 12))
+            }),
             reconciles: Family::default(),
             last_successful_sync: Family::default(),
             drifted_objects: Family::default(),
@@ -64,6 +69,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Duration of a reconcile of all stacks",
             reconcile_duration,
+        );
+        registry.register(
+            "target_reconcile_duration_seconds",
+            "Duration of one target's part of a reconcile",
+            m.target_reconcile_duration.clone(),
         );
         registry.register(
             "reconciles",

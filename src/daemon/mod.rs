@@ -20,9 +20,9 @@ pub mod revision;
 pub mod run_record;
 pub mod sd_notify;
 pub mod status;
+pub mod target;
 pub mod trigger;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,12 +32,12 @@ use tokio::sync::{Notify, RwLock};
 use tracing::{error, info, warn};
 
 use crate::config::HostConfig;
-use crate::reconcile::Report;
 use backoff::Backoffs;
-use metrics::{Metrics, labels};
-use mode::{LastFull, Mode};
+use metrics::Metrics;
+use mode::Mode;
 use status::{DaemonState, ReconcileSummary, Status};
-use trigger::{DriftWatches, Trigger, Triggers};
+use target::TargetState;
+use trigger::{Trigger, Triggers};
 
 pub use endpoint::LISTEN_FILE;
 
@@ -68,20 +68,11 @@ pub struct Shared {
     pub jobs: RwLock<Option<jobs::JobsState>>,
     /// Wakes the scheduler when `jobs` changed.
     pub jobs_changed: Notify,
-    /// A drift watch saw a managed object change since the last full reconcile.
-    pub drift_pending: std::sync::atomic::AtomicBool,
-    /// The stacks whose Leases this daemon holds (jobs run only for those).
-    pub fence: crate::cluster::lease::Fence,
-    /// True once the lease task's first round of takes is done.
+    /// The targets and the Leases this daemon holds on each target's cluster: a job runs only
+    /// where its stack's target's Lease is held, against its own target's cluster.
+    pub targets: Vec<(crate::targets::Target, crate::cluster::lease::Fence)>,
+    /// True once the first target's lease task's first round of takes is done.
     pub leases_started: tokio::sync::watch::Receiver<bool>,
-}
-
-/// The cluster the host configuration names.
-fn target(config: &HostConfig) -> crate::cluster::Target {
-    crate::cluster::Target {
-        kubeconfig: config.cluster.kubeconfig.clone(),
-        context: config.cluster.context.clone(),
-    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -101,7 +92,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     }
     let runs = Arc::new(runs);
     let lease_settings = config.leases.settings();
-    let fence = crate::cluster::lease::Fence::new(&lease_settings);
+    let targets = crate::targets::of(&config);
+    // One fence per target cluster: a stack's Lease lives in the cluster it is written to.
+    let fences: Vec<_> = targets
+        .iter()
+        .map(|_| crate::cluster::lease::Fence::new(&lease_settings))
+        .collect();
     let (leases_started_tx, leases_started) = tokio::sync::watch::channel(false);
     let shared = Arc::new_cyclic(|self_ref| Shared {
         self_ref: self_ref.clone(),
@@ -116,8 +112,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         runs,
         jobs: RwLock::new(None),
         jobs_changed: Notify::new(),
-        drift_pending: std::sync::atomic::AtomicBool::new(false),
-        fence: fence.clone(),
+        targets: targets
+            .iter()
+            .cloned()
+            .zip(fences.iter().cloned())
+            .collect(),
         leases_started,
     });
     let max_connections = settings.max_connections;
@@ -141,18 +140,21 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     trigger::spawn_watchdog();
     let poll = trigger::spawn_poller(shared.clone(), config.daemon.poll_interval);
     let scheduler = tokio::spawn(jobs::scheduler(shared.clone()));
-    let lease_task = leases::LeaseTask::spawn(
-        shared.clone(),
-        target(&config),
-        config.instance(),
-        lease_settings,
-        fence.clone(),
-        leases_started_tx,
-    );
+    let mut first_started = Some(leases_started_tx);
+    let target_states = targets
+        .into_iter()
+        .zip(fences)
+        .map(|(t, fence)| {
+            // The first target's lease task tells the scheduler when it may run jobs.
+            let started = first_started
+                .take()
+                .unwrap_or_else(|| tokio::sync::watch::channel(false).0);
+            TargetState::start(&shared, &config, t, fence, lease_settings.clone(), started)
+        })
+        .collect();
 
     let mut state = LoopState {
-        fence: Some(fence),
-        wanted: lease_task.wanted(),
+        targets: target_states,
         secret_hash_key: crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir()),
         ..LoopState::default()
     };
@@ -174,6 +176,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                             jobs.commands = new.jobs.commands.clone();
                             jobs.host = crate::jobs::host::HostSettings::from_config(&new);
                         }
+                        retarget(&mut state.targets, &new);
                         config = new;
                         shared.triggers.request(Trigger::ConfigReload);
                     }
@@ -208,14 +211,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             .metrics
             .reconcile_duration
             .observe(elapsed.as_secs_f64());
-        shared
-            .metrics
-            .reconciles
-            .get_or_create(&labels(&[(
-                "outcome",
-                if outcome { "ok" } else { "error" },
-            )]))
-            .inc();
         {
             let mut st = shared.status.write().await;
             st.last_reconcile = Some(ReconcileSummary {
@@ -233,6 +228,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                     DaemonState::Degraded
                 };
             }
+
             sd_notify::send(&format!(
                 "STATUS={:?}: revision {}, {} stacks",
                 st.state,
@@ -242,7 +238,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
                     .unwrap_or("none"),
                 st.stacks.len()
             ));
-            leases::record_holders(&mut st, &shared.fence);
             persist(&config.state_dir(), &st);
         }
         run_record::finish(
@@ -263,7 +258,15 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             ready_sent = true;
         }
         // Retry the earliest backed-off stack, or the source, without waiting for the poll.
-        if let Some(delay) = state.backoffs.next_retry(Instant::now()) {
+        let now = Instant::now();
+        if let Some(delay) = state
+            .targets
+            .iter()
+            .map(|t| &t.backoffs)
+            .chain([&state.backoffs])
+            .filter_map(|b| b.next_retry(now))
+            .min()
+        {
             trigger::spawn_retry(shared.clone(), delay);
         }
     }
@@ -273,9 +276,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     // A job run in progress is cut short at its next await; its record says `interrupted`.
     scheduler.abort();
     // Released Leases let the other daemons take the stacks at once.
-    lease_task.stop(Duration::from_secs(5)).await;
+    futures::future::join_all(
+        state
+            .targets
+            .iter_mut()
+            .map(|t| t.stop(Duration::from_secs(5))),
+    )
+    .await;
     server.stop(&config.state_dir());
-    state.watches.stop();
     let st = shared.status.read().await;
     persist(&config.state_dir(), &st);
     Ok(())
@@ -284,6 +292,32 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
 /// Descriptors besides the endpoint's connections: cluster and Git clients, watches, files,
 /// renderer pipes.
 const OTHER_FILES: u64 = 256;
+
+/// Applies a reloaded configuration to the running targets (their settings, profile and
+/// stacks); targets added or removed, or a target's cluster changed, need a restart.
+fn retarget(states: &mut [TargetState], new: &HostConfig) {
+    let targets = crate::targets::of(new);
+    let same_names = targets.len() == states.len()
+        && targets
+            .iter()
+            .zip(states.iter())
+            .all(|(t, s)| t.name == s.target.name);
+    if !same_names {
+        warn!("the targets changed: restart driftless for added or removed targets to take effect");
+    }
+    for s in states.iter_mut() {
+        if let Some(t) = targets.iter().find(|t| t.name == s.target.name) {
+            if t.cluster.kubeconfig != s.target.cluster.kubeconfig
+                || t.cluster.context != s.target.cluster.context
+            {
+                warn!(target = %t.name, "the target's cluster changed: restart driftless for it to take effect");
+            }
+            s.target.profile = t.profile.clone();
+            s.target.stacks = t.stacks.clone();
+            s.config = crate::targets::narrow(new, &s.target);
+        }
+    }
+}
 
 /// Reads the host configuration again and applies it to the endpoint; nothing changes when
 /// the file, a secret or the new address is refused.
@@ -338,84 +372,19 @@ impl Phases {
     }
 }
 
-/// The last reconcile that succeeded for every stack.
-struct FullRun {
-    sha: String,
-    /// When the last *full* one started (incremental runs do not move it).
-    at: Instant,
-    policy_digest: String,
-}
-
 #[derive(Default)]
 struct LoopState {
-    /// Per stack: the revision it last applied (a `selfHeal: false` stack is applied again only
-    /// when this moves).
-    applied_sha: BTreeMap<String, String>,
-    watches: DriftWatches,
     secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
     revisions: revision::Revisions,
+    /// The source's backoff (its stacks' are per target).
     backoffs: Backoffs,
-    client: Option<kube::Client>,
-    watch_client: Option<kube::Client>,
-    last_full: Option<FullRun>,
-    /// How the last reconcile ran.
+    /// The targets, each with its cluster, Leases, watches, backoffs and modes.
+    targets: Vec<TargetState>,
+    /// How the last run went: the most thorough of its targets' modes.
     mode: Mode,
-    /// The Leases held (see `leases`) and the stacks the lease task is to hold.
-    fence: Option<crate::cluster::lease::Fence>,
-    wanted: leases::Wanted,
-    /// Stacks that left the revision, whose Lease the last run did not hold.
-    awaiting_lease: Vec<String>,
     phases: Phases,
     /// The stacks of the current run, for its record.
     stack_runs: Vec<crate::runs::StackRun>,
-}
-
-impl LoopState {
-    /// The clients for reconciles and for watches, connected once.
-    async fn clients(
-        &mut self,
-        config: &HostConfig,
-    ) -> Result<(kube::Client, kube::Client), crate::cluster::Error> {
-        if let (Some(c), Some(w)) = (&self.client, &self.watch_client) {
-            return Ok((c.clone(), w.clone()));
-        }
-        let target = target(config);
-        let c = crate::cluster::connect(&target).await?;
-        let w = crate::cluster::connect_for_watches(&target).await?;
-        self.client = Some(c.clone());
-        self.watch_client = Some(w.clone());
-        Ok((c, w))
-    }
-}
-
-/// The options of every daemon reconcile: built here only.
-fn reconcile_options(
-    config: &HostConfig,
-    state: &LoopState,
-    only: Vec<String>,
-    plan_only: Vec<String>,
-    incremental: bool,
-    prune_removed_stacks: bool,
-) -> crate::reconcile::Options {
-    let last_good = state.revisions.last_good.as_ref();
-    crate::reconcile::Options {
-        dry_run: false,
-        allow_mass_prune: config.prune.allow_mass_prune,
-        max_prune_share: config.prune.max_share,
-        only,
-        instance: config.instance(),
-        plan_only,
-        secret_hash_key: state.secret_hash_key.clone(),
-        policies: last_good.map(|g| Arc::clone(&g.policies)),
-        health_checks: last_good.map(|g| Arc::clone(&g.health_checks)),
-        incremental,
-        // Stacks leave only with a revision fetched (and loaded) from the configured source now.
-        source: crate::reconcile::source_id(None, config.source.as_ref()),
-        prune_removed_stacks,
-        allow_recreate: config.prune.allow_recreate.clone(),
-        fence: state.fence.clone(),
-        ..crate::reconcile::Options::default()
-    }
 }
 
 /// Marks the daemon degraded by problems outside any one stack.
@@ -425,8 +394,9 @@ async fn degrade(shared: &Shared, errors: Vec<String>) {
     st.state = DaemonState::Degraded;
 }
 
-/// One run: fetch, render (keeping the last good revision on failure), decide the mode,
-/// reconcile the stacks not in backoff, record. Returns whether everything succeeded.
+/// One run: fetch, render once per profile of the targets (keeping the last good revision on
+/// failure), then every target's part side by side (mode, probe, reconcile, record). Returns
+/// whether everything succeeded.
 async fn reconcile_once(
     config: &HostConfig,
     shared: &Shared,
@@ -436,6 +406,12 @@ async fn reconcile_once(
     let credentials = crate::credentials::Credentials::from_config(config);
     state.phases.start();
     state.stack_runs.clear();
+    let mut profiles: Vec<Option<String>> = Vec::new();
+    for t in &state.targets {
+        if !profiles.contains(&t.target.profile) {
+            profiles.push(t.target.profile.clone());
+        }
+    }
     let next = {
         let LoopState {
             revisions,
@@ -444,175 +420,58 @@ async fn reconcile_once(
             ..
         } = state;
         revisions
-            .next(config, shared, backoffs, &credentials, || {
+            .next(config, &profiles, shared, backoffs, &credentials, || {
                 phases.mark("fetch")
             })
             .await
     };
     state.phases.mark("render");
-    let mut errors = next.errors;
+    let errors = next.errors;
     for e in &errors {
         error!("{e}");
     }
-    let (Some(desired), Some(last_good)) = (next.desired, state.revisions.last_good.as_ref())
-    else {
+    let LoopState {
+        revisions,
+        targets,
+        secret_hash_key,
+        ..
+    } = state;
+    let (Some(desired), Some(last_good)) = (next.desired, revisions.last_good.as_ref()) else {
         degrade(shared, errors).await;
         return false;
     };
     let revision_sha = last_good.sha().map(str::to_owned);
-    let policy_digest = last_good.policy_digest.clone();
-
-    let drift = shared
-        .drift_pending
-        .swap(false, std::sync::atomic::Ordering::SeqCst);
-    let last_full = state.last_full.as_ref().map(|f| LastFull {
-        sha: f.sha.clone(),
-        age: f.at.elapsed(),
-        policy_digest: f.policy_digest.clone(),
-    });
-    let mut facts = mode::Facts {
+    let input = target::RunInput {
+        desired: &desired,
+        last_good,
+        errors: &errors,
         trigger,
-        drift,
-        watching: state.watches.running(),
-        revision_errors: !errors.is_empty(),
-        stacks_failing: state.backoffs.any_failing(),
-        revision: revision_sha.as_deref(),
-        policy_digest: &policy_digest,
-        last_full: last_full.as_ref(),
-        api_answers: false,
+        secret_hash_key: secret_hash_key.clone(),
     };
-    if facts.could_be_quiet()
-        && let Some(client) = &state.client
-    {
-        // One cheap request (not to any managed resource) proves the API server still answers:
-        // stopped watches alone would not notice a frozen server.
-        facts.api_answers = matches!(
-            tokio::time::timeout(LIVENESS_TIMEOUT, client.apiserver_version()).await,
-            Ok(Ok(_))
-        );
-    }
-    state.mode = mode::decide(&facts);
+    // Side by side: a target whose cluster hangs holds up only its own part (bounded by the
+    // probe and the per-request timeouts), never another target's writes.
+    let runs = futures::future::join_all(targets.iter_mut().map(|t| t.run(shared, &input))).await;
+    let modes: Vec<Mode> = targets.iter().map(|t| t.mode).collect();
+    state.mode = if modes.contains(&Mode::Full) {
+        Mode::Full
+    } else if modes.contains(&Mode::Incremental) {
+        Mode::Incremental
+    } else {
+        Mode::Quiet
+    };
     if state.mode == Mode::Quiet {
         state.phases.mark("check");
-        shared.status.write().await.errors.clear();
-        return true;
+        return runs.iter().all(|r| r.ok);
     }
-    let stacks = match desired.expand() {
-        Ok(stacks) => stacks,
-        Err(e) => {
-            degrade(shared, vec![e.to_string()]).await;
-            return false;
-        }
-    };
-    let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
-    wanted.extend(state.awaiting_lease.iter().cloned());
-    state.wanted.set(wanted);
-    // Stacks are taken one renewal after start (daemons started together see each other).
-    state
-        .wanted
-        .started(config.leases.renew_interval * 3 + crate::cluster::REQUEST_TIMEOUT)
-        .await;
-    let incremental = state.mode == Mode::Incremental;
-    let full_at = state.last_full.take().map(|f| f.at).filter(|_| incremental);
-
-    let (client, watch_client) = match state.clients(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            errors.push(e.to_string());
-            degrade(shared, errors).await;
-            return false;
-        }
-    };
-    let in_backoff = state.backoffs.in_backoff(Instant::now());
-    let only: Vec<String> = if in_backoff.is_empty() {
-        Vec::new()
-    } else {
-        stacks
-            .iter()
-            .map(|s| s.name.clone())
-            .filter(|n| !in_backoff.contains(n))
-            .collect()
-    };
-    if !in_backoff.is_empty() && only.is_empty() {
-        state.stack_runs = crate::runs::stack_runs(
-            &Report {
-                stacks: Vec::new(),
-                resources: Vec::new(),
-                awaiting_lease: Vec::new(),
-            },
-            &[],
-            &in_backoff,
-        );
-        return false;
-    }
-    let current_sha = revision_sha.clone().unwrap_or_default();
-    let plan_only: Vec<String> = stacks
-        .iter()
-        .filter(|s| !s.spec.self_heal && state.applied_sha.get(&s.name) == Some(&current_sha))
-        .map(|s| s.name.clone())
-        .collect();
-    let options = reconcile_options(
-        config,
-        state,
-        only,
-        plan_only.clone(),
-        incremental,
-        errors.is_empty(),
-    );
-    if incremental {
-        info!(
-            %trigger,
-            "incremental reconcile: only objects whose desired state changed"
-        );
-    }
-    let report = match crate::reconcile::reconcile(&client, &stacks, &options).await {
-        Ok(r) => r,
-        Err(e) => {
-            errors.push(format!("reconcile ({trigger}): {e}"));
-            for e in &errors {
-                error!("{e}");
-            }
-            state.backoffs.source_failures = state.backoffs.source_failures.max(1);
-            degrade(shared, errors).await;
-            return false;
-        }
-    };
     state.phases.mark("cluster");
-    state.awaiting_lease = report.awaiting_lease.clone();
-    state
-        .watches
-        .ensure(&watch_client, shared, &report, &stacks);
-    let folded = {
-        let mut st = shared.status.write().await;
-        record::fold(
-            &mut st,
-            &mut state.backoffs,
-            &shared.metrics,
-            record::Run::of(&stacks, &report, &plan_only, errors),
-            Utc::now(),
-            Instant::now(),
-        )
-    };
-    state.stack_runs = crate::runs::stack_runs(&report, &plan_only, &in_backoff);
-    let names: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
-    shared
-        .runs
-        .record_objects(&report, &plan_only, &names, Utc::now());
-    for stack in folded.applied {
-        state.applied_sha.insert(stack, current_sha.clone());
+    let mut ok = true;
+    for r in runs {
+        ok &= r.ok;
+        state.stack_runs.extend(r.stack_runs);
     }
     state.phases.mark("record");
-    revision::remove_old_checkouts(config, &credentials, revision_sha.clone()).await;
-    if folded.ok
-        && let Some(sha) = revision_sha
-    {
-        state.last_full = Some(FullRun {
-            sha,
-            at: full_at.unwrap_or_else(Instant::now),
-            policy_digest,
-        });
-    }
-    folded.ok
+    revision::remove_old_checkouts(config, &credentials, revision_sha).await;
+    ok
 }
 
 /// Hands the heap pages a reconcile freed back to the system. glibc keeps freed memory in its
@@ -631,6 +490,3 @@ fn release_free_memory() {
         }
     }
 }
-
-/// How long the API server may take to answer the liveness check of a quiet poll.
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);

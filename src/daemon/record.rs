@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::backoff::Backoffs;
 use super::metrics::{Metrics, labels};
-use super::status::{DaemonState, PlanCounts, StackState, StackStatus, Status};
+use super::status::{DaemonState, PlanCounts, StackState, StackStatus, Status, TargetStatus};
 use crate::reconcile::Report;
 use crate::stack::RenderedStack;
 
@@ -24,9 +24,11 @@ pub struct StackResult {
     pub unhealthy: bool,
 }
 
-/// A run's outcome.
+/// A run's outcome on one target.
 #[derive(Debug, Default)]
 pub struct Run {
+    /// The target (empty: `default`).
+    pub target: String,
     /// The revision's stacks, in order, with their object counts.
     pub stacks: Vec<(String, usize)>,
     /// Results of the stacks reconciled (a stack in backoff has none).
@@ -40,6 +42,7 @@ pub struct Run {
 impl Run {
     /// The outcome of a reconcile of `stacks`, after the revision's `errors`.
     pub fn of(
+        target: &str,
         stacks: &[RenderedStack],
         report: &Report,
         plan_only: &[String],
@@ -67,6 +70,7 @@ impl Run {
             }
         }
         Run {
+            target: target.to_owned(),
             stacks: stacks
                 .iter()
                 .map(|s| (s.name.clone(), s.objects.len()))
@@ -96,13 +100,23 @@ pub fn fold(
     now: DateTime<Utc>,
     instant: Instant,
 ) -> Folded {
+    let target = if run.target.is_empty() {
+        crate::targets::DEFAULT.to_owned()
+    } else {
+        run.target.clone()
+    };
+    // Only this target's stacks are replaced; the others' stay as their last run left them.
+    let (mine, others): (Vec<StackStatus>, Vec<StackStatus>) =
+        st.stacks.drain(..).partition(|s| s.target == target);
+    st.stacks = others;
     let mut previous: BTreeMap<String, StackStatus> =
-        st.stacks.drain(..).map(|s| (s.name.clone(), s)).collect();
+        mine.into_iter().map(|s| (s.name.clone(), s)).collect();
     let mut all_ok = run.errors.is_empty();
     let mut applied = Vec::new();
     for (name, objects) in &run.stacks {
         let mut s = previous.remove(name).unwrap_or_else(|| StackStatus {
             name: name.clone(),
+            target: target.clone(),
             state: StackState::Pending,
             last_change: None,
             last_sync: None,
@@ -115,7 +129,7 @@ pub fn fold(
             holder: None,
         });
         s.managed_objects = *objects;
-        let stack_labels = labels(&[("stack", name)]);
+        let stack_labels = labels(&[("target", &target), ("stack", name)]);
         metrics
             .managed_objects
             .get_or_create(&stack_labels)
@@ -176,17 +190,69 @@ pub fn fold(
         }
         st.stacks.push(s);
     }
-    st.errors = run.errors;
-    // A Backup job whose newest complete backup is older than its maxAge degrades the status.
-    st.state = if all_ok && st.jobs.iter().all(|j| j.overdue.is_none()) {
+    // Stable: the targets' stacks stay grouped, in revision order within a target.
+    st.stacks.sort_by(|a, b| a.target.cmp(&b.target));
+    let t = target_entry(st, &target);
+    t.errors = run.errors;
+    t.state = if all_ok {
         DaemonState::Ready
     } else {
         DaemonState::Degraded
     };
+    overall(st);
     Folded {
         ok: all_ok,
         applied,
     }
+}
+
+/// The status entry of `target`, created when missing.
+pub fn target_entry<'a>(st: &'a mut Status, target: &str) -> &'a mut TargetStatus {
+    let i = match st.targets.iter().position(|t| t.name == target) {
+        Some(i) => i,
+        None => {
+            st.targets.push(TargetStatus {
+                name: target.to_owned(),
+                cluster: String::new(),
+                profile: None,
+                state: DaemonState::Starting,
+                errors: Vec::new(),
+                warnings: Vec::new(),
+                mode: Default::default(),
+                last_run_at: None,
+            });
+            st.targets.len() - 1
+        }
+    };
+    &mut st.targets[i]
+}
+
+/// The daemon's state and errors from its targets': ready when every target that ran is ready
+/// and no Backup job is overdue. Errors of a named target say which (`target b: ...`); the same
+/// error of several targets (a revision that does not load) is listed once.
+pub fn overall(st: &mut Status) {
+    let mut errors: Vec<String> = Vec::new();
+    for t in &st.targets {
+        for e in &t.errors {
+            let e = if t.name == crate::targets::DEFAULT || st.targets.len() == 1 {
+                e.clone()
+            } else {
+                format!("target {}: {e}", t.name)
+            };
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+    }
+    st.errors = errors;
+    // A Backup job whose newest complete backup is older than its maxAge degrades the status.
+    st.state = if st.targets.iter().all(|t| t.state != DaemonState::Degraded)
+        && st.jobs.iter().all(|j| j.overdue.is_none())
+    {
+        DaemonState::Ready
+    } else {
+        DaemonState::Degraded
+    };
 }
 
 #[cfg(test)]
@@ -238,7 +304,7 @@ mod tests {
         assert_eq!(st.stacks[1].last_change, None, "b changed nothing");
         assert!(
             m.render()
-                .contains("driftless_managed_objects{stack=\"a\"} 3")
+                .contains("driftless_managed_objects{target=\"default\",stack=\"a\"} 3")
         );
     }
 
@@ -315,7 +381,7 @@ mod tests {
         assert_eq!(st.stacks[0].drifted, 2);
         assert!(
             m.render()
-                .contains("driftless_drifted_objects{stack=\"a\"} 2")
+                .contains("driftless_drifted_objects{target=\"default\",stack=\"a\"} 2")
         );
     }
 
@@ -343,5 +409,64 @@ mod tests {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{text}\""));
             assert_eq!(s.to_string(), text);
         }
+    }
+
+    #[test]
+    fn each_target_folds_its_own_stacks_and_a_failing_one_degrades_the_daemon_only_in_its_name() {
+        let (mut st, m) = (Status::default(), Metrics::default());
+        let (mut ba, mut bb) = (Backoffs::default(), Backoffs::default());
+        let now = Utc::now();
+        let on = |target: &str, results: &[(&str, StackResult)], errors: Vec<String>| Run {
+            target: target.to_owned(),
+            errors,
+            ..run(results)
+        };
+        fold(
+            &mut st,
+            &mut ba,
+            &m,
+            on("a", &[("a", applied(1, 0)), ("b", applied(0, 0))], vec![]),
+            now,
+            Instant::now(),
+        );
+        let f = fold(
+            &mut st,
+            &mut bb,
+            &m,
+            on("b", &[], vec!["cluster down".to_owned()]),
+            now,
+            Instant::now(),
+        );
+        assert!(!f.ok);
+        let of = |t: &str| -> Vec<(String, StackState)> {
+            st.stacks
+                .iter()
+                .filter(|s| s.target == t)
+                .map(|s| (s.name.clone(), s.state))
+                .collect()
+        };
+        assert_eq!(
+            of("a"),
+            [
+                ("a".to_owned(), StackState::Synced),
+                ("b".to_owned(), StackState::Synced)
+            ],
+            "b's fold leaves a's stacks"
+        );
+        assert_eq!(of("b").len(), 2);
+        assert_eq!(st.state, DaemonState::Degraded);
+        assert_eq!(st.errors, ["target b: cluster down"]);
+        let states: Vec<_> = st
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("a", DaemonState::Ready), ("b", DaemonState::Degraded)]
+        );
+        let text = m.render();
+        assert!(text.contains("driftless_managed_objects{target=\"a\",stack=\"a\"} 3"));
+        assert!(text.contains("driftless_managed_objects{target=\"b\",stack=\"b\"} 2"));
     }
 }

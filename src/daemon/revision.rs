@@ -20,8 +20,9 @@ use crate::stack::{RenderedStack, StoredRevision};
 pub struct LastGood {
     /// The Git commit (`None` for a local directory).
     pub revision: Option<Revision>,
-    /// Its stacks, stored compactly; shared with the scheduler's view and each reconcile.
-    pub stored: Arc<StoredRevision>,
+    /// Its stacks, stored compactly, per profile of the targets (the first target's profile
+    /// first); shared with the scheduler's view and each reconcile.
+    pub stored: Vec<(Option<String>, Arc<StoredRevision>)>,
     pub policies: Arc<PolicySet>,
     /// Its declared health checks of custom resources.
     pub health_checks: Arc<crate::health_checks::HealthChecks>,
@@ -35,19 +36,36 @@ impl LastGood {
     }
 }
 
-/// The desired state of one run: a revision rendered just now, or the stored last good one.
+/// The desired state of one run, per profile: a revision rendered just now, or the stored last
+/// good one.
 pub enum Desired {
-    Fresh(Arc<Vec<RenderedStack>>),
-    Stored(Arc<StoredRevision>),
+    Fresh(Vec<(Option<String>, Arc<Vec<RenderedStack>>)>),
+    Stored(Vec<(Option<String>, Arc<StoredRevision>)>),
 }
 
 impl Desired {
-    /// The stacks with their objects (a stored revision is expanded for this run only).
-    pub fn expand(self) -> Result<Arc<Vec<RenderedStack>>, crate::stack::stored::ExpandError> {
+    /// The stacks of `profile` with their objects (a stored revision is expanded for this run
+    /// only).
+    pub fn expand(
+        &self,
+        profile: &Option<String>,
+    ) -> Result<Arc<Vec<RenderedStack>>, crate::stack::stored::ExpandError> {
         match self {
-            Desired::Fresh(stacks) => Ok(stacks),
-            Desired::Stored(stored) => stored.expand().map(Arc::new),
+            Desired::Fresh(by) => Ok(by
+                .iter()
+                .find(|(p, _)| p == profile)
+                .map(|(_, s)| Arc::clone(s))
+                .unwrap_or_default()),
+            Desired::Stored(by) => match by.iter().find(|(p, _)| p == profile) {
+                Some((_, stored)) => stored.expand().map(Arc::new),
+                None => Ok(Arc::default()),
+            },
         }
+    }
+
+    /// Whether the revision was rendered just now (not the stored last good one).
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Desired::Fresh(_))
     }
 }
 
@@ -117,15 +135,17 @@ impl Revisions {
     fn last_good_desired(&self) -> Option<Desired> {
         self.last_good
             .as_ref()
-            .map(|g| Desired::Stored(Arc::clone(&g.stored)))
+            .map(|g| Desired::Stored(g.stored.clone()))
     }
 
-    /// Fetches the source and, when it moved, loads the new revision; `mark` is called after
-    /// the fetch (the end of the `fetch` phase). A new revision that loads becomes the last good
-    /// one (and the scheduler's); one that does not is reported and the last good one stays.
+    /// Fetches the source and, when it moved, loads the new revision once per profile of
+    /// `profiles` (the targets'); `mark` is called after the fetch (the end of the `fetch`
+    /// phase). A new revision that loads becomes the last good one (and the scheduler's); one
+    /// that does not is reported and the last good one stays.
     pub async fn next(
         &mut self,
         config: &HostConfig,
+        profiles: &[Option<String>],
         shared: &Shared,
         backoffs: &mut Backoffs,
         credentials: &Credentials,
@@ -192,31 +212,42 @@ impl Revisions {
                 errors,
             };
         }
-        let (profile, creds, renderers, cache, root) = (
-            config.profile.clone(),
+        let (profiles, creds, renderers, cache, root) = (
+            profiles.to_vec(),
             credentials.clone(),
             config.renderers.renderers(),
             Arc::clone(&self.parse_cache),
             checkout.root.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = crate::revision::load(
-                &root,
-                &crate::revision::LoadOptions {
-                    profile: profile.as_deref(),
-                    credentials: &creds,
-                    renderers: &renderers,
-                    placeholders: false,
-                    cache: Some(&cache),
-                },
-            )?;
-            let mut lap = crate::logging::Lap::start("revision");
-            let stored = StoredRevision::store(&loaded.stacks);
-            lap.log("stored the revision");
-            Ok::<_, crate::revision::Error>((loaded, stored))
+            // One render per profile; the first one's policies, health checks and jobs serve
+            // all (they do not depend on the profile's variables).
+            let mut first = None;
+            let mut by_profile = Vec::new();
+            for profile in profiles {
+                let loaded = crate::revision::load(
+                    &root,
+                    &crate::revision::LoadOptions {
+                        profile: profile.as_deref(),
+                        credentials: &creds,
+                        renderers: &renderers,
+                        placeholders: false,
+                        cache: Some(&cache),
+                    },
+                )?;
+                let mut loaded = loaded;
+                let mut lap = crate::logging::Lap::start("revision");
+                let stored = Arc::new(StoredRevision::store(&loaded.stacks));
+                lap.log("stored the revision");
+                let stacks = Arc::new(std::mem::take(&mut loaded.stacks));
+                by_profile.push((profile, stacks, stored));
+                first.get_or_insert(loaded);
+            }
+            let loaded = first.ok_or(crate::revision::Error::NoSource)?;
+            Ok::<_, crate::revision::Error>((loaded, by_profile))
         })
         .await;
-        let (loaded, stored) = match loaded {
+        let (loaded, by_profile) = match loaded {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 let rev = checkout
@@ -244,14 +275,29 @@ impl Revisions {
             info!(sha = %r.sha, subject = %r.subject, "new revision loaded");
         }
         backoffs.retry_all_now();
-        let stored = Arc::new(stored);
+        let stored: Vec<_> = by_profile
+            .iter()
+            .map(|(p, _, s)| (p.clone(), Arc::clone(s)))
+            .collect();
+        // At least one profile was loaded (`first` above), so `stored` is not empty.
+        let Some((_, first_stored)) = stored.first() else {
+            errors.push("no target to render the revision for".to_owned());
+            return Next {
+                desired: self.last_good_desired(),
+                errors,
+            };
+        };
+        let first_stored = Arc::clone(first_stored);
+        let fresh: Vec<_> = by_profile
+            .into_iter()
+            .map(|(p, stacks, _)| (p, stacks))
+            .collect();
         *shared.jobs.write().await = Some(JobsState {
             jobs: loaded.jobs,
-            desired: Arc::clone(&stored),
+            desired: first_stored,
             revision: checkout.revision.as_ref().map(|r| r.sha.clone()),
             state_dir: config.state_dir(),
             credentials: credentials.clone(),
-            target: super::target(config),
             commands: config.jobs.commands.clone(),
             host: crate::jobs::host::HostSettings::from_config(config),
         });
@@ -265,7 +311,7 @@ impl Revisions {
         });
         shared.status.write().await.applied_revision = checkout.revision;
         Next {
-            desired: Some(Desired::Fresh(Arc::new(loaded.stacks))),
+            desired: Some(Desired::Fresh(fresh)),
             errors,
         }
     }

@@ -83,6 +83,7 @@ fn unchanged_since(s: &StackStatus) -> StackRun {
     };
     StackRun {
         name: s.name.clone(),
+        target: Some(s.target.clone()),
         state,
         counts: Counts::default(),
         changes: Vec::new(),
@@ -150,6 +151,7 @@ mod tests {
     fn a_quiet_run_reports_its_stacks_as_the_last_run_left_them() {
         let status = |state| StackStatus {
             name: "web".to_owned(),
+            target: "default".to_owned(),
             state,
             last_change: None,
             last_sync: None,

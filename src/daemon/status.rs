@@ -39,6 +39,9 @@ pub struct Status {
     /// rendered); it differs from `revision` when a newer one is broken.
     pub applied_revision: Option<Revision>,
     pub last_reconcile: Option<ReconcileSummary>,
+    /// The targets (clusters) this daemon serves; one named `default` for the shorthand.
+    #[serde(default)]
+    pub targets: Vec<TargetStatus>,
     pub stacks: Vec<StackStatus>,
     /// Problems outside any one stack (source unreachable, revision fails to render, cluster down).
     pub errors: Vec<String>,
@@ -109,11 +112,42 @@ pub struct ReconcileSummary {
     pub phases_ms: Vec<(String, u64)>,
 }
 
+/// One target: a cluster, its profile and where its last run left it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub name: String,
+    /// Its cluster: `context NAME`, `kubeconfig PATH` or `default kubeconfig`.
+    pub cluster: String,
+    pub profile: Option<String>,
+    /// `ready`, or `degraded` when its cluster cannot be reached or a stack of it fails (see
+    /// `errors` and its stacks); `starting` before its first run.
+    pub state: DaemonState,
+    /// Problems of this target outside any one stack (its cluster unreachable, ...).
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// Notes that need no action now (a `stacks` pattern matching no stack).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// How its last run went (`quiet`, `incremental`, `full`).
+    #[serde(default)]
+    pub mode: Mode,
+    pub last_run_at: Option<DateTime<Utc>>,
+}
+
+fn default_target() -> String {
+    crate::targets::DEFAULT.to_owned()
+}
+
 /// One stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StackStatus {
     pub name: String,
+    /// The target (cluster) this stack status is of: a stack taken by two targets has one
+    /// entry per target.
+    #[serde(default = "default_target")]
+    pub target: String,
     pub state: StackState,
     /// When the stack last changed something in the cluster.
     pub last_change: Option<DateTime<Utc>>,

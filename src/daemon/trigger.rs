@@ -298,9 +298,17 @@ pub fn watch_files(
 pub struct DriftWatches {
     handles: Vec<tokio::task::JoinHandle<()>>,
     kinds: Vec<String>,
+    /// A watch saw a managed object change since the last look (`take_drift`): per target, so
+    /// drift in one cluster makes only its target reconcile in full.
+    drift: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DriftWatches {
+    /// Whether a watch saw drift since the last call (and forgets it).
+    pub fn take_drift(&self) -> bool {
+        self.drift.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether any watch runs (without them, a quiet or incremental run could miss drift).
     pub fn running(&self) -> bool {
         !self.handles.is_empty()
@@ -328,16 +336,15 @@ impl DriftWatches {
         }
         self.stop();
         let trigger = shared.self_ref.clone();
+        let drift = Arc::clone(&self.drift);
         let on_drift: crate::cluster::watch::OnDrift =
             Arc::new(move |stack: &str, object: &str| {
                 info!(
                     stack,
                     object, "live change to a managed object: reconciling"
                 );
+                drift.store(true, std::sync::atomic::Ordering::SeqCst);
                 if let Some(shared) = trigger.upgrade() {
-                    shared
-                        .drift_pending
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     shared.triggers.request(Trigger::Drift);
                 }
             });

@@ -34,12 +34,24 @@ pub async fn run(config_path: &Path) -> Report {
     check_credential_files(&config, &credentials, &mut report);
     check_state_dir(&config, &mut report);
     let root = check_source(&config, &credentials, &mut report).await;
-    let objects = match &root {
-        Some(root) => revision_objects(&config, root.path(), &mut report),
-        None => Vec::new(),
-    };
     check_renderers(&config, &mut report);
-    check_cluster(&config, &objects, &mut report).await;
+    // Each target: its stacks rendered with its profile, its cluster and the rights they need
+    // there (checks named `… (target NAME)` when several are configured).
+    let targets = crate::targets::of(&config);
+    for target in &targets {
+        let narrowed = crate::targets::narrow(&config, target);
+        let first = report.checks.len();
+        let objects = match &root {
+            Some(root) => revision_objects(&narrowed, root.path(), target, &mut report),
+            None => Vec::new(),
+        };
+        check_cluster(&narrowed, &objects, &mut report).await;
+        if targets.len() > 1 {
+            for c in &mut report.checks[first..] {
+                c.check = format!("{} (target {})", c.check, target.name);
+            }
+        }
+    }
     check_endpoint(&config, &mut report).await;
     report
 }
@@ -251,6 +263,7 @@ async fn check_source(
 fn revision_objects(
     config: &HostConfig,
     root: &Path,
+    target: &crate::targets::Target,
     report: &mut Report,
 ) -> Vec<(String, String, Option<String>)> {
     let loaded = match crate::stack::load_repo_with(
@@ -271,6 +284,7 @@ fn revision_objects(
     };
     match crate::stack::render_loaded(&loaded, &Credentials::default(), true) {
         Ok((stacks, _)) => {
+            let stacks: Vec<_> = stacks.iter().filter(|s| target.takes(&s.name)).collect();
             let objects: Vec<_> = stacks
                 .iter()
                 .flat_map(|s| &s.objects)

@@ -9,6 +9,8 @@
 //!   timeZone: Europe/Berlin     # default UTC
 //!   startingDeadline: 2h        # a run missed while the daemon was down runs once at start
 //!                               # when it is at most this old (default: never catch up)
+//!   target: prod-eu             # the host's target whose cluster it uses (default: the
+//!                               # first target that takes its stack)
 //!   ...                         # the kind's own fields
 //! ```
 
@@ -26,7 +28,7 @@ use crate::stack::model::API_VERSION;
 pub const KINDS: &[&str] = &["ImageCleanup", "Backup"];
 
 /// The fields of `spec` every kind has; read here, so a kind's parser sees only its own.
-const COMMON_FIELDS: &[&str] = &["schedule", "timeZone", "startingDeadline"];
+const COMMON_FIELDS: &[&str] = &["schedule", "timeZone", "startingDeadline", "target"];
 
 /// Errors in a jobs file, naming the file and the job.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub struct Job {
     pub file: PathBuf,
     pub schedule: Schedule,
     pub starting_deadline: Option<Duration>,
+    /// The host's target whose cluster the job uses (`spec.target`; default: its stack's).
+    pub target: Option<String>,
     /// The kind's own fields, parsed and checked once when the job is loaded.
     pub spec: JobSpec,
 }
@@ -214,6 +218,15 @@ fn parse_job(stack: &str, file: &Path, document: usize, doc: &Value) -> Result<J
         ),
         None => None,
     };
+    let target = match text("/spec/target") {
+        Some(t) if crate::stack::load::is_dns_label(t) => Some(t.to_owned()),
+        Some(t) => {
+            return Err(invalid(format!(
+                "{kind}/{name}: spec.target {t:?} must be a DNS label (a target of the host configuration)"
+            )));
+        }
+        None => None,
+    };
     let own = kind_fields(doc.get("spec").unwrap_or(&Value::Null));
     let spec = match kind {
         "ImageCleanup" => {
@@ -239,6 +252,38 @@ fn parse_job(stack: &str, file: &Path, document: usize, doc: &Value) -> Result<J
         file: file.to_owned(),
         schedule,
         starting_deadline,
+        target,
         spec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(target: Option<&str>) -> Result<Job, Error> {
+        let mut spec = serde_json::json!({
+            "schedule": "@daily",
+            "source": {"postgres": {"database": "app", "username": "app"}},
+            "destination": {"local": {"path": "/b"}},
+            "retention": {"keepLast": 1},
+        });
+        if let Some(t) = target {
+            spec["target"] = Value::from(t);
+        }
+        Job::from_spec("Backup", "nightly", "s", "stack/s/jobs.yaml", spec)
+    }
+
+    #[test]
+    fn a_job_may_name_the_target_whose_cluster_it_uses() {
+        assert_eq!(backup(None).expect("no target").target, None);
+        assert_eq!(
+            backup(Some("prod-eu")).expect("target").target.as_deref(),
+            Some("prod-eu")
+        );
+        let e = backup(Some("Prod/EU"))
+            .expect_err("not a DNS label")
+            .to_string();
+        assert!(e.contains("spec.target"), "{e}");
+    }
 }

@@ -119,6 +119,9 @@ pub struct PolicyNote {
 #[serde(rename_all = "camelCase")]
 pub struct StackRun {
     pub name: String,
+    /// The target (cluster) of this part of the run (see `crate::targets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     pub state: StackRunState,
     pub counts: Counts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -274,6 +277,7 @@ pub fn stack_runs(report: &Report, plan_only: &[String], skipped: &[String]) -> 
         if !out.iter().any(|s| &s.name == name) {
             out.push(StackRun {
                 name: name.clone(),
+                target: None,
                 state: StackRunState::Skipped,
                 counts: Counts::default(),
                 changes: Vec::new(),
@@ -346,6 +350,7 @@ fn stack_run(o: &StackOutcome, plan_only: bool, budget: &mut usize) -> StackRun 
     }
     StackRun {
         name: o.stack.clone(),
+        target: None,
         state,
         counts: Counts {
             create,

@@ -137,6 +137,7 @@ fn finished(revision: &str, stacks: &[(&str, StackRunState)]) -> Run {
         .iter()
         .map(|(n, s)| StackRun {
             name: (*n).to_owned(),
+            target: None,
             state: *s,
             counts: Counts::default(),
             changes: Vec::new(),

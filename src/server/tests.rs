@@ -317,6 +317,7 @@ async fn pages_follow_the_token_rules_and_unknown_names_are_404_pages() {
         .stacks
         .push(crate::daemon::status::StackStatus {
             name: "web".to_owned(),
+            target: "default".to_owned(),
             state: crate::daemon::status::StackState::Synced,
             last_change: None,
             last_sync: None,

@@ -188,6 +188,8 @@ pub struct Options<'a> {
     /// The `leases:` block (short renewals, so that tests need not wait 5 s for a daemon's
     /// first take).
     pub leases: &'a str,
+    /// More top-level lines of the host configuration (e.g. `targets:`), ending in a newline.
+    pub host: &'a str,
 }
 
 /// The test daemons' `leases:` unless a test sets its own.
@@ -202,6 +204,7 @@ impl Default for Options<'_> {
             credentials: &[],
             token: None,
             leases: TEST_LEASES,
+            host: "",
         }
     }
 }
@@ -210,13 +213,14 @@ impl Default for Options<'_> {
 fn config_text(id: &str, repo: &Path, dir: &Path, options: &Options<'_>) -> String {
     format!(
         "instance: {id}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\ncredentialsDir: {}\n\
-         daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}{}",
+         daemon:\n  listen: {}\n  pollInterval: 1h\n  webhooks: {{github: {{secretFile: github-secret}}}}\n{}{}{}",
         repo.display(),
         dir.join("state").display(),
         dir.join("creds").display(),
         options.listen,
         options.daemon,
         options.leases,
+        options.host,
     )
 }
 

@@ -75,6 +75,24 @@ impl TestEnv {
         Client::try_from(config).expect("kube client")
     }
 
+    /// A client for the second control plane (`KUBECONFIG_B`), as `system:masters`.
+    pub async fn kube_client_b(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.var("KUBECONFIG_B"))
+            .expect("read kubeconfig B");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kubeconfig of the second control plane");
+        Client::try_from(config).expect("kube client B")
+    }
+
+    /// The pid of the second control plane's API server (`KUBE_APISERVER_B_PID`), for tests
+    /// that stop (SIGSTOP) and resume (SIGCONT) it.
+    pub fn apiserver_b_pid(&self) -> i32 {
+        self.var("KUBE_APISERVER_B_PID")
+            .parse()
+            .unwrap_or_else(|e| panic!("KUBE_APISERVER_B_PID: {e}"))
+    }
+
     /// Creates a namespace unique to this test; it is deleted when the guard drops.
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         let client = self.kube_client().await;
@@ -409,6 +427,14 @@ pub fn kubectl_cmd() -> Command {
     let env = TestEnv::get();
     let mut cmd = Command::new(env.var("KUBECTL"));
     cmd.arg("--kubeconfig").arg(env.var("KUBECONFIG"));
+    cmd
+}
+
+/// A kubectl command of the second control plane (`KUBECONFIG_B`).
+pub fn kubectl_b_cmd() -> Command {
+    let env = TestEnv::get();
+    let mut cmd = Command::new(env.var("KUBECTL"));
+    cmd.arg("--kubeconfig").arg(env.var("KUBECONFIG_B"));
     cmd
 }
 

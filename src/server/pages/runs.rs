@@ -275,6 +275,7 @@ pub(crate) mod tests {
         run.phases_ms = vec![("fetch".to_owned(), 12), (text.to_owned(), 40)];
         run.stacks = vec![StackRun {
             name: "web".to_owned(),
+            target: None,
             state: StackRunState::Refused,
             counts: Counts {
                 create: 1,

@@ -222,6 +222,7 @@ mod tests {
     fn status(error: &str) -> StackStatus {
         StackStatus {
             name: "web".to_owned(),
+            target: "default".to_owned(),
             state: StackState::Drifted,
             last_change: None,
             last_sync: None,

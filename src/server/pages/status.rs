@@ -65,14 +65,16 @@ pub fn render(st: &Status, recent: &[Run]) -> String {
         }
         h.push_str("</ul>\n");
     }
+    targets_table(&mut h, st);
     h.push_str(
-        "<h2>Stacks</h2><table id=\"stacks\"><tr><th>Stack</th><th>State</th><th>Objects</th><th>Drifted</th>\
-         <th>Last plan</th><th>Last change</th><th>Last sync</th><th>Error</th></tr>\n",
+        "<h2>Stacks</h2><table id=\"stacks\"><tr><th>Target</th><th>Stack</th><th>State</th><th>Objects</th><th>Drifted</th>\
+         <th>Last plan</th><th>Last change</th><th>Last sync</th><th>Holder</th><th>Error</th></tr>\n",
     );
     for s in &st.stacks {
         let _ = writeln!(
             h,
-            "<tr><td><a href=\"{}\">{}</a></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>+{} ~{} −{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&s.target),
             escape(&stack_href(&s.name, None)),
             escape(&s.name),
             class(s.state.as_str()),
@@ -84,6 +86,10 @@ pub fn render(st: &Status, recent: &[Run]) -> String {
             s.last_plan.prune,
             time(s.last_change),
             time(s.last_sync),
+            s.holder
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "—".to_owned()),
             s.error.as_deref().map(escape).unwrap_or_default(),
         );
     }
@@ -161,6 +167,33 @@ fn recent_runs(h: &mut String, recent: &[Run]) {
     ));
 }
 
+/// The targets (clusters) and where their last runs left them.
+fn targets_table(h: &mut String, st: &Status) {
+    h.push_str(
+        "<h2>Targets</h2><table id=\"targets\"><tr><th>Target</th><th>Cluster</th><th>Profile</th>\
+         <th>State</th><th>Mode</th><th>Last run</th><th>Errors</th></tr>\n",
+    );
+    for t in &st.targets {
+        let state = format!("{:?}", t.state).to_lowercase();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            escape(&t.name),
+            escape(&t.cluster),
+            t.profile
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "—".to_owned()),
+            escape(&state),
+            escape(&state),
+            escape(&format!("{:?}", t.mode).to_lowercase()),
+            time(t.last_run_at),
+            escape(&t.errors.join("; ")),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{HOSTILE, shows_escaped};
@@ -173,6 +206,7 @@ mod tests {
             errors: vec![text.to_owned()],
             stacks: vec![StackStatus {
                 name: "web".to_owned(),
+                target: "default".to_owned(),
                 state: StackState::Synced,
                 last_change: None,
                 last_sync: None,
@@ -219,5 +253,25 @@ mod tests {
             assert!(page.contains("<td class=\"synced\">synced</td>"));
         }
         assert!(render(&Status::default(), &[]).contains("No runs yet."));
+    }
+
+    #[test]
+    fn shows_each_target_and_each_stacks_target_and_holder_escaped() {
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "instance": "ops", "state": "degraded", "startedAt": null, "source": "s",
+            "revision": null, "appliedRevision": null, "lastReconcile": null, "errors": [],
+            "targets": [{"name": "b", "cluster": "context <eu>", "profile": "prod",
+                         "state": "degraded", "errors": ["cluster <x> down"], "lastRunAt": null}],
+            "stacks": [{"name": "web", "target": "b", "state": "synced", "lastChange": null,
+                        "lastSync": null, "managedObjects": 1, "drifted": 0,
+                        "lastPlan": {"create": 0, "update": 0, "prune": 0}, "error": null,
+                        "retryAt": null, "consecutiveFailures": 0, "holder": "ops-2 <evil>"}]
+        }))
+        .expect("status");
+        let page = render(&st, &[]);
+        assert!(page.contains("<table id=\"targets\">"), "{page}");
+        assert!(page.contains("context &lt;eu&gt;") && page.contains("cluster &lt;x&gt; down"));
+        assert!(page.contains("<td>b</td><td><a href="), "{page}");
+        assert!(page.contains("ops-2 &lt;evil&gt;") && !page.contains("<evil>"));
     }
 }
