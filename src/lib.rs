@@ -16,6 +16,7 @@ pub mod health_checks;
 pub mod init;
 pub mod jobs;
 pub mod logging;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod policy;

@@ -74,6 +74,8 @@ pub struct Shared {
     pub fence: crate::cluster::lease::Fence,
     /// True once the lease task's first round of takes is done.
     pub leases_started: tokio::sync::watch::Receiver<bool>,
+    /// Commit statuses and notification webhooks (`notify:`); queues, never waits.
+    pub notify: crate::notify::Notifier,
 }
 
 /// The cluster the host configuration names.
@@ -100,6 +102,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         warn!("{w}");
     }
     let runs = Arc::new(runs);
+    let metrics = Arc::new(Metrics::default());
+    let notify = crate::notify::Notifier::start(&config, metrics.clone(), &runs.list(50))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let lease_settings = config.leases.settings();
     let fence = crate::cluster::lease::Fence::new(&lease_settings);
     let (leases_started_tx, leases_started) = tokio::sync::watch::channel(false);
@@ -111,7 +116,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             source: describe_source(&config),
             ..Status::default()
         })),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         triggers: Triggers::new(Arc::clone(&runs)),
         runs,
         jobs: RwLock::new(None),
@@ -119,6 +124,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         drift_pending: std::sync::atomic::AtomicBool::new(false),
         fence: fence.clone(),
         leases_started,
+        notify,
     });
     let max_connections = settings.max_connections;
     if let Some(files) = endpoint::raise_open_files_limit()
@@ -188,6 +194,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         let started = Utc::now();
         let t0 = Instant::now();
         let run_id = shared.runs.start(&trigger.to_string(), started);
+        state.run_id.clone_from(&run_id);
         // A stop request ends the reconcile at its next await: inventory-first writes make that
         // safe, and the rest of the plan runs again next start.
         let outcome = tokio::select! {
@@ -366,6 +373,8 @@ struct LoopState {
     phases: Phases,
     /// The stacks of the current run, for its record.
     stack_runs: Vec<crate::runs::StackRun>,
+    /// The id of the current run (commit statuses link to it).
+    run_id: String,
 }
 
 impl LoopState {
@@ -503,6 +512,9 @@ async fn reconcile_once(
         }
     };
     let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
+    if let Some(sha) = &revision_sha {
+        shared.notify.run_started(&state.run_id, sha, &wanted);
+    }
     wanted.extend(state.awaiting_lease.iter().cloned());
     state.wanted.set(wanted);
     // Stacks are taken one renewal after start (daemons started together see each other).
