@@ -173,13 +173,15 @@ pub fn one_line(text: &str) -> String {
 }
 
 /// Whether `status` needs sending, given the state and description last sent for its commit
-/// and context (`None`: nothing sent yet). A final status is sent when it differs; `pending`
-/// only when nothing final is known or the last one was not a success (a retry is running):
-/// a commit that is green stays green while later runs find nothing to change.
+/// and context (`None`: nothing sent yet). `pending` goes out only when nothing final is known
+/// or the last one was not a success (a retry is running); a final status when its state
+/// differs, or when it is a failure with another reason. A green commit stays as it is (and
+/// keeps the link to the run that applied it) while later runs find nothing to change.
 pub fn needs_sending(status: &CommitStatus, last: Option<&(State, String)>) -> bool {
     match (status.state, last) {
         (_, None) => true,
         (State::Pending, Some((last, _))) => *last != State::Success && *last != State::Pending,
+        (State::Success, Some((last, _))) => *last != State::Success,
         (state, Some((last, description))) => state != *last || status.description != *description,
     }
 }
@@ -426,7 +428,10 @@ mod tests {
         assert!(needs_sending(&s(State::Pending, "p"), Some(&bad)));
         assert!(!needs_sending(&s(State::Pending, "p"), Some(&pend)));
         assert!(!needs_sending(&s(State::Success, "in sync"), Some(&ok)));
-        assert!(needs_sending(&s(State::Success, "applied"), Some(&ok)));
+        assert!(!needs_sending(&s(State::Success, "applied"), Some(&ok)));
+        assert!(!needs_sending(&s(State::Failure, "denied"), Some(&bad)));
+        assert!(needs_sending(&s(State::Failure, "unhealthy"), Some(&bad)));
+        assert!(needs_sending(&s(State::Failure, "denied"), Some(&ok)));
         assert!(needs_sending(&s(State::Success, "in sync"), Some(&bad)));
         assert!(needs_sending(&s(State::Success, "in sync"), Some(&pend)));
     }
