@@ -58,7 +58,8 @@ pub struct Event {
 /// - `runRecovered`: the run succeeded and the one before failed.
 /// - `driftDetected`: stacks planned with changes (`selfHeal: false`) that were not before.
 /// - `driftReverted`: stacks applied with changes on the revision the run before applied
-///   (nothing new came from Git: the changes put back what was changed in the cluster).
+///   (nothing new came from Git: the changes put back what was changed in the cluster), and
+///   that were healthy in it (after a failure, changes are the retry's).
 pub fn run_events(
     instance: &str,
     before: Option<&Run>,
@@ -147,7 +148,15 @@ pub fn run_events(
     let reverted: Vec<&crate::runs::StackRun> = run
         .stacks
         .iter()
-        .filter(|s| same_revision && s.state == StackRunState::Applied && changed(s))
+        .filter(|s| {
+            same_revision
+                && s.state == StackRunState::Applied
+                && changed(s)
+                // Healthy before: changes after a failure are the retry's, not drift's.
+                && before
+                    .and_then(|b| b.stack(&s.name))
+                    .is_some_and(|p| p.state.healthy())
+        })
         .collect();
     if !reverted.is_empty() {
         out.push(event(
@@ -413,6 +422,13 @@ mod tests {
             "ccc",
             vec![stack("web", StackRunState::Applied, 1)],
         );
+        let bad_same_revision = run("r9", Failed, "ddd", bad.stacks.clone());
+        let applied_after_failure = run(
+            "r10",
+            Succeeded,
+            "ddd",
+            vec![stack("web", StackRunState::Applied, 1)],
+        );
         let mut interrupted = run("r8", RunState::Interrupted, "ccc", Vec::new());
         interrupted.errors = vec!["stopped".to_owned()];
         let cases: Vec<(Option<&Run>, &Run, Vec<EventKind>)> = vec![
@@ -426,6 +442,11 @@ mod tests {
             (Some(&fixed), &drift, vec![DriftDetected]),
             (Some(&drift), &drift_again, vec![]),
             (Some(&drift_again), &reverted, vec![DriftReverted]),
+            (
+                Some(&bad_same_revision),
+                &applied_after_failure,
+                vec![RunRecovered],
+            ),
             (Some(&ok), &interrupted, vec![]),
         ];
         for (i, (before, r, want)) in cases.into_iter().enumerate() {
