@@ -396,3 +396,88 @@ async fn a_signed_run_failed_then_run_recovered_arrive_while_another_endpoint_is
     }
     assert!(!d.log().contains(SENTINEL));
 }
+
+/// Changes the stack's ConfigMap in the cluster, as a person with kubectl would.
+fn tamper(d: &Daemon) {
+    support::kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        &format!("ns-{}", d.id),
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"value":"tampered"}}"#,
+    ]);
+}
+
+/// A daemon whose stack has `extra_spec`, sending drift events to `hooks`.
+fn start_drift(hooks: &Recorder, extra_spec: &str) -> Daemon {
+    let leases = format!(
+        "{TEST_LEASES}notify:\n  webhooks: [{{url: '{}/d', secretFile: hook-secret, events: [driftDetected, driftReverted]}}]\n",
+        hooks.base
+    );
+    let d = Setup::new(
+        &Options {
+            extra_spec,
+            credentials: &[("hook-secret", HOOK_SECRET)],
+            leases: &leases,
+            ..Options::default()
+        },
+        |_, _| {},
+    )
+    .start();
+    d.wait_notify("READY=1", Duration::from_secs(60));
+    d
+}
+
+#[tokio::test]
+async fn drift_is_announced_as_detected_with_self_heal_off_and_as_reverted_with_it_on() {
+    let hooks = Recorder::start(0).await;
+    let off = start_drift(&hooks, ", selfHeal: false");
+    tamper(&off);
+    let detected = eventually("driftDetected", Duration::from_secs(60), || async {
+        hooks
+            .requests()
+            .into_iter()
+            .find(|r| r.header("x-driftless-event") == "driftDetected")
+    })
+    .await;
+    let body = detected.json();
+    assert_eq!(body["instance"], off.id.as_str(), "{body}");
+    assert_eq!(body["stacks"], serde_json::json!([format!("d-{}", off.id)]));
+    assert!(
+        body["details"][0]
+            .as_str()
+            .unwrap()
+            .contains("planned (0 create, 1 update, 0 prune)"),
+        "{body}"
+    );
+    drop(off);
+
+    let on = start_drift(&hooks, "");
+    tamper(&on);
+    let reverted = eventually("driftReverted", Duration::from_secs(60), || async {
+        hooks
+            .requests()
+            .into_iter()
+            .find(|r| r.header("x-driftless-event") == "driftReverted")
+    })
+    .await;
+    let body = reverted.json();
+    assert_eq!(body["instance"], on.id.as_str(), "{body}");
+    assert_eq!(
+        reverted.header("x-driftless-signature"),
+        format!("sha256={}", hmac_hex(reverted.body.as_bytes()))
+    );
+    // Each was sent once: events are edges.
+    let count = |e: &str| {
+        hooks
+            .requests()
+            .iter()
+            .filter(|r| r.header("x-driftless-event") == e)
+            .count()
+    };
+    assert_eq!((count("driftDetected"), count("driftReverted")), (1, 1));
+}
