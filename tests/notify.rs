@@ -481,3 +481,53 @@ async fn drift_is_announced_as_detected_with_self_heal_off_and_as_reverted_with_
     };
     assert_eq!((count("driftDetected"), count("driftReverted")), (1, 1));
 }
+
+#[tokio::test]
+async fn a_failed_commit_turns_green_when_a_later_run_succeeds_on_it() {
+    let forge = Recorder::start(0).await;
+    let late = support::unique_name("notify-late");
+    let leases = format!(
+        "{TEST_LEASES}notify:\n  commitStatus: {{provider: github, apiUrl: '{}', repository: acme/infra, tokenFile: forge-token}}\n",
+        forge.base
+    );
+    // The stack's ConfigMap goes to a namespace nobody created yet: the apply fails.
+    let d = Setup::new(
+        &Options {
+            credentials: &[("forge-token", FORGE_TOKEN)],
+            leases: &leases,
+            ..Options::default()
+        },
+        |repo, _| {
+            std::fs::write(
+                repo.join("stack/app/objects.yaml"),
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {late}}}\ndata: {{value: one}}\n"),
+            )
+            .unwrap();
+        },
+    )
+    .start();
+    let sha = head(&d);
+    let all = wait_state(&forge, &sha, "context", "failure").await;
+    let (_, failure) = all.iter().find(|(_, b)| b["state"] == "failure").unwrap();
+    assert!(
+        failure["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: "),
+        "{failure}"
+    );
+    // The namespace appears; the stack's retry (backoff, no new commit) succeeds: green.
+    support::kubectl(&["create", "namespace", &late]);
+    let all = wait_state(&forge, &sha, "context", "success").await;
+    let states: Vec<&str> = all
+        .iter()
+        .map(|(_, b)| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"pending"), "{states:?}");
+    assert_eq!(states.last(), Some(&"success"), "{states:?}");
+    let failed_at = states.iter().position(|s| *s == "failure").unwrap();
+    // The retry announced itself before it turned green.
+    assert_eq!(states[failed_at + 1], "pending", "{states:?}");
+    drop(d);
+    support::kubectl(&["delete", "namespace", &late, "--wait=false"]);
+}
