@@ -531,3 +531,80 @@ async fn a_failed_commit_turns_green_when_a_later_run_succeeds_on_it() {
     drop(d);
     support::kubectl(&["delete", "namespace", &late, "--wait=false"]);
 }
+
+#[tokio::test]
+async fn a_job_that_fails_then_succeeds_raises_job_failed_then_job_recovered() {
+    // The job's registry: refuses the catalog until `healthy`, then serves an empty one.
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let registry = axum::Router::new().route(
+        "/v2/_catalog",
+        axum::routing::get(move || {
+            let ok = flag.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    (StatusCode::OK, r#"{"repositories":[]}"#)
+                } else {
+                    (StatusCode::FORBIDDEN, "no")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, registry).await });
+
+    let hooks = Recorder::start(0).await;
+    let leases = format!(
+        "{TEST_LEASES}notify:\n  webhooks: [{{url: '{}/jobs', secretFile: hook-secret, events: [jobFailed, jobRecovered]}}]\n",
+        hooks.base
+    );
+    let d = Setup::new(
+        &Options {
+            credentials: &[("hook-secret", HOOK_SECRET)],
+            leases: &leases,
+            ..Options::default()
+        },
+        |repo, _| {
+            // Every second (a leading seconds field).
+            std::fs::write(
+                repo.join("stack/app/jobs.yaml"),
+                format!(
+                    "apiVersion: driftless.dev/v1alpha1\nkind: ImageCleanup\nmetadata: {{name: flaky}}\n\
+                     spec:\n  schedule: \"* * * * * *\"\n  registry: {{url: \"{registry_url}\"}}\n\
+                     \x20 protect: {{cluster: false, desired: false}}\n  rules: [{{repositories: \"none-such/*\", keepLast: 1}}]\n"
+                ),
+            )
+            .unwrap();
+        },
+    )
+    .start();
+    let event = |name: &'static str| {
+        let hooks = &hooks;
+        async move {
+            eventually(name, Duration::from_secs(60), || async {
+                hooks
+                    .requests()
+                    .into_iter()
+                    .find(|r| r.header("x-driftless-event") == name)
+            })
+            .await
+        }
+    };
+    let failed = event("jobFailed").await;
+    assert_eq!(
+        failed.header("x-driftless-signature"),
+        format!("sha256={}", hmac_hex(failed.body.as_bytes()))
+    );
+    let body = failed.json();
+    assert_eq!(body["job"], "flaky", "{body}");
+    assert_eq!(body["stacks"], serde_json::json!([format!("d-{}", d.id)]));
+    assert!(
+        body["summary"].as_str().unwrap().contains("failed"),
+        "{body}"
+    );
+    assert!(!body["details"].as_array().unwrap().is_empty(), "{body}");
+    healthy.store(true, Ordering::SeqCst);
+    let recovered = event("jobRecovered").await.json();
+    assert_eq!(recovered["job"], "flaky", "{recovered}");
+}
