@@ -285,6 +285,7 @@ async fn a_signed_run_failed_then_run_recovered_arrive_while_another_endpoint_is
     };
     let d = start(&format!(
         "  commitStatus: {{provider: gitea, apiUrl: '{}/api/v1', repository: ops/stacks, tokenFile: forge-token}}\n\
+         \x20 linkBase: 'https://ops.example:9427'\n\
          \x20 webhooks:\n\
          \x20 - {{url: '{down}', secretFile: hook-secret}}\n\
          \x20 - {{url: '{}/driftless', secretFile: hook-secret, events: [runFailed, runRecovered]}}\n\
@@ -311,6 +312,13 @@ async fn a_signed_run_failed_then_run_recovered_arrive_while_another_endpoint_is
     assert_eq!(body["event"], "runFailed", "{body}");
     assert_eq!(body["instance"], d.id.as_str());
     assert_eq!(body["revision"], bad.as_str());
+    assert!(
+        body["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://ops.example:9427/runs/"),
+        "{body}"
+    );
     assert_eq!(body["stacks"], serde_json::json!([format!("d-{}", d.id)]));
     assert!(
         body["details"][0]

@@ -13,6 +13,10 @@ pub struct NotifyConfig {
     /// Endpoints that receive events (run failed, recovered, drift, jobs, stale backups).
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
+    /// The daemon's endpoint as people reach it, for run links in notifications when there is
+    /// no `commitStatus.linkBase` (which takes precedence).
+    #[serde(default)]
+    pub link_base: Option<String>,
 }
 
 /// The forge whose API takes the statuses.
@@ -158,6 +162,9 @@ impl NotifyConfig {
             }
             plain("notify.commitStatus.tokenFile", &c.token_file)?;
         }
+        if let Some(l) = &self.link_base {
+            check_url("notify.linkBase", l, false)?;
+        }
         for (i, w) in self.webhooks.iter().enumerate() {
             check_url(&format!("notify.webhooks[{i}].url"), &w.url, false)?;
             match (&w.secret_file, w.format) {
@@ -265,6 +272,7 @@ mod tests {
                 "tokenFile",
             ),
             ("webhooks: [{url: 'ftp://x'}]\n", "webhooks[0].url"),
+            ("linkBase: 'ops:9427'\n", "notify.linkBase"),
             ("webhooks: [{url: 'https://x'}]\n", "secretFile"),
             (
                 "webhooks: [{url: 'https://x', secretFile: /etc/s}]\n",

@@ -119,8 +119,11 @@ impl Notifier {
         }
         let credentials = crate::credentials::Credentials::from_config(config);
         let client = deliver::client().map_err(Error::Client)?;
+        n.link_base.clone_from(&settings.link_base);
         if let Some(c) = &settings.commit_status {
-            n.link_base = c.link_base.clone();
+            if c.link_base.is_some() {
+                n.link_base.clone_from(&c.link_base);
+            }
             n.status = Some(StatusTarget {
                 provider: c.provider,
                 api_url: c.api_url.clone(),
