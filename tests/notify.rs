@@ -616,3 +616,70 @@ async fn a_job_that_fails_then_succeeds_raises_job_failed_then_job_recovered() {
     let recovered = event("jobRecovered").await.json();
     assert_eq!(recovered["job"], "flaky", "{recovered}");
 }
+
+#[tokio::test]
+async fn a_backup_without_a_complete_backup_within_max_age_raises_backup_stale_once() {
+    let hooks = Recorder::start(0).await;
+    let backups = tempfile::tempdir().unwrap();
+    let ns = support::unique_name("nt-stale");
+    let leases = format!(
+        "{TEST_LEASES}notify:\n  webhooks: [{{url: '{}/b', secretFile: hook-secret, events: [backupStale]}}]\n",
+        hooks.base
+    );
+    let d = Setup::new(
+        &Options {
+            credentials: &[("hook-secret", HOOK_SECRET)],
+            leases: &leases,
+            ..Options::default()
+        },
+        |repo, _| {
+            // Runs every second and fails every time (no such pod): no complete backup ever.
+            std::fs::write(
+                repo.join("stack/app/jobs.yaml"),
+                format!(
+                    "apiVersion: driftless.dev/v1alpha1\nkind: Backup\nmetadata: {{name: stale}}\nspec:\n  schedule: \"* * * * * *\"\n  \
+                     source: {{exec: {{namespace: {ns}, pod: missing, command: [\"true\"]}}}}\n  \
+                     destination: {{local: {{path: {}}}}}\n  retention: {{keepLast: 1}}\n  maxAge: 2s\n",
+                    backups.path().display()
+                ),
+            )
+            .unwrap();
+        },
+    )
+    .start();
+    let stale = eventually("backupStale", Duration::from_secs(60), || async {
+        hooks
+            .requests()
+            .into_iter()
+            .find(|r| r.header("x-driftless-event") == "backupStale")
+    })
+    .await;
+    let body = stale.json();
+    assert_eq!(body["job"], "stale", "{body}");
+    assert!(
+        body["details"][0].as_str().unwrap().contains("maxAge 2s"),
+        "{body}"
+    );
+    // It stays stale: announced once, however many runs (and status refreshes) follow.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let last = seen.last().cloned();
+        let next = eventually(
+            "another run of the job",
+            Duration::from_secs(30),
+            || async {
+                let st = d.status().await;
+                let t = st["jobs"][0]["lastRun"]["startedAt"].clone();
+                (!t.is_null() && Some(&t) != last.as_ref()).then_some(t)
+            },
+        )
+        .await;
+        seen.push(next);
+    }
+    let count = hooks
+        .requests()
+        .iter()
+        .filter(|r| r.header("x-driftless-event") == "backupStale")
+        .count();
+    assert_eq!(count, 1);
+}
