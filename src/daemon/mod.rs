@@ -512,9 +512,6 @@ async fn reconcile_once(
         }
     };
     let mut wanted: Vec<String> = stacks.iter().map(|s| s.name.clone()).collect();
-    if let Some(sha) = &revision_sha {
-        shared.notify.run_started(&state.run_id, sha, &wanted);
-    }
     wanted.extend(state.awaiting_lease.iter().cloned());
     state.wanted.set(wanted);
     // Stacks are taken one renewal after start (daemons started together see each other).
@@ -534,6 +531,14 @@ async fn reconcile_once(
         }
     };
     let in_backoff = state.backoffs.in_backoff(Instant::now());
+    if let Some(sha) = &revision_sha {
+        let applying: Vec<String> = stacks
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|n| !in_backoff.contains(n))
+            .collect();
+        shared.notify.run_started(&state.run_id, sha, &applying);
+    }
     let only: Vec<String> = if in_backoff.is_empty() {
         Vec::new()
     } else {

@@ -78,7 +78,13 @@ pub fn finished(instance: &str, run: &Run, link_base: Option<&str>) -> Vec<Commi
     let target_url = run_link(link_base, &run.id);
     let mut out = Vec::new();
     if let Some(sha) = &run.revision {
-        for s in &run.stacks {
+        // A stack not reconciled (backoff, another process holds its Lease) keeps the status
+        // it has: this run says nothing about it.
+        for s in run
+            .stacks
+            .iter()
+            .filter(|s| s.state != StackRunState::Skipped)
+        {
             let (state, description) = stack_verdict(s);
             out.push(CommitStatus {
                 sha: sha.clone(),
@@ -148,6 +154,7 @@ fn stack_verdict(s: &StackRun) -> (State, String) {
                 }
             ),
         ),
+        // `finished` sends nothing for it; the arm keeps the match total.
         StackRunState::Skipped => (State::Error, format!("not reconciled: {}", first_error(s))),
     }
 }
@@ -323,8 +330,6 @@ mod tests {
         failed.error = Some("\napply ConfigMap/ns/x: conflict\nmore".to_owned());
         let mut sick = stack("q", StackRunState::Unhealthy);
         sick.unhealthy = vec!["Deployment/ns/q".to_owned()];
-        let mut skipped = stack("s", StackRunState::Skipped);
-        skipped.error = Some("in backoff after failures".to_owned());
         let mut pruning = stack("p", StackRunState::Refused);
         pruning.prune_refused = Some("would prune 80% of the stack".to_owned());
         let cases: Vec<(StackRun, State, &str)> = vec![
@@ -359,11 +364,6 @@ mod tests {
                 "unhealthy after apply: Deployment/ns/q",
             ),
             (
-                skipped,
-                State::Error,
-                "not reconciled: in backoff after failures",
-            ),
-            (
                 pruning,
                 State::Failure,
                 "prune refused: would prune 80% of the stack",
@@ -381,6 +381,22 @@ mod tests {
             assert_eq!(out[0].target_url.as_deref(), Some("http://d:1/runs/r1"));
             assert_eq!(out[0].sha, "a".repeat(40));
         }
+    }
+
+    #[test]
+    fn a_stack_not_reconciled_keeps_its_status() {
+        let mut skipped = stack("s", StackRunState::Skipped);
+        skipped.error = Some("in backoff after failures".to_owned());
+        let out = finished(
+            "i",
+            &run(
+                RunState::Failed,
+                vec![skipped, stack("a", StackRunState::Unchanged)],
+            ),
+            None,
+        );
+        let contexts: Vec<&str> = out.iter().map(|s| s.context.as_str()).collect();
+        assert_eq!(contexts, ["driftless/i/a"]);
     }
 
     #[test]
