@@ -73,6 +73,9 @@ pub struct HostConfig {
     /// SOPS decryption (see `SopsConfig`).
     #[serde(default)]
     pub sops: SopsConfig,
+    /// Commit statuses and notification webhooks (see `notify`).
+    #[serde(default)]
+    pub notify: crate::notify::config::NotifyConfig,
 }
 
 /// `jobs:`: the host programs and host paths scheduled jobs use. The stack repository never
@@ -565,6 +568,12 @@ impl HostConfig {
                 });
             }
         }
+        if let Err(message) = config.notify.check() {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message,
+            });
+        }
         if let Some(src) = &config.source {
             if src.path.is_some() == src.git.is_some() {
                 return Err(Error::Invalid {
@@ -671,6 +680,12 @@ impl HostConfig {
                 &format!("daemon.webhooks.{provider}.secretFile"),
                 &hook.as_ref().map(|h| h.secret_file.clone()),
             );
+        }
+        if let Some(c) = &self.notify.commit_status {
+            add("notify.commitStatus.tokenFile", &Some(c.token_file.clone()));
+        }
+        for (i, w) in self.notify.webhooks.iter().enumerate() {
+            add(&format!("notify.webhooks[{i}].secretFile"), &w.secret_file);
         }
         out
     }

@@ -18,6 +18,7 @@ pub mod host;
 pub mod init;
 pub mod jobs;
 pub mod logging;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod policy;

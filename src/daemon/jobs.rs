@@ -273,5 +273,6 @@ async fn refresh_status(shared: &Shared, state: &JobsState, running: &Mutex<BTre
     if jobs.iter().any(|j| j.overdue.is_some()) && status.state == DaemonState::Ready {
         status.state = DaemonState::Degraded;
     }
+    shared.notify.jobs_changed(&status.jobs, &jobs);
     status.jobs = jobs;
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// 1 for the revision `source.git.verify` refused last (commit, signer, reason); empty
     /// once a revision verifies.
     pub source_unverified: Family<Labels, Gauge>,
+    /// Commit statuses and notifications by destination and outcome (`notify`).
+    pub notify_deliveries: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,7 @@ impl Default for Metrics {
             http_connections_evicted: Counter::default(),
             http_connections_refused: Counter::default(),
             source_unverified: Family::default(),
+            notify_deliveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +157,11 @@ impl Default for Metrics {
             "source_unverified_revision",
             "The revision refused by source.git.verify: its commit, signer and reason (1 while it is the newest)",
             m.source_unverified.clone(),
+        );
+        registry.register(
+            "notify_deliveries",
+            "Commit statuses and notifications by destination (commitStatus, webhooks[i]) and outcome (delivered, retried, failed, dropped)",
+            m.notify_deliveries.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -73,6 +73,8 @@ pub struct Shared {
     pub targets: Vec<(crate::targets::Target, crate::cluster::lease::Fence)>,
     /// True once the first target's lease task's first round of takes is done.
     pub leases_started: tokio::sync::watch::Receiver<bool>,
+    /// Commit statuses and notification webhooks (`notify:`); queues, never waits.
+    pub notify: crate::notify::Notifier,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -91,6 +93,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         warn!("{w}");
     }
     let runs = Arc::new(runs);
+    let metrics = Arc::new(Metrics::default());
+    let notify = crate::notify::Notifier::start(&config, metrics.clone(), &runs.list(50))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let lease_settings = config.leases.settings();
     let targets = crate::targets::of(&config);
     // One fence per target cluster: a stack's Lease lives in the cluster it is written to.
@@ -107,7 +112,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             source: describe_source(&config),
             ..Status::default()
         })),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         triggers: Triggers::new(Arc::clone(&runs)),
         runs,
         jobs: RwLock::new(None),
@@ -118,6 +123,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             .zip(fences.iter().cloned())
             .collect(),
         leases_started,
+        notify,
     });
     let max_connections = settings.max_connections;
     if let Some(files) = endpoint::raise_open_files_limit()
@@ -193,6 +199,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         let started = Utc::now();
         let t0 = Instant::now();
         let run_id = shared.runs.start(&trigger.to_string(), started);
+        state.run_id.clone_from(&run_id);
         // A stop request ends the reconcile at its next await: inventory-first writes make that
         // safe, and the rest of the plan runs again next start.
         let outcome = tokio::select! {
@@ -385,6 +392,8 @@ struct LoopState {
     phases: Phases,
     /// The stacks of the current run, for its record.
     stack_runs: Vec<crate::runs::StackRun>,
+    /// The id of the current run (commit statuses link to it).
+    run_id: String,
 }
 
 /// Marks the daemon degraded by problems outside any one stack.
@@ -447,6 +456,7 @@ async fn reconcile_once(
         errors: &errors,
         trigger,
         secret_hash_key: secret_hash_key.clone(),
+        run_id: &state.run_id,
     };
     // Side by side: a target whose cluster hangs holds up only its own part (bounded by the
     // probe and the per-request timeouts), never another target's writes.

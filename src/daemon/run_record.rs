@@ -62,6 +62,7 @@ pub async fn finish(config: &HostConfig, shared: &Shared, ended: Ended) {
         run.phases_ms = ended.phases;
     });
     if let Some(run) = finished {
+        shared.notify.run_finished(&run);
         info!(
             run = %run.id,
             state = ?run.state,

@@ -68,6 +68,8 @@ pub struct RunInput<'a> {
     pub errors: &'a [String],
     pub trigger: Trigger,
     pub secret_hash_key: Option<crate::cluster::apply::SecretHashKey>,
+    /// The id of the run (commit statuses link to it).
+    pub run_id: &'a str,
 }
 
 /// A target's part of one run.
@@ -284,6 +286,15 @@ impl TargetState {
         let incremental = self.mode == Mode::Incremental;
         let full_at = self.last_full.take().map(|f| f.at).filter(|_| incremental);
         let in_backoff = self.backoffs.in_backoff(Instant::now());
+        if let Some(sha) = input.last_good.sha() {
+            let applying: Vec<String> = stacks
+                .iter()
+                .map(|s| s.name.clone())
+                .filter(|n| !in_backoff.contains(n))
+                .map(|n| crate::notify::status::stack_label(Some(&self.target.name), &n))
+                .collect();
+            shared.notify.run_started(input.run_id, sha, &applying);
+        }
         let only: Vec<String> = if in_backoff.is_empty() {
             Vec::new()
         } else {

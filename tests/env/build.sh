@@ -123,8 +123,33 @@ build_sops() {
         "-X github.com/getsops/sops/v3/version.Version=${SOPS_VERSION#v}"
 }
 
+# Gitea has replace directives in its go.mod, so it is built inside its own module (a writable copy
+# of the module source) where they apply. SQLite needs cgo and the sqlite tags. No `bindata` tag:
+# that would need the frontend build (npm); without it Gitea reads templates/, options/ and public/
+# from STATIC_ROOT_PATH, which `testenv up` points at the copy kept here. The API, git over http and
+# webhooks need no frontend assets.
+build_gitea() {
+    local dir=$cache/gitea-$GITEA_VERSION
+    [ -f "$dir/.built" ] && return 0
+    log "gitea $GITEA_VERSION: gitea (cgo, sqlite; cold: ~20 min on 2 cores)"
+    rm -rf "$dir" && mkdir -p "$dir/bin"
+    local src
+    src=$(go mod download -json "code.gitea.io/gitea@$GITEA_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    [ -n "$src" ] || { log "gitea: module download failed"; return 1; }
+    cp -r "$src" "$dir/src" && chmod -R u+w "$dir/src"
+    (
+        cd "$dir/src"
+        CGO_ENABLED=1 go build -trimpath -tags 'sqlite sqlite_unlock_notify' \
+            -ldflags "-s -w -X main.Version=${GITEA_VERSION#v}" -o "$dir/bin/gitea" .
+    )
+    # Only the run-time files stay (templates, locales, public); the Go sources go.
+    find "$dir/src" -mindepth 1 -maxdepth 1 ! -name templates ! -name options ! -name public \
+        -exec rm -rf {} +
+    stamp_ok "$dir"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio helm sops kubernetes)
+[ ${#components[@]} -gt 0 ] || components=(etcd kwok registry minio helm sops gitea kubernetes)
 for c in "${components[@]}"; do
     "build_$c"
 done

@@ -11,3 +11,6 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION=v4.3.1
 # sops produces the SOPS-encrypted fixtures of tests/sops.rs at test time (age recipients).
 SOPS_VERSION=v3.13.3
+# Gitea is the forge of the notify tests (webhooks it delivers, commit statuses read back); its
+# go.mod (go 1.26.4) accepts the Go this environment has.
+GITEA_VERSION=v1.27.3
