@@ -31,6 +31,7 @@ pub mod server;
 pub mod source;
 pub mod stack;
 pub mod state;
+pub mod status;
 pub mod sync_hooks;
 pub mod targets;
 pub mod yaml;

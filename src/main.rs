@@ -579,7 +579,7 @@ async fn print_status(
     target: Option<&str>,
     output: OutputFormat,
 ) -> anyhow::Result<u8> {
-    use driftless::daemon::status::DaemonState;
+    use driftless::status::DaemonState;
     let base = endpoint_base(Some(config), endpoint)?;
     let token = match &config.daemon.status_token_file {
         Some(file) => Some(

@@ -242,7 +242,7 @@ impl Validation<'_> {
     }
 }
 /// `driftless status` for people: the daemon's state, source, revision, errors and stacks.
-pub fn status_text(status: &crate::daemon::status::Status) -> String {
+pub fn status_text(status: &crate::status::Status) -> String {
     let mut t = format!(
         "driftless {}: {:?}\nsource: {}\n",
         status.instance, status.state, status.source

@@ -13,13 +13,11 @@ pub mod backoff;
 pub mod endpoint;
 pub mod jobs;
 pub mod leases;
-pub mod metrics;
 pub mod mode;
 pub mod record;
 pub mod revision;
 pub mod run_record;
 pub mod sd_notify;
-pub mod status;
 pub mod target;
 pub mod trigger;
 
@@ -32,6 +30,8 @@ use tokio::sync::{Notify, RwLock};
 use tracing::{error, info, warn};
 
 use crate::config::HostConfig;
+pub use crate::status;
+pub use crate::status::metrics;
 use backoff::Backoffs;
 use metrics::Metrics;
 use mode::Mode;

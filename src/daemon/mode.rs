@@ -3,28 +3,13 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::trigger::Trigger;
 
 /// Longest time between full reconciles when nothing seems to change: a safety net under the
 /// drift watches.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
-/// How a run reconciles; serialized as `quiet`, `incremental` or `full`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The revision of the last full reconcile, the watches quiet since: nothing is asked of
-    /// the cluster but a liveness check.
-    Quiet,
-    /// A new revision with the same policies, the watches quiet since the last full reconcile:
-    /// only the objects whose desired state changed are read, dry-run, checked and waited for.
-    Incremental,
-    /// Everything is observed and planned.
-    #[default]
-    Full,
-}
+pub use crate::status::run::Mode;
 
 /// The last reconcile that succeeded for every stack.
 #[derive(Debug, Clone, PartialEq, Eq)]

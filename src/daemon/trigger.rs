@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -15,86 +14,9 @@ use super::sd_notify;
 use crate::config::HostConfig;
 use crate::reconcile::Report;
 use crate::runs::store::Store;
-use crate::server::hooks::Provider;
 use crate::stack::RenderedStack;
 
-/// Why a run happens; in the status as `start`, `poll`, `webhook <provider>`, `api` (`POST
-/// /api/v1/sync`), `SIGHUP`, `config reload`, `file change`, `drift` or `retry`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub enum Trigger {
-    Start,
-    Poll,
-    Webhook(Provider),
-    /// `POST /api/v1/sync`: CI asked for a run.
-    Api,
-    Sighup,
-    ConfigReload,
-    FileChange,
-    Drift,
-    Retry,
-    /// This daemon took the Lease of a stack (at start, or when its holder went).
-    Lease,
-}
-
-impl Trigger {
-    /// Polls and webhooks only look for a new revision: when none came and the cluster did not
-    /// change, they may skip the cluster (quiet) or touch only what changed (incremental).
-    pub fn is_routine(self) -> bool {
-        matches!(self, Trigger::Poll | Trigger::Webhook(_))
-    }
-
-    /// Drift events and file changes come in bursts (a `kubectl delete` of many objects, an
-    /// editor saving several files): they always wait for the burst to end.
-    pub fn comes_in_bursts(self) -> bool {
-        matches!(self, Trigger::Drift | Trigger::FileChange)
-    }
-}
-
-impl std::fmt::Display for Trigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Trigger::Start => f.write_str("start"),
-            Trigger::Poll => f.write_str("poll"),
-            Trigger::Webhook(p) => write!(f, "webhook {}", p.name()),
-            Trigger::Api => f.write_str("api"),
-            Trigger::Sighup => f.write_str("SIGHUP"),
-            Trigger::ConfigReload => f.write_str("config reload"),
-            Trigger::FileChange => f.write_str("file change"),
-            Trigger::Drift => f.write_str("drift"),
-            Trigger::Retry => f.write_str("retry"),
-            Trigger::Lease => f.write_str("lease taken"),
-        }
-    }
-}
-
-impl From<Trigger> for String {
-    fn from(t: Trigger) -> String {
-        t.to_string()
-    }
-}
-
-impl TryFrom<String> for Trigger {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Trigger, String> {
-        Ok(match text.as_str() {
-            "start" => Trigger::Start,
-            "poll" => Trigger::Poll,
-            "api" => Trigger::Api,
-            "SIGHUP" => Trigger::Sighup,
-            "config reload" => Trigger::ConfigReload,
-            "file change" => Trigger::FileChange,
-            "drift" => Trigger::Drift,
-            "retry" => Trigger::Retry,
-            "lease taken" => Trigger::Lease,
-            other => match other.strip_prefix("webhook ").and_then(Provider::from_name) {
-                Some(p) => Trigger::Webhook(p),
-                None => return Err(format!("unknown trigger {other:?}")),
-            },
-        })
-    }
-}
+pub use crate::status::run::Trigger;
 
 /// The loop's wake-up call: notifications while a run goes coalesce into one more run, which
 /// every one of them names (the queued run of `runs`).
@@ -364,6 +286,7 @@ impl DriftWatches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::run::Provider;
 
     #[test]
     fn triggers_serialize_as_before() {

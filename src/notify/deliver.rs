@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::daemon::metrics::{Metrics, labels};
+use crate::status::metrics::{Metrics, labels};
 
 /// Messages waiting per destination; more are dropped (and counted).
 pub const QUEUE: usize = 256;

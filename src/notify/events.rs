@@ -13,9 +13,9 @@ use sha2::Sha256;
 
 use super::config::EventKind;
 use super::status::run_link;
-use crate::daemon::status::JobStatus;
 use crate::jobs::runs::Outcome;
 use crate::runs::{Run, RunState, StackRunState};
+use crate::status::JobStatus;
 
 /// Most detail lines an event carries, and the longest one.
 const MAX_DETAILS: usize = 10;

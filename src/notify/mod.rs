@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::config::HostConfig;
-use crate::daemon::metrics::Metrics;
-use crate::daemon::status::JobStatus;
 use crate::runs::{Run, RunState};
+use crate::status::JobStatus;
+use crate::status::metrics::Metrics;
 use config::{Format, Provider, WebhookTarget};
 use deliver::{Message, Retry, Sink};
 use status::{CommitStatus, State};

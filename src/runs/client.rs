@@ -194,7 +194,7 @@ async fn get_run(
 pub async fn status(
     base: &str,
     token: Option<&SecretString>,
-) -> Result<crate::daemon::status::Status, Error> {
+) -> Result<crate::status::Status, Error> {
     let url = format!("{base}/api/v1/status");
     let mut get = reqwest::Client::new()
         .get(&url)

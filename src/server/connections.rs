@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use tracing::warn;
 
 use super::State;
-use crate::daemon::metrics::Metrics;
+use crate::status::metrics::Metrics;
 
 /// Longest wait for a complete request head: from the connection's start, or from the end of
 /// its previous response (the idle time of a kept-alive connection).

@@ -32,8 +32,8 @@ use tokio::sync::{RwLock, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::HostConfig;
-use crate::daemon::metrics::{Metrics, labels};
-use crate::daemon::status::{DaemonState, Status};
+use crate::status::metrics::{Metrics, labels};
+use crate::status::{DaemonState, Status};
 use hooks::{FollowedRef, Provider};
 
 /// Errors setting the endpoint up.

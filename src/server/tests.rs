@@ -315,10 +315,10 @@ async fn pages_follow_the_token_rules_and_unknown_names_are_404_pages() {
         .write()
         .await
         .stacks
-        .push(crate::daemon::status::StackStatus {
+        .push(crate::status::StackStatus {
             name: "web".to_owned(),
             target: "default".to_owned(),
-            state: crate::daemon::status::StackState::Synced,
+            state: crate::status::StackState::Synced,
             last_change: None,
             last_sync: None,
             managed_objects: 1,

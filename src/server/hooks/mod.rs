@@ -14,10 +14,6 @@ pub(crate) mod fixtures;
 mod push;
 mod verify;
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 pub use concerns::{FollowedRef, concerns, normalize_repo_url};
 pub use push::{Push, parse_push};
 pub use verify::verify;
@@ -36,55 +32,7 @@ const GENERIC_SIGNATURE: &str = "X-Driftless-Signature";
 /// Prefix of the GitHub-style signature headers.
 const SHA256_PREFIX: &str = "sha256=";
 
-/// Which webhook flavour a route serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// GitHub and GitHub Enterprise: HMAC in `X-Hub-Signature-256`.
-    Github,
-    /// GitLab: shared token in `X-Gitlab-Token`.
-    Gitlab,
-    /// Gitea and Forgejo: HMAC in `X-Gitea-Signature` / `X-Forgejo-Signature`.
-    Gitea,
-    /// driftless's own format for CI jobs and scripts: HMAC in `X-Driftless-Signature`.
-    Generic,
-}
-
-impl Provider {
-    /// Every provider, in route order.
-    pub const ALL: [Provider; 4] = [
-        Provider::Github,
-        Provider::Gitlab,
-        Provider::Gitea,
-        Provider::Generic,
-    ];
-
-    /// The lowercase name of its route (`/hooks/<name>`), metrics and triggers.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Github => "github",
-            Provider::Gitlab => "gitlab",
-            Provider::Gitea => "gitea",
-            Provider::Generic => "generic",
-        }
-    }
-
-    /// The provider of a route name.
-    pub fn from_name(name: &str) -> Option<Provider> {
-        Provider::ALL.into_iter().find(|p| p.name() == name)
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Provider::Github => "GitHub",
-            Provider::Gitlab => "GitLab",
-            Provider::Gitea => "Gitea",
-            Provider::Generic => "generic",
-        })
-    }
-}
+pub use crate::status::run::Provider;
 
 /// Why a webhook request was refused.
 ///

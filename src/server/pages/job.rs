@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::{document, duration, escape, short_sha, stack_href, time};
-use crate::daemon::status::JobStatus;
 use crate::jobs::runs::{History, Outcome};
+use crate::status::JobStatus;
 
 /// Most bytes of the last report shown.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;

@@ -111,8 +111,7 @@ pub async fn stack_page(
         .filter(|r| r.stack(&name).is_some())
         .take(stack::RECENT_RUNS)
         .collect();
-    let jobs: Vec<&crate::daemon::status::JobStatus> =
-        st.jobs.iter().filter(|j| j.stack == name).collect();
+    let jobs: Vec<&crate::status::JobStatus> = st.jobs.iter().filter(|j| j.stack == name).collect();
     html(
         StatusCode::OK,
         stack::render(&stack::StackPage {

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use super::runs::stack_state_word;
 use super::{anchor, class, document, duration, escape, job_href, run_href, time};
-use crate::daemon::status::{JobStatus, StackStatus};
 use crate::runs::Run;
 use crate::runs::objects::StackObjects;
+use crate::status::{JobStatus, StackStatus};
 
 /// Runs listed on a stack's page.
 pub const RECENT_RUNS: usize = 20;
@@ -215,8 +215,8 @@ fn runs(h: &mut String, stack: &str, runs: &[Run]) {
 mod tests {
     use super::super::fixtures::{HOSTILE, shows_escaped};
     use super::*;
-    use crate::daemon::status::{PlanCounts, StackState};
     use crate::runs::objects::{Change, Drift, Health, HookEntry, ObjectEntry};
+    use crate::status::{PlanCounts, StackState};
     use chrono::TimeZone;
 
     fn status(error: &str) -> StackStatus {

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{class, document, escape, job_href, stack_href, time};
-use crate::daemon::status::{DaemonState, Status};
 use crate::runs::Run;
+use crate::status::{DaemonState, Status};
 
 /// Runs listed on the status page (the rest are on `/runs`).
 pub const RECENT_RUNS: usize = 10;
@@ -198,7 +198,7 @@ fn targets_table(h: &mut String, st: &Status) {
 mod tests {
     use super::super::fixtures::{HOSTILE, shows_escaped};
     use super::*;
-    use crate::daemon::status::{JobStatus, PlanCounts, StackState, StackStatus};
+    use crate::status::{JobStatus, PlanCounts, StackState, StackStatus};
 
     fn status(text: &str) -> Status {
         Status {

@@ -4,9 +4,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::mode::Mode;
-use super::trigger::Trigger;
+pub mod metrics;
+pub mod run;
+
 use crate::source::Revision;
+use run::{Mode, Trigger};
 
 /// The daemon's overall state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
