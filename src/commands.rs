@@ -16,8 +16,7 @@ pub(crate) fn credentials_of(
     config: &HostConfig,
     source: &SourceArgs,
 ) -> driftless::credentials::Credentials {
-    driftless::credentials::Credentials::from_config_with_dir(
-        config,
+    config.credentials_with_dir(
         source
             .credentials_dir
             .clone()
@@ -155,7 +154,8 @@ pub(crate) async fn print_status(
     let base = endpoint_base(Some(config), endpoint)?;
     let token = match &config.daemon.status_token_file {
         Some(file) => Some(
-            driftless::credentials::Credentials::from_config(config)
+            config
+                .credentials()
                 .host_text("daemon.statusTokenFile", file)?,
         ),
         None => None,

@@ -21,8 +21,6 @@ use std::path::{Component, Path, PathBuf};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 
-use crate::config::HostConfig;
-
 /// Largest credential file read, in bytes: tokens, passwords, keys and certificates fit easily.
 pub const MAX_CREDENTIAL_BYTES: u64 = 1024 * 1024;
 
@@ -96,34 +94,21 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The credentials of a host configuration: its directory (`credentialsDir`, else
-    /// `$CREDENTIALS_DIRECTORY`), the files it uses itself, and `credentials.allow`.
-    pub fn from_config(config: &HostConfig) -> Credentials {
-        Credentials::from_config_with_dir(config, config.credentials_dir())
-    }
-
-    /// As `from_config`, with the directory given (`--credentials-dir`).
-    pub fn from_config_with_dir(config: &HostConfig, dir: Option<PathBuf>) -> Credentials {
-        let mut reserved = BTreeMap::new();
-        for (field, file) in config.own_credential_files() {
-            reserved.entry(file).or_insert(field);
-        }
-        // Paths the host configuration names (a kubeconfig, known_hosts) that lie in the
-        // credentials directory are the host's own too.
-        if let Some(d) = &dir {
-            for (field, path) in config.own_credential_paths() {
-                if let Ok(rest) = path.strip_prefix(d)
-                    && let Some(name) = plain_name(&rest.to_string_lossy())
-                {
-                    reserved.entry(name.to_owned()).or_insert(field);
-                }
-            }
-        }
+    /// The credentials of a directory (none: no credentials directory): `reserved` maps the
+    /// host's own files to the field naming them (no stack or job may read those), `allow` the
+    /// globs of what stacks and jobs may read, `sops_age_key` the file of the SOPS identity.
+    /// `config::HostConfig::credentials` builds it from a host configuration.
+    pub fn new(
+        dir: Option<PathBuf>,
+        reserved: BTreeMap<String, String>,
+        allow: Option<Vec<String>>,
+        sops_age_key: Option<String>,
+    ) -> Credentials {
         Credentials {
             dir,
             reserved,
-            allow: config.credentials.allow.clone(),
-            sops_age_key: config.sops.age_key_file.clone(),
+            allow,
+            sops_age_key,
         }
     }
 
@@ -332,6 +317,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HostConfig;
 
     fn host_config(yaml: &str) -> HostConfig {
         crate::yaml::parse_one(Path::new("driftless.yaml"), yaml).expect("host config")
@@ -406,7 +392,7 @@ mod tests {
              daemon: {{statusTokenFile: status-token, webhooks: {{github: {{secretFile: hook-secret}}}}}}\n",
             d.path().display()
         ));
-        let creds = Credentials::from_config_with_dir(&config, Some(d.path().to_owned()));
+        let creds = config.credentials_with_dir(Some(d.path().to_owned()));
         for file in [
             "git-token",
             "status-token",
@@ -455,7 +441,7 @@ mod tests {
     fn allow_list_restricts_the_repository() {
         let d = dir_with(&[("minio-password", "x"), ("pg-password", "y")]);
         let config = host_config("credentials: {allow: ['minio-*']}\n");
-        let creds = Credentials::from_config_with_dir(&config, Some(d.path().to_owned()));
+        let creds = config.credentials_with_dir(Some(d.path().to_owned()));
         assert!(creds.repository_secret("f", "minio-password").is_ok());
         let err = creds
             .repository_secret("f", "pg-password")

@@ -216,8 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let token = match (&token_file, &config) {
                 (Some(file), _) => read_token(file)?,
                 (None, Some(c)) => match &c.daemon.status_token_file {
-                    Some(file) => driftless::credentials::Credentials::from_config(c)
-                        .host_text("daemon.statusTokenFile", file)?,
+                    Some(file) => c.credentials().host_text("daemon.statusTokenFile", file)?,
                     None => bail!(
                         "POST /api/v1/sync needs the status token: pass --token-file or set daemon.statusTokenFile"
                     ),

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod encryption;
+pub mod notify;
 mod sections;
+mod targets;
 pub use sections::*;
+pub use targets::{TargetConfig, check as check_targets};
 
 /// Errors reading the host configuration.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,7 @@ pub struct HostConfig {
     /// Several clusters, each with its profile and stacks (see `crate::targets`); `cluster` +
     /// `profile` are the shorthand for one target named `default`.
     #[serde(default)]
-    pub targets: Vec<crate::targets::TargetConfig>,
+    pub targets: Vec<TargetConfig>,
     /// Directory of host secret files (default: systemd's `$CREDENTIALS_DIRECTORY`).
     #[serde(default)]
     pub credentials_dir: Option<PathBuf>,
@@ -65,7 +69,7 @@ pub struct HostConfig {
     /// drills and restores decrypt with; whether every Backup job must encrypt; which
     /// recipients jobs may name.
     #[serde(default)]
-    pub encryption: crate::jobs::backup::crypt::HostRules,
+    pub encryption: encryption::HostRules,
     /// How the Leases that serialise writers of a stack are held (see `cluster::lease`).
     #[serde(default)]
     pub leases: LeasesConfig,
@@ -77,7 +81,7 @@ pub struct HostConfig {
     pub sops: SopsConfig,
     /// Commit statuses and notification webhooks (see `notify`).
     #[serde(default)]
-    pub notify: crate::notify::config::NotifyConfig,
+    pub notify: notify::NotifyConfig,
 }
 
 impl HostConfig {
@@ -145,7 +149,7 @@ impl HostConfig {
                 ),
             });
         }
-        if let Err(message) = crate::targets::check(&config) {
+        if let Err(message) = targets::check(&config) {
             return Err(Error::Invalid {
                 path: path.to_owned(),
                 message,
@@ -218,7 +222,7 @@ impl HostConfig {
             .enumerate()
         {
             // Never echoed: a secret key pasted here by mistake must not reach a log.
-            if let Err(e) = crate::jobs::backup::crypt::parse_recipient(r) {
+            if let Err(e) = encryption::parse_recipient(r) {
                 return Err(Error::Invalid {
                     path: path.to_owned(),
                     message: format!("encryption.allowedRecipients[{i}] {e}"),
@@ -363,6 +367,37 @@ impl HostConfig {
             out.push(("source.git.auth.knownHostsFile".to_owned(), k));
         }
         out
+    }
+
+    /// The credentials of this configuration: its directory (`credentialsDir`, else
+    /// `$CREDENTIALS_DIRECTORY`), the files it uses itself, and `credentials.allow`.
+    pub fn credentials(&self) -> crate::credentials::Credentials {
+        self.credentials_with_dir(self.credentials_dir())
+    }
+
+    /// As `credentials`, with the directory given (`--credentials-dir`).
+    pub fn credentials_with_dir(&self, dir: Option<PathBuf>) -> crate::credentials::Credentials {
+        let mut reserved = std::collections::BTreeMap::new();
+        for (field, file) in self.own_credential_files() {
+            reserved.entry(file).or_insert(field);
+        }
+        // Paths the host configuration names (a kubeconfig, known_hosts) that lie in the
+        // credentials directory are the host's own too.
+        if let Some(d) = &dir {
+            for (field, path) in self.own_credential_paths() {
+                if let Ok(rest) = path.strip_prefix(d)
+                    && let Some(name) = crate::credentials::plain_name(&rest.to_string_lossy())
+                {
+                    reserved.entry(name.to_owned()).or_insert(field);
+                }
+            }
+        }
+        crate::credentials::Credentials::new(
+            dir,
+            reserved,
+            self.credentials.allow.clone(),
+            self.sops.age_key_file.clone(),
+        )
     }
 
     /// The credentials directory: the configured one, else `$CREDENTIALS_DIRECTORY`.

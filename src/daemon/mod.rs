@@ -94,8 +94,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     }
     let runs = Arc::new(runs);
     let metrics = Arc::new(Metrics::default());
-    let notify = crate::notify::Notifier::start(&config, metrics.clone(), &runs.list(50))
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let notify = crate::notify::Notifier::start(
+        &config.instance(),
+        &config.notify,
+        &config.credentials(),
+        metrics.clone(),
+        &runs.list(50),
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
     let lease_settings = config.leases.settings();
     let targets = crate::targets::of(&config);
     // One fence per target cluster: a stack's Lease lives in the cluster it is written to.
@@ -412,7 +418,7 @@ async fn reconcile_once(
     state: &mut LoopState,
     trigger: Trigger,
 ) -> bool {
-    let credentials = crate::credentials::Credentials::from_config(config);
+    let credentials = config.credentials();
     state.phases.start();
     state.stack_runs.clear();
     let mut profiles: Vec<Option<String>> = Vec::new();

@@ -117,7 +117,7 @@ async fn reached(
     }
     let (source, creds, state_dir) = (
         config.source.clone(),
-        crate::credentials::Credentials::from_config(config),
+        config.credentials(),
         config.state_dir(),
     );
     let answered = tokio::task::spawn_blocking(move || {

@@ -30,7 +30,7 @@ pub async fn run(config_path: &Path) -> Report {
             return report;
         }
     };
-    let credentials = Credentials::from_config(&config);
+    let credentials = config.credentials();
     check_credential_files(&config, &credentials, &mut report);
     check_state_dir(&config, &mut report);
     let root = check_source(&config, &credentials, &mut report).await;

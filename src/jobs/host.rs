@@ -26,7 +26,7 @@ pub struct HostSettings {
     pub config_dirs: Vec<PathBuf>,
     /// `encryption:`: the identity Backup jobs decrypt with, whether they must encrypt, and
     /// which recipients they may name.
-    pub encryption: crate::jobs::backup::crypt::HostRules,
+    pub encryption: crate::config::encryption::HostRules,
 }
 
 impl HostSettings {

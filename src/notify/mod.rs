@@ -7,7 +7,7 @@
 //! it when a run starts applying a revision, when a run ends and when the jobs' status changes;
 //! it decides (through the pure parts) and queues, and never waits on the network.
 
-pub mod config;
+pub use crate::config::notify as config;
 pub mod deliver;
 pub mod events;
 pub mod status;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
-use crate::config::HostConfig;
+use crate::credentials::Credentials;
 use crate::runs::{Run, RunState};
 use crate::status::JobStatus;
 use crate::status::metrics::Metrics;
@@ -104,20 +104,21 @@ impl Notifier {
         }
     }
 
-    /// Reads the tokens and secrets `notify:` names and starts one delivery task per
-    /// destination (needs a Tokio runtime). `history`: the persisted runs, newest first (the
-    /// newest finished one is what the first run's events compare with).
+    /// Reads the tokens and secrets `settings` (`notify:` of instance `instance`) names through
+    /// `credentials` and starts one delivery task per destination (needs a Tokio runtime).
+    /// `history`: the persisted runs, newest first (the newest finished one is what the first
+    /// run's events compare with).
     pub fn start(
-        config: &HostConfig,
+        instance: &str,
+        settings: &config::NotifyConfig,
+        credentials: &Credentials,
         metrics: Arc<Metrics>,
         history: &[Run],
     ) -> Result<Notifier, Error> {
-        let mut n = Notifier::disabled(&config.instance());
-        let settings = &config.notify;
+        let mut n = Notifier::disabled(instance);
         if settings.commit_status.is_none() && settings.webhooks.is_empty() {
             return Ok(n);
         }
-        let credentials = crate::credentials::Credentials::from_config(config);
         let client = deliver::client().map_err(Error::Client)?;
         n.link_base.clone_from(&settings.link_base);
         if let Some(c) = &settings.commit_status {

@@ -77,7 +77,7 @@ impl EndpointConfig {
     /// secret must not silently accept everything; so are an empty webhook secret and a status
     /// token that is empty, short or not printable.
     pub fn from_config(config: &HostConfig) -> Result<EndpointConfig, Error> {
-        let creds = crate::credentials::Credentials::from_config(config);
+        let creds = config.credentials();
         let d = &config.daemon;
         let mut webhook_secrets = Vec::new();
         for (provider, secret) in [

@@ -14,7 +14,7 @@ pub enum GitRef {
 
 impl GitRef {
     /// The ref a host configuration follows: its tag, commit or branch (default branch `main`).
-    pub fn of(git: &crate::config::GitConfig) -> GitRef {
+    pub fn of(git: &super::config::GitConfig) -> GitRef {
         match (&git.branch, &git.tag, &git.commit) {
             (_, Some(t), _) => GitRef::Tag(t.clone()),
             (_, _, Some(c)) => GitRef::Commit(c.clone()),

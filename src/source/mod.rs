@@ -12,6 +12,7 @@
 
 mod allowed_signers;
 mod checkout;
+pub mod config;
 mod git_ref;
 mod known_hosts;
 mod remote;
@@ -208,7 +209,7 @@ impl GitSource {
     /// The source a host configuration describes. Credential files are read through
     /// `credentials` now (the host's own files); the mirror lives under `<state_dir>/git`.
     pub fn from_config(
-        git: &crate::config::GitConfig,
+        git: &config::GitConfig,
         credentials: &crate::credentials::Credentials,
         state_dir: &Path,
     ) -> Result<GitSource> {

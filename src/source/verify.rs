@@ -19,8 +19,8 @@ use git2::{Oid, Repository};
 use secrecy::ExposeSecret;
 
 use super::allowed_signers::{self, AllowedSigner};
+use super::config::VerifyMode;
 use super::{Error, GitRef, remote};
-use crate::config::VerifyMode;
 
 /// Namespace git signs SSH signatures in.
 const GIT_NAMESPACE: &str = "git";
@@ -387,8 +387,8 @@ const MAX_KEYS_BYTES: u64 = 1024 * 1024;
 /// Reads the key files of `source.git.verify`: a plain name through the credentials reader, an
 /// absolute path (a public key file of the configuration directory) as a bounded regular file.
 pub(super) fn read_verifier(
-    git: &crate::config::GitConfig,
-    v: &crate::config::VerifyConfig,
+    git: &super::config::GitConfig,
+    v: &super::config::VerifyConfig,
     credentials: &crate::credentials::Credentials,
 ) -> super::Result<Verifier> {
     let url = remote::redacted(&git.url);
@@ -460,7 +460,7 @@ impl super::GitSource {
         commit: &git2::Commit<'_>,
         tag_id: Option<Oid>,
     ) -> super::Result<()> {
-        use crate::config::VerifyMode;
+        use super::config::VerifyMode;
         let now = chrono::Utc::now();
         let sha = commit.id().to_string();
         let refuse = |object: String, refusal: Refusal| Error::Unverified {
