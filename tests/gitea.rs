@@ -117,28 +117,16 @@ impl Gitea {
     }
 }
 
-const DENY_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {name: gitea-no-bad-value}
-spec:
-  matchConstraints:
-    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}]
-  validations:
-    - expression: "object.?data.?value.orValue('') != 'bad'"
-      message: "settings may not be bad"
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {name: gitea-no-bad-value}
-spec: {policyName: gitea-no-bad-value, validationActions: [Deny]}
-"#;
-
 /// Commits the stack with `value` (and a Secret holding the sentinel) and the deny policy.
 fn commit(d: &Daemon, value: &str) -> String {
     let id = &d.id;
     let repo = d.repo.path();
     std::fs::create_dir_all(repo.join("stack/app/policies")).unwrap();
-    std::fs::write(repo.join("stack/app/policies/deny.yaml"), DENY_POLICY).unwrap();
+    std::fs::write(
+        repo.join("stack/app/policies/deny.yaml"),
+        support::deny_bad_value_policy("gitea"),
+    )
+    .unwrap();
     std::fs::write(
         repo.join("stack/app/objects.yaml"),
         format!(

@@ -219,22 +219,6 @@ async fn gitlab_statuses_are_running_then_success_on_the_encoded_project_path() 
     assert_eq!(request.header("authorization"), "");
 }
 
-const DENY_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {name: notify-no-bad-value}
-spec:
-  matchConstraints:
-    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}]
-  validations:
-    - expression: "object.?data.?value.orValue('') != 'bad'"
-      message: "settings may not be bad"
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {name: notify-no-bad-value}
-spec: {policyName: notify-no-bad-value, validationActions: [Deny]}
-"#;
-
 /// Writes the stack's objects (the `settings` ConfigMap with `value`, a Secret holding the
 /// sentinel) and the deny policy, commits, and sends the signed push webhook.
 async fn push(d: &Daemon, value: &str) -> String {
@@ -242,7 +226,7 @@ async fn push(d: &Daemon, value: &str) -> String {
     std::fs::create_dir_all(d.repo.path().join("stack/app/policies")).unwrap();
     std::fs::write(
         d.repo.path().join("stack/app/policies/deny.yaml"),
-        DENY_POLICY,
+        support::deny_bad_value_policy("notify"),
     )
     .unwrap();
     std::fs::write(

@@ -246,22 +246,6 @@ fn trigger(d: &Daemon, args: &[&str]) -> std::process::Output {
     driftless(&d.config(), &all)
 }
 
-const DENY_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {name: runs-no-bad-value}
-spec:
-  matchConstraints:
-    resourceRules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}]
-  validations:
-    - expression: "object.?data.?value.orValue('') != 'bad'"
-      message: "settings may not be bad"
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {name: runs-no-bad-value}
-spec: {policyName: runs-no-bad-value, validationActions: [Deny]}
-"#;
-
 #[tokio::test]
 async fn trigger_waits_for_its_revision_and_exits_0_or_2_or_times_out() {
     let d = start_with_token();
@@ -302,7 +286,7 @@ async fn trigger_waits_for_its_revision_and_exits_0_or_2_or_times_out() {
     std::fs::create_dir_all(d.repo.path().join("stack/app/policies")).unwrap();
     std::fs::write(
         d.repo.path().join("stack/app/policies/deny.yaml"),
-        DENY_POLICY,
+        support::deny_bad_value_policy("runs"),
     )
     .unwrap();
     write_objects(&d, "bad", &extra);

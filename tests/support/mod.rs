@@ -219,6 +219,29 @@ impl Drop for TestNamespace {
     }
 }
 
+/// A ValidatingAdmissionPolicy (and its Deny binding) named `<prefix>-no-bad-value` that denies a
+/// ConfigMap whose `data.value` is `bad`, with the message "settings may not be bad": the policy
+/// the runs, notify and Gitea tests deny a commit with.
+pub fn deny_bad_value_policy(prefix: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {prefix}-no-bad-value}}
+spec:
+  matchConstraints:
+    resourceRules: [{{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}}]
+  validations:
+    - expression: "object.?data.?value.orValue('') != 'bad'"
+      message: "settings may not be bad"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {prefix}-no-bad-value}}
+spec: {{policyName: {prefix}-no-bad-value, validationActions: [Deny]}}
+"#
+    )
+}
+
 /// `prefix-<random>`: a DNS-1123 label unique to this process and call.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
