@@ -1338,13 +1338,16 @@ async fn the_drill_never_drops_a_database_it_did_not_create() {
         (
             &ours,
             Some(format!(
-                "driftless restore drill: job=pg instance=default host={}",
+                "driftless restore drill: job=pg-leftovers instance=default host={}",
                 this_host()
             )),
         ),
         (
             &other_host,
-            Some("driftless restore drill: job=pg instance=default host=another-host".to_owned()),
+            Some(
+                "driftless restore drill: job=pg-leftovers instance=default host=another-host"
+                    .to_owned(),
+            ),
         ),
         (&unmarked, None),
     ] {
@@ -1356,15 +1359,17 @@ async fn the_drill_never_drops_a_database_it_did_not_create() {
             );
         }
     }
+    // Its own job name: a drill drops this job's leftovers on this host, and other tests of this
+    // file run drills of their jobs on the same server at the same time.
     let s = Setup::new();
     let dest = format!("local: {{path: {}}}", s.local().display());
     s.jobs(&job(
-        "pg",
+        "pg-leftovers",
         &pg_source(&db, ""),
         &dest,
         "  restoreDrill: true\n",
     ));
-    let (doc, ok) = s.run_job("pg");
+    let (doc, ok) = s.run_job("pg-leftovers");
     assert!(ok, "{doc:#}");
     let detail = &doc["report"]["drill"]["detail"];
     assert_eq!(doc["report"]["drill"]["ok"], true, "{doc:#}");
@@ -1384,7 +1389,7 @@ async fn the_drill_never_drops_a_database_it_did_not_create() {
     );
     // The manifest records the drill and its scratch database.
     let id = doc["report"]["backup"]["id"].as_str().unwrap();
-    let m = manifest_of(&s.local(), "pg", id);
+    let m = manifest_of(&s.local(), "pg-leftovers", id);
     assert_eq!(m["drill"]["status"], "passed");
     assert_eq!(m["drill"]["detail"]["scratchDatabase"], scratch);
     for d in [theirs, other_host, unmarked] {
@@ -2170,13 +2175,13 @@ async fn the_host_decides_encryption_and_its_identity_never_leaves_it() {
 
     // The identity appears in no log line, report, run record or backup file.
     s.jobs(&job(
-        "pg",
+        "pg-sentinel",
         &pg_source(&db, ""),
         &dest,
         &format!("  restoreDrill: true\n  encryption: {{ageRecipients: [{host_key}]}}\n"),
     ));
     let out = s
-        .command(&["jobs", "run", "pg", "-o", "json"])
+        .command(&["jobs", "run", "pg-sentinel", "-o", "json"])
         .env("DRIFTLESS_LOG", "trace")
         .output()
         .unwrap();
@@ -2185,7 +2190,7 @@ async fn the_host_decides_encryption_and_its_identity_never_leaves_it() {
         .command(&[
             "backup",
             "restore",
-            "pg",
+            "pg-sentinel",
             "latest",
             "--database",
             &format!("{db}_h"),
