@@ -12,7 +12,7 @@ use super::Shared;
 use super::mode::Mode;
 use super::status::{StackState, StackStatus};
 use crate::config::HostConfig;
-use crate::runs::{Counts, RunState, StackRun, StackRunState, Wanted};
+use crate::runs::{RunState, StackRun, StackRunState, Wanted};
 
 /// What the loop knows about the run that just ended.
 pub struct Ended {
@@ -83,17 +83,9 @@ fn unchanged_since(s: &StackStatus) -> StackRun {
         StackState::Pending | StackState::Backoff => StackRunState::Skipped,
     };
     StackRun {
-        name: s.name.clone(),
         target: Some(s.target.clone()),
-        state,
-        counts: Counts::default(),
-        changes: Vec::new(),
-        changes_omitted: 0,
         error: s.error.clone(),
-        policy: Vec::new(),
-        prune_refused: None,
-        unhealthy: Vec::new(),
-        duration_ms: None,
+        ..StackRun::new(&s.name, state)
     }
 }
 
@@ -174,7 +166,7 @@ mod tests {
         ] {
             let s = unchanged_since(&status(state));
             assert_eq!((s.name.as_str(), s.state), ("web", want));
-            assert_eq!(s.counts, Counts::default());
+            assert_eq!(s.counts, crate::runs::Counts::default());
         }
     }
 }

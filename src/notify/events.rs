@@ -354,21 +354,12 @@ mod tests {
 
     fn stack(name: &str, state: StackRunState, changes: usize) -> StackRun {
         StackRun {
-            name: name.to_owned(),
-            state,
             counts: Counts {
                 create: 0,
                 update: changes,
                 prune: 0,
             },
-            changes: Vec::new(),
-            changes_omitted: 0,
-            target: None,
-            error: None,
-            policy: Vec::new(),
-            prune_refused: None,
-            unhealthy: Vec::new(),
-            duration_ms: None,
+            ..StackRun::new(name, state)
         }
     }
 

@@ -312,21 +312,12 @@ mod tests {
 
     fn stack(name: &str, state: StackRunState) -> StackRun {
         StackRun {
-            name: name.to_owned(),
-            state,
             counts: Counts {
                 create: 1,
                 update: 2,
                 prune: 0,
             },
-            changes: Vec::new(),
-            changes_omitted: 0,
-            target: None,
-            error: None,
-            policy: Vec::new(),
-            prune_refused: None,
-            unhealthy: Vec::new(),
-            duration_ms: None,
+            ..StackRun::new(name, state)
         }
     }
 

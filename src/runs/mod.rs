@@ -145,6 +145,25 @@ pub struct StackRun {
     pub duration_ms: Option<u64>,
 }
 
+impl StackRun {
+    /// Stack `name` in `state`, with no counts, changes, findings, error, target or timing yet.
+    pub fn new(name: &str, state: StackRunState) -> StackRun {
+        StackRun {
+            name: name.to_owned(),
+            target: None,
+            state,
+            counts: Counts::default(),
+            changes: Vec::new(),
+            changes_omitted: 0,
+            error: None,
+            policy: Vec::new(),
+            prune_refused: None,
+            unhealthy: Vec::new(),
+            duration_ms: None,
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -276,17 +295,8 @@ pub fn stack_runs(report: &Report, plan_only: &[String], skipped: &[String]) -> 
     for (name, why) in skipped {
         if !out.iter().any(|s| &s.name == name) {
             out.push(StackRun {
-                name: name.clone(),
-                target: None,
-                state: StackRunState::Skipped,
-                counts: Counts::default(),
-                changes: Vec::new(),
-                changes_omitted: 0,
                 error: Some(why.to_owned()),
-                policy: Vec::new(),
-                prune_refused: None,
-                unhealthy: Vec::new(),
-                duration_ms: None,
+                ..StackRun::new(name, StackRunState::Skipped)
             });
         }
     }

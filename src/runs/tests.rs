@@ -136,17 +136,8 @@ fn finished(revision: &str, stacks: &[(&str, StackRunState)]) -> Run {
     run.stacks = stacks
         .iter()
         .map(|(n, s)| StackRun {
-            name: (*n).to_owned(),
-            target: None,
-            state: *s,
-            counts: Counts::default(),
-            changes: Vec::new(),
-            changes_omitted: 0,
             error: (!s.healthy()).then(|| format!("{n} went wrong")),
-            policy: Vec::new(),
-            prune_refused: None,
-            unhealthy: Vec::new(),
-            duration_ms: None,
+            ..StackRun::new(n, *s)
         })
         .collect();
     run
