@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use driftless::config::HostCommands;
+use driftless::jobs::image_cleanup::retention::RetentionDecision;
 use driftless::jobs::image_cleanup::{self, Inputs};
 use driftless::jobs::model::Job;
 use driftless::registry::{Client, Credentials};
@@ -1216,14 +1217,18 @@ async fn referrers_the_api_lists_go_with_their_subject_and_a_false_listing_chang
 /// image config when no rule uses age: on a registry of its own (so the catalog holds only this
 /// test's repositories) a dry run of 3 repositories × 7 tags sends exactly one catalog request,
 /// one tag list per repository and one manifest `GET` per tag, on the first run and on a repeat.
+/// On the repeat every `GET` names the digest of the last run (`If-None-Match`) and the
+/// registry confirms each tag unchanged (`304`) without sending a manifest; a tag pushed anew
+/// after that is read and decided as what it is now: its old digest becomes untagged.
 #[tokio::test]
 async fn planning_sends_one_manifest_request_per_tag_and_no_config_reads_without_age_rules() {
     let env = TestEnv::get();
     let registry = PrivateRegistry::start(env.var("REGISTRY_BIN")).await;
     let (repos, tags_per_repo) = (3, 7);
+    let mut v3 = String::new();
     for r in 0..repos {
         for t in 0..tags_per_repo {
-            push_image(
+            let (digest, _) = push_image(
                 &registry.url,
                 &format!("counted/r{r}"),
                 &format!("v{t}"),
@@ -1231,6 +1236,9 @@ async fn planning_sends_one_manifest_request_per_tag_and_no_config_reads_without
                 &format!("{r}-{t}"),
             )
             .await;
+            if (r, t) == (0, 3) {
+                v3 = digest;
+            }
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1238,7 +1246,7 @@ async fn planning_sends_one_manifest_request_per_tag_and_no_config_reads_without
         "counted",
         json!({"schedule": "@daily", "registry": {"url": registry.url},
             "protect": {"cluster": false, "desired": false},
-            "rules": [{"repositories": "counted/*", "keepTags": "v\\d+"}]}),
+            "rules": [{"repositories": "counted/*", "keepTags": "v\\d+", "untagged": "delete"}]}),
     );
     let inputs = Inputs {
         cluster: None,
@@ -1248,18 +1256,57 @@ async fn planning_sends_one_manifest_request_per_tag_and_no_config_reads_without
         commands: &HostCommands::new(),
         strict: false,
     };
-    for run in ["first", "repeat"] {
+    let all = (repos * tags_per_repo) as u64;
+    for (run, unchanged) in [("first", 0), ("repeat", all)] {
         let report = image_cleanup::run(&job, spec(&job), &inputs, true)
             .await
             .unwrap();
         assert!(report.ok(), "{run}: {}", report.text());
-        assert_eq!(report.totals.tags, (repos * tags_per_repo) as u64, "{run}");
+        assert_eq!(report.totals.tags, all, "{run}");
         assert_eq!(report.totals.to_delete, 0, "{run}");
         assert_eq!(
             report.totals.requests,
-            (1 + repos + repos * tags_per_repo) as u64,
+            1 + repos as u64 + all,
             "{run}: {}",
             report.summary()
         );
+        assert_eq!(report.totals.tags_unchanged, unchanged, "{run}");
     }
+    // counted/r0:v3 pushed anew: read (200), and its old digest, untagged now, deleted by the
+    // plan.
+    let (moved, _) = push_image(
+        &registry.url,
+        "counted/r0",
+        "v3",
+        "2025-01-02T00:00:00Z",
+        "moved",
+    )
+    .await;
+    assert_ne!(moved, v3);
+    let report = image_cleanup::run(&job, spec(&job), &inputs, true)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{}", report.text());
+    assert_eq!(report.totals.tags_unchanged, all - 1);
+    // + the `HEAD` that finds the old digest still there, + the referrers of what is deleted.
+    assert_eq!(report.totals.requests, 1 + repos as u64 + all + 2);
+    let r0 = report
+        .repositories
+        .iter()
+        .find(|r| r.repository == "counted/r0")
+        .unwrap();
+    let deleted: Vec<&str> = r0
+        .decisions
+        .iter()
+        .filter(|d| matches!(d, RetentionDecision::Delete { .. }))
+        .map(|d| d.digest())
+        .collect();
+    assert_eq!(deleted, [v3.as_str()], "{}", report.text());
+    assert!(
+        r0.decisions
+            .iter()
+            .any(|d| d.digest() == moved && !matches!(d, RetentionDecision::Delete { .. })),
+        "the new v3 is kept: {}",
+        report.text()
+    );
 }

@@ -6,11 +6,12 @@
 //! is bounded in size and checked against its digest (so facts read once can be kept by digest).
 //! The only module that talks to a registry.
 
+mod referrers;
 mod wire;
 
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, LINK, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, IF_NONE_MATCH, LINK, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -105,6 +106,16 @@ pub struct Manifest {
     pub digest: String,
     pub media_type: String,
     pub bytes: bytes::Bytes,
+}
+
+/// What a conditional manifest read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// No such tag or digest.
+    Gone,
+    /// The tag still resolves to the digest named in the request (`304 Not Modified`).
+    Unchanged,
+    Manifest(Manifest),
 }
 
 impl Manifest {
@@ -366,10 +377,43 @@ impl Client {
         repository: &str,
         reference: &str,
     ) -> Result<Option<Manifest>, Error> {
+        Ok(
+            match self
+                .fetch_manifest_unless(repository, reference, None)
+                .await?
+            {
+                Fetched::Manifest(m) => Some(m),
+                // Without `If-None-Match` a 304 is no answer to this request.
+                Fetched::Gone | Fetched::Unchanged => None,
+            },
+        )
+    }
+
+    /// `fetch_manifest`, asking the registry (`If-None-Match: "<digest>"`) to answer `304 Not
+    /// Modified` instead of the content when the tag still resolves to `unless`, a digest whose
+    /// content driftless read and checked before: then nothing is read (distribution compares
+    /// the tag's digest before it loads the manifest, so this costs it less than half a `GET`).
+    /// A registry that ignores the header answers with the manifest, checked as always.
+    pub async fn fetch_manifest_unless(
+        &self,
+        repository: &str,
+        reference: &str,
+        unless: Option<&str>,
+    ) -> Result<Fetched, Error> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
-        let resp = self.send(Method::GET, &url, accept_all()).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+        let mut headers = accept_all();
+        // Only a well-formed digest goes into the header (it is plain ASCII then).
+        if let Some(v) = unless
+            .filter(|d| is_digest(d))
+            .and_then(|d| HeaderValue::from_str(&format!("\"{d}\"")).ok())
+        {
+            headers.insert(IF_NONE_MATCH, v);
+        }
+        let resp = self.send(Method::GET, &url, headers).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => return Ok(Fetched::Gone),
+            StatusCode::NOT_MODIFIED if unless.is_some() => return Ok(Fetched::Unchanged),
+            _ => {}
         }
         let resp = check(&url, resp).await?;
         let header = |name: &str| {
@@ -385,7 +429,7 @@ impl Client {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Some(Manifest {
+        Ok(Fetched::Manifest(Manifest {
             digest: expected,
             media_type: media_type.unwrap_or_default(),
             bytes: bytes.into(),
@@ -446,82 +490,6 @@ impl Client {
             .map(str::to_owned))
     }
 
-    /// The referrers of `digest` (`GET /v2/<repository>/referrers/<digest>`, OCI distribution
-    /// 1.1), following `Link` pages; `None` when the registry does not serve the API (404, as
-    /// the specification asks of such registries). The answer is bounded
-    /// (`REFERRERS_MAX_BYTES` per page, `REFERRERS_MAX` descriptors) and descriptors whose digest
-    /// is malformed are dropped.
-    pub async fn referrers(
-        &self,
-        repository: &str,
-        digest: &str,
-    ) -> Result<Option<Referrers>, Error> {
-        let mut out = Referrers::default();
-        let mut next = Some(format!("{}/v2/{repository}/referrers/{digest}", self.base));
-        let mut pages = 0;
-        while let Some(url) = next.take() {
-            pages += 1;
-            let mut accept = HeaderMap::new();
-            accept.insert(
-                ACCEPT,
-                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-            );
-            let resp = self.send(Method::GET, &url, accept).await?;
-            if resp.status() == StatusCode::NOT_FOUND && pages == 1 {
-                return Ok(None);
-            }
-            let resp = check(&url, resp).await?;
-            next = resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(|l| {
-                    if l.starts_with("http") {
-                        l
-                    } else {
-                        format!("{}{l}", self.base)
-                    }
-                });
-            let body = read_limited(&url, resp, REFERRERS_MAX_BYTES).await?;
-            let index: Value = serde_json::from_slice(&body).map_err(|e| Error::Body {
-                url: url.clone(),
-                message: format!("referrers: {e}"),
-            })?;
-            for m in index
-                .get("manifests")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let Some(d) = m
-                    .get("digest")
-                    .and_then(Value::as_str)
-                    .filter(|d| is_digest(d))
-                else {
-                    continue;
-                };
-                if out.referrers.len() == REFERRERS_MAX {
-                    out.truncated = true;
-                    return Ok(Some(out));
-                }
-                out.referrers.push(Referrer {
-                    digest: d.to_owned(),
-                    artifact_type: m
-                        .get("artifactType")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                });
-            }
-            // A registry that pages forever is cut off like one that lists too many.
-            if next.is_some() && pages >= 100 {
-                out.truncated = true;
-                break;
-            }
-        }
-        Ok(Some(out))
-    }
-
     /// Deletes a manifest by digest (every tag on it goes with it). `false` when already gone.
     pub async fn delete(&self, repository: &str, digest: &str) -> Result<bool, Error> {
         let url = format!("{}/v2/{repository}/manifests/{digest}", self.base);
@@ -552,7 +520,7 @@ impl Client {
 }
 
 /// A response body of at most `limit` bytes (a larger one is an error, read no further).
-async fn read_limited(
+pub(super) async fn read_limited(
     url: &str,
     mut resp: reqwest::Response,
     limit: usize,
@@ -586,7 +554,7 @@ fn accept_all() -> HeaderMap {
     h
 }
 
-async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
+pub(super) async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
     if resp.status().is_success() {
         return Ok(resp);
     }

@@ -113,5 +113,6 @@ pub(super) fn describe(manifest: &Value, now: DateTime<Utc>) -> Known {
         subject: accessory::manifest_subject(manifest),
         facts: FACTS,
         undated_config,
+        tags: Vec::new(),
     }
 }

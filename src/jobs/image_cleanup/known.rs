@@ -42,6 +42,11 @@ pub(super) struct Known {
     /// used age when the digest was first seen: read once one does (`created` is then set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) undated_config: Option<String>,
+    /// The tags that resolved to this digest at the last run: the next run asks the registry
+    /// whether they still do (`If-None-Match`) instead of reading their manifests again. Only a
+    /// hint: the registry's answer decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) tags: Vec<String>,
 }
 
 /// `<repository>@<digest>` → facts.
@@ -143,6 +148,7 @@ mod tests {
             subject: None,
             facts: FACTS,
             undated_config: Some(digest('c')),
+            tags: vec!["v1".into()],
         }
     }
 

@@ -150,6 +150,9 @@ pub struct Totals {
     /// Blob bytes only deleted images referenced (freed by the registry's garbage collection).
     pub bytes_reclaimable: u64,
     pub requests: u64,
+    /// Tags the registry confirmed still resolve to the digest of the last run (`304 Not
+    /// Modified`): their manifests were not read again.
+    pub tags_unchanged: u64,
 }
 
 /// The whole report of one run.
@@ -200,6 +203,7 @@ impl Report {
             ("failedRepositories", t.failed_repositories),
             ("bytesReclaimable", t.bytes_reclaimable),
             ("requests", t.requests),
+            ("tagsUnchanged", t.tags_unchanged),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

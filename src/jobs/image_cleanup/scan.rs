@@ -5,7 +5,8 @@
 //! the referrers API (where the registry serves it) for the referrers of what the plan deletes,
 //! so they go with their subject. Deletes nothing.
 //!
-//! Requests: one tag list per repository and one manifest `GET` per tag, plus, for digests not
+//! Requests: one tag list per repository and one manifest `GET` per tag (conditional on the
+//! digest the tag resolved to at the last run: a `304` confirms it without a body), plus, for digests not
 //! seen before, the config of each image whose age a rule uses (read once per config digest in a
 //! run: the same image in several repositories is read once) and the manifests of index children
 //! not read yet. At most `spec.concurrency` requests are in flight, over all repositories
@@ -13,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ use super::report::{ImageFacts, RepoReport, Report, Totals};
 use super::retention::{self, Decided, Image, RetentionDecision, Rule};
 use super::spec::Spec;
 use crate::jobs::model::Job;
-use crate::registry::{self, Client};
+use crate::registry::{self, Client, Fetched};
 
 /// Digests one repository's referrer discovery may add: a bound against a registry that lists
 /// referrers without end.
@@ -51,6 +52,8 @@ struct Shared<'a> {
     /// Build dates read in this run, by config digest (checked against the blob's content, so
     /// the same config in another repository has the same date).
     dates: Mutex<BTreeMap<String, Option<DateTime<Utc>>>>,
+    /// Tags the registry confirmed unchanged since the last run (`304`).
+    unchanged: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -113,6 +116,7 @@ pub async fn plan(
         now,
         no_referrers_api: AtomicBool::new(false),
         dates: Mutex::new(BTreeMap::new()),
+        unchanged: AtomicU64::new(0),
     };
     info!(job = %job.name, repositories = repositories.len(), "scanning registry");
     // The futures are collected first: a lazily mapped iterator inside the stream would make
@@ -178,6 +182,7 @@ pub async fn plan(
         errors: Vec::new(),
     };
     tally(&mut report, &seen_all);
+    report.totals.tags_unchanged = shared.unchanged.load(Ordering::Relaxed);
     Ok(report)
 }
 
@@ -356,6 +361,9 @@ fn tally(report: &mut Report, known: &KnownMap) {
     report.totals = t;
 }
 
+/// A tag, the digest it resolved to at the last run, and what the registry answered now.
+type TagRead<'a> = (String, Option<&'a str>, Fetched);
+
 /// One repository: its tags resolved (one manifest `GET` each), and every digest's facts (from
 /// `known` or the manifests just read; configs only when `dated`).
 async fn scan_repository(
@@ -369,35 +377,56 @@ async fn scan_repository(
         Err(e) if e.is_not_found() => Vec::new(),
         tags => tags?,
     };
-    let reads: Vec<_> = tags
-        .iter()
-        .map(|tag| async move {
-            let manifest = shared.limited(client.fetch_manifest(repo, tag)).await?;
-            Ok::<_, registry::Error>((tag.clone(), manifest))
+    // What each tag resolved to at the last run: asked as `If-None-Match`, so a tag that still
+    // resolves there costs the registry a `304` instead of a manifest read.
+    let prefix = format!("{repo}@");
+    let last: BTreeMap<&str, &str> = shared
+        .known
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .flat_map(|(k, v)| {
+            let digest = &k[prefix.len()..];
+            v.tags.iter().map(move |t| (t.as_str(), digest))
         })
         .collect();
-    let read: Vec<Result<(String, Option<registry::Manifest>), registry::Error>> =
-        futures::stream::iter(reads)
-            .buffer_unordered(shared.concurrency)
-            .collect()
-            .await;
+    let reads: Vec<_> = tags
+        .iter()
+        .map(|tag| {
+            let unless = last.get(tag.as_str()).copied();
+            async move {
+                let fetched = shared
+                    .limited(client.fetch_manifest_unless(repo, tag, unless))
+                    .await?;
+                Ok::<_, registry::Error>((tag.clone(), unless, fetched))
+            }
+        })
+        .collect();
+    let read: Vec<Result<TagRead<'_>, registry::Error>> = futures::stream::iter(reads)
+        .buffer_unordered(shared.concurrency)
+        .collect()
+        .await;
     let mut tag_map = BTreeMap::new();
     // The manifests of digests whose facts are not known yet, for `describe_all`.
     let mut bodies = BTreeMap::new();
     for r in read {
-        // A tag deleted since the listing reads as nothing: it is simply gone.
-        let (tag, Some(manifest)) = r? else {
-            continue;
-        };
-        tag_map.insert(tag, manifest.digest.clone());
-        if !shared.complete(repo, &manifest.digest, dated) {
-            bodies.insert(manifest.digest.clone(), manifest);
+        match r? {
+            (tag, Some(digest), Fetched::Unchanged) => {
+                shared.unchanged.fetch_add(1, Ordering::Relaxed);
+                tag_map.insert(tag, digest.to_owned());
+            }
+            (tag, _, Fetched::Manifest(manifest)) => {
+                tag_map.insert(tag, manifest.digest.clone());
+                if !shared.complete(repo, &manifest.digest, dated) {
+                    bodies.insert(manifest.digest.clone(), manifest);
+                }
+            }
+            // A tag deleted since the listing reads as nothing: it is simply gone.
+            _ => {}
         }
     }
     let tagged: BTreeSet<&str> = tag_map.values().map(String::as_str).collect();
     let mut queue: Vec<String> = tagged.iter().map(|d| (*d).to_owned()).collect();
     // Digests seen before that lost their tags: still there (untagged), or gone.
-    let prefix = format!("{repo}@");
     let untagged: Vec<_> = shared
         .known
         .range(prefix.clone()..)
@@ -418,6 +447,15 @@ async fn scan_repository(
     }
     let mut seen = KnownMap::new();
     describe_all(shared, repo, queue, bodies, dated, &mut seen).await?;
+    // The tags as of this run, for the next run's `If-None-Match`.
+    for facts in seen.values_mut() {
+        facts.tags.clear();
+    }
+    for (tag, digest) in &tag_map {
+        if let Some(facts) = seen.get_mut(&format!("{repo}@{digest}")) {
+            facts.tags.push(tag.clone());
+        }
+    }
     Ok((tag_map, seen))
 }
 
