@@ -259,6 +259,15 @@ async fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    // `--generate DIR --n N --changed C --prefix P`: writes the mix (driftless's stack in DIR,
+    // kubectl's files in DIR/kubectl) and exits, to run either tool by hand on it.
+    if let Some(dir) = arg("--generate") {
+        let n = arg("--n").and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let changed = arg("--changed").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let prefix = arg("--prefix").unwrap_or_else(|| "manual".to_owned());
+        mix::generate(Path::new(&dir), &prefix, n, changed, mix::Mix::Full);
+        return;
+    }
     let sizes: Vec<usize> = arg("--sizes")
         .unwrap_or_else(|| "100,1000".to_owned())
         .split(',')

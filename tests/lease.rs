@@ -428,6 +428,32 @@ async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wai
         Some("one"),
         "nothing written while waiting"
     );
+    // While the CLI waits, the daemon applies a newer commit with one more object: the CLI's
+    // revision (read before it waited) lacks it, and the record it reads once it holds the
+    // Lease names it, so the CLI prunes it (a record listed before the wait would not).
+    support::daemon::write_stack(d.repo.path(), &d.id, "three");
+    std::fs::write(
+        d.repo.path().join("stack/app/extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {value: x}\n",
+    )
+    .unwrap();
+    git(d.repo.path(), &["add", "-A"]);
+    git(d.repo.path(), &["commit", "-qm", "three"]);
+    let resp = d.github(&d.push_payload(), SECRET).await;
+    assert!(resp.status().is_success(), "webhook: {}", resp.status());
+    let extras: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &ns);
+    support::eventually(
+        "the daemon applied three",
+        Duration::from_secs(60),
+        || async {
+            (value(&client, &ns).await.as_deref() == Some("three")
+                && extras.get_opt("extra").await.ok().flatten().is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(cli.try_wait().unwrap().is_none(), "still waiting");
     // A clean stop releases the Lease.
     signal(d.child.id(), "-TERM");
     let status = support::eventually("the CLI synced", Duration::from_secs(60), || {
@@ -441,6 +467,11 @@ async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wai
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(value(&client, &ns).await.as_deref(), Some("two"));
+    assert!(
+        extras.get_opt("extra").await.unwrap().is_none(),
+        "the object of the commit applied while the CLI waited is pruned: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 #[tokio::test]

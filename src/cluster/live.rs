@@ -16,8 +16,8 @@ use super::apply::{api_for, redact_secret};
 use super::{Error, Result};
 use crate::stack::render::{ObjectKey, STACK_LABEL};
 
-/// Concurrent reads: the metadata LISTs of a stack of up to 16 kinds go out at once.
-const CONCURRENCY: usize = 16;
+/// Concurrent reads: the metadata LISTs of a stack of up to 32 kinds go out at once.
+const CONCURRENCY: usize = 32;
 /// From this many objects of one kind in one namespace on, a LIST replaces the GETs.
 const LIST_THRESHOLD: usize = 3;
 

@@ -6,6 +6,7 @@
 use kube::Client;
 
 use super::{Error, Options, Report};
+use crate::cluster::discovery::Kinds;
 use crate::stack::RenderedStack;
 
 /// Reconciles `stacks` holding their Leases (a dry run takes none).
@@ -34,15 +35,23 @@ pub async fn reconcile_leased(
     };
     // Stacks of this source that left the revision are written too (removed or handed over)
     // when their Leases are free.
+    // The inventories are listed before the Leases are taken (a LIST right after a write waits
+    // for the API server's watch cache, up to ~100 ms); the records of the stacks this sync
+    // writes are read again by GET once their Leases are held, so what the reconcile bases its
+    // writes on is what nobody else can change any more. Discovery goes out meanwhile.
+    let (listed, kinds) = futures::join!(
+        crate::cluster::inventory::list(client, &options.instance),
+        Kinds::discover(client)
+    );
+    let listed = listed?;
     let mut optional = Vec::new();
     if options.only.is_empty() {
-        let listed = crate::cluster::inventory::list(client, &options.instance).await?;
-        for inv in listed.own {
+        for inv in &listed.own {
             if !names.contains(&inv.stack)
                 && inv.source == options.source
                 && crate::stack::load::is_dns_label(&inv.stack)
             {
-                optional.push(inv.stack);
+                optional.push(inv.stack.clone());
             }
         }
     }
@@ -56,7 +65,17 @@ pub async fn reconcile_leased(
     )
     .await?;
     options.fence = Some(leases.fence());
-    let report = super::reconcile(client, stacks, &options).await;
+    let held: Vec<String> = names.iter().chain(&optional).cloned().collect();
+    let report = match (
+        kinds,
+        crate::cluster::inventory::refresh(client, &options.instance, listed, &held).await,
+    ) {
+        (Ok(kinds), Ok(listed)) => {
+            let read = super::Read { kinds, listed };
+            super::reconcile_discovered(client, stacks, &options, Some(read)).await
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+    };
     leases.release().await;
     report
 }

@@ -150,6 +150,23 @@ pub async fn reconcile(
     stacks: &[RenderedStack],
     options: &Options,
 ) -> Result<Report, Error> {
+    reconcile_discovered(client, stacks, options, None).await
+}
+
+/// What a caller already read for `reconcile_discovered` (a CLI sync: while and after it took
+/// its Leases).
+struct Read {
+    kinds: Kinds,
+    listed: inventory::Listed,
+}
+
+/// `reconcile`, with the discovery and the inventories when the caller already read them.
+async fn reconcile_discovered(
+    client: &Client,
+    stacks: &[RenderedStack],
+    options: &Options,
+    read: Option<Read>,
+) -> Result<Report, Error> {
     for name in &options.only {
         if !stacks.iter().any(|s| &s.name == name) {
             return Err(Error::UnknownStack(name.clone()));
@@ -157,10 +174,13 @@ pub async fn reconcile(
     }
     let mut lap = Lap::start("reconcile");
     // Independent reads, together.
-    let (kinds, listed) = futures::join!(
-        Kinds::discover(client),
-        inventory::list(client, &options.instance)
-    );
+    let (kinds, listed) = match read {
+        Some(read) => (Ok(read.kinds), Ok(read.listed)),
+        None => futures::join!(
+            Kinds::discover(client),
+            inventory::list(client, &options.instance)
+        ),
+    };
     let mut kinds = kinds?;
     lap.log("discovery and the inventories");
     // Every object must be servable before anything is written: an unknown kind aborts here.

@@ -121,7 +121,13 @@ fn render_stack(
     let mut places: Vec<Place> = Vec::new();
     // Per object: whether it holds values decrypted from a SOPS file.
     let mut decrypted: Vec<bool> = Vec::new();
+    let mut parsed = parse_in_parallel(&stack.manifests, |file| {
+        (!super::sops::is_sops(&file.text)).then(|| parse_file(stack, file, &vars, cache))
+    })
+    .into_iter();
     for file in &stack.manifests {
+        // One slot per file, in order; `None` for a SOPS file (decrypted here, in order).
+        let plain = parsed.next().flatten().flatten();
         if super::sops::is_sops(&file.text) {
             for (doc, value, holds) in decrypt_file(stack, file, decryption)? {
                 let before = objects.len();
@@ -131,7 +137,7 @@ fn render_stack(
             }
             continue;
         }
-        for (doc, value) in parse_file(stack, file, &vars, cache)? {
+        for (doc, value) in plain.unwrap_or_else(|| parse_file(stack, file, &vars, cache))? {
             push_objects(stack, file, doc, value, &mut objects, &mut places)?;
         }
     }
@@ -310,6 +316,49 @@ fn decrypt_file(
         out.push((i + 1, d.value, holds));
     }
     Ok(out)
+}
+
+/// `parse` of every file, on as many threads as the host has cores (YAML parsing is most of a
+/// render's time): one slot per file, in the order of `files`.
+fn parse_in_parallel<R: Send>(
+    files: &[SourceFile],
+    parse: impl Fn(&SourceFile) -> R + Sync,
+) -> Vec<Option<R>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if threads <= 1 {
+        return files.iter().map(|f| Some(parse(f))).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = files.iter().map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else {
+                            return mine;
+                        };
+                        mine.push((i, parse(file)));
+                    }
+                })
+            })
+            .collect();
+        // A worker that panicked lost its results: their slots stay empty and the caller
+        // parses those files itself, so none is skipped.
+        for (i, r) in workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+        {
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+    });
+    slots
 }
 
 fn parse_file(

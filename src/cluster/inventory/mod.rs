@@ -233,6 +233,59 @@ pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
     Ok(listed)
 }
 
+/// `listed` (read before this process took the Leases of `stacks`) with the inventories of
+/// `stacks` read again, now that nobody else may write them: one GET each, which the API server
+/// answers from etcd at once, where a LIST right after a write (the Leases just taken) waits for
+/// its watch cache to catch up (up to ~100 ms). The same admission as `list`: this instance's
+/// records read whole, another instance's only named as its owner.
+pub async fn refresh(
+    client: &Client,
+    instance: &str,
+    mut listed: Listed,
+    stacks: &[String],
+) -> Result<Listed> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let reads = stacks.iter().map(|stack| {
+        let api = api.clone();
+        async move {
+            let name = configmap_name(stack);
+            let cm = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| request_error(&name, "read", e))?;
+            Ok::<_, Error>((stack, cm))
+        }
+    });
+    for read in futures::future::join_all(reads).await {
+        let (stack, cm) = read?;
+        // This instance's record of a stack always has the stack's record name (`decode`
+        // refuses another), so the GET finds it or it is gone. What the listing found claiming
+        // the stack otherwise (another instance's record, an unreadable one) stays: the stack is
+        // refused this run rather than taken over on a read that cannot see those.
+        listed.own.retain(|o| &o.stack != stack);
+        let Some(cm) = cm else { continue };
+        let labels = cm.metadata.labels.as_ref();
+        if labels.and_then(|l| l.get(INVENTORY_LABEL)) != Some(stack) {
+            // Not a record of this stack (its name is the record's, its labels are not): the
+            // listing saw it as what its labels say.
+            continue;
+        }
+        match labels.and_then(|l| l.get(INSTANCE_LABEL)) {
+            Some(owner) if owner == instance => admit(&mut listed, &cm),
+            None if instance == DEFAULT_INSTANCE => admit(&mut listed, &cm),
+            Some(owner) => {
+                listed.foreign.insert(stack.clone(), owner.clone());
+            }
+            None => {
+                listed
+                    .foreign
+                    .insert(stack.clone(), DEFAULT_INSTANCE.to_owned());
+            }
+        }
+    }
+    Ok(listed)
+}
+
 /// Adds one of this instance's inventory ConfigMaps to `listed`: readable, or not.
 fn admit(listed: &mut Listed, cm: &ConfigMap) {
     let name = cm.metadata.name.as_deref().unwrap_or_default();
