@@ -138,21 +138,22 @@ fn on_stacks_with(config: &Path, command: &[&str], stacks: &[&str]) -> std::proc
 
 /// Syncs `stacks`, asserts each was applied and none is unhealthy.
 fn sync_to_healthy(config: &Path, stacks: &[&str]) {
-    sync_to_healthy_with(config, &["sync"], stacks)
+    sync_to_healthy_with(config, &["sync"], stacks);
 }
 
-/// `sync_to_healthy` with `command` (`sync` and its flags).
-fn sync_to_healthy_with(config: &Path, command: &[&str], stacks: &[&str]) {
+/// `sync_to_healthy` with `command` (`sync` and its flags); returns what the sync printed.
+fn sync_to_healthy_with(config: &Path, command: &[&str], stacks: &[&str]) -> String {
     let out = on_stacks_with(config, command, stacks);
-    assert!(out.status.success(), "sync: {}", text(&out));
+    let t = text(&out);
+    assert!(out.status.success(), "sync: {t}");
     for stack in stacks {
         assert!(
-            text(&out).contains(&format!("stack {stack}: applied")),
-            "{stack}: {}",
-            text(&out)
+            t.contains(&format!("stack {stack}: applied")),
+            "{stack}: {t}"
         );
     }
-    assert!(!text(&out).contains("unhealthy"), "{}", text(&out));
+    assert!(!t.contains("unhealthy"), "{t}");
+    t
 }
 
 /// A second sync changes nothing, and a diff after it agrees.
@@ -734,20 +735,44 @@ fn lambda_stacks_sync_to_healthy_and_converge() {
     converged(&config, &LAMBDA);
 }
 
+/// The claims of the floe StatefulSets in `prod` (`storage: claim`), with their sizes.
+const FLOE_CLAIMS: [(&str, &str); 5] = [
+    ("data-floe-postgres-0", "10Gi"),
+    ("data-floe-minio-0", "20Gi"),
+    ("data-floe-cube-store-router-0", "10Gi"),
+    ("data-floe-cube-store-worker-0", "10Gi"),
+    ("data-floe-cube-store-worker-1", "10Gi"),
+];
+
+/// The NetworkPolicies of namespace `floe` in `prod`, as `<stack> <name>` (stack/README.md
+/// "Network policies (floe)").
+const FLOE_POLICIES: [&str; 16] = [
+    "floe-infrastructure allow-dns",
+    "floe-infrastructure default-deny",
+    "floe-infrastructure floe-minio",
+    "floe-infrastructure floe-polaris",
+    "floe-infrastructure floe-polaris-init",
+    "floe-infrastructure floe-postgres",
+    "floe-observability floe-jaeger",
+    "floe-observability floe-marquez",
+    "floe-orchestration floe-dagster",
+    "floe-orchestration floe-dagster-daemon",
+    "floe-orchestration floe-dagster-user-code",
+    "floe-orchestration floe-dagster-webserver",
+    "floe-semantic floe-cube-api",
+    "floe-semantic floe-cube-refresh-worker",
+    "floe-semantic floe-cube-store-router",
+    "floe-semantic floe-cube-store-worker",
+];
+
 #[test]
 fn floe_stacks_sync_to_healthy_with_the_polaris_hook_and_converge() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let out = on_stacks(&config, "sync", &FLOE);
-    assert!(out.status.success(), "sync: {}", text(&out));
-    let t = text(&out);
-    for stack in FLOE {
-        assert!(
-            t.contains(&format!("stack {stack}: applied")),
-            "{stack}: {t}"
-        );
-    }
-    assert!(!t.contains("unhealthy"), "{t}");
+    // A run of this test cut short may have left the `prod` objects (below): this sync prunes
+    // them (no mass prune: at most 4 of a stack's 11 objects) and recreates the StatefulSets
+    // without their claim templates.
+    let t = sync_to_healthy_with(&config, &["sync"], &FLOE);
     // The Polaris initialisation ran as a postSync hook of floe-infrastructure, after it was
     // healthy and before the orchestration layer was applied.
     // (On a cluster where an earlier run of this test already ran it with this definition, it
@@ -826,12 +851,194 @@ fn floe_stacks_sync_to_healthy_with_the_polaris_hook_and_converge() {
     // The second run: nothing to change, and the hook is not run again.
     let out = on_stacks(&config, "sync", &FLOE);
     assert!(out.status.success(), "second sync: {}", text(&out));
-    assert!(
-        text(&out).contains("floe-polaris-init (stack/floe/infrastructure/hooks/polaris-init.yaml): unchanged, not run"),
-        "{}",
-        text(&out)
-    );
+    let not_run =
+        "floe-polaris-init (stack/floe/infrastructure/hooks/polaris-init.yaml): unchanged, not run";
+    assert!(text(&out).contains(not_run), "{}", text(&out));
     converged(&config, &FLOE);
+
+    // Promoted to `prod` (values.yaml alone, kustomize/prod): claims, two replicas, the
+    // registry's pull secret, the network policies. The StatefulSets gain claim templates, a
+    // change the API server refuses: they opt in to being recreated (driftless.dev/recreate).
+    free_volumes_for_floe_claims();
+    let prod = config_for(dir.path(), "prod");
+    let t = sync_to_healthy_with(&prod, &["sync"], &FLOE);
+    assert!(t.contains(not_run), "the hook's file is the same: {t}");
+    floe_prod_is_on_the_cluster();
+    converged(&prod, &FLOE);
+
+    // Back to `local` (what the next run and the demo expect): the policies pruned (within the
+    // mass-prune gate's default share), one replica, emptyDir again. The claims are kept
+    // (driftless never prunes a claim, and the StatefulSet controller leaves them): the next
+    // promotion mounts the same volumes again, so reruns do not use up the test cluster's
+    // volumes (Retain: a deleted claim's volume is never free again).
+    sync_to_healthy(&config, &FLOE);
+    assert_eq!(get(&["networkpolicy", "-n", "floe", "-o", "name"]), "");
+    assert_eq!(
+        get(&[
+            "statefulset",
+            "floe-minio",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.spec.volumeClaimTemplates}|{.spec.template.spec.volumes[?(@.name==\"data\")].emptyDir}"
+        ]),
+        "|{}"
+    );
+    assert_eq!(
+        get(&[
+            "deployment",
+            "floe-dagster-user-code",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.status.readyReplicas} {.spec.template.spec.imagePullSecrets}"
+        ]),
+        "1 ",
+        "local: one replica, no pull secret"
+    );
+    for (claim, _) in FLOE_CLAIMS {
+        assert_eq!(
+            get(&["pvc", claim, "-n", "floe", "-o", "jsonpath={.status.phase}"]),
+            "Bound",
+            "{claim} kept"
+        );
+    }
+    converged(&config, &FLOE);
+}
+
+/// Fails, saying why, when the test cluster has too few free volumes left for the floe claims
+/// that do not exist yet (a claim would stay Pending until its stack's wait times out). The
+/// environment's volumes are `Retain`: a volume whose claim was deleted is never free again.
+fn free_volumes_for_floe_claims() {
+    let existing: BTreeSet<String> = get(&[
+        "pvc",
+        "-n",
+        "floe",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let missing = FLOE_CLAIMS
+        .iter()
+        .filter(|(claim, _)| !existing.contains(*claim))
+        .count();
+    let free = get(&[
+        "pv",
+        "-o",
+        "jsonpath={range .items[*]}{.status.phase}/{.spec.storageClassName}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .filter(|l| *l == "Available/")
+    .count();
+    assert!(
+        free >= missing,
+        "the floe claims need {missing} free PersistentVolumes, the test cluster has {free} (Released volumes are not reused): restart the test environment"
+    );
+}
+
+/// What `prod` changes in namespace `floe`, read back from the cluster.
+fn floe_prod_is_on_the_cluster() {
+    // Every layer's network policies, behind a namespace-wide default deny.
+    let policies: BTreeSet<String> = get(&[
+        "networkpolicy",
+        "-n",
+        "floe",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.labels.driftless\\.dev/stack} {.metadata.name}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let want: BTreeSet<String> = FLOE_POLICIES.iter().map(|p| (*p).to_owned()).collect();
+    assert_eq!(policies, want);
+    assert_eq!(
+        get(&[
+            "networkpolicy",
+            "default-deny",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.spec.podSelector} {.spec.policyTypes}"
+        ]),
+        r#"{} ["Ingress","Egress"]"#
+    );
+    // values.yaml's replica counts, ready.
+    for (kind, name) in [
+        ("deployment", "floe-polaris"),
+        ("deployment", "floe-dagster-webserver"),
+        ("deployment", "floe-dagster-user-code"),
+        ("deployment", "floe-cube-api"),
+        ("statefulset", "floe-cube-store-worker"),
+    ] {
+        assert_eq!(
+            get(&[
+                kind,
+                name,
+                "-n",
+                "floe",
+                "-o",
+                "jsonpath={.spec.replicas} {.status.readyReplicas}"
+            ]),
+            "2 2",
+            "{kind}/{name}"
+        );
+    }
+    // `storage: claim`: each StatefulSet pod on its own claim, bound to one of the environment's
+    // volumes; the claims name no class, so a real cluster gives them its default StorageClass.
+    for (claim, size) in FLOE_CLAIMS {
+        assert_eq!(
+            get(&[
+                "pvc",
+                claim,
+                "-n",
+                "floe",
+                "-o",
+                "jsonpath={.status.phase} {.spec.resources.requests.storage} class={.spec.storageClassName}"
+            ]),
+            format!("Bound {size} class="),
+            "{claim}"
+        );
+        let pod = claim.trim_start_matches("data-");
+        assert_eq!(
+            get(&[
+                "pod",
+                pod,
+                "-n",
+                "floe",
+                "-o",
+                "jsonpath={.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName} {.status.phase}"
+            ]),
+            format!("{claim} Running"),
+            "{pod}"
+        );
+    }
+    // The user code from the in-cluster registry, pulled with the docker config Secret of the
+    // host file (a rolled-out pod of `local` may still be terminating: wait for the two).
+    wait_until("two user-code pods of the prod template", || {
+        get(&[
+            "pods",
+            "-n",
+            "floe",
+            "-l",
+            "app=floe-dagster-user-code",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.imagePullSecrets[*].name} {.spec.containers[0].image}{\"\\n\"}{end}",
+        ]) == "floe-registry-pull docker-registry.storage.svc.cluster.local:5000/floe/demo:0.1.0\n"
+            .repeat(2)
+    });
+    assert_eq!(
+        get(&[
+            "secret",
+            "floe-registry-pull",
+            "-n",
+            "floe",
+            "-o",
+            "jsonpath={.type} {.metadata.labels.driftless\\.dev/host-secret}"
+        ]),
+        "kubernetes.io/dockerconfigjson true"
+    );
 }
 
 /// Every bundled Backup job encrypts in `prod` (to the recipients the profile names) and not in

@@ -5,7 +5,7 @@ mod support;
 
 use support::{driftless_with, text};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
 use std::process::Output;
@@ -772,6 +772,57 @@ async fn immutable_field_changes_fail_clearly_or_recreate_when_opted_in() {
         .unwrap();
     assert_eq!(cm.data.as_ref().unwrap()["v"], "2");
     assert_ne!(uid(cm), first, "a new object");
+    expect_exit(&f.driftless(&["diff"]), 0, "converged");
+}
+
+/// A StatefulSet's claim templates cannot be updated (the API server says "Forbidden", not
+/// "immutable"): driftless treats that as an immutable change, names the way out, and recreates
+/// the StatefulSet when it opts in. No replicas: the environment's volumes are `Retain`, and a
+/// claim made here would use one up.
+#[tokio::test]
+async fn a_statefulsets_claim_templates_change_is_an_immutable_change() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let f = Repo::git("t", LEASES);
+    let db = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  replicas: 0\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: db, image: postgres:16.4}]}\n";
+    let claims = "  volumeClaimTemplates: [{metadata: {name: data}, spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}]\n";
+    f.write("stack/app/stack.yaml", STACK);
+    f.write("stack/app/00-namespace.yaml", NAMESPACE);
+    f.write("stack/app/db.yaml", db);
+    f.commit("statefulset on no claims");
+    expect_exit(&f.driftless(&["sync"]), 0, "first sync");
+    let sts = || async {
+        Api::<StatefulSet>::namespaced(client.clone(), &f.ns())
+            .get("db")
+            .await
+            .unwrap()
+    };
+    let first = sts().await.metadata.uid.unwrap();
+
+    f.write("stack/app/db.yaml", &format!("{db}{claims}"));
+    f.commit("claim templates");
+    let out = f.driftless(&["sync"]);
+    expect_exit(&out, 2, "claim templates changed without opt-in");
+    assert!(
+        text(&out).contains("StatefulSet/ns-")
+            && text(&out).contains("an immutable field changed")
+            && text(&out).contains("driftless.dev/recreate"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sts().await.metadata.uid.unwrap(), first, "not deleted");
+
+    let opted = db.replace(
+        "metadata: {name: db}",
+        "metadata: {name: db, annotations: {driftless.dev/recreate: 'true'}}",
+    );
+    f.write("stack/app/db.yaml", &format!("{opted}{claims}"));
+    f.commit("opt in to recreation");
+    expect_exit(&f.driftless(&["sync"]), 0, "recreated");
+    let now = sts().await;
+    assert_ne!(now.metadata.uid.unwrap(), first, "a new StatefulSet");
+    let templates = now.spec.unwrap().volume_claim_templates.unwrap_or_default();
+    assert_eq!(templates.len(), 1, "with its claim template");
     expect_exit(&f.driftless(&["diff"]), 0, "converged");
 }
 

@@ -198,9 +198,7 @@ fn http2_client(config: Config, timeout: Option<std::time::Duration>) -> Result<
 pub(crate) fn hint_for(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status)
-            if status.code == 422
-                && (status.message.contains("immutable")
-                    || status.message.contains("may not change")) =>
+            if crate::plan::recreate::is_immutable_change(status.code, &status.message) =>
         {
             " (an immutable field changed: delete and recreate the object, or annotate it with \
              driftless.dev/recreate: \"true\" to let driftless do that)"

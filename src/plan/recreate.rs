@@ -12,7 +12,12 @@ pub const RECREATE_ANNOTATION: &str = "driftless.dev/recreate";
 
 /// Whether the API server's refusal (`code`, `message`) says an immutable field changed.
 pub fn is_immutable_change(code: u16, message: &str) -> bool {
-    code == 422 && (message.contains("immutable") || message.contains("may not change"))
+    code == 422
+        && (message.contains("immutable")
+            || message.contains("may not change")
+            // A StatefulSet's spec outside its few updatable fields (volumeClaimTemplates,
+            // selector, serviceName, podManagementPolicy): the server says "Forbidden" instead.
+            || message.contains("updates to statefulset spec for fields other than"))
 }
 
 /// Whether the desired object opts in to recreation (`driftless.dev/recreate: "true"`).
@@ -117,6 +122,7 @@ mod tests {
         let plain = json!({"metadata": {}});
         let immutable = "ConfigMap \"frozen\" is invalid: data: Forbidden: field is immutable when `immutable` is set";
         let may_not = "spec.volumeName: may not change once bound";
+        let sts = "StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
         let (cm, pvc) = (key("", "ConfigMap"), key("", "PersistentVolumeClaim"));
         let crd = key("apiextensions.k8s.io", "CustomResourceDefinition");
         let none: &[String] = &[];
@@ -125,6 +131,8 @@ mod tests {
         let cases: Vec<Case<'_>> = vec![
             ("opted in, ours", &cm, &opted, (422, immutable), Some(&ours), none, Ok(true)),
             ("may not change", &cm, &opted, (422, may_not), Some(&ours), none, Ok(true)),
+            ("a StatefulSet's claim templates", &cm, &opted, (422, sts), Some(&ours), none, Ok(true)),
+            ("the same, not opted in", &cm, &plain, (422, sts), Some(&ours), none, Ok(false)),
             ("another refusal", &cm, &opted, (422, "spec.replicas: must be >= 0"), Some(&ours), none, Ok(false)),
             ("a conflict", &cm, &opted, (409, immutable), Some(&ours), none, Ok(false)),
             ("not \"true\"", &cm, &other, (422, immutable), Some(&ours), none, Ok(false)),
