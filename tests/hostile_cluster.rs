@@ -259,9 +259,11 @@ async fn recreate_spares_protected_kinds_and_foreign_objects() {
     let ns = env.namespace("hc").await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     let r = Repo::new("hc", "");
+    // Of a StorageClass that does not exist: the claim stays Pending (its spec is immutable all
+    // the same) and binds none of the environment's volumes, which are never freed again.
     let pvc = |mode: &str| {
         format!(
-            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, annotations: {{driftless.dev/recreate: 'true'}}}}\nspec: {{accessModes: [{mode}], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, annotations: {{driftless.dev/recreate: 'true'}}}}\nspec: {{accessModes: [{mode}], storageClassName: driftless-test-none, resources: {{requests: {{storage: 1Gi}}}}}}\n"
         )
     };
     r.write("stack/app/stack.yaml", &stack_yaml("app-ID", &ns.name));
