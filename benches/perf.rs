@@ -469,8 +469,12 @@ async fn main() {
         }
     }
     let daemon_n: usize = arg("--daemon").and_then(|r| r.parse().ok()).unwrap_or(5000);
-    if daemon_n > 0 {
+    // `--targets 2` runs the two-target daemon section only, `--targets 1` the one-target one.
+    let targets = arg("--targets");
+    if daemon_n > 0 && targets.as_deref() != Some("2") {
         results.push(daemon::bench_daemon(&client, daemon_n, rounds.max(5)).await);
+    }
+    if daemon_n > 0 && targets.as_deref() != Some("1") {
         let client_b = env.kube_client_b().await;
         results.push(
             daemon::bench_daemon_two_targets(&client, &client_b, daemon_n, rounds.max(5)).await,

@@ -210,7 +210,14 @@ pub async fn bench_daemon_two_targets(
     .start();
     loop {
         let st = d.status().await;
-        if st["state"] == "ready" && st["targets"].as_array().is_some_and(|t| t.len() == 2) {
+        // Both targets synced: each ready with a run behind it (the daemon's own state is
+        // ready once its first target is).
+        let both = st["targets"].as_array().is_some_and(|t| {
+            t.len() == 2
+                && t.iter()
+                    .all(|t| t["state"] == "ready" && !t["lastRunAt"].is_null())
+        });
+        if st["state"] == "ready" && both {
             break;
         }
         assert!(
@@ -274,11 +281,96 @@ pub async fn bench_daemon_two_targets(
         quiet.median_ms(),
         quiet.median_requests()
     );
+    // Webhook -> one object's change applied in both clusters.
+    let mut latency = Vec::new();
+    let (namespace, name) = mix::first_configmap(&prefix);
+    let in_a: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &namespace);
+    let in_b: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client_b.clone(), &namespace);
+    async fn value_of(
+        api: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+        name: &str,
+    ) -> Option<String> {
+        api.get(name)
+            .await
+            .ok()
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("value").cloned())
+    }
+    for round in 0..rounds {
+        let want = if round % 2 == 0 {
+            "changed"
+        } else {
+            "original"
+        };
+        mix::generate(
+            d.repo.path(),
+            &prefix,
+            n,
+            usize::from(round % 2 == 0),
+            mix::Mix::Daemon,
+        );
+        support::git(
+            d.repo.path(),
+            &["commit", "-qam", &format!("round {round}")],
+        );
+        let t = Instant::now();
+        assert!(
+            d.github(&d.push_payload(), SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        let (mut a_done, mut b_done) = (false, false);
+        while !(a_done && b_done) {
+            a_done = a_done || value_of(&in_a, &name).await.as_deref() == Some(want);
+            b_done = b_done || value_of(&in_b, &name).await.as_deref() == Some(want);
+            assert!(t.elapsed() < Duration::from_secs(120), "change not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        latency.push(t.elapsed().as_secs_f64());
+        let applied = t.elapsed();
+        // The run that applied it, as the daemon accounts for it (per target too).
+        let mut status = d.status().await;
+        while status["lastReconcile"]["mode"] == "quiet" && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = d.status().await;
+        }
+        println!(
+            "  change {round}: {:.0} ms to applied in both clusters; the run: {} ms, phases {}; targets {}",
+            applied.as_secs_f64() * 1000.0,
+            status["lastReconcile"]["durationMs"],
+            status["lastReconcile"]["phasesMs"],
+            status["targets"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .map(|t| format!("{}: {}", t["name"], t["mode"]))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
+    }
+    d.settle(Duration::from_secs(2)).await;
+    let rss_after = rss();
+    println!(
+        "daemon, 2 targets x {n} objects: webhook -> change applied in both clusters: median {:.0} ms (of {:?} ms); resident memory idle after the changes {:.1} MiB",
+        median(&latency) * 1000.0,
+        latency
+            .iter()
+            .map(|l| (l * 1000.0) as u64)
+            .collect::<Vec<_>>(),
+        rss_after as f64 / 1024.0
+    );
     drop(d);
     crate::clean_up_on(env.var("KUBECONFIG"), &prefix, n);
     crate::clean_up_on(env.var("KUBECONFIG_B"), &prefix, n);
     json!({"n": n, "targets": 2, "work": "daemon-two-targets",
         "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
         "residentMiB": rss_synced as f64 / 1024.0,
-        "unchangedReconcile": quiet.json()})
+        "residentAfterMiB": rss_after as f64 / 1024.0,
+        "unchangedReconcile": quiet.json(),
+        "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
+        "webhookToAppliedMedianMs": median(&latency) * 1000.0})
 }
