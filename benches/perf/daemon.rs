@@ -103,23 +103,7 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client.clone(), &namespace);
     for round in 0..rounds {
-        // The first ConfigMap is the generator's first "changed" one.
-        let want = if round % 2 == 0 {
-            "changed"
-        } else {
-            "original"
-        };
-        mix::generate(
-            d.repo.path(),
-            &prefix,
-            n,
-            usize::from(round % 2 == 0),
-            mix::Mix::Daemon,
-        );
-        support::git(
-            d.repo.path(),
-            &["commit", "-qam", &format!("round {round}")],
-        );
+        let want = commit_change(d.repo.path(), &prefix, n, round);
         let before_run = started(&d.status().await);
         let t = Instant::now();
         assert!(
@@ -166,10 +150,7 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
     println!(
         "daemon, {n} objects: webhook -> change applied (one object): median {:.0} ms (of {:?} ms); resident memory at the last change {:.1} MiB, idle after it {:.1} MiB",
         median(&latency) * 1000.0,
-        latency
-            .iter()
-            .map(|l| (l * 1000.0) as u64)
-            .collect::<Vec<_>>(),
+        millis(&latency),
         rss_applied as f64 / 1024.0,
         rss_after as f64 / 1024.0
     );
@@ -180,6 +161,29 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
         "unchangedReconcile": quiet.json(),
         "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
         "webhookToAppliedMedianMs": median(&latency) * 1000.0})
+}
+
+/// Latencies in seconds as whole milliseconds, for printing.
+fn millis(latency: &[f64]) -> Vec<u64> {
+    latency.iter().map(|l| (l * 1000.0) as u64).collect()
+}
+
+/// Commits round `round`'s change of the mix in `repo` (the first ConfigMap, the generator's
+/// first "changed" one, flips between "changed" and "original") and returns its new value.
+fn commit_change(repo: &std::path::Path, prefix: &str, n: usize, round: usize) -> &'static str {
+    mix::generate(
+        repo,
+        prefix,
+        n,
+        usize::from(round.is_multiple_of(2)),
+        mix::Mix::Daemon,
+    );
+    support::git(repo, &["commit", "-qam", &format!("round {round}")]);
+    if round.is_multiple_of(2) {
+        "changed"
+    } else {
+        "original"
+    }
 }
 
 /// One daemon, two targets (the test environment's two clusters), each taking the same `n`
@@ -299,22 +303,7 @@ pub async fn bench_daemon_two_targets(
             .and_then(|d| d.get("value").cloned())
     }
     for round in 0..rounds {
-        let want = if round % 2 == 0 {
-            "changed"
-        } else {
-            "original"
-        };
-        mix::generate(
-            d.repo.path(),
-            &prefix,
-            n,
-            usize::from(round % 2 == 0),
-            mix::Mix::Daemon,
-        );
-        support::git(
-            d.repo.path(),
-            &["commit", "-qam", &format!("round {round}")],
-        );
+        let want = commit_change(d.repo.path(), &prefix, n, round);
         let t = Instant::now();
         assert!(
             d.github(&d.push_payload(), SECRET)
@@ -357,10 +346,7 @@ pub async fn bench_daemon_two_targets(
     println!(
         "daemon, 2 targets x {n} objects: webhook -> change applied in both clusters: median {:.0} ms (of {:?} ms); resident memory idle after the changes {:.1} MiB",
         median(&latency) * 1000.0,
-        latency
-            .iter()
-            .map(|l| (l * 1000.0) as u64)
-            .collect::<Vec<_>>(),
+        millis(&latency),
         rss_after as f64 / 1024.0
     );
     drop(d);

@@ -305,23 +305,27 @@ impl Client {
         .await
     }
 
+    /// The next page's URL from a response's `Link` header (relative ones on this registry).
+    fn next_page(&self, resp: &reqwest::Response) -> Option<String> {
+        resp.headers()
+            .get(LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .map(|l| {
+                if l.starts_with("http") {
+                    l
+                } else {
+                    format!("{}{l}", self.base)
+                }
+            })
+    }
+
     async fn paged(&self, first: &str, field: &str) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         let mut next = Some(first.to_owned());
         while let Some(url) = next.take() {
             let resp = check(&url, self.send(Method::GET, &url, HeaderMap::new()).await?).await?;
-            next = resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(|l| {
-                    if l.starts_with("http") {
-                        l
-                    } else {
-                        format!("{}{l}", self.base)
-                    }
-                });
+            next = self.next_page(&resp);
             let body: Value = resp.json().await.map_err(|e| Error::Body {
                 url: url.clone(),
                 message: e.to_string(),

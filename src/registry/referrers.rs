@@ -1,11 +1,10 @@
 //! The OCI 1.1 referrers API (`GET /v2/<repository>/referrers/<digest>`): its answer is
 //! untrusted, so bounded and checked.
 
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, LINK};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::wire::next_link;
 use super::{
     Client, Error, REFERRERS_MAX, REFERRERS_MAX_BYTES, Referrer, Referrers, check, is_digest,
     read_limited,
@@ -37,18 +36,7 @@ impl Client {
                 return Ok(None);
             }
             let resp = check(&url, resp).await?;
-            next = resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(|l| {
-                    if l.starts_with("http") {
-                        l
-                    } else {
-                        format!("{}{l}", self.base)
-                    }
-                });
+            next = self.next_page(&resp);
             let body = read_limited(&url, resp, REFERRERS_MAX_BYTES).await?;
             let index: Value = serde_json::from_slice(&body).map_err(|e| Error::Body {
                 url: url.clone(),
