@@ -10,13 +10,19 @@ use crate::support::{self, unique_name};
 use crate::{clean_up, mix};
 
 /// The daemon on a git repository of `n` objects.
+/// The daemon's environment as `systemd/driftless.service` sets it (glibc's arenas: with one
+/// per thread, freed memory stays spread over them and resident memory grows).
+const AS_THE_UNIT_RUNS_IT: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2")];
+
 pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Value {
-    use support::daemon::{SECRET, start_daemon_prepared};
+    use support::daemon::SECRET;
     let prefix = unique_name("bdd");
     let t = Instant::now();
-    let d = start_daemon_prepared("", |repo, _| {
+    let d = support::daemon::Setup::new(&support::daemon::Options::default(), |repo, _| {
         mix::generate(repo, &prefix, n, 0, mix::Mix::Daemon)
-    });
+    })
+    .spawn_with_env(AS_THE_UNIT_RUNS_IT)
+    .wait();
     // The endpoint answers once the daemon has bound it.
     while reqwest::get(format!("{}/api/v1/status", d.base))
         .await
@@ -211,7 +217,8 @@ pub async fn bench_daemon_two_targets(
         },
         |repo, _| mix::generate(repo, &prefix, n, 0, mix::Mix::Daemon),
     )
-    .start();
+    .spawn_with_env(AS_THE_UNIT_RUNS_IT)
+    .wait();
     loop {
         let st = d.status().await;
         // Both targets synced: each ready with a run behind it (the daemon's own state is
