@@ -406,17 +406,22 @@ impl Client {
     ) -> Result<Fetched, Error> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let mut headers = accept_all();
-        // Only a well-formed digest goes into the header (it is plain ASCII then).
-        if let Some(v) = unless
+        // Only a well-formed digest is asked about (it is plain ASCII then), and only a question
+        // actually asked takes a `304` as its answer: anything else is an error below.
+        let asked = unless
             .filter(|d| is_digest(d))
-            .and_then(|d| HeaderValue::from_str(&format!("\"{d}\"")).ok())
-        {
-            headers.insert(IF_NONE_MATCH, v);
-        }
+            .and_then(|d| HeaderValue::from_str(&format!("\"{d}\"")).ok());
+        let asked = match asked {
+            Some(v) => {
+                headers.insert(IF_NONE_MATCH, v);
+                true
+            }
+            None => false,
+        };
         let resp = self.send(Method::GET, &url, headers).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => return Ok(Fetched::Gone),
-            StatusCode::NOT_MODIFIED if unless.is_some() => return Ok(Fetched::Unchanged),
+            StatusCode::NOT_MODIFIED if asked => return Ok(Fetched::Unchanged),
             _ => {}
         }
         let resp = check(&url, resp).await?;
@@ -670,5 +675,70 @@ mod tests {
         ] {
             assert!(!is_digest(&bad), "{bad}");
         }
+    }
+    /// Failure injection: a registry that answers every request `304 Not Modified`. Only a
+    /// question driftless asked (a well-formed digest in `If-None-Match`) takes it as "unchanged";
+    /// with a malformed digest (from a tampered facts file) nothing is asked and the `304` is an
+    /// error, so no digest that was never checked reaches the plan.
+    #[tokio::test]
+    async fn a_304_counts_only_as_the_answer_to_a_question_asked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut request = Vec::new();
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            record
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&request).to_lowercase());
+                            request.clear();
+                            let reply = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n";
+                            if conn.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let client = Client::new(&base, Credentials::default()).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            client
+                .fetch_manifest_unless("app", "v1", Some(&digest))
+                .await
+                .unwrap(),
+            Fetched::Unchanged
+        );
+        for bad in [Some("sha256:../../x"), None] {
+            let answer = client.fetch_manifest_unless("app", "v1", bad).await;
+            assert!(answer.is_err(), "{bad:?}: {answer:?}");
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].contains(&format!("if-none-match: \"{digest}\"")),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1..].iter().all(|r| !r.contains("if-none-match")),
+            "{seen:?}"
+        );
     }
 }
