@@ -474,6 +474,106 @@ async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wai
     );
 }
 
+/// A record relabelled to another instance while a CLI sync waits for the Lease (after the
+/// CLI listed the records) is seen when the CLI reads its stacks' records again once it holds
+/// the Lease: the stack is refused as another instance's and nothing of it is written.
+#[tokio::test]
+async fn a_record_taken_over_while_a_cli_sync_waits_is_refused() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let ia = unique_name("a");
+    let la = leases(&ia);
+    let d = Setup::new(
+        &Options {
+            leases: &la,
+            ..Options::default()
+        },
+        |_, _| {},
+    )
+    .start();
+    let ns = format!("ns-{}", d.id);
+    let stack = format!("d-{}", d.id);
+    support::eventually("the daemon applied", Duration::from_secs(60), || async {
+        (value(&client, &ns).await.as_deref() == Some("one")).then_some(())
+    })
+    .await;
+    let cli_dir = tempfile::tempdir().unwrap();
+    let cli_config = cli_dir.path().join("driftless.yaml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "instance: {}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\n{}",
+            d.id,
+            d.repo.path().display(),
+            cli_dir.path().join("state").display(),
+            leases("cli"),
+        ),
+    )
+    .unwrap();
+    support::daemon::write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "two"]);
+    let log = cli_dir.path().join("cli.log");
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(&cli_config)
+        .args(["sync", "--no-wait", "--wait-lease"])
+        .env("KUBECONFIG", env.var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(Stdio::from(
+            std::fs::File::create(cli_dir.path().join("cli.out")).unwrap(),
+        ))
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    support::eventually(
+        "the CLI waits for the lease",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("waiting for the lease")
+                .then_some(())
+        },
+    )
+    .await;
+    // Someone with write access to driftless-system relabels the record to another instance.
+    let records: Api<ConfigMap> = Api::namespaced(client.clone(), "driftless-system");
+    let patch =
+        serde_json::json!({"metadata": {"labels": {"driftless.dev/instance": "someone-else"}}});
+    records
+        .patch(
+            &format!("inventory-{stack}"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    signal(d.child.id(), "-TERM");
+    let status = support::eventually("the CLI ended", Duration::from_secs(60), || {
+        let done = cli.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let out = std::fs::read_to_string(cli_dir.path().join("cli.out")).unwrap_or_default()
+        + &std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "refused: {out}");
+    assert!(
+        out.contains("managed by driftless instance \"someone-else\""),
+        "names the other instance: {out}"
+    );
+    assert_eq!(
+        value(&client, &ns).await.as_deref(),
+        Some("one"),
+        "nothing of the stack written: {out}"
+    );
+    // The record is left as it was found.
+    let record = records.get(&format!("inventory-{stack}")).await.unwrap();
+    assert_eq!(
+        record.metadata.labels.unwrap()["driftless.dev/instance"],
+        "someone-else"
+    );
+}
+
 #[tokio::test]
 async fn a_forged_lease_keeps_its_stack_unwritten_and_reported_and_crashes_nothing() {
     let env = TestEnv::get();
