@@ -318,6 +318,9 @@ fn decrypt_file(
     Ok(out)
 }
 
+/// From this much manifest text on, a stack's files are parsed on several threads.
+const PARALLEL_FROM_BYTES: usize = 64 * 1024;
+
 /// `parse` of every file, on as many threads as the host has cores (YAML parsing is most of a
 /// render's time): one slot per file, in the order of `files`.
 fn parse_in_parallel<R: Send>(
@@ -327,7 +330,9 @@ fn parse_in_parallel<R: Send>(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len());
-    if threads <= 1 {
+    // A stack of a few small files parses faster than threads start.
+    let bytes: usize = files.iter().map(|f| f.text.len()).sum();
+    if threads <= 1 || bytes < PARALLEL_FROM_BYTES {
         return files.iter().map(|f| Some(parse(f))).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -538,4 +543,52 @@ fn host_secret_object(
         "type": spec.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
         "data": data,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(i: usize, bytes: usize) -> SourceFile {
+        SourceFile {
+            path: format!("stack/s/manifests/{i:02}.yaml").into(),
+            text: "x".repeat(bytes),
+        }
+    }
+
+    /// Above the threshold the files go to several threads; every slot is filled, each with
+    /// its own file's result, in the files' order (what rendering relies on for object order
+    /// and for reporting the first failing file).
+    #[test]
+    fn parallel_parsing_keeps_one_result_per_file_in_order() {
+        for sizes in [
+            vec![10; 3],
+            vec![PARALLEL_FROM_BYTES; 9],
+            vec![1, PARALLEL_FROM_BYTES, 2],
+        ] {
+            let files: Vec<SourceFile> =
+                sizes.iter().enumerate().map(|(i, &b)| file(i, b)).collect();
+            let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+            let parsed = parse_in_parallel(&files, |f| {
+                if let Ok(mut t) = threads.lock() {
+                    t.insert(std::thread::current().id());
+                }
+                (f.path.clone(), f.text.len())
+            });
+            let want: Vec<Option<(std::path::PathBuf, usize)>> = files
+                .iter()
+                .map(|f| Some((f.path.clone(), f.text.len())))
+                .collect();
+            assert_eq!(parsed, want);
+            let total: usize = sizes.iter().sum();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if total < PARALLEL_FROM_BYTES || cores == 1 {
+                let threads = threads.lock().unwrap();
+                assert!(
+                    threads.len() == 1 && threads.contains(&std::thread::current().id()),
+                    "small stacks parse on the calling thread"
+                );
+            }
+        }
+    }
 }
