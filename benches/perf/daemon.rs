@@ -311,6 +311,7 @@ pub async fn bench_daemon_two_targets(
     }
     for round in 0..rounds {
         let want = commit_change(d.repo.path(), &prefix, n, round);
+        let before_run = started(&d.status().await);
         let t = Instant::now();
         assert!(
             d.github(&d.push_payload(), SECRET)
@@ -327,9 +328,13 @@ pub async fn bench_daemon_two_targets(
         }
         latency.push(t.elapsed().as_secs_f64());
         let applied = t.elapsed();
-        // The run that applied it, as the daemon accounts for it (per target too).
+        // The run that applied it, as the daemon accounts for it (per target too), once it has
+        // ended: the next round's webhook then finds the daemon idle, as one push after another
+        // minutes apart would, instead of queued behind this run's inventory writes.
         let mut status = d.status().await;
-        while status["lastReconcile"]["mode"] == "quiet" && t.elapsed() < Duration::from_secs(60) {
+        while (started(&status) == before_run || status["lastReconcile"]["mode"] == "quiet")
+            && t.elapsed() < Duration::from_secs(60)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
             status = d.status().await;
         }
