@@ -114,11 +114,13 @@ pub struct Inventory {
     read: Option<ReadState>,
 }
 
+/// Shared between copies of a record (a reconcile works on a copy of the record it read): only
+/// a write or a merge replaces it.
 #[derive(Debug, Clone, Default)]
 struct ReadState {
     resource_version: String,
-    entries: BTreeMap<ObjectKey, Entry>,
-    hooks: BTreeMap<String, HookRecord>,
+    entries: std::sync::Arc<BTreeMap<ObjectKey, Entry>>,
+    hooks: std::sync::Arc<BTreeMap<String, HookRecord>>,
 }
 
 impl Inventory {
@@ -335,8 +337,8 @@ pub async fn write(client: &Client, inventory: &mut Inventory) -> Result<()> {
             Ok(stored) => {
                 inventory.read = Some(ReadState {
                     resource_version: stored.metadata.resource_version.unwrap_or_default(),
-                    entries: inventory.entries.clone(),
-                    hooks: inventory.hooks.clone(),
+                    entries: std::sync::Arc::new(inventory.entries.clone()),
+                    hooks: std::sync::Arc::new(inventory.hooks.clone()),
                 });
                 return Ok(());
             }
