@@ -242,6 +242,13 @@ pub fn redact_secret(object: &mut Value) {
 #[derive(Clone)]
 pub struct SecretHashKey(std::sync::Arc<[u8; 32]>);
 
+impl SecretHashKey {
+    /// Whether `other` is the same key.
+    pub fn same(&self, other: &SecretHashKey) -> bool {
+        self.0 == other.0
+    }
+}
+
 impl std::fmt::Debug for SecretHashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretHashKey(..)")
@@ -290,6 +297,12 @@ pub fn applied_hash(
     key: Option<&SecretHashKey>,
     instance: &str,
 ) -> Option<String> {
+    if let Some(memo) = desired
+        .applied
+        .get(instance, key, desired.secret_data.is_some())
+    {
+        return memo.map(str::to_owned);
+    }
     hash_with(
         desired,
         key,
@@ -297,10 +310,32 @@ pub fn applied_hash(
     )
 }
 
+/// `applied_hash` of an object whose canonical serialisation (`serde_json::to_vec` of
+/// `desired.object`) is `json`, without serialising it again.
+pub fn applied_hash_of_text(
+    desired: &DesiredObject,
+    json: &[u8],
+    key: Option<&SecretHashKey>,
+    instance: &str,
+) -> Option<String> {
+    let mut text = Vec::with_capacity(json.len() + INSTANCE_ANNOTATION.len() + instance.len() + 2);
+    text.extend_from_slice(json);
+    text.extend_from_slice(format!("\0{INSTANCE_ANNOTATION}={instance}").as_bytes());
+    hash_text(desired, text, key)
+}
+
 fn hash_with(desired: &DesiredObject, key: Option<&SecretHashKey>, mark: &[u8]) -> Option<String> {
     // serde_json::Value maps are sorted, so the serialisation is canonical.
     let mut text = serde_json::to_vec(&desired.object).ok()?;
     text.extend_from_slice(mark);
+    hash_text(desired, text, key)
+}
+
+fn hash_text(
+    desired: &DesiredObject,
+    text: Vec<u8>,
+    key: Option<&SecretHashKey>,
+) -> Option<String> {
     match (&desired.secret_data, key) {
         (None, _) => Some(format!("sha256:{}", hex(&Sha256::digest(&text)))),
         (Some(_), None) => None,

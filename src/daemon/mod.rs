@@ -165,11 +165,18 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         })
         .collect();
 
+    let secret_hash_key = crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir());
     let mut state = LoopState {
         targets: target_states,
-        secret_hash_key: crate::cluster::apply::SecretHashKey::load_or_create(&config.state_dir()),
+        secret_hash_key: secret_hash_key.clone(),
         ..LoopState::default()
     };
+    // Every target reconciles as this instance with this key: each revision's hashes are
+    // worked out once, while it is stored.
+    state.revisions.hashing = Some(Arc::new(crate::stack::object::HashedBy {
+        instance: config.instance(),
+        key: secret_hash_key,
+    }));
     shared.triggers.request(Trigger::Start);
     let mut ready_sent = false;
     let mut last_run_end: Option<Instant> = None;

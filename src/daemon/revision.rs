@@ -129,6 +129,9 @@ pub struct Revisions {
     pub last_good: Option<LastGood>,
     /// Parsed manifests by text, reused by the next revision's render.
     parse_cache: Arc<crate::yaml::ParseCache>,
+    /// The instance and Secret key every target applies with: each stored revision carries its
+    /// objects' `applied_hash` for them.
+    pub hashing: Option<Arc<crate::stack::object::HashedBy>>,
 }
 
 impl Revisions {
@@ -219,6 +222,7 @@ impl Revisions {
             Arc::clone(&self.parse_cache),
             checkout.root.clone(),
         );
+        let hashing = self.hashing.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             // One render per profile; the first one's policies, health checks and jobs serve
             // all (they do not depend on the profile's variables).
@@ -237,7 +241,10 @@ impl Revisions {
                 )?;
                 let mut loaded = loaded;
                 let mut lap = crate::logging::Lap::start("revision");
-                let stored = Arc::new(StoredRevision::store(&loaded.stacks));
+                let stored = Arc::new(StoredRevision::store_hashed(
+                    &loaded.stacks,
+                    hashing.clone(),
+                ));
                 lap.log("stored the revision");
                 let stacks = Arc::new(std::mem::take(&mut loaded.stacks));
                 by_profile.push((profile, stacks, stored));

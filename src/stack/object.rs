@@ -104,6 +104,74 @@ pub struct DesiredObject {
     /// A Secret's data, held apart so that nothing that prints objects can print it.
     pub secret_data: Option<SecretData>,
     pub place: Place,
+    /// `cluster::apply::applied_hash` of this object, when it was worked out with the object's
+    /// serialisation at hand (the daemon stores each revision serialised): every target's
+    /// reconcile then finds it instead of serialising and hashing the object again.
+    pub applied: AppliedMemo,
+}
+
+/// What `applied_hash` gave for one object, and for which instance and Secret key. A clone
+/// starts empty: whoever changes a copy of an object must not inherit the original's hash.
+#[derive(Default)]
+pub struct AppliedMemo(std::sync::OnceLock<AppliedHash>);
+
+/// One memoised `applied_hash` (see `AppliedMemo`).
+pub struct AppliedHash {
+    pub by: std::sync::Arc<HashedBy>,
+    pub hash: Option<String>,
+}
+
+/// The instance and Secret key an `AppliedHash` was worked out for (the key prints as `..`).
+#[derive(Debug)]
+pub struct HashedBy {
+    pub instance: String,
+    pub key: Option<crate::cluster::apply::SecretHashKey>,
+}
+
+impl AppliedMemo {
+    /// The memoised hash, when it was worked out for `instance` and (for an object with Secret
+    /// data) `key`.
+    pub fn get(
+        &self,
+        instance: &str,
+        key: Option<&crate::cluster::apply::SecretHashKey>,
+        secret: bool,
+    ) -> Option<Option<&str>> {
+        let memo = self.0.get()?;
+        let same_key = || match (&memo.by.key, key) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same(b),
+            _ => false,
+        };
+        (memo.by.instance == instance && (!secret || same_key())).then_some(memo.hash.as_deref())
+    }
+
+    /// Records the hash (the first one recorded stays).
+    pub fn set(&self, memo: AppliedHash) {
+        let _ = self.0.set(memo);
+    }
+
+    /// The recorded hash and what it was worked out for, to hand to another copy of the same
+    /// object.
+    pub fn recorded(&self) -> Option<&AppliedHash> {
+        self.0.get()
+    }
+}
+
+impl Clone for AppliedMemo {
+    fn clone(&self) -> AppliedMemo {
+        AppliedMemo::default()
+    }
+}
+
+impl fmt::Debug for AppliedMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "AppliedMemo(set)"
+        } else {
+            "AppliedMemo(empty)"
+        })
+    }
 }
 
 /// Scope of the kinds the revision's own CRDs define: (group, kind) → namespaced?
@@ -324,6 +392,7 @@ pub(super) fn finish_object(
         object,
         secret_data,
         place,
+        applied: AppliedMemo::default(),
     })
 }
 

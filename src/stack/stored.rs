@@ -6,12 +6,15 @@
 //! (`quiet`) never does.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::Place;
 use super::model::StackSpec;
+use super::object::{AppliedHash, AppliedMemo, HashedBy};
 use super::render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, SecretData};
+use crate::cluster::apply;
 
 /// A rendered revision, stored compactly (see the module docs).
 #[derive(Debug, Default)]
@@ -35,6 +38,8 @@ struct StoredObject {
     json: Box<str>,
     secret_data: Option<SecretData>,
     place: Place,
+    /// The object's `applied_hash` for the daemon's instance and key (`store_hashed`).
+    applied: Option<(Arc<HashedBy>, Option<String>)>,
 }
 
 /// An object that does not parse back: never for what `store` wrote, but a reconcile must not
@@ -50,6 +55,16 @@ pub struct ExpandError {
 impl StoredRevision {
     /// Stores `stacks` (serialising each object).
     pub fn store(stacks: &[RenderedStack]) -> StoredRevision {
+        StoredRevision::store_hashed(stacks, None)
+    }
+
+    /// Stores `stacks`, and with `hashing` works out each object's `applied_hash` from the
+    /// serialisation at hand: recorded in the object (`DesiredObject::applied`) and kept for
+    /// the objects `expand` makes.
+    pub fn store_hashed(
+        stacks: &[RenderedStack],
+        hashing: Option<Arc<HashedBy>>,
+    ) -> StoredRevision {
         let stacks = stacks
             .iter()
             .map(|s| StoredStack {
@@ -57,20 +72,7 @@ impl StoredRevision {
                 file: s.file.clone(),
                 spec: s.spec.clone(),
                 post_sync: s.post_sync.clone(),
-                objects: s
-                    .objects
-                    .iter()
-                    .map(|o| StoredObject {
-                        // Serialising a Value cannot fail (its map keys are strings).
-                        json: serde_json::to_string(&o.object)
-                            .unwrap_or_default()
-                            .into_boxed_str(),
-                        key: o.key.clone(),
-                        api_version: o.api_version.clone(),
-                        secret_data: o.secret_data.clone(),
-                        place: o.place.clone(),
-                    })
-                    .collect(),
+                objects: store_objects(&s.objects, hashing.as_ref()),
             })
             .collect();
         StoredRevision { stacks }
@@ -91,13 +93,21 @@ impl StoredRevision {
                                 object: o.key.to_string(),
                                 message: e.to_string(),
                             })?;
-                        Ok(DesiredObject {
+                        let expanded = DesiredObject {
                             key: o.key.clone(),
                             api_version: o.api_version.clone(),
                             object,
                             secret_data: o.secret_data.clone(),
                             place: o.place.clone(),
-                        })
+                            applied: AppliedMemo::default(),
+                        };
+                        if let Some((by, hash)) = &o.applied {
+                            expanded.applied.set(AppliedHash {
+                                by: Arc::clone(by),
+                                hash: hash.clone(),
+                            });
+                        }
+                        Ok(expanded)
                     })
                     .collect::<Result<Vec<_>, ExpandError>>()?;
                 Ok(RenderedStack {
@@ -119,6 +129,65 @@ impl StoredRevision {
     /// Number of objects over all stacks.
     pub fn object_count(&self) -> usize {
         self.stacks.iter().map(|s| s.objects.len()).sum()
+    }
+}
+
+/// From this many objects on, a stack's objects are serialised (and hashed) on several threads:
+/// the daemon stores every new revision before any target's reconcile starts.
+const PARALLEL_FROM_OBJECTS: usize = 1000;
+
+/// `store_object` of each of `objects`, in order; on as many threads as the host has cores
+/// (at most 4) for a large stack.
+fn store_objects(objects: &[DesiredObject], hashing: Option<&Arc<HashedBy>>) -> Vec<StoredObject> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if threads <= 1 || objects.len() < PARALLEL_FROM_OBJECTS {
+        return objects.iter().map(|o| store_object(o, hashing)).collect();
+    }
+    let chunk = objects.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = objects
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|o| store_object(o, hashing))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut stored = Vec::with_capacity(objects.len());
+        for (worker, part) in parts.into_iter().zip(objects.chunks(chunk)) {
+            match worker.join() {
+                Ok(done) => stored.extend(done),
+                // A worker that panicked lost its part: stored here instead, none is skipped.
+                Err(_) => stored.extend(part.iter().map(|o| store_object(o, hashing))),
+            }
+        }
+        stored
+    })
+}
+
+/// One object serialised, with its `applied_hash` for `hashing` (recorded in `o` too).
+fn store_object(o: &DesiredObject, hashing: Option<&Arc<HashedBy>>) -> StoredObject {
+    // Serialising a Value cannot fail (its map keys are strings).
+    let json = serde_json::to_string(&o.object).unwrap_or_default();
+    let applied = hashing.map(|by| {
+        let hash = apply::applied_hash_of_text(o, json.as_bytes(), by.key.as_ref(), &by.instance);
+        o.applied.set(AppliedHash {
+            by: Arc::clone(by),
+            hash: hash.clone(),
+        });
+        (Arc::clone(by), hash)
+    });
+    StoredObject {
+        json: json.into_boxed_str(),
+        key: o.key.clone(),
+        api_version: o.api_version.clone(),
+        secret_data: o.secret_data.clone(),
+        place: o.place.clone(),
+        applied,
     }
 }
 
@@ -163,5 +232,110 @@ mod tests {
         let secret = &back[0].objects[2];
         assert!(!secret.object.to_string().contains("sentinel-value"));
         assert!(secret.secret_data.is_some());
+    }
+
+    #[test]
+    fn a_large_stack_is_stored_on_several_threads_in_order() {
+        use crate::cluster::apply::applied_hash;
+        let dir = tempfile::tempdir().unwrap();
+        let stack = dir.path().join("stack/app");
+        std::fs::create_dir_all(stack.join("manifests")).unwrap();
+        std::fs::write(
+            stack.join("stack.yaml"),
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
+        )
+        .unwrap();
+        let n = PARALLEL_FROM_OBJECTS * 3 / 2 + 1;
+        // Files of 500 documents (a file holds at most 1,024).
+        for first in (0..n).step_by(500) {
+            let text: String = (first..n.min(first + 500))
+                .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: ns}}\ndata: {{i: \"{i}\"}}\n"))
+                .collect();
+            std::fs::write(stack.join(format!("manifests/{first:05}.yaml")), text).unwrap();
+        }
+        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
+        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
+        let by = Arc::new(HashedBy {
+            instance: "blue".to_owned(),
+            key: None,
+        });
+        let back = StoredRevision::store_hashed(&rendered, Some(by))
+            .expand()
+            .unwrap();
+        assert_eq!(back[0].objects.len(), n);
+        for (a, b) in back[0].objects.iter().zip(&rendered[0].objects) {
+            assert_eq!(a.key, b.key);
+            assert_eq!(a.object, b.object);
+            assert_eq!(
+                applied_hash(a, None, "blue"),
+                applied_hash(&b.clone(), None, "blue")
+            );
+        }
+    }
+
+    #[test]
+    fn hashes_worked_out_while_storing_are_those_a_reconcile_would_work_out() {
+        use crate::cluster::apply::{SecretHashKey, applied_hash};
+        let dir = tempfile::tempdir().unwrap();
+        let stack = dir.path().join("stack/app");
+        std::fs::create_dir_all(stack.join("manifests")).unwrap();
+        std::fs::write(
+            stack.join("stack.yaml"),
+            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            stack.join("manifests/all.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: ns}\ndata: {x: \"1\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {token: sentinel-value}\n",
+        )
+        .unwrap();
+        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
+        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let key = SecretHashKey::load_or_create(state.path()).unwrap();
+        let other_state = tempfile::tempdir().unwrap();
+        let other_key = SecretHashKey::load_or_create(other_state.path()).unwrap();
+        let by = Arc::new(HashedBy {
+            instance: "blue".to_owned(),
+            key: Some(key.clone()),
+        });
+        let stored = StoredRevision::store_hashed(&rendered, Some(by));
+        let back = stored.expand().unwrap();
+        for objects in [&rendered[0].objects, &back[0].objects] {
+            for o in objects.iter() {
+                assert!(o.applied.recorded().is_some(), "{} has its hash", o.key);
+                // A clone starts without one: what a reconcile would work out itself.
+                let fresh = o.clone();
+                assert!(fresh.applied.recorded().is_none());
+                assert_eq!(
+                    applied_hash(o, Some(&key), "blue"),
+                    applied_hash(&fresh, Some(&key), "blue")
+                );
+                assert!(applied_hash(o, Some(&key), "blue").is_some());
+                // Another instance, or (for a Secret) another key: not the recorded hash.
+                assert_eq!(
+                    applied_hash(o, Some(&key), "green"),
+                    applied_hash(&fresh, Some(&key), "green")
+                );
+                assert_ne!(
+                    applied_hash(o, Some(&key), "green"),
+                    applied_hash(o, Some(&key), "blue")
+                );
+                assert_eq!(
+                    applied_hash(o, Some(&other_key), "blue"),
+                    applied_hash(&fresh, Some(&other_key), "blue")
+                );
+                assert_eq!(
+                    applied_hash(o, None, "blue"),
+                    applied_hash(&fresh, None, "blue")
+                );
+            }
+        }
+        let secret = &back[0].objects[1];
+        assert_ne!(
+            applied_hash(secret, Some(&other_key), "blue"),
+            applied_hash(secret, Some(&key), "blue")
+        );
+        assert_eq!(applied_hash(secret, None, "blue"), None);
     }
 }
