@@ -132,41 +132,9 @@ impl StoredRevision {
     }
 }
 
-/// From this many objects on, a stack's objects are serialised (and hashed) on several threads:
-/// the daemon stores every new revision before any target's reconcile starts.
-const PARALLEL_FROM_OBJECTS: usize = 1000;
-
-/// `store_object` of each of `objects`, in order; on as many threads as the host has cores
-/// (at most 4) for a large stack.
+/// `store_object` of each of `objects`, in order.
 fn store_objects(objects: &[DesiredObject], hashing: Option<&Arc<HashedBy>>) -> Vec<StoredObject> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    if threads <= 1 || objects.len() < PARALLEL_FROM_OBJECTS {
-        return objects.iter().map(|o| store_object(o, hashing)).collect();
-    }
-    let chunk = objects.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = objects
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|o| store_object(o, hashing))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut stored = Vec::with_capacity(objects.len());
-        for (worker, part) in parts.into_iter().zip(objects.chunks(chunk)) {
-            match worker.join() {
-                Ok(done) => stored.extend(done),
-                // A worker that panicked lost its part: stored here instead, none is skipped.
-                Err(_) => stored.extend(part.iter().map(|o| store_object(o, hashing))),
-            }
-        }
-        stored
-    })
+    objects.iter().map(|o| store_object(o, hashing)).collect()
 }
 
 /// One object serialised, with its `applied_hash` for `hashing` (recorded in `o` too).
@@ -232,45 +200,6 @@ mod tests {
         let secret = &back[0].objects[2];
         assert!(!secret.object.to_string().contains("sentinel-value"));
         assert!(secret.secret_data.is_some());
-    }
-
-    #[test]
-    fn a_large_stack_is_stored_on_several_threads_in_order() {
-        use crate::cluster::apply::applied_hash;
-        let dir = tempfile::tempdir().unwrap();
-        let stack = dir.path().join("stack/app");
-        std::fs::create_dir_all(stack.join("manifests")).unwrap();
-        std::fs::write(
-            stack.join("stack.yaml"),
-            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
-        )
-        .unwrap();
-        let n = PARALLEL_FROM_OBJECTS * 3 / 2 + 1;
-        // Files of 500 documents (a file holds at most 1,024).
-        for first in (0..n).step_by(500) {
-            let text: String = (first..n.min(first + 500))
-                .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: ns}}\ndata: {{i: \"{i}\"}}\n"))
-                .collect();
-            std::fs::write(stack.join(format!("manifests/{first:05}.yaml")), text).unwrap();
-        }
-        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
-        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
-        let by = Arc::new(HashedBy {
-            instance: "blue".to_owned(),
-            key: None,
-        });
-        let back = StoredRevision::store_hashed(&rendered, Some(by))
-            .expand()
-            .unwrap();
-        assert_eq!(back[0].objects.len(), n);
-        for (a, b) in back[0].objects.iter().zip(&rendered[0].objects) {
-            assert_eq!(a.key, b.key);
-            assert_eq!(a.object, b.object);
-            assert_eq!(
-                applied_hash(a, None, "blue"),
-                applied_hash(&b.clone(), None, "blue")
-            );
-        }
     }
 
     #[test]
