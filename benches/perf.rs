@@ -222,6 +222,48 @@ fn clean_up(prefix: &str, n: usize) {
     clean_up_on(TestEnv::get().var("KUBECONFIG"), prefix, n);
 }
 
+/// Waits until no namespace is terminating in either cluster: the namespaces an earlier section
+/// (or an earlier benchmark run) deleted are emptied by the controllers, on the same cores as
+/// the next measurement.
+fn settle_clusters() {
+    let env = TestEnv::get();
+    let started = std::time::Instant::now();
+    for kubeconfig in [env.var("KUBECONFIG"), env.var("KUBECONFIG_B")] {
+        loop {
+            let out = Command::new(env.var("KUBECTL"))
+                .args([
+                    "--kubeconfig",
+                    kubeconfig,
+                    "get",
+                    "namespaces",
+                    "-o",
+                    "jsonpath={.items[*].status.phase}",
+                ])
+                .output();
+            let terminating = out.map_or(0, |o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter(|p| *p == "Terminating")
+                    .count()
+            });
+            if terminating == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(900),
+                "{terminating} namespaces still terminating after 15 min"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+    if started.elapsed() > std::time::Duration::from_secs(1) {
+        println!(
+            "(waited {:.0} s for earlier namespaces to be deleted)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// `clean_up` in the cluster of `kubeconfig`.
 fn clean_up_on(kubeconfig: &str, prefix: &str, n: usize) {
     let kubectl = TestEnv::get().var("KUBECTL");
@@ -347,6 +389,7 @@ async fn main() {
     let mut results = Vec::new();
     let mut rows = Vec::new();
     for &n in &sizes {
+        settle_clusters();
         let mut d_first = Samples::default();
         let mut k_first = Samples::default();
         let mut d_diff = Samples::default();
@@ -472,10 +515,12 @@ async fn main() {
     // `--targets 2` runs the two-target daemon section only, `--targets 1` the one-target one.
     let targets = arg("--targets");
     if daemon_n > 0 && targets.as_deref() != Some("2") {
+        settle_clusters();
         results.push(daemon::bench_daemon(&client, daemon_n, rounds.max(5)).await);
     }
     if daemon_n > 0 && targets.as_deref() != Some("1") {
         let client_b = env.kube_client_b().await;
+        settle_clusters();
         results.push(
             daemon::bench_daemon_two_targets(&client, &client_b, daemon_n, rounds.max(5)).await,
         );
