@@ -243,9 +243,9 @@ pub fn redact_secret(object: &mut Value) {
 pub struct SecretHashKey(std::sync::Arc<[u8; 32]>);
 
 impl SecretHashKey {
-    /// Whether `other` is the same key.
-    pub fn same(&self, other: &SecretHashKey) -> bool {
-        self.0 == other.0
+    /// A digest of the key that names it without revealing it (`stack::object::HashedBy`).
+    pub fn id(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_slice()).into()
     }
 }
 
@@ -297,10 +297,10 @@ pub fn applied_hash(
     key: Option<&SecretHashKey>,
     instance: &str,
 ) -> Option<String> {
-    if let Some(memo) = desired
-        .applied
-        .get(instance, key, desired.secret_data.is_some())
-    {
+    let secret = desired.secret_data.is_some();
+    // The key's id is worked out only for a Secret (the only hash that depends on the key).
+    let key_id = key.filter(|_| secret).map(SecretHashKey::id);
+    if let Some(memo) = desired.applied.get(instance, key_id.as_ref(), secret) {
         return memo.map(str::to_owned);
     }
     hash_with(

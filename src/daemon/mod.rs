@@ -173,10 +173,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
     };
     // Every target reconciles as this instance with this key: each revision's hashes are
     // worked out once, while it is stored.
-    state.revisions.hashing = Some(Arc::new(crate::stack::object::HashedBy {
-        instance: config.instance(),
+    state.revisions.hashing = Some(revision::Hashing {
+        by: Arc::new(crate::stack::object::HashedBy {
+            instance: config.instance(),
+            key_id: secret_hash_key.as_ref().map(|k| k.id()),
+        }),
         key: secret_hash_key,
-    }));
+    });
     shared.triggers.request(Trigger::Start);
     let mut ready_sent = false;
     let mut last_run_end: Option<Instant> = None;

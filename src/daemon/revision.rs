@@ -123,6 +123,13 @@ async fn record_unverified(shared: &Shared, refused: Option<UnverifiedRevision>)
     shared.status.write().await.unverified = refused;
 }
 
+/// The instance and Secret key every target applies with (`Revisions::hashing`).
+#[derive(Clone)]
+pub struct Hashing {
+    pub by: Arc<crate::stack::object::HashedBy>,
+    pub key: Option<crate::cluster::apply::SecretHashKey>,
+}
+
 /// The revisions the loop knows.
 #[derive(Default)]
 pub struct Revisions {
@@ -131,7 +138,7 @@ pub struct Revisions {
     parse_cache: Arc<crate::yaml::ParseCache>,
     /// The instance and Secret key every target applies with: each stored revision carries its
     /// objects' `applied_hash` for them.
-    pub hashing: Option<Arc<crate::stack::object::HashedBy>>,
+    pub hashing: Option<Hashing>,
 }
 
 impl Revisions {
@@ -241,10 +248,20 @@ impl Revisions {
                 )?;
                 let mut loaded = loaded;
                 let mut lap = crate::logging::Lap::start("revision");
-                let stored = Arc::new(StoredRevision::store_hashed(
-                    &loaded.stacks,
-                    hashing.clone(),
-                ));
+                let hash = |o: &crate::stack::DesiredObject, json: &[u8]| {
+                    let h = hashing.as_ref()?;
+                    crate::cluster::apply::applied_hash_of_text(
+                        o,
+                        json,
+                        h.key.as_ref(),
+                        &h.by.instance,
+                    )
+                };
+                let with = hashing.as_ref().map(|h| crate::stack::stored::Hashing {
+                    by: Arc::clone(&h.by),
+                    hash: &hash,
+                });
+                let stored = Arc::new(StoredRevision::store_hashed(&loaded.stacks, with.as_ref()));
                 lap.log("stored the revision");
                 let stacks = Arc::new(std::mem::take(&mut loaded.stacks));
                 by_profile.push((profile, stacks, stored));

@@ -121,29 +121,26 @@ pub struct AppliedHash {
     pub hash: Option<String>,
 }
 
-/// The instance and Secret key an `AppliedHash` was worked out for (the key prints as `..`).
+/// The instance and Secret key an `AppliedHash` was worked out for (the key by its `id`, a
+/// digest of it: never the key itself).
 #[derive(Debug)]
 pub struct HashedBy {
     pub instance: String,
-    pub key: Option<crate::cluster::apply::SecretHashKey>,
+    pub key_id: Option<[u8; 32]>,
 }
 
 impl AppliedMemo {
     /// The memoised hash, when it was worked out for `instance` and (for an object with Secret
-    /// data) `key`.
+    /// data) the key of `key_id`.
     pub fn get(
         &self,
         instance: &str,
-        key: Option<&crate::cluster::apply::SecretHashKey>,
+        key_id: Option<&[u8; 32]>,
         secret: bool,
     ) -> Option<Option<&str>> {
         let memo = self.0.get()?;
-        let same_key = || match (&memo.by.key, key) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.same(b),
-            _ => false,
-        };
-        (memo.by.instance == instance && (!secret || same_key())).then_some(memo.hash.as_deref())
+        let same_key = memo.by.key_id.as_ref() == key_id;
+        (memo.by.instance == instance && (!secret || same_key)).then_some(memo.hash.as_deref())
     }
 
     /// Records the hash (the first one recorded stays).

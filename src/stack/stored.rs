@@ -14,7 +14,6 @@ use super::Place;
 use super::model::StackSpec;
 use super::object::{AppliedHash, AppliedMemo, HashedBy};
 use super::render::{DesiredObject, ObjectKey, RenderedHook, RenderedStack, SecretData};
-use crate::cluster::apply;
 
 /// A rendered revision, stored compactly (see the module docs).
 #[derive(Debug, Default)]
@@ -61,10 +60,7 @@ impl StoredRevision {
     /// Stores `stacks`, and with `hashing` works out each object's `applied_hash` from the
     /// serialisation at hand: recorded in the object (`DesiredObject::applied`) and kept for
     /// the objects `expand` makes.
-    pub fn store_hashed(
-        stacks: &[RenderedStack],
-        hashing: Option<Arc<HashedBy>>,
-    ) -> StoredRevision {
+    pub fn store_hashed(stacks: &[RenderedStack], hashing: Option<&Hashing<'_>>) -> StoredRevision {
         let stacks = stacks
             .iter()
             .map(|s| StoredStack {
@@ -72,7 +68,7 @@ impl StoredRevision {
                 file: s.file.clone(),
                 spec: s.spec.clone(),
                 post_sync: s.post_sync.clone(),
-                objects: store_objects(&s.objects, hashing.as_ref()),
+                objects: store_objects(&s.objects, hashing),
             })
             .collect();
         StoredRevision { stacks }
@@ -132,22 +128,29 @@ impl StoredRevision {
     }
 }
 
+/// How `store_hashed` works out an object's applied hash: `hash` gets the object and its
+/// canonical serialisation, for the instance and key `by` names (`cluster::apply` knows how).
+pub struct Hashing<'a> {
+    pub by: Arc<HashedBy>,
+    pub hash: &'a (dyn Fn(&DesiredObject, &[u8]) -> Option<String> + Sync),
+}
+
 /// `store_object` of each of `objects`, in order.
-fn store_objects(objects: &[DesiredObject], hashing: Option<&Arc<HashedBy>>) -> Vec<StoredObject> {
+fn store_objects(objects: &[DesiredObject], hashing: Option<&Hashing<'_>>) -> Vec<StoredObject> {
     objects.iter().map(|o| store_object(o, hashing)).collect()
 }
 
 /// One object serialised, with its `applied_hash` for `hashing` (recorded in `o` too).
-fn store_object(o: &DesiredObject, hashing: Option<&Arc<HashedBy>>) -> StoredObject {
+fn store_object(o: &DesiredObject, hashing: Option<&Hashing<'_>>) -> StoredObject {
     // Serialising a Value cannot fail (its map keys are strings).
     let json = serde_json::to_string(&o.object).unwrap_or_default();
-    let applied = hashing.map(|by| {
-        let hash = apply::applied_hash_of_text(o, json.as_bytes(), by.key.as_ref(), &by.instance);
+    let applied = hashing.map(|h| {
+        let hash = (h.hash)(o, json.as_bytes());
         o.applied.set(AppliedHash {
-            by: Arc::clone(by),
+            by: Arc::clone(&h.by),
             hash: hash.clone(),
         });
-        (Arc::clone(by), hash)
+        (Arc::clone(&h.by), hash)
     });
     StoredObject {
         json: json.into_boxed_str(),
@@ -224,11 +227,18 @@ mod tests {
         let key = SecretHashKey::load_or_create(state.path()).unwrap();
         let other_state = tempfile::tempdir().unwrap();
         let other_key = SecretHashKey::load_or_create(other_state.path()).unwrap();
-        let by = Arc::new(HashedBy {
-            instance: "blue".to_owned(),
-            key: Some(key.clone()),
-        });
-        let stored = StoredRevision::store_hashed(&rendered, Some(by));
+        let with_key = key.clone();
+        let hash = move |o: &DesiredObject, json: &[u8]| {
+            crate::cluster::apply::applied_hash_of_text(o, json, Some(&with_key), "blue")
+        };
+        let hashing = Hashing {
+            by: Arc::new(HashedBy {
+                instance: "blue".to_owned(),
+                key_id: Some(key.id()),
+            }),
+            hash: &hash,
+        };
+        let stored = StoredRevision::store_hashed(&rendered, Some(&hashing));
         let back = stored.expand().unwrap();
         for objects in [&rendered[0].objects, &back[0].objects] {
             for o in objects.iter() {
