@@ -318,31 +318,38 @@ pub fn applied_hash_of_text(
     key: Option<&SecretHashKey>,
     instance: &str,
 ) -> Option<String> {
-    let mut text = Vec::with_capacity(json.len() + INSTANCE_ANNOTATION.len() + instance.len() + 2);
-    text.extend_from_slice(json);
-    text.extend_from_slice(format!("\0{INSTANCE_ANNOTATION}={instance}").as_bytes());
-    hash_text(desired, text, key)
+    let mark = format!("\0{INSTANCE_ANNOTATION}={instance}");
+    hash_parts(desired, &[json, mark.as_bytes()], key)
 }
 
 fn hash_with(desired: &DesiredObject, key: Option<&SecretHashKey>, mark: &[u8]) -> Option<String> {
     // serde_json::Value maps are sorted, so the serialisation is canonical.
-    let mut text = serde_json::to_vec(&desired.object).ok()?;
-    text.extend_from_slice(mark);
-    hash_text(desired, text, key)
+    let text = serde_json::to_vec(&desired.object).ok()?;
+    hash_parts(desired, &[&text, mark], key)
 }
 
-fn hash_text(
+/// The hash of `parts` one after the other (as one text), keyed and over the Secret's data for
+/// an object that has some.
+fn hash_parts(
     desired: &DesiredObject,
-    text: Vec<u8>,
+    parts: &[&[u8]],
     key: Option<&SecretHashKey>,
 ) -> Option<String> {
     match (&desired.secret_data, key) {
-        (None, _) => Some(format!("sha256:{}", hex(&Sha256::digest(&text)))),
+        (None, _) => {
+            let mut hasher = Sha256::new();
+            for part in parts {
+                hasher.update(part);
+            }
+            Some(format!("sha256:{}", hex(&hasher.finalize())))
+        }
         (Some(_), None) => None,
         (Some(data), Some(key)) => {
             use secrecy::ExposeSecret;
             let mut mac = Hmac::<Sha256>::new_from_slice(key.0.as_slice()).ok()?;
-            mac.update(&text);
+            for part in parts {
+                mac.update(part);
+            }
             for (k, v) in &data.0 {
                 // Length prefixes keep (k, v) boundaries unambiguous.
                 mac.update(&(k.len() as u64).to_le_bytes());
@@ -357,10 +364,25 @@ fn hash_text(
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    // A table, not `write!` per byte: every reconcile writes tens of thousands of digests.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&bytes), expected);
+        assert_eq!(hex(&[]), "");
+    }
 }
