@@ -33,6 +33,10 @@ pub const MANIFEST_TYPES: [&str; 4] = [
 /// a referrer never seen is never deleted).
 pub const REFERRERS_MAX_BYTES: usize = 4 << 20;
 pub const REFERRERS_MAX: usize = 1000;
+/// Largest page of a catalog or tag list read (a page of 1,000 names is ~100 KiB).
+pub const PAGE_MAX_BYTES: usize = 16 << 20;
+/// Most pages of one catalog or tag list followed (at `n=1000`, 100 million names).
+pub const PAGES_MAX: usize = 100_000;
 
 /// Bound on a manifest (the OCI distribution specification asks registries to accept 4 MiB).
 pub const MANIFEST_MAX_BYTES: usize = 4 << 20;
@@ -305,28 +309,44 @@ impl Client {
         .await
     }
 
-    /// The next page's URL from a response's `Link` header (relative ones on this registry).
-    fn next_page(&self, resp: &reqwest::Response) -> Option<String> {
-        resp.headers()
+    /// The next page's URL from the `Link` header of the response to `url`, resolved against
+    /// `url`. The header is the registry's word, not ours: a link that leaves this registry (another
+    /// host, port or scheme) is refused, since every request carries its credentials.
+    fn next_page(&self, url: &str, resp: &reqwest::Response) -> Result<Option<String>, Error> {
+        let Some(link) = resp
+            .headers()
             .get(LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(next_link)
-            .map(|l| {
-                if l.starts_with("http") {
-                    l
-                } else {
-                    format!("{}{l}", self.base)
-                }
+        else {
+            return Ok(None);
+        };
+        same_registry(&self.base, url, &link)
+            .map(Some)
+            .map_err(|message| Error::Body {
+                url: url.to_owned(),
+                message,
             })
     }
 
     async fn paged(&self, first: &str, field: &str) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         let mut next = Some(first.to_owned());
+        let mut pages = 0;
         while let Some(url) = next.take() {
+            pages += 1;
+            if pages > PAGES_MAX {
+                return Err(Error::Body {
+                    url,
+                    message: format!(
+                        "more than {PAGES_MAX} pages: the registry's links do not end"
+                    ),
+                });
+            }
             let resp = check(&url, self.send(Method::GET, &url, HeaderMap::new()).await?).await?;
-            next = self.next_page(&resp);
-            let body: Value = resp.json().await.map_err(|e| Error::Body {
+            next = self.next_page(&url, &resp)?;
+            let bytes = read_limited(&url, resp, PAGE_MAX_BYTES).await?;
+            let body: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Body {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
@@ -529,6 +549,28 @@ impl Client {
 }
 
 /// A response body of at most `limit` bytes (a larger one is an error, read no further).
+/// `link` resolved against `current` (the URL it came with), when it stays on the registry at
+/// `base` (same scheme, host and port); otherwise why not.
+fn same_registry(base: &str, current: &str, link: &str) -> Result<String, String> {
+    let origin = |u: &reqwest::Url| {
+        (
+            u.scheme().to_owned(),
+            u.host_str().map(str::to_owned),
+            u.port_or_known_default(),
+        )
+    };
+    let base = reqwest::Url::parse(base).map_err(|e| format!("registry URL: {e}"))?;
+    let next = reqwest::Url::parse(current)
+        .and_then(|c| c.join(link))
+        .map_err(|e| format!("next page link {link:?}: {e}"))?;
+    if origin(&next) != origin(&base) || !next.username().is_empty() || next.password().is_some() {
+        return Err(format!(
+            "next page link {link:?} leads away from the registry: not followed (it would carry the registry's credentials)"
+        ));
+    }
+    Ok(next.to_string())
+}
+
 pub(super) async fn read_limited(
     url: &str,
     mut resp: reqwest::Response,
@@ -676,6 +718,104 @@ mod tests {
             assert!(!is_digest(&bad), "{bad}");
         }
     }
+    #[test]
+    fn next_page_links_stay_on_the_registry() {
+        let base = "http://127.0.0.1:5000";
+        let current = "http://127.0.0.1:5000/v2/_catalog?n=100";
+        for (link, want) in [
+            (
+                "/v2/_catalog?last=b&n=100",
+                "http://127.0.0.1:5000/v2/_catalog?last=b&n=100",
+            ),
+            (
+                "http://127.0.0.1:5000/v2/_catalog?last=b",
+                "http://127.0.0.1:5000/v2/_catalog?last=b",
+            ),
+            ("?last=b", "http://127.0.0.1:5000/v2/_catalog?last=b"),
+            // Joined as a path, not read as credentials for another host.
+            (
+                "@evil.example/x",
+                "http://127.0.0.1:5000/v2/@evil.example/x",
+            ),
+        ] {
+            assert_eq!(
+                same_registry(base, current, link).as_deref(),
+                Ok(want),
+                "{link}"
+            );
+        }
+        for link in [
+            "http://evil.example/v2/_catalog?last=b",
+            "//evil.example/v2/_catalog",
+            "https://127.0.0.1:5000/v2/_catalog",
+            "http://127.0.0.1:5001/v2/_catalog",
+            "http://user:pass@127.0.0.1:5000/v2/_catalog",
+            "http://127.0.0.1:5000@evil.example/v2/_catalog",
+        ] {
+            let refused = same_registry(base, current, link).unwrap_err();
+            assert!(
+                refused.contains("leads away from the registry"),
+                "{link}: {refused}"
+            );
+        }
+    }
+
+    /// Failure injection: a registry whose tag list links its next page to another host. The
+    /// other host gets no request (it would carry the registry's credentials), and the listing
+    /// fails naming the link instead of returning part of the tags.
+    #[tokio::test]
+    async fn a_next_page_on_another_host_is_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_addr = elsewhere.local_addr().unwrap();
+        let visits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = visits.clone();
+        tokio::spawn(async move {
+            while let Ok((_conn, _)) = elsewhere.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut request = Vec::new();
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            request.clear();
+                            let body = r#"{"name":"app","tags":["v1"]}"#;
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <http://{elsewhere_addr}/v2/app/tags/list?last=v1>; rel=\"next\"\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if conn.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let credentials = Credentials {
+            username: Some("robot".to_owned()),
+            password: Some(SecretString::from("sentinel-password".to_owned())),
+        };
+        let client = Client::new(&base, credentials).unwrap();
+        let error = client.tags("app", 100).await.unwrap_err().to_string();
+        assert!(error.contains("leads away from the registry"), "{error}");
+        assert!(!error.contains("sentinel-password"), "{error}");
+        assert_eq!(visits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
     /// Failure injection: a registry that answers every request `304 Not Modified`. Only a
     /// question driftless asked (a well-formed digest in `If-None-Match`) takes it as "unchanged";
     /// with a malformed digest (from a tampered facts file) nothing is asked and the `304` is an

@@ -36,7 +36,7 @@ impl Client {
                 return Ok(None);
             }
             let resp = check(&url, resp).await?;
-            next = self.next_page(&resp);
+            next = self.next_page(&url, &resp)?;
             let body = read_limited(&url, resp, REFERRERS_MAX_BYTES).await?;
             let index: Value = serde_json::from_slice(&body).map_err(|e| Error::Body {
                 url: url.clone(),
