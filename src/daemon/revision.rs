@@ -248,20 +248,24 @@ impl Revisions {
                 )?;
                 let mut loaded = loaded;
                 let mut lap = crate::logging::Lap::start("revision");
-                let hash = |o: &crate::stack::DesiredObject, json: &[u8]| {
-                    let h = hashing.as_ref()?;
-                    crate::cluster::apply::applied_hash_of_text(
-                        o,
-                        json,
-                        h.key.as_ref(),
-                        &h.by.instance,
-                    )
-                };
-                let with = hashing.as_ref().map(|h| crate::stack::stored::Hashing {
-                    by: Arc::clone(&h.by),
-                    hash: &hash,
+                let stored = Arc::new(match &hashing {
+                    Some(h) => {
+                        let hash = |o: &crate::stack::DesiredObject, json: &[u8]| {
+                            crate::cluster::apply::applied_hash_of_text(
+                                o,
+                                json,
+                                h.key.as_ref(),
+                                &h.by.instance,
+                            )
+                        };
+                        let with = crate::stack::stored::Hashing {
+                            by: Arc::clone(&h.by),
+                            hash: &hash,
+                        };
+                        StoredRevision::store_hashed(&loaded.stacks, Some(&with))
+                    }
+                    None => StoredRevision::store(&loaded.stacks),
                 });
-                let stored = Arc::new(StoredRevision::store_hashed(&loaded.stacks, with.as_ref()));
                 lap.log("stored the revision");
                 let stacks = Arc::new(std::mem::take(&mut loaded.stacks));
                 by_profile.push((profile, stacks, stored));
