@@ -62,6 +62,88 @@ async fn value(client: &kube::Client, namespace: &str) -> Option<String> {
         .cloned()
 }
 
+/// A daemon holding its stack (its instance its id, its Lease identity `holder`) that has
+/// applied "one", and a CLI configuration of the same instance and repository with its own state
+/// directory; the repository has a newer commit ("two") the daemon was not told of.
+struct DaemonAndCli {
+    d: Daemon,
+    holder: String,
+    cli_dir: tempfile::TempDir,
+    cli_config: std::path::PathBuf,
+}
+
+async fn daemon_and_cli(client: &kube::Client) -> DaemonAndCli {
+    let holder = unique_name("a");
+    let la = leases(&holder);
+    let d = Setup::new(
+        &Options {
+            leases: &la,
+            ..Options::default()
+        },
+        |_, _| {},
+    )
+    .start();
+    let ns = format!("ns-{}", d.id);
+    support::eventually("the daemon applied", Duration::from_secs(60), || async {
+        (value(client, &ns).await.as_deref() == Some("one")).then_some(())
+    })
+    .await;
+    let cli_dir = tempfile::tempdir().unwrap();
+    let cli_config = cli_dir.path().join("driftless.yaml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "instance: {}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\n{}",
+            d.id,
+            d.repo.path().display(),
+            cli_dir.path().join("state").display(),
+            leases("cli"),
+        ),
+    )
+    .unwrap();
+    support::daemon::write_stack(d.repo.path(), &d.id, "two");
+    git(d.repo.path(), &["commit", "-qam", "two"]);
+    DaemonAndCli {
+        d,
+        holder,
+        cli_dir,
+        cli_config,
+    }
+}
+
+/// `driftless sync --no-wait --wait-lease` of `cli_config` started, once it logs that it waits
+/// (its stdout in `dir/cli.out`): the process and its log file.
+async fn cli_waiting_for_the_lease(
+    dir: &Path,
+    cli_config: &Path,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = dir.join("cli.log");
+    let cli = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .arg("--config")
+        .arg(cli_config)
+        .args(["sync", "--no-wait", "--wait-lease"])
+        .env("KUBECONFIG", TestEnv::get().var("KUBECONFIG"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.join("cli.out")).unwrap(),
+        ))
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    support::eventually(
+        "the CLI waits for the lease",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("waiting for the lease")
+                .then_some(())
+        },
+    )
+    .await;
+    (cli, log)
+}
+
 /// Each stack's holder as `d`'s status shows it.
 async fn holders(d: &Daemon) -> Vec<(String, Option<String>)> {
     let st = d.status().await;
@@ -353,38 +435,14 @@ async fn a_holder_paused_past_its_lease_writes_nothing_stale_when_it_resumes() {
 async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wait_lease() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let ia = unique_name("a");
-    let la = leases(&ia);
-    let d = Setup::new(
-        &Options {
-            leases: &la,
-            ..Options::default()
-        },
-        |_, _| {},
-    )
-    .start();
+    let DaemonAndCli {
+        d,
+        holder: ia,
+        cli_dir,
+        cli_config,
+    } = daemon_and_cli(&client).await;
     let ns = format!("ns-{}", d.id);
     let stack = format!("d-{}", d.id);
-    support::eventually("the daemon applied", Duration::from_secs(60), || async {
-        (value(&client, &ns).await.as_deref() == Some("one")).then_some(())
-    })
-    .await;
-    // The CLI: same instance and repository, its own state directory.
-    let cli_dir = tempfile::tempdir().unwrap();
-    let cli_config = cli_dir.path().join("driftless.yaml");
-    std::fs::write(
-        &cli_config,
-        format!(
-            "instance: {}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\n{}",
-            d.id,
-            d.repo.path().display(),
-            cli_dir.path().join("state").display(),
-            leases("cli"),
-        ),
-    )
-    .unwrap();
-    support::daemon::write_stack(d.repo.path(), &d.id, "two");
-    git(d.repo.path(), &["commit", "-qam", "two"]);
     let out = support::driftless(&cli_config, &["sync", "--no-wait"]);
     let text = support::text(&out);
     assert!(!out.status.success(), "refused: {text}");
@@ -399,29 +457,7 @@ async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wai
     );
 
     // --wait-lease: waits while the daemon holds the stack, syncs once it stopped.
-    let env_file = TestEnv::get();
-    let log = cli_dir.path().join("cli.log");
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(&cli_config)
-        .args(["sync", "--no-wait", "--wait-lease"])
-        .env("KUBECONFIG", env_file.var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    support::eventually(
-        "the CLI waits for the lease",
-        Duration::from_secs(30),
-        || async {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .contains("waiting for the lease")
-                .then_some(())
-        },
-    )
-    .await;
+    let (mut cli, log) = cli_waiting_for_the_lease(cli_dir.path(), &cli_config).await;
     assert!(cli.try_wait().unwrap().is_none(), "still waiting");
     assert_eq!(
         value(&client, &ns).await.as_deref(),
@@ -481,61 +517,15 @@ async fn a_cli_sync_is_refused_while_a_daemon_holds_the_stack_and_waits_with_wai
 async fn a_record_taken_over_while_a_cli_sync_waits_is_refused() {
     let env = TestEnv::get();
     let client = env.kube_client().await;
-    let ia = unique_name("a");
-    let la = leases(&ia);
-    let d = Setup::new(
-        &Options {
-            leases: &la,
-            ..Options::default()
-        },
-        |_, _| {},
-    )
-    .start();
+    let DaemonAndCli {
+        d,
+        holder: _,
+        cli_dir,
+        cli_config,
+    } = daemon_and_cli(&client).await;
     let ns = format!("ns-{}", d.id);
     let stack = format!("d-{}", d.id);
-    support::eventually("the daemon applied", Duration::from_secs(60), || async {
-        (value(&client, &ns).await.as_deref() == Some("one")).then_some(())
-    })
-    .await;
-    let cli_dir = tempfile::tempdir().unwrap();
-    let cli_config = cli_dir.path().join("driftless.yaml");
-    std::fs::write(
-        &cli_config,
-        format!(
-            "instance: {}\nsource:\n  git: {{url: 'file://{}', branch: main}}\nstateDir: {}\n{}",
-            d.id,
-            d.repo.path().display(),
-            cli_dir.path().join("state").display(),
-            leases("cli"),
-        ),
-    )
-    .unwrap();
-    support::daemon::write_stack(d.repo.path(), &d.id, "two");
-    git(d.repo.path(), &["commit", "-qam", "two"]);
-    let log = cli_dir.path().join("cli.log");
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_driftless"))
-        .arg("--config")
-        .arg(&cli_config)
-        .args(["sync", "--no-wait", "--wait-lease"])
-        .env("KUBECONFIG", env.var("KUBECONFIG"))
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stdout(Stdio::from(
-            std::fs::File::create(cli_dir.path().join("cli.out")).unwrap(),
-        ))
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    support::eventually(
-        "the CLI waits for the lease",
-        Duration::from_secs(30),
-        || async {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .contains("waiting for the lease")
-                .then_some(())
-        },
-    )
-    .await;
+    let (mut cli, log) = cli_waiting_for_the_lease(cli_dir.path(), &cli_config).await;
     // Someone with write access to driftless-system relabels the record to another instance.
     let records: Api<ConfigMap> = Api::namespaced(client.clone(), "driftless-system");
     let patch =

@@ -69,12 +69,6 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
         rss_synced as f64 / 1024.0
     );
     // Reconciles of the unchanged revision, each triggered by a webhook.
-    let started = |st: &Value| {
-        st["lastReconcile"]["startedAt"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    };
     let mut quiet = Samples::default();
     for _ in 0..rounds {
         let before_status = started(&d.status().await);
@@ -118,29 +112,13 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
                 .status()
                 .is_success()
         );
-        loop {
-            let value = cms
-                .get(&name)
-                .await
-                .ok()
-                .and_then(|c| c.data)
-                .and_then(|d| d.get("value").cloned());
-            if value.as_deref() == Some(want) {
-                break;
-            }
+        while value_of(&cms, &name).await.as_deref() != Some(want) {
             assert!(t.elapsed() < Duration::from_secs(120), "change not applied");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         latency.push(t.elapsed().as_secs_f64());
         // Where the time went (the daemon's own account of the run that applied it).
-        let mut status = d.status().await;
-        while started(&status) == before_run || status["lastReconcile"]["mode"] == "quiet" {
-            if t.elapsed() > Duration::from_secs(120) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            status = d.status().await;
-        }
+        let status = run_that_applied(&d, &before_run, t).await;
         println!(
             "  change {round}: {:.0} ms to applied; the run ({}): {} ms, phases {}",
             latency[round] * 1000.0,
@@ -167,6 +145,40 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
         "unchangedReconcile": quiet.json(),
         "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
         "webhookToAppliedMedianMs": median(&latency) * 1000.0})
+}
+
+/// When the daemon's last reconcile started, as its status says (empty before the first).
+fn started(status: &Value) -> String {
+    status["lastReconcile"]["startedAt"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The benchmark's first ConfigMap's `value` as `api` reads it.
+async fn value_of(
+    api: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+    name: &str,
+) -> Option<String> {
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("value").cloned())
+}
+
+/// The daemon's status once a run started after `before` (not a quiet one) has ended, at most
+/// 120 s after `t`: the next round's webhook then finds the daemon idle, as one push after
+/// another minutes apart would, instead of queued behind this run's inventory writes.
+async fn run_that_applied(d: &support::daemon::Daemon, before: &str, t: Instant) -> Value {
+    let mut status = d.status().await;
+    while (started(&status) == before || status["lastReconcile"]["mode"] == "quiet")
+        && t.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = d.status().await;
+    }
+    status
 }
 
 /// Latencies in seconds as whole milliseconds, for printing.
@@ -250,12 +262,6 @@ pub async fn bench_daemon_two_targets(
     };
     d.settle(Duration::from_secs(2)).await;
     let rss_synced = rss();
-    let started = |st: &Value| {
-        st["lastReconcile"]["startedAt"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    };
     let mut quiet = Samples::default();
     for _ in 0..rounds {
         let before_status = started(&d.status().await);
@@ -299,16 +305,6 @@ pub async fn bench_daemon_two_targets(
         kube::Api::namespaced(client.clone(), &namespace);
     let in_b: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client_b.clone(), &namespace);
-    async fn value_of(
-        api: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
-        name: &str,
-    ) -> Option<String> {
-        api.get(name)
-            .await
-            .ok()
-            .and_then(|c| c.data)
-            .and_then(|d| d.get("value").cloned())
-    }
     for round in 0..rounds {
         let want = commit_change(d.repo.path(), &prefix, n, round);
         let before_run = started(&d.status().await);
@@ -328,16 +324,8 @@ pub async fn bench_daemon_two_targets(
         }
         latency.push(t.elapsed().as_secs_f64());
         let applied = t.elapsed();
-        // The run that applied it, as the daemon accounts for it (per target too), once it has
-        // ended: the next round's webhook then finds the daemon idle, as one push after another
-        // minutes apart would, instead of queued behind this run's inventory writes.
-        let mut status = d.status().await;
-        while (started(&status) == before_run || status["lastReconcile"]["mode"] == "quiet")
-            && t.elapsed() < Duration::from_secs(60)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            status = d.status().await;
-        }
+        // The run that applied it, as the daemon accounts for it (per target too).
+        let status = run_that_applied(&d, &before_run, t).await;
         println!(
             "  change {round}: {:.0} ms to applied in both clusters; the run: {} ms, phases {}; targets {}",
             applied.as_secs_f64() * 1000.0,

@@ -167,8 +167,8 @@ mod tests {
     use super::*;
     use crate::stack::{HostSecrets, LoadLimits, load_repo, render};
 
-    #[test]
-    fn a_stored_revision_expands_to_the_same_objects() {
+    /// The rendered revision of one stack `app` whose only manifest file holds `manifests`.
+    fn rendered(manifests: &str) -> Vec<RenderedStack> {
         let dir = tempfile::tempdir().unwrap();
         let stack = dir.path().join("stack/app");
         std::fs::create_dir_all(stack.join("manifests")).unwrap();
@@ -177,13 +177,16 @@ mod tests {
             "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
         )
         .unwrap();
-        std::fs::write(
-            stack.join("manifests/all.yaml"),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: ns}\ndata: {x: \"1\", y: 'two'}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: ns}\nspec: {replicas: 2, selector: {matchLabels: {app: d}}, template: {metadata: {labels: {app: d}}, spec: {containers: [{name: c, image: 'i:1', args: [a, 1.5, true, null]}]}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {token: sentinel-value}\n",
-        )
-        .unwrap();
+        std::fs::write(stack.join("manifests/all.yaml"), manifests).unwrap();
         let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
-        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
+        render(&loaded, &HostSecrets::new()).unwrap()
+    }
+
+    #[test]
+    fn a_stored_revision_expands_to_the_same_objects() {
+        let rendered = rendered(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: ns}\ndata: {x: \"1\", y: 'two'}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: ns}\nspec: {replicas: 2, selector: {matchLabels: {app: d}}, template: {metadata: {labels: {app: d}}, spec: {containers: [{name: c, image: 'i:1', args: [a, 1.5, true, null]}]}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {token: sentinel-value}\n",
+        );
         let stored = StoredRevision::store(&rendered);
         assert_eq!(stored.object_count(), 3);
         assert_eq!(stored.names().collect::<Vec<_>>(), ["app"]);
@@ -208,21 +211,9 @@ mod tests {
     #[test]
     fn hashes_worked_out_while_storing_are_those_a_reconcile_would_work_out() {
         use crate::cluster::apply::{SecretHashKey, applied_hash};
-        let dir = tempfile::tempdir().unwrap();
-        let stack = dir.path().join("stack/app");
-        std::fs::create_dir_all(stack.join("manifests")).unwrap();
-        std::fs::write(
-            stack.join("stack.yaml"),
-            "apiVersion: driftless.dev/v1alpha1\nkind: Stack\nmetadata: {name: app}\nspec: {path: manifests}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            stack.join("manifests/all.yaml"),
+        let rendered = rendered(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: ns}\ndata: {x: \"1\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {token: sentinel-value}\n",
-        )
-        .unwrap();
-        let loaded = load_repo(dir.path(), None, LoadLimits::default()).unwrap();
-        let rendered = render(&loaded, &HostSecrets::new()).unwrap();
+        );
         let state = tempfile::tempdir().unwrap();
         let key = SecretHashKey::load_or_create(state.path()).unwrap();
         let other_state = tempfile::tempdir().unwrap();
