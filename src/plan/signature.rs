@@ -30,6 +30,7 @@
 //! status subresource). Such an object is dry-run again when its desired state next changes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,18 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The signature of an object with metadata `meta`; `status_subresource` as discovery says.
 pub fn of(meta: &ObjectMeta, status_subresource: bool) -> String {
+    let digest = digest(meta, status_subresource);
+    let mut out = String::with_capacity(VERSION.len() + 2 * digest.len());
+    out.push_str(VERSION);
+    for b in digest {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The 16 bytes `of` writes in hex (after its version mark): what a watch keeps per object.
+pub fn digest(meta: &ObjectMeta, status_subresource: bool) -> [u8; 16] {
     let entries: Vec<&ManagedFieldsEntry> = meta.managed_fields.iter().flatten().collect();
     let (status, other): (Vec<&ManagedFieldsEntry>, Vec<&ManagedFieldsEntry>) =
         entries.into_iter().partition(|e| through_status(e));
@@ -72,10 +85,8 @@ pub fn of(meta: &ObjectMeta, status_subresource: bool) -> String {
     // Serialising plain data into a Vec cannot fail; an empty text still hashes.
     let text = serde_json::to_vec(&parts).unwrap_or_default();
     let digest = Sha256::digest(&text);
-    let mut out = String::from(VERSION);
-    for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
-    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
     out
 }
 
@@ -156,6 +167,18 @@ mod tests {
 
     fn meta(v: Value) -> ObjectMeta {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_signature_is_its_digest_in_hex_after_the_version_mark() {
+        let m = meta(json!({"uid": "u", "labels": {"a": "1"}}));
+        let hex: String = digest(&m, false)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(of(&m, false), format!("{VERSION}{hex}"));
+        let other = meta(json!({"uid": "u", "labels": {"a": "2"}}));
+        assert_ne!(digest(&m, false), digest(&other, false));
     }
 
     fn entry(manager: &str, subresource: Option<&str>, time: &str, fields: Value) -> Value {
