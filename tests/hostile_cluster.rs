@@ -619,9 +619,11 @@ async fn two_writers_of_one_record_merge_their_changes() {
     };
     let mut a = inventory::read(&client, &stack).await.expect("read");
     let mut b = inventory::read(&client, &stack).await.expect("read");
-    a.entries.insert(key("x"), Entry::new(&key("x"), "v1"));
+    a.entries_mut()
+        .insert(key("x"), Entry::new(&key("x"), "v1"));
     inventory::write(&client, &mut a).await.expect("a writes");
-    b.entries.insert(key("y"), Entry::new(&key("y"), "v1"));
+    b.entries_mut()
+        .insert(key("y"), Entry::new(&key("y"), "v1"));
     inventory::write(&client, &mut b)
         .await
         .expect("b writes over a stale read");
@@ -630,7 +632,7 @@ async fn two_writers_of_one_record_merge_their_changes() {
     assert_eq!(got, ["x", "y"]);
 
     // `a` (stale: it has not seen y) removes x after deleting it; y stays.
-    a.entries.remove(&key("x"));
+    a.entries_mut().remove(&key("x"));
     inventory::write(&client, &mut a)
         .await
         .expect("a removes x");

@@ -849,13 +849,19 @@ async fn a_large_inventory_is_stored_compressed_and_reads_back() {
         ));
         e.resource_version = Some((1_000_000 + i).to_string());
         e.generation = Some(1);
-        inv.entries.insert(key, e);
+        inv.entries_mut().insert(key, e);
     }
     inventory::write(&client, &mut inv).await.expect("write");
     let back = inventory::read(&client, &stack).await.expect("read");
     assert_eq!(back.entries, inv.entries);
     // Shrinking it again switches back to plain JSON (the compressed key is removed).
-    inv.entries = inv.entries.into_iter().take(10).collect();
+    inv.entries = std::sync::Arc::new(
+        inv.entries
+            .iter()
+            .take(10)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
     inventory::write(&client, &mut inv)
         .await
         .expect("write small");

@@ -57,7 +57,7 @@ pub(super) async fn execute(
     let mut grew = false;
     for b in objects {
         if !record.entries.contains_key(&b.desired.key) {
-            record.entries.insert(
+            record.entries_mut().insert(
                 b.desired.key.clone(),
                 Entry::new(&b.desired.key, &b.desired.api_version),
             );
@@ -189,11 +189,18 @@ pub(super) async fn execute(
     }
     // Objects another stack now declares leave this inventory without being deleted.
     let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
-    let before = record.entries.len();
-    record
+    // Found first, so that a record sharing its entries is copied only when one goes.
+    let handed: Vec<ObjectKey> = record
         .entries
-        .retain(|k, _| !plan::prune::handed_over(k, &own, &ctx.revision.desired_keys));
-    if record.entries.len() != before {
+        .keys()
+        .filter(|k| plan::prune::handed_over(k, &own, &ctx.revision.desired_keys))
+        .cloned()
+        .collect();
+    if !handed.is_empty() {
+        let entries = record.entries_mut();
+        for k in &handed {
+            entries.remove(k);
+        }
         ctx.options.fenced(name)?;
         inventory::write(ctx.client, &mut record).await?;
     }
@@ -325,7 +332,7 @@ impl Progress {
             warn!(stack = %name, object = %change.key, field = %c.field, manager = %c.manager, "took over field {} from {}", c.field, c.manager);
         }
         info!(stack = %name, object = %change.key, action = ?change.action, "applied {done}/{total}: {} ({:?})", change.key, change.action);
-        if let Some(entry) = record.entries.get_mut(&change.key) {
+        if let Some(entry) = record.entries_mut().get_mut(&change.key) {
             entry.api_version = b.desired.api_version.clone();
             let key = ctx.options.secret_hash_key.as_ref();
             entry.hash = apply::applied_hash(b.desired, key, &ctx.options.instance);
@@ -365,7 +372,7 @@ fn renew_confirmed(
         if !unchanged::confirmed(action, Some(&renewal.live), renewal.would_be.as_deref()) {
             continue;
         }
-        if let Some(entry) = record.entries.get_mut(key) {
+        if let Some(entry) = record.entries_mut().get_mut(key) {
             let hash_key = ctx.options.secret_hash_key.as_ref();
             entry.api_version = b.desired.api_version.clone();
             entry.hash = apply::applied_hash(b.desired, hash_key, &ctx.options.instance);

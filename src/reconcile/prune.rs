@@ -94,7 +94,7 @@ pub(super) async fn prune(
                 info!(stack = %owner.stack, object = %what, "pruned {what}{why}");
             }
         }
-        record.entries.remove(&change.key);
+        record.entries_mut().remove(&change.key);
         options.fenced(owner.stack)?;
         inventory::write(client, record).await?;
     }

@@ -8,6 +8,7 @@
 mod record;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -106,7 +107,10 @@ pub struct Inventory {
     /// The source the stack was last applied from (repository URL or path); `None` in a record
     /// of an older driftless.
     pub source: Option<String>,
-    pub entries: BTreeMap<ObjectKey, Entry>,
+    /// Shared with the record as read (`ReadState`) and with copies of this inventory until one
+    /// of them changes it (`entries_mut`): a record of 10,000 objects is copied once per change,
+    /// not at every read, copy and write.
+    pub entries: Arc<BTreeMap<ObjectKey, Entry>>,
     /// The last run of each hook Job, by `namespace/name`.
     pub hooks: BTreeMap<String, HookRecord>,
     /// The record as last read or written: the precondition of the next write and the base of a
@@ -119,8 +123,8 @@ pub struct Inventory {
 #[derive(Debug, Clone, Default)]
 struct ReadState {
     resource_version: String,
-    entries: std::sync::Arc<BTreeMap<ObjectKey, Entry>>,
-    hooks: std::sync::Arc<BTreeMap<String, HookRecord>>,
+    entries: Arc<BTreeMap<ObjectKey, Entry>>,
+    hooks: Arc<BTreeMap<String, HookRecord>>,
 }
 
 impl Inventory {
@@ -133,6 +137,11 @@ impl Inventory {
         }
     }
 
+    /// The entries to change: copied first when another copy shares them.
+    pub fn entries_mut(&mut self) -> &mut BTreeMap<ObjectKey, Entry> {
+        Arc::make_mut(&mut self.entries)
+    }
+
     /// Whether this record was read from (or written to) the cluster.
     pub fn exists(&self) -> bool {
         self.read.is_some()
@@ -142,7 +151,7 @@ impl Inventory {
     /// our last read or write are kept on top of it.
     fn merge_from(&mut self, theirs: Inventory) {
         let base = self.read.take().unwrap_or_default();
-        self.entries = merge(&base.entries, &self.entries, &theirs.entries);
+        self.entries = Arc::new(merge(&base.entries, &self.entries, &theirs.entries));
         self.hooks = merge(&base.hooks, &self.hooks, &theirs.hooks);
         self.read = theirs.read;
     }
@@ -337,8 +346,8 @@ pub async fn write(client: &Client, inventory: &mut Inventory) -> Result<()> {
             Ok(stored) => {
                 inventory.read = Some(ReadState {
                     resource_version: stored.metadata.resource_version.unwrap_or_default(),
-                    entries: std::sync::Arc::new(inventory.entries.clone()),
-                    hooks: std::sync::Arc::new(inventory.hooks.clone()),
+                    entries: Arc::clone(&inventory.entries),
+                    hooks: Arc::new(inventory.hooks.clone()),
                 });
                 return Ok(());
             }

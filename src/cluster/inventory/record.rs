@@ -106,11 +106,12 @@ pub(super) fn decode(name: &str, cm: &ConfigMap, limit: u64) -> Result<Inventory
             check_hook_key(key).map_err(|f| unreadable(f.to_string()))?;
         }
         inventory.source = stored.source;
-        inventory.entries = stored.objects.into_iter().map(|e| (e.key(), e)).collect();
+        inventory.entries =
+            std::sync::Arc::new(stored.objects.into_iter().map(|e| (e.key(), e)).collect());
         inventory.hooks = stored.hooks;
     }
     inventory.read = read.map(|r| ReadState {
-        entries: std::sync::Arc::new(inventory.entries.clone()),
+        entries: std::sync::Arc::clone(&inventory.entries),
         hooks: std::sync::Arc::new(inventory.hooks.clone()),
         ..r
     });
@@ -266,7 +267,7 @@ mod tests {
             e.hash = Some(format!("sha256:{}", digest("h")));
             e.resource_version = Some(format!("{}", 100_000 + i));
             e.signature = Some(format!("s1:{}", &digest("s")[..32]));
-            inv.entries.insert(key, e);
+            inv.entries_mut().insert(key, e);
         }
         inv
     }
@@ -337,7 +338,7 @@ mod tests {
         assert_eq!((last.signature, last.resource_version), (None, Some("41")));
         // Written back with a signature, read again with it.
         let mut inv = inv;
-        inv.entries
+        inv.entries_mut()
             .values_mut()
             .for_each(|e| e.signature = Some("s1:00".to_owned()));
         let cm = encode(&inv).unwrap();
