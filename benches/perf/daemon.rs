@@ -52,16 +52,8 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first_sync = t.elapsed();
-    let rss_kib = || {
-        std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-    };
+    let pid = d.child.id();
+    let rss_kib = || Resident::of(pid).total;
     let rss_synced = rss_kib();
     println!(
         "daemon, {n} objects: first sync (webhook-free start to READY) {:.1} s, resident memory {:.1} MiB",
@@ -130,21 +122,63 @@ pub async fn bench_daemon(client: &kube::Client, n: usize, rounds: usize) -> Val
     let rss_applied = rss_kib();
     // Idle again: the last reconcile has finished (health wait, inventory write, trim).
     d.settle(Duration::from_secs(2)).await;
-    let rss_after = rss_kib();
+    let idle = Resident::of(pid);
+    let rss_after = idle.total;
     println!(
-        "daemon, {n} objects: webhook -> change applied (one object): median {:.0} ms (of {:?} ms); resident memory at the last change {:.1} MiB, idle after it {:.1} MiB",
+        "daemon, {n} objects: webhook -> change applied (one object): median {:.0} ms (of {:?} ms); resident memory at the last change {:.1} MiB, idle after it {}",
         median(&latency) * 1000.0,
         millis(&latency),
         rss_applied as f64 / 1024.0,
-        rss_after as f64 / 1024.0
+        idle
     );
     clean_up(&prefix, n);
     json!({"n": n, "work": "daemon", "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
         "residentMiB": rss_synced as f64 / 1024.0, "residentAtChangeMiB": rss_applied as f64 / 1024.0,
         "residentAfterMiB": rss_after as f64 / 1024.0,
+        "residentAfterAnonMiB": idle.anon as f64 / 1024.0,
+        "residentAfterFileMiB": idle.file as f64 / 1024.0,
         "unchangedReconcile": quiet.json(),
         "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
         "webhookToAppliedMedianMs": median(&latency) * 1000.0})
+}
+
+/// A process's resident memory (`/proc/<pid>/status`, KiB): in all, and how much of it is the
+/// heap and other anonymous memory, and how much pages of the binary and other files.
+struct Resident {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Resident {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Resident {
+            total: field("VmRSS:"),
+            anon: field("RssAnon:"),
+            file: field("RssFile:"),
+        }
+    }
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |k: u64| k as f64 / 1024.0;
+        write!(
+            f,
+            "{:.1} MiB ({:.1} MiB anonymous: heap and stacks; {:.1} MiB of the binary and other files)",
+            mib(self.total),
+            mib(self.anon),
+            mib(self.file)
+        )
+    }
 }
 
 /// When the daemon's last reconcile started, as its status says (empty before the first).
@@ -250,16 +284,8 @@ pub async fn bench_daemon_two_targets(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let first_sync = t.elapsed();
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-    };
+    let pid = d.child.id();
+    let rss = || Resident::of(pid).total;
     d.settle(Duration::from_secs(2)).await;
     let rss_synced = rss();
     let mut quiet = Samples::default();
@@ -342,12 +368,13 @@ pub async fn bench_daemon_two_targets(
         );
     }
     d.settle(Duration::from_secs(2)).await;
-    let rss_after = rss();
+    let idle = Resident::of(pid);
+    let rss_after = idle.total;
     println!(
-        "daemon, 2 targets x {n} objects: webhook -> change applied in both clusters: median {:.0} ms (of {:?} ms); resident memory idle after the changes {:.1} MiB",
+        "daemon, 2 targets x {n} objects: webhook -> change applied in both clusters: median {:.0} ms (of {:?} ms); resident memory idle after the changes {}",
         median(&latency) * 1000.0,
         millis(&latency),
-        rss_after as f64 / 1024.0
+        idle
     );
     drop(d);
     crate::clean_up_on(env.var("KUBECONFIG"), &prefix, n);
@@ -356,6 +383,8 @@ pub async fn bench_daemon_two_targets(
         "firstSyncMs": first_sync.as_secs_f64() * 1000.0,
         "residentMiB": rss_synced as f64 / 1024.0,
         "residentAfterMiB": rss_after as f64 / 1024.0,
+        "residentAfterAnonMiB": idle.anon as f64 / 1024.0,
+        "residentAfterFileMiB": idle.file as f64 / 1024.0,
         "unchangedReconcile": quiet.json(),
         "webhookToAppliedMs": latency.iter().map(|l| l * 1000.0).collect::<Vec<_>>(),
         "webhookToAppliedMedianMs": median(&latency) * 1000.0})
