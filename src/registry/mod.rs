@@ -40,6 +40,10 @@ pub const MANIFEST_MAX_BYTES: usize = 4 << 20;
 
 /// Bound on an image config blob read for its build date.
 pub const CONFIG_MAX_BYTES: usize = 8 << 20;
+/// Largest token response read from a challenge's realm (a registry token is a few KiB).
+pub const TOKEN_MAX_BYTES: usize = 1 << 20;
+/// Largest error answer read for its message.
+pub const ERROR_BODY_MAX_BYTES: usize = 64 << 10;
 
 /// Errors talking to a registry, naming the request.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +279,9 @@ impl Client {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Token = resp.json().await.map_err(|e| Error::Body {
+        // The realm is named by the registry's challenge: its answer is read only so far.
+        let bytes = read_limited(&realm, resp, TOKEN_MAX_BYTES).await?;
+        let t: Token = serde_json::from_slice(&bytes).map_err(|e| Error::Body {
             url: realm.clone(),
             message: e.to_string(),
         })?;
@@ -537,8 +543,11 @@ pub(super) async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest:
         return Ok(resp);
     }
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
-    let detail = serde_json::from_str::<Value>(&body)
+    // Read only for its message, and only so far: the registry's answer is untrusted.
+    let body = read_limited(url, resp, ERROR_BODY_MAX_BYTES)
+        .await
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
             v.pointer("/errors/0/message")
@@ -700,6 +709,93 @@ mod tests {
         assert!(error.contains("leads away from the registry"), "{error}");
         assert!(!error.contains("sentinel-password"), "{error}");
         assert_eq!(visits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// Failure injection: a registry whose answers have bodies that never end (no length,
+    /// 64 MiB each): its token realm (`/token`) answers 200, repository `broken` 500, any other
+    /// request asks for a token. Returns its address and how many body bytes it got to send.
+    async fn endless_registry() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = vec![0u8; 8192];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = if request.starts_with(b"GET /token") {
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"token\":\"".to_owned()
+                    } else if request.starts_with(b"GET /v2/broken/") {
+                        "HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n\r\n{\"errors\":[{\"message\":\"".to_owned()
+                    } else {
+                        let reply = format!(
+                            "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"http://{addr}/token\",service=\"r\"\r\ncontent-length: 0\r\n\r\n"
+                        );
+                        let _ = conn.write_all(reply.as_bytes()).await;
+                        return;
+                    };
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'a'; 64 * 1024];
+                    for _ in 0..1024 {
+                        if conn.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (addr, sent)
+    }
+
+    fn robot() -> Credentials {
+        Credentials {
+            username: Some("robot".to_owned()),
+            password: Some(SecretString::from("sentinel-password".to_owned())),
+        }
+    }
+
+    /// The token is read up to `TOKEN_MAX_BYTES` and the job fails naming the realm, instead of
+    /// reading the whole body into memory.
+    #[tokio::test]
+    async fn an_endless_token_response_is_not_read_to_its_end() {
+        let (addr, sent) = endless_registry().await;
+        let client = Client::new(&format!("http://{addr}"), robot()).unwrap();
+        let error = client.tags("app", 100).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("http://{addr}/token")), "{error}");
+        assert!(
+            error.contains(&format!("larger than {TOKEN_MAX_BYTES} bytes")),
+            "{error}"
+        );
+        assert!(!error.contains("sentinel-password"), "{error}");
+        // The client stopped reading: the server could not send the whole 64 MiB.
+        assert!(sent.load(std::sync::atomic::Ordering::SeqCst) < 64 << 20);
+    }
+
+    /// An error answer's body is read only for its message, up to `ERROR_BODY_MAX_BYTES`: the
+    /// error names the status without it.
+    #[tokio::test]
+    async fn an_endless_error_body_is_not_read_to_its_end() {
+        let (addr, sent) = endless_registry().await;
+        let client = Client::new(&format!("http://{addr}"), robot()).unwrap();
+        let error = client.tags("broken", 100).await.unwrap_err().to_string();
+        assert!(error.contains("500"), "{error}");
+        assert!(error.contains("/v2/broken/tags/list"), "{error}");
+        assert!(sent.load(std::sync::atomic::Ordering::SeqCst) < 64 << 20);
     }
 
     /// Failure injection: a registry that answers every request `304 Not Modified`. Only a
