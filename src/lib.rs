@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod expression;
 pub mod health_checks;
+pub mod hex;
 pub mod host;
 pub mod init;
 pub mod jobs;

@@ -196,7 +196,7 @@ pub fn policy_digest(root: &Path) -> String {
         // Unreadable although just loaded: a digest no run shares, so the next one is full.
         Err(e) => hasher.update(format!("{e} {}", rand::random::<u64>())),
     }
-    crate::cluster::apply::hex(&hasher.finalize())
+    crate::hex::encode(&hasher.finalize())
 }
 
 #[cfg(test)]

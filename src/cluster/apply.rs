@@ -225,7 +225,7 @@ pub fn redact_secret(object: &mut Value) {
                 };
                 mac.update(&bytes);
                 let tag = mac.finalize().into_bytes();
-                *v = Value::String(format!("redacted:{}", hex(&tag[..12])));
+                *v = Value::String(format!("redacted:{}", crate::hex::encode(&tag[..12])));
             }
         }
     }
@@ -341,7 +341,7 @@ fn hash_parts(
             for part in parts {
                 hasher.update(part);
             }
-            Some(format!("sha256:{}", hex(&hasher.finalize())))
+            Some(format!("sha256:{}", crate::hex::encode(&hasher.finalize())))
         }
         (Some(_), None) => None,
         (Some(data), Some(key)) => {
@@ -357,32 +357,10 @@ fn hash_parts(
                 mac.update(&(v.expose_secret().len() as u64).to_le_bytes());
                 mac.update(v.expose_secret());
             }
-            Some(format!("hmac-sha256:{}", hex(&mac.finalize().into_bytes())))
+            Some(format!(
+                "hmac-sha256:{}",
+                crate::hex::encode(&mac.finalize().into_bytes())
+            ))
         }
-    }
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    // A table, not `write!` per byte: every reconcile writes tens of thousands of digests.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_is_lower_case_two_digits_a_byte() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex(&bytes), expected);
-        assert_eq!(hex(&[]), "");
     }
 }

@@ -30,7 +30,6 @@
 //! status subresource). Such an object is dry-run again when its desired state next changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -47,14 +46,10 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The signature of an object with metadata `meta`; `status_subresource` as discovery says.
 pub fn of(meta: &ObjectMeta, status_subresource: bool) -> String {
-    let digest = digest(meta, status_subresource);
-    let mut out = String::with_capacity(VERSION.len() + 2 * digest.len());
-    out.push_str(VERSION);
-    for b in digest {
-        // Writing into a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!(
+        "{VERSION}{}",
+        crate::hex::encode(&digest(meta, status_subresource))
+    )
 }
 
 /// The 16 bytes `of` writes in hex (after its version mark): what a watch keeps per object.

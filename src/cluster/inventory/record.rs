@@ -262,7 +262,7 @@ mod tests {
             // As random as real digests (they do not compress).
             let digest = |salt: &str| {
                 use sha2::Digest as _;
-                crate::cluster::apply::hex(&sha2::Sha256::digest(format!("{salt}{i}")))
+                crate::hex::encode(&sha2::Sha256::digest(format!("{salt}{i}")))
             };
             e.hash = Some(format!("sha256:{}", digest("h")));
             e.resource_version = Some(format!("{}", 100_000 + i));

@@ -33,7 +33,7 @@ pub fn sign(body: &[u8], key: &str) -> String {
     let mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
         .unwrap()
         .chain_update(body);
-    crate::cluster::apply::hex(&mac.finalize().into_bytes())
+    crate::hex::encode(&mac.finalize().into_bytes())
 }
 
 pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

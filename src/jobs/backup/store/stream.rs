@@ -144,8 +144,8 @@ impl Store {
         }
         sink.flush(&self.name, &rel).await?;
         let (stored_sha, content_sha) = (
-            crate::cluster::apply::hex(&stored.0.finalize()),
-            crate::cluster::apply::hex(&content.0.finalize()),
+            crate::hex::encode(&stored.0.finalize()),
+            crate::hex::encode(&content.0.finalize()),
         );
         if stored.1 != entry.bytes || stored_sha != entry.sha256 {
             return Err(Error::Mismatch {
@@ -191,7 +191,7 @@ impl Store {
             sink.put(&chunk, &self.name, &shown).await?;
         }
         sink.flush(&self.name, &shown).await?;
-        Ok((bytes, crate::cluster::apply::hex(&hash.finalize())))
+        Ok((bytes, crate::hex::encode(&hash.finalize())))
     }
 }
 
@@ -245,7 +245,7 @@ impl Upload {
             bytes,
             encrypting,
         } = self;
-        let content = crate::cluster::apply::hex(&hash.finalize());
+        let content = crate::hex::encode(&hash.finalize());
         let entry = match encrypting {
             None => FileEntry {
                 name,
@@ -271,7 +271,7 @@ impl Upload {
                 FileEntry {
                     name,
                     bytes: stored_bytes,
-                    sha256: crate::cluster::apply::hex(&stored_hash.finalize()),
+                    sha256: crate::hex::encode(&stored_hash.finalize()),
                     plaintext: Some(FileDigest {
                         bytes,
                         sha256: content,
