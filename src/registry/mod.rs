@@ -655,12 +655,27 @@ mod tests {
             assert!(!is_digest(&bad), "{bad}");
         }
     }
+    /// The head of the next request on a mock registry's connection (requests without a body,
+    /// one at a time); `None` once the client closed it.
+    async fn next_request(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut request = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(request)
+    }
+
     /// Failure injection: a registry whose tag list links its next page to another host. The
     /// other host gets no request (it would carry the registry's credentials), and the listing
     /// fails naming the link instead of returning part of the tags.
     #[tokio::test]
     async fn a_next_page_on_another_host_is_not_followed() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let elsewhere_addr = elsewhere.local_addr().unwrap();
         let visits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -675,26 +690,14 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut request = Vec::new();
-                    loop {
-                        let Ok(n) = conn.read(&mut buf).await else {
+                    while let Some(_request) = next_request(&mut conn).await {
+                        let body = r#"{"name":"app","tags":["v1"]}"#;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <http://{elsewhere_addr}/v2/app/tags/list?last=v1>; rel=\"next\"\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
                             return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        request.extend_from_slice(&buf[..n]);
-                        if request.windows(4).any(|w| w == b"\r\n\r\n") {
-                            request.clear();
-                            let body = r#"{"name":"app","tags":["v1"]}"#;
-                            let reply = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <http://{elsewhere_addr}/v2/app/tags/list?last=v1>; rel=\"next\"\r\ncontent-length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            if conn.write_all(reply.as_bytes()).await.is_err() {
-                                return;
-                            }
                         }
                     }
                 });
@@ -718,7 +721,7 @@ mod tests {
         std::net::SocketAddr,
         std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -727,14 +730,9 @@ mod tests {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let counted = counted.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = vec![0u8; 8192];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(request) = next_request(&mut conn).await else {
+                        return;
+                    };
                     let head = if request.starts_with(b"GET /token") {
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"token\":\"".to_owned()
                     } else if request.starts_with(b"GET /v2/broken/") {
@@ -804,7 +802,7 @@ mod tests {
     /// error, so no digest that was never checked reaches the plan.
     #[tokio::test]
     async fn a_304_counts_only_as_the_answer_to_a_question_asked() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -813,26 +811,14 @@ mod tests {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut request = Vec::new();
-                    loop {
-                        let Ok(n) = conn.read(&mut buf).await else {
+                    while let Some(request) = next_request(&mut conn).await {
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&request).to_lowercase());
+                        let reply = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(reply).await.is_err() {
                             return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        request.extend_from_slice(&buf[..n]);
-                        if request.windows(4).any(|w| w == b"\r\n\r\n") {
-                            record
-                                .lock()
-                                .unwrap()
-                                .push(String::from_utf8_lossy(&request).to_lowercase());
-                            request.clear();
-                            let reply = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n";
-                            if conn.write_all(reply).await.is_err() {
-                                return;
-                            }
                         }
                     }
                 });
