@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Error;
 use crate::cluster::Error as ClusterError;
 use crate::cluster::discovery::{Kinds, Resolved};
-use crate::stack::{DesiredObject, ObjectKey, RenderedStack};
+use crate::plan::prune::KeySet;
+use crate::stack::{DesiredObject, RenderedStack};
 
 /// A desired object bound to the API resource that serves it.
 pub(super) struct Bound<'a> {
@@ -35,7 +36,7 @@ impl Bound<'_> {
 pub(super) struct BoundRevision<'a> {
     pub stacks: BTreeMap<String, Vec<Bound<'a>>>,
     /// Every object any stack of the revision declares (never a prune candidate).
-    pub desired_keys: BTreeSet<ObjectKey>,
+    pub desired_keys: KeySet<'a>,
     /// The Namespaces the revision declares.
     pub desired_namespaces: BTreeSet<String>,
 }
@@ -67,7 +68,7 @@ impl<'a> BoundRevision<'a> {
         let all = || stacks.iter().flat_map(|s| &s.objects);
         Ok(BoundRevision {
             stacks: bound,
-            desired_keys: all().map(|o| o.key.clone()).collect(),
+            desired_keys: all().map(|o| &o.key).collect(),
             desired_namespaces: all()
                 .filter(|o| o.key.kind == "Namespace" && o.key.group.is_empty())
                 .map(|o| o.key.name.clone())

@@ -1,7 +1,7 @@
 //! Stage 3, check: the revision's policies against one stack's planned objects (an object that is
 //! live is an UPDATE of it). A Deny finding blocks the whole stack: nothing of it is applied.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde_json::Value;
 use tracing::warn;
@@ -36,11 +36,11 @@ pub(super) fn check(
     let stack = subset.as_ref().unwrap_or(ctx.stack);
     // The old object of an UPDATE. An object unchanged since driftless applied it was read
     // as metadata only: its old object is the desired one (what was applied).
-    let desired: BTreeMap<&ObjectKey, &Value> = objects
+    let desired: HashMap<&ObjectKey, &Value> = objects
         .iter()
         .map(|b| (&b.desired.key, &b.desired.object))
         .collect();
-    let live: BTreeMap<&ObjectKey, &Value> = observed
+    let live: HashMap<&ObjectKey, &Value> = observed
         .observations
         .iter()
         .filter_map(|o| {

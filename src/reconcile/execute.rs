@@ -4,7 +4,7 @@
 //! from this sync, and a recreate each on their own — then the record, the prune, the health
 //! wait and the post-sync hooks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashMap;
 
 use serde_json::Value;
 use tracing::{info, warn};
@@ -35,12 +35,12 @@ pub(super) async fn execute(
     wait_for: &[&Bound<'_>],
     kinds: &mut Kinds,
     stack_plan: &StackPlan,
-    renewals: &std::collections::HashMap<ObjectKey, Renewal>,
+    renewals: &HashMap<ObjectKey, Renewal>,
     outcome: &mut StackOutcome,
 ) -> Result<(), ClusterError> {
     let name = &ctx.stack.name;
     let mut lap = Lap::start(name);
-    let by_key: BTreeMap<&ObjectKey, &Bound<'_>> =
+    let by_key: HashMap<&ObjectKey, &Bound<'_>> =
         objects.iter().map(|b| (&b.desired.key, b)).collect();
     // Inventory first: a crash after this write and before the apply orphans nothing.
     let mut record = ctx.inventory.clone();
@@ -55,8 +55,9 @@ pub(super) async fn execute(
         instance: &ctx.options.instance,
     };
     let mut grew = false;
+    // `record` is the read record so far (`ctx.recorded` indexes it).
     for b in objects {
-        if !record.entries.contains_key(&b.desired.key) {
+        if !ctx.recorded.contains_key(&b.desired.key) {
             record.entries_mut().insert(
                 b.desired.key.clone(),
                 Entry::new(&b.desired.key, &b.desired.api_version),
@@ -188,7 +189,7 @@ pub(super) async fn execute(
         }
     }
     // Objects another stack now declares leave this inventory without being deleted.
-    let own: BTreeSet<&ObjectKey> = objects.iter().map(|b| &b.desired.key).collect();
+    let own: plan::prune::KeySet = objects.iter().map(|b| &b.desired.key).collect();
     // Found first, so that a record sharing its entries is copied only when one goes.
     let handed: Vec<ObjectKey> = record
         .entries
@@ -357,9 +358,9 @@ fn renew_confirmed(
     record: &mut Inventory,
     objects: &[Bound<'_>],
     stack_plan: &StackPlan,
-    renewals: &std::collections::HashMap<ObjectKey, Renewal>,
+    renewals: &HashMap<ObjectKey, Renewal>,
 ) {
-    let actions: BTreeMap<&ObjectKey, Action> = stack_plan
+    let actions: HashMap<&ObjectKey, Action> = stack_plan
         .changes
         .iter()
         .map(|c| (&c.key, c.action))

@@ -77,11 +77,7 @@ pub(super) async fn observe(
         .iter()
         .zip(&hashes)
         .map(|(b, hash)| {
-            let last = ctx
-                .inventory
-                .entries
-                .get(&b.desired.key)
-                .map(|e| e.last_apply());
+            let last = ctx.recorded.get(&b.desired.key).map(|e| e.last_apply());
             unchanged::skip_unread(ctx.options.incremental, last.as_ref(), hash.as_deref())
         })
         .collect();
@@ -96,8 +92,7 @@ pub(super) async fn observe(
                 namespace: b.namespace.as_deref(),
                 // Incremental reads of a few objects: GETs (or a LIST of their namespace), not
                 // a LIST of every object of the stack of that kind.
-                recorded: !ctx.options.incremental
-                    && ctx.inventory.entries.contains_key(&b.desired.key),
+                recorded: !ctx.options.incremental && ctx.recorded.contains_key(&b.desired.key),
                 status_subresource: r.status_subresource,
             })
         })
@@ -107,9 +102,7 @@ pub(super) async fn observe(
     // one that does not exist (a LIST or GET there could only find nothing).
     let (first, rest): (Vec<live::Want<'_>>, Vec<live::Want<'_>>) =
         wants.into_iter().partition(|w| {
-            w.key.kind == "Namespace"
-                && w.key.group.is_empty()
-                && !ctx.inventory.entries.contains_key(w.key)
+            w.key.kind == "Namespace" && w.key.group.is_empty() && !ctx.recorded.contains_key(w.key)
         });
     let (mut live_state, _) = live::fetch_with(ctx.client, &ctx.stack.name, &first, true).await?;
     let absent: BTreeSet<&str> = live_state
@@ -237,7 +230,7 @@ async fn observe_one(
     };
     let api = resolved.api(ctx.client, b.namespace.as_deref());
     let instance = &ctx.options.instance;
-    let unchanged = ctx.inventory.entries.get(key).is_some_and(|e| {
+    let unchanged = ctx.recorded.get(key).is_some_and(|e| {
         live.as_ref().is_some_and(|l| {
             unchanged::unchanged_since_apply(
                 &e.last_apply(),
@@ -252,7 +245,7 @@ async fn observe_one(
     if unchanged {
         // A record of an older version vouched for by the exact resourceVersion: the signature
         // the apply would have recorded is the live one.
-        let adopted = ctx.inventory.entries.get(key).and_then(|e| {
+        let adopted = ctx.recorded.get(key).and_then(|e| {
             let live = live.as_ref()?;
             let signature = live_signature.filter(|_| unchanged::adopt(&e.last_apply(), live))?;
             Some(Renewal {

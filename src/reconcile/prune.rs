@@ -5,8 +5,6 @@
 //! delete goes by the uid checked. The same loop serves a stack's own prune and the stacks that
 //! left the revision (whose record is then removed).
 
-use std::collections::BTreeSet;
-
 use kube::Client;
 use tracing::{info, warn};
 
@@ -16,7 +14,7 @@ use crate::cluster::apply;
 use crate::cluster::discovery::Kinds;
 use crate::cluster::inventory::{self, Entry, Inventory};
 use crate::plan::ownership::{self, Owner, Role};
-use crate::plan::prune::{Removal, gate_together, removal};
+use crate::plan::prune::{KeySet, Removal, gate_together, removal};
 use crate::plan::{self, Action, PruneCandidate, PruneSettings, StackPlan};
 use crate::stack::ObjectKey;
 
@@ -25,8 +23,8 @@ pub(super) async fn candidates(
     client: &Client,
     kinds: &Kinds,
     inventory: &Inventory,
-    own: &BTreeSet<&ObjectKey>,
-    desired: &BTreeSet<ObjectKey>,
+    own: &KeySet<'_>,
+    desired: &KeySet<'_>,
 ) -> Result<Vec<PruneCandidate>, ClusterError> {
     let mut out = Vec::new();
     for key in plan::prune::candidates(inventory.entries.keys(), own, desired) {
@@ -111,7 +109,7 @@ pub(super) async fn removed_stacks(
     client: &Client,
     kinds: &Kinds,
     removed: &[&Inventory],
-    desired: &BTreeSet<ObjectKey>,
+    desired: &KeySet<'_>,
     options: &Options,
 ) -> (Vec<StackOutcome>, Vec<String>) {
     let mut outcomes = Vec::new();
@@ -158,7 +156,7 @@ pub(super) async fn removed_stacks(
                 }
             }
             Removal::Remove => {
-                match candidates(client, kinds, inv, &BTreeSet::new(), desired).await {
+                match candidates(client, kinds, inv, &KeySet::new(), desired).await {
                     Ok(candidates) => {
                         // The gate applies to all removed stacks together, below.
                         let settings = PruneSettings {
