@@ -1,7 +1,7 @@
 //! Rendering: loaded stack files + profile + host secrets → the desired objects of each stack.
 //! Pure: no I/O, so every rule here is tested with in-memory fixtures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::yaml::ParseCache;
 use base64::Engine;
@@ -71,20 +71,15 @@ pub fn render_decrypting(
     cache: Option<&ParseCache>,
 ) -> Result<Vec<RenderedStack>> {
     let mut rendered = Vec::with_capacity(stacks.len());
-    let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for stack in stacks {
-        let r = render_stack(stack, secrets, decryption, cache)?;
-        for o in r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job)) {
-            if let Some(other) = seen.insert(o.key.clone(), o.place.clone()) {
-                return Err(Error::DuplicateObject {
-                    place: o.place.clone(),
-                    key: o.key.to_string(),
-                    other,
-                });
-            }
-        }
-        rendered.push(r);
+        rendered.push(render_stack(stack, secrets, decryption, cache)?);
     }
+    // No object twice in the revision (within a stack `render_stack` found them already).
+    no_duplicates(
+        rendered
+            .iter()
+            .flat_map(|r| r.objects.iter().chain(r.post_sync.iter().map(|h| &h.job))),
+    )?;
     let names: Vec<(&str, &[String])> = rendered
         .iter()
         .map(|s| (s.name.as_str(), s.spec.depends_on.as_slice()))
@@ -189,18 +184,10 @@ fn render_stack(
     let crd_scopes = crd_scopes(&objects);
     decrypted.resize(objects.len(), false);
     let mut out: Vec<DesiredObject> = Vec::with_capacity(objects.len());
-    let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     for ((object, place), holds) in objects.into_iter().zip(places).zip(decrypted) {
-        let desired = finish_object(stack, object, place, &crd_scopes, holds)?;
-        if let Some(other) = seen.insert(desired.key.clone(), desired.place.clone()) {
-            return Err(Error::DuplicateObject {
-                place: desired.place,
-                key: desired.key.to_string(),
-                other,
-            });
-        }
-        out.push(desired);
+        out.push(finish_object(stack, object, place, &crd_scopes, holds)?);
     }
+    no_duplicates(&out)?;
     if out.is_empty() {
         return Err(Error::EmptyRender {
             stack: stack.name.clone(),
@@ -217,6 +204,23 @@ fn render_stack(
         objects: out,
         post_sync,
     })
+}
+
+/// The first object whose key an earlier one has, as an error naming both places. Keys are
+/// hashed and borrowed: an ordered map of copied keys and places cost six allocations and an
+/// ordered search of string compares per object, twice per render.
+fn no_duplicates<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) -> Result<()> {
+    let mut seen: HashMap<&ObjectKey, &Place> = HashMap::new();
+    for o in objects {
+        if let Some(other) = seen.insert(&o.key, &o.place) {
+            return Err(Error::DuplicateObject {
+                place: o.place.clone(),
+                key: o.key.to_string(),
+                other: other.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A hook file: exactly one `batch/v1` Job, with the stack's variables, namespace and a hook
