@@ -135,9 +135,36 @@ pub struct Hashing<'a> {
     pub hash: &'a (dyn Fn(&DesiredObject, &[u8]) -> Option<String> + Sync),
 }
 
-/// `store_object` of each of `objects`, in order.
+/// Objects from which a stack is stored on several threads: serialising and hashing 10,000
+/// objects takes some 40 ms of one core, on the daemon's path from a new revision to its
+/// reconciles, while the API servers wait for them.
+const PARALLEL_FROM: usize = 2_000;
+
+/// `store_object` of each of `objects`, in order: in as many parts as there are cores when
+/// there are many.
 fn store_objects(objects: &[DesiredObject], hashing: Option<&Hashing<'_>>) -> Vec<StoredObject> {
-    objects.iter().map(|o| store_object(o, hashing)).collect()
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads <= 1 || objects.len() < PARALLEL_FROM {
+        return objects.iter().map(|o| store_object(o, hashing)).collect();
+    }
+    let part = objects.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = objects
+            .chunks(part)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|o| store_object(o, hashing))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // Joined in order; a worker's panic is this thread's (as if stored here).
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// One object serialised, with its `applied_hash` for `hashing` (recorded in `o` too).
@@ -206,6 +233,46 @@ mod tests {
         let secret = &back[0].objects[2];
         assert!(!secret.object.to_string().contains("sentinel-value"));
         assert!(secret.secret_data.is_some());
+    }
+
+    #[test]
+    fn a_large_stack_is_stored_in_order_with_every_hash() {
+        let n = PARALLEL_FROM + 7;
+        // One `v1 List` (a file holds at most 1,024 documents).
+        let items: Vec<String> = (0..n)
+            .map(|i| format!("- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: c{i}, namespace: ns}}, data: {{i: \"{i}\"}}}}\n"))
+            .collect();
+        let rendered = rendered(&format!(
+            "apiVersion: v1\nkind: List\nitems:\n{}",
+            items.concat()
+        ));
+        let hash = |o: &DesiredObject, json: &[u8]| {
+            crate::cluster::apply::applied_hash_of_text(o, json, None, "blue")
+        };
+        let hashing = Hashing {
+            by: Arc::new(HashedBy {
+                instance: "blue".to_owned(),
+                key_id: None,
+            }),
+            hash: &hash,
+        };
+        let stored = StoredRevision::store_hashed(&rendered, Some(&hashing));
+        assert_eq!(stored.object_count(), n);
+        let back = stored.expand().unwrap();
+        for (i, (a, b)) in back[0].objects.iter().zip(&rendered[0].objects).enumerate() {
+            assert_eq!(
+                (&a.key, &a.object),
+                (&b.key, &b.object),
+                "object {i} in order"
+            );
+            assert_eq!(a.key.name, format!("c{i}"));
+            let fresh = b.clone();
+            assert_eq!(
+                a.applied.recorded().map(|h| h.hash.clone()),
+                Some(crate::cluster::apply::applied_hash(&fresh, None, "blue")),
+                "object {i} has its own hash"
+            );
+        }
     }
 
     #[test]
