@@ -35,12 +35,13 @@ pub async fn reconcile_leased(
     };
     // Stacks of this source that left the revision are written too (removed or handed over)
     // when their Leases are free.
-    // The inventories are listed before the Leases are taken (a LIST right after a write waits
-    // for the API server's watch cache, up to ~100 ms); the records of the stacks this sync
-    // writes are read again by GET once their Leases are held, so what the reconcile bases its
-    // writes on is what nobody else can change any more. Discovery goes out meanwhile.
+    // The inventories are listed before the Leases are taken, as the API server's watch cache
+    // holds them (`list_cached`: no wait, possibly a moment old), only to nominate Leases; the
+    // records of the stacks this sync writes are read again by GET once their Leases are held,
+    // so what the reconcile bases its writes on is what nobody else can change any more.
+    // Discovery goes out meanwhile.
     let (listed, kinds) = futures::join!(
-        crate::cluster::inventory::list(client, &options.instance),
+        crate::cluster::inventory::list_cached(client, &options.instance),
         Kinds::discover(client)
     );
     let listed = listed?;

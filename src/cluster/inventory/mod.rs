@@ -197,10 +197,23 @@ pub struct Listed {
 /// Every stack inventory in the cluster: this instance's read whole, the others' owners from
 /// their labels only (another instance's record of thousands of objects is not downloaded).
 pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
+    list_with(client, instance, ListParams::default()).await
+}
+
+/// `list`, as the API server's watch cache holds the records now, without waiting for it to
+/// catch up with etcd (`resourceVersion=0`): possibly a moment old, so only to nominate the
+/// stacks whose Leases a sync takes; `refresh` then reads those again. A consistent LIST would
+/// make the sync's own LIST of ConfigMaps right after it wait: the API server asks etcd for the
+/// progress of a resource's watch at most every 100 ms while reads of it wait (measured: ~80 ms
+/// of a 1 % sync of 1,000 objects).
+pub async fn list_cached(client: &Client, instance: &str) -> Result<Listed> {
+    list_with(client, instance, ListParams::default().match_any()).await
+}
+
+async fn list_with(client: &Client, instance: &str, base: ListParams) -> Result<Listed> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    let all = ListParams::default().labels(INVENTORY_LABEL);
-    let mine =
-        ListParams::default().labels(&format!("{INVENTORY_LABEL},{INSTANCE_LABEL}={instance}"));
+    let all = base.clone().labels(INVENTORY_LABEL);
+    let mine = base.labels(&format!("{INVENTORY_LABEL},{INSTANCE_LABEL}={instance}"));
     let (metadata, full) = futures::join!(api.list_metadata(&all), api.list(&mine));
     let (metadata, full) = match (metadata, full) {
         (Ok(m), Ok(f)) => (m, f),
@@ -244,11 +257,12 @@ pub async fn list(client: &Client, instance: &str) -> Result<Listed> {
     Ok(listed)
 }
 
-/// `listed` (read before this process took the Leases of `stacks`) with the inventories of
-/// `stacks` read again, now that nobody else may write them: one GET each, which the API server
-/// answers from etcd at once, where a LIST right after a write (the Leases just taken) waits for
-/// its watch cache to catch up (up to ~100 ms). The same admission as `list`: this instance's
-/// records read whole, another instance's only named as its owner.
+/// `listed` (read before this process took the Leases of `stacks`, by `list_cached`: possibly a
+/// moment old) with the inventories of `stacks` read again, now that nobody else may write
+/// them: one GET each, which the API server answers from etcd at once, where a LIST right after
+/// a write (the Leases just taken) waits for its watch cache to catch up (up to ~100 ms). The
+/// same admission as `list`: this instance's records read whole, another instance's only named
+/// as its owner.
 pub async fn refresh(
     client: &Client,
     instance: &str,
