@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod logging;
 pub mod notify;
 pub mod output;
+pub mod parallel;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

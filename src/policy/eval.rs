@@ -63,37 +63,12 @@ impl PolicySet {
         if self.bindings.is_empty() {
             return Vec::new();
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, MAX_THREADS);
-        if threads == 1 || subjects.len() < PARALLEL_FROM {
+        crate::parallel::in_parts(subjects, PARALLEL_FROM, MAX_THREADS, |part| {
             let mut out = Vec::new();
-            for s in subjects {
+            for s in part {
                 self.check_subject(stack, s, index, &mut out);
             }
-            return out;
-        }
-        let chunk = subjects.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = subjects
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for s in part {
-                            self.check_subject(stack, s, index, &mut out);
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    // A panic in a worker is re-raised here, as it would be without threads.
-                    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-                })
-                .collect()
+            out
         })
     }
 

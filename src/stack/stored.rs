@@ -143,27 +143,8 @@ const PARALLEL_FROM: usize = 2_000;
 /// `store_object` of each of `objects`, in order: in as many parts as there are cores when
 /// there are many.
 fn store_objects(objects: &[DesiredObject], hashing: Option<&Hashing<'_>>) -> Vec<StoredObject> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads <= 1 || objects.len() < PARALLEL_FROM {
-        return objects.iter().map(|o| store_object(o, hashing)).collect();
-    }
-    let part = objects.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = objects
-            .chunks(part)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|o| store_object(o, hashing))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        // Joined in order; a worker's panic is this thread's (as if stored here).
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+    crate::parallel::in_parts(objects, PARALLEL_FROM, usize::MAX, |part| {
+        part.iter().map(|o| store_object(o, hashing)).collect()
     })
 }
 
