@@ -189,12 +189,11 @@ pub(super) async fn execute(
         }
     }
     // Objects another stack now declares leave this inventory without being deleted.
-    let own: plan::prune::KeySet = objects.iter().map(|b| &b.desired.key).collect();
     // Found first, so that a record sharing its entries is copied only when one goes.
     let handed: Vec<ObjectKey> = record
         .entries
         .keys()
-        .filter(|k| plan::prune::handed_over(k, &own, &ctx.revision.desired_keys))
+        .filter(|k| plan::prune::handed_over(k, &ctx.own, &ctx.revision.desired_keys))
         .cloned()
         .collect();
     if !handed.is_empty() {

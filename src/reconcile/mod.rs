@@ -239,6 +239,11 @@ async fn reconcile_discovered(
             stack,
             inventory,
             recorded: inventory.entries.iter().collect(),
+            own: revision
+                .of(&stack.name)
+                .iter()
+                .map(|b| &b.desired.key)
+                .collect(),
             revision: &revision,
             policy_index: &policy_index,
             options,
@@ -283,6 +288,8 @@ struct StackContext<'a> {
     /// which the record's ordered map answers ~10× slower at thousands of objects (their keys
     /// share group, kind and namespace, compared byte by byte at every step).
     recorded: HashMap<&'a ObjectKey, &'a Entry>,
+    /// The keys of the stack's objects in this revision (what it keeps; see `plan::prune`).
+    own: crate::plan::prune::KeySet<'a>,
     revision: &'a BoundRevision<'a>,
     policy_index: &'a crate::policy::RevisionIndex,
     options: &'a Options,
@@ -306,13 +313,12 @@ impl StackContext<'_> {
     ) -> Result<(), ClusterError> {
         let mut lap = Lap::start(&self.stack.name);
         let observed = observe::observe(self, objects, &mut lap).await?;
-        let own: crate::plan::prune::KeySet = objects.iter().map(|b| &b.desired.key).collect();
         let owner = self.options.owner(&self.stack.name);
         let candidates = prune::candidates(
             self.client,
             kinds,
             self.inventory,
-            &own,
+            &self.own,
             &self.revision.desired_keys,
         )
         .await?;
